@@ -1,0 +1,46 @@
+# dlm-harness: `make bench` runs the default suite and writes its report; `make test` runs the tests.
+# Both create the virtualenv (.venv) with pinned dependencies when it is missing.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+RUN    := $(VENV)/bin/dlm-harness
+
+.PHONY: setup test bench report lint lock clean-venv
+
+setup: $(STAMP)
+
+# On a machine without an NVIDIA GPU, install the CPU build of torch first so that the lock's
+# torch pin is already satisfied and no multi-GB CUDA wheels are downloaded.
+$(STAMP): pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	@if ! command -v nvidia-smi >/dev/null 2>&1; then \
+	  echo "no GPU: installing the CPU build of torch"; \
+	  $(PY) -m pip install -q torch==2.13.0; \
+	fi
+	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q --no-deps -e .
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	@run_dir=$$($(RUN) run suites/default.yaml | tail -n 1) && \
+	  $(RUN) report $$run_dir && \
+	  echo "records: $$run_dir" && echo "report:  reports/default/$$(basename $$run_dir)/index.md"
+
+report: $(STAMP)
+	@test -n "$(RUN_DIR)" || { echo "usage: make report RUN_DIR=results/<suite>/<run_id>"; exit 2; }
+	$(RUN) report $(RUN_DIR)
+
+lint: $(STAMP)
+	$(PY) -m ruff check harness tests benchmarks
+
+lock: $(STAMP)
+	{ echo "# Pinned versions for reproducible installs (pip install -r requirements.lock)."; \
+	  echo "# Regenerate with: make lock"; \
+	  $(PY) -m pip freeze | grep -v -iE '^(-e|dlm-harness)' | sed 's/^torch==\([0-9.]*\)+cpu/torch==\1/'; } > requirements.lock
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,1 @@
+"""RL algorithms (METHODS.md §2): losses as pure functions plus one shared loop. Each module registers into ALGORITHMS."""

@@ -1,0 +1,95 @@
+"""The meter: wraps any Denoiser and measures what every call costs (DESIGN.md, "Budgets").
+
+Components never count their own cost: they call `meter.logits(...)` like any denoiser, and the
+meter counts NFE (sequences x forward passes; cached passes apart), tokens processed, FLOPs
+(2·params·tokens for the dense layers plus 4·layers·d·T_q·T_k for attention scores and values),
+wall time inside the model (CUDA-synchronised on GPU) and peak memory. When a budget is set, the
+call that would take a counter past its limit raises BudgetExceeded before running.
+"""
+from __future__ import annotations
+
+import resource
+import sys
+import time
+
+import torch
+
+from harness.types import Budget, BudgetExceeded, Cost
+
+
+def attention_flops(n_layers: int, d_model: int, batch: int, t_query: int, t_key: int) -> float:
+    """QK^T and AV: 2 matmuls of 2·T_q·T_k·d FLOPs each, per layer and sequence."""
+    return 4.0 * n_layers * d_model * t_query * t_key * batch
+
+
+def peak_memory(device: torch.device) -> int:
+    """Peak bytes: CUDA allocator peak on GPU, process peak RSS on CPU."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if sys.platform == "darwin" else rss * 1024)
+
+
+class Meter:
+    """A Denoiser that forwards to `inner` and counts. Read `cost` (a Cost) at any time."""
+
+    def __init__(self, inner, budget: Budget | None = None):
+        self.inner = inner
+        self.budget = budget or Budget()
+        self.arch = inner.arch
+        self._nfe_full = self._nfe_cached = self._tokens = 0
+        self._flops = self._wall = 0.0
+        self.exceeded: BudgetExceeded | None = None
+
+    # Pass through everything the Denoiser protocol exposes.
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    @property
+    def cost(self) -> Cost:
+        return Cost(nfe=self._nfe_full + self._nfe_cached, nfe_full=self._nfe_full,
+                    nfe_cached=self._nfe_cached, tokens=self._tokens, flops=self._flops,
+                    wall_s=self._wall, peak_mem=peak_memory(self.inner.device))
+
+    def _check(self, nfe: int, tokens: int, flops: float) -> None:
+        b = self.budget
+        spent = self._nfe_full + self._nfe_cached
+        checks = (("nfe", spent + nfe, b.nfe), ("tokens", self._tokens + tokens, b.tokens),
+                  ("flops", self._flops + flops, b.flops), ("wall_s", self._wall, b.wall_s))
+        for what, value, limit in checks:
+            if limit is not None and value > limit:
+                self.exceeded = BudgetExceeded(what, value, limit)
+                raise self.exceeded
+
+    def _run(self, fn, batch: int, t_query: int, t_key: int, cached: bool):
+        tokens = batch * t_query
+        flops = 2.0 * self.arch.n_params * tokens + attention_flops(
+            self.arch.n_layers, self.arch.d_model, batch, t_query, t_key)
+        self._check(batch, tokens, flops)
+        sync = self.inner.device.type == "cuda"
+        if sync:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        out = fn()
+        if sync:
+            torch.cuda.synchronize()
+        self._wall += time.perf_counter() - start
+        if cached:
+            self._nfe_cached += batch
+        else:
+            self._nfe_full += batch
+        self._tokens += tokens
+        self._flops += flops
+        return out
+
+    def logits(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """A full pass: every position of x is processed."""
+        B, T = x.shape
+        return self._run(lambda: self.inner.logits(x, attention_mask), B, T, T, cached=False)
+
+    def logits_cached(self, x: torch.Tensor, cache, **kwargs) -> torch.Tensor:
+        """A pass that reuses cached keys/values: only x's positions are processed, attending to
+        the cache as well. Needs an inner model with `logits_cached` (KV-cache samplers)."""
+        B, T = x.shape
+        t_key = T + int(getattr(cache, "length", 0))
+        return self._run(lambda: self.inner.logits_cached(x, cache, **kwargs), B, T, t_key, cached=True)

@@ -1,0 +1,122 @@
+"""`dlm-harness`: list | run | report | train.
+
+Exit status: 0 on success, 1 when a run finished with failed units, 2 on bad usage or bad input
+(the message names the file, key or value; no traceback).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from harness.types import HarnessError
+
+
+def cmd_list(args) -> int:
+    from harness.registry import REGISTRIES
+
+    kinds = [args.kind] if args.kind else list(REGISTRIES)
+    if args.kind and args.kind not in REGISTRIES:
+        raise HarnessError(f"unknown kind {args.kind!r} (known: {', '.join(REGISTRIES)})")
+    for kind in kinds:
+        reg = REGISTRIES[kind]
+        if not args.kind:
+            print(f"{kind}:")
+        for name in reg.names():
+            print(f"{'  ' if not args.kind else ''}{name}\t{reg.summary(name)}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from harness.runner import Runner
+
+    runner = Runner(args.suite, results=args.results, resume=args.resume, quick=args.quick,
+                    progress=not args.no_progress, argv=["dlm-harness", *sys.argv[1:]])
+    print(f"run directory: {runner.run_dir}", file=sys.stderr)
+    run_dir = runner.run()
+    status = runner.manifest["status"]
+    print(f"status: {status}", file=sys.stderr)
+    print(run_dir)
+    return 0 if status == "complete" else 1
+
+
+def cmd_report(args) -> int:
+    from harness.report.markdown import write_report
+
+    for run_dir in args.run_dirs:
+        print(write_report(Path(run_dir), Path(args.out)))
+    return 0
+
+
+def cmd_train(args) -> int:
+    import json
+
+    from harness.models.train import TrainConfig, train
+
+    fields = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__ and v is not None}
+    params = tuple(_parse_kv(p) for p in args.task_param)
+    cfg = TrainConfig(**{**fields, "task_params": params})
+    metrics = train(cfg, Path(args.out), progress=not args.no_progress)
+    print(json.dumps(metrics))
+    print(args.out)
+    return 0
+
+
+def _parse_kv(text: str):
+    import yaml
+
+    if "=" not in text:
+        raise HarnessError(f"--task-param {text!r}: expected KEY=VALUE")
+    key, value = text.split("=", 1)
+    return key, yaml.safe_load(value)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dlm-harness", description="Benchmark and evaluation harness for diffusion LMs.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("list", help="list registered components", description="List registered names, one per line, then a summary.")
+    s.add_argument("kind", nargs="?", help="models | estimators | samplers | algorithms | tasks")
+    s.set_defaults(fn=cmd_list)
+
+    s = sub.add_parser("run", help="run a suite", description="Plan and run a suite; prints the run directory last.")
+    s.add_argument("suite", help="suite YAML file (e.g. suites/default.yaml)")
+    s.add_argument("--results", default="results", help="results root (default: results)")
+    s.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run in RUN_DIR")
+    s.add_argument("--quick", action="store_true", help="the suite's quick variant (fewer items and replicates)")
+    s.add_argument("--no-progress", action="store_true", help="no progress bars")
+    s.set_defaults(fn=cmd_run)
+
+    s = sub.add_parser("report", help="write a report from run directories", description="Write reports/<suite>/<run_id>/index.md from records.")
+    s.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    s.add_argument("--out", default="reports", help="reports root (default: reports)")
+    s.set_defaults(fn=cmd_report)
+
+    s = sub.add_parser("train", help="train the tiny MDLM on a synthetic task", description="Train the built-in tiny MDLM and write a checkpoint directory.")
+    s.add_argument("--task", required=True, help="a registered task, e.g. addition")
+    s.add_argument("--task-param", action="append", default=[], metavar="KEY=VALUE", help="task parameter (repeatable)")
+    s.add_argument("--out", required=True, help="checkpoint directory to write")
+    for name, typ in (("steps", int), ("batch_size", int), ("lr", float), ("d_model", int), ("n_layers", int),
+                      ("n_heads", int), ("d_ff", int), ("seed", int), ("eval_every", int), ("eval_items", int),
+                      ("threads", int)):
+        s.add_argument(f"--{name.replace('_', '-')}", dest=name, type=typ, default=None)
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(fn=cmd_train)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.fn(args)
+    except HarnessError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; resume with --resume RUN_DIR", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

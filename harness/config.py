@@ -1,0 +1,275 @@
+"""Suite files: YAML data -> frozen, typed dataclasses -> planned cells.
+
+A suite is data only (DESIGN.md convention 6): no code, no interpolation, no import strings.
+`sweep:` is the only construct that expands into a grid: a mapping from a dotted key path inside a
+study (`sampler.params.steps`, `estimator.params.n_mc`, `seed`, `model`, `task`) to a list of values;
+the cells of a study are the cartesian product. Every error names the file, the key path and what
+was expected, and planning validates every component against its registry before any compute.
+
+    suite: default
+    description: what the suite answers
+    models:  {tiny: {name: tiny, params: {checkpoint: tiny-addition}}}
+    tasks:   {addition: {name: addition, params: {n_digits: 3}, split: test, n_items: 200}}
+    studies:
+      - {id: greedy, kind: generate, model: tiny, task: addition,
+         sampler: {name: low_confidence}, budget: {nfe: 100000}}
+      - {id: elbo, kind: likelihood, model: tiny, task: addition,
+         estimator: {name: mc_elbo, params: {n_mc: 8}}, replicates: 2,
+         sweep: {estimator.params.n_mc: [1, 8]}}
+    quick: {n_items: 20, replicates: 1}
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import itertools
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import yaml
+
+from harness.registry import MODELS, REGISTRIES, TASKS, _suggest, coerce
+from harness.types import Budget, HarnessError
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+STUDY_KINDS = {"generate": "samplers", "likelihood": "estimators"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ComponentSpec:
+    name: str
+    params: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaskSpec:
+    name: str
+    params: dict = field(default_factory=dict)
+    split: Literal["train", "test"] = "test"
+    n_items: int | None = None  # None: all items of the split
+
+
+@dataclass(frozen=True, kw_only=True)
+class BudgetSpec:
+    nfe: int | None = None
+    tokens: int | None = None
+    flops: float | None = None
+    wall_s: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class StudySpec:
+    id: str
+    kind: Literal["generate", "likelihood"]
+    model: str
+    task: str
+    sampler: ComponentSpec | None = None
+    estimator: ComponentSpec | None = None
+    replicates: int = 1
+    seed: int = 0
+    batch_size: int = 64
+    budget: BudgetSpec = field(default_factory=BudgetSpec)
+    sweep: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class QuickSpec:
+    n_items: int = 20
+    replicates: int = 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class Suite:
+    suite: str
+    description: str = ""
+    models: dict = field(default_factory=dict)  # name -> ComponentSpec
+    tasks: dict = field(default_factory=dict)  # name -> TaskSpec
+    studies: tuple = ()  # StudySpec, ...
+    quick: QuickSpec = field(default_factory=QuickSpec)
+    path: str = ""
+    sha256: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Cell:
+    """One unit of planned work: a study at one sweep point."""
+
+    id: str
+    study: str
+    kind: str
+    model: ComponentSpec
+    task: TaskSpec
+    component_kind: str  # "samplers" | "estimators"
+    component: ComponentSpec
+    replicates: int
+    seed: int
+    batch_size: int
+    budget: Budget
+    point: dict
+
+
+# -- parsing --------------------------------------------------------------------------------------
+def _from_mapping(cls, data: Any, where: str):
+    """Build dataclass `cls` from a YAML mapping: unknown keys, missing keys, wrong types are errors."""
+    if not isinstance(data, Mapping):
+        raise HarnessError(f"{where}: expected a mapping with keys {_keys(cls)}, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in ("path", "sha256")}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in fields:
+            hint = _suggest(str(key), list(fields))
+            raise HarnessError(f"{where}.{key}: unknown key{hint} (expected keys: {_keys(cls)})")
+        kwargs[key] = _value(hints[key], value, f"{where}.{key}")
+    for name, f in fields.items():
+        if name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise HarnessError(f"{where}: missing required key {name!r}")
+    return cls(**kwargs)
+
+
+def _keys(cls) -> str:
+    return ", ".join(f.name for f in dataclasses.fields(cls) if f.name not in ("path", "sha256"))
+
+
+def _value(tp, value, where):
+    """Nested dataclasses parse recursively; everything else goes through registry.coerce."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    inner = args[0] if len(args) == 1 and dataclasses.is_dataclass(args[0]) else tp
+    if dataclasses.is_dataclass(inner):
+        return None if value is None else _from_mapping(inner, value, where)
+    return coerce(value, tp, where)
+
+
+def load_suite(path: str | Path) -> Suite:
+    """Read and validate a suite file (structure only; `plan` checks the components)."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise HarnessError(f"{path}: cannot read suite file ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise HarnessError(f"{path}: not valid YAML{at}: {getattr(exc, 'problem', exc)}") from None
+    return parse_suite(data, str(path), hashlib.sha256(raw).hexdigest())
+
+
+def parse_suite(data: Any, where: str, sha256: str = "") -> Suite:
+    suite = _from_mapping(Suite, data, where)
+    if not NAME.match(suite.suite):
+        raise HarnessError(f"{where}.suite: expected a name of letters, digits, '_', '-', '.', got {suite.suite!r}")
+    models = {k: _from_mapping(ComponentSpec, v, f"{where}.models.{k}") for k, v in suite.models.items()}
+    tasks = {k: _from_mapping(TaskSpec, v, f"{where}.tasks.{k}") for k, v in suite.tasks.items()}
+    if not suite.studies:
+        raise HarnessError(f"{where}.studies: expected at least one study")
+    studies = tuple(_from_mapping(StudySpec, s, f"{where}.studies[{i}]") for i, s in enumerate(suite.studies))
+    ids = [s.id for s in studies]
+    for i, s in enumerate(studies):
+        if not NAME.match(s.id) or ids.count(s.id) > 1:
+            raise HarnessError(f"{where}.studies[{i}].id: expected a unique name, got {s.id!r}")
+    return dataclasses.replace(suite, models=models, tasks=tasks, studies=studies, path=where, sha256=sha256)
+
+
+# -- planning -------------------------------------------------------------------------------------
+def _set_path(d: dict, dotted: str, value, where: str) -> None:
+    keys = dotted.split(".")
+    node = d
+    for k in keys[:-1]:
+        if not isinstance(node.get(k), dict):
+            node[k] = {} if node.get(k) is None else node[k]
+            if not isinstance(node[k], dict):
+                raise HarnessError(f"{where}: {dotted!r} does not lead to a mapping at {k!r}")
+        node = node[k]
+    node[keys[-1]] = value
+
+
+def _sweep_points(study: StudySpec, where: str) -> list[dict]:
+    allowed_roots = ("sampler", "estimator", "seed", "model", "task", "replicates", "batch_size")
+    for key, values in study.sweep.items():
+        if key.split(".")[0] not in allowed_roots:
+            raise HarnessError(f"{where}.sweep.{key}: can only sweep {', '.join(allowed_roots)} (or paths under them)")
+        if not isinstance(values, (list, tuple)) or not values:
+            raise HarnessError(f"{where}.sweep.{key}: expected a non-empty list of values, got {values!r}")
+    keys = list(study.sweep)
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(study.sweep[k] for k in keys))]
+
+
+def plan(suite: Suite, quick: bool = False) -> list[Cell]:
+    """Expand sweeps into cells and validate every component against its registry."""
+    cells = []
+    for i, study in enumerate(suite.studies):
+        where = f"{suite.path}.studies[{i}]"
+        for point in _sweep_points(study, where):
+            s = dataclasses.asdict(study)
+            s.pop("sweep")
+            for key, value in point.items():
+                _set_path(s, key, copy.deepcopy(value), f"{where}.sweep")
+            cells.append(_cell(suite, study, s, point, where, quick))
+    seen = set()
+    for c in cells:
+        if c.id in seen:
+            raise HarnessError(f"{suite.path}: two cells share the id {c.id!r} (duplicate sweep values?)")
+        seen.add(c.id)
+    return cells
+
+
+def _cell(suite: Suite, study: StudySpec, s: dict, point: dict, where: str, quick: bool) -> Cell:
+    ckind = STUDY_KINDS[s["kind"]]
+    ckey = ckind[:-1]  # "sampler" | "estimator"
+    if s.get(ckey) is None:
+        raise HarnessError(f"{where}: a {s['kind']!r} study needs a {ckey!r} component")
+    other = "estimator" if ckey == "sampler" else "sampler"
+    if s.get(other) is not None:
+        raise HarnessError(f"{where}.{other}: a {s['kind']!r} study takes a {ckey!r}, not a {other!r}")
+    for key, table in (("model", suite.models), ("task", suite.tasks)):
+        if s[key] not in table:
+            raise HarnessError(f"{where}.{key}: {s[key]!r} is not defined under {key}s: (defined: {', '.join(table) or 'none'})")
+    model, task = suite.models[s["model"]], suite.tasks[s["task"]]
+    MODELS.validate(model.name, model.params, f"{suite.path}.models.{s['model']}")
+    TASKS.build(task.name, task.params, f"{suite.path}.tasks.{s['task']}")
+    comp = _from_mapping(ComponentSpec, s[ckey], f"{where}.{ckey}")
+    built = REGISTRIES[ckind].build(comp.name, comp.params, f"{where}.{ckey}")
+    for key in ("replicates", "batch_size"):
+        s[key] = coerce(s[key], int, f"{where}.{key}")
+        if s[key] < 1:
+            raise HarnessError(f"{where}.{key}: expected an integer >= 1, got {s[key]}")
+    s["seed"] = coerce(s["seed"], int, f"{where}.seed")
+    budget = Budget(**_from_mapping(BudgetSpec, s["budget"], f"{where}.budget").__dict__)
+    if quick:
+        task = dataclasses.replace(task, n_items=min(task.n_items or suite.quick.n_items, suite.quick.n_items))
+        s["replicates"] = min(s["replicates"], suite.quick.replicates)
+    label = ",".join(f"{k.split('.')[-1]}={point[k]}" for k in point)
+    cell = Cell(id=study.id + (f"[{label}]" if label else ""), study=study.id, kind=s["kind"],
+                model=model, task=task, component_kind=ckind,
+                component=ComponentSpec(name=comp.name, params=dict(comp.params)),
+                replicates=s["replicates"], seed=s["seed"], batch_size=s["batch_size"], budget=budget,
+                point=point)
+    _check_budget(cell, built, where)
+    return cell
+
+
+def _check_budget(cell: Cell, component, where: str) -> None:
+    """Fail at plan time when a cell's NFE is known in advance and exceeds its budget."""
+    if cell.budget.nfe is None or not hasattr(component, "expected_nfe") or cell.task.n_items is None:
+        return
+    if cell.kind == "generate":
+        task = TASKS.build(cell.task.name, cell.task.params)
+        per_item = component.expected_nfe(task.gen_length)
+    else:
+        per_item = component.expected_nfe(1)
+    need = per_item * cell.task.n_items * cell.replicates
+    if need > cell.budget.nfe:
+        raise HarnessError(
+            f"{where}.budget.nfe: cell {cell.id!r} needs {need} NFE ({per_item} per item x "
+            f"{cell.task.n_items} items x {cell.replicates} replicates) but its budget is {cell.budget.nfe}"
+        )
+
+
+def cell_to_dict(cell: Cell) -> dict:
+    return dataclasses.asdict(cell)

@@ -1,0 +1,1 @@
+"""Likelihood estimators (METHODS.md §1). Each module registers into ESTIMATORS."""

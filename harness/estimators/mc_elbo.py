@@ -1,0 +1,84 @@
+"""`mc_elbo`: the Monte Carlo ELBO of a masked diffusion LM (LLaDA eval; VRPO, arXiv 2505.19223).
+
+ELBO(o) = E_t E_{mask ~ t} [ (1/t) Σ_{k masked} log p(o_k | c, x_t) ]   (METHODS.md §1)
+
+t-laws for the n samples of each sequence:
+  iid         t_i ~ U(0, 1)
+  stratified  t_i = (i + u_i) / n               (one draw per stratum)
+  antithetic  pairs (u, 1 - u)
+  count       l ~ U{1..L}, exactly l positions masked, weight L / l (LLaDA's evaluation)
+For the t-laws each position is masked independently with probability t (weight 1/t).
+Only positions where completion_mask is True are masked and scored.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import torch
+
+from harness.estimators._common import completion_logprobs
+from harness.registry import ESTIMATORS
+from harness.seeding import rand
+from harness.types import Estimate
+
+
+def draw_t(law: str, B: int, n: int, generator) -> torch.Tensor:
+    """[B, n] mask ratios in (0, 1] for the continuous t-laws."""
+    u = rand(generator, B, n, dtype=torch.float64)  # [B, n]
+    if law == "stratified":
+        u = (torch.arange(n, dtype=torch.float64)[None, :] + u) / n
+    elif law == "antithetic":
+        half = u[:, : (n + 1) // 2]
+        u = torch.cat([half, 1 - half], 1)[:, :n]
+    return u.clamp_min(1e-6)
+
+
+def draw_masks(law: str, t: torch.Tensor, completion_mask: torch.Tensor, generator):
+    """-> (masks [B, n, L] bool, weight [B, n] = 1/t or L/l)."""
+    B, n = t.shape
+    L = completion_mask.shape[1]
+    u = rand(generator, B, n, L, dtype=torch.float64)  # [B, n, L]
+    valid = completion_mask[:, None, :].expand(B, n, L)
+    if law == "count":
+        length = completion_mask.sum(1, keepdim=True).double()  # [B, 1]
+        l = torch.floor(t * length).clamp_min(0) + 1  # l ~ U{1..L}, from t ~ U(0, 1)
+        l = torch.minimum(l, length)
+        # Exactly l masked: the l valid positions with the smallest uniform keys.
+        keys = torch.where(valid, u, torch.full_like(u, 2.0))
+        ranks = keys.argsort(-1).argsort(-1)  # [B, n, L]
+        masks = ranks < l[..., None]
+        return masks & valid, length / l
+    return (u < t[..., None]) & valid, 1.0 / t
+
+
+@ESTIMATORS.register("mc_elbo")
+@dataclass(frozen=True, kw_only=True)
+class MCElbo:
+    """Monte Carlo ELBO: n masked copies, (1/t)-weighted masked log-probs, t-law iid/stratified/antithetic/count."""
+
+    metric: ClassVar[str] = "elbo"
+    n_mc: int = 8
+    t_law: Literal["iid", "stratified", "antithetic", "count"] = "iid"
+    max_tokens: int = 65536
+
+    def __post_init__(self):
+        if self.n_mc < 1:
+            raise ValueError(f"n_mc must be >= 1, got {self.n_mc}")
+
+    def expected_nfe(self, batch: int) -> int:
+        return self.n_mc * batch
+
+    def __call__(self, denoiser, prompt, completion, completion_mask, *, generator,
+                 prompt_mask=None, draws=None) -> Estimate:
+        B, L = completion.shape
+        if draws is None:
+            t = draw_t(self.t_law, B, self.n_mc, generator)  # [B, n]
+            masks, weight = draw_masks(self.t_law, t, completion_mask, generator)  # [B, n, L], [B, n]
+            draws = {"t": t, "masks": masks, "weight": weight}
+        masks, weight = draws["masks"], draws["weight"]
+        noised = torch.where(masks, denoiser.mask_id, completion[:, None, :])  # [B, n, L]
+        logp = completion_logprobs(denoiser, prompt, prompt_mask, completion, noised, self.max_tokens)
+        terms = logp.double() * masks * weight[..., None]  # [B, n, L]
+        per_token = terms.mean(1)  # [B, L]
+        return Estimate(per_token=per_token, sequence=per_token.sum(1), draws=draws, n=self.n_mc)

@@ -1,0 +1,1 @@
+"""Model adapters. Each module registers a model spec whose `load()` returns a Denoiser."""

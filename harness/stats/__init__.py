@@ -1,0 +1,1 @@
+"""Statistics on records (numpy/scipy): intervals, paired tests, variance studies."""

@@ -1,0 +1,1 @@
+"""Tasks: datasets plus answer checking. Each module registers its tasks in `harness.registry.TASKS`."""

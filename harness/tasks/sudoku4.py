@@ -1,0 +1,158 @@
+"""`sudoku4`: 4x4 Sudoku (digits 1-4, 0 = blank), generated from a seed or d1's test set.
+
+Prompt: the 16-character puzzle read row by row, then `=` (e.g. `1030040000203401=`); reference:
+the 16-character solution. Generated puzzles blank `n_blanks` cells of a grid drawn uniformly from
+all 288 valid 4x4 grids. With `dataset="d1"` the test split is the exact d1 test set
+(`sudoku/4x4_test.csv`, 500 puzzles with 8 blanks each); train is still generated, minus those
+puzzles. The scorer accepts any valid grid that keeps every given cell, not only the reference.
+"""
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from math import comb
+from typing import Literal
+
+import numpy as np
+
+from harness.registry import TASKS
+from harness.tasks.base import Task
+from harness.tasks.data import data_file, sha256_file
+from harness.types import HarnessError, Item
+
+D1_FILE = "sudoku/4x4_test.csv"
+N_GRIDS = 288  # valid complete 4x4 Sudoku grids
+_NON_DIGIT = re.compile(r"\D")
+# The 12 units (4 rows, 4 columns, 4 boxes) as index lists into the row-major 16-cell string.
+_UNITS = (
+    [[4 * r + c for c in range(4)] for r in range(4)]
+    + [[4 * r + c for r in range(4)] for c in range(4)]
+    + [[4 * (br + r) + bc + c for r in range(2) for c in range(2)] for br in (0, 2) for bc in (0, 2)]
+)
+
+
+@lru_cache(maxsize=1)
+def all_grids() -> np.ndarray:
+    """Every valid complete grid, [288, 16] uint8, in a fixed (lexicographic) order."""
+    grids, cells = [], [0] * 16
+
+    def fill(k: int) -> None:
+        if k == 16:
+            grids.append(list(cells))
+            return
+        for d in range(1, 5):
+            if all(cells[j] != d for u in _UNITS if k in u for j in u if j < k):
+                cells[k] = d
+                fill(k + 1)
+
+    fill(0)
+    assert len(grids) == N_GRIDS
+    return np.array(grids, dtype=np.uint8)
+
+
+def is_valid_solution(puzzle: str, grid: str) -> bool:
+    """True iff `grid` (16 digits) is a complete valid Sudoku agreeing with the puzzle's givens."""
+    if len(grid) != 16 or len(puzzle) != 16:
+        return False
+    if any(p != "0" and p != g for p, g in zip(puzzle, grid)):
+        return False
+    return all(sorted(grid[j] for j in unit) == ["1", "2", "3", "4"] for unit in _UNITS)
+
+
+def _to_strings(rows: np.ndarray) -> list[str]:
+    """[n, 16] digit array -> 16-character strings."""
+    blob = (rows.astype(np.uint8) + ord("0")).tobytes().decode("ascii")
+    return [blob[16 * i : 16 * (i + 1)] for i in range(len(rows))]
+
+
+@TASKS.register("sudoku4")
+@dataclass(frozen=True, kw_only=True)
+class Sudoku4(Task):
+    """4x4 Sudoku: puzzle digits then `=`, answer the 16 solved digits; any valid solution scores 1."""
+
+    version = "1"
+    # Named `dataset`, not `source`: a field would shadow the `Task.source()` method.
+    dataset: Literal["generated", "d1"] = "generated"
+    n_blanks: int = 6
+    n_train: int = 20_000
+    n_test: int = 500
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.dataset not in ("generated", "d1"):
+            raise ValueError(f"dataset must be 'generated' or 'd1', got {self.dataset!r}")
+        if not 1 <= self.n_blanks <= 12:
+            raise ValueError(f"n_blanks must be in 1..12, got {self.n_blanks}")
+        if self.n_test < 1 or self.n_train < 0:
+            raise ValueError("n_test must be >= 1 and n_train >= 0")
+        # Leave most of the puzzle space to train: with few blanks there are only a few
+        # thousand distinct puzzles (288 grids x 16 cells for one blank).
+        if self.n_test > N_GRIDS * comb(16, self.n_blanks) // 4:
+            raise ValueError(f"n_test={self.n_test} is too many distinct puzzles for n_blanks={self.n_blanks}")
+
+    @property
+    def gen_length(self) -> int:
+        return 17  # 16 digits + EOS
+
+    def source(self) -> str:
+        if self.dataset == "d1":
+            path = data_file(D1_FILE)
+            return f"{path} sha256:{sha256_file(path)}"
+        return "generated"
+
+    def _draw(self, rng: np.random.Generator, n: int) -> tuple[list[str], list[str]]:
+        """n random (puzzle, solution) pairs: a uniform grid with n_blanks uniform cells blanked."""
+        solutions = all_grids()[rng.integers(0, N_GRIDS, size=n)]  # [n, 16]
+        blanks = np.argsort(rng.random((n, 16)), axis=1)[:, : self.n_blanks]  # [n, n_blanks]
+        puzzles = solutions.copy()
+        np.put_along_axis(puzzles, blanks, 0, axis=1)
+        return _to_strings(puzzles), _to_strings(solutions)
+
+    def _generated_test(self) -> list[tuple[str, str]]:
+        # First occurrences in draw order, deduplicated by puzzle (several grids can give the
+        # same puzzle once enough cells are blank).
+        rng = np.random.default_rng([self.seed, 1])
+        test: dict[str, str] = {}
+        while len(test) < self.n_test:
+            for p, s in zip(*self._draw(rng, 2 * self.n_test)):
+                test.setdefault(p, s)
+        return list(test.items())[: self.n_test]
+
+    def _d1_rows(self) -> list[tuple[str, str]]:
+        path = data_file(D1_FILE, "d1's 4x4 Sudoku test set, CSV with columns Puzzle,Solution")
+        with open(path, newline="") as f:
+            rows = [(r["Puzzle"].strip(), r["Solution"].strip()) for r in csv.DictReader(f)]
+        for i, (p, s) in enumerate(rows):
+            if not (len(p) == len(s) == 16 and p.isdigit() and is_valid_solution(p, s)):
+                raise HarnessError(f"{path}: row {i} is not a 4x4 puzzle with its solution: {p!r}, {s!r}")
+        return rows
+
+    def _train(self, held: set[str]) -> list[tuple[str, str]]:
+        # Its own stream, every held-out puzzle removed, so the splits never overlap.
+        rng = np.random.default_rng([self.seed, 0])
+        train: list[tuple[str, str]] = []
+        while len(train) < self.n_train:
+            train += [(p, s) for p, s in zip(*self._draw(rng, self.n_train)) if p not in held]
+        return train[: self.n_train]
+
+    def _items(self, split: str) -> list[Item]:
+        if self.dataset == "d1":
+            test = self._d1_rows()
+            prefix = "d1"
+        else:
+            test = self._generated_test()
+            prefix = "test"
+        if split == "test":
+            pairs = test
+        else:
+            pairs, prefix = self._train({p for p, _ in test}), "train"
+        return [
+            Item(id=f"{prefix}-{i}", prompt=f"{p}=", reference=s, meta={"puzzle": p, "solution": s})
+            for i, (p, s) in enumerate(pairs)
+        ]
+
+    def score(self, item: Item, completion: str) -> float:
+        digits = _NON_DIGIT.sub("", completion.strip())
+        return float(is_valid_solution(item.meta["puzzle"], digits[:16]))
