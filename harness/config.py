@@ -166,13 +166,25 @@ def parse_suite(data: Any, where: str, sha256: str = "") -> Suite:
         raise HarnessError(f"{where}.suite: expected a name of letters, digits, '_', '-', '.', got {suite.suite!r}")
     models = {k: _from_mapping(ComponentSpec, v, f"{where}.models.{k}") for k, v in suite.models.items()}
     tasks = {k: _from_mapping(TaskSpec, v, f"{where}.tasks.{k}") for k, v in suite.tasks.items()}
+    for k, t in tasks.items():
+        if t.n_items is not None and t.n_items < 1:
+            raise HarnessError(f"{where}.tasks.{k}.n_items: expected an integer >= 1 (or null for all items), "
+                               f"got {t.n_items}")
+    for key in ("n_items", "replicates"):
+        if getattr(suite.quick, key) < 1:
+            raise HarnessError(f"{where}.quick.{key}: expected an integer >= 1, got {getattr(suite.quick, key)}")
     if not suite.studies:
         raise HarnessError(f"{where}.studies: expected at least one study")
     studies = tuple(_from_mapping(StudySpec, s, f"{where}.studies[{i}]") for i, s in enumerate(suite.studies))
-    ids = [s.id for s in studies]
+    seen: dict[str, int] = {}
     for i, s in enumerate(studies):
-        if not NAME.match(s.id) or ids.count(s.id) > 1:
-            raise HarnessError(f"{where}.studies[{i}].id: expected a unique name, got {s.id!r}")
+        if not NAME.match(s.id):
+            raise HarnessError(f"{where}.studies[{i}].id: expected a unique name of letters, digits, '_', '-', '.', "
+                               f"got {s.id!r}")
+        if s.id in seen:
+            raise HarnessError(f"{where}.studies[{i}].id: expected a unique name, got {s.id!r} "
+                               f"(already the id of studies[{seen[s.id]}])")
+        seen[s.id] = i
     return dataclasses.replace(suite, models=models, tasks=tasks, studies=studies, path=where, sha256=sha256)
 
 
@@ -192,6 +204,9 @@ def _set_path(d: dict, dotted: str, value, where: str) -> None:
 def _sweep_points(study: StudySpec, where: str) -> list[dict]:
     allowed_roots = ("sampler", "estimator", "seed", "model", "task", "replicates", "batch_size")
     for key, values in study.sweep.items():
+        if not isinstance(key, str):
+            raise HarnessError(f"{where}.sweep: expected dotted key paths such as 'sampler.params.steps' as keys, "
+                               f"got {key!r}")
         if key.split(".")[0] not in allowed_roots:
             raise HarnessError(f"{where}.sweep.{key}: can only sweep {', '.join(allowed_roots)} (or paths under them)")
         if not isinstance(values, (list, tuple)) or not values:
@@ -228,10 +243,10 @@ def _cell(suite: Suite, study: StudySpec, s: dict, point: dict, where: str, quic
     if s.get(other) is not None:
         raise HarnessError(f"{where}.{other}: a {s['kind']!r} study takes a {ckey!r}, not a {other!r}")
     for key, table in (("model", suite.models), ("task", suite.tasks)):
-        if s[key] not in table:
+        if not isinstance(s[key], str) or s[key] not in table:
             raise HarnessError(f"{where}.{key}: {s[key]!r} is not defined under {key}s: (defined: {', '.join(table) or 'none'})")
     model, task = suite.models[s["model"]], suite.tasks[s["task"]]
-    MODELS.validate(model.name, model.params, f"{suite.path}.models.{s['model']}")
+    MODELS.build(model.name, model.params, f"{suite.path}.models.{s['model']}")  # a spec only; nothing loads
     TASKS.build(task.name, task.params, f"{suite.path}.tasks.{s['task']}")
     comp = _from_mapping(ComponentSpec, s[ckey], f"{where}.{ckey}")
     built = REGISTRIES[ckind].build(comp.name, comp.params, f"{where}.{ckey}")
@@ -255,14 +270,22 @@ def _cell(suite: Suite, study: StudySpec, s: dict, point: dict, where: str, quic
 
 
 def _check_budget(cell: Cell, component, where: str) -> None:
-    """Fail at plan time when a cell's NFE is known in advance and exceeds its budget."""
-    if cell.budget.nfe is None or not hasattr(component, "expected_nfe") or cell.task.n_items is None:
+    """Fail at plan time when a cell's NFE is known in advance and exceeds its budget.
+
+    Computing the per-item NFE also checks that the component fits the task (e.g. a sampler's
+    block_length divides the task's length), so such mismatches surface here, not mid-run."""
+    if not hasattr(component, "expected_nfe"):
         return
-    if cell.kind == "generate":
-        task = TASKS.build(cell.task.name, cell.task.params)
-        per_item = component.expected_nfe(task.gen_length)
-    else:
-        per_item = component.expected_nfe(1)
+    try:
+        if cell.kind == "generate":
+            task = TASKS.build(cell.task.name, cell.task.params)
+            per_item = component.expected_nfe(task.gen_length)
+        else:
+            per_item = component.expected_nfe(1)
+    except ValueError as exc:
+        raise HarnessError(f"{where}.{cell.component_kind[:-1]}: {exc}") from None
+    if cell.budget.nfe is None or cell.task.n_items is None:
+        return
     need = per_item * cell.task.n_items * cell.replicates
     if need > cell.budget.nfe:
         raise HarnessError(

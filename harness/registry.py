@@ -43,6 +43,10 @@ def type_name(tp: Any) -> str:
         return "a mapping"
     if tp is type(None):
         return "null"
+    if tp in (tuple, list):
+        return "a list"
+    if tp is dict:
+        return "a mapping"
     return getattr(tp, "__name__", str(tp))
 
 

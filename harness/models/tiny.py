@@ -99,11 +99,14 @@ class TinyMDLM(nn.Module):
     def __init__(self, cfg: TinyConfig, generator: torch.Generator | None = None):
         super().__init__()
         self.cfg = cfg
-        self.tok = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.pos = nn.Embedding(cfg.max_len, cfg.d_model)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
-        self.ln_f = nn.LayerNorm(cfg.d_model)
-        self.head = nn.Linear(cfg.d_model, cfg.vocab_size)
+        # PyTorch's layer constructors draw their default init from the global RNG; fork it so
+        # building a model leaves global state untouched (our own init below is what counts).
+        with torch.random.fork_rng(devices=[]):
+            self.tok = nn.Embedding(cfg.vocab_size, cfg.d_model)
+            self.pos = nn.Embedding(cfg.max_len, cfg.d_model)
+            self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+            self.ln_f = nn.LayerNorm(cfg.d_model)
+            self.head = nn.Linear(cfg.d_model, cfg.vocab_size)
         self.reset_parameters(generator)
 
     @torch.no_grad()
@@ -123,10 +126,15 @@ class TinyMDLM(nn.Module):
         B, T = x.shape
         if T > self.cfg.max_len:
             raise HarnessError(f"sequence length {T} exceeds the tiny model's max_len {self.cfg.max_len}")
-        h = self.tok(x) + self.pos.weight[:T]  # [B, T, D]
         attn = None
-        if attention_mask is not None:  # key padding: [B, 1, 1, T] boolean, True = attend
-            attn = attention_mask.bool()[:, None, None, :]
+        if attention_mask is None:
+            h = self.tok(x) + self.pos.weight[:T]  # [B, T, D]
+        else:
+            # Positions count real tokens only, so a left-padded row sits at the same positions
+            # as it would alone: batch composition never changes a row's numbers.
+            pos = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)  # [B, T]
+            h = self.tok(x) + self.pos(pos)
+            attn = attention_mask.bool()[:, None, None, :]  # key padding: True = attend
         for block in self.blocks:
             h = block(h, attn)
         return self.head(self.ln_f(h))  # [B, T, V]

@@ -1,0 +1,23 @@
+"""Helpers shared by the tests: small random tiny models and suite files."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from harness.models.tiny import CharTokenizer, TinyConfig, TinyDenoiser, TinyMDLM
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def make_tiny(seed: int = 0, max_len: int = 24, d_model: int = 32) -> TinyDenoiser:
+    tok = CharTokenizer()
+    cfg = TinyConfig(vocab_size=len(tok), max_len=max_len, d_model=d_model, n_layers=2, n_heads=2, d_ff=64)
+    module = TinyMDLM(cfg, generator=torch.Generator().manual_seed(seed)).eval()
+    return TinyDenoiser(module, tok)
+
+
+def write_suite(tmp_path: Path, text: str, name: str = "suite.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path

@@ -1,0 +1,196 @@
+"""The `dlm-harness` command line, run as a subprocess: listing, help, and user errors (exit 2,
+'error: ...' on stderr, no traceback).
+
+Every invocation pays the torch import (~2 s), so the commands run concurrently once per module
+and each test reads its result.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+KINDS = ("models", "estimators", "samplers", "algorithms", "tasks")
+SUBCOMMANDS = ("list", "run", "report", "train")
+ENV = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+
+BROKEN = """\
+suite: broken
+models:
+  tiny: {name: tiny, params: {}}
+tasks:
+  addition: {name: addition, params: {n_digits: 3}, n_items: 4}
+studies:
+  - {id: elbo, kind: likelihood, model: tiny, task: addition,
+     estimator: {name: mc_elbo, params: {n_mcc: 4}}}
+"""
+
+
+def _run(args: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "harness.cli", *args], cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=120)
+
+
+# Help texts, the other `list KIND`s and a missing suite file come from one interpreter that calls
+# harness.cli.main once per argv (argparse's --help exits through SystemExit), so they cost one
+# torch import instead of one each.
+DRIVER = """
+import contextlib, io, json, sys, traceback
+from harness.cli import main
+out = {}
+for argv in json.loads(sys.argv[1]):
+    o, e = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(o), contextlib.redirect_stderr(e):
+        try:
+            rc = main(argv)
+        except SystemExit as exc:
+            rc = exc.code
+        except BaseException:
+            traceback.print_exc()
+            rc = -1
+    out[" ".join(argv) or "nothing"] = [rc, o.getvalue(), e.getvalue()]
+print(json.dumps(out))
+"""
+
+
+def _run_many(argvs: list[list[str]]) -> dict[str, subprocess.CompletedProcess]:
+    r = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(argvs)], cwd=ROOT, env=ENV,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return {k: subprocess.CompletedProcess([], rc, so, se) for k, (rc, so, se) in json.loads(r.stdout).items()}
+
+
+@pytest.fixture(scope="module")
+def cli(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cli")
+    broken = tmp / "broken.yaml"
+    broken.write_text(BROKEN)
+    results = tmp / "results"
+    commands = {  # each its own `python -m harness.cli` process
+        "list": ["list"],
+        **{f"list {k}": ["list", k] for k in ("models", "bogus")},
+        "run broken": ["run", str(broken), "--results", str(results), "--no-progress"],
+        "report missing": ["report", str(tmp / "no-such-run"), "--out", str(tmp / "reports")],
+    }
+    in_one = [[c, "--help"] for c in SUBCOMMANDS] + [["--help"], []]
+    in_one += [["list", k] for k in ("tasks", "estimators", "samplers")]
+    in_one += [["run", str(tmp / "nope.yaml"), "--results", str(results)]]
+    with ThreadPoolExecutor(max_workers=max(2, min(8, os.cpu_count() or 2))) as pool:
+        many = pool.submit(_run_many, in_one)
+        futures = {name: pool.submit(_run, args) for name, args in commands.items()}
+        out = {name: f.result() for name, f in futures.items()}
+        out.update(many.result())
+    out["run missing"] = out.pop(" ".join(in_one[-1]))
+    out["_tmp"] = tmp
+    out["_broken"] = broken
+    out["_results"] = results
+    return out
+
+
+def first_column(stdout: str) -> list[str]:
+    return [line.split("\t")[0].strip() for line in stdout.splitlines() if line.strip()]
+
+
+def test_list_shows_the_five_kinds(cli):
+    r = cli["list"]
+    assert r.returncode == 0, r.stderr
+    headers = [line for line in r.stdout.splitlines() if not line.startswith(" ")]
+    assert headers == [f"{k}:" for k in KINDS]
+    # Components are indented under their kind, name then a tab then a summary.
+    assert "  mc_elbo\tMonte Carlo ELBO" in r.stdout
+    assert "  low_confidence\t" in r.stdout
+
+
+def test_list_models(cli):
+    r = cli["list models"]
+    assert r.returncode == 0, r.stderr
+    names = first_column(r.stdout)
+    assert {"tiny", "hf_masked", "hf_causal"} <= set(names)
+    assert names == sorted(names)
+    assert all("\t" in line for line in r.stdout.splitlines())
+    assert "models:" not in r.stdout  # one kind: no header
+
+
+def test_list_tasks(cli):
+    r = cli["list tasks"]
+    assert r.returncode == 0, r.stderr
+    assert {"addition", "sudoku4", "countdown3"} <= set(first_column(r.stdout))
+
+
+def test_list_estimators_and_samplers(cli):
+    assert cli["list estimators"].returncode == 0
+    assert "mc_elbo" in first_column(cli["list estimators"].stdout)
+    assert "low_confidence" in first_column(cli["list samplers"].stdout)
+
+
+def test_list_unknown_kind_exits_2(cli):
+    r = cli["list bogus"]
+    assert r.returncode == 2
+    assert r.stderr.startswith("error: unknown kind 'bogus'")
+    for kind in KINDS:
+        assert kind in r.stderr
+    assert "Traceback" not in r.stderr
+    assert r.stdout == ""
+
+
+def test_run_broken_suite_exits_2_without_traceback(cli):
+    r = cli["run broken"]
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr
+    assert r.stderr.startswith("error: ")
+    assert f"{cli['_broken']}.studies[0].estimator.params.n_mcc" in r.stderr
+    assert "did you mean 'n_mc'?" in r.stderr
+    assert r.stdout == ""
+    assert not cli["_results"].exists()  # planning failed before any run directory was made
+
+
+def test_run_missing_suite_exits_2(cli):
+    r = cli["run missing"]
+    assert r.returncode == 2
+    assert r.stderr.startswith("error: ")
+    assert str(cli["_tmp"] / "nope.yaml") in r.stderr
+    assert "cannot read suite file" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_report_on_missing_dir_exits_2(cli):
+    r = cli["report missing"]
+    assert r.returncode == 2
+    assert r.stderr.startswith("error: ")
+    assert str(cli["_tmp"] / "no-such-run") in r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (cli["_tmp"] / "reports").exists()
+
+
+@pytest.mark.parametrize("command, expected", [
+    ("list", ["kind", "models | estimators | samplers | algorithms | tasks"]),
+    ("run", ["suite", "--results", "--resume", "--quick", "--no-progress"]),
+    ("report", ["RUN_DIR", "--out"]),
+    ("train", ["--task", "--task-param", "--out", "--steps", "--lr"]),
+])
+def test_subcommand_help(cli, command, expected):
+    r = cli[f"{command} --help"]
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(f"usage: dlm-harness {command}")
+    for word in expected:
+        assert word in r.stdout
+
+
+def test_top_level_help_lists_subcommands(cli):
+    r = cli["--help"]
+    assert r.returncode == 0
+    for command in SUBCOMMANDS:
+        assert command in r.stdout
+
+
+def test_no_subcommand_is_a_usage_error(cli):
+    r = cli["nothing"]
+    assert r.returncode == 2
+    assert "usage: dlm-harness" in r.stderr
+    assert "Traceback" not in r.stderr
