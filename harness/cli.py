@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dlm-harness", description="Benchmark and evaluation harness for diffusion LMs.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("list", help="list registered components", description="List registered names, one per line, then a summary.")
+    s = sub.add_parser("list", help="list registered components",
+                       description="List registered names, one per line, then a summary.")
     s.add_argument("kind", nargs="?", help="models | estimators | samplers | algorithms | tasks")
     s.set_defaults(fn=cmd_list)
 
@@ -87,12 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
     s.set_defaults(fn=cmd_run)
 
-    s = sub.add_parser("report", help="write a report from run directories", description="Write reports/<suite>/<run_id>/index.md from records.")
+    s = sub.add_parser("report", help="write a report from run directories",
+                       description="Write reports/<suite>/<run_id>/index.md from records.")
     s.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     s.add_argument("--out", default="reports", help="reports root (default: reports)")
     s.set_defaults(fn=cmd_report)
 
-    s = sub.add_parser("train", help="train the tiny MDLM on a synthetic task", description="Train the built-in tiny MDLM and write a checkpoint directory.")
+    s = sub.add_parser("train", help="train the tiny MDLM on a synthetic task",
+                       description="Train the built-in tiny MDLM and write a checkpoint directory.")
     s.add_argument("--task", required=True, help="a registered task, e.g. addition")
     s.add_argument("--task-param", action="append", default=[], metavar="KEY=VALUE", help="task parameter (repeatable)")
     s.add_argument("--out", required=True, help="checkpoint directory to write")

@@ -244,7 +244,8 @@ def _cell(suite: Suite, study: StudySpec, s: dict, point: dict, where: str, quic
         raise HarnessError(f"{where}.{other}: a {s['kind']!r} study takes a {ckey!r}, not a {other!r}")
     for key, table in (("model", suite.models), ("task", suite.tasks)):
         if not isinstance(s[key], str) or s[key] not in table:
-            raise HarnessError(f"{where}.{key}: {s[key]!r} is not defined under {key}s: (defined: {', '.join(table) or 'none'})")
+            defined = ", ".join(table) or "none"
+            raise HarnessError(f"{where}.{key}: {s[key]!r} is not defined under {key}s: (defined: {defined})")
     model, task = suite.models[s["model"]], suite.tasks[s["task"]]
     MODELS.build(model.name, model.params, f"{suite.path}.models.{s['model']}")  # a spec only; nothing loads
     TASKS.build(task.name, task.params, f"{suite.path}.tasks.{s['task']}")

@@ -7,7 +7,6 @@ already recorded with status "ok" are skipped on resume.
 """
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import os
 import sys
@@ -17,8 +16,15 @@ from pathlib import Path
 from harness import provenance
 from harness.budget import Meter
 from harness.config import Cell, cell_to_dict, load_suite, plan
-from harness.records import (MANIFEST, SCHEMA_VERSION, RecordWriter, read_manifest, read_records,
-                             unit_key, write_json_atomic)
+from harness.records import (
+    MANIFEST,
+    SCHEMA_VERSION,
+    RecordWriter,
+    read_manifest,
+    read_records,
+    unit_key,
+    write_json_atomic,
+)
 from harness.registry import MODELS, REGISTRIES, TASKS, params_of
 from harness.seeding import derive_seed, torch_generator
 from harness.studies import STUDIES
@@ -66,7 +72,8 @@ class Runner:
                     "start a new run instead of resuming"
                 )
             if bool(manifest.get("quick")) != quick:
-                raise HarnessError(f"{self.run_dir}: was run with quick={manifest.get('quick')}; resume it the same way")
+                raise HarnessError(
+                    f"{self.run_dir}: was run with quick={manifest.get('quick')}; resume it the same way")
             self.manifest = manifest
             self.manifest.setdefault("resumed_at", []).append(_now())
         else:

@@ -34,6 +34,8 @@ def rand(generator, batch: int, *shape: int, dtype=torch.float32, device="cpu") 
     one per row. With per-row generators every row's draws depend only on its own seed, so
     splitting a batch, reordering it, or resuming half-way gives the same numbers (DESIGN.md §9).
     """
+    if generator is None:  # library code never falls back to the global RNG (DESIGN.md §3)
+        raise ValueError("a stochastic step needs an explicit torch.Generator (or one per row), got None")
     if isinstance(generator, (list, tuple)):
         if len(generator) != batch:
             raise ValueError(f"got {len(generator)} generators for a batch of {batch}")

@@ -4,9 +4,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from harness.models.tiny import save_checkpoint
 from tests.helpers import make_tiny
+
+# The test models are tiny: with several intra-op threads on a 2-core machine, thread hand-off
+# costs far more than the arithmetic. One thread keeps the suite fast (results are unaffected).
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -1,1 +1,4 @@
-"""RL algorithms (METHODS.md §2): losses as pure functions plus one shared loop. Each module registers into ALGORITHMS."""
+"""RL algorithms (METHODS.md §2): losses as pure functions plus one shared loop.
+
+Each module registers into ALGORITHMS.
+"""

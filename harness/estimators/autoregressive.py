@@ -22,9 +22,12 @@ from harness.types import Estimate, HarnessError
 class Autoregressive:
     """Exact chain-rule log-likelihood of a causal LM (AR baseline)."""
 
+    def expected_nfe(self, batch: int) -> int:
+        return batch  # one pass per sequence
+
     def __call__(self, denoiser, prompt: torch.Tensor, completion: torch.Tensor,
                  completion_mask: torch.Tensor, *, generator: torch.Generator | None = None,
-                 prompt_mask: torch.Tensor | None = None) -> Estimate:
+                 prompt_mask: torch.Tensor | None = None, draws: dict | None = None) -> Estimate:
         if not denoiser.shift_logits:
             raise HarnessError(
                 "the autoregressive estimator needs a causal (shifted-logits) model such as "

@@ -112,6 +112,7 @@ class BlockSampler:
             for s in range(steps_per_block):
                 masked = x == denoiser.mask_id  # [B, T]
                 logits = guided_logits(denoiser, x, attn, P, self.cfg_scale)  # [B, T, V]
+                logits[..., denoiser.mask_id] = -torch.inf  # never propose the mask token itself
                 x0 = add_gumbel_noise(logits, self.temperature, generator).argmax(-1)  # [B, T]
                 probs = F.softmax(logits.float(), -1)
                 conf = self.confidence(probs, x0)  # [B, T]

@@ -1,6 +1,7 @@
 """What every task shares: splits, item hashing, and the scoring contract (DESIGN.md, `Task`)."""
 from __future__ import annotations
 
+import abc
 import hashlib
 import json
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ def item_hash(item: Item) -> str:
 
 
 @dataclass(frozen=True, kw_only=True)
-class Task:
+class Task(abc.ABC):
     """Base of task components: subclasses set `version` and implement `_items` and `score`.
 
     `gen_length` is the completion length (in tokens of the built-in tokenizer) that the task's
@@ -33,15 +34,18 @@ class Task:
             raise HarnessError(f"task {self.registry_name!r}: unknown split {split!r} (known: {SPLITS})")
         return self._items(split)
 
-    def _items(self, split: str) -> list[Item]:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _items(self, split: str) -> list[Item]:
+        """All items of a split, in a fixed order."""
 
-    def score(self, item: Item, completion: str) -> float:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def score(self, item: Item, completion: str) -> float:
+        """1.0 for a correct completion (any correct answer counts), else 0.0."""
 
     @property
-    def gen_length(self) -> int:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def gen_length(self) -> int:
+        """Completion canvas length in tokens of the built-in tokenizer, EOS included."""
 
     def source(self) -> str:
         """Where the items came from (recorded in the manifest)."""

@@ -1,0 +1,195 @@
+"""`exact`: ground truth for short completions by enumerating every reveal set (METHODS.md §4).
+
+For the scored positions S of a row (completion_mask True, |S| = n) and every reveal set R ⊊ S,
+one forward pass on the input with S∖R masked gives log p(o_j | o_R, c) for every j ∉ R. From
+these 2^n − 1 passes (R = S scores nothing, so it is never run) both quantities are exact:
+
+  log p(o)  of the random-order, one-token-at-a-time process (METHODS.md §4):
+      g(∅) = 1,   g(S') = Σ_{j∈S'} g(S'∖{j}) · p(o_j | o_{S'∖{j}}, c),   log p(o) = log g(S) − log n!
+  ELBO (the expectation over random orders of the any-order chain rule):
+      ELBO = Σ_{R ⊊ S} [1 / (C(n,|R|)·(n−|R|))] Σ_{j∉R} log p(o_j | o_R, c)           ≤ log p(o)
+
+Subsets are bitmasks over the row's scored positions (bit i = the i-th scored position); the DP
+runs in order of popcount, all subsets of one size at once, in float64 log space.
+
+Everything is differentiable: `exact_terms(...)["elbo"].sum().backward()` gives the exact gradient
+with respect to the model's parameters. Callers that only need values wrap the call in
+`torch.no_grad()` (otherwise autograd keeps the activations of all 2^n passes).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Literal
+
+import torch
+
+from harness.estimators._common import completion_logprobs
+from harness.registry import ESTIMATORS
+from harness.types import Estimate, HarnessError
+
+
+@lru_cache(maxsize=None)
+def _subset_tables(n: int):
+    """Index tables for the DP over subsets of n items (CPU; cached per n).
+
+    -> (levels, level_pos, popcount): levels[k] = LongTensor of the masks with popcount k
+    (ascending), level_pos[m] = position of mask m inside its level, popcount [2^n].
+    """
+    masks = torch.arange(1 << n, dtype=torch.long)  # [2^n]
+    bits = (masks[:, None] >> torch.arange(n)) & 1  # [2^n, n]
+    popcount = bits.sum(1)  # [2^n]
+    levels = [torch.nonzero(popcount == k).squeeze(1) for k in range(n + 1)]
+    level_pos = torch.empty(1 << n, dtype=torch.long)
+    for lvl in levels:
+        level_pos[lvl] = torch.arange(len(lvl))
+    return levels, level_pos, popcount
+
+
+def reveal_bits(n: int, device=None) -> torch.Tensor:
+    """[2^n − 1, n] bool: row m says which scored positions the reveal set R = m reveals
+    (all proper subsets of the n scored positions, in bitmask order; R = S is left out)."""
+    masks = torch.arange((1 << n) - 1, dtype=torch.long, device=device)  # [N]
+    return ((masks[:, None] >> torch.arange(n, device=device)) & 1).bool()  # [N, n]
+
+
+def subset_log_p(lp: torch.Tensor) -> torch.Tensor:
+    """log p(o) by the subset DP (METHODS.md §4) for one row.
+
+    lp [2^n − 1, n] float64: lp[R, i] = log p(o_{S_i} | o_R, c) for every proper reveal set R
+    (bitmask order); entries with bit i in R are never read. -> scalar log g(S) − log n!.
+    """
+    n = lp.shape[1]
+    if n == 0:
+        return lp.new_zeros(())
+    levels, level_pos, _ = _subset_tables(n)
+    dev = lp.device
+    j = torch.arange(n, device=dev)  # [n]
+    bit = (1 << j)  # [n]
+    log_g = lp.new_zeros(1)  # level 0: log g(∅) = 0
+    for k in range(1, n + 1):
+        M = levels[k].to(dev)  # [c_k] subsets S' with |S'| = k
+        has = (M[:, None] & bit) != 0  # [c_k, n]: j ∈ S'
+        pred = torch.where(has, M[:, None] ^ bit, 0)  # [c_k, n]: S'∖{j} (∅ where j ∉ S', unused)
+        # log g(S'∖{j}) + log p(o_j | o_{S'∖{j}}, c); S'∖{j} ⊊ S so lp has its row.
+        cand = log_g[level_pos.to(dev)[pred]] + lp[pred, j.expand_as(pred)]  # [c_k, n]
+        cand = torch.where(has, cand, torch.full_like(cand, -math.inf))
+        log_g = torch.logsumexp(cand, 1)  # [c_k]
+    return log_g[0] - math.lgamma(n + 1)
+
+
+def elbo_weights(n: int, dtype=torch.float64, device=None) -> torch.Tensor:
+    """[2^n − 1, n] weights w[R, i] = 1{i ∉ R} / (C(n,|R|)·(n−|R|)) of the exact ELBO (METHODS.md §4)."""
+    _, _, popcount = _subset_tables(n)
+    per_size = torch.tensor([1.0 / (math.comb(n, k) * (n - k)) for k in range(n)], dtype=dtype)  # [n]
+    w = per_size[popcount[:-1]].to(device)  # [N]: by |R| for every proper R
+    return w[:, None] * ~reveal_bits(n, device)  # [N, n]
+
+
+def exact_terms(denoiser, prompt: torch.Tensor, completion: torch.Tensor, completion_mask: torch.Tensor,
+                *, prompt_mask: torch.Tensor | None = None, max_len: int = 16,
+                max_tokens: int = 65536) -> dict:
+    """Exact log p(o) and exact ELBO of each row by enumerating all reveal sets (METHODS.md §4).
+
+    prompt [B, P], completion [B, L], completion_mask [B, L] bool (the scored positions S_b; the
+    other completion positions stay clean, as given, in every pass).
+    -> {"log_p": [B], "elbo": [B], "elbo_per_token": [B, L] (zero off the mask; sums to elbo),
+        "n_passes": Σ_b (2^{n_b} − 1)}, all float64.
+
+    All rows' inputs go through `completion_logprobs` together, in as few passes as `max_tokens`
+    allows. Differentiable end to end; wrap in torch.no_grad() when gradients are not needed.
+    """
+    completion_mask = completion_mask.bool()
+    B, L = completion.shape
+    dev = completion.device
+    n_b = completion_mask.sum(1).tolist()  # scored length per row
+    for b, n in enumerate(n_b):
+        if n > max_len:
+            raise HarnessError(
+                f"exact: row {b} has {n} scored completion tokens, more than max_len={max_len}; "
+                f"exact enumeration needs 2^{n} = {1 << n} forward passes. Raise the estimator's "
+                f"max_len parameter (params: {{max_len: {n}}}) if that is affordable, or use a "
+                f"high-budget mc_elbo as the reference"
+            )
+    # Build every row's 2^n − 1 inputs: scored positions outside R are masked.
+    rows, noised, bits_of = [], [], []
+    for b, n in enumerate(n_b):
+        if n == 0:
+            bits_of.append(None)
+            continue
+        S = torch.nonzero(completion_mask[b]).squeeze(1)  # [n] scored positions
+        bits = reveal_bits(n, dev)  # [N, n]: True = revealed
+        x = completion[b].expand(len(bits), L).clone()  # [N, L]
+        x[:, S] = torch.where(bits, completion[b, S], denoiser.mask_id)
+        rows.append(torch.full((len(bits),), b, dtype=torch.long, device=dev))
+        noised.append(x)
+        bits_of.append((S, bits))
+    log_p, elbo_per_token = [], []
+    if rows:
+        idx = torch.cat(rows)  # [N_total] which row each input belongs to
+        pm = None if prompt_mask is None else prompt_mask[idx]
+        # [N_total, 1, L] -> [N_total, L]: log p(o_k | o_R, c) at every completion position.
+        lp_all = completion_logprobs(denoiser, prompt[idx], pm, completion[idx],
+                                     torch.cat(noised)[:, None, :], max_tokens)[:, 0].double()
+        chunks = iter(lp_all.split([len(x) for x in noised]))
+    for b, n in enumerate(n_b):
+        per_token = completion.new_zeros(L, dtype=torch.float64)  # [L]
+        if n == 0:
+            log_p.append(per_token.new_zeros(()))
+            elbo_per_token.append(per_token)
+            continue
+        S, _ = bits_of[b]
+        lp = next(chunks)[:, S]  # [N, n]: lp[R, i] = log p(o_{S_i} | o_R, c)
+        log_p.append(subset_log_p(lp))
+        w = elbo_weights(n, device=dev)  # [N, n]
+        # Where i ∈ R the weight is 0, but lp is the (finite) score of a revealed token.
+        elbo_per_token.append(per_token.index_put((S,), (w * lp).sum(0)))  # [L]
+    elbo_per_token = torch.stack(elbo_per_token)  # [B, L]
+    return {
+        "log_p": torch.stack(log_p),  # [B]
+        "elbo": elbo_per_token.sum(1),  # [B]
+        "elbo_per_token": elbo_per_token,
+        "n_passes": sum((1 << n) - 1 for n in n_b),
+    }
+
+
+@ESTIMATORS.register(
+    "exact",
+    summary="exact ground truth: log p by the subset DP and the exact ELBO, 2^L passes (L ≤ max_len)",
+)
+@dataclass(frozen=True, kw_only=True)
+class Exact:
+    """Exact ground truth: log p by the subset DP and the exact ELBO, 2^L passes (L ≤ max_len).
+
+    No expected_nfe: the cost 2^{n_b} − 1 per row depends on each completion's scored length,
+    which the planner does not know, so the plan-time budget check is skipped for this estimator.
+    """
+
+    target: Literal["elbo", "log_p"] = "elbo"
+    max_len: int = 16
+    max_tokens: int = 65536
+
+    def __post_init__(self):
+        if self.max_len < 0:
+            raise ValueError(f"max_len must be >= 0, got {self.max_len}")
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+
+    @property
+    def metric(self) -> str:
+        return f"exact_{self.target}"
+
+    def __call__(self, denoiser, prompt, completion, completion_mask, *, generator=None,
+                 prompt_mask=None, draws=None) -> Estimate:
+        terms = exact_terms(denoiser, prompt, completion, completion_mask, prompt_mask=prompt_mask,
+                            max_len=self.max_len, max_tokens=self.max_tokens)
+        per_token = terms["elbo_per_token"]  # [B, L]
+        if self.target == "log_p":
+            # log p has no per-token decomposition; spread the gap log p − ELBO evenly over the
+            # scored positions, so per_token still sums to the sequence value.
+            mask = completion_mask.bool()
+            n = mask.sum(1, keepdim=True).clamp_min(1)  # [B, 1]
+            gap = (terms["log_p"] - terms["elbo"])[:, None] / n  # [B, 1]
+            per_token = per_token + gap * mask
+        return Estimate(per_token=per_token, sequence=terms[self.target], draws={}, n=1)
