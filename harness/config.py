@@ -17,6 +17,12 @@ was expected, and planning validates every component against its registry before
          estimator: {name: mc_elbo, params: {n_mc: 8}}, replicates: 2,
          sweep: {estimator.params.n_mc: [1, 8]}}
     quick: {n_items: 20, replicates: 1}
+
+Study kinds: `generate` (a sampler) and `likelihood` (an estimator), plus the estimator-study kinds
+(harness/studies.py): `estimator_variance`, `exact_reference` (estimator `exact`, 1 replicate),
+`gradient_variance` (its `replicates` are the R_g gradients of one unit per item) and
+`t_mask_decomposition` (mc_elbo with n_mc 1; `replicates` = T values of t). Study-level
+`options:` (StudyOptions) are checked against the keys the kind takes (KIND_OPTIONS).
 """
 from __future__ import annotations
 
@@ -36,7 +42,14 @@ from harness.registry import MODELS, REGISTRIES, TASKS, _suggest, coerce
 from harness.types import Budget, HarnessError
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-STUDY_KINDS = {"generate": "samplers", "likelihood": "estimators"}
+# kind -> the registry its component comes from. The estimator-study kinds (issue 3) are
+# described in harness/studies.py; `options` below lists the study-level keys each one takes.
+STUDY_KINDS = {"generate": "samplers", "likelihood": "estimators",
+               "estimator_variance": "estimators", "exact_reference": "estimators",
+               "gradient_variance": "estimators", "t_mask_decomposition": "estimators"}
+StudyKind = Literal["generate", "likelihood", "estimator_variance", "exact_reference",
+                    "gradient_variance", "t_mask_decomposition"]
+assert set(typing.get_args(StudyKind)) == set(STUDY_KINDS)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -62,9 +75,29 @@ class BudgetSpec:
 
 
 @dataclass(frozen=True, kw_only=True)
+class StudyOptions:
+    """Study-level options of the estimator-study kinds (`options:` in a study; all optional).
+
+    masks_per_t   t_mask_decomposition: K mask draws for each of the study's `replicates` (= T)
+                  values of t; K >= 2 (the within-t variance needs two draws).
+    commit_order  estimator_variance / gradient_variance: "random" draws a uniformly random reveal
+                  order per unit from its generator and passes it as draws={"commit_step": ...}
+                  (what the `trace` estimator scores along); "none" passes no draws.
+    """
+
+    masks_per_t: int | None = None
+    commit_order: Literal["none", "random"] = "none"
+
+
+# Which options each kind accepts (any other key is an error naming the kind).
+KIND_OPTIONS = {"t_mask_decomposition": ("masks_per_t",),
+                "estimator_variance": ("commit_order",), "gradient_variance": ("commit_order",)}
+
+
+@dataclass(frozen=True, kw_only=True)
 class StudySpec:
     id: str
-    kind: Literal["generate", "likelihood"]
+    kind: StudyKind
     model: str
     task: str
     sampler: ComponentSpec | None = None
@@ -74,6 +107,7 @@ class StudySpec:
     batch_size: int = 64
     budget: BudgetSpec = field(default_factory=BudgetSpec)
     sweep: dict = field(default_factory=dict)
+    options: dict = field(default_factory=dict)  # StudyOptions keys allowed for the kind
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -90,6 +124,7 @@ class Suite:
     tasks: dict = field(default_factory=dict)  # name -> TaskSpec
     studies: tuple = ()  # StudySpec, ...
     quick: QuickSpec = field(default_factory=QuickSpec)
+    metrics: dict = field(default_factory=lambda: {"accuracy": "higher"})  # pre-registered for the gate
     path: str = ""
     sha256: str = ""
 
@@ -110,6 +145,7 @@ class Cell:
     batch_size: int
     budget: Budget
     point: dict
+    options: dict = field(default_factory=dict)  # validated StudyOptions of the kind (as a dict)
 
 
 # -- parsing --------------------------------------------------------------------------------------
@@ -173,6 +209,10 @@ def parse_suite(data: Any, where: str, sha256: str = "") -> Suite:
     for key in ("n_items", "replicates"):
         if getattr(suite.quick, key) < 1:
             raise HarnessError(f"{where}.quick.{key}: expected an integer >= 1, got {getattr(suite.quick, key)}")
+    for name, direction in suite.metrics.items():
+        if direction not in ("higher", "lower"):
+            raise HarnessError(f"{where}.metrics.{name}: expected 'higher' or 'lower' (the better direction), "
+                               f"got {direction!r}")
     if not suite.studies:
         raise HarnessError(f"{where}.studies: expected at least one study")
     studies = tuple(_from_mapping(StudySpec, s, f"{where}.studies[{i}]") for i, s in enumerate(suite.studies))
@@ -202,7 +242,7 @@ def _set_path(d: dict, dotted: str, value, where: str) -> None:
 
 
 def _sweep_points(study: StudySpec, where: str) -> list[dict]:
-    allowed_roots = ("sampler", "estimator", "seed", "model", "task", "replicates", "batch_size")
+    allowed_roots = ("sampler", "estimator", "seed", "model", "task", "replicates", "batch_size", "options")
     for key, values in study.sweep.items():
         if not isinstance(key, str):
             raise HarnessError(f"{where}.sweep: expected dotted key paths such as 'sampler.params.steps' as keys, "
@@ -257,17 +297,70 @@ def _cell(suite: Suite, study: StudySpec, s: dict, point: dict, where: str, quic
             raise HarnessError(f"{where}.{key}: expected an integer >= 1, got {s[key]}")
     s["seed"] = coerce(s["seed"], int, f"{where}.seed")
     budget = Budget(**_from_mapping(BudgetSpec, s["budget"], f"{where}.budget").__dict__)
+    options = _options(s["kind"], s.get("options"), f"{where}.options")
     if quick:
         task = dataclasses.replace(task, n_items=min(task.n_items or suite.quick.n_items, suite.quick.n_items))
         s["replicates"] = min(s["replicates"], suite.quick.replicates)
+    _check_kind(s["kind"], comp, built, s["replicates"], options, where, quick)
     label = ",".join(f"{k.split('.')[-1]}={point[k]}" for k in point)
     cell = Cell(id=study.id + (f"[{label}]" if label else ""), study=study.id, kind=s["kind"],
                 model=model, task=task, component_kind=ckind,
                 component=ComponentSpec(name=comp.name, params=dict(comp.params)),
                 replicates=s["replicates"], seed=s["seed"], batch_size=s["batch_size"], budget=budget,
-                point=point)
+                point=point, options=options)
     _check_budget(cell, built, where)
     return cell
+
+
+def _options(kind: str, raw, where: str) -> dict:
+    """Validate a study's `options:` against the keys its kind accepts -> a plain dict."""
+    raw = {} if raw is None else raw
+    if not isinstance(raw, Mapping):
+        raise HarnessError(f"{where}: expected a mapping, got {raw!r}")
+    allowed = KIND_OPTIONS.get(kind, ())
+    for key in raw:
+        if key not in allowed:
+            known = ", ".join(allowed) or "none"
+            raise HarnessError(f"{where}.{key}: not an option of a {kind!r} study (its options: {known})")
+    opts = _from_mapping(StudyOptions, raw, where)
+    return {k: getattr(opts, k) for k in allowed}
+
+
+def _check_kind(kind: str, comp: ComponentSpec, built, replicates: int, options: dict, where: str,
+                quick: bool) -> None:
+    """What the estimator-study kinds need of their estimator and replicates (plan time)."""
+    capped = " (after the quick variant's replicates cap)" if quick else ""
+    if kind == "exact_reference":
+        if comp.name != "exact":
+            raise HarnessError(f"{where}.estimator: an 'exact_reference' study enumerates every reveal set; "
+                               f"its estimator must be 'exact', got {comp.name!r}")
+        if replicates != 1:
+            raise HarnessError(f"{where}.replicates: an 'exact_reference' study is deterministic; "
+                               f"expected 1 replicate, got {replicates}")
+    elif kind == "t_mask_decomposition":
+        if comp.name != "mc_elbo" or built.n_mc != 1 or built.t_law not in ("iid", "count"):
+            raise HarnessError(f"{where}.estimator: a 't_mask_decomposition' study needs mc_elbo with n_mc: 1 "
+                               f"and t_law iid or count, got {comp.name!r} {dict(comp.params)}")
+        k = options.get("masks_per_t")
+        if k is None or k < 2:
+            raise HarnessError(f"{where}.options.masks_per_t: a 't_mask_decomposition' study needs K >= 2 mask "
+                               f"draws per value of t, got {k!r}")
+        if replicates < 2:
+            raise HarnessError(f"{where}.replicates: a 't_mask_decomposition' study needs T >= 2 values of t "
+                               f"(its replicates), got {replicates}{capped}")
+    elif kind == "gradient_variance":
+        if comp.name == "exact":
+            raise HarnessError(f"{where}.estimator: 'exact' has no sampling variance; a 'gradient_variance' "
+                               "study compares an estimator's gradients with the exact one")
+        if replicates < 2:
+            raise HarnessError(f"{where}.replicates: a 'gradient_variance' study needs R_g >= 2 gradient "
+                               f"replicates per item (its replicates), got {replicates}{capped}")
+    elif kind == "estimator_variance" and comp.name == "exact":
+        raise HarnessError(f"{where}.estimator: 'exact' is deterministic; use an 'exact_reference' study")
+    if comp.name == "trace" and kind in ("estimator_variance", "gradient_variance") \
+            and options.get("commit_order") != "random":
+        raise HarnessError(f"{where}.options.commit_order: the trace estimator scores along a decoding order; "
+                           "with no sampler in this study set options: {commit_order: random}")
 
 
 def _check_budget(cell: Cell, component, where: str) -> None:
@@ -285,6 +378,8 @@ def _check_budget(cell: Cell, component, where: str) -> None:
             per_item = component.expected_nfe(1)
     except ValueError as exc:
         raise HarnessError(f"{where}.{cell.component_kind[:-1]}: {exc}") from None
+    # K masks per value of t; gradient studies also spend the exact passes (not known here).
+    per_item *= cell.options.get("masks_per_t") or 1
     if cell.budget.nfe is None or cell.task.n_items is None:
         return
     need = per_item * cell.task.n_items * cell.replicates

@@ -1,9 +1,10 @@
 """Run records: `manifest.json` plus an append-only `records.jsonl` (DESIGN.md, "Records").
 
 One JSON line per unit of evidence (cell x task x item x replicate). Lines are written whole
-(one write, flushed and fsynced), never rewritten. A run killed mid-write can leave a torn last
-line; on reopening, the writer moves that fragment to `records.torn` (nothing is discarded) so the
-next record starts on a fresh line. Readers keep the last record per unit key.
+(one write, flushed; fsynced once per batch of units), never rewritten. A run killed mid-write
+can leave a torn last line; on reopening, the writer moves that fragment to `records.torn`
+(nothing is discarded) so the next record starts on a fresh line. Readers keep the last record
+per unit key.
 """
 from __future__ import annotations
 
@@ -61,12 +62,20 @@ class RecordWriter:
             fh.truncate(cut)
 
     def write(self, record: dict) -> None:
+        """Append one whole line and flush it to the OS (a killed process loses nothing written)."""
         line = json.dumps(record, sort_keys=True, separators=(",", ":"), default=str) + "\n"
         self._fh.write(line)
         self._fh.flush()
+
+    def sync(self) -> None:
+        """fsync: what was written survives a machine crash too. The runner calls it once per batch
+        (an fsync per record cost ~2 ms each, minutes over a study's 10^5 records)."""
         os.fsync(self._fh.fileno())
 
     def close(self) -> None:
+        if not self._fh.closed:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
         self._fh.close()
 
     def __enter__(self):

@@ -3,7 +3,9 @@
 Every cell runs its units (item x replicate) in batches. Randomness comes from one generator per
 unit, seeded by derive_seed(suite, cell, item, replicate), so batch composition does not change
 any number and a resumed run writes exactly the records a clean run would have written. Units
-already recorded with status "ok" are skipped on resume.
+already recorded with status "ok" are skipped on resume. Study kinds with `inner_replicates`
+(gradient_variance, t_mask_decomposition) have one unit per item, recorded as replicate 0; the
+unit gets one generator per inner replicate r, seeded by derive_seed(suite, cell, item, r).
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from harness.records import (
 )
 from harness.registry import MODELS, REGISTRIES, TASKS, params_of
 from harness.seeding import derive_seed, torch_generator
-from harness.studies import STUDIES
+from harness.studies import STUDIES, Batch, StudyKind
 from harness.tasks.base import item_hash
 from harness.types import Budget, BudgetExceeded, Cost, HarnessError
 
@@ -89,6 +91,7 @@ class Runner:
         return {
             "schema_version": SCHEMA_VERSION, "run_id": run_id, "suite": self.suite.suite,
             "suite_path": self.suite.path, "suite_sha256": self.suite.sha256, "quick": self.quick,
+            "metrics": self.suite.metrics,
             "command": argv or sys.argv, "started_at": _now(), "status": "running",
             "cells": [cell_to_dict(c) for c in self.cells],
             "seeds": sorted({c.seed for c in self.cells}),
@@ -130,21 +133,21 @@ class Runner:
         task = TASKS.build(cell.task.name, cell.task.params)
         items = task.items(cell.task.split)[: cell.task.n_items]
         component = REGISTRIES[cell.component_kind].build(cell.component.name, cell.component.params)
-        units = [(r, it) for r in range(cell.replicates) for it in items
-                 if (cell.id, it.id, r) not in done]
+        study = STUDIES[cell.kind]
+        units = _units(cell, items, study, done)
         if not units:
             return "complete", 0
         meter = Meter(self.model(cell), _remaining(cell.budget, spent))
-        study = STUDIES[cell.kind]
         failed = 0
         bar = tqdm(total=len(units), desc=cell.id, leave=False, disable=not self.progress, file=sys.stderr)
         for lo in range(0, len(units), cell.batch_size):
             batch = units[lo:lo + cell.batch_size]
-            gens = [torch_generator(derive_seed(self.suite.suite, cell.id, it.id, r, str(cell.seed)))
-                    for r, it in batch]
+            gens = [self._generators(cell, it, r, study) for r, it in batch]
             before = meter.cost
             try:
-                results = study(meter, task, component, [it for _, it in batch], gens)
+                results = study.run(meter, task, component,
+                                    Batch(items=[it for _, it in batch], replicates=[r for r, _ in batch],
+                                          generators=gens, options=cell.options))
                 status, error = "ok", None
             except BudgetExceeded as exc:
                 results, status, error = [{} for _ in batch], "budget_exceeded", str(exc)
@@ -153,6 +156,7 @@ class Runner:
             share = _share(meter.cost.minus(before), len(batch))
             for (r, it), res in zip(batch, results):
                 writer.write(self._record(cell, component, task, it, r, res, share, status, error))
+            writer.sync()
             bar.update(len(batch))
             if status == "budget_exceeded":
                 bar.close()
@@ -160,6 +164,13 @@ class Runner:
             failed += len(batch) if status == "error" else 0
         bar.close()
         return ("failed" if failed else "complete"), failed
+
+    def _generators(self, cell: Cell, item, replicate: int, study: StudyKind):
+        """The unit's generator; for inner-replicate kinds one per inner replicate r = 0..R-1."""
+        seed = lambda r: derive_seed(self.suite.suite, cell.id, item.id, r, str(cell.seed))  # noqa: E731
+        if study.inner_replicates:
+            return [torch_generator(seed(r)) for r in range(cell.replicates)]
+        return torch_generator(seed(replicate))
 
     def _record(self, cell, component, task, item, replicate, result, cost, status, error) -> dict:
         return {
@@ -178,10 +189,24 @@ class Runner:
         }
 
 
+def _units(cell: Cell, items: list, study: StudyKind, done: set) -> list[tuple]:
+    """The (replicate, item) units still to run, in execution order. Values never depend on the
+    order (one generator per unit); the order only decides which units share a batch."""
+    if study.inner_replicates:  # one unit per item; its replicates run inside the unit
+        units = [(0, it) for it in items]
+    elif study.item_major:  # an item's replicates together: one prompt per batch, fewer shapes
+        units = [(r, it) for it in items for r in range(cell.replicates)]
+    else:
+        units = [(r, it) for r in range(cell.replicates) for it in items]
+    return [(r, it) for r, it in units if (cell.id, it.id, r) not in done]
+
+
 def _share(cost: Cost, n: int) -> dict:
-    """One unit's share of a batch's cost (NFE is exact: each row costs every pass it rode in)."""
+    """One unit's share of a batch's cost: the batch's cost split evenly. Exact for fixed-schedule
+    components (each row rides every pass); for adaptive samplers, whose rows leave the batch
+    when done, it is the batch's mean per unit."""
     d = cost.as_dict()
-    return {k: (v if k == "peak_mem" else (v // n if isinstance(v, int) else v / n)) for k, v in d.items()}
+    return {k: (v if k == "peak_mem" else v / n) for k, v in d.items()}
 
 
 def _short(params: dict) -> str:

@@ -38,7 +38,8 @@ def completion_logprobs(denoiser, prompt: torch.Tensor, prompt_mask: torch.Tenso
         hi = min(lo + rows, B * n)
         logits = denoiser.logits(x[lo:hi], None if attn is None else attn[lo:hi])  # [r, T, V]
         logits = logits[:, P - 1:P + L - 1] if denoiser.shift_logits else logits[:, P:]
-        logp = F.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), -1)  # fp64 stays fp64
+        # Upcast inside the kernel (no separate float32 copy of bf16 logits); fp64 stays fp64.
+        logp = F.log_softmax(logits, -1, dtype=torch.promote_types(logits.dtype, torch.float32))
         out.append(torch.gather(logp, -1, target[lo:hi, :, None]).squeeze(-1))  # [r, L]
     return torch.cat(out).view(B, n, L)
 
@@ -68,15 +69,25 @@ def prompt_masks(prompt_mask: torch.Tensor, m: int, p: float, generator) -> torc
     """[B, P] real-token mask -> [B, m, P] bool: each real prompt token masked i.i.d. with prob p.
 
     One seed per (row, sample) comes from the row's generator; its uniforms are laid on the real
-    tokens from the last one backwards, so left padding does not change a row's draws."""
+    tokens from the last one backwards, so left padding does not change a row's draws.
+
+    The B·m seeded draws are the only loop (one reused generator, written in place); laying them
+    on the prompt positions is one gather.
+    """
     real = prompt_mask.bool().cpu()
     B, P = real.shape
     seeds = rand(generator, B, m, dtype=torch.float64)  # [B, m]
-    out = torch.zeros(B, m, P, dtype=torch.bool)
-    for b in range(B):
-        pos = torch.nonzero(real[b]).squeeze(1).flip(0)  # real positions, last first
-        for i in range(m):
-            g = torch.Generator().manual_seed(int(seeds[b, i] * 2.0**53))
-            u = torch.rand(len(pos), generator=g, dtype=torch.float64)
-            out[b, i, pos] = u < p
-    return out
+    counts = real.sum(1).tolist()  # real tokens per row
+    width = max(counts, default=0)
+    u = torch.ones(B, m, max(width, 1), dtype=torch.float64)  # u[b, i, k]: k-th real token from the end
+    ints = (seeds * 2.0**53).long().tolist()  # exact: seeds are multiples of 2^-53
+    g = torch.Generator()
+    for b, n in enumerate(counts):
+        if n == 0:
+            continue
+        for row, seed in zip(u[b, :, :n].unbind(0), ints[b]):  # [n] views, one per sample
+            g.manual_seed(seed)
+            row.uniform_(generator=g)  # = torch.rand(n, generator=g, dtype=float64)
+    k = (real.flip(1).long().cumsum(1) - 1).flip(1).clamp_min(0)  # [B, P] rank of a real token from the end
+    vals = u.gather(2, k[:, None, :].expand(B, m, P))  # [B, m, P]
+    return (vals < p) & real[:, None, :]

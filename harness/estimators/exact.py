@@ -54,37 +54,60 @@ def reveal_bits(n: int, device=None) -> torch.Tensor:
     return ((masks[:, None] >> torch.arange(n, device=device)) & 1).bool()  # [N, n]
 
 
+@lru_cache(maxsize=None)
+def _dp_steps(n: int):
+    """Per level k = 1..n of the DP over subsets of n items (CPU; cached per n):
+    (prev [c_k, n], pred [c_k, n], has [c_k, n]) with pred = S'∖{j} (∅ where j ∉ S', unused),
+    prev = the position of pred inside level k−1, has = (j ∈ S')."""
+    levels, level_pos, _ = _subset_tables(n)
+    bit = 1 << torch.arange(n)  # [n]
+    steps = []
+    for k in range(1, n + 1):
+        M = levels[k]  # [c_k] subsets S' with |S'| = k
+        has = (M[:, None] & bit) != 0  # [c_k, n]: j ∈ S'
+        pred = torch.where(has, M[:, None] ^ bit, 0)  # [c_k, n]: S'∖{j}
+        steps.append((level_pos[pred], pred, has))
+    return steps
+
+
+def subset_log_p_rows(lp: torch.Tensor) -> torch.Tensor:
+    """`subset_log_p` for R rows with the same number n of scored positions at once:
+    lp [R, 2^n − 1, n] float64 -> [R]."""
+    R, _, n = lp.shape
+    if n == 0:
+        return lp.new_zeros(R)
+    dev = lp.device
+    j = torch.arange(n, device=dev)  # [n]
+    log_g = lp.new_zeros(R, 1)  # level 0: log g(∅) = 0
+    for prev, pred, has in _dp_steps(n):
+        prev, pred, has = prev.to(dev), pred.to(dev), has.to(dev)
+        # log g(S'∖{j}) + log p(o_j | o_{S'∖{j}}, c); S'∖{j} ⊊ S so lp has its row.
+        cand = log_g[:, prev] + lp[:, pred, j.expand_as(pred)]  # [R, c_k, n]
+        cand = torch.where(has, cand, torch.full_like(cand, -math.inf))
+        log_g = torch.logsumexp(cand, -1)  # [R, c_k]
+    return log_g[:, 0] - math.lgamma(n + 1)
+
+
 def subset_log_p(lp: torch.Tensor) -> torch.Tensor:
     """log p(o) by the subset DP (METHODS.md §4) for one row.
 
     lp [2^n − 1, n] float64: lp[R, i] = log p(o_{S_i} | o_R, c) for every proper reveal set R
     (bitmask order); entries with bit i in R are never read. -> scalar log g(S) − log n!.
     """
-    n = lp.shape[1]
-    if n == 0:
-        return lp.new_zeros(())
-    levels, level_pos, _ = _subset_tables(n)
-    dev = lp.device
-    j = torch.arange(n, device=dev)  # [n]
-    bit = (1 << j)  # [n]
-    log_g = lp.new_zeros(1)  # level 0: log g(∅) = 0
-    for k in range(1, n + 1):
-        M = levels[k].to(dev)  # [c_k] subsets S' with |S'| = k
-        has = (M[:, None] & bit) != 0  # [c_k, n]: j ∈ S'
-        pred = torch.where(has, M[:, None] ^ bit, 0)  # [c_k, n]: S'∖{j} (∅ where j ∉ S', unused)
-        # log g(S'∖{j}) + log p(o_j | o_{S'∖{j}}, c); S'∖{j} ⊊ S so lp has its row.
-        cand = log_g[level_pos.to(dev)[pred]] + lp[pred, j.expand_as(pred)]  # [c_k, n]
-        cand = torch.where(has, cand, torch.full_like(cand, -math.inf))
-        log_g = torch.logsumexp(cand, 1)  # [c_k]
-    return log_g[0] - math.lgamma(n + 1)
+    return subset_log_p_rows(lp[None])[0]
+
+
+@lru_cache(maxsize=None)
+def _elbo_weights_cpu(n: int, dtype: torch.dtype) -> torch.Tensor:
+    _, _, popcount = _subset_tables(n)
+    per_size = torch.tensor([1.0 / (math.comb(n, k) * (n - k)) for k in range(n)], dtype=dtype)  # [n]
+    w = per_size[popcount[:-1]]  # [N]: by |R| for every proper R
+    return w[:, None] * ~reveal_bits(n)  # [N, n]
 
 
 def elbo_weights(n: int, dtype=torch.float64, device=None) -> torch.Tensor:
     """[2^n − 1, n] weights w[R, i] = 1{i ∉ R} / (C(n,|R|)·(n−|R|)) of the exact ELBO (METHODS.md §4)."""
-    _, _, popcount = _subset_tables(n)
-    per_size = torch.tensor([1.0 / (math.comb(n, k) * (n - k)) for k in range(n)], dtype=dtype)  # [n]
-    w = per_size[popcount[:-1]].to(device)  # [N]: by |R| for every proper R
-    return w[:, None] * ~reveal_bits(n, device)  # [N, n]
+    return _elbo_weights_cpu(n, dtype).to(device)
 
 
 def exact_terms(denoiser, prompt: torch.Tensor, completion: torch.Tensor, completion_mask: torch.Tensor,
@@ -97,8 +120,10 @@ def exact_terms(denoiser, prompt: torch.Tensor, completion: torch.Tensor, comple
     -> {"log_p": [B], "elbo": [B], "elbo_per_token": [B, L] (zero off the mask; sums to elbo),
         "n_passes": Σ_b (2^{n_b} − 1)}, all float64.
 
-    All rows' inputs go through `completion_logprobs` together, in as few passes as `max_tokens`
-    allows. Differentiable end to end; wrap in torch.no_grad() when gradients are not needed.
+    All rows' inputs go through `completion_logprobs` together (row by row, each row's reveal
+    sets in bitmask order), in as few passes as `max_tokens` allows; the DP and the ELBO then run
+    once per distinct scored length, on all rows of that length together. Differentiable end to
+    end; wrap in torch.no_grad() when gradients are not needed.
     """
     completion_mask = completion_mask.bool()
     B, L = completion.shape
@@ -112,45 +137,38 @@ def exact_terms(denoiser, prompt: torch.Tensor, completion: torch.Tensor, comple
                 f"max_len parameter (params: {{max_len: {n}}}) if that is affordable, or use a "
                 f"high-budget mc_elbo as the reference"
             )
-    # Build every row's 2^n − 1 inputs: scored positions outside R are masked.
-    rows, noised, bits_of = [], [], []
-    for b, n in enumerate(n_b):
-        if n == 0:
-            bits_of.append(None)
-            continue
-        S = torch.nonzero(completion_mask[b]).squeeze(1)  # [n] scored positions
-        bits = reveal_bits(n, dev)  # [N, n]: True = revealed
-        x = completion[b].expand(len(bits), L).clone()  # [N, L]
-        x[:, S] = torch.where(bits, completion[b, S], denoiser.mask_id)
-        rows.append(torch.full((len(bits),), b, dtype=torch.long, device=dev))
-        noised.append(x)
-        bits_of.append((S, bits))
-    log_p, elbo_per_token = [], []
-    if rows:
-        idx = torch.cat(rows)  # [N_total] which row each input belongs to
+    sizes = [(1 << n) - 1 for n in n_b]  # passes per row
+    log_p = torch.zeros(B, dtype=torch.float64, device=dev)
+    elbo_per_token = torch.zeros(B, L, dtype=torch.float64, device=dev)
+    if sum(sizes):
+        # Every row's 2^n − 1 inputs, rows in order: input r of row b reveals the scored positions
+        # whose rank i (among the row's scored positions) is a bit of r; the others are masked.
+        counts = torch.tensor(sizes, device=dev)  # [B]
+        idx = torch.repeat_interleave(torch.arange(B, device=dev), counts)  # [N_total] row of each input
+        offset = torch.cumsum(counts, 0) - counts  # [B] first input of each row
+        r = torch.arange(len(idx), device=dev) - offset[idx]  # [N_total] reveal set, as a bitmask
+        rank = (completion_mask.long().cumsum(1) - 1).clamp_min(0)  # [B, L] rank among scored positions
+        revealed = ((r[:, None] >> rank[idx]) & 1).bool()  # [N_total, L]
+        noised = torch.where(completion_mask[idx] & ~revealed, denoiser.mask_id, completion[idx])
         pm = None if prompt_mask is None else prompt_mask[idx]
         # [N_total, 1, L] -> [N_total, L]: log p(o_k | o_R, c) at every completion position.
         lp_all = completion_logprobs(denoiser, prompt[idx], pm, completion[idx],
-                                     torch.cat(noised)[:, None, :], max_tokens)[:, 0].double()
-        chunks = iter(lp_all.split([len(x) for x in noised]))
-    for b, n in enumerate(n_b):
-        per_token = completion.new_zeros(L, dtype=torch.float64)  # [L]
-        if n == 0:
-            log_p.append(per_token.new_zeros(()))
-            elbo_per_token.append(per_token)
-            continue
-        S, _ = bits_of[b]
-        lp = next(chunks)[:, S]  # [N, n]: lp[R, i] = log p(o_{S_i} | o_R, c)
-        log_p.append(subset_log_p(lp))
-        w = elbo_weights(n, device=dev)  # [N, n]
-        # Where i ∈ R the weight is 0, but lp is the (finite) score of a revealed token.
-        elbo_per_token.append(per_token.index_put((S,), (w * lp).sum(0)))  # [L]
-    elbo_per_token = torch.stack(elbo_per_token)  # [B, L]
+                                     noised[:, None, :], max_tokens)[:, 0].double()
+        for n in sorted(set(n_b) - {0}):
+            rows = torch.tensor([b for b, nb in enumerate(n_b) if nb == n], device=dev)  # [R]
+            N = (1 << n) - 1
+            S = torch.nonzero(completion_mask[rows])[:, 1].view(len(rows), n)  # [R, n] scored positions
+            inputs = offset[rows][:, None] + torch.arange(N, device=dev)  # [R, N]
+            lp = lp_all[inputs].gather(2, S[:, None, :].expand(len(rows), N, n))  # [R, N, n]
+            log_p = log_p.index_put((rows,), subset_log_p_rows(lp))
+            w = elbo_weights(n, device=dev)  # [N, n]
+            # Where i ∈ R the weight is 0, but lp is the (finite) score of a revealed token.
+            elbo_per_token = elbo_per_token.index_put((rows[:, None].expand_as(S), S), (w * lp).sum(1))
     return {
-        "log_p": torch.stack(log_p),  # [B]
+        "log_p": log_p,  # [B]
         "elbo": elbo_per_token.sum(1),  # [B]
         "elbo_per_token": elbo_per_token,
-        "n_passes": sum((1 << n) - 1 for n in n_b),
+        "n_passes": sum(sizes),
     }
 
 

@@ -52,12 +52,18 @@ def group_ids(commit_step: torch.Tensor, scored: torch.Tensor, stride: int, merg
     if merge == "steps":
         gid = torch.div(commit_step, stride, rounding_mode="floor")
     else:
+        # Rank of each scored token's step among its row's distinct scored steps, all rows at once:
+        # key = row·S + step sorts by row, then step.
         gid = torch.full_like(commit_step, -1)
-        for b in range(commit_step.shape[0]):
-            steps = commit_step[b][scored[b]]
-            uniq = torch.unique(steps, sorted=True)  # [U]
-            rank = torch.searchsorted(uniq, steps)  # rank of each scored token's step
-            gid[b, scored[b]] = torch.div(rank, stride, rounding_mode="floor")
+        B = commit_step.shape[0]
+        if bool(scored.any()):
+            S = int(commit_step[scored].max()) + 1
+            row = torch.arange(B, device=commit_step.device)[:, None].expand_as(commit_step)
+            key = (row * S + commit_step)[scored]  # [K] row-major
+            uniq = torch.unique(key, sorted=True)  # [U] distinct (row, step)
+            first = torch.searchsorted(uniq, torch.arange(B, device=key.device) * S)  # [B] row starts
+            rank = torch.searchsorted(uniq, key) - first[row[scored]]  # [K]
+            gid[scored] = torch.div(rank, stride, rounding_mode="floor")
     return torch.where(scored, gid, torch.full_like(gid, -1))
 
 
@@ -99,20 +105,22 @@ class Trace:
         # Commit steps of the unscored padding, for mask_padding: a padding position is hidden
         # in every group whose first step is at or before its own step.
         pad = ~valid & (commit >= 0) if self.mask_padding else torch.zeros_like(valid)
-        rows, groups, starts = [], [], []
-        for b in range(B):
-            for g in torch.unique(gid[b][scored[b]], sorted=True).tolist():
-                rows.append(b)
-                groups.append(g)
-                first = g * self.stride if self.merge == "steps" else int(commit[b][scored[b] & (gid[b] == g)].min())
-                starts.append(first)
         sequence_den = scored.sum(1).double().clamp_min(1)  # [B]
-        if not rows:
+        if not bool(scored.any()):
             zeros = torch.zeros(B, L, dtype=torch.float64, device=completion.device)
             return Estimate(per_token=zeros, sequence=zeros.sum(1), draws={"commit_step": commit}, n=1)
-        row = torch.tensor(rows, device=completion.device)  # [N]
-        grp = torch.tensor(groups, device=completion.device)[:, None]  # [N, 1]
-        start = torch.tensor(starts, device=completion.device)[:, None]  # [N, 1]
+        # The non-empty groups of every row, ordered by row then group: key = row·G + group.
+        G = int(gid.max()) + 1
+        rows_all = torch.arange(B, device=completion.device)[:, None].expand(B, L)
+        key = (rows_all * G + gid)[scored]  # [K] one per scored token, row-major
+        uniq, inv = torch.unique(key, sorted=True, return_inverse=True)  # [N], [K]
+        row = torch.div(uniq, G, rounding_mode="floor")  # [N]
+        grp = (uniq - row * G)[:, None]  # [N, 1]
+        if self.merge == "steps":
+            start = grp * self.stride  # [N, 1] the group's first step
+        else:  # the smallest step the group's tokens used
+            start = torch.full((len(uniq),), torch.iinfo(torch.long).max, device=completion.device)
+            start = start.scatter_reduce(0, inv, commit[scored], "amin")[:, None]  # [N, 1]
         hide = scored[row] & (gid[row] >= grp)  # [N, L] this group and every later one
         hide = hide | (pad[row] & (commit[row] >= start))
         target = scored[row] & (gid[row] == grp)  # [N, L] this group's tokens
