@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 RUN    := $(VENV)/bin/dlm-harness
 
-.PHONY: setup test bench report lint lock clean-venv
+.PHONY: setup test bench bench-estimators bench-samplers report lint lock clean-venv
 
 setup: $(STAMP)
 
@@ -29,6 +29,15 @@ bench: $(STAMP)
 	@run_dir=$$($(RUN) run suites/default.yaml | tail -n 1) && \
 	  $(RUN) report $$run_dir && \
 	  echo "records: $$run_dir" && echo "report:  reports/default/$$(basename $$run_dir)/index.md"
+
+# Estimator time / bare forward time per estimator (target <= 1.10); `--quick` for a smoke run:
+#   $(PY) benchmarks/estimators.py --quick
+bench-estimators: $(STAMP)
+	$(PY) benchmarks/estimators.py
+
+# Sampler throughput relative to plain low_confidence, with accuracy; ARGS=--quick for a short run.
+bench-samplers: $(STAMP)
+	$(PY) benchmarks/samplers.py $(ARGS)
 
 report: $(STAMP)
 	@test -n "$(RUN_DIR)" || { echo "usage: make report RUN_DIR=results/<suite>/<run_id>"; exit 2; }

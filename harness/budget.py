@@ -41,8 +41,11 @@ class Meter:
         self._flops = self._wall = 0.0
         self.exceeded: BudgetExceeded | None = None
 
-    # Pass through everything the Denoiser protocol exposes.
+    # Pass through everything the Denoiser protocol exposes, except forward passes: a `logits*`
+    # method the meter does not define would run uncounted, so it is refused instead.
     def __getattr__(self, name):
+        if name.startswith("logits"):
+            raise AttributeError(f"the meter does not count {name!r}; add it to harness.budget.Meter")
         return getattr(self.inner, name)
 
     @property
@@ -93,3 +96,9 @@ class Meter:
         B, T = x.shape
         t_key = T + int(getattr(cache, "length", 0))
         return self._run(lambda: self.inner.logits_cached(x, cache, **kwargs), B, T, t_key, cached=True)
+
+    def logits_build_cache(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None, *, keep):
+        """A full pass that also returns the KV cache of the columns `keep` (block start of the
+        cached samplers): counted as a FULL pass, since every position is processed."""
+        B, T = x.shape
+        return self._run(lambda: self.inner.logits_build_cache(x, attention_mask, keep=keep), B, T, T, cached=False)

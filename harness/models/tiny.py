@@ -87,12 +87,39 @@ class Block(nn.Module):
         self.fc2 = nn.Linear(cfg.d_ff, cfg.d_model)
 
     def forward(self, h: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+        return self.forward_kv(h, attn_mask)[0]
+
+    def _qkv(self, h: torch.Tensor):
         B, T, D = h.shape
         q, k, v = self.qkv(self.ln1(h)).view(B, T, 3, self.n_heads, D // self.n_heads).unbind(2)
-        q, k, v = (z.transpose(1, 2) for z in (q, k, v))  # [B, H, T, Dh]
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # full (bidirectional)
+        return tuple(z.transpose(1, 2) for z in (q, k, v))  # [B, H, T, Dh]
+
+    def _out(self, h: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        B, T, D = h.shape
         h = h + self.proj(a.transpose(1, 2).reshape(B, T, D))
         return h + self.fc2(F.gelu(self.fc1(self.ln2(h))))
+
+    def forward_kv(self, h: torch.Tensor, attn_mask: torch.Tensor | None):
+        """The block, also returning its keys and values [B, H, T, Dh] (for KV caches)."""
+        q, k, v = self._qkv(h)
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # full (bidirectional)
+        return self._out(h, a), k, v
+
+    def forward_cached(self, h: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                       order, key_mask: torch.Tensor | None) -> torch.Tensor:
+        """The block for some columns only: their queries attend to the cached keys/values plus
+        their own, put back in canvas-column order so the sum runs as in a full pass. `order` is
+        an int j (the new columns go between cached columns j-1 and j) or a permutation of
+        cat(cached, new)."""
+        q, k, v = self._qkv(h)
+        if isinstance(order, int):
+            k = torch.cat([k_cache[:, :, :order], k, k_cache[:, :, order:]], 2)  # [B, H, Tc + Tq, Dh]
+            v = torch.cat([v_cache[:, :, :order], v, v_cache[:, :, order:]], 2)
+        else:
+            k = torch.cat([k_cache, k], 2)[:, :, order]
+            v = torch.cat([v_cache, v], 2)[:, :, order]
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
+        return self._out(h, a)
 
 
 class TinyMDLM(nn.Module):
@@ -139,6 +166,68 @@ class TinyMDLM(nn.Module):
             h = block(h, attn)
         return self.head(self.ln_f(h))  # [B, T, V]
 
+    def _embed(self, x: torch.Tensor, attention_mask: torch.Tensor | None, columns: torch.Tensor):
+        """Embeddings of the canvas columns `columns` (x holds exactly those columns), with the
+        same positions a full pass gives them; the key-padding mask of the whole canvas."""
+        width = int(columns.max()) + 1 if attention_mask is None else attention_mask.shape[1]
+        if width > self.cfg.max_len:
+            raise HarnessError(f"sequence length {width} exceeds the tiny model's max_len {self.cfg.max_len}")
+        if attention_mask is None:
+            return self.tok(x) + self.pos.weight[columns], None
+        pos = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)[:, columns]  # [B, Tq]
+        return self.tok(x) + self.pos(pos), attention_mask.bool()
+
+    def forward_with_cache(self, x: torch.Tensor, attention_mask: torch.Tensor | None,
+                           keep: torch.Tensor) -> tuple[torch.Tensor, "TinyKVCache"]:
+        """A full pass (the same numbers as `forward`) that also keeps the keys/values of the
+        canvas columns `keep` [Tc] in every layer: Fast-dLLM's cache-building pass."""
+        columns = torch.arange(x.shape[1], device=x.device)
+        h, key_mask = self._embed(x, attention_mask, columns)
+        attn = None if key_mask is None else key_mask[:, None, None, :]
+        keys, values = [], []
+        for block in self.blocks:
+            h, k, v = block.forward_kv(h, attn)
+            keys.append(k[:, :, keep])
+            values.append(v[:, :, keep])
+        return self.head(self.ln_f(h)), TinyKVCache(keys=keys, values=values, columns=keep)
+
+    def forward_cached(self, x: torch.Tensor, cache: "TinyKVCache", columns: torch.Tensor,
+                       attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """Logits [B, Tq, V] of the canvas columns `columns` [Tq] (x: [B, Tq] their tokens),
+        attending to the cached columns' keys/values and their own. `attention_mask` is the whole
+        canvas's [B, T] mask (positions and key padding), or None."""
+        h, key_mask = self._embed(x, attention_mask, columns)
+        all_cols = torch.cat([cache.columns, columns])
+        order = torch.argsort(all_cols, stable=True)  # keys in canvas order, as in a full pass
+        key_cols = all_cols[order]
+        attn = None if key_mask is None else key_mask[:, key_cols][:, None, None, :]
+        j = int((cache.columns < columns[0]).sum())
+        if torch.equal(key_cols, torch.cat([cache.columns[:j], columns, cache.columns[j:]])):
+            order = j  # the new columns form one run between cached ones: slice instead of gather
+        for block, k, v in zip(self.blocks, cache.keys, cache.values):
+            h = block.forward_cached(h, k, v, order, attn)
+        return self.head(self.ln_f(h))
+
+
+@dataclass
+class TinyKVCache:
+    """Keys/values of some canvas columns in every layer (Fast-dLLM prefix and dual caches).
+
+    `length` is the number of cached key positions (the meter's attention FLOPs use it); `take`
+    keeps some rows, for samplers that drop finished rows from later passes."""
+
+    keys: list  # per layer [B, H, Tc, Dh]
+    values: list  # per layer [B, H, Tc, Dh]
+    columns: torch.Tensor  # [Tc] canvas columns of the cached keys
+
+    @property
+    def length(self) -> int:
+        return int(self.columns.numel())
+
+    def take(self, rows: torch.Tensor) -> "TinyKVCache":
+        return TinyKVCache(keys=[k[rows] for k in self.keys], values=[v[rows] for v in self.values],
+                           columns=self.columns)
+
 
 class TinyDenoiser:
     """The Denoiser adapter of a TinyMDLM (no logit shift; mask id from the tokenizer)."""
@@ -167,6 +256,20 @@ class TinyDenoiser:
 
     def logits(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.module(x, attention_mask)
+
+    def logits_build_cache(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
+                           keep) -> tuple[torch.Tensor, TinyKVCache]:
+        """A full pass over x [B, T] that also returns a KV cache of the columns `keep` (a slice,
+        or a 1-D tensor of column indices)."""
+        if isinstance(keep, slice):
+            keep = torch.arange(x.shape[1], device=x.device)[keep]
+        return self.module.forward_with_cache(x, attention_mask, keep.to(x.device))
+
+    def logits_cached(self, x: torch.Tensor, cache: TinyKVCache, *, positions: torch.Tensor,
+                      attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [B, Tq, V] of the canvas columns `positions` [Tq] whose tokens are x [B, Tq],
+        reusing `cache` for the cached columns. attention_mask: the whole canvas's [B, T] mask."""
+        return self.module.forward_cached(x, cache, positions.to(x.device), attention_mask)
 
 
 def save_checkpoint(path: Path, module: TinyMDLM, tokenizer: CharTokenizer, extra: dict) -> None:

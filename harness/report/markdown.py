@@ -36,7 +36,8 @@ def _table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render(run_dir: Path) -> str:
+def render(run_dir: Path, out_dir: Path | None = None) -> str:
+    """The report's markdown; sections with figures write them into out_dir (skipped when None)."""
     manifest = read_manifest(run_dir)
     records = read_records(run_dir)
     by_study: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
@@ -46,6 +47,14 @@ def render(run_dir: Path) -> str:
            f"Status: **{manifest.get('status')}**. Every value is a mean with a 95% interval "
            "(Wilson for 0/1 outcomes; Student-t over item means when items repeat); "
            "costs are measured by the meter, per unit (item x replicate).\n"]
+    from harness.report import estimators as estimator_report
+
+    if estimator_report.has_estimator_study(records):
+        out.append(estimator_report.render_section(records, manifest, run_dir, out_dir))
+    if out_dir is not None and any(r["kind"] == "generate" for r in records):
+        from harness.report.samplers import render_samplers_section
+
+        out.append(render_samplers_section(run_dir, out_dir))
     for study, cells in by_study.items():
         kind = next(iter(cells.values()))[0]["kind"]
         comp = next(iter(cells.values()))[0]["component"]
@@ -73,6 +82,6 @@ def write_report(run_dir: Path, reports: Path = Path("reports")) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "index.md"
     tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(render(run_dir))
+    tmp.write_text(render(run_dir, out_dir))
     tmp.replace(path)
     return path

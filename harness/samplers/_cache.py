@@ -1,0 +1,57 @@
+"""KV caches for the block samplers (Fast-dLLM, arXiv 2505.22618; METHODS.md §3 "cache variants").
+
+A denoiser that supports caching has two methods besides `logits`:
+
+    logits_build_cache(x [B, T], attention_mask=None, *, keep) -> (logits [B, T, V], cache)
+        a full pass that also keeps the keys/values of the canvas columns `keep` (1-D LongTensor)
+    logits_cached(x_part [B, Tq], cache, *, positions [Tq], attention_mask=None) -> logits [B, Tq, V]
+        a pass over the columns `positions` only, attending to the cache plus themselves
+
+and its cache object has `.length` (the number of cached key positions, which the meter's FLOPs
+use) and `.take(rows)` (keep some batch rows). Layouts, with the current block [lo, hi):
+
+    prefix: at the block start one full pass caches columns [0, lo) (prompt + earlier blocks);
+            later steps recompute the query columns [lo, T) (the block and the masked suffix).
+    dual:   the block-start pass caches [0, lo) and [hi, T); later steps recompute [lo, hi) only.
+
+The cache is stale, not exact, in a bidirectional model: the cached columns' keys/values were
+computed before this block's commits, while a full pass would let them attend to those commits.
+It is exact for a one-layer model (layer-1 keys/values depend on a column's own token only, and
+nothing outside the current block changes during the block), and whenever a block takes one step.
+
+Counting: the block-start pass is a FULL pass and the later ones are CACHED passes. The meter
+counts `logits_cached` as cached; the cache-building pass must be counted as full, so it goes
+through the meter's `logits_build_cache` (see `full_pass_with_cache`).
+"""
+from __future__ import annotations
+
+import torch
+
+from harness.types import HarnessError
+
+
+def supports_cache(denoiser) -> bool:
+    """Whether the (possibly metered) denoiser's model implements both cache methods."""
+    model = getattr(denoiser, "inner", denoiser)
+    return callable(getattr(type(model), "logits_build_cache", None)) and \
+        callable(getattr(type(model), "logits_cached", None))
+
+
+def check_cache_support(denoiser, cache: str) -> None:
+    if cache != "none" and not supports_cache(denoiser):
+        model = getattr(denoiser, "inner", denoiser)
+        raise HarnessError(
+            f"cache={cache!r} needs a model with KV-cache support (logits_build_cache and logits_cached); "
+            f"{type(model).__name__} has none: use cache: none"
+        )
+
+
+def full_pass_with_cache(denoiser, x: torch.Tensor, attention_mask: torch.Tensor | None,
+                         keep: torch.Tensor):
+    """One full pass over x that also returns a KV cache of the columns `keep`.
+
+    `denoiser` is a model or the meter wrapping it; the meter counts this as a full pass (it
+    refuses to forward any uncounted `logits*` method, so no pass can slip past it)."""
+    if not hasattr(denoiser, "logits_build_cache"):
+        raise HarnessError(f"{type(denoiser).__name__} cannot build a KV cache (no logits_build_cache)")
+    return denoiser.logits_build_cache(x, attention_mask, keep=keep)

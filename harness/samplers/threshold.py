@@ -1,0 +1,37 @@
+"""`threshold`: Fast-dLLM's confidence-aware parallel decoding (arXiv 2505.22618, `get_transfer_index`).
+
+In the current block, commit every masked position whose proposal has probability >= `tau`, and
+always the most confident one, so each pass commits at least one token and the number of passes
+adapts to the model's certainty. `max_steps` caps the passes per sequence (spread over the blocks;
+a block's last allowed step commits what is left). Fast-dLLM pairs it with the prefix and dual KV
+caches (`cache`); both are options of the shared loop (harness/samplers/_base.py).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from harness.registry import SAMPLERS
+from harness.samplers._base import AdaptiveSampler, Step, select_topk
+
+
+@SAMPLERS.register("threshold")
+@dataclass(frozen=True, kw_only=True)
+class Threshold(AdaptiveSampler):
+    """Fast-dLLM: commit every masked token with confidence >= tau (at least one per step); adaptive NFE."""
+
+    tau: float = 0.9
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.tau < 0:
+            raise ValueError(f"tau must be >= 0, got {self.tau}")
+
+    def choose(self, s: Step) -> torch.Tensor:
+        if s.last:
+            return s.eligible
+        conf = torch.gather(s.probs, -1, s.x0[..., None]).squeeze(-1)  # [B', n] p(x0)
+        conf = torch.where(s.eligible, conf, torch.full_like(conf, -torch.inf))
+        best = select_topk(conf, torch.ones_like(conf[:, 0], dtype=torch.long))
+        return best | (s.eligible & (conf >= self.tau))
