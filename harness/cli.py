@@ -1,4 +1,4 @@
-"""`dlm-harness`: list | run | report | train.
+"""`dlm-harness`: list | run | report | compare | train.
 
 Exit status: 0 on success, 1 when a run finished with failed units, 2 on bad usage or bad input
 (the message names the file, key or value; no traceback).
@@ -48,6 +48,26 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from harness.stats.gate import format_table, gate
+
+    metrics = None
+    if args.metric:
+        metrics = {}
+        for m in args.metric:
+            name, _, direction = m.partition(":")
+            metrics[name] = direction or "higher"
+    rows, notes = gate(Path(args.base), Path(args.new), metrics=metrics, alpha=args.alpha,
+                       tolerance=args.tolerance, seed=args.seed)
+    print(format_table(rows, notes))
+    worse = [f"{cell}/{c.name.split('/', 1)[1]}" for cell, c, _, _ in rows if c.verdict == "worse"]
+    if worse:
+        print(f"verdict: significantly worse beyond tolerance {args.tolerance}: {', '.join(worse)}")
+        return 1
+    print("verdict: no significant regression")
+    return 0
+
+
 def cmd_train(args) -> int:
     import json
 
@@ -93,6 +113,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     s.add_argument("--out", default="reports", help="reports root (default: reports)")
     s.set_defaults(fn=cmd_report)
+
+    s = sub.add_parser("compare", help="regression gate: is NEW_RUN significantly worse than BASE_RUN?",
+                       description="Pair records by (cell, item, seed) and test each pre-registered metric; "
+                                   "exit 1 only when one is significantly worse beyond the tolerance.")
+    s.add_argument("base", metavar="BASE_RUN")
+    s.add_argument("new", metavar="NEW_RUN")
+    s.add_argument("--metric", action="append", metavar="NAME[:higher|lower]",
+                   help="metric to gate on (repeatable; default: the suite's pre-registered metrics)")
+    s.add_argument("--alpha", type=float, default=0.05, help="level of the paired tests, Holm-corrected")
+    s.add_argument("--tolerance", type=float, default=0.02, help="changes smaller than this never fail")
+    s.add_argument("--seed", type=int, default=0, help="seed of the permutation tests")
+    s.set_defaults(fn=cmd_compare)
 
     s = sub.add_parser("train", help="train the tiny MDLM on a synthetic task",
                        description="Train the built-in tiny MDLM and write a checkpoint directory.")

@@ -1,0 +1,82 @@
+"""The regression gate: is a new run significantly worse than a base run? (DESIGN.md, "Statistics")
+
+Records of the two runs are paired by (cell, item, seed); for each cell and each pre-registered
+metric the per-unit differences (new - base) go through a paired test (exact McNemar for 0/1
+outcomes, a sign-flip permutation test otherwise) with Holm's correction across all comparisons.
+A comparison is "worse" only when the adjusted p is below alpha AND the mean change is worse than
+the tolerance in the metric's direction. The gate fails (exit 1) only on a "worse".
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from harness.records import read_manifest, read_records
+from harness.stats.paired import Comparison, compare_many
+from harness.types import HarnessError
+
+DEFAULT_METRICS = {"accuracy": "higher"}
+
+
+def _units(records: list[dict]) -> dict:
+    """{(cell, metric): {(item, seed): value}} for the records with status ok."""
+    out: dict = defaultdict(dict)
+    for r in records:
+        if r["status"] == "ok" and r.get("outcome"):
+            out[(r["cell_id"], r["outcome"]["metric"])][(r["item_id"], r["seed"])] = float(r["outcome"]["value"])
+    return out
+
+
+def gate(base_dir: Path, new_dir: Path, *, metrics: dict[str, str] | None = None, alpha: float = 0.05,
+         tolerance: float = 0.02, seed: int = 0) -> tuple[list[tuple[str, Comparison, float, float]], list[str]]:
+    """-> ([(cell, comparison, base mean, new mean)], notes). Raises HarnessError on bad input."""
+    base_m, new_m = read_manifest(base_dir), read_manifest(new_dir)
+    if base_m["suite"] != new_m["suite"]:
+        raise HarnessError(f"{base_dir} is suite {base_m['suite']!r} but {new_dir} is suite {new_m['suite']!r}: "
+                           "compare runs of the same suite")
+    metrics = metrics or new_m.get("metrics") or DEFAULT_METRICS
+    for name, direction in metrics.items():
+        if direction not in ("higher", "lower"):
+            raise HarnessError(f"metric {name!r}: direction must be 'higher' or 'lower', got {direction!r}")
+    base, new = _units(read_records(base_dir)), _units(read_records(new_dir))
+    notes = []
+    if base_m.get("suite_sha256") != new_m.get("suite_sha256"):
+        notes.append("the suite file changed between the runs (different sha256); cells are paired by id")
+    diffs, meta = {}, {}
+    for key in sorted(set(base) | set(new)):
+        cell, metric = key
+        if metric not in metrics:
+            continue
+        if key not in base or key not in new:
+            notes.append(f"{cell}/{metric}: only in the {'new' if key in new else 'base'} run; not compared")
+            continue
+        shared = [u for u in base[key] if u in new[key]]
+        missing = len(base[key]) + len(new[key]) - 2 * len(shared)
+        if missing:
+            notes.append(f"{cell}/{metric}: {missing} unit(s) without a partner were left out")
+        if not shared:
+            continue
+        a = np.array([base[key][u] for u in shared])
+        b = np.array([new[key][u] for u in shared])
+        diffs[f"{cell}/{metric}"] = b - a
+        binary = bool(np.isin(np.concatenate([a, b]), (0.0, 1.0)).all())
+        meta[f"{cell}/{metric}"] = (cell, metric, binary, float(a.mean()), float(b.mean()))
+    if not diffs:
+        raise HarnessError(f"no pre-registered metric ({', '.join(metrics)}) has paired records in "
+                           f"{base_dir} and {new_dir}")
+    comps = compare_many(diffs, alpha=alpha, tolerance=tolerance, seed=seed,
+                         higher_is_better={k: metrics[m[1]] == "higher" for k, m in meta.items()},
+                         binary={k: m[2] for k, m in meta.items()})
+    return [(meta[c.name][0], c, meta[c.name][3], meta[c.name][4]) for c in comps], notes
+
+
+def format_table(rows, notes) -> str:
+    head = "| cell | metric | n | base | new | new - base [95% CI] | test | p | p (Holm) | verdict |"
+    lines = [head, "|" + "---|" * 10]
+    for cell, c, base_mean, new_mean in rows:
+        lines.append(f"| {cell} | {c.name.split('/', 1)[1]} | {c.n} | {base_mean:.4f} | {new_mean:.4f} | "
+                     f"{c.interval.fmt(4)} | {c.test} | {c.p:.4g} | {c.p_adjusted:.4g} | **{c.verdict}** |")
+    lines += [f"note: {n}" for n in notes]
+    return "\n".join(lines)
