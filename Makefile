@@ -28,7 +28,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	@run_dir=$$($(RUN) run suites/default.yaml | tail -n 1) && \
 	  $(RUN) report $$run_dir && \
-	  echo "records: $$run_dir" && echo "report:  reports/default/$$(basename $$run_dir)/index.md"
+	  echo "records: $$run_dir" && echo "report:  reports/default/$$(basename $$run_dir)/index.md (and index.html)"
 
 # Estimator time / bare forward time per estimator (target <= 1.10); `--quick` for a smoke run:
 #   $(PY) benchmarks/estimators.py --quick

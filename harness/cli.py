@@ -43,8 +43,8 @@ def cmd_run(args) -> int:
 def cmd_report(args) -> int:
     from harness.report.markdown import write_report
 
-    for run_dir in args.run_dirs:
-        print(write_report(Path(run_dir), Path(args.out)))
+    # Runs of one suite combine into one report; each report is index.md plus a self-contained index.html.
+    print(*write_report([Path(d) for d in args.run_dirs], Path(args.out)), sep="\n")
     return 0
 
 
@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_run)
 
     s = sub.add_parser("report", help="write a report from run directories",
-                       description="Write reports/<suite>/<run_id>/index.md from records.")
+                       description="Write index.md and index.html under reports/<suite>/ (runs of one suite combined).")
     s.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     s.add_argument("--out", default="reports", help="reports root (default: reports)")
     s.set_defaults(fn=cmd_report)

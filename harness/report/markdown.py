@@ -4,6 +4,7 @@ Pure function of a run directory's manifest and records: rebuilding it needs not
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import defaultdict
 from pathlib import Path
@@ -39,22 +40,38 @@ def _table(rows: list[dict]) -> str:
 def render(run_dir: Path, out_dir: Path | None = None) -> str:
     """The report's markdown; sections with figures write them into out_dir (skipped when None)."""
     manifest = read_manifest(run_dir)
-    records = read_records(run_dir)
+    return render_records(read_records(run_dir), manifest, run_dir, out_dir)
+
+
+def render_records(records: list[dict], manifest: dict, run_dir, out_dir: Path | None = None,
+                   sources: list[dict] | None = None) -> str:
+    """The report of `records` (one run, or several runs combined: then `sources` lists their
+    manifests and `manifest` is the first one's, with `run_id` naming the combination)."""
     by_study: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     for r in records:
         by_study[r["study"]][r["cell_id"]].append(r)
-    out = [f"# Suite `{manifest['suite']}`: run `{manifest['run_id']}`\n",
-           f"Status: **{manifest.get('status')}**. Every value is a mean with a 95% interval "
+    if sources:
+        title = (f"# Suite `{manifest['suite']}`: {len(sources)} runs combined (`{manifest['run_id']}`)\n")
+        status = ", ".join(f"`{m['run_id']}` {m.get('status')}" for m in sources)
+        lead = (f"Runs: {status}. Records are the concatenation of the runs' records; a cell id present in "
+                "more than one run is prefixed by its run id (`<run_id>/<cell>`). ")
+    else:
+        title = f"# Suite `{manifest['suite']}`: run `{manifest['run_id']}`\n"
+        lead = f"Status: **{manifest.get('status')}**. "
+    out = [title,
+           lead + "Every value is a mean with a 95% interval "
            "(Wilson for 0/1 outcomes; Student-t over item means when items repeat); "
            "costs are measured by the meter, per unit (item x replicate).\n"]
     from harness.report import estimators as estimator_report
+    from harness.report.leaderboard import render_leaderboard
 
+    out.append(render_leaderboard(records, manifest.get("metrics")))
     if estimator_report.has_estimator_study(records):
         out.append(estimator_report.render_section(records, manifest, run_dir, out_dir))
     if out_dir is not None and any(r["kind"] == "generate" for r in records):
         from harness.report.samplers import render_samplers_section
 
-        out.append(render_samplers_section(run_dir, out_dir))
+        out.append(render_samplers_section(run_dir, out_dir, records=records))
     for study, cells in by_study.items():
         kind = next(iter(cells.values()))[0]["kind"]
         comp = next(iter(cells.values()))[0]["component"]
@@ -65,23 +82,87 @@ def render(run_dir: Path, out_dir: Path | None = None) -> str:
             out.append(f"\n{len(errors)} unit(s) not ok; first: `{errors[0]['status']}`: "
                        f"{(errors[0]['error'] or '').strip().splitlines()[-1] if errors[0]['error'] else ''}\n")
     out.append("## Provenance\n")
-    prov = {k: manifest.get(k) for k in ("suite_path", "suite_sha256", "git", "versions", "device",
-                                         "seeds", "models", "tasks", "started_at", "finished_at")}
-    out.append("```json\n" + json.dumps(prov, indent=1, sort_keys=True, default=str) + "\n```\n")
-    cmd = " ".join(manifest.get("command") or [])
+    keys = ("suite_path", "suite_sha256", "git", "versions", "device", "seeds", "models", "tasks",
+            "started_at", "finished_at")
+    for m in sources or [manifest]:
+        if sources:
+            out.append(f"### Run `{m['run_id']}`\n")
+        prov = {k: m.get(k) for k in keys}
+        out.append("```json\n" + json.dumps(prov, indent=1, sort_keys=True, default=str) + "\n```\n")
     out.append("## Reproduce\n")
-    out.append(f"```\ndlm-harness run {manifest.get('suite_path')}{' --quick' if manifest.get('quick') else ''}\n"
-               f"dlm-harness report <the printed run directory>\n```\n\nOriginal command: `{cmd}`\n")
+    for m in sources or [manifest]:
+        cmd = " ".join(m.get("command") or [])
+        out.append(f"```\ndlm-harness run {m.get('suite_path')}{' --quick' if m.get('quick') else ''}\n"
+                   f"dlm-harness report <the printed run directory>\n```\n\nOriginal command: `{cmd}`\n")
+    if sources:
+        dirs = " ".join(str(m.get("_run_dir", m["run_id"])) for m in sources)
+        out.append(f"Combine the runs into this report: `dlm-harness report {dirs}`\n")
     return "\n".join(out)
 
 
-def write_report(run_dir: Path, reports: Path = Path("reports")) -> Path:
-    run_dir = Path(run_dir)
-    manifest = read_manifest(run_dir)
-    out_dir = Path(reports) / manifest["suite"] / manifest["run_id"]
-    out_dir.mkdir(parents=True, exist_ok=True)
+def _combine(run_dirs: list[Path]) -> tuple[list[dict], dict, list[dict], str]:
+    """Records of several runs of one suite, concatenated; cell ids that occur in more than one run
+    are prefixed by the run id. -> (records, manifest, source manifests, combined id)."""
+    manifests = [read_manifest(d) for d in run_dirs]
+    per_run = [read_records(d) for d in run_dirs]
+    seen: dict[str, set] = defaultdict(set)
+    for m, recs in zip(manifests, per_run):
+        for r in recs:
+            seen[r["cell_id"]].add(m["run_id"])
+    records = []
+    for m, recs in zip(manifests, per_run):
+        for r in recs:
+            if len(seen[r["cell_id"]]) > 1:
+                r = {**r, "cell_id": f"{m['run_id']}/{r['cell_id']}"}
+            records.append(r)
+    key = hashlib.sha256("\n".join(sorted(m["run_id"] for m in manifests)).encode()).hexdigest()[:12]
+    combined_id = f"combined-{key}"
+    metrics: dict = {}
+    for m in manifests:
+        metrics.update(m.get("metrics") or {})
+    for m, d in zip(manifests, run_dirs):
+        m["_run_dir"] = str(d)
+    manifest = {**manifests[0], "run_id": combined_id, "metrics": metrics or None,
+                "status": ", ".join(sorted({str(m.get("status")) for m in manifests}))}
+    return records, manifest, manifests, combined_id
+
+
+def _write(out_dir: Path, text: str) -> Path:
+    from harness.report.html import write_html
+
     path = out_dir / "index.md"
     tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(render(run_dir, out_dir))
+    tmp.write_text(text)
     tmp.replace(path)
+    write_html(text, out_dir)
     return path
+
+
+def write_report(run_dirs, reports: Path = Path("reports")):
+    """Write reports/<suite>/<run_id>/index.md and index.html for each run directory.
+
+    `run_dirs` is one run directory (returns the index.md path) or a list of them (returns a list
+    of index.md paths): runs of the same suite given together are combined into one report,
+    reports/<suite>/combined-<hash>/ (a suite given once keeps its own reports/<suite>/<run_id>/).
+    """
+    single = isinstance(run_dirs, (str, Path))
+    dirs = [Path(run_dirs)] if single else [Path(d) for d in run_dirs]
+    groups: dict[str, list[Path]] = {}
+    for d in dirs:
+        suite = read_manifest(d)["suite"]
+        if d not in groups.setdefault(suite, []):
+            groups[suite].append(d)
+    paths = []
+    for suite, group in groups.items():
+        if len(group) == 1:
+            manifest = read_manifest(group[0])
+            out_dir = Path(reports) / suite / manifest["run_id"]
+            out_dir.mkdir(parents=True, exist_ok=True)
+            paths.append(_write(out_dir, render(group[0], out_dir)))
+        else:
+            records, manifest, sources, combined_id = _combine(group)
+            out_dir = Path(reports) / suite / combined_id
+            out_dir.mkdir(parents=True, exist_ok=True)
+            text = render_records(records, manifest, " ".join(str(d) for d in group), out_dir, sources=sources)
+            paths.append(_write(out_dir, text))
+    return paths[0] if single else paths

@@ -79,10 +79,11 @@ def _baseline(rows: list[dict]) -> dict | None:
     return max(plain, key=lambda r: r["nfe"]) if plain else None
 
 
-def render_samplers_section(run_dir, out_dir) -> str:
-    """Markdown for the sampler study of `run_dir`; figures are written into `out_dir` and linked
-    by file name (the markdown is meant to live in `out_dir`)."""
-    rows = cell_summaries(read_records(Path(run_dir)))
+def render_samplers_section(run_dir, out_dir, records: list[dict] | None = None) -> str:
+    """Markdown for the sampler study of `run_dir` (or of `records` when given, e.g. several runs
+    combined); figures are written into `out_dir` and linked by file name (the markdown is meant
+    to live in `out_dir`)."""
+    rows = cell_summaries(read_records(Path(run_dir)) if records is None else records)
     if not rows:
         return "## Samplers\n\n_no generate records in this run_\n"
     rows.sort(key=lambda r: (r["variant"], r["nfe"], r["cell"]))

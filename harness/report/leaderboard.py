@@ -1,0 +1,154 @@
+"""The leaderboard: cells ranked by each pre-registered metric, with intervals and ties.
+
+A pure function of records. For each metric of the suite's `metrics` map ({name: "higher" |
+"lower"}), the cells whose ok records report that metric are ranked by their mean (the mean of
+item means when replicates repeat items; the 95% interval is `mean_interval` clustered by item).
+A cell is tied with the cell ranked just above it when their intervals overlap OR the paired test
+between the two is not significant at `alpha` after Holm's correction across the adjacent
+comparisons of that metric. Pairing: the seeds of two cells differ (they derive from the cell id),
+so units are paired on the item: each cell's replicates are averaged per item and the shared items
+compared, with exact McNemar when both cells are 0/1 per item and the sign-flip permutation test
+on per-item differences otherwise. Ties chain (a tie with the cell above joins its rank group);
+tied cells share the rank of their group's first cell, written "=k".
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import numpy as np
+
+from harness.stats.intervals import Interval, mean_interval
+from harness.stats.paired import holm, mcnemar_exact, paired_permutation_test
+
+DEFAULT_METRICS = {"accuracy": "higher"}
+
+
+def _per_item(recs: list[dict]) -> dict[str, float]:
+    vals: dict[str, list[float]] = defaultdict(list)
+    for r in recs:
+        vals[r["item_id"]].append(float(r["outcome"]["value"]))
+    return {k: float(np.mean(v)) for k, v in vals.items()}
+
+
+def _overlap(a: Interval, b: Interval) -> bool:
+    if any(math.isnan(x) for x in (a.lo, a.hi, b.lo, b.hi)):
+        return True  # an interval we cannot compute separates nothing
+    return a.lo <= b.hi and b.lo <= a.hi
+
+
+def _paired(above: dict[str, float], below: dict[str, float], seed) -> tuple[float, str, int]:
+    """(p, test, n pairs) for the shared items of two cells (per-item means)."""
+    items = [k for k in above if k in below]
+    if not items:
+        return math.nan, "no shared items", 0
+    a = np.array([above[k] for k in items])
+    b = np.array([below[k] for k in items])
+    if np.isin(a, (0.0, 1.0)).all() and np.isin(b, (0.0, 1.0)).all():
+        m = mcnemar_exact(a, b)
+        return m["p"], f"McNemar exact (b01={m['b01']}, b10={m['b10']})", len(items)
+    return paired_permutation_test(b - a, seed=seed), "sign-flip permutation", len(items)
+
+
+def leaderboard(records: list[dict], metrics: dict[str, str] | None = None, *, alpha: float = 0.05,
+                seed: int = 0) -> list[dict]:
+    """One row per (metric, cell), best first within each metric.
+
+    Row keys: metric, direction, rank (int), rank_label ("1", "=2", ...), cell, study, component,
+    component_kind, params, interval (Interval), mean, n (items), units, tied (with the cell above),
+    overlap, test, p and p_holm (vs the cell above; NaN for the first), n_pairs.
+    """
+    metrics = metrics or DEFAULT_METRICS
+    by_metric: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        out = r.get("outcome")
+        if r.get("status") == "ok" and out and out.get("metric") in metrics and out.get("value") is not None:
+            by_metric[out["metric"]][r["cell_id"]].append(r)
+    rows: list[dict] = []
+    for mi, (metric, direction) in enumerate(metrics.items()):
+        cells = by_metric.get(metric)
+        if not cells:
+            continue
+        entries = []
+        for cell_id, recs in cells.items():
+            iv = mean_interval([r["outcome"]["value"] for r in recs], clusters=[r["item_id"] for r in recs])
+            comp = recs[0]["component"]
+            entries.append({"metric": metric, "direction": direction, "cell": cell_id, "study": recs[0]["study"],
+                            "component": comp["name"], "component_kind": comp["kind"],
+                            "params": comp.get("params") or {}, "interval": iv, "mean": iv.mean, "n": iv.n,
+                            "units": len(recs), "_items": _per_item(recs)})
+        sign = -1.0 if direction == "higher" else 1.0
+        entries.sort(key=lambda e: (sign * e["mean"] if not math.isnan(e["mean"]) else math.inf, e["cell"]))
+        rngs = np.random.default_rng([seed, mi]).spawn(max(0, len(entries) - 1))
+        raw = [_paired(entries[i - 1]["_items"], entries[i]["_items"], rngs[i - 1]) for i in range(1, len(entries))]
+        finite = [i for i, t in enumerate(raw) if not math.isnan(t[0])]
+        adj = np.full(len(raw), math.nan)
+        if finite:
+            adj[finite] = holm([raw[i][0] for i in finite], alpha)[0]
+        rank = 1
+        for i, e in enumerate(entries):
+            if i == 0:
+                e.update(tied=False, overlap=False, test="", p=math.nan, p_holm=math.nan, n_pairs=0)
+            else:
+                p, test, n_pairs = raw[i - 1]
+                overlap = _overlap(entries[i - 1]["interval"], e["interval"])
+                not_sig = math.isnan(adj[i - 1]) or adj[i - 1] >= alpha
+                e.update(tied=overlap or not_sig, overlap=overlap, test=test, p=p, p_holm=float(adj[i - 1]),
+                         n_pairs=n_pairs)
+                if not e["tied"]:
+                    rank = i + 1
+            e["rank"] = rank
+        group_size = defaultdict(int)
+        for e in entries:
+            group_size[e["rank"]] += 1
+        for e in entries:
+            e["rank_label"] = ("=" if group_size[e["rank"]] > 1 else "") + str(e["rank"])
+            del e["_items"]
+            rows.append(e)
+    return rows
+
+
+def _params(params: dict, limit: int = 80) -> str:
+    shown = ", ".join(f"{k}={v}" for k, v in sorted(params.items()) if v is not None)
+    shown = shown.replace("|", "/")
+    return (shown[: limit - 1] + "…") if len(shown) > limit else (shown or "defaults")
+
+
+def _p(row: dict) -> str:
+    if row["p"] != row["p"]:  # NaN: the first row, or nothing to pair
+        return "-" if not row["test"] else f"n/a ({row['test']})"
+    mark = " (tied)" if row["tied"] else ""
+    reason = ""
+    if row["tied"]:
+        reasons = [x for x, on in (("intervals overlap", row["overlap"]),
+                                   ("not significant", not row["p_holm"] < 0.05)) if on]
+        reason = f"; {' and '.join(reasons)}" if reasons else ""
+    return f"{row['p']:.3g} (Holm {row['p_holm']:.3g}; {row['test']}, {row['n_pairs']} items{reason}){mark}"
+
+
+def render_leaderboard(records: list[dict], metrics: dict[str, str] | None = None, *, alpha: float = 0.05) -> str:
+    """The "Leaderboard" section of the report (markdown)."""
+    metrics = metrics or DEFAULT_METRICS
+    rows = leaderboard(records, metrics, alpha=alpha)
+    out = ["## Leaderboard\n",
+           "Cells ranked by each pre-registered metric (mean with a 95% interval, clustered by item when "
+           "replicates repeat items; n = items). A cell is tied with the one above (shared rank, \"=k\") when "
+           "their intervals overlap or the paired test between them (per-item means on shared items: exact "
+           "McNemar for 0/1 outcomes, else a sign-flip permutation test; Holm-corrected across the adjacent "
+           f"comparisons) is not significant at {alpha:g}.\n"]
+    if not rows:
+        out.append(f"_no records report a pre-registered metric ({', '.join(metrics)})_\n")
+        return "\n".join(out)
+    for metric, direction in metrics.items():
+        mrows = [r for r in rows if r["metric"] == metric]
+        if not mrows:
+            continue
+        if len(metrics) > 1:
+            out.append(f"### `{metric}` ({direction} is better)\n")
+        lines = [f"| rank | cell | study | {mrows[0]['component_kind']} | params | {metric} [95% CI] | n | "
+                 "p vs the cell above |", "|---|---|---|---|---|---|---|---|"]
+        for r in mrows:
+            lines.append(f"| {r['rank_label']} | `{r['cell']}` | {r['study']} | {r['component']} | "
+                         f"{_params(r['params'])} | {r['interval'].fmt(3)} | {r['n']} | {_p(r)} |")
+        out.append("\n".join(lines) + "\n")
+    return "\n".join(out)
