@@ -21,3 +21,17 @@ def write_suite(tmp_path: Path, text: str, name: str = "suite.yaml") -> Path:
     path = tmp_path / name
     path.write_text(text)
     return path
+
+
+class Recorder:
+    """Forwards to a denoiser and keeps every input of its full passes (in `inputs`)."""
+
+    def __init__(self, inner):
+        self.inner, self.inputs = inner, []
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def logits(self, x, attention_mask=None):
+        self.inputs.append(x.clone())
+        return self.inner.logits(x, attention_mask)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from harness.report.markdown import md_table
+
 KINDS = ("estimator_variance", "exact_reference", "gradient_variance", "t_mask_decomposition")
 FIGURES = ("estimators_variance_vs_nfe", "estimators_mse_vs_nfe", "estimators_bias", "estimators_ratio_spread")
 SEED = 0  # every bootstrap in this section
@@ -35,13 +37,8 @@ def _ci(row, q: str, digits: int = 3) -> str:
     return f"{_f(row[q], digits)} [{_f(row[q + '_lo'], digits)}, {_f(row[q + '_hi'], digits)}]"
 
 
-def _table(rows: list[dict]) -> str:
-    if not rows:
-        return "_none_\n"
-    cols = list(rows[0])
-    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    out += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
-    return "\n".join(out) + "\n"
+def _md(rows: list[dict]) -> str:
+    return md_table(rows, empty="_none_")
 
 
 def analyse(records: list[dict]) -> dict:
@@ -304,22 +301,22 @@ def render_section(records: list[dict], manifest: dict, run_dir: Path, out_dir: 
         out.append(statement + "\n")
     for name in figs:
         out.append(f"![{name}]({name}.png)\n")
-    out += ["### Exact reference\n", _table(_exact_rows(a)),
-            "### Bias, variance, MSE and efficiency per cell\n", _table(_summary_rows(a)),
+    out += ["### Exact reference\n", _md(_exact_rows(a)),
+            "### Bias, variance, MSE and efficiency per cell\n", _md(_summary_rows(a)),
             "### Variance vs NFE per family\n",
-            _table([{"family": r["study"], "target": r["metric"], "points": r["points"],
+            _md([{"family": r["study"], "target": r["metric"], "points": r["points"],
                      "slope [95% CI]": f"{_f(r['slope'], 2)} [{_f(r['slope_lo'], 2)}, {_f(r['slope_hi'], 2)}]",
                      "−1 inside": r["one_over_nfe"]} for _, r in a["slopes"].iterrows()]),
-            "### Gradients (exact ELBO gradient g* by autograd through the exact sum)\n", _table(_gradient_rows(a)),
+            "### Gradients (exact ELBO gradient g* by autograd through the exact sum)\n", _md(_gradient_rows(a)),
             "### Importance-ratio spread at θ = θ_old (independent draws; pairs of replicates; bootstrap CI)\n",
-            _table(_spread_rows(a)),
+            _md(_spread_rows(a)),
             "### t vs mask decomposition\n",
-            _table([{"cell": r["cell_id"], "t-law": r["t_law"], "T x K": f"{r['T']} x {r['K']}",
+            _md([{"cell": r["cell_id"], "t-law": r["t_law"], "T x K": f"{r['T']} x {r['K']}",
                      "between t": _ci(r, "between"), "within t (mask)": _ci(r, "within"),
                      "total": _ci(r, "total"), "between share": _ci(r, "share"), "verdict": r["verdict"]}
                     for _, r in a["decomposition"].iterrows()]),
             "### Coupled vs independent masks (equal NFE)\n",
-            _table([{"NFE": r["nfe"], "coupled": r["coupled"], "independent": r["independent"],
+            _md([{"NFE": r["nfe"], "coupled": r["coupled"], "independent": r["independent"],
                      "variance ratio [bootstrap 95% CI]": f"{_f(r['ratio'])} [{_f(r['lo'])}, {_f(r['hi'])}]",
                      "items": r["n_items"]} for _, r in a["coupled"].iterrows()])]
     return "\n".join(out)

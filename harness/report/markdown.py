@@ -28,9 +28,10 @@ def _cell_row(cell_id: str, recs: list[dict]) -> dict:
     }
 
 
-def _table(rows: list[dict]) -> str:
+def md_table(rows: list[dict], empty: str = "_no records_") -> str:
+    """Rows of equal keys -> a markdown table (the keys are the header)."""
     if not rows:
-        return "_no records_\n"
+        return empty + "\n"
     cols = list(rows[0])
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
@@ -76,7 +77,7 @@ def render_records(records: list[dict], manifest: dict, run_dir, out_dir: Path |
         kind = next(iter(cells.values()))[0]["kind"]
         comp = next(iter(cells.values()))[0]["component"]
         out.append(f"## Study `{study}` ({kind}, {comp['kind']} `{comp['name']}`)\n")
-        out.append(_table([_cell_row(cid, recs) for cid, recs in cells.items()]))
+        out.append(md_table([_cell_row(cid, recs) for cid, recs in cells.items()]))
         errors = [r for recs in cells.values() for r in recs if r["status"] != "ok"]
         if errors:
             out.append(f"\n{len(errors)} unit(s) not ok; first: `{errors[0]['status']}`: "

@@ -21,7 +21,7 @@ from harness.estimators.exact import exact_terms, reveal_bits
 from harness.estimators.quadrature_elbo import gauss_legendre
 from harness.registry import ESTIMATORS
 from harness.types import ArchInfo
-from tests.helpers import make_tiny
+from tests.helpers import Recorder, make_tiny
 
 MASK = 1
 NAMES = ["one_step", "coupled", "uni_elbo", "quadrature_elbo", "complementary_elbo"]
@@ -77,20 +77,6 @@ class Factorised:
         L = completion.shape[0]
         logp = F.log_softmax(self.table[P:P + L].to(torch.promote_types(self.table.dtype, torch.float32)), -1)
         return logp[torch.arange(L), completion].double()
-
-
-class Recorder:
-    """A pass-through denoiser that keeps every input it is given."""
-
-    def __init__(self, inner):
-        self.inner, self.inputs = inner, []
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def logits(self, x, attention_mask=None):
-        self.inputs.append(x.clone())
-        return self.inner.logits(x, attention_mask)
 
 
 # One row: prompt of 3, completion of 6 whose last position is padding after the EOS (unscored).

@@ -12,7 +12,7 @@ from harness.estimators.block_elbo import block_masks, prompt_masks
 from harness.registry import ESTIMATORS, SAMPLERS
 from harness.text import completion_mask
 from harness.types import ArchInfo, HarnessError
-from tests.helpers import make_tiny
+from tests.helpers import Recorder, make_tiny
 
 SPG = ("block_elbo", "eubo", "mix")
 
@@ -35,20 +35,6 @@ class Factorised:
 
     def logits(self, x, attention_mask=None):
         return self.table[: x.shape[1]].expand(x.shape[0], -1, -1).clone()
-
-
-class Recorder:
-    """Forwards to a denoiser and keeps every input it was given."""
-
-    def __init__(self, inner):
-        self.inner, self.inputs = inner, []
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def logits(self, x, attention_mask=None):
-        self.inputs.append(x.clone())
-        return self.inner.logits(x, attention_mask)
 
 
 def batch(B=3, P=4, L=10, lengths=(10, 7, 4), seed=0):

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from harness.registry import SAMPLERS
-from tests.samplers.toys import MASK, Recorder
+from tests.helpers import Recorder
+from tests.samplers.toys import MASK
 
 
 def remask_events(calls, P):
@@ -27,7 +28,7 @@ def decode(params, gen_length=6, seed=0, batch=4):
     prompt = torch.randint(3, 20, (batch, 4), generator=torch.Generator().manual_seed(1))
     gens = [torch.Generator().manual_seed(seed + i) for i in range(batch)]
     gen = SAMPLERS.build("remdm", params)(den, prompt, generator=gens, gen_length=gen_length)
-    return gen, den.calls
+    return gen, den.inputs
 
 
 @pytest.mark.parametrize("schedule", ["cap", "rescale", "conf", "loop"])

@@ -49,21 +49,6 @@ class TableDenoiser:
         return out
 
 
-class Recorder:
-    """Wraps a denoiser and records the canvases it was asked about (full passes only)."""
-
-    def __init__(self, inner):
-        self.inner = inner
-        self.calls: list[torch.Tensor] = []
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def logits(self, x, attention_mask=None):
-        self.calls.append(x.clone())
-        return self.inner.logits(x, attention_mask)
-
-
 def valid_order(commit_step: torch.Tensor) -> bool:
     """Every position committed once, and each row's steps are 0, 1, ..., max (no gaps)."""
     for row in commit_step.tolist():
