@@ -48,6 +48,7 @@ much left padding its batch gives it. NFE = m per sequence.
 """
 from __future__ import annotations
 
+import abc
 import math
 from dataclasses import dataclass
 from typing import ClassVar, Literal
@@ -90,7 +91,7 @@ def block_masks(completion_mask: torch.Tensor, m: int, block_length: int, genera
 
 
 @dataclass(frozen=True, kw_only=True)
-class _SPGBase:
+class _SPGBase(abc.ABC):
     """Shared fields and scoring of the SPG bounds (not registered)."""
 
     metric: ClassVar[str] = "spg"
@@ -175,8 +176,9 @@ class _SPGBase:
         share = self.norm(n)[:, None] / n_cov.clamp_min(1)  # [B, 1]
         return torch.where(covered, u * share, torch.zeros_like(u))  # [B, L]
 
-    def terms(self, logp, masks, t_hat, n) -> torch.Tensor:  # pragma: no cover - overridden
-        raise NotImplementedError
+    @abc.abstractmethod
+    def terms(self, logp, masks, t_hat, n) -> torch.Tensor:
+        """[B, m, L] log-probs, masks, [B, m] t_hat, [B] n -> [B, L] per-token terms of the bound."""
 
     def __call__(self, denoiser, prompt, completion, completion_mask, *, generator,
                  prompt_mask=None, draws=None) -> Estimate:

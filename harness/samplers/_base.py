@@ -19,6 +19,7 @@ canvas is cut at the first EOS (later tokens become EOS padding).
 """
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -118,7 +119,7 @@ class Step:
 
 # -- the shared loop ------------------------------------------------------------------------------
 @dataclass(frozen=True, kw_only=True)
-class DecodeLoop:
+class DecodeLoop(abc.ABC):
     """Shared knobs and loop of the block samplers (LLaDA's generate loop + Fast-dLLM caches)."""
 
     gen_length: int | None = None  # None: the task's length
@@ -145,13 +146,13 @@ class DecodeLoop:
             raise ValueError("KV caches are not supported with classifier-free guidance (cfg_scale > 0)")
 
     # -- what subclasses define ------------------------------------------------------------------
+    @abc.abstractmethod
     def block_steps(self, L: int, n_blocks: int) -> int:
         """Steps per block: exactly that many (fixed schedule) or at most that many (adaptive)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def choose(self, s: Step) -> torch.Tensor:
         """-> [B', n] bool: the positions to commit at this step (a subset of s.eligible)."""
-        raise NotImplementedError
 
     # -- planning ----------------------------------------------------------------------------------
     def plan(self, gen_length: int) -> tuple[int, int, int]:
