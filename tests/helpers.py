@@ -1,6 +1,7 @@
 """Helpers shared by the tests: small random tiny models and suite files."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -35,3 +36,30 @@ class Recorder:
     def logits(self, x, attention_mask=None):
         self.inputs.append(x.clone())
         return self.inner.logits(x, attention_mask)
+
+
+def crash_mid_run(runner, after: int, torn: bool = False) -> None:
+    """Run `runner` until its `after`-th record write, then die like a killed process (with
+    `torn`, half of that record is on disk first). The runner's run directory is left as is."""
+    import pytest
+
+    from harness import records as rec_mod
+
+    real_write = rec_mod.RecordWriter.write
+    writes = {"n": 0}
+
+    def crashing_write(self, record):
+        writes["n"] += 1
+        if writes["n"] == after:
+            if torn:
+                self._fh.write(json.dumps(record)[:40])
+                self._fh.flush()
+            raise KeyboardInterrupt
+        real_write(self, record)
+
+    rec_mod.RecordWriter.write = crashing_write
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            runner.run()
+    finally:
+        rec_mod.RecordWriter.write = real_write

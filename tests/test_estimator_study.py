@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import torch
 
-from harness import records as rec_mod
 from harness.config import load_suite, plan
 from harness.records import read_records
 from harness.report.markdown import write_report
@@ -13,7 +12,7 @@ from harness.runner import Runner
 from harness.stats.estimators import GradientMoments
 from harness.studies import flat_grad, random_orders, trainable
 from harness.types import HarnessError
-from tests.helpers import write_suite
+from tests.helpers import crash_mid_run, write_suite
 
 N_ITEMS, R, R_G, T, K = 3, 4, 3, 4, 2
 
@@ -153,23 +152,11 @@ def test_values_do_not_depend_on_batching(run, tmp_path, tiny_ckpt):
                 assert b[k][field] == va, (k, field)
 
 
-def test_resume_after_crash(tmp_path, tiny_ckpt, monkeypatch):
+def test_resume_after_crash(tmp_path, tiny_ckpt):
     path = suite_file(tmp_path, tiny_ckpt, batch=2, n_items=2)
     clean = read_records(Runner(path, results=tmp_path / "clean", progress=False).run())
-    writes = {"n": 0}
-    real_write = rec_mod.RecordWriter.write
-
-    def crashing_write(self, record):
-        writes["n"] += 1
-        if writes["n"] == 9:
-            raise KeyboardInterrupt
-        real_write(self, record)
-
-    monkeypatch.setattr(rec_mod.RecordWriter, "write", crashing_write)
     runner = Runner(path, results=tmp_path / "killed", progress=False)
-    with pytest.raises(KeyboardInterrupt):
-        runner.run()
-    monkeypatch.setattr(rec_mod.RecordWriter, "write", real_write)
+    crash_mid_run(runner, after=9)
     resumed = Runner(path, resume=runner.run_dir, progress=False).run()
     got = read_records(resumed, latest=False)
     key = lambda r: (r["cell_id"], r["item_id"], r["replicate"])  # noqa: E731

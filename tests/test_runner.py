@@ -10,10 +10,9 @@ import time
 
 import pytest
 
-from harness import records as rec_mod
 from harness.records import read_manifest, read_records
 from harness.runner import Runner
-from tests.helpers import ROOT, write_suite
+from tests.helpers import ROOT, crash_mid_run, write_suite
 
 SUITE = """
 suite: rt
@@ -84,26 +83,12 @@ def test_manifest_carries_provenance(tmp_path, tiny_ckpt):
     assert m["versions"]["torch"] and len(next(iter(m["models"].values()))["sha256"]) == 64
 
 
-def test_resume_after_crash_with_torn_line(tmp_path, tiny_ckpt, monkeypatch):
+def test_resume_after_crash_with_torn_line(tmp_path, tiny_ckpt):
     path = suite_file(tmp_path, tiny_ckpt, batch=2)
     clean = read_records(Runner(path, results=tmp_path / "clean", progress=False).run())
 
-    writes = {"n": 0}
-    real_write = rec_mod.RecordWriter.write
-
-    def crashing_write(self, record):
-        writes["n"] += 1
-        if writes["n"] == 7:  # die half-way through writing the 7th record
-            self._fh.write(json.dumps(record)[:40])
-            self._fh.flush()
-            raise KeyboardInterrupt
-        real_write(self, record)
-
-    monkeypatch.setattr(rec_mod.RecordWriter, "write", crashing_write)
     runner = Runner(path, results=tmp_path / "killed", progress=False)
-    with pytest.raises(KeyboardInterrupt):
-        runner.run()
-    monkeypatch.setattr(rec_mod.RecordWriter, "write", real_write)
+    crash_mid_run(runner, after=7, torn=True)  # die half-way through writing the 7th record
     assert len(read_records(runner.run_dir)) == 6
     resumed = Runner(path, resume=runner.run_dir, progress=False).run()
     raw = read_records(resumed, latest=False)
