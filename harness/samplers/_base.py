@@ -13,9 +13,10 @@ never eligible. Which positions a step commits is the sampler's only variation (
   done (threshold, entropy_bound); rows that finished their block leave the batch, so the meter
   counts only the passes each row really needs.
 
-Options shared by all: classifier-free guidance (`cfg_scale`), KV caches (`cache`, see _cache.py),
-and `min_length` (EOS is suppressed at completion positions < min_length). After decoding, the
-canvas is cut at the first EOS (later tokens become EOS padding).
+Options shared by all: classifier-free guidance (`cfg_scale`), KV caches (`cache`, see _cache.py;
+rebuilt at each block start and, with `refresh` > 0, every `refresh` steps inside a block), and
+`min_length` (EOS is suppressed at completion positions < min_length). After decoding, the canvas
+is cut at the first EOS (later tokens become EOS padding).
 """
 from __future__ import annotations
 
@@ -96,6 +97,13 @@ def token_entropy(probs: torch.Tensor) -> torch.Tensor:
     return -torch.special.xlogy(probs, probs).sum(-1)
 
 
+def _positions_in(built: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor:
+    """Where the batch rows `rows` sit among the rows `built` that a cache was built for (None: all)."""
+    if built is None:
+        return rows
+    return torch.searchsorted(built, rows)
+
+
 def rows_of(generator, rows: torch.Tensor | None):
     """The generator(s) of a subset of batch rows: per-row lists are subset, a shared one is kept."""
     if rows is None or not isinstance(generator, (list, tuple)):
@@ -127,6 +135,7 @@ class DecodeLoop(abc.ABC):
     temperature: float = 0.0
     cfg_scale: float = 0.0
     cache: Literal["none", "prefix", "dual"] = "none"
+    refresh: int = 0  # with a cache: also rebuild it every `refresh` steps inside a block (0: block start only)
     min_length: int = 0  # EOS suppressed at completion positions < min_length
 
     adaptive: ClassVar[bool] = False
@@ -142,6 +151,8 @@ class DecodeLoop(abc.ABC):
             raise ValueError(f"min_length must be >= 0, got {self.min_length}")
         if self.cache not in ("none", "prefix", "dual"):
             raise ValueError(f"cache must be one of 'none', 'prefix', 'dual', got {self.cache!r}")
+        if self.refresh < 0:
+            raise ValueError(f"refresh must be >= 0, got {self.refresh}")
         if self.cache != "none" and self.cfg_scale > 0:
             raise ValueError("KV caches are not supported with classifier-free guidance (cfg_scale > 0)")
 
@@ -229,14 +240,17 @@ class DecodeLoop(abc.ABC):
         dev = x.device
         if self.cache == "none":
             return guided_logits(denoiser, x, attn, P, self.cfg_scale)[:, lo:hi].clone(), None
-        if s == 0:  # every row has a fully masked block here, so the cache holds the whole batch
+        if s == 0 or (self.refresh and s % self.refresh == 0):
+            # A full pass that (re)builds the cache of the live rows `rows` (None: all rows). Rows
+            # only leave a block, never join it, so later live rows are a subset of these.
             keep = torch.arange(lo, device=dev)
             if self.cache == "dual":
                 keep = torch.cat([keep, torch.arange(hi, T, device=dev)])
-            full, cache = full_pass_with_cache(denoiser, x, attn, keep)
-            return full[:, lo:hi].clone(), cache
+            full, kv = full_pass_with_cache(denoiser, x, attn, keep)
+            return full[:, lo:hi].clone(), (kv, rows)
+        kv, built_rows = cache
         cols = torch.arange(lo, T if self.cache == "prefix" else hi, device=dev)
-        part = cache if rows is None else cache.take(rows)
+        part = kv if rows is None else kv.take(_positions_in(built_rows, rows))
         out = denoiser.logits_cached(x[:, cols], part, positions=cols, attention_mask=attn)
         return out[:, : hi - lo].clone(), cache
 

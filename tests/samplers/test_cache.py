@@ -108,6 +108,50 @@ def test_adaptive_sampler_counts_one_full_pass_per_block_and_row(cache, tiny_add
     assert meter.cost.nfe_full == len(ids) and meter.cost.nfe_cached == passes - len(ids)
 
 
+@pytest.mark.parametrize("cache", CACHES)
+@pytest.mark.parametrize("name, params", [("low_confidence", {}), ("threshold", {"tau": 0.3}),
+                                          ("entropy_bound", {"bound": 1.0})])
+def test_refresh_every_step_is_exact_for_any_model(cache, name, params):
+    """refresh=1 rebuilds the cache at every step: every pass is a full pass, so the tokens equal
+    the uncached sampler's for a deep model too (adaptive samplers: rows leave mid-block)."""
+    den = tiny(n_layers=2)
+    ids, mask = padded_prompts(den)
+    base = dict(params, block_length=8)
+    a = SAMPLERS.build(name, base)(den, ids, generator=None, prompt_mask=mask, gen_length=16)
+    meter = Meter(den)
+    b = SAMPLERS.build(name, dict(base, cache=cache, refresh=1))(meter, ids, generator=None, prompt_mask=mask,
+                                                                 gen_length=16)
+    assert torch.equal(a.tokens, b.tokens) and torch.equal(a.commit_step, b.commit_step)
+    assert meter.cost.nfe_cached == 0 and meter.cost.nfe_full == int((b.commit_step.max(1).values + 1).sum())
+
+
+@pytest.mark.parametrize("cache", CACHES)
+def test_refresh_counts_one_full_pass_per_refresh(cache):
+    den = tiny(n_layers=2)
+    meter = Meter(den)
+    B, P, L, block, refresh = 3, 4, 16, 8, 3
+    prompt = torch.randint(3, 20, (B, P), generator=torch.Generator().manual_seed(0))
+    SAMPLERS.build("low_confidence", {"block_length": block, "cache": cache, "refresh": refresh})(
+        meter, prompt, generator=None, gen_length=L)
+    full_per_block = len(range(0, block, refresh))  # steps 0, 3, 6 of each 8-step block
+    assert meter.cost.nfe_full == B * (L // block) * full_per_block
+    assert meter.cost.nfe_cached == B * L - meter.cost.nfe_full
+
+
+def test_refresh_after_rows_left_the_block_uses_their_own_cache_rows():
+    """An adaptive sampler rebuilds the cache for the live rows only; a later cached pass over a
+    smaller set of rows must pick those rows' entries (a wrong row would change the tokens)."""
+    den = tiny(n_layers=1)  # one layer: the cache is exact, so any row mix-up shows as a difference
+    ids, mask = padded_prompts(den, ("12+34=", "5+6=", "123+4=", "9=", "77+1=", "3+3="))
+    params = {"tau": 0.05, "block_length": 8}  # near a random model's typical confidence: rows differ
+    a = SAMPLERS.build("threshold", params)(den, ids, generator=None, prompt_mask=mask, gen_length=16)
+    b = SAMPLERS.build("threshold", dict(params, cache="dual", refresh=2))(den, ids, generator=None,
+                                                                          prompt_mask=mask, gen_length=16)
+    assert torch.equal(a.tokens, b.tokens) and torch.equal(a.commit_step, b.commit_step)
+    steps = b.commit_step.max(1).values + 1
+    assert steps.max() > steps.min()  # rows really left at different steps
+
+
 def test_cache_needs_a_model_that_supports_it():
     from harness.types import HarnessError
     from tests.samplers.toys import TableDenoiser
