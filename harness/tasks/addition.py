@@ -3,6 +3,8 @@
 Prompt `a+b=`, reference `a+b` as digits. Operands have between `min_digits` and `n_digits`
 digits; with `zero_pad` they are written at fixed width (aligned digits make the task learnable by
 a tiny model on a CPU). The scorer accepts any string whose integer value is the sum.
+`canvas` lengthens the completion canvas past the answer (the rest is EOS padding), the regime of
+real DLM decoding (a long canvas whose tail is EOS) where parallel and cached samplers pay off.
 """
 from __future__ import annotations
 
@@ -30,16 +32,19 @@ class Addition(Task):
     n_train: int = 200_000
     n_test: int = 500
     seed: int = 0
+    canvas: int = 0  # completion canvas in tokens; 0 = just enough (n_digits + 2)
 
     def __post_init__(self):
         if not 1 <= self.min_digits <= self.n_digits <= 9:
             raise ValueError(f"need 1 <= min_digits <= n_digits <= 9, got {self.min_digits}, {self.n_digits}")
         if self.n_test < 1 or self.n_train < 0:
             raise ValueError("n_test must be >= 1 and n_train >= 0")
+        if self.canvas and self.canvas < self.n_digits + 2:
+            raise ValueError(f"canvas must be 0 or >= n_digits + 2 = {self.n_digits + 2}, got {self.canvas}")
 
     @property
     def gen_length(self) -> int:
-        return self.n_digits + 2  # sum digits (one carry) + EOS
+        return max(self.canvas, self.n_digits + 2)  # sum digits (one carry) + EOS, then EOS padding
 
     def _operands(self, rng: np.random.Generator, n: int) -> np.ndarray:
         """n random operands, their digit count uniform in [min_digits, n_digits]."""

@@ -152,6 +152,11 @@ def test_gen_length_rules():
     assert build("sudoku4").gen_length == 17
     assert build("countdown3", max_number=20).gen_length == 11  # "(20+19)*18" + EOS
     assert build("countdown3", max_number=9).gen_length == 8
+    assert build("addition").gen_length == 5  # up to 4 sum digits + EOS
+    assert build("addition", canvas=32).gen_length == 32  # the rest is EOS padding
+    assert build("addition", canvas=32).items("test") == build("addition").items("test")  # same items
+    with pytest.raises(ValueError, match="canvas"):
+        build("addition", canvas=4)
 
 
 # -- d1 test sets -----------------------------------------------------------------------------
