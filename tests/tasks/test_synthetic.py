@@ -155,7 +155,7 @@ def test_gen_length_rules():
     assert build("addition").gen_length == 5  # up to 4 sum digits + EOS
     assert build("addition", canvas=32).gen_length == 32  # the rest is EOS padding
     assert build("addition", canvas=32).items("test") == build("addition").items("test")  # same items
-    with pytest.raises(ValueError, match="canvas"):
+    with pytest.raises(HarnessError, match="canvas must be 0 or >= n_digits"):
         build("addition", canvas=4)
 
 
