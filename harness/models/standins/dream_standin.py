@@ -1,0 +1,134 @@
+"""A small stand-in for Dream's remote code (Dream-org/Dream-v0-*-7B, `modeling_dream.py`).
+
+Same interface and parameter names as the public code: `DreamModel(config)` whose forward takes
+`input_ids`, `attention_mask` (None, "full", a [B, T] padding mask, or a boolean [B, 1, T, T]
+mask as Dream's own generate builds) and `position_ids`, and returns an output with `.logits`;
+weights under `model.{embed_tokens, layers.N.{input_layernorm, self_attn.{q,k,v,o}_proj,
+post_attention_layernorm, mlp.{gate,up,down}_proj}, norm}` and `lm_head`; Qwen2 config keys
+(hidden_size, intermediate_size, num_hidden_layers, num_attention_heads, num_key_value_heads,
+rope_theta, rms_norm_eps) and mask_token_id (151666 in Dream-7B). Qwen2 blocks (biased q/k/v,
+grouped key/value heads) with full bidirectional attention.
+
+Dream was initialised from an autoregressive LM and keeps its alignment: the logits at position
+k-1 predict the token at k ("shifted" logits). That is a property of the weights and of how the
+logits are read (the harness's `shift_logits=True`), not of this code, which is a plain
+bidirectional transformer. Written for the harness (not copied).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from transformers import PretrainedConfig, PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from .standin_layers import RMSNorm, apply_rotary, decoder_stack, heads, merge_heads, rotary, swiglu
+
+
+class DreamConfig(PretrainedConfig):
+    model_type = "Dream"
+
+    def __init__(self, vocab_size: int = 152064, hidden_size: int = 3584, intermediate_size: int = 18944,
+                 num_hidden_layers: int = 28, num_attention_heads: int = 28, num_key_value_heads: int = 4,
+                 max_position_embeddings: int = 131072, rope_theta: float = 1000000.0, rms_norm_eps: float = 1e-6,
+                 initializer_range: float = 0.02, tie_word_embeddings: bool = False, mask_token_id: int = 151666,
+                 pad_token_id: int = 151643, eos_token_id: int = 151643, bos_token_id: int = 151643, **kwargs):
+        self.vocab_size, self.hidden_size, self.intermediate_size = vocab_size, hidden_size, intermediate_size
+        self.num_hidden_layers, self.num_attention_heads = num_hidden_layers, num_attention_heads
+        self.num_key_value_heads = num_key_value_heads
+        self.max_position_embeddings = max_position_embeddings
+        self.rope_theta, self.rms_norm_eps = rope_theta, rms_norm_eps
+        self.initializer_range, self.mask_token_id = initializer_range, mask_token_id
+        super().__init__(pad_token_id=pad_token_id, eos_token_id=eos_token_id, bos_token_id=bos_token_id,
+                         tie_word_embeddings=tie_word_embeddings, **kwargs)
+
+
+class DreamAttention(nn.Module):
+    def __init__(self, cfg: DreamConfig):
+        super().__init__()
+        d, self.n_heads, self.n_kv = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads
+        dh = d // self.n_heads
+        self.q_proj = nn.Linear(d, d, bias=True)
+        self.k_proj = nn.Linear(d, self.n_kv * dh, bias=True)
+        self.v_proj = nn.Linear(d, self.n_kv * dh, bias=True)
+        self.o_proj = nn.Linear(d, d, bias=False)
+
+
+class DreamMLP(nn.Module):
+    def __init__(self, cfg: DreamConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+
+
+class DreamDecoderLayer(nn.Module):
+    def __init__(self, cfg: DreamConfig):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = DreamAttention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = DreamMLP(cfg)
+
+    def qkv(self, h, cos, sin):
+        a, x = self.self_attn, self.input_layernorm(h)
+        q, k = heads(a.q_proj(x), a.n_heads), heads(a.k_proj(x), a.n_kv)
+        return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), heads(a.v_proj(x), a.n_kv)
+
+    def finish(self, h, a):
+        h = h + self.self_attn.o_proj(merge_heads(a))
+        m = self.mlp
+        return h + swiglu(self.post_attention_layernorm(h), m.gate_proj, m.up_proj, m.down_proj)
+
+
+class DreamBaseModel(nn.Module):
+    def __init__(self, cfg: DreamConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DreamDecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+
+def _attention_mask(attention_mask, B: int, T: int):
+    """Dream's accepted masks -> a boolean mask broadcastable to [B, 1, T, T] (True = attend), or None."""
+    if attention_mask is None or isinstance(attention_mask, str):  # "full": no padding
+        return None
+    m = attention_mask.bool()
+    return m[:, None, None, :] if m.dim() == 2 else m
+
+
+class DreamModel(PreTrainedModel):
+    config_class = DreamConfig
+    base_model_prefix = "model"
+    _no_split_modules = ["DreamDecoderLayer"]
+    _supports_sdpa = True
+
+    def __init__(self, config: DreamConfig):
+        super().__init__(config)
+        self.model = DreamBaseModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def _init_weights(self, module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, 0.0, self.config.initializer_range)
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, RMSNorm):
+            nn.init.ones_(module.weight)
+
+    def get_input_embeddings(self):
+        return self.model.embed_tokens
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def forward(self, input_ids: torch.LongTensor, attention_mask=None, position_ids=None, **kwargs):
+        B, T = input_ids.shape
+        h = self.model.embed_tokens(input_ids)  # [B, T, D]
+        if position_ids is None:
+            position_ids = torch.arange(T, device=input_ids.device)
+        cfg = self.config
+        cos, sin = rotary(position_ids, cfg.hidden_size // cfg.num_attention_heads, cfg.rope_theta, h.dtype)
+        impl = "eager" if getattr(cfg, "_attn_implementation", None) == "eager" else "sdpa"
+        h, _ = decoder_stack(self.model.layers, h, cos, sin, _attention_mask(attention_mask, B, T), impl)
+        return CausalLMOutputWithPast(logits=self.lm_head(self.model.norm(h)))
