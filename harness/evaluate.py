@@ -1,0 +1,209 @@
+"""`dlm-harness eval`: lm-eval's simple_evaluate through the bridge, written as a harness run.
+
+results/<suite>/<run_id>/ gets manifest.json (versions, data source per task, model args, every
+protocol knob), records.jsonl (one harness record per sample and lm-eval filter: outcome, the
+generation text, the cost the meter measured for that document), lm_eval_results.json,
+samples_<task>.jsonl (lm-eval's per-sample log) and side_records.jsonl (the bridge's NFE,
+truncation and estimator records), so `dlm-harness report` and `dlm-harness compare` read it.
+
+Task names: the harness ships offline YAMLs named `dlmh_<name>` (harness/tasks/lm_eval), so the
+built-in lm-eval tasks keep their names. With `task_source: auto` a built-in name (gsm8k,
+minerva_math500, humaneval, mbpp, ...) runs lm-eval's own task when the hub is reachable and the
+harness YAML when it is not (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE set, or no connection);
+`harness` and `lm-eval` force one side. The manifest records which one ran.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from harness import provenance
+from harness.records import MANIFEST, SCHEMA_VERSION, RecordWriter, write_json_atomic
+from harness.seeding import derive_seed
+from harness.types import HarnessError
+
+INCLUDE_PATH = Path(__file__).parent / "tasks" / "lm_eval"
+# Names a user may give -> the harness YAML task (math500 is the harness task's own name).
+HARNESS_TASKS = {"gsm8k": "dlmh_gsm8k", "gsm8k_cot": "dlmh_gsm8k_cot", "minerva_math500": "dlmh_minerva_math500",
+                 "math500": "dlmh_minerva_math500", "humaneval": "dlmh_humaneval", "mbpp": "dlmh_mbpp",
+                 "countdown3": "dlmh_countdown3", "sudoku4": "dlmh_sudoku4"}
+BUILTIN = {"math500": "minerva_math500"}  # harness-only aliases of built-in names
+HARNESS_ONLY = {"countdown3", "sudoku4"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalSpec:
+    """Every knob of one lm-eval run (the `eval:` block of an lm-eval suite file)."""
+
+    model: str = "tiny"
+    model_args: dict = field(default_factory=dict)
+    sampler: str = "low_confidence"
+    estimator: str = "mc_elbo"
+    tasks: tuple = ("gsm8k",)
+    limit: int | None = None
+    num_fewshot: int | None = None
+    batch_size: int = 8
+    seed: int = 1234
+    task_source: Literal["auto", "harness", "lm-eval"] = "auto"
+    bootstrap_iters: int = 1000
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    if any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
+        return False
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def resolve_tasks(names, source: str) -> dict[str, dict]:
+    """name -> {"task": the lm-eval task to run, "source": "harness-yaml" | "lm-eval-builtin"}."""
+    online = None
+    out = {}
+    for name in names:
+        if name.startswith("dlmh_"):
+            out[name] = {"task": name, "source": "harness-yaml"}
+            continue
+        use_harness = source == "harness" or name in HARNESS_ONLY
+        if source == "auto" and not use_harness and name in HARNESS_TASKS:
+            online = hub_reachable() if online is None else online
+            use_harness = not online
+        if use_harness:
+            if name not in HARNESS_TASKS:
+                known = ", ".join(HARNESS_TASKS)
+                raise HarnessError(f"--tasks {name}: no harness YAML for it (harness tasks: {known})")
+            out[name] = {"task": HARNESS_TASKS[name], "source": "harness-yaml"}
+        else:
+            out[name] = {"task": BUILTIN.get(name, name), "source": "lm-eval-builtin"}
+    return out
+
+
+def run_eval(spec: EvalSpec, results: str | Path = "results", suite: str = "lm-eval", argv=None,
+             suite_path: str = "", metrics: dict | None = None) -> Path:
+    from harness.bridge.lm_eval import DLMHarnessLM, simple_evaluate
+    from harness.records import read_records
+    from harness.runner import new_run_id
+
+    protocol = json.dumps(asdict(spec), sort_keys=True, default=list)
+    sha = hashlib.sha256(protocol.encode()).hexdigest()
+    run_id = new_run_id(sha)
+    run_dir = Path(results) / suite / run_id
+    run_dir.mkdir(parents=True, exist_ok=False)
+    mapping = resolve_tasks(spec.tasks, spec.task_source)
+    model_args = {"model": spec.model, "sampler": spec.sampler, "estimator": spec.estimator,
+                  "batch_size": spec.batch_size, "seed": spec.seed, **spec.model_args,
+                  "records": str(run_dir / "side_records.jsonl")}
+    manifest = {"schema_version": SCHEMA_VERSION, "run_id": run_id, "suite": suite, "suite_path": suite_path,
+                "suite_sha256": sha, "quick": False, "kind": "lm_eval", "status": "running",
+                "command": argv or sys.argv, "started_at": _now(), "protocol": asdict(spec), "tasks": mapping,
+                "model_args": {k: v for k, v in model_args.items() if k != "records"}, **provenance.collect()}
+    write_json_atomic(run_dir / MANIFEST, manifest)
+    lm = DLMHarnessLM(**model_args)
+    metadata = {"fewshot": spec.num_fewshot} if spec.num_fewshot is not None else {}
+    out = simple_evaluate(lm, [m["task"] for m in mapping.values()], include_path=str(INCLUDE_PATH),
+                          metadata=metadata, limit=spec.limit, num_fewshot=spec.num_fewshot, seed=spec.seed,
+                          bootstrap_iters=spec.bootstrap_iters)
+    samples = out.pop("samples", {})
+    (run_dir / "lm_eval_results.json").write_text(json.dumps(out, indent=1, sort_keys=True, default=str) + "\n")
+    found = {}
+    with RecordWriter(run_dir) as writer:
+        for task, rows in samples.items():
+            with open(run_dir / f"samples_{task}.jsonl", "w", encoding="utf-8") as fh:
+                for s in rows:
+                    fh.write(json.dumps(s, sort_keys=True, default=str) + "\n")
+            for rec in _records(task, rows, lm, manifest, out):
+                found[rec["outcome"]["metric"]] = out.get("higher_is_better", {}).get(task, {}).get(
+                    rec["outcome"]["metric"], True)
+                writer.write(rec)
+    manifest.update(status="complete", finished_at=_now(), n_records=len(read_records(run_dir)),
+                    data_sources=_sources(samples, mapping),
+                    metrics=metrics or {m: ("higher" if hib in (True, None) else "lower") for m, hib in found.items()},
+                    lm_eval_versions=out.get("versions"), lm_eval_configs=out.get("configs"))
+    write_json_atomic(run_dir / MANIFEST, manifest)
+    return run_dir
+
+
+def _sources(samples: dict, mapping: dict) -> dict:
+    """Where each task's documents came from: the harness task's source(), or lm-eval's dataset."""
+    out = {}
+    for name, m in mapping.items():
+        rows = samples.get(m["task"]) or []
+        doc = rows[0]["doc"] if rows else {}
+        out[name] = {"task": m["task"], "via": m["source"],
+                     "data": doc.get("source") if isinstance(doc, dict) and "source" in doc else "lm-eval dataset_path"}
+    return out
+
+
+def _records(task: str, rows: list[dict], lm, manifest: dict, out: dict):
+    """One harness record per (sample, lm-eval filter): outcome = the sample's first metric."""
+    filters = sorted({s.get("filter", "none") for s in rows})
+    e = lm.engine
+    b = e.bridge
+    for s in rows:
+        metric = (s.get("metrics") or ["?"])[0]
+        value = s.get(metric)
+        if isinstance(value, (list, tuple)):  # e.g. (loglikelihood, words) pairs
+            value = value[0]
+        cell = task if len(filters) == 1 else f"{task}:{s.get('filter')}"
+        doc_id = s["doc_id"]
+        cost = e.costs.get((task, doc_id), {"nfe": 0, "nfe_full": 0, "nfe_cached": 0, "tokens": 0, "flops": 0.0,
+                                            "wall_s": 0.0, "peak_mem": 0})
+        resps = s.get("resps") or []
+        text = resps[0][0] if resps and resps[0] and isinstance(resps[0][0], str) else None
+        yield {
+            "schema_version": SCHEMA_VERSION, "run_id": manifest["run_id"], "suite": manifest["suite"],
+            "cell_id": cell, "study": "lm-eval", "kind": "lm_eval", "point": {"task": task},
+            "model": {"name": b["model"], "params": e.args["model"]},
+            "component": {"kind": "sampler", "name": b["sampler"], "params": _params(e.sampler),
+                          "estimator": {"name": b["estimator"], "params": _params(e.estimator)}},
+            "task": {"name": task, "version": str(out.get("versions", {}).get(task)), "split": "test", "params": {}},
+            "item_id": str(doc_id), "item_hash": s.get("doc_hash", "")[:16], "replicate": 0,
+            "seed": derive_seed("lm-eval", task, str(doc_id), 0, str(b["seed"])),
+            "outcome": {"metric": metric, "value": None if value is None else float(value)},
+            "estimate": None,
+            "generation": {"text": text, "filtered": s.get("filtered_resps"), "filter": s.get("filter")},
+            "cost": cost, "status": "ok" if value is not None else "error",
+            "error": None if value is not None else f"lm-eval reported no value for {metric}",
+        }
+
+
+def _params(component) -> dict:
+    from harness.registry import params_of
+
+    return params_of(component)
+
+
+def load_eval_suite(path: str | Path) -> tuple[str, EvalSpec, dict | None, str]:
+    """An lm-eval suite file: `suite`, `description`, `eval` (EvalSpec keys), optional `metrics`."""
+    import yaml
+
+    from harness.config import NAME, _from_mapping
+
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+        data = yaml.safe_load(raw)
+    except (OSError, yaml.YAMLError) as exc:
+        raise HarnessError(f"{p}: cannot read an lm-eval suite ({exc})") from None
+    if not isinstance(data, dict) or set(data) - {"suite", "description", "eval", "metrics"} or "eval" not in data:
+        raise HarnessError(f"{p}: expected a mapping with keys suite, description, eval, metrics (eval required), "
+                           f"got {sorted(data) if isinstance(data, dict) else data!r}")
+    suite = str(data.get("suite", "lm-eval"))
+    if not NAME.match(suite):
+        raise HarnessError(f"{p}.suite: expected a name of letters, digits, '_', '-', '.', got {suite!r}")
+    spec = _from_mapping(EvalSpec, data["eval"], f"{p}.eval")
+    return suite, spec, data.get("metrics"), hashlib.sha256(raw).hexdigest()
+
+
+def _now() -> str:
+    import datetime as dt
+
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
