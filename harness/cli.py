@@ -1,4 +1,4 @@
-"""`dlm-harness`: list | run | report | compare | train.
+"""`dlm-harness`: list | run | report | compare | train | eval.
 
 Exit status: 0 on success, 1 when a run finished with failed units, 2 on bad usage or bad input
 (the message names the file, key or value; no traceback).
@@ -82,11 +82,31 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _parse_kv(text: str):
+def cmd_eval(args) -> int:
+    from harness.evaluate import EvalSpec, load_eval_suite, run_eval
+
+    argv = ["dlm-harness", *sys.argv[1:]]
+    if args.suite:
+        suite, spec, metrics, _ = load_eval_suite(args.suite)
+        run_dir = run_eval(spec, args.results, suite=suite, argv=argv, suite_path=args.suite, metrics=metrics)
+    else:
+        if not args.tasks:
+            raise HarnessError("eval: give --tasks (e.g. gsm8k,minerva_math500) or --suite FILE")
+        model_args = dict(_parse_kv(p, "--model-args") for p in args.model_args.split(",") if p)
+        spec = EvalSpec(model=args.model, model_args=model_args, sampler=args.sampler, estimator=args.estimator,
+                        tasks=tuple(t for t in args.tasks.split(",") if t), limit=args.limit,
+                        num_fewshot=args.num_fewshot, batch_size=args.batch_size, seed=args.seed,
+                        task_source=args.task_source)
+        run_dir = run_eval(spec, args.results, argv=argv)
+    print(run_dir)
+    return 0
+
+
+def _parse_kv(text: str, flag: str = "--task-param"):
     import yaml
 
     if "=" not in text:
-        raise HarnessError(f"--task-param {text!r}: expected KEY=VALUE")
+        raise HarnessError(f"{flag} {text!r}: expected KEY=VALUE")
     key, value = text.split("=", 1)
     return key, yaml.safe_load(value)
 
@@ -137,6 +157,26 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument(f"--{name.replace('_', '-')}", dest=name, type=typ, default=None)
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(fn=cmd_train)
+
+    s = sub.add_parser("eval", help="lm-evaluation-harness tasks through the bridge",
+                       description="Run lm-eval's simple_evaluate with the dlm-harness model; write a harness run "
+                                   "directory (records, manifest, lm-eval results and samples).")
+    s.add_argument("--model", default="tiny", help="a registered model (default: tiny)")
+    s.add_argument("--model-args", default="", metavar="K=V,...",
+                   help="model / sampler / estimator parameters and bridge keys (greedy_check, max_gen_toks, ...)")
+    s.add_argument("--sampler", default="low_confidence")
+    s.add_argument("--estimator", default="mc_elbo")
+    s.add_argument("--tasks", help="comma-separated: gsm8k, gsm8k_cot, minerva_math500 (math500), humaneval, mbpp, "
+                                   "countdown3, sudoku4, dlmh_* or any lm-eval task")
+    s.add_argument("--limit", type=int, default=None, help="documents per task")
+    s.add_argument("--num-fewshot", type=int, default=None)
+    s.add_argument("--batch-size", type=int, default=8)
+    s.add_argument("--seed", type=int, default=1234)
+    s.add_argument("--task-source", choices=("auto", "harness", "lm-eval"), default="auto",
+                   help="auto: lm-eval's built-in task when the hub is reachable, else the harness YAML")
+    s.add_argument("--suite", help="an lm-eval suite file (suites/lm-eval.yaml); replaces the options above")
+    s.add_argument("--results", default="results", help="results root (default: results)")
+    s.set_defaults(fn=cmd_eval)
     return p
 
 
