@@ -21,6 +21,7 @@ from typing import Literal
 import numpy as np
 
 from harness.registry import TASKS
+from harness.tasks._extract import answer_span, clean
 from harness.tasks.base import Task
 from harness.tasks.data import data_file, sha256_file
 from harness.types import HarnessError, Item
@@ -258,13 +259,41 @@ class Countdown3(Task):
         ]
 
     def score(self, item: Item, completion: str) -> float:
-        text, target = completion.strip(), item.meta["target"]
-        for suffix in (f"={target}", "="):  # tolerate the model restating the equation's end
-            if text.endswith(suffix):
-                text = text[: -len(suffix)].rstrip()
-                break
+        """The answer expression (see `answer_expression`) must use each number once and hit the target."""
+        target = item.meta["target"]
+        text = answer_expression(completion, target)
+        if text is None:
+            return 0.0
         try:
             value, used = evaluate(text)
         except ValueError:
             return 0.0
         return float(value == target and sorted(used) == sorted(item.meta["numbers"]))
+
+
+_CANDIDATE = re.compile(r"-?[0-9(][0-9+\-*/(). ]*")
+
+
+def answer_expression(completion: str, target: int) -> str | None:
+    """The expression a messy completion answers with: inside `<answer>` tags if there are any,
+    else the last run of arithmetic (`x` / `\\times` / `÷` read as * and /) that has an operator;
+    a restated `= target` (or `target =`) around it is dropped; `expr = N` with N not the target
+    counts as wrong. None if there is none.
+    """
+    text = clean(completion)
+    span = answer_span(text)
+    text = span if span is not None else text
+    for a, b in (("\\times", "*"), ("\\cdot", "*"), ("\\div", "/"), ("×", "*"), ("÷", "/"), ("−", "-"),
+                 ("\\left", ""), ("\\right", ""), ("$", "")):
+        text = text.replace(a, b)
+    text = re.sub(r"(?<=[\d)])\s*[xX]\s*(?=[\d(])", "*", text)
+    for line in reversed(text.splitlines() or [""]):
+        parts = re.split(r"=|\\approx|≈", line)
+        for k in range(len(parts) - 1, -1, -1):
+            runs = [m.group(0).strip().rstrip(".").strip() for m in _CANDIDATE.finditer(parts[k])]
+            for run in reversed(runs):
+                if any(op in run[1:] for op in OPS):
+                    claimed = parts[k + 1].strip().rstrip(".") if k + 1 < len(parts) else ""
+                    # `expr = N` with N not the target states a false answer: wrong as a whole.
+                    return None if re.fullmatch(r"-?\d+", claimed) and int(claimed) != target else run
+    return None

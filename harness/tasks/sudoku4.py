@@ -18,6 +18,7 @@ from typing import Literal
 import numpy as np
 
 from harness.registry import TASKS
+from harness.tasks._extract import answer_span, clean
 from harness.tasks.base import Task
 from harness.tasks.data import data_file, sha256_file
 from harness.types import HarnessError, Item
@@ -154,5 +155,24 @@ class Sudoku4(Task):
         ]
 
     def score(self, item: Item, completion: str) -> float:
-        digits = _NON_DIGIT.sub("", completion.strip())
-        return float(is_valid_solution(item.meta["puzzle"], digits[:16]))
+        return float(is_valid_solution(item.meta["puzzle"], answer_grid(completion) or ""))
+
+
+_RUN = re.compile(r"\d(?:[\s|,;:\[\]().\-+_/]*\d)*")
+
+
+def answer_grid(completion: str) -> str | None:
+    """The 16 digits a messy completion answers with: inside `<answer>` tags if any, the first 16
+    digits of the last run of digits (joined by spaces, bars, commas, brackets, new lines) that has
+    at least 16, else the last four runs of exactly four digits (`row 1: 3 1 4 2` lines). None if
+    neither exists.
+    """
+    text = clean(completion)
+    span = answer_span(text)
+    text = span if span is not None else text
+    runs = [_NON_DIGIT.sub("", m.group(0)) for m in _RUN.finditer(text)]
+    long = [r for r in runs if len(r) >= 16]
+    if long:
+        return long[-1][:16]
+    rows = [r for r in runs if len(r) == 4]
+    return "".join(rows[-4:]) if len(rows) >= 4 else None
