@@ -187,6 +187,8 @@ def extract_math(completion: str) -> str | None:
         boxed = last_boxed(part)
         if boxed:
             return _strip_math(boxed)
+        if _BOX.search(part):
+            return None  # a box that never closes: truncated output, not an answer
         finals = FINAL_ANSWER.findall(part)
         if finals and (ans := _strip_math(finals[-1])):
             return ans

@@ -158,7 +158,7 @@ class Sudoku4(Task):
         return float(is_valid_solution(item.meta["puzzle"], answer_grid(completion) or ""))
 
 
-_RUN = re.compile(r"\d(?:[\s|,;:\[\]().\-+_/]*\d)*")
+_RUN = re.compile(r"\d(?:[\s|,;\[\]().\-+_/]*\d)*")
 
 
 def answer_grid(completion: str) -> str | None:
