@@ -1,0 +1,116 @@
+"""The sandbox: ordinary programs pass or fail honestly; a corpus of hostile programs is contained,
+scored as failed, and leaves the parent process, the host's files and the working tree untouched."""
+from __future__ import annotations
+
+import glob
+import os
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+from harness.tasks.data import REPO_ROOT
+from harness.tasks.sandbox import isolation, run_many, run_program
+
+SECRET = "DLM_SANDBOX_TEST_SECRET"
+
+
+def test_honest_programs():
+    ok = run_program("import math, re, collections\nassert math.gcd(12, 18) == 6\nprint('done')", timeout_s=20)
+    assert ok.passed and ok.status == "passed" and ok.returncode == 0 and ok.stdout == "done"
+    bad = run_program("def f(x):\n    return x + 1\nassert f(1) == 3", timeout_s=20)
+    assert not bad.passed and bad.status == "failed" and "AssertionError" in bad.stderr
+    syntax = run_program("def f(:\n", timeout_s=20)
+    assert syntax.status == "failed" and "SyntaxError" in syntax.stderr
+    # The program may use its own temporary folder freely.
+    files = run_program("import os, tempfile\nopen('a.txt', 'w').write('x')\nos.remove('a.txt')\n"
+                        "with tempfile.NamedTemporaryFile() as f: f.write(b'y')", timeout_s=20)
+    assert files.passed, files.stderr
+
+
+def hostile(canary_file: str, canary_dir: str, parent: int) -> dict[str, str]:
+    readme = str(REPO_ROOT / "README.md")
+    return {
+        "fork_bomb": "import os\nfor _ in range(200):\n    if os.fork() == 0:\n        import time; time.sleep(60)\n",
+        "posix_fork": "import posix\nwhile True:\n    posix.fork()\n",
+        "subprocess_bomb": "import subprocess\nfor _ in range(100):\n    subprocess.Popen(['sleep', '60'])\n",
+        "os_system": "import os\nassert os.system('touch /tmp/dlm_sandbox_pwned') == 0\n",
+        "memory_bomb": "x = []\nwhile True:\n    x.append(bytearray(50 << 20))\n",
+        "infinite_loop": "while True:\n    pass\n",
+        "busy_cpu_ignoring_sigxcpu": "import signal\nsignal.signal(signal.SIGXCPU, signal.SIG_IGN)\n"
+                                     "while True:\n    pass\n",
+        "sleep_ignoring_signals": "import signal, time\nfor s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):\n"
+                                  "    signal.signal(s, signal.SIG_IGN)\nwhile True:\n    time.sleep(1)\n",
+        "kill_parent": f"import os, signal\nos.kill({parent}, signal.SIGKILL)\nos.kill(os.getppid(), signal.SIGKILL)\n",
+        "killpg_parent": f"import os, signal\nos.killpg(os.getpgid({parent}), signal.SIGKILL)\n",
+        "kill_everything": "import os, signal\nos.kill(-1, signal.SIGKILL)\n",
+        "delete_canary": f"import os\nos.remove({canary_file!r})\n",
+        "rmtree_canary_dir": f"import shutil\nshutil.rmtree({canary_dir!r})\n",
+        "overwrite_canary": f"open({canary_file!r}, 'w').write('pwned')\n",
+        "rename_canary": f"import os\nos.rename({canary_file!r}, 'stolen.txt')\n",
+        "append_working_tree": f"with open({readme!r}, 'a') as f:\n    f.write('pwned')\n",
+        "socket_connect": "import socket\nsocket.create_connection(('1.1.1.1', 80), timeout=2)\n",
+        "raw_socket": "import _socket\ns = _socket.socket()\ns.connect(('1.1.1.1', 80))\n",
+        "read_secret": f"import os\nassert os.environ[{SECRET!r}] == 'hunter2'\n",
+        "read_secret_proc": f"assert b'hunter2' in open('/proc/{parent}/environ', 'rb').read()\n",
+        "exit_before_tests": "import sys\nsys.exit(0)\nassert False\n",
+        "os_exit_before_tests": "import os\nos._exit(0)\nassert False\n",
+        "patch_assertion_error": "import builtins\nbuiltins.AssertionError = type('Nope', (Exception,), {})\n"
+                                 "try:\n    assert 1 == 2\nexcept builtins.AssertionError:\n    pass\n"
+                                 "assert 1 == 2\n",
+        "atexit_exit_zero": "import atexit, os\natexit.register(lambda: os._exit(0))\nassert False\n",
+        "output_flood": "while True:\n    print('x' * 100000)\n",
+        "huge_file": "with open('big.bin', 'wb') as f:\n    while True:\n        f.write(b'0' * (1 << 20))\n",
+        "recursion_bomb": "import sys\nsys.setrecursionlimit(10**7)\ndef f(n):\n    return f(n + 1)\nf(0)\n",
+        "raise_limits": "import resource\nresource.setrlimit(resource.RLIMIT_AS, (-1, -1))\n",
+        "setsid_escape": "import os\nos.setsid()\n",
+        "signal_self_then_exit": "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n",
+    }
+
+
+@pytest.mark.slow
+def test_hostile_corpus_is_contained(tmp_path, monkeypatch):
+    canary_dir = tmp_path / "canary"
+    canary_dir.mkdir()
+    canary = canary_dir / "canary.txt"
+    canary.write_text("intact")
+    monkeypatch.setenv(SECRET, "hunter2")
+    parent, cwd, env = os.getpid(), os.getcwd(), dict(os.environ)
+    git = ["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=all"]
+    tree_before = subprocess.run(git, capture_output=True, text=True).stdout
+    readme_before = (REPO_ROOT / "README.md").read_bytes()
+    tmp_before = set(glob.glob(os.path.join(tempfile.gettempdir(), "dlm-sandbox-*")))
+
+    corpus = hostile(str(canary), str(canary_dir), parent)
+    results = run_many(list(corpus.values()), workers=4, timeout_s=4, cpu_s=2, memory_mb=512, max_output_mb=4)
+    for (name, _), res in zip(corpus.items(), results):
+        assert not res.passed and res.status != "passed", (name, res)
+        assert len(res.stdout) <= 2000 and len(res.stderr) <= 2000, name
+    by_name = dict(zip(corpus, results))
+    assert by_name["infinite_loop"].status in ("timeout", "killed")
+    assert by_name["sleep_ignoring_signals"].status == "timeout"
+
+    # The host is untouched: this process, its environment and cwd, the canaries, the working tree.
+    assert os.getpid() == parent and os.getcwd() == cwd and dict(os.environ) == env
+    assert canary.read_text() == "intact" and sorted(p.name for p in canary_dir.iterdir()) == ["canary.txt"]
+    assert not os.path.exists("/tmp/dlm_sandbox_pwned")
+    assert (REPO_ROOT / "README.md").read_bytes() == readme_before
+    assert subprocess.run(git, capture_output=True, text=True).stdout == tree_before
+    assert set(glob.glob(os.path.join(tempfile.gettempdir(), "dlm-sandbox-*"))) <= tmp_before  # folders removed
+    if isolation()[0] == "root-ns":  # every process the corpus started is gone (SIGKILL lands within ~1 s)
+        for _ in range(50):
+            left = subprocess.run(["pgrep", "-u", "65534"], capture_output=True, text=True).stdout.split()
+            if not left:
+                break
+            time.sleep(0.1)
+        assert left == [], left
+
+
+def test_environment_is_empty_and_cwd_is_a_fresh_folder(monkeypatch):
+    monkeypatch.setenv(SECRET, "hunter2")
+    res = run_program("import os\nprint(sorted(os.environ))\nprint(os.getcwd())", timeout_s=20)
+    assert res.passed
+    names, cwd = res.stdout.splitlines()
+    assert SECRET not in names and "PATH" in names and len(eval(names)) <= 8
+    assert os.path.basename(cwd).startswith("dlm-sandbox-") and not os.path.exists(cwd)
