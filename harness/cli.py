@@ -23,7 +23,8 @@ def cmd_list(args) -> int:
         if not args.kind:
             print(f"{kind}:")
         for name in reg.names():
-            print(f"{'  ' if not args.kind else ''}{name}\t{reg.summary(name)}")
+            note = getattr(reg.get(name), "applies", "")  # models: their noise and which estimators apply
+            print(f"{'  ' if not args.kind else ''}{name}\t{reg.summary(name)}{f'  [{note}]' if note else ''}")
     return 0
 
 

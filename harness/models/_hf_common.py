@@ -185,6 +185,8 @@ class DiffusionModel:
     presets: ClassVar[dict[str, dict]] = {}
     trust_remote_code: ClassVar[bool] = True
     noise: ClassVar[str] = "masked"
+    applies: ClassVar[str] = ("noise: masked; estimators: the masked ones (mc_elbo, one_step, ...; not uniform_x0 "
+                              "or autoregressive); samplers: the masked block samplers")
 
     def __post_init__(self):
         name = getattr(type(self), "registry_name", type(self).__name__)

@@ -97,8 +97,8 @@ class DiffusionGemma(DiffusionModel):
     presets: ClassVar[dict] = PRESETS
     trust_remote_code: ClassVar[bool] = False
     noise: ClassVar[str] = "uniform"
-    estimators: ClassVar[tuple[str, ...]] = ("uniform_x0",)
-    samplers: ClassVar[tuple[str, ...]] = ("uniform_entropy_bound",)
+    applies: ClassVar[str] = ("noise: uniform; estimators: uniform_x0 only (no mask token: the masked "
+                              "estimators do not apply); samplers: uniform_entropy_bound only")
 
     def config_class(self):
         from transformers import DiffusionGemmaConfig

@@ -104,3 +104,15 @@ def test_path_route_loads_a_saved_model(gemma, tmp_path):
     x = torch.randint(0, 96, (1, 12))
     with torch.no_grad():
         torch.testing.assert_close(d.logits(x), gemma.logits(x))
+
+
+def test_list_models_says_which_estimators_apply():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "harness.cli", "list", "models"], capture_output=True, text=True,
+                         check=True).stdout
+    lines = {line.split("\t")[0]: line for line in out.splitlines()}
+    assert {"llada", "dream", "diffusion_gemma", "hf_masked", "hf_causal", "tiny"} <= set(lines)
+    assert "noise: uniform; estimators: uniform_x0 only" in lines["diffusion_gemma"]
+    assert "noise: masked" in lines["llada"] and "noise: masked" in lines["dream"]
