@@ -62,6 +62,18 @@ class DLMHarnessLM(LM):
         self._world_size = int(os.environ.get("WORLD_SIZE", "1"))
         self.model_args = model_args
 
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None):
+        from lm_eval.utils import simple_parse_args_string
+
+        return cls.create_from_arg_obj(simple_parse_args_string(arg_string), additional_config)
+
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict: dict, additional_config: dict | None = None):
+        """lm-eval's own batch_size / device fill in only what model_args do not set."""
+        extra = {k: v for k, v in (additional_config or {}).items() if v is not None and k not in arg_dict}
+        return cls(**extra, **arg_dict)
+
     # -- requests ----------------------------------------------------------------------------------
     def generate_until(self, requests) -> list[str]:
         items = [(inst.args[0], inst.args[1], req) for inst, req in _with_repeats(requests)]
