@@ -105,6 +105,7 @@ class StudySpec:
     replicates: int = 1
     seed: int = 0
     batch_size: int = 64
+    max_tokens: int | None = None  # cap on units x padded length per batch (harness/batching.py)
     budget: BudgetSpec = field(default_factory=BudgetSpec)
     sweep: dict = field(default_factory=dict)
     options: dict = field(default_factory=dict)  # StudyOptions keys allowed for the kind
@@ -146,6 +147,7 @@ class Cell:
     budget: Budget
     point: dict
     options: dict = field(default_factory=dict)  # validated StudyOptions of the kind (as a dict)
+    max_tokens: int | None = None  # units x padded sequence length per batch (harness/batching.py)
 
 
 # -- parsing --------------------------------------------------------------------------------------
@@ -242,7 +244,8 @@ def _set_path(d: dict, dotted: str, value, where: str) -> None:
 
 
 def _sweep_points(study: StudySpec, where: str) -> list[dict]:
-    allowed_roots = ("sampler", "estimator", "seed", "model", "task", "replicates", "batch_size", "options")
+    allowed_roots = ("sampler", "estimator", "seed", "model", "task", "replicates", "batch_size", "max_tokens",
+                     "options")
     for key, values in study.sweep.items():
         if not isinstance(key, str):
             raise HarnessError(f"{where}.sweep: expected dotted key paths such as 'sampler.params.steps' as keys, "
@@ -296,6 +299,10 @@ def _cell(suite: Suite, study: StudySpec, s: dict, point: dict, where: str, quic
         if s[key] < 1:
             raise HarnessError(f"{where}.{key}: expected an integer >= 1, got {s[key]}")
     s["seed"] = coerce(s["seed"], int, f"{where}.seed")
+    if s.get("max_tokens") is not None:
+        s["max_tokens"] = coerce(s["max_tokens"], int, f"{where}.max_tokens")
+        if s["max_tokens"] < 1:
+            raise HarnessError(f"{where}.max_tokens: expected an integer >= 1 (or null: no cap), got {s['max_tokens']}")
     budget = Budget(**_from_mapping(BudgetSpec, s["budget"], f"{where}.budget").__dict__)
     options = _options(s["kind"], s.get("options"), f"{where}.options")
     if quick:
@@ -307,7 +314,7 @@ def _cell(suite: Suite, study: StudySpec, s: dict, point: dict, where: str, quic
                 model=model, task=task, component_kind=ckind,
                 component=ComponentSpec(name=comp.name, params=dict(comp.params)),
                 replicates=s["replicates"], seed=s["seed"], batch_size=s["batch_size"], budget=budget,
-                point=point, options=options)
+                point=point, options=options, max_tokens=s.get("max_tokens"))
     _check_budget(cell, built, where)
     return cell
 

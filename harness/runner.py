@@ -6,6 +6,10 @@ any number and a resumed run writes exactly the records a clean run would have w
 already recorded with status "ok" are skipped on resume. Study kinds with `inner_replicates`
 (gradient_variance, t_mask_decomposition) have one unit per item, recorded as replicate 0; the
 unit gets one generator per inner replicate r, seeded by derive_seed(suite, cell, item, r).
+
+Batches follow the cell's batch_size and max_tokens; a batch that runs out of memory is halved
+and retried (harness/batching.py). Under torchrun the units are sharded across ranks and the
+shards merged into one records.jsonl (harness/distributed.py).
 """
 from __future__ import annotations
 
@@ -13,17 +17,19 @@ import datetime as dt
 import os
 import sys
 import traceback
+from collections import deque
 from pathlib import Path
 
-from harness import provenance
+from harness import distributed, provenance
+from harness.batching import Backoff, free_memory, is_oom, plan_batches, reset_peak, split, unit_length
 from harness.budget import Meter
 from harness.config import Cell, cell_to_dict, load_suite, plan
 from harness.records import (
     MANIFEST,
     SCHEMA_VERSION,
     RecordWriter,
+    dedupe,
     read_manifest,
-    read_records,
     unit_key,
     write_json_atomic,
 )
@@ -62,8 +68,10 @@ class Runner:
         self.suite = load_suite(suite_path)
         self.cells = plan(self.suite, quick=quick)  # every error surfaces here, before compute
         self.quick = quick
-        self.progress = progress
+        self.dist = distributed.from_env()
+        self.progress = progress and self.dist.main
         self._models: dict = {}
+        self.backoff_events: list[dict] = []
         if resume is not None:
             self.run_dir = Path(resume)
             manifest = read_manifest(self.run_dir)
@@ -78,12 +86,19 @@ class Runner:
                     f"{self.run_dir}: was run with quick={manifest.get('quick')}; resume it the same way")
             self.manifest = manifest
             self.manifest.setdefault("resumed_at", []).append(_now())
-        else:
+        elif self.dist.main:
             run_id = new_run_id(self.suite.sha256)
             self.run_dir = Path(results) / self.suite.suite / run_id
             self.run_dir.mkdir(parents=True, exist_ok=False)
             self.manifest = self._new_manifest(run_id, argv)
-        write_json_atomic(self.run_dir / MANIFEST, self.manifest)
+        ranks = distributed.gather(self.dist, distributed.rank_info(self.dist))
+        if self.dist.main:
+            self.manifest["distributed"] = {"world_size": self.dist.world_size, "backend": self.dist.backend,
+                                            "ranks": ranks}
+            write_json_atomic(self.run_dir / MANIFEST, self.manifest)
+        if resume is None:  # the run directory rank 0 made, on every rank
+            self.run_dir, self.manifest = distributed.broadcast(self.dist, (getattr(self, "run_dir", None),
+                                                                            getattr(self, "manifest", None)))
 
     def _new_manifest(self, run_id: str, argv) -> dict:
         models = {c.model.name + ":" + _short(c.model.params): c.model for c in self.cells}
@@ -112,20 +127,40 @@ class Runner:
     def run(self) -> Path:
         from tqdm import tqdm
 
-        existing = read_records(self.run_dir) if (self.run_dir / "records.jsonl").exists() else []
+        existing = dedupe(distributed.read_all(self.run_dir))  # records.jsonl and any rank shards
+        distributed.barrier(self.dist)  # every rank has read before any rank writes
         done = {unit_key(r) for r in existing if r["status"] == "ok"}
-        failures = 0
         summaries = []
-        with RecordWriter(self.run_dir) as writer:
+        writer = distributed.ShardWriter(self.run_dir, self.dist.rank) if self.dist.active \
+            else RecordWriter(self.run_dir)
+        with writer:
             for cell in tqdm(self.cells, desc="cells", disable=not self.progress, file=sys.stderr):
                 cell_ok = [r for r in existing if r["cell_id"] == cell.id and r["status"] == "ok"]
                 status, n_failed = self._run_cell(cell, done, _spent(cell_ok), writer)
-                failures += n_failed
                 summaries.append({"cell": cell.id, "status": status, "failed_units": n_failed})
-        self.manifest.update(status="failed" if failures else "complete", finished_at=_now(),
-                             cell_status=summaries)
-        write_json_atomic(self.run_dir / MANIFEST, self.manifest)
+        per_rank = distributed.gather(self.dist, (summaries, self.backoff_events))  # also a barrier
+        if self.dist.main:
+            if distributed.shard_paths(self.run_dir):
+                distributed.merge(self.run_dir, self._canonical_order())
+            summaries = _combine([s for s, _ in per_rank])
+            events = [e for _, ev in per_rank for e in ev]
+            if events:
+                self.manifest.setdefault("oom_backoff", []).extend(events)
+            failures = sum(s["failed_units"] for s in summaries)
+            self.manifest.update(status="failed" if failures else "complete", finished_at=_now(),
+                                 cell_status=summaries)
+            write_json_atomic(self.run_dir / MANIFEST, self.manifest)
+        self.manifest = distributed.broadcast(self.dist, self.manifest)
         return self.run_dir
+
+    def _canonical_order(self) -> dict:
+        """Unit key -> its position in a single-process run's records (the merge order)."""
+        order = {}
+        for cell in self.cells:
+            items = TASKS.build(cell.task.name, cell.task.params).items(cell.task.split)[: cell.task.n_items]
+            for r, it in _units(cell, items, STUDIES[cell.kind], set()):
+                order[(cell.id, it.id, r)] = len(order)
+        return order
 
     def _run_cell(self, cell: Cell, done: set, spent: Cost, writer: RecordWriter) -> tuple[str, int]:
         from tqdm import tqdm
@@ -134,36 +169,62 @@ class Runner:
         items = task.items(cell.task.split)[: cell.task.n_items]
         component = REGISTRIES[cell.component_kind].build(cell.component.name, cell.component.params)
         study = STUDIES[cell.kind]
-        units = _units(cell, items, study, done)
+        planned = _units(cell, items, study, set())  # the single-process order; this rank's slice of it
+        units = [u for u in (planned[i] for i in distributed.my_slice(len(planned), self.dist))
+                 if (cell.id, u[1].id, u[0]) not in done]
         if not units:
             return "complete", 0
-        meter = Meter(self.model(cell), _remaining(cell.budget, spent))
+        model = self.model(cell)
+        meter = Meter(model, distributed.share_budget(_remaining(cell.budget, spent), self.dist.world_size))
+        lengths = [unit_length(model.tokenizer, it.prompt, task.gen_length) for _, it in units] \
+            if cell.max_tokens else [0] * len(units)
+        queue = deque(units[b.start:b.stop] for b in plan_batches(lengths, cell.batch_size, cell.max_tokens))
+        backoff = Backoff(cap=cell.batch_size)
         failed = 0
         bar = tqdm(total=len(units), desc=cell.id, leave=False, disable=not self.progress, file=sys.stderr)
-        for lo in range(0, len(units), cell.batch_size):
-            batch = units[lo:lo + cell.batch_size]
-            gens = [self._generators(cell, it, r, study) for r, it in batch]
+        while queue:
+            batch = queue.popleft()
+            if len(batch) > backoff.cap:  # a smaller cap since an out-of-memory error in this cell
+                queue.extendleft(reversed(split(batch, backoff.cap)))
+                continue
             before = meter.cost
-            try:
-                results = study.run(meter, task, component,
-                                    Batch(items=[it for _, it in batch], replicates=[r for r, _ in batch],
-                                          generators=gens, options=cell.options))
-                status, error = "ok", None
-            except BudgetExceeded as exc:
-                results, status, error = [{} for _ in batch], "budget_exceeded", str(exc)
-            except Exception as exc:  # one batch failing must not lose the rest of the run
-                results, status, error = [{} for _ in batch], "error", _short_tb(exc)
+            reset_peak(model.device)
+            results, status, error = self._attempt(cell, study, meter, task, component, batch)
+            if status == "oom" and len(batch) > 1:  # halve and retry; the cap stays halved
+                free_memory(model.device)
+                queue.extendleft(reversed(backoff.shrink(cell.id, batch, meter.cost.minus(before).as_dict(), error)))
+                continue
+            status = "error" if status == "oom" else status
             share = _share(meter.cost.minus(before), len(batch))
             for (r, it), res in zip(batch, results):
-                writer.write(self._record(cell, component, task, it, r, res, share, status, error))
+                rec = self._record(cell, component, task, it, r, res, share, status, error)
+                if backoff.events:
+                    rec["oom_backoff"] = {"batch_size": len(batch), "planned_batch_size": cell.batch_size}
+                writer.write(rec)
             writer.sync()
             bar.update(len(batch))
             if status == "budget_exceeded":
-                bar.close()
-                return "budget_exceeded", 0
+                break
             failed += len(batch) if status == "error" else 0
         bar.close()
+        self.backoff_events += backoff.events
+        if status == "budget_exceeded":
+            return "budget_exceeded", 0
         return ("failed" if failed else "complete"), failed
+
+    def _attempt(self, cell: Cell, study: StudyKind, meter, task, component, batch: list) -> tuple:
+        """Run one batch with fresh per-unit generators (a retry draws what the first try drew).
+        -> (results, status "ok" | "budget_exceeded" | "error" | "oom", error text)."""
+        gens = [self._generators(cell, it, r, study) for r, it in batch]
+        try:
+            results = study.run(meter, task, component,
+                                Batch(items=[it for _, it in batch], replicates=[r for r, _ in batch],
+                                      generators=gens, options=cell.options))
+            return results, "ok", None
+        except BudgetExceeded as exc:
+            return [{} for _ in batch], "budget_exceeded", str(exc)
+        except Exception as exc:  # one batch failing must not lose the rest of the run
+            return [{} for _ in batch], ("oom" if is_oom(exc) else "error"), _short_tb(exc)
 
     def _generators(self, cell: Cell, item, replicate: int, study: StudyKind):
         """The unit's generator; for inner-replicate kinds one per inner replicate r = 0..R-1."""
@@ -199,6 +260,18 @@ def _units(cell: Cell, items: list, study: StudyKind, done: set) -> list[tuple]:
     else:
         units = [(r, it) for r in range(cell.replicates) for it in items]
     return [(r, it) for r, it in units if (cell.id, it.id, r) not in done]
+
+
+def _combine(per_rank: list[list[dict]]) -> list[dict]:
+    """One status per cell from every rank's: budget_exceeded if any rank stopped on its budget,
+    else failed if any unit failed; failed units add up."""
+    out = []
+    for parts in zip(*per_rank):
+        statuses = {p["status"] for p in parts}
+        failed = sum(p["failed_units"] for p in parts)
+        status = "budget_exceeded" if "budget_exceeded" in statuses else ("failed" if failed else "complete")
+        out.append({"cell": parts[0]["cell"], "status": status, "failed_units": failed})
+    return out
 
 
 def _share(cost: Cost, n: int) -> dict:
