@@ -148,3 +148,23 @@ def test_plain_lm_eval_cli_with_include_path(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "dlmh_countdown3" in proc.stdout and "accuracy" in proc.stdout
     assert list((tmp_path / "out").rglob("results_*.json"))
+
+
+def test_yaml_stop_strings_and_lengths_match_the_harness_tasks():
+    _need_real_tasks()
+    import yaml
+
+    inc = REPO / "harness" / "tasks" / "lm_eval"
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_constructor("!function", lambda loader, node: loader.construct_scalar(node))
+    for name, harness_task in (("dlmh_gsm8k", "gsm8k"), ("dlmh_gsm8k_cot", "gsm8k"),
+                               ("dlmh_minerva_math500", "math500"), ("dlmh_humaneval", "humaneval"),
+                               ("dlmh_mbpp", "mbpp")):
+        cfg = yaml.load((inc / f"{name}.yaml").read_text(), Loader=Loader)
+        assert cfg["task"] == name and cfg["dataset_kwargs"]["harness_task"] == harness_task
+        task = TASKS.build(harness_task, cfg["dataset_kwargs"].get("task_params") or {})
+        assert tuple(cfg["generation_kwargs"]["until"]) == tuple(task.stop_strings), name
+        assert cfg["generation_kwargs"]["max_gen_toks"] == task.gen_length, name
