@@ -182,12 +182,14 @@ class DecodeLoop(abc.ABC):
     # -- the loop ------------------------------------------------------------------------------------
     @torch.no_grad()
     def __call__(self, denoiser, prompt: torch.Tensor, *, generator, prompt_mask: torch.Tensor | None = None,
-                 gen_length: int = 32) -> Generation:
+                 gen_length: int = 32, fixed: torch.Tensor | None = None) -> Generation:
         L, block, per_block = self.plan(gen_length)
         check_cache_support(denoiser, self.cache)
         B, P = prompt.shape
         mask_id = denoiser.mask_id
         x = torch.cat([prompt, torch.full((B, L), mask_id, dtype=prompt.dtype, device=prompt.device)], 1)
+        if fixed is not None:  # inpainting (IGPO): [B, L] tokens >= 0 start committed (commit step -1)
+            x[:, P:] = torch.where(fixed.to(x.device) >= 0, fixed.to(x.device), x[:, P:])
         attn = None if prompt_mask is None else torch.cat([prompt_mask, torch.ones_like(x[:, P:], dtype=torch.bool)], 1)
         commit_step = torch.full((B, L), -1, dtype=torch.long, device=prompt.device)
         row_steps = torch.zeros(B, dtype=torch.long, device=prompt.device)  # passes each row took

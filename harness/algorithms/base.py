@@ -1,0 +1,88 @@
+"""The Algorithm interface (DESIGN.md, "Interfaces"; METHODS.md §2).
+
+An algorithm is a frozen keyword-only dataclass registered in ALGORITHMS. It names its likelihood
+estimator (`estimator` + `estimator_params`, an ESTIMATORS entry), its advantage rule, whether it
+needs π_old and π_ref, and one pure loss
+
+    loss(batch, policy_terms, old_terms, ref_terms, advantages) -> (loss, metrics)
+
+where the terms are `Estimate`s of the same rows on the same draws (old/ref: None when not
+needed), `advantages` [B] float64, and `batch` a dict with
+    mask     [B, L] bool   the tokens the loss counts (scored completion tokens)
+    group    [B] long      group id of each row inside this micro-batch (groups are never split)
+    n_seq, n_tok, n_groups  totals over the WHOLE buffer (all micro-batches), so that the sum of
+                           the micro-batch losses is exactly the full-batch loss
+    length   int           the completion canvas length L (the "constant" normalisation)
+The shared loop (loop.py) only wires these together; the hooks below let a family change what
+the loop feeds the loss without branching on names.
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
+
+import torch
+
+from harness.algorithms.advantages import advantages as advantage_rule
+from harness.registry import ESTIMATORS
+
+
+@dataclass(frozen=True, kw_only=True)
+class Algorithm(abc.ABC):
+    """Shared fields and hooks of every algorithm (not registered)."""
+
+    estimator: str = "one_step"
+    estimator_params: dict = field(default_factory=dict)
+    advantage: Literal["mean", "zscore", "loo"] = "mean"
+
+    uses_commit_steps: ClassVar[bool] = False  # the estimator scores along the rollout's decode order
+
+    def __post_init__(self):
+        ESTIMATORS.validate(self.estimator, self.estimator_params, f"algorithm.params.estimator={self.estimator}")
+        if self.advantage not in ("mean", "zscore", "loo"):
+            raise ValueError(f"advantage must be 'mean', 'zscore' or 'loo', got {self.advantage!r}")
+
+    # -- what the loop asks ------------------------------------------------------------------------
+    @property
+    def needs_old(self) -> bool:
+        """π_old terms are needed (the loop computes them only on inner iterations >= 1; at
+        iteration 0 θ = θ_old and the policy's own terms, detached, are used)."""
+        return False
+
+    @property
+    def needs_ref(self) -> bool:
+        return False
+
+    def advantages(self, rewards: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
+        return advantage_rule(self.advantage, rewards, group)
+
+    def keep_groups(self, rewards: torch.Tensor) -> torch.Tensor:
+        """[n_groups, G] rewards -> [n_groups] bool: groups that enter the update (default: all)."""
+        return torch.ones(rewards.shape[0], dtype=torch.bool)
+
+    def build_estimator(self, iteration: int, n_iterations: int):
+        return ESTIMATORS.build(self.estimator, self.estimator_params)
+
+    def draws_for(self, rollout: dict, first_draws: dict | None, iteration: int) -> dict | None:
+        """Draws to pass at an inner iteration (before any are drawn): None = draw fresh ones from
+        the (trajectory, iteration) generators. `rollout` holds this micro-batch's rollout tensors
+        (commit_step ...), `first_draws` the policy draws of iteration 0 (None at iteration 0)."""
+        if self.uses_commit_steps:
+            return {"commit_step": rollout["commit_step"]}
+        return None
+
+    def terms(self, denoiser, prompt, prompt_mask, completion, completion_mask, *, generator, draws,
+              iteration: int, n_iterations: int):
+        """The likelihood terms of these rows (an Estimate); old/ref replay the policy's draws."""
+        est = self.build_estimator(iteration, n_iterations)
+        return est(denoiser, prompt, completion, completion_mask, generator=generator,
+                   prompt_mask=prompt_mask, draws=draws)
+
+    def after_rollout(self, loop, rollout: dict, step: int) -> dict:
+        """Change the rollout buffer before advantages (IGPO's inpainting); default: unchanged."""
+        return rollout
+
+    @abc.abstractmethod
+    def loss(self, batch: dict, policy_terms, old_terms, ref_terms, advantages: torch.Tensor):
+        """-> (scalar loss tensor, {metric: float})."""

@@ -1,0 +1,102 @@
+"""`igpo`: inpainting-guided policy optimisation (IGPO, arXiv 2509.10396; METHODS.md §2).
+
+Objective: GRPO with a sequence-level ratio, clip ε = 0.2, β = 0.01, on the one_step likelihood
+without prompt masking. Exploration fix: when all G rewards of a group are 0 (no learning signal),
+`n_hinted` of its completions are re-generated with a fragment of the reference solution inpainted:
+a prefix of ⌈ρ·n⌉ reference tokens (n = reference length with its EOS, ρ ~ U(hint_min, hint_max)),
+written into the canvas before decoding and never masked (the sampler's `fixed` canvas). Hint
+tokens were not sampled by the policy, so only the top `entropy_top` fraction of them by the
+policy's predictive entropy (one no-grad all-masked pass, counted as likelihood NFE) count in the
+loss; the other hint tokens are removed from the loss mask.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from harness.algorithms.grpo import GRPO
+from harness.registry import ALGORITHMS
+from harness.samplers._base import token_entropy
+from harness.text import completion_mask, encode_completions, upto_first_eos
+
+
+def hint_canvas(reference: torch.Tensor, ratio: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """[B, L] reference tokens (EOS-padded), [B] ratios -> [B, L] fixed tokens (−1 = free): the
+    first ⌈ratio·n⌉ tokens of each reference (n = its length with the EOS)."""
+    n = upto_first_eos(reference, eos_id)  # [B]
+    k = torch.ceil(ratio * n.double()).long().clamp(1)  # [B]
+    pos = torch.arange(reference.shape[1])[None, :]
+    return torch.where(pos < k[:, None], reference, torch.full_like(reference, -1))
+
+
+def entropy_keep(entropy: torch.Tensor, hint: torch.Tensor, top: float) -> torch.Tensor:
+    """[B, L] entropies, [B, L] bool hint tokens -> [B, L] bool: the hint tokens in the top `top`
+    fraction of each row's hint tokens by entropy (at least one per row with hints; ties: lower position)."""
+    keys = torch.where(hint, entropy.double(), torch.full_like(entropy, -math.inf, dtype=torch.float64))
+    order = torch.sort(keys, dim=1, descending=True, stable=True).indices
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(keys.shape[1]).expand_as(order))
+    k = torch.ceil(top * hint.sum(1).double()).long()  # [B]
+    return hint & (rank < k[:, None])
+
+
+@ALGORITHMS.register("igpo")
+@dataclass(frozen=True, kw_only=True)
+class IGPO(GRPO):
+    """IGPO: sequence-ratio GRPO (clip 0.2, β 0.01, one_step) + reference hints inpainted into all-wrong groups."""
+
+    estimator: str = "one_step"
+    estimator_params: dict = field(default_factory=lambda: {"p_prompt": 0.0})
+    ratio: Literal["token", "sequence"] = "sequence"
+    eps_low: float = 0.2
+    eps_high: float = 0.2
+    beta: float = 0.01
+    hint_min: float = 0.2
+    hint_max: float = 0.6
+    n_hinted: int = 0  # completions re-generated per all-wrong group; 0: half the group
+    entropy_top: float = 0.2
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not 0 < self.hint_min <= self.hint_max <= 1:
+            raise ValueError(f"need 0 < hint_min <= hint_max <= 1, got {self.hint_min}, {self.hint_max}")
+        if not 0 <= self.entropy_top <= 1 or self.n_hinted < 0:
+            raise ValueError("need 0 <= entropy_top <= 1 and n_hinted >= 0")
+
+    def after_rollout(self, loop, rollout, step):
+        G = loop.opts.group_size
+        r = rollout["rewards"].view(-1, G)
+        wrong = (r.max(1).values == 0).nonzero().squeeze(1)  # all-wrong groups
+        if len(wrong) == 0:
+            return rollout
+        n_h = min(self.n_hinted or G // 2, G)
+        rows = (wrong[:, None] * G + torch.arange(n_h)[None]).reshape(-1)  # [H]
+        items = [rollout["items"][i] for i in rows.tolist()]
+        eos, L = loop.policy.eos_id, rollout["tokens"].shape[1]
+        reference = encode_completions(loop.policy.tokenizer, [it.reference for it in items], L, eos)  # [H, L]
+        u = torch.stack([torch.rand((), generator=g, dtype=torch.float64)
+                         for g in loop.generators(step, rows, "hint")])  # [H]
+        fixed = hint_canvas(reference, self.hint_min + (self.hint_max - self.hint_min) * u, eos)
+        gen = loop.sample(rollout["prompt"][rows], rollout["prompt_mask"][rows],
+                          loop.generators(step, rows, "hint-rollout"), fixed=fixed)
+        cmask = completion_mask(gen.tokens, eos)
+        hint = (fixed >= 0) & cmask  # [H, L]
+        with torch.no_grad():  # the policy's entropy at every completion position, all masked
+            noised = torch.where(cmask, loop.policy.mask_id, gen.tokens)
+            x = torch.cat([rollout["prompt"][rows], noised], 1)
+            attn = torch.cat([rollout["prompt_mask"][rows], torch.ones_like(noised, dtype=torch.bool)], 1)
+            logits = loop.meters["policy"].logits(x, attn)[:, -L:]
+            entropy = token_entropy(F.softmax(logits.float(), -1))  # [H, L]
+        keep = entropy_keep(entropy, hint, self.entropy_top)
+        out = dict(rollout)
+        for key, val in (("tokens", gen.tokens), ("commit_step", gen.commit_step), ("completion_mask", cmask),
+                         ("loss_mask", cmask & (~hint | keep))):
+            out[key] = rollout[key].clone()
+            out[key][rows] = val
+        out["rewards"] = rollout["rewards"].clone()
+        out["rewards"][rows] = torch.tensor([loop.task.score(it, t) for it, t in zip(items, gen.text)],
+                                            dtype=torch.float64)
+        return out

@@ -1,0 +1,244 @@
+"""The shared RL loop (METHODS.md §2): roll out, reward, advantages, μ inner updates.
+
+Per step k: draw `prompts` train items; roll out G completions each with the configured sampler
+(one generator per row, seeded by (step, row): rollouts never reset and never depend on batch
+composition); score rewards with the task; the algorithm may edit the buffer (IGPO) and drop
+groups (TraceRL); advantages per group; then μ inner iterations, each ONE optimizer step over the
+whole buffer, accumulated over micro-batches of whole groups. At iteration i every row gets a
+generator seeded by (step, row, i): π_θ draws its masks from it and π_old / π_ref replay exactly
+those draws, so the draws are shared per (trajectory, inner iteration), the iteration index
+advances once per pass over the buffer, and micro-batch splits change nothing (every loss is a
+sum over rows with buffer-wide normalisers). At iteration 0 θ = θ_old, so π_old's terms are the
+policy's own terms, detached (ratio exactly 1). π_ref is a frozen copy, refreshed every
+`ref_refresh` steps when > 0.
+
+Four meters count NFE apart: rollouts, the policy's likelihood passes (with gradients), π_old and
+π_ref passes; held-out evaluation has its own. Checkpoints (policy, ref, optimizer, counters) make
+a killed run resume to the same numbers: everything random is derived from (step, row, stream).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from harness.budget import Meter
+from harness.registry import SAMPLERS
+from harness.seeding import numpy_generator, torch_generator
+from harness.text import completion_mask, encode_prompts
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoopOptions:
+    """Options of an `rl` study (`options:` in the suite). One RL step rolls out prompts × G."""
+
+    steps: int = 30
+    quick_steps: int = 8  # steps under `dlm-harness run --quick`
+    prompts: int = 8
+    group_size: int = 4
+    mu: int = 1
+    lr: float = 5e-4
+    grad_clip: float = 1.0  # max gradient norm; 0: none
+    micro_groups: int = 0  # groups per micro-batch; 0: the whole buffer at once
+    sampler: dict = field(default_factory=lambda: {"name": "low_confidence", "params": {"temperature": 1.0}})
+    eval_every: int = 10  # held-out greedy accuracy every this many steps (and at the end); 0: never
+    eval_items: int = 100
+    ref_refresh: int = 0  # copy π_θ into π_ref every this many steps; 0: frozen
+    checkpoint_every: int = 5
+
+    def __post_init__(self):
+        for name in ("steps", "quick_steps", "prompts", "mu", "eval_items", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("micro_groups", "eval_every", "ref_refresh"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.group_size < 2:
+            raise ValueError(f"group_size must be >= 2 (advantages compare completions), got {self.group_size}")
+        if self.lr <= 0 or self.grad_clip < 0:
+            raise ValueError(f"need lr > 0 and grad_clip >= 0, got {self.lr}, {self.grad_clip}")
+        if not isinstance(self.sampler, dict) or "name" not in self.sampler:
+            raise ValueError(f"sampler must be a mapping {{name: ..., params: ...}}, got {self.sampler!r}")
+
+    def build_sampler(self):
+        return SAMPLERS.build(self.sampler["name"], self.sampler.get("params") or {}, "options.sampler")
+
+
+def _detached(terms):
+    return dataclasses.replace(terms, per_token=terms.per_token.detach(), sequence=terms.sequence.detach())
+
+
+def _rows(d: dict, idx: torch.Tensor) -> dict:
+    return {k: (v[idx] if torch.is_tensor(v) and v.dim() and v.shape[0] >= 1 else
+                [v[i] for i in idx.tolist()] if isinstance(v, list) else v) for k, v in d.items()}
+
+
+class RLLoop:
+    """One training run. `seed(item, replicate, stream) -> int` derives every seed (derive_seed)."""
+
+    def __init__(self, policy, algorithm, task, options: LoopOptions, seed, train_items, test_items):
+        self.policy, self.algorithm, self.task, self.opts, self.seed = policy, algorithm, task, options, seed
+        self.train_items, self.test_items = train_items, test_items
+        self.sampler = options.build_sampler()
+        self.eval_sampler = SAMPLERS.build("low_confidence", {})  # greedy, one token per step
+        self.ref = copy.deepcopy(policy) if algorithm.needs_ref else None
+        self.old = copy.deepcopy(policy) if algorithm.needs_old and options.mu > 1 else None
+        for frozen in (self.ref, self.old):
+            if frozen is not None:
+                frozen.module.requires_grad_(False)
+        self.meters = {"rollout": Meter(policy), "policy": Meter(policy), "eval": Meter(policy),
+                       "old": Meter(self.old or policy), "ref": Meter(self.ref or policy)}
+        self.optimizer = torch.optim.Adam(policy.module.parameters(), lr=options.lr)
+        self.cum = {"rollout_nfe": 0, "likelihood_nfe": 0, "flops": 0.0}
+        self.backward_s = 0.0
+
+    # -- pieces ----------------------------------------------------------------------------------
+    def generators(self, step: int, rows, stream: str) -> list:
+        return [torch_generator(self.seed(f"step-{step}", int(r), stream)) for r in rows]
+
+    def encode(self, items):
+        tok, pad = self.policy.tokenizer, self.policy.pad_id
+        return encode_prompts(tok, [it.prompt for it in items], pad)
+
+    def sample(self, prompt, prompt_mask, generators, meter="rollout", sampler=None, fixed=None):
+        kw = {} if fixed is None else {"fixed": fixed}
+        return (sampler or self.sampler)(self.meters[meter], prompt, generator=generators, prompt_mask=prompt_mask,
+                                         gen_length=self.task.gen_length, **kw)
+
+    def rollout(self, step: int) -> dict:
+        G = self.opts.group_size
+        rng = numpy_generator(self.seed(f"step-{step}", 0, "prompts"))
+        picked = [self.train_items[i] for i in rng.integers(0, len(self.train_items), self.opts.prompts).tolist()]
+        items = [it for it in picked for _ in range(G)]  # row = group·G + j
+        prompt, pmask = self.encode(items)
+        gen = self.sample(prompt, pmask, self.generators(step, range(len(items)), "rollout"))
+        cmask = completion_mask(gen.tokens, self.policy.eos_id)
+        rewards = [self.task.score(it, t) for it, t in zip(items, gen.text)]
+        return {"items": items, "prompt": prompt, "prompt_mask": pmask, "tokens": gen.tokens,
+                "commit_step": gen.commit_step, "completion_mask": cmask, "loss_mask": cmask.clone(),
+                "rewards": torch.tensor(rewards, dtype=torch.float64),
+                "group": torch.arange(len(picked)).repeat_interleave(G), "row": torch.arange(len(items))}
+
+    def micro_batches(self, n_groups: int) -> list[torch.Tensor]:
+        """Group indices of each micro-batch (whole groups; 0 = everything at once)."""
+        size = self.opts.micro_groups or n_groups
+        return [torch.arange(lo, min(lo + size, n_groups)) for lo in range(0, n_groups, size)]
+
+    def update(self, buf: dict, step: int) -> dict:
+        """μ inner iterations on the rollout buffer; -> averaged loss metrics."""
+        algo, G, mu = self.algorithm, self.opts.group_size, self.opts.mu
+        adv_all = algo.advantages(buf["rewards"], buf["group"])  # [N] on every group
+        keep = algo.keep_groups(buf["rewards"].view(-1, G))  # [n_groups]
+        rows = keep.repeat_interleave(G).nonzero().squeeze(1)
+        buf, adv_all = _rows(buf, rows), adv_all[rows]
+        n_groups = int(keep.sum())
+        out = {"kept_groups": n_groups, "loss": 0.0}
+        if n_groups == 0:
+            return out
+        totals = {"n_seq": len(rows), "n_tok": int(buf["loss_mask"].sum()), "n_groups": n_groups,
+                  "length": buf["tokens"].shape[1]}
+        if self.old is not None:
+            self.old.module.load_state_dict(self.policy.module.state_dict())
+        first: dict[int, dict] = {}
+        sums: dict[str, float] = {}
+        for i in range(mu):
+            for m, groups in enumerate(self.micro_batches(n_groups)):
+                idx = (groups[:, None] * G + torch.arange(G)[None]).reshape(-1)  # rows of these groups
+                mb = _rows(buf, idx)
+                gens = self.generators(step, mb["row"], f"lik-{i}")
+                draws = algo.draws_for(mb, first.get(m), i)
+                args = (mb["prompt"], mb["prompt_mask"], mb["tokens"], mb["completion_mask"])
+                kw = dict(iteration=i, n_iterations=mu)
+                pol = algo.terms(self.meters["policy"], *args, generator=gens, draws=draws, **kw)
+                first.setdefault(m, pol.draws)
+                with torch.no_grad():
+                    old = _detached(pol)
+                    if algo.needs_old and i > 0:
+                        old = algo.terms(self.meters["old"], *args, generator=None, draws=pol.draws, **kw)
+                    ref = (algo.terms(self.meters["ref"], *args, generator=None, draws=pol.draws, **kw)
+                           if algo.needs_ref else None)
+                batch = {"mask": mb["loss_mask"], "group": mb["group"] - mb["group"].min(), **totals}
+                loss, metrics = algo.loss(batch, pol, old, ref, adv_all[idx])
+                t0 = time.perf_counter()
+                loss.backward()
+                self.backward_s += time.perf_counter() - t0
+                share = len(idx) / totals["n_seq"] / mu
+                out["loss"] += float(loss.detach()) / mu
+                for k, v in {**metrics, "entropy": float(-(pol.per_token.detach() * mb["loss_mask"]).sum()
+                                                          / mb["loss_mask"].sum().clamp_min(1))}.items():
+                    sums[k] = sums.get(k, 0.0) + v * share
+            if self.opts.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.policy.module.parameters(), self.opts.grad_clip)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        return {**out, **sums}
+
+    @torch.no_grad()
+    def evaluate(self, items) -> list[float]:
+        """Greedy held-out scores (one per item), counted on the eval meter only."""
+        prompt, pmask = self.encode(items)
+        gen = self.sample(prompt, pmask, None, meter="eval", sampler=self.eval_sampler)
+        return [self.task.score(it, t) for it, t in zip(items, gen.text)]
+
+    def train_step(self, step: int) -> tuple[dict, dict]:
+        """One RL step -> (log, cost of its rollout + likelihood passes as a dict)."""
+        t0 = time.perf_counter()
+        before = {k: m.cost for k, m in self.meters.items()}
+        back0 = self.backward_s
+        buf = self.algorithm.after_rollout(self, self.rollout(step), step)
+        r = buf["rewards"].view(-1, self.opts.group_size)
+        log = {"step": step + 1, "reward_mean": float(r.mean()), "reward_std": float(buf["rewards"].std()),
+               "zero_spread_frac": float((r.max(1).values == r.min(1).values).double().mean()),
+               "completion_len": float(buf["completion_mask"].sum(1).double().mean()),
+               "kl": float("nan"), "clip_frac": float("nan")}
+        log.update(self.update(buf, step))
+        if self.ref is not None and self.opts.ref_refresh and (step + 1) % self.opts.ref_refresh == 0:
+            self.ref.module.load_state_dict(self.policy.module.state_dict())
+        spent = {k: m.cost.minus(before[k]) for k, m in self.meters.items()}
+        lik = [spent[k] for k in ("policy", "old", "ref")]
+        log.update(rollout_nfe=spent["rollout"].nfe, likelihood_nfe=sum(c.nfe for c in lik),
+                   policy_nfe=spent["policy"].nfe, old_nfe=spent["old"].nfe, ref_nfe=spent["ref"].nfe,
+                   rollout_flops=spent["rollout"].flops, likelihood_flops=sum(c.flops for c in lik),
+                   backward_flops=2 * spent["policy"].flops,  # backward ≈ 2 × forward (estimate)
+                   forward_s=spent["rollout"].wall_s + sum(c.wall_s for c in lik),
+                   backward_s=self.backward_s - back0)
+        self.cum["rollout_nfe"] += log["rollout_nfe"]
+        self.cum["likelihood_nfe"] += log["likelihood_nfe"]
+        self.cum["flops"] += log["rollout_flops"] + log["likelihood_flops"] + log["backward_flops"]
+        log.update(cum_rollout_nfe=self.cum["rollout_nfe"], cum_likelihood_nfe=self.cum["likelihood_nfe"],
+                   cum_nfe=self.cum["rollout_nfe"] + self.cum["likelihood_nfe"], cum_flops=self.cum["flops"],
+                   step_wall_s=time.perf_counter() - t0)
+        nfe = log["rollout_nfe"] + log["likelihood_nfe"]
+        cost = {"nfe": nfe, "nfe_full": nfe, "nfe_cached": 0,
+                "tokens": sum(c.tokens for c in lik) + spent["rollout"].tokens,
+                "flops": log["rollout_flops"] + log["likelihood_flops"], "wall_s": log["step_wall_s"],
+                "peak_mem": spent["policy"].peak_mem}
+        return log, cost
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    def save(self, path: Path, step: int) -> None:
+        """Atomically write the state after `step` completed steps."""
+        path.mkdir(parents=True, exist_ok=True)
+        state = {"step": step, "policy": self.policy.module.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "ref": None if self.ref is None else self.ref.module.state_dict(), "cum": dict(self.cum)}
+        tmp = path / "checkpoint.pt.tmp"
+        torch.save(state, tmp)
+        os.replace(tmp, path / "checkpoint.pt")
+
+    def resume(self, path: Path) -> int:
+        """Load the checkpoint under `path` if there is one; -> steps already done (0 if none)."""
+        file = path / "checkpoint.pt"
+        if not file.exists():
+            return 0
+        state = torch.load(file, map_location=self.policy.device, weights_only=False)
+        self.policy.module.load_state_dict(state["policy"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.ref is not None and state["ref"] is not None:
+            self.ref.module.load_state_dict(state["ref"])
+        self.cum = dict(state["cum"])
+        return int(state["step"])
