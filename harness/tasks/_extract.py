@@ -22,7 +22,8 @@ NOISE = re.compile(
 )
 # A chat header such as `<|im_start|>assistant\n` or `<|start_header_id|>assistant<|end_header_id|>`.
 HEADER = re.compile(
-    r"<\|im_start\|>\s*\w*\s*|<\|start_header_id\|>\s*\w*\s*<\|end_header_id\|>\s*|<start_of_turn>\s*\w*\s*"
+    r"<\|im_start\|>[ \t]*\w*[ \t]*\n?|<\|start_header_id\|>\s*\w*\s*<\|end_header_id\|>[ \t]*\n*"
+    r"|<start_of_turn>[ \t]*\w*[ \t]*\n?"
 )
 ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.S | re.I)
 OPEN_ANSWER = re.compile(r"<answer>", re.I)
