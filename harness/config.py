@@ -46,9 +46,10 @@ NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # described in harness/studies.py; `options` below lists the study-level keys each one takes.
 STUDY_KINDS = {"generate": "samplers", "likelihood": "estimators",
                "estimator_variance": "estimators", "exact_reference": "estimators",
-               "gradient_variance": "estimators", "t_mask_decomposition": "estimators"}
+               "gradient_variance": "estimators", "t_mask_decomposition": "estimators",
+               "rl": "algorithms"}  # rl: options are the loop's (harness/algorithms/loop.py LoopOptions)
 StudyKind = Literal["generate", "likelihood", "estimator_variance", "exact_reference",
-                    "gradient_variance", "t_mask_decomposition"]
+                    "gradient_variance", "t_mask_decomposition", "rl"]
 assert set(typing.get_args(StudyKind)) == set(STUDY_KINDS)
 
 
@@ -102,6 +103,7 @@ class StudySpec:
     task: str
     sampler: ComponentSpec | None = None
     estimator: ComponentSpec | None = None
+    algorithm: ComponentSpec | None = None  # kind rl
     replicates: int = 1
     seed: int = 0
     batch_size: int = 64
@@ -244,8 +246,8 @@ def _set_path(d: dict, dotted: str, value, where: str) -> None:
 
 
 def _sweep_points(study: StudySpec, where: str) -> list[dict]:
-    allowed_roots = ("sampler", "estimator", "seed", "model", "task", "replicates", "batch_size", "max_tokens",
-                     "options")
+    allowed_roots = ("sampler", "estimator", "algorithm", "seed", "model", "task", "replicates", "batch_size",
+                     "max_tokens", "options")
     for key, values in study.sweep.items():
         if not isinstance(key, str):
             raise HarnessError(f"{where}.sweep: expected dotted key paths such as 'sampler.params.steps' as keys, "
@@ -324,6 +326,15 @@ def _options(kind: str, raw, where: str) -> dict:
     raw = {} if raw is None else raw
     if not isinstance(raw, Mapping):
         raise HarnessError(f"{where}: expected a mapping, got {raw!r}")
+    if kind == "rl":  # the RL loop's options, checked (and its rollout sampler built) at plan time
+        from harness.algorithms.loop import LoopOptions
+
+        try:
+            opts = _from_mapping(LoopOptions, raw, where)
+        except (ValueError, TypeError) as exc:
+            raise HarnessError(f"{where}: {exc}") from None
+        opts.build_sampler()
+        return dataclasses.asdict(opts)
     allowed = KIND_OPTIONS.get(kind, ())
     for key in raw:
         if key not in allowed:

@@ -175,6 +175,8 @@ class Runner:
         if not units:
             return "complete", 0
         model = self.model(cell)
+        if study.train is not None:  # an rl cell trains a copy of the model first (resumably)
+            model = study.train(self, cell, model, task, component, writer)
         meter = Meter(model, distributed.share_budget(_remaining(cell.budget, spent), self.dist.world_size))
         lengths = [unit_length(model.tokenizer, it.prompt, task.gen_length) for _, it in units] \
             if cell.max_tokens else [0] * len(units)

@@ -20,6 +20,7 @@ from typing import Callable
 
 import torch
 
+from harness.algorithms import _study as rl_study
 from harness.estimators.exact import exact_terms
 from harness.estimators.mc_elbo import draw_masks, draw_t
 from harness.seeding import rand
@@ -45,6 +46,9 @@ class StudyKind:
     run: Callable  # (denoiser, task, component, batch: Batch) -> list[dict], one per unit
     item_major: bool = False  # order units item by item, so an item's replicates share batches
     inner_replicates: bool = False  # one unit per item (replicate 0); the replicates run inside it
+    # RL (harness/algorithms/_study.py): (runner, cell, model, task, component, writer) -> the model
+    # whose units are then run; the runner calls it before the cell's units.
+    train: Callable | None = None
 
 
 def _prompts(denoiser, items):
@@ -257,4 +261,5 @@ STUDIES = {
     "exact_reference": StudyKind(exact_reference),
     "gradient_variance": StudyKind(gradient_variance, inner_replicates=True),
     "t_mask_decomposition": StudyKind(t_mask_decomposition, inner_replicates=True),
+    "rl": StudyKind(rl_study.evaluate, train=rl_study.train),
 }

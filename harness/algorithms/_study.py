@@ -1,0 +1,57 @@
+"""The `rl` study kind: train a copy of the cell's model with its algorithm, then evaluate it.
+
+`train` runs inside the runner (its `train` hook) before the cell's units: RL steps resume from the
+cell's checkpoint (run_dir/rl/<cell>/checkpoint.pt) and each step writes one record (study
+"<study>.steps", item "step-0001"..., outcome `train_reward`, the step log under `estimate`, the
+step's rollout + likelihood cost under `cost`). The units are then the held-out test items,
+decoded greedily by the trained policy (`evaluate`: outcome `accuracy`), so the leaderboard, the
+regression gate and paired comparisons see ordinary records.
+"""
+from __future__ import annotations
+
+import copy
+import re
+
+from harness.algorithms.loop import LoopOptions, RLLoop
+from harness.registry import SAMPLERS
+from harness.seeding import derive_seed
+from harness.types import Item
+
+
+def options(cell) -> LoopOptions:
+    return LoopOptions(**cell.options)
+
+
+def train(runner, cell, model, task, algorithm, writer):
+    """Train (or resume) the cell's policy; -> the trained denoiser (the runner's model is untouched)."""
+    opts = options(cell)
+    steps = opts.quick_steps if runner.quick else opts.steps
+    suite = runner.suite.suite
+
+    def seed(item: str, replicate: int, stream: str) -> int:
+        return derive_seed(suite, cell.id, item, replicate, f"{stream}/{cell.seed}")
+
+    test = task.items("test")
+    loop = RLLoop(copy.deepcopy(model), algorithm, task, opts, seed, task.items("train"), test[: opts.eval_items])
+    ckpt = runner.run_dir / "rl" / re.sub(r"[^A-Za-z0-9_.=,-]+", "_", cell.id)
+    for step in range(loop.resume(ckpt), steps):
+        log, cost = loop.train_step(step)
+        last = step + 1 == steps
+        if opts.eval_every and ((step + 1) % opts.eval_every == 0 or last):
+            log["heldout_accuracy"] = sum(loop.evaluate(loop.test_items)) / len(loop.test_items)
+            log["heldout_items"] = len(loop.test_items)
+        item = Item(id=f"step-{step + 1:04d}", prompt="", reference="")
+        rec = runner._record(cell, algorithm, task, item, 0, {"outcome": {"metric": "train_reward",
+                             "value": log["reward_mean"]}, "estimate": log}, cost, "ok", None)
+        writer.write({**rec, "study": f"{cell.study}.steps"})
+        writer.sync()
+        if (step + 1) % opts.checkpoint_every == 0 or last:
+            loop.save(ckpt, step + 1)
+    return loop.policy
+
+
+def evaluate(denoiser, task, algorithm, batch):
+    """Greedy held-out decoding of the trained policy (the units of an rl cell)."""
+    from harness.studies import generate
+
+    return generate(denoiser, task, SAMPLERS.build("low_confidence", {}), batch)

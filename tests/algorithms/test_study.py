@@ -1,0 +1,57 @@
+"""An `rl` study through the runner: plan-time checks, normal records, and resume after a kill."""
+from __future__ import annotations
+
+import pytest
+
+from harness.config import load_suite, plan
+from harness.records import read_records
+from harness.runner import Runner
+from harness.types import HarnessError
+from tests.helpers import crash_mid_run, write_suite
+
+SUITE = """
+suite: rl-test
+models: {tiny: {name: tiny, params: {checkpoint: tiny-addition}}}
+tasks: {add: {name: addition, params: {n_digits: 3, n_train: 500}, split: test, n_items: 6}}
+studies:
+  - id: rl
+    kind: rl
+    model: tiny
+    task: add
+    algorithm: {name: diffu_grpo}
+    options: {steps: 3, prompts: 2, group_size: 2, mu: 2, eval_every: 2, eval_items: 4, checkpoint_every: 1}
+    sweep: {algorithm.name: [diffu_grpo, spg], seed: [0]}
+"""
+
+
+def _strip(records):
+    return sorted((r["cell_id"], r["item_id"], r["outcome"]["value"],
+                   (r["estimate"] or {}).get("loss"), (r["estimate"] or {}).get("cum_nfe")) for r in records)
+
+
+def test_rl_study_runs_and_resumes_to_the_same_records(tmp_path):
+    path = write_suite(tmp_path, SUITE)
+    cells = plan(load_suite(path))
+    assert [c.id for c in cells] == ["rl[name=diffu_grpo,seed=0]", "rl[name=spg,seed=0]"]
+    clean = read_records(Runner(path, results=tmp_path / "a", progress=False).run())
+    steps = [r for r in clean if r["outcome"]["metric"] == "train_reward"]
+    evals = [r for r in clean if r["outcome"]["metric"] == "accuracy"]
+    assert len(steps) == 6 and len(evals) == 12
+    assert {r["study"] for r in steps} == {"rl.steps"} and {r["study"] for r in evals} == {"rl"}
+    log = steps[-1]["estimate"]
+    assert log["rollout_nfe"] == 2 * 2 * 5  # prompts x G x one pass per canvas token
+    assert log["likelihood_nfe"] == 4 * 2 * 2  # spg: 4 sequences x m = 2 passes x mu = 2, no old/ref
+    assert "heldout_accuracy" in log and log["cum_nfe"] == 3 * (20 + 16)
+    runner = Runner(path, results=tmp_path / "b", progress=False)
+    crash_mid_run(runner, after=3)  # killed while training the first cell
+    resumed = read_records(Runner(path, resume=runner.run_dir, progress=False).run())
+    assert _strip(resumed) == _strip(clean)
+
+
+def test_rl_options_are_checked_at_plan_time(tmp_path):
+    bad = SUITE.replace("mu: 2", "mu: 0")
+    with pytest.raises(HarnessError, match="mu must be >= 1"):
+        plan(load_suite(write_suite(tmp_path, bad)))
+    bad = SUITE.replace("mu: 2", "muu: 2")
+    with pytest.raises(HarnessError, match="muu"):
+        plan(load_suite(write_suite(tmp_path, bad)))
