@@ -168,3 +168,16 @@ def test_yaml_stop_strings_and_lengths_match_the_harness_tasks():
         task = TASKS.build(harness_task, cfg["dataset_kwargs"].get("task_params") or {})
         assert tuple(cfg["generation_kwargs"]["until"]) == tuple(task.stop_strings), name
         assert cfg["generation_kwargs"]["max_gen_toks"] == task.gen_length, name
+
+
+def test_code_scoring_reports_unbiased_pass_at_k():
+    from harness.tasks.lm_eval import utils
+
+    assert utils.pass_at_k(10, 3, 5) == pytest.approx(1 - 21 / 252)  # 1 - C(7,5)/C(10,5)
+    assert utils.pass_at_k(10, 3, 1) == pytest.approx(0.3) and utils.pass_at_k(4, 0, 1) == 0.0
+    doc = utils.rows("addition", "test", {"n_test": 2})[0]  # any harness task's scorer works the same way
+    right, wrong = doc["reference"], str(int(doc["reference"]) + 1)
+    out = utils.process_code(doc, [[right] * 3 + [wrong] * 7])
+    assert out == {"pass@1": pytest.approx(0.3), "pass@10": 1.0}
+    assert utils.process_code(doc, [[wrong]]) == {"pass@1": 0.0}
+    assert utils.process_results(doc, [right]) == {"accuracy": 1.0}
