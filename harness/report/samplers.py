@@ -20,7 +20,7 @@ from harness.stats.intervals import mean_interval
 
 FIGURES = ("samplers_accuracy_vs_nfe", "samplers_accuracy_vs_wall")
 KNOBS = ("steps", "tau", "bound", "schedule", "eta", "alg_temp", "temperature", "block_length", "max_steps",
-         "min_length", "gen_length", "cfg_scale")
+         "min_length", "gen_length", "cfg_scale", "refresh")
 
 
 def _variant(name: str, params: dict) -> str:
@@ -28,6 +28,8 @@ def _variant(name: str, params: dict) -> str:
     extra = []
     if params.get("cache", "none") != "none":
         extra.append(f"cache={params['cache']}")
+        if params.get("refresh"):
+            extra.append(f"refresh={params['refresh']}")
     if name == "remdm":
         extra.append(str(params.get("schedule", "cap")))
     if params.get("temperature"):

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from harness.samplers._cache import check_cache_support, full_pass_with_cache
 from harness.seeding import rand
 from harness.text import upto_first_eos
-from harness.types import Generation
+from harness.types import Generation, HarnessError
 
 
 # -- pure helpers ---------------------------------------------------------------------------------
@@ -62,6 +62,12 @@ def guided_logits(denoiser, x, attention_mask, prompt_len: int, cfg_scale: float
     both = denoiser.logits(torch.cat([x, un]), None if attention_mask is None else torch.cat([attention_mask] * 2))
     cond, uncond = both.chunk(2)
     return uncond + (cfg_scale + 1) * (cond - uncond)
+
+
+def aligned(logits: torch.Tensor, lo: int, hi: int, shift: bool) -> torch.Tensor:
+    """[B, T, V] -> [B, hi - lo, V]: the predictions for columns [lo, hi). Shifted-logit models
+    (Dream, `shift_logits`) predict column k at position k - 1 (needs lo >= 1: a non-empty prompt)."""
+    return logits[:, lo - 1:hi - 1] if shift else logits[:, lo:hi]
 
 
 def finish(denoiser, x: torch.Tensor, prompt_len: int, commit_step: torch.Tensor, steps: int) -> Generation:
@@ -185,6 +191,8 @@ class DecodeLoop(abc.ABC):
                  gen_length: int = 32, fixed: torch.Tensor | None = None) -> Generation:
         L, block, per_block = self.plan(gen_length)
         check_cache_support(denoiser, self.cache)
+        if self.cache != "none" and getattr(denoiser, "shift_logits", False):
+            raise HarnessError("KV caches are not supported for shifted-logit models (Dream): use cache: none")
         B, P = prompt.shape
         mask_id = denoiser.mask_id
         x = torch.cat([prompt, torch.full((B, L), mask_id, dtype=prompt.dtype, device=prompt.device)], 1)
@@ -241,7 +249,8 @@ class DecodeLoop(abc.ABC):
         T = x.shape[1]
         dev = x.device
         if self.cache == "none":
-            return guided_logits(denoiser, x, attn, P, self.cfg_scale)[:, lo:hi].clone(), None
+            logits = guided_logits(denoiser, x, attn, P, self.cfg_scale)
+            return aligned(logits, lo, hi, getattr(denoiser, "shift_logits", False)).clone(), None
         if s == 0 or (self.refresh and s % self.refresh == 0):
             # A full pass that (re)builds the cache of the live rows `rows` (None: all rows). Rows
             # only leave a block, never join it, so later live rows are a subset of these.

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.registry import SAMPLERS
-from harness.samplers._base import add_gumbel_noise, finish, select_topk
+from harness.samplers._base import add_gumbel_noise, aligned, finish, select_topk
 from harness.seeding import rand
 
 
@@ -128,7 +128,7 @@ class ReMDM:
         for i in range(N):
             t, s = 1 - i / N, 1 - (i + 1) / N
             target = self.target(s, L)
-            logits = denoiser.logits(x, attn)[:, P:].clone()  # [B, L, V]
+            logits = aligned(denoiser.logits(x, attn), P, P + L, denoiser.shift_logits).clone()  # [B, L, V]
             logits[..., mask_id] = -torch.inf
             logits[:, early, denoiser.eos_id] = -torch.inf
             x0 = add_gumbel_noise(logits, self.temperature, generator).argmax(-1)  # [B, L]
