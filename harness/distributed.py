@@ -99,6 +99,17 @@ def barrier(dist: Dist) -> None:
     gather(dist, None)  # an object gather works on gloo and NCCL alike, with no device bookkeeping
 
 
+def close(dist: Dist) -> None:
+    """A last barrier (no rank exits while another is still inside a collective), then leave the
+    process group: one run per torchrun process."""
+    if not dist.active:
+        return
+    import torch.distributed as td
+
+    barrier(dist)
+    td.destroy_process_group()
+
+
 def rank_info(dist: Dist) -> dict:
     """Where this rank runs: host and device (recorded per rank in the manifest)."""
     if torch.cuda.is_available():

@@ -151,6 +151,7 @@ class Runner:
                                  cell_status=summaries)
             write_json_atomic(self.run_dir / MANIFEST, self.manifest)
         self.manifest = distributed.broadcast(self.dist, self.manifest)
+        distributed.close(self.dist)
         return self.run_dir
 
     def _canonical_order(self) -> dict:
