@@ -156,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
                       ("n_heads", int), ("d_ff", int), ("seed", int), ("eval_every", int), ("eval_items", int),
                       ("threads", int)):
         s.add_argument(f"--{name.replace('_', '-')}", dest=name, type=typ, default=None)
+    s.add_argument("--device", default=None, help="cpu (default) or cuda")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(fn=cmd_train)
 

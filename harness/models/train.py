@@ -39,14 +39,15 @@ class TrainConfig:
     eval_every: int = 500
     eval_items: int = 200
     threads: int = 2
+    device: str = "cpu"  # "cuda": model and batches on the GPU; every draw still comes from the CPU generator
 
 
 def mdlm_loss(denoiser, prompt: torch.Tensor, prompt_mask: torch.Tensor, target: torch.Tensor,
               generator: torch.Generator, eps: float = 1e-3) -> torch.Tensor:
     """MDLM loss: mean over the batch of (1/t) Σ_masked CE / L.  prompt [B, P], target [B, L]."""
     B, L = target.shape
-    t = eps + (1 - eps) * torch.rand(B, 1, generator=generator)  # [B, 1]
-    masked = torch.rand(B, L, generator=generator) < t  # [B, L]
+    t = (eps + (1 - eps) * torch.rand(B, 1, generator=generator)).to(target.device)  # [B, 1]
+    masked = torch.rand(B, L, generator=generator).to(target.device) < t  # [B, L]
     x = torch.cat([prompt, torch.where(masked, denoiser.mask_id, target)], 1)  # [B, P+L]
     attn = torch.cat([prompt_mask, torch.ones_like(masked)], 1)
     logits = denoiser.logits(x, attn)[:, prompt.shape[1]:]  # [B, L, V]
@@ -62,6 +63,7 @@ def greedy_accuracy(denoiser, task, items, batch_size: int = 256) -> float:
     for i in range(0, len(items), batch_size):
         chunk = items[i:i + batch_size]
         ids, mask = encode_prompts(denoiser.tokenizer, [it.prompt for it in chunk], denoiser.pad_id)
+        ids, mask = ids.to(denoiser.device), mask.to(denoiser.device)
         gen = sampler(denoiser, ids, generator=None, prompt_mask=mask, gen_length=task.gen_length)
         correct += sum(task.score(it, text) for it, text in zip(chunk, gen.text))
     return correct / len(items)
@@ -89,7 +91,8 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True) -> dict:
     g = torch.Generator().manual_seed(cfg.seed)
     module = TinyMDLM(TinyConfig(vocab_size=len(tokenizer), max_len=prompts.shape[1] + task.gen_length,
                                  d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads,
-                                 d_ff=cfg.d_ff), generator=g)
+                                 d_ff=cfg.d_ff), generator=g).to(cfg.device)
+    prompts, prompt_mask, targets = prompts.to(cfg.device), prompt_mask.to(cfg.device), targets.to(cfg.device)
     denoiser = TinyDenoiser(module, tokenizer)
     decay = [p for n, p in module.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in module.named_parameters() if p.dim() < 2]
