@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 RUN    := $(VENV)/bin/dlm-harness
 
-.PHONY: setup test bench bench-estimators bench-samplers report lint lock clean-venv
+.PHONY: setup test bench bench-estimators bench-samplers bench-gpu report lint lock clean-venv
 
 setup: $(STAMP)
 
@@ -38,6 +38,12 @@ bench-estimators: $(STAMP)
 # Sampler throughput relative to plain low_confidence, with accuracy; ARGS=--quick for a short run.
 bench-samplers: $(STAMP)
 	$(PY) benchmarks/samplers.py $(ARGS)
+
+# On one GPU (< 8 minutes per part): throughput ratios on an LLaDA-8B-shaped random model, then the
+# estimator and RL studies on a GPU-trained tiny model; writes results/gpu/<run>/summary.{md,json}
+# and benchmarks/GPU_RESULTS.md. Smoke run on a CPU: $(PY) benchmarks/gpu.py --quick --device cpu
+bench-gpu: $(STAMP)
+	$(PY) benchmarks/gpu.py --publish $(ARGS)
 
 report: $(STAMP)
 	@test -n "$(RUN_DIR)" || { echo "usage: make report RUN_DIR=results/<suite>/<run_id>"; exit 2; }
