@@ -33,11 +33,14 @@ def cmd_run(args) -> int:
 
     runner = Runner(args.suite, results=args.results, resume=args.resume, quick=args.quick,
                     progress=not args.no_progress, argv=["dlm-harness", *sys.argv[1:]])
-    print(f"run directory: {runner.run_dir}", file=sys.stderr)
+    say = runner.dist.main  # under torchrun only rank 0 prints, so the last stdout line stays the run directory
+    if say:
+        print(f"run directory: {runner.run_dir}", file=sys.stderr)
     run_dir = runner.run()
     status = runner.manifest["status"]
-    print(f"status: {status}", file=sys.stderr)
-    print(run_dir)
+    if say:
+        print(f"status: {status}", file=sys.stderr)
+        print(run_dir)
     return 0 if status == "complete" else 1
 
 

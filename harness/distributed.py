@@ -191,12 +191,17 @@ def read_all(run_dir: Path) -> list[dict]:
 
 def merge(run_dir: Path, order: dict) -> int:
     """Merge records.jsonl and the shards into records.jsonl in canonical order (`order`: unit key
-    -> position in a single-process run; unknown keys go last); remove the shards. -> records."""
+    -> position in a single-process run; a key not there takes the position of (cell_id, None, None)
+    if given, else goes last); remove the shards. -> the number of records."""
     run_dir = Path(run_dir)
     shards = shard_paths(run_dir)
     records = read_all(run_dir)
     last = len(order)
-    records.sort(key=lambda r: order.get(unit_key(r), last))  # stable: attempts keep their order
+
+    def position(r):
+        return order.get(unit_key(r), order.get((r["cell_id"], None, None), last))
+
+    records.sort(key=position)  # stable: several attempts of a unit keep their order
     tmp = run_dir / (RECORDS + ".merging")
     with open(tmp, "w", encoding="utf-8") as fh:
         for rec in records:

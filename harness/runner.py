@@ -155,9 +155,11 @@ class Runner:
         return self.run_dir
 
     def _canonical_order(self) -> dict:
-        """Unit key -> its position in a single-process run's records (the merge order)."""
+        """Unit key -> its position in a single-process run's records (the merge order); a cell's
+        records that are not units (an rl cell's step records) go before its units."""
         order = {}
         for cell in self.cells:
+            order[(cell.id, None, None)] = len(order)
             items = TASKS.build(cell.task.name, cell.task.params).items(cell.task.split)[: cell.task.n_items]
             for r, it in _units(cell, items, STUDIES[cell.kind], set()):
                 order[(cell.id, it.id, r)] = len(order)
@@ -171,14 +173,17 @@ class Runner:
         component = REGISTRIES[cell.component_kind].build(cell.component.name, cell.component.params)
         study = STUDIES[cell.kind]
         planned = _units(cell, items, study, set())  # the single-process order; this rank's slice of it
-        units = [u for u in (planned[i] for i in distributed.my_slice(len(planned), self.dist))
-                 if (cell.id, u[1].id, u[0]) not in done]
+        # A cell that trains first (rl) runs whole on rank 0: one policy, one checkpoint, one set of step records.
+        mine = distributed.my_slice(len(planned), self.dist) if study.train is None \
+            else range(len(planned) if self.dist.main else 0)
+        units = [u for u in (planned[i] for i in mine) if (cell.id, u[1].id, u[0]) not in done]
         if not units:
             return "complete", 0
         model = self.model(cell)
         if study.train is not None:  # an rl cell trains a copy of the model first (resumably)
             model = study.train(self, cell, model, task, component, writer)
-        meter = Meter(model, distributed.share_budget(_remaining(cell.budget, spent), self.dist.world_size))
+        ranks = self.dist.world_size if study.train is None else 1  # how many ranks share the cell's budget
+        meter = Meter(model, distributed.share_budget(_remaining(cell.budget, spent), ranks))
         lengths = [unit_length(model.tokenizer, it.prompt, task.gen_length) for _, it in units] \
             if cell.max_tokens else [0] * len(units)
         queue = deque(units[b.start:b.stop] for b in plan_batches(lengths, cell.batch_size, cell.max_tokens))

@@ -63,20 +63,24 @@ def _rec(cell, item, rep, status="ok", tag=0):
 
 
 def test_merge_puts_shards_in_single_process_order(tmp_path):
-    order = {("a", "i0", 0): 0, ("a", "i1", 0): 1, ("a", "i2", 0): 2, ("b", "i0", 0): 3}
+    order = {("a", None, None): 0, ("a", "i0", 0): 1, ("a", "i1", 0): 2, ("a", "i2", 0): 3, ("b", None, None): 4,
+             ("b", "i0", 0): 5}
     with ShardWriter(tmp_path, 1) as w:
         w.write(_rec("a", "i2", 0))
+        w.write(_rec("b", "step-0001", 0))  # not a unit (an rl step record): before cell b's units
         w.write(_rec("b", "i0", 0, status="error", tag=1))
         w.write(_rec("b", "i0", 0, tag=2))  # a later attempt of the same unit stays after the first
     with ShardWriter(tmp_path, 0) as w:
         w.write(_rec("a", "i1", 0))
         w.write(_rec("a", "i0", 0))
     shard_path(tmp_path, 0).write_text(shard_path(tmp_path, 0).read_text() + '{"schema_version": 1, "cel')  # torn
-    assert merge(tmp_path, order) == 5
+    assert merge(tmp_path, order) == 6
     got = [(r["cell_id"], r["item_id"], r.get("tag")) for r in read_records(tmp_path, latest=False)]
-    assert got == [("a", "i0", 0), ("a", "i1", 0), ("a", "i2", 0), ("b", "i0", 1), ("b", "i0", 2)]
+    assert got == [("a", "i0", 0), ("a", "i1", 0), ("a", "i2", 0), ("b", "step-0001", 0), ("b", "i0", 1),
+                   ("b", "i0", 2)]
     assert not list(tmp_path.glob("records.rank*")) and read_all(tmp_path) == read_records(tmp_path, latest=False)
-    assert [r["status"] for r in read_records(tmp_path) if r["cell_id"] == "b"] == ["ok"]
+    assert [(r["item_id"], r["status"]) for r in read_records(tmp_path) if r["cell_id"] == "b"] == \
+        [("step-0001", "ok"), ("i0", "ok")]  # the last attempt of i0 wins
 
 
 def test_shard_writer_repairs_a_torn_tail(tmp_path):
