@@ -39,8 +39,11 @@ def rand(generator, batch: int, *shape: int, dtype=torch.float32, device="cpu") 
     if isinstance(generator, (list, tuple)):
         if len(generator) != batch:
             raise ValueError(f"got {len(generator)} generators for a batch of {batch}")
-        out = torch.empty(batch, *shape, dtype=dtype, device=device)
+        gen_device = generator[0].device if batch else torch.device("cpu")
+        out = torch.empty(batch, *shape, dtype=dtype, device=gen_device)
         for row, g in zip(out.unbind(0), generator):
             row.uniform_(generator=g)  # the same numbers as torch.rand(shape, generator=g), in place
-        return out
-    return torch.rand((batch, *shape), generator=generator, dtype=dtype, device=device)
+        return out.to(device)
+    # Draw where the generator lives (the runner's are CPU generators) and move the numbers: a
+    # GPU run then uses exactly the CPU run's draws, and a CPU generator never meets a CUDA tensor.
+    return torch.rand((batch, *shape), generator=generator, dtype=dtype, device=generator.device).to(device)

@@ -180,3 +180,14 @@ def test_mc_elbo_rows_independent_of_batch_composition():
             assert torch.equal(one.draws["masks"][0], full.draws["masks"][i])
             assert torch.equal(one.draws["t"][0], full.draws["t"][i])
             torch.testing.assert_close(one.sequence[0], full.sequence[i], rtol=1e-5, atol=1e-5)
+
+
+def test_rand_moves_draws_to_the_requested_device_and_keeps_them():
+    """Draws come from the generator's own device and are then moved: a CPU generator serves any
+    target device, and the numbers do not depend on where they end up (CPU here; the meta device
+    stands in for an accelerator, since it only checks placement)."""
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    on_meta = rand([g1], 1, 4, device="meta")
+    assert on_meta.device.type == "meta" and on_meta.shape == (1, 4)
+    assert torch.equal(rand([torch.Generator().manual_seed(5)], 1, 4), torch.rand(1, 4, generator=g2))
+    assert rand(torch.Generator().manual_seed(5), 2, 3, device="meta").device.type == "meta"
