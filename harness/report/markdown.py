@@ -69,6 +69,10 @@ def render_records(records: list[dict], manifest: dict, run_dir, out_dir: Path |
     out.append(render_leaderboard(records, manifest.get("metrics")))
     if estimator_report.has_estimator_study(records):
         out.append(estimator_report.render_section(records, manifest, run_dir, out_dir))
+    if any(r["kind"] == "rl" for r in records):
+        from harness.report.rl import render_section as render_rl  # RL algorithms (issue 6)
+
+        out.append(render_rl(records, out_dir))
     if out_dir is not None and any(r["kind"] == "generate" for r in records):
         from harness.report.samplers import render_samplers_section
 

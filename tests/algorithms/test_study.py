@@ -5,6 +5,7 @@ import pytest
 
 from harness.config import load_suite, plan
 from harness.records import read_records
+from harness.report.rl import render_section
 from harness.runner import Runner
 from harness.types import HarnessError
 from tests.helpers import crash_mid_run, write_suite
@@ -46,6 +47,9 @@ def test_rl_study_runs_and_resumes_to_the_same_records(tmp_path):
     crash_mid_run(runner, after=3)  # killed while training the first cell
     resumed = read_records(Runner(path, resume=runner.run_dir, progress=False).run())
     assert _strip(resumed) == _strip(clean)
+    section = render_section(clean)
+    assert "| diffu_grpo | 1 |" in section and "| spg | 1 |" in section  # one seed each
+    assert "paired on (seed, held-out item)" in section and "| spg | 6 |" in section  # 6 pairs vs diffu_grpo
 
 
 def test_rl_options_are_checked_at_plan_time(tmp_path):

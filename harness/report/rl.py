@@ -1,0 +1,167 @@
+"""The RL section (issue 6): algorithms compared at matched rollout budgets.
+
+A pure function of records of `rl` cells: the step records (outcome `train_reward`, the loop's log
+under `estimate`) and the held-out records (outcome `accuracy`, one per test item and cell). Per
+algorithm: final held-out accuracy over training seeds (mean and IQM with stratified bootstrap
+intervals, n seeds stated), the measured rollout and likelihood NFE and FLOPs; the paired
+comparison of each algorithm against `diffu_grpo` (pairs = (seed, held-out item), exact McNemar,
+Holm-corrected across algorithms), stated plainly even when nothing is significant; figures of
+training reward and held-out accuracy against cumulative total NFE and FLOPs (mean over seeds).
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from harness.stats.paired import compare_many
+from harness.stats.seeds import seed_aggregate
+
+BASELINE = "diffu_grpo"
+FIGURES = ("rl_reward_vs_nfe", "rl_heldout_vs_nfe", "rl_heldout_vs_flops")
+
+
+def has_rl(records: list[dict]) -> bool:
+    return any(r.get("kind") == "rl" for r in records)
+
+
+def _seed(r: dict) -> int:
+    return int((r.get("point") or {}).get("seed", 0))
+
+
+def analyse(records: list[dict]) -> dict:
+    """-> {algorithm: {"acc": {seed: {item: value}}, "steps": {seed: [log, ...]}}}."""
+    out: dict = defaultdict(lambda: {"acc": defaultdict(dict), "steps": defaultdict(list)})
+    for r in records:
+        if r.get("kind") != "rl" or r.get("status") != "ok" or not r.get("outcome"):
+            continue
+        a = out[r["component"]["name"]]
+        if r["outcome"]["metric"] == "accuracy":
+            a["acc"][_seed(r)][r["item_id"]] = float(r["outcome"]["value"])
+        elif r["outcome"]["metric"] == "train_reward":
+            a["steps"][_seed(r)].append(r["estimate"])
+    for a in out.values():
+        for logs in a["steps"].values():
+            logs.sort(key=lambda g: g["step"])
+    return dict(out)
+
+
+def _summary(name: str, a: dict) -> dict:
+    seeds = sorted(a["acc"])
+    per_seed = [float(np.mean(list(a["acc"][s].values()))) for s in seeds]
+    agg = seed_aggregate({"task": per_seed}, seed=0) if per_seed else None
+    last = [a["steps"][s][-1] for s in sorted(a["steps"]) if a["steps"][s]]
+    mean = lambda k: float(np.mean([g[k] for g in last])) if last else math.nan  # noqa: E731
+    steps = mean("step")
+    return {"algorithm": name, "seeds": len(seeds),
+            "held-out mean [95% CI]": agg.mean.fmt(3) if agg else "n/a",
+            "held-out IQM [95% CI]": agg.iqm.fmt(3) if agg else "n/a",
+            "items/seed": len(a["acc"][seeds[0]]) if seeds else 0,
+            "steps": f"{steps:.0f}", "rollout NFE": f"{mean('cum_rollout_nfe'):.0f}",
+            "likelihood NFE": f"{mean('cum_likelihood_nfe'):.0f}",
+            "lik. NFE / rollout NFE": f"{mean('cum_likelihood_nfe') / max(mean('cum_rollout_nfe'), 1):.2f}",
+            "TFLOP (fwd+bwd)": f"{mean('cum_flops') / 1e12:.4f}",
+            "final train reward": f"{mean('reward_mean'):.3f}"}
+
+
+def _paired(analysis: dict) -> list[dict]:
+    base = analysis.get(BASELINE)
+    if base is None:
+        return []
+    diffs = {}
+    for name, a in analysis.items():
+        if name == BASELINE:
+            continue
+        d = [a["acc"][s][i] - base["acc"][s][i] for s in a["acc"] if s in base["acc"]
+             for i in a["acc"][s] if i in base["acc"][s]]
+        if d:
+            diffs[name] = d
+    if not diffs:
+        return []
+    rows = []
+    for c in compare_many(diffs, binary=True, seed=0):
+        verdict = {"better": f"beats {BASELINE}", "worse": f"worse than {BASELINE}"}.get(
+            c.verdict, "no significant difference")
+        rows.append({"algorithm": c.name, "pairs (seed x item)": c.n,
+                     f"Δ accuracy vs {BASELINE} [95% CI]": c.interval.fmt(3), "test": c.test,
+                     "p": f"{c.p:.3g}", "p (Holm)": f"{c.p_adjusted:.3g}", "verdict": verdict})
+    return rows
+
+
+def _curves(analysis: dict) -> list[dict]:
+    """Mean over seeds per (algorithm, step) of the logged quantities used by the figures."""
+    rows = []
+    for name, a in analysis.items():
+        by_step: dict[int, list[dict]] = defaultdict(list)
+        for logs in a["steps"].values():
+            for g in logs:
+                by_step[g["step"]].append(g)
+        for step, gs in sorted(by_step.items()):
+            acc = [g["heldout_accuracy"] for g in gs if g.get("heldout_accuracy") is not None]
+            rows.append({"algorithm": name, "step": step, "reward": float(np.mean([g["reward_mean"] for g in gs])),
+                         "nfe": float(np.mean([g["cum_nfe"] for g in gs])),
+                         "flops": float(np.mean([g["cum_flops"] for g in gs])),
+                         "heldout": float(np.mean(acc)) if acc else math.nan})
+    return rows
+
+
+def _figures(curves: list[dict], out_dir: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    import seaborn as sns
+
+    df = pd.DataFrame(curves)
+    made = []
+    for stem, x, y, xlabel, ylabel in (
+            ("rl_reward_vs_nfe", "nfe", "reward", "cumulative NFE (rollout + likelihood)", "training reward"),
+            ("rl_heldout_vs_nfe", "nfe", "heldout", "cumulative NFE (rollout + likelihood)", "held-out accuracy"),
+            ("rl_heldout_vs_flops", "flops", "heldout", "cumulative FLOPs (fwd + est. bwd)", "held-out accuracy")):
+        sub = df.dropna(subset=[y])
+        if sub.empty:
+            continue
+        fig, ax = plt.subplots(figsize=(6.5, 4))
+        sns.lineplot(data=sub, x=x, y=y, hue="algorithm", marker="o", ax=ax)
+        ax.set(xlabel=xlabel, ylabel=ylabel + " (mean over seeds)")
+        ax.legend(fontsize=7, ncol=2)
+        fig.tight_layout()
+        for ext in ("png", "svg"):
+            fig.savefig(out_dir / f"{stem}.{ext}", dpi=150 if ext == "png" else None)
+        plt.close(fig)
+        made.append(stem)
+    return made
+
+
+def render_section(records: list[dict], out_dir: Path | None = None) -> str:
+    from harness.report.markdown import md_table
+
+    analysis = analyse(records)
+    out = ["## RL algorithms at matched rollout budgets\n"]
+    if not analysis:
+        return out[0] + "_no rl records_\n"
+    summary = [_summary(n, a) for n, a in sorted(analysis.items())]
+    seeds = sorted({s["seeds"] for s in summary})
+    out.append("Every algorithm spends the same rollout budget (prompts × G × rollout NFE per step, same steps); "
+               "the likelihood NFE each spends on top is measured. Held-out accuracy: greedy decoding of the "
+               f"final policy; interval over training seeds (n = {', '.join(map(str, seeds))} seeds; stratified "
+               "bootstrap, mean and IQM).\n")
+    out.append(md_table(summary))
+    paired = _paired(analysis)
+    if paired:
+        wins = [r["algorithm"] for r in paired if r["verdict"].startswith("beats")]
+        losses = [r["algorithm"] for r in paired if r["verdict"].startswith("worse")]
+        plain = (f"At matched rollout compute, {', '.join(wins)} beat{'s' * (len(wins) == 1)} {BASELINE}"
+                 if wins else f"No algorithm beats {BASELINE} significantly")
+        plain += (f"; {', '.join(losses)} {'is' if len(losses) == 1 else 'are'} significantly worse." if losses
+                  else "; none is significantly worse.")
+        out.append(f"\n**Against `{BASELINE}`** (paired on (seed, held-out item), exact McNemar, Holm across "
+                   f"algorithms, α = 0.05): {plain}\n")
+        out.append(md_table(paired))
+    if out_dir is not None:
+        for stem in _figures(_curves(analysis), Path(out_dir)):
+            out.append(f"\n![{stem}]({stem}.png)\n")
+    return "\n".join(out)
