@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 RUN    := $(VENV)/bin/dlm-harness
 
-.PHONY: setup test bench bench-estimators bench-samplers bench-gpu report lint lock clean-venv
+.PHONY: setup test bench bench-estimators bench-samplers bench-gpu bench-rl report lint lock clean-venv
 
 setup: $(STAMP)
 
@@ -44,6 +44,10 @@ bench-samplers: $(STAMP)
 # and benchmarks/GPU_RESULTS.md. Smoke run on a CPU: $(PY) benchmarks/gpu.py --quick --device cpu
 bench-gpu: $(STAMP)
 	$(PY) benchmarks/gpu.py --publish $(ARGS)
+
+# RL step wall time / its metered forward + backward time (target <= 1.2); ARGS=--quick for a short run.
+bench-rl: $(STAMP)
+	$(PY) benchmarks/rl.py $(ARGS)
 
 report: $(STAMP)
 	@test -n "$(RUN_DIR)" || { echo "usage: make report RUN_DIR=results/<suite>/<run_id>"; exit 2; }

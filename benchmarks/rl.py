@@ -7,7 +7,7 @@ pass (rollouts, π_θ, π_old, π_ref) plus the measured time of loss.backward()
 is Σ step wall / Σ (forward + backward) over the timed steps: everything else (sampling
 bookkeeping, masks, losses, advantages, the optimiser step) is the overhead. Target: <= 1.2.
 
-    python benchmarks/rl.py            # every algorithm, 8 prompts x G 4, mu 2, 6 timed steps
+    python benchmarks/rl.py            # every algorithm, 8 prompts x G 4, mu 2, 6 timed steps, 1 thread
     python benchmarks/rl.py --quick    # diffu_grpo and spg, 3 timed steps (a smoke run)
 """
 from __future__ import annotations
@@ -44,7 +44,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--steps", type=int, default=None)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     names = ["diffu_grpo", "spg"] if args.quick else ALGORITHMS.names()
