@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from harness.records import RECORDS, SCHEMA_VERSION, RecordWriter, unit_key
+from harness.records import RECORDS, RecordWriter, read_lines, unit_key
 from harness.types import Budget, HarnessError
 
 TIMEOUT = dt.timedelta(hours=12)  # a barrier waits for the slowest rank's whole share of the suite
@@ -157,28 +157,6 @@ class ShardWriter(RecordWriter):
         self.path = shard_path(run_dir, rank)
         self._repair()
         self._fh = open(self.path, "a", encoding="utf-8")
-
-
-def read_lines(path: Path) -> list[dict]:
-    """Every record of one JSONL file in file order (a torn final line is skipped)."""
-    if not path.exists():
-        return []
-    lines = path.read_text(encoding="utf-8").split("\n")
-    out = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            if n == len(lines):
-                continue
-            raise HarnessError(f"{path}:{n}: not a JSON record") from None
-        if rec.get("schema_version") != SCHEMA_VERSION:
-            raise HarnessError(f"{path}:{n}: schema_version {rec.get('schema_version')!r}, "
-                               f"this harness reads {SCHEMA_VERSION}")
-        out.append(rec)
-    return out
 
 
 def read_all(run_dir: Path) -> list[dict]:

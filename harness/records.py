@@ -90,6 +90,15 @@ def read_records(run_dir: Path, latest: bool = True) -> list[dict]:
     path = Path(run_dir) / RECORDS
     if not path.exists():
         raise HarnessError(f"{path}: no records file; expected a run directory made by `dlm-harness run`")
+    out = read_lines(path)
+    return dedupe(out) if latest else out
+
+
+def read_lines(path: Path) -> list[dict]:
+    """Every record of one JSONL file in file order ([] when absent); a torn final line is skipped."""
+    path = Path(path)
+    if not path.exists():
+        return []
     lines = path.read_text(encoding="utf-8").split("\n")
     out = []
     for n, line in enumerate(lines, 1):
@@ -106,7 +115,7 @@ def read_records(run_dir: Path, latest: bool = True) -> list[dict]:
                 f"{path}:{n}: schema_version {rec.get('schema_version')!r}, this harness reads {SCHEMA_VERSION}"
             )
         out.append(rec)
-    return dedupe(out) if latest else out
+    return out
 
 
 def dedupe(records: Iterable[dict]) -> list[dict]:
