@@ -13,7 +13,7 @@ import torch
 
 from harness.budget import Meter, attention_flops
 from harness.models.tiny import CharTokenizer, TinyConfig, TinyDenoiser, TinyMDLM
-from harness.registry import SAMPLERS
+from harness.registry import MODELS, SAMPLERS, TASKS
 from harness.text import encode_prompts
 from tests.helpers import make_tiny
 
@@ -182,7 +182,30 @@ def test_tiny_addition_stale_cache_agreement_is_measured(cache, tiny_addition, a
     assert _agreement(tiny_addition, addition_items[:200], {}, cache) >= 0.94
 
 
-@pytest.mark.xfail(strict=True, reason="the issue's >= 99% target: the tiny-addition model measures 94.8% "
-                                       "greedy-token agreement with a stale one-block cache")
+@pytest.mark.xfail(strict=True, reason="the 5-token default checkpoint measures 94.8% greedy-token agreement with a "
+                                       "stale one-block cache; the >= 99% target is met on tiny-addition-c16 below")
 def test_tiny_addition_stale_cache_meets_the_99_percent_target(tiny_addition, addition_items):
     assert _agreement(tiny_addition, addition_items[:200], {}, "dual") >= 0.99
+
+
+@pytest.fixture(scope="module")
+def c16():
+    den = MODELS.build("tiny", {"checkpoint": "tiny-addition-c16"}).load()
+    items = TASKS.build("addition", {"n_digits": 3, "canvas": 16}).items("test")[:200]
+    ids, mask = encode_prompts(den.tokenizer, [it.prompt for it in items], den.pad_id)
+    return den, ids, mask
+
+
+@pytest.mark.parametrize("cache", CACHES)
+@pytest.mark.parametrize("params", [{}, {"block_length": 4}, {"block_length": 8, "refresh": 2}])
+def test_long_canvas_cache_agrees_on_99_percent_of_greedy_answer_tokens(cache, params, c16):
+    """The issue's >= 99% target, on the trained 16-token-canvas checkpoint (greedy accuracy 0.952).
+    Counted over the tokens up to and including the uncached run's first EOS, so the easy EOS tail
+    does not pad the number. Measured on 300 items: 99.64% (no refresh), 99.8-99.9% (refresh 2)."""
+    den, ids, mask = c16
+    a = SAMPLERS.build("low_confidence", params)(den, ids, generator=None, prompt_mask=mask, gen_length=16)
+    b = SAMPLERS.build("low_confidence", dict(params, cache=cache))(den, ids, generator=None, prompt_mask=mask,
+                                                                      gen_length=16)
+    answer = torch.arange(16)[None, :] < a.gen_len[:, None]  # [B, L]
+    assert (a.tokens == b.tokens)[answer].float().mean().item() >= 0.99
+    assert not torch.equal(a.tokens, b.tokens) or params.get("refresh")  # stale, not exact: a real test
