@@ -428,3 +428,20 @@ def test_smoke_suite_plans():
     cells = plan(suite)
     assert [c.id for c in cells] == ["greedy", "elbo[t_law=iid]", "elbo[t_law=count]"]
     assert suite.sha256 == hashlib.sha256((ROOT / "suites" / "smoke.yaml").read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("path", sorted(p for p in (ROOT / "suites").glob("*.yaml") if p.name != "lm-eval.yaml"),
+                         ids=lambda p: p.name)
+def test_every_shipped_suite_plans(path):
+    """Each suite in suites/ (lm-eval.yaml has its own schema, tested with the bridge) plans in full
+    and quick mode, and every model, task and component in it builds with its parameters."""
+    from harness.registry import MODELS, REGISTRIES, TASKS
+
+    suite = load_suite(path)
+    cells = plan(suite)
+    assert cells and len(plan(suite, quick=True)) >= 1
+    for cell in cells:
+        MODELS.build(cell.model.name, cell.model.params)
+        task = TASKS.build(cell.task.name, cell.task.params)
+        REGISTRIES[cell.component_kind].build(cell.component.name, cell.component.params)
+        assert task.gen_length >= 1
