@@ -296,6 +296,7 @@ def _cell(suite: Suite, study: StudySpec, s: dict, point: dict, where: str, quic
     TASKS.build(task.name, task.params, f"{suite.path}.tasks.{s['task']}")
     comp = _from_mapping(ComponentSpec, s[ckey], f"{where}.{ckey}")
     built = REGISTRIES[ckind].build(comp.name, comp.params, f"{where}.{ckey}")
+    _check_noise(model.name, ckind, comp.name, where)
     for key in ("replicates", "batch_size"):
         s[key] = coerce(s[key], int, f"{where}.{key}")
         if s[key] < 1:
@@ -319,6 +320,20 @@ def _cell(suite: Suite, study: StudySpec, s: dict, point: dict, where: str, quic
                 point=point, options=options, max_tokens=s.get("max_tokens"))
     _check_budget(cell, built, where)
     return cell
+
+
+def _check_noise(model: str, ckind: str, name: str, where: str) -> None:
+    """Masked estimators and samplers need a mask token; uniform-noise models (diffusion_gemma) have
+    none and their own components (`noise = "uniform"`). A mismatch fails here, before any compute."""
+    if ckind not in ("estimators", "samplers"):
+        return
+    model_noise = getattr(MODELS.get(model), "noise", "masked")
+    comp_noise = getattr(REGISTRIES[ckind].get(name), "noise", "masked")
+    if (model_noise == "uniform") != (comp_noise == "uniform"):
+        fits = [n for n in REGISTRIES[ckind].names()
+                if (getattr(REGISTRIES[ckind].get(n), "noise", "masked") == "uniform") == (model_noise == "uniform")]
+        raise HarnessError(f"{where}: {ckind[:-1]} {name!r} is for {comp_noise}-noise models, but model {model!r} "
+                           f"uses {model_noise} noise (its {ckind}: {', '.join(fits)})")
 
 
 def _options(kind: str, raw, where: str) -> dict:

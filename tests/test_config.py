@@ -445,3 +445,25 @@ def test_every_shipped_suite_plans(path):
         task = TASKS.build(cell.task.name, cell.task.params)
         REGISTRIES[cell.component_kind].build(cell.component.name, cell.component.params)
         assert task.gen_length >= 1
+
+
+@pytest.mark.parametrize("model, kind, component, ok", [
+    ("{name: diffusion_gemma, params: {preset: tiny}}", "likelihood", "mc_elbo", False),
+    ("{name: diffusion_gemma, params: {preset: tiny}}", "generate", "low_confidence", False),
+    ("{name: diffusion_gemma, params: {preset: tiny}}", "likelihood", "uniform_x0", True),
+    ("{name: diffusion_gemma, params: {preset: tiny}}", "generate", "uniform_entropy_bound", True),
+    ("{name: tiny, params: {}}", "likelihood", "uniform_x0", False),
+    ("{name: tiny, params: {}}", "generate", "uniform_entropy_bound", False),
+    ("{name: llada, params: {preset: tiny}}", "likelihood", "mc_elbo", True),
+])
+def test_noise_mismatch_between_model_and_component_fails_at_plan_time(tmp_path, model, kind, component, ok):
+    key = "estimator" if kind == "likelihood" else "sampler"
+    text = (f"suite: t\nmodels:\n  m: {model}\ntasks:\n  add: {{name: addition, params: {{}}}}\n"
+            f"studies:\n  - id: s\n    kind: {kind}\n    model: m\n    task: add\n    {key}: {{name: {component}}}\n")
+    path = tmp_path / "s.yaml"
+    path.write_text(text)
+    if ok:
+        assert plan(load_suite(path))
+    else:
+        with pytest.raises(HarnessError, match=rf"{key} '{component}' is for .*-noise models, but model"):
+            plan(load_suite(path))

@@ -36,6 +36,7 @@ class UniformX0:
     """Uniform-noise models: clean-token log-likelihood under random-token corruption at t ~ U(0,1) (not an ELBO)."""
 
     metric: ClassVar[str] = "uniform_x0"
+    noise: ClassVar[str] = "uniform"  # the models it applies to (plan-time check in config.py)
     n_mc: int = 4
     max_tokens: int = 65536
 

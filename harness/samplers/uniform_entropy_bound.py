@@ -15,6 +15,7 @@ denoiser over the canvas). Self-conditioning is not used.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +32,7 @@ from harness.types import Generation, HarnessError
 class UniformEntropyBound:
     """Uniform-noise models (diffusion_gemma): DiffusionGemma's entropy-bound accept / re-noise loop per canvas."""
 
+    noise: ClassVar[str] = "uniform"  # the models it applies to (plan-time check in config.py)
     gen_length: int | None = None
     max_steps: int = 48
     bound: float = 0.1
