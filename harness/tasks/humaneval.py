@@ -4,7 +4,8 @@ Format "plain" (zero-shot, the field's standard): the prompt is the function sig
 docstring; the model continues the body. The program run in the sandbox is prompt + completion
 (cut at the stop strings) + the problem's `test` + `check(entry_point)`. A completion that
 instead restates the whole function (`def entry_point(`), possibly inside a ```python fence, is
-placed after the prompt (so the prompt's imports still apply) and overrides its stub.
+placed after the prompt (so the prompt's imports still apply) and overrides its stub; a repeat of
+it cut off by the end of the canvas is dropped (`drop_truncated_tail`).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 from harness.registry import TASKS
-from harness.tasks._code import clean_code, cut_at, fenced, sandbox_score
+from harness.tasks._code import clean_code, cut_at, drop_truncated_tail, fenced, sandbox_score
 from harness.tasks._real import RealTask
 from harness.types import HarnessError, Item
 
@@ -30,7 +31,8 @@ def extract(completion: str, entry_point: str | None = None) -> str:
     text = clean_code(completion)
     code = fenced(text)
     if entry_point and re.search(rf"^def {re.escape(entry_point)}\s*\(", code or text, re.M):
-        return "\n" + cut_at(code if code is not None else text, TAIL_STOPS).strip("\n") + "\n"
+        full = cut_at(code if code is not None else text, TAIL_STOPS).strip("\n")
+        return "\n" + drop_truncated_tail(full) + "\n"
     if code is not None:
         text = code
     return cut_at(text, STOPS)

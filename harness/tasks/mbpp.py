@@ -3,7 +3,7 @@
 Format "plain": the standard 3-shot prompt (exemplars: task ids 2, 3, 4), each problem as
 "You are an expert Python programmer, and here is your task: {text} Your code should pass these
 tests:\\n\\n{tests}\\n[BEGIN]\\n" followed, for exemplars, by "{code}\\n[DONE]". The code is what
-comes before `[DONE]` (after a repeated `[BEGIN]`), or a ```python fence; the program is that
+comes before the first `[DONE]` (after a repeated `[BEGIN]`), or a ```python fence in it; the program is that
 code + `test_setup_code` + the three asserts. Splits: test = task ids 11-510, train = 601-974.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 from harness.registry import TASKS
-from harness.tasks._code import clean_code, cut_at, fenced, sandbox_score
+from harness.tasks._code import clean_code, cut_at, drop_truncated_tail, fenced, sandbox_score
 from harness.tasks._real import RealTask, _cached_rows
 from harness.types import HarnessError, Item
 
@@ -22,14 +22,16 @@ FEWSHOT_IDS = (2, 3, 4)
 
 
 def extract(completion: str) -> str:
-    """The code of an MBPP completion: fenced block, else the text before `[DONE]`."""
-    text = clean_code(completion)
+    """The code of an MBPP completion: the text before the first `[DONE]` (anything after it is a
+    hallucinated next problem), after a repeated `[BEGIN]`; within it a fenced block if any. A
+    trailing definition cut off by the end of the canvas is dropped (`drop_truncated_tail`)."""
+    text = clean_code(completion).split("[DONE]", 1)[0]
     if "[BEGIN]" in text:
         text = text.rsplit("[BEGIN]", 1)[1]
     code = fenced(text)
-    if code is not None:
-        return code
-    return cut_at(text, ("[DONE]", "\n```")).strip("\n")
+    if code is None:
+        code = cut_at(text, ("\n```",)).strip("\n")
+    return drop_truncated_tail(code)
 
 
 def problem_text(doc: dict) -> str:
