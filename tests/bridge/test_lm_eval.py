@@ -22,10 +22,24 @@ def offline(monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
 
 
+# The offline copies the dlmh_* YAMLs read (../shared/data or $DLM_HARNESS_DATA).
+DATA_FILES = ("gsm8k/test.jsonl", "math500/test.jsonl", "humaneval/HumanEval.jsonl.gz", "mbpp/mbpp.jsonl",
+              "countdown/cd3_test.jsonl", "sudoku/4x4_test.csv")
+
+
+def _need_data(*files: str) -> None:
+    from harness.tasks.data import data_dir
+
+    missing = [f for f in files or DATA_FILES if not (data_dir() / f).is_file()]
+    if missing:
+        pytest.skip(f"offline data files absent under {data_dir()}: {missing} (set DLM_HARNESS_DATA)")
+
+
 def _need_real_tasks():
     missing = [t for t in STANDARD if t not in TASKS]
     if missing:
         pytest.skip(f"harness tasks not available yet: {missing}")
+    _need_data()
 
 
 def test_model_is_registered_and_rolling_sums_disjoint_windows(tmp_path):
@@ -135,6 +149,7 @@ def test_dlm_harness_eval_offline_writes_a_harness_run(tmp_path):
 
 @pytest.mark.slow
 def test_plain_lm_eval_cli_with_include_path(tmp_path):
+    _need_data("countdown/cd3_test.jsonl")
     lm_eval_bin = REPO / ".venv" / "bin" / "lm_eval"
     if not lm_eval_bin.exists():
         pytest.skip("no lm_eval console script in .venv")
