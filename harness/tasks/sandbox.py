@@ -43,6 +43,9 @@ from harness.tasks._guard import WRAPPER
 
 NOBODY = 65534
 TAIL_CHARS = 2000
+# util-linux unshare, whose child was killed by a signal (e.g. SIGKILL at the CPU limit), tries to
+# re-raise it on itself, fails with this message and exits 1: the signal is lost from the status.
+UNSHARE_LOST_SIGNAL = "unshare: sigprocmask unblock failed"
 _PROBE = ("-I", "-S", "-c", "pass")
 
 
@@ -180,7 +183,7 @@ def run_program(source: str, *, timeout_s: float = 10, memory_mb: int = 1024, cp
         status = "timeout"
     elif rc == 0 and found:
         status = "passed"
-    elif rc < 0 or rc >= 128:  # killed by a signal (directly, or as reported by unshare)
+    elif rc < 0 or rc >= 128 or (prefix and UNSHARE_LOST_SIGNAL in stderr):  # killed by a signal
         status = "killed"
     else:
         status = "failed"

@@ -114,3 +114,10 @@ def test_environment_is_empty_and_cwd_is_a_fresh_folder(monkeypatch):
     names, cwd = res.stdout.splitlines()
     assert SECRET not in names and "PATH" in names and len(eval(names)) <= 8
     assert os.path.basename(cwd).startswith("dlm-sandbox-") and not os.path.exists(cwd)
+
+
+def test_cpu_limit_kill_is_reported_as_killed():
+    """A busy loop reaches the CPU limit long before the wall timeout and is SIGKILLed. In the
+    namespaced levels unshare loses that signal from its exit status; the sandbox still says so."""
+    res = run_program("while True:\n    pass\n", timeout_s=20, cpu_s=1)
+    assert res.status == "killed" and not res.passed and res.wall_s < 15
