@@ -144,18 +144,23 @@ class DiffusionDenoiser(HFDenoiser):
 
 class CachedDiffusionDenoiser(DiffusionDenoiser):
     """A DiffusionDenoiser whose module implements `forward_with_cache` / `forward_cached` (the
-    stand-ins): the prefix/dual KV caches of the block samplers (harness/samplers/_cache.py)."""
+    stand-ins): the prefix/dual KV caches of the block samplers (harness/samplers/_cache.py).
+    Padding goes in as in `logits`: LLaDA's [B, T] mask as given, Dream's 4-D mask plus position ids
+    (of the whole canvas; a cached pass slices them to its columns)."""
+
+    def _padding(self, attention_mask: torch.Tensor | None) -> dict:
+        return {"attention_mask": attention_mask} if self.mask_style == "2d" else self._kwargs(attention_mask)
 
     def logits_build_cache(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None, *, keep):
         if isinstance(keep, slice):
             keep = torch.arange(x.shape[1], device=x.device)[keep]
         with self._autocast():
-            return self.module.forward_with_cache(x, attention_mask, keep.to(x.device))
+            return self.module.forward_with_cache(x, keep=keep.to(x.device), **self._padding(attention_mask))
 
     def logits_cached(self, x: torch.Tensor, cache, *, positions: torch.Tensor,
                       attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         with self._autocast():
-            return self.module.forward_cached(x, cache, positions.to(x.device), attention_mask)
+            return self.module.forward_cached(x, cache, positions.to(x.device), **self._padding(attention_mask))
 
 
 class _nullcontext:

@@ -6,13 +6,16 @@ the harness's stand-in (harness/models/standins/dream_standin.py): "tiny" for CP
 for GPU suites. Mask id 151666. Dream keeps its AR parent's alignment: the logits at k-1 predict
 the token at k, so the adapter sets `shift_logits=True` and the estimators read position k at k-1.
 Padding goes in as Dream's own generate passes it: a boolean 4-D mask plus position ids.
+The stand-in also has Fast-dLLM prefix/dual KV caches (`cache:` of the block samplers, which read
+the block's predictions one column earlier); the real remote code has none, so `cache` needs a
+preset (or a stand-in directory).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import ClassVar
 
-from harness.models._hf_common import ChatTokenizer, DiffusionDenoiser, DiffusionModel
+from harness.models._hf_common import CachedDiffusionDenoiser, ChatTokenizer, DiffusionDenoiser, DiffusionModel
 from harness.registry import MODELS
 
 MASK_ID = 151666  # Dream's <|mask|>
@@ -48,5 +51,6 @@ class Dream(DiffusionModel):
     def load(self) -> DiffusionDenoiser:
         module, tok = self.build_module()
         mask, eos, pad = self.special_ids(module, tok, MASK_ID)
-        return DiffusionDenoiser(module, ChatTokenizer(tok, eos), mask_id=mask, eos_id=eos, pad_id=pad,
-                                 shift_logits=True, mask_style="4d", compile=self.compile)
+        cls = CachedDiffusionDenoiser if hasattr(module, "forward_with_cache") else DiffusionDenoiser
+        return cls(module, ChatTokenizer(tok, eos), mask_id=mask, eos_id=eos, pad_id=pad, shift_logits=True,
+                   mask_style="4d", compile=self.compile)

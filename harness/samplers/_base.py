@@ -14,7 +14,8 @@ never eligible. Which positions a step commits is the sampler's only variation (
   counts only the passes each row really needs.
 
 Options shared by all: classifier-free guidance (`cfg_scale`), KV caches (`cache`, see _cache.py;
-rebuilt at each block start and, with `refresh` > 0, every `refresh` steps inside a block), and
+rebuilt at each block start and, with `refresh` > 0, every `refresh` steps inside a block; for a
+shifted-logit model the query columns start one column earlier, at lo - 1), and
 `min_length` (EOS is suppressed at completion positions < min_length). After decoding, the canvas
 is cut at the first EOS (later tokens become EOS padding).
 """
@@ -30,7 +31,7 @@ import torch.nn.functional as F
 from harness.samplers._cache import check_cache_support, full_pass_with_cache
 from harness.seeding import rand
 from harness.text import upto_first_eos
-from harness.types import Generation, HarnessError
+from harness.types import Generation
 
 
 # -- pure helpers ---------------------------------------------------------------------------------
@@ -191,8 +192,6 @@ class DecodeLoop(abc.ABC):
                  gen_length: int = 32, fixed: torch.Tensor | None = None) -> Generation:
         L, block, per_block = self.plan(gen_length)
         check_cache_support(denoiser, self.cache)
-        if self.cache != "none" and getattr(denoiser, "shift_logits", False):
-            raise HarnessError("KV caches are not supported for shifted-logit models (Dream): use cache: none")
         B, P = prompt.shape
         mask_id = denoiser.mask_id
         x = torch.cat([prompt, torch.full((B, L), mask_id, dtype=prompt.dtype, device=prompt.device)], 1)
@@ -245,25 +244,29 @@ class DecodeLoop(abc.ABC):
         """Logits [B', hi - lo, V] of the current block, and the block's KV cache (if any).
 
         Without a cache: a full pass (with guidance when cfg_scale > 0). With one: a full pass
-        that builds the cache at the block's first step, cached passes after it."""
+        that builds the cache at the block's first step, cached passes after it. A shifted-logit
+        model reads the block's predictions at [lo - 1, hi - 1), so its query columns start at
+        lo - 1 (a committed column, recomputed) and the cache keeps [0, lo - 1) (see _cache.py)."""
         T = x.shape[1]
         dev = x.device
+        shift = bool(getattr(denoiser, "shift_logits", False))
         if self.cache == "none":
             logits = guided_logits(denoiser, x, attn, P, self.cfg_scale)
-            return aligned(logits, lo, hi, getattr(denoiser, "shift_logits", False)).clone(), None
+            return aligned(logits, lo, hi, shift).clone(), None
+        qlo = lo - shift  # the first query column: where column lo's prediction sits
         if s == 0 or (self.refresh and s % self.refresh == 0):
             # A full pass that (re)builds the cache of the live rows `rows` (None: all rows). Rows
             # only leave a block, never join it, so later live rows are a subset of these.
-            keep = torch.arange(lo, device=dev)
+            keep = torch.arange(qlo, device=dev)
             if self.cache == "dual":
                 keep = torch.cat([keep, torch.arange(hi, T, device=dev)])
             full, kv = full_pass_with_cache(denoiser, x, attn, keep)
-            return full[:, lo:hi].clone(), (kv, rows)
+            return aligned(full, lo, hi, shift).clone(), (kv, rows)
         kv, built_rows = cache
-        cols = torch.arange(lo, T if self.cache == "prefix" else hi, device=dev)
+        cols = torch.arange(qlo, T if self.cache == "prefix" else hi, device=dev)  # [Tq] query columns
         part = kv if rows is None else kv.take(_positions_in(built_rows, rows))
-        out = denoiser.logits_cached(x[:, cols], part, positions=cols, attention_mask=attn)
-        return out[:, : hi - lo].clone(), cache
+        out = denoiser.logits_cached(x[:, cols], part, positions=cols, attention_mask=attn)  # [B', Tq, V]
+        return out[:, : hi - lo].clone(), cache  # columns [qlo, qlo + hi - lo): the block's predictions
 
 
 @dataclass(frozen=True, kw_only=True)

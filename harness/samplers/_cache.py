@@ -14,10 +14,17 @@ use) and `.take(rows)` (keep some batch rows). Layouts, with the current block [
             later steps recompute the query columns [lo, T) (the block and the masked suffix).
     dual:   the block-start pass caches [0, lo) and [hi, T); later steps recompute [lo, hi) only.
 
+A shifted-logit model (Dream, `shift_logits`) predicts column k at position k - 1, so the block's
+predictions sit at [lo - 1, hi - 1) and every query set starts one column earlier: prefix caches
+[0, lo - 1) and recomputes [lo - 1, T); dual caches [0, lo - 1) and [hi, T) and recomputes
+[lo - 1, hi) (column hi - 1 is queried, its prediction for hi is not read). Column lo - 1 is
+committed (the prompt's end or the previous block), so recomputing it changes nothing.
+
 The cache is stale, not exact, in a bidirectional model: the cached columns' keys/values were
 computed before this block's commits, while a full pass would let them attend to those commits.
 It is exact for a one-layer model (layer-1 keys/values depend on a column's own token only, and
 nothing outside the current block changes during the block), and whenever a block takes one step.
+The meter counts a cached pass over its Tq query columns (hi - lo + 1 for a shifted dual cache).
 
 Counting: the block-start pass is a FULL pass and the later ones are CACHED passes. The meter
 counts `logits_cached` as cached; the cache-building pass must be counted as full, so it goes

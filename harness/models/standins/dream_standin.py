@@ -12,7 +12,8 @@ grouped key/value heads) with full bidirectional attention.
 Dream was initialised from an autoregressive LM and keeps its alignment: the logits at position
 k-1 predict the token at k ("shifted" logits). That is a property of the weights and of how the
 logits are read (the harness's `shift_logits=True`), not of this code, which is a plain
-bidirectional transformer. Written for the harness (not copied).
+bidirectional transformer. Written for the harness (not copied); adds `forward_with_cache` /
+`forward_cached` for the Fast-dLLM prefix/dual caches of the block samplers (the real code has none).
 """
 from __future__ import annotations
 
@@ -21,7 +22,17 @@ import torch.nn as nn
 from transformers import PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from .standin_layers import RMSNorm, apply_rotary, decoder_stack, heads, merge_heads, rotary, swiglu
+from .standin_layers import (
+    KVCache,
+    RMSNorm,
+    apply_rotary,
+    decoder_stack,
+    heads,
+    key_order,
+    merge_heads,
+    rotary,
+    swiglu,
+)
 
 
 class DreamConfig(PretrainedConfig):
@@ -88,7 +99,7 @@ class DreamBaseModel(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
 
-def _attention_mask(attention_mask, B: int, T: int):
+def _attention_mask(attention_mask):
     """Dream's accepted masks -> a boolean mask broadcastable to [B, 1, T, T] (True = attend), or None."""
     if attention_mask is None or isinstance(attention_mask, str):  # "full": no padding
         return None
@@ -122,13 +133,51 @@ class DreamModel(PreTrainedModel):
     def get_output_embeddings(self):
         return self.lm_head
 
+    @property
+    def _impl(self) -> str:
+        return "eager" if getattr(self.config, "_attn_implementation", None) == "eager" else "sdpa"
+
+    def _rope(self, position_ids: torch.Tensor, dtype: torch.dtype):
+        cfg = self.config
+        return rotary(position_ids, cfg.hidden_size // cfg.num_attention_heads, cfg.rope_theta, dtype)
+
     def forward(self, input_ids: torch.LongTensor, attention_mask=None, position_ids=None, **kwargs):
-        B, T = input_ids.shape
+        logits, _ = self.forward_with_cache(input_ids, attention_mask, position_ids)
+        return CausalLMOutputWithPast(logits=logits)
+
+    # -- KV caches for the harness's block samplers (Fast-dLLM prefix / dual cache) --------------
+    def forward_with_cache(self, input_ids, attention_mask=None, position_ids=None, *, keep=None):
+        """A full pass -> (logits [B, T, V], KVCache of the columns `keep` [Tc], or None without
+        `keep`). Masks and position ids as forward takes them."""
+        T = input_ids.shape[1]
         h = self.model.embed_tokens(input_ids)  # [B, T, D]
         if position_ids is None:
             position_ids = torch.arange(T, device=input_ids.device)
-        cfg = self.config
-        cos, sin = rotary(position_ids, cfg.hidden_size // cfg.num_attention_heads, cfg.rope_theta, h.dtype)
-        impl = "eager" if getattr(cfg, "_attn_implementation", None) == "eager" else "sdpa"
-        h, _ = decoder_stack(self.model.layers, h, cos, sin, _attention_mask(attention_mask, B, T), impl)
-        return CausalLMOutputWithPast(logits=self.lm_head(self.model.norm(h)))
+        cos, sin = self._rope(position_ids, h.dtype)
+        h, (k, v) = decoder_stack(self.model.layers, h, cos, sin, _attention_mask(attention_mask), self._impl,
+                                  keep=keep)
+        return self.lm_head(self.model.norm(h)), None if keep is None else KVCache(k, v, keep)
+
+    def forward_cached(self, input_ids, cache: KVCache, columns: torch.Tensor, attention_mask=None,
+                       position_ids=None):
+        """Logits [B, Tq, V] of the canvas columns `columns` [Tq] (input_ids [B, Tq] their tokens),
+        attending to the cached columns and themselves, keys in canvas order. `attention_mask` and
+        `position_ids` are the whole canvas's, as forward takes them (sliced here)."""
+        h = self.model.embed_tokens(input_ids)  # [B, Tq, D]
+        pos = columns if position_ids is None else position_ids[..., columns]  # [Tq] or [B, Tq]
+        cos, sin = self._rope(pos, h.dtype)
+        order = key_order(cache.columns, columns)
+        key_cols = torch.cat([cache.columns, columns])[order]  # [Tk] in canvas order
+        h, _ = decoder_stack(self.model.layers, h, cos, sin, _query_key_mask(attention_mask, columns, key_cols),
+                             self._impl, cache=cache, order=order)
+        return self.lm_head(self.model.norm(h))
+
+
+def _query_key_mask(attention_mask, columns: torch.Tensor, key_cols: torch.Tensor):
+    """A whole-canvas mask (Dream's forms) -> its rows `columns` and keys `key_cols`: a boolean
+    mask broadcastable to [B, 1, Tq, Tk], or None."""
+    m = _attention_mask(attention_mask)  # [B, 1, 1|T, T] or None
+    if m is None:
+        return None
+    rows = columns if m.shape[2] > 1 else slice(None)
+    return m[:, :, rows][..., key_cols]
