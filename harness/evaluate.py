@@ -88,29 +88,43 @@ def resolve_tasks(names, source: str) -> dict[str, dict]:
 
 def run_eval(spec: EvalSpec, results: str | Path = "results", suite: str = "lm-eval", argv=None,
              suite_path: str = "", metrics: dict | None = None) -> Path:
-    from harness.bridge.lm_eval import DLMHarnessLM, simple_evaluate
+    """Under torchrun (lm-eval's data parallelism) every rank evaluates its share of the documents;
+    rank 0 alone makes the run directory, merges the other ranks' costs and side records, and
+    writes the run; every rank returns its path."""
+    from harness.bridge.lm_eval import DLMHarnessLM, rank_and_world, share_from_rank0, simple_evaluate
     from harness.records import read_records
     from harness.runner import new_run_id
 
     protocol = json.dumps(asdict(spec), sort_keys=True, default=list)
     sha = hashlib.sha256(protocol.encode()).hexdigest()
-    run_id = new_run_id(sha)
-    run_dir = Path(results) / suite / run_id
-    run_dir.mkdir(parents=True, exist_ok=False)
     mapping = resolve_tasks(spec.tasks, spec.task_source)
+    rank, world = rank_and_world()
+    run_dir = Path(results) / suite / new_run_id(sha)
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=False)
+    run_dir = Path(share_from_rank0(str(run_dir)))
+    side = run_dir / ("side_records.jsonl" if rank == 0 else f"side_records.rank{rank}.jsonl")
     model_args = {"model": spec.model, "sampler": spec.sampler, "estimator": spec.estimator,
-                  "batch_size": spec.batch_size, "seed": spec.seed, **spec.model_args,
-                  "records": str(run_dir / "side_records.jsonl")}
-    manifest = {"schema_version": SCHEMA_VERSION, "run_id": run_id, "suite": suite, "suite_path": suite_path,
+                  "batch_size": spec.batch_size, "seed": spec.seed, **spec.model_args, "records": str(side)}
+    manifest = {"schema_version": SCHEMA_VERSION, "run_id": run_dir.name, "suite": suite, "suite_path": suite_path,
                 "suite_sha256": sha, "quick": False, "kind": "lm_eval", "status": "running",
                 "command": argv or sys.argv, "started_at": _now(), "protocol": asdict(spec), "tasks": mapping,
-                "model_args": {k: v for k, v in model_args.items() if k != "records"}, **provenance.collect()}
-    write_json_atomic(run_dir / MANIFEST, manifest)
+                "model_args": {k: v for k, v in model_args.items() if k != "records"}, "world_size": world,
+                **provenance.collect()}
+    if rank == 0:
+        write_json_atomic(run_dir / MANIFEST, manifest)
     lm = DLMHarnessLM(**model_args)
     metadata = {"fewshot": spec.num_fewshot} if spec.num_fewshot is not None else {}
     out = simple_evaluate(lm, [m["task"] for m in mapping.values()], include_path=str(INCLUDE_PATH),
                           metadata=metadata, limit=spec.limit, num_fewshot=spec.num_fewshot, seed=spec.seed,
                           bootstrap_iters=spec.bootstrap_iters)
+    if world > 1:  # every rank has written its side records by now: the gather waits for all of them
+        costs = lm.gather_object(lm.engine.costs, dst=0)
+        if rank != 0:
+            return run_dir
+        for other in costs[1:]:
+            lm.engine.costs.update(other)
+        _merge_side_records(run_dir, world)
     samples = out.pop("samples", {})
     (run_dir / "lm_eval_results.json").write_text(json.dumps(out, indent=1, sort_keys=True, default=str) + "\n")
     found = {}
@@ -129,6 +143,19 @@ def run_eval(spec: EvalSpec, results: str | Path = "results", suite: str = "lm-e
                     lm_eval_versions=out.get("versions"), lm_eval_configs=out.get("configs"))
     write_json_atomic(run_dir / MANIFEST, manifest)
     return run_dir
+
+
+def _merge_side_records(run_dir: Path, world: int) -> None:
+    """Append ranks 1.. side records (less their duplicate settings line) to rank 0's file."""
+    with open(run_dir / "side_records.jsonl", "a", encoding="utf-8") as out:
+        for r in range(1, world):
+            part = run_dir / f"side_records.rank{r}.jsonl"
+            if not part.is_file():
+                continue
+            for line in part.read_text(encoding="utf-8").splitlines():
+                if line and json.loads(line).get("type") != "settings":
+                    out.write(line + "\n")
+            part.unlink()
 
 
 def _sources(samples: dict, mapping: dict) -> dict:

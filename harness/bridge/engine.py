@@ -112,6 +112,7 @@ class SideRecords:
 
     def __init__(self, path: str | os.PathLike | None):
         self.path = None
+        self.tag: dict = {}  # added to every record (the rank under data parallelism)
         if path is not None:
             p = Path(path)
             self.path = p / SIDE_RECORDS if p.is_dir() or not p.suffix else p
@@ -121,7 +122,7 @@ class SideRecords:
         if self.path is None:
             return
         with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record, sort_keys=True, default=str) + "\n")
+            fh.write(json.dumps({**record, **self.tag}, sort_keys=True, default=str) + "\n")
 
 
 @dataclass
