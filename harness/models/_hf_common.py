@@ -14,6 +14,8 @@ transformers is imported inside functions only (DESIGN.md convention 5).
 """
 from __future__ import annotations
 
+import abc
+import contextlib
 import json
 import shutil
 import string
@@ -135,7 +137,7 @@ class DiffusionDenoiser(HFDenoiser):
     def _autocast(self):
         dtype = next(self.module.parameters()).dtype
         on = self.device.type == "cuda" and dtype in (torch.bfloat16, torch.float16)
-        return torch.autocast("cuda", dtype=dtype, enabled=on) if on else _nullcontext()
+        return torch.autocast("cuda", dtype=dtype, enabled=on) if on else contextlib.nullcontext()
 
     def logits(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         with self._autocast():
@@ -163,16 +165,8 @@ class CachedDiffusionDenoiser(DiffusionDenoiser):
             return self.module.forward_cached(x, cache, positions.to(x.device), **self._padding(attention_mask))
 
 
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
 @dataclass(frozen=True, kw_only=True)
-class DiffusionModel:
+class DiffusionModel(abc.ABC):
     """Fields and loading routes shared by llada, dream and diffusion_gemma (subclasses set the
     presets and how to build the module and the denoiser)."""
 
@@ -204,11 +198,13 @@ class DiffusionModel:
             raise HarnessError(f"model {name}: config overrides apply to presets only, not to path {self.path!r}")
 
     # -- what subclasses define ------------------------------------------------------------------
+    @abc.abstractmethod
     def config_class(self):
-        raise NotImplementedError
+        """The transformers config class of a preset (random init)."""
 
+    @abc.abstractmethod
     def model_class(self):
-        raise NotImplementedError
+        """The module class a preset instantiates."""
 
     def auto_class(self):
         import transformers
