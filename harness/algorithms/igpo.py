@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from harness.algorithms.grpo import GRPO
 from harness.registry import ALGORITHMS
-from harness.samplers._base import token_entropy
+from harness.samplers._base import select_topk, token_entropy
 from harness.text import completion_mask, encode_completions, upto_first_eos
 
 
@@ -37,10 +37,8 @@ def entropy_keep(entropy: torch.Tensor, hint: torch.Tensor, top: float) -> torch
     """[B, L] entropies, [B, L] bool hint tokens -> [B, L] bool: the hint tokens in the top `top`
     fraction of each row's hint tokens by entropy (at least one per row with hints; ties: lower position)."""
     keys = torch.where(hint, entropy.double(), torch.full_like(entropy, -math.inf, dtype=torch.float64))
-    order = torch.sort(keys, dim=1, descending=True, stable=True).indices
-    rank = torch.empty_like(order).scatter_(1, order, torch.arange(keys.shape[1]).expand_as(order))
     k = torch.ceil(top * hint.sum(1).double()).long()  # [B]
-    return hint & (rank < k[:, None])
+    return hint & select_topk(keys, k)  # non-hint keys are -inf: never selected
 
 
 @ALGORITHMS.register("igpo")
