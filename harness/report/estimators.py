@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from harness.report.markdown import md_table
+from harness.report.markdown import md_table, save_figure
 
 KINDS = ("estimator_variance", "exact_reference", "gradient_variance", "t_mask_decomposition")
 FIGURES = ("estimators_variance_vs_nfe", "estimators_mse_vs_nfe", "estimators_bias", "estimators_ratio_spread")
@@ -230,11 +230,7 @@ def _figures(a: dict, out_dir: Path) -> list[str]:
     made = []
 
     def save(fig, name):
-        fig.tight_layout()
-        for ext in ("png", "svg"):
-            fig.savefig(out_dir / f"{name}.{ext}", dpi=120)
-        plt.close(fig)
-        made.append(name)
+        made.append(save_figure(fig, out_dir, name))
 
     if len(s):
         fams = list(dict.fromkeys(s["study"]))

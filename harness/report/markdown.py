@@ -38,6 +38,17 @@ def md_table(rows: list[dict], empty: str = "_no records_") -> str:
     return "\n".join(lines) + "\n"
 
 
+def save_figure(fig, out_dir: Path, stem: str) -> str:
+    """Write a matplotlib figure as `stem`.png (150 dpi) and `stem`.svg under out_dir, close it; -> stem."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    for ext in ("png", "svg"):
+        fig.savefig(Path(out_dir) / f"{stem}.{ext}", dpi=150 if ext == "png" else None)
+    plt.close(fig)
+    return stem
+
+
 def render(run_dir: Path, out_dir: Path | None = None) -> str:
     """The report's markdown; sections with figures write them into out_dir (skipped when None)."""
     manifest = read_manifest(run_dir)

@@ -115,6 +115,8 @@ def _figures(curves: list[dict], out_dir: Path) -> list[str]:
     import pandas as pd
     import seaborn as sns
 
+    from harness.report.markdown import save_figure
+
     df = pd.DataFrame(curves)
     made = []
     for stem, x, y, xlabel, ylabel in (
@@ -128,11 +130,7 @@ def _figures(curves: list[dict], out_dir: Path) -> list[str]:
         sns.lineplot(data=sub, x=x, y=y, hue="algorithm", marker="o", ax=ax)
         ax.set(xlabel=xlabel, ylabel=ylabel + " (mean over seeds)")
         ax.legend(fontsize=7, ncol=2)
-        fig.tight_layout()
-        for ext in ("png", "svg"):
-            fig.savefig(out_dir / f"{stem}.{ext}", dpi=150 if ext == "png" else None)
-        plt.close(fig)
-        made.append(stem)
+        made.append(save_figure(fig, out_dir, stem))
     return made
 
 

@@ -126,6 +126,8 @@ def _figures(rows: list[dict], out_dir: Path) -> set[str]:
     import matplotlib.pyplot as plt
     import seaborn as sns
 
+    from harness.report.markdown import save_figure
+
     out_dir.mkdir(parents=True, exist_ok=True)
     sns.set_theme(style="whitegrid", context="paper")
     variants = sorted({r["variant"] for r in rows})
@@ -146,11 +148,7 @@ def _figures(rows: list[dict], out_dir: Path) -> set[str]:
         if key == "ms_per_seq":
             ax.set_xscale("log")
         ax.legend(fontsize=7, loc="lower right", ncol=2)
-        fig.tight_layout()
-        for ext in ("png", "svg"):
-            fig.savefig(out_dir / f"{stem}.{ext}", dpi=150 if ext == "png" else None)
-        plt.close(fig)
-        written.add(stem)
+        written.add(save_figure(fig, out_dir, stem))
     return written
 
 
