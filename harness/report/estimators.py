@@ -1,4 +1,4 @@
-"""The estimator study section of a report (issue 3): statements, tables and figures from records.
+"""The estimator study section of a report: statements, tables and figures from records.
 
 A pure function of a run's records (the kinds in KINDS) through harness.stats.estimators. Every
 statement is generated from the numbers: intervals are 95% (Student-t over items unless stated;
@@ -10,10 +10,28 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from harness.report.markdown import md_table, save_figure
+from harness.report.format import figure_md, md_table, save_figure
+from harness.report.sections import register_section
 
 KINDS = ("estimator_variance", "exact_reference", "gradient_variance", "t_mask_decomposition")
 FIGURES = ("estimators_variance_vs_nfe", "estimators_mse_vs_nfe", "estimators_bias", "estimators_ratio_spread")
+CAPTIONS = {
+    "estimators_variance_vs_nfe": (
+        "Estimator variance against measured NFE (log-log)",
+        "A family whose points fall along a slope of -1 gains exactly what a plain average of independent draws "
+        "gains; flatter is worse, steeper better. Lower at equal NFE is a better estimator."),
+    "estimators_mse_vs_nfe": (
+        "Mean squared error against the exact ELBO, against measured NFE (log-log)",
+        "MSE = bias² + variance: a family that flattens out at high NFE has a bias that more draws do not remove."),
+    "estimators_bias": (
+        "Bias against the exact ELBO and exact log p at each family's largest NFE",
+        "A 95% interval that crosses the vertical line means no detectable bias; ELBO estimators should sit on the "
+        "line in the left panel and to its left (below log p) in the right one."),
+    "estimators_ratio_spread": (
+        "Spread of the importance log-ratio at θ = θ_old",
+        "With independent draws for π_θ and π_old the ratio is noisy even though the policies are equal; sharing "
+        "the draws makes it exactly 1 (the dashed line)."),
+}
 SEED = 0  # every bootstrap in this section
 ADAM_LR = 3e-6  # d1's learning rate: the parameter step of the first-order ratio estimate
 
@@ -296,7 +314,8 @@ def render_section(records: list[dict], manifest: dict, run_dir: Path, out_dir: 
     for statement in (_one_step(a), _slopes(a), _shared(a), _decomposition(a), _coupled(a)):
         out.append(statement + "\n")
     for name in figs:
-        out.append(f"![{name}]({name}.png)\n")
+        title, caption = CAPTIONS.get(name, (name, ""))
+        out.append(figure_md(name, title, caption))
     out += ["### Exact reference\n", _md(_exact_rows(a)),
             "### Bias, variance, MSE and efficiency per cell\n", _md(_summary_rows(a)),
             "### Variance vs NFE per family\n",
@@ -316,3 +335,31 @@ def render_section(records: list[dict], manifest: dict, run_dir: Path, out_dir: 
                      "variance ratio [bootstrap 95% CI]": f"{_f(r['ratio'])} [{_f(r['lo'])}, {_f(r['hi'])}]",
                      "items": r["n_items"]} for _, r in a["coupled"].iterrows()])]
     return "\n".join(out)
+
+
+def _headlines(ctx) -> list[str]:
+    """The estimator line of the report summary: the lowest-MSE ELBO estimator at the largest NFE that
+    several families share, with its interval (MSE against the exact ELBO)."""
+    a = ctx.memo("estimators", lambda: analyse([r for r in ctx.records if r.get("kind") in KINDS]))
+    s = a["summary"]
+    out = []
+    if len(a["exact"]):
+        out.append(f"Estimators: ground truth is exact (every reveal set enumerated) for {len(a['exact'])} item(s).")
+    if not len(s) or "mse_elbo" not in s:
+        return out
+    elbo = s[s["elbo_target"]] if "elbo_target" in s else s
+    counts = elbo.groupby("nfe")["study"].nunique()
+    shared = counts[counts >= 2]
+    if not len(shared):
+        return out
+    nfe = float(shared.index.max())
+    at = elbo[elbo["nfe"] == nfe].sort_values("mse_elbo")
+    best = at.iloc[0]
+    out.append(f"Estimators: at {nfe:.0f} NFE per sequence, `{best['study']}` has the lowest MSE against the exact "
+               f"ELBO among {len(at)} ELBO estimators: {_ci(best, 'mse_elbo')} (nats², 95% CI over items).")
+    return out
+
+
+SECTION = register_section(
+    "estimators", kinds=KINDS, order=20, summary=_headlines,
+    render=lambda ctx: render_section(ctx.records, ctx.manifest, ctx.run_dir, ctx.out_dir))

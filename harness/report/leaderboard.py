@@ -126,6 +126,29 @@ def _p(row: dict) -> str:
     return f"{row['p']:.3g} (Holm {row['p_holm']:.3g}; {row['test']}, {row['n_pairs']} items{reason}){mark}"
 
 
+def leaderboard_summary(records: list[dict], metrics: dict[str, str] | None = None) -> list[str]:
+    """Headline sentences: per metric, the top cell (or the cells tied at the top) with its interval,
+    and how many cells it beats significantly. Empty when only one cell reports the metric."""
+    metrics = metrics or DEFAULT_METRICS
+    rows = leaderboard(records, metrics)
+    out = []
+    for metric, direction in metrics.items():
+        mrows = [r for r in rows if r["metric"] == metric]
+        if len(mrows) < 2:
+            continue
+        top = [r for r in mrows if r["rank"] == 1]
+        best = top[0]
+        who = (f"`{best['cell']}` ({best['component']})" if len(top) == 1 else
+               f"{len(top)} cells tie for first, led by `{best['cell']}` ({best['component']})")
+        below = len(mrows) - len(top)
+        out.append(f"Best {metric} ({direction} is better): {who} at {best['interval'].fmt(3)} "
+                   f"(n = {best['n']} items); {below} of the other {len(mrows) - 1} cells rank below it (a rank "
+                   "step is a significant paired difference, Holm-corrected)." if below else
+                   f"Best {metric}: no cell is significantly ahead of the others; `{best['cell']}` "
+                   f"({best['component']}) has the highest mean, {best['interval'].fmt(3)}.")
+    return out
+
+
 def render_leaderboard(records: list[dict], metrics: dict[str, str] | None = None, *, alpha: float = 0.05) -> str:
     """The "Leaderboard" section of the report (markdown)."""
     metrics = metrics or DEFAULT_METRICS
@@ -137,8 +160,7 @@ def render_leaderboard(records: list[dict], metrics: dict[str, str] | None = Non
            "McNemar for 0/1 outcomes, else a sign-flip permutation test; Holm-corrected across the adjacent "
            f"comparisons) is not significant at {alpha:g}.\n"]
     if not rows:
-        out.append(f"_no records report a pre-registered metric ({', '.join(metrics)})_\n")
-        return "\n".join(out)
+        return ""  # no cell reports a pre-registered metric: no empty section
     for metric, direction in metrics.items():
         mrows = [r for r in rows if r["metric"] == metric]
         if not mrows:

@@ -1,4 +1,5 @@
-"""A first markdown report: one table per study (cell group), provenance, and how to reproduce.
+"""The markdown report: a summary of headline findings, the leaderboard, one registered section per
+study family (harness/report/sections.py), one table per study, provenance, and how to reproduce.
 
 Pure function of a run directory's manifest and records: rebuilding it needs nothing else.
 """
@@ -10,6 +11,8 @@ from collections import defaultdict
 from pathlib import Path
 
 from harness.records import read_manifest, read_records
+from harness.report.format import md_table, save_figure  # noqa: F401  (re-exported)
+from harness.report.sections import Context, load_sections
 from harness.stats.intervals import mean_interval
 
 
@@ -26,27 +29,6 @@ def _cell_row(cell_id: str, recs: list[dict]) -> dict:
         "NFE/unit": f"{mean('nfe'):.1f}", "tokens/unit": f"{mean('tokens'):.0f}",
         "GFLOP/unit": f"{mean('flops') / 1e9:.4f}", "model s": f"{total_wall:.2f}",
     }
-
-
-def md_table(rows: list[dict], empty: str = "_no records_") -> str:
-    """Rows of equal keys -> a markdown table (the keys are the header)."""
-    if not rows:
-        return empty + "\n"
-    cols = list(rows[0])
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
-
-
-def save_figure(fig, out_dir: Path, stem: str) -> str:
-    """Write a matplotlib figure as `stem`.png (150 dpi) and `stem`.svg under out_dir, close it; -> stem."""
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    for ext in ("png", "svg"):
-        fig.savefig(Path(out_dir) / f"{stem}.{ext}", dpi=150 if ext == "png" else None)
-    plt.close(fig)
-    return stem
 
 
 def render(run_dir: Path, out_dir: Path | None = None) -> str:
@@ -74,20 +56,24 @@ def render_records(records: list[dict], manifest: dict, run_dir, out_dir: Path |
            lead + "Every value is a mean with a 95% interval "
            "(Wilson for 0/1 outcomes; Student-t over item means when items repeat); "
            "costs are measured by the meter, per unit (item x replicate).\n"]
-    from harness.report import estimators as estimator_report
-    from harness.report.leaderboard import render_leaderboard
+    from harness.report.leaderboard import leaderboard_summary, render_leaderboard
 
-    out.append(render_leaderboard(records, manifest.get("metrics")))
-    if estimator_report.has_estimator_study(records):
-        out.append(estimator_report.render_section(records, manifest, run_dir, out_dir))
-    if any(r["kind"] == "rl" for r in records):
-        from harness.report.rl import render_section as render_rl  # RL algorithms (issue 6)
-
-        out.append(render_rl(records, out_dir))
-    if out_dir is not None and any(r["kind"] == "generate" for r in records):
-        from harness.report.samplers import render_samplers_section
-
-        out.append(render_samplers_section(run_dir, out_dir, records=records))
+    ctx = Context(records, manifest, run_dir, out_dir)
+    sections = [sec for sec in load_sections() if sec.applies(records)]
+    headlines = leaderboard_summary(records, manifest.get("metrics"))
+    for sec in sections:
+        if sec.summary is not None:
+            headlines += sec.summary(ctx)
+    if headlines:
+        out.append("## Summary\n")
+        out.append("\n".join(f"- {h}" for h in headlines) + "\n")
+    board = render_leaderboard(records, manifest.get("metrics"))
+    if board:
+        out.append(board)
+    for sec in sections:
+        text = sec.render(ctx)
+        if text:
+            out.append(text)
     for study, cells in by_study.items():
         kind = next(iter(cells.values()))[0]["kind"]
         comp = next(iter(cells.values()))[0]["component"]

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from harness.report.format import distinct, figure_md, md_table, save_figure, style
+from harness.report.sections import register_section
 from harness.stats.paired import compare_many
 from harness.stats.seeds import seed_aggregate
 
@@ -91,7 +93,9 @@ def _paired(analysis: dict) -> list[dict]:
 
 
 def _curves(analysis: dict) -> list[dict]:
-    """Mean over seeds per (algorithm, step) of the logged quantities used by the figures."""
+    """One row per (algorithm, seed, step): the logged quantities the figures draw. The x values
+    (cumulative NFE, FLOPs) are the mean over seeds at that step, so seeds line up and the band
+    across them is a band in y only."""
     rows = []
     for name, a in analysis.items():
         by_step: dict[int, list[dict]] = defaultdict(list)
@@ -99,24 +103,26 @@ def _curves(analysis: dict) -> list[dict]:
             for g in logs:
                 by_step[g["step"]].append(g)
         for step, gs in sorted(by_step.items()):
-            acc = [g["heldout_accuracy"] for g in gs if g.get("heldout_accuracy") is not None]
-            rows.append({"algorithm": name, "step": step, "reward": float(np.mean([g["reward_mean"] for g in gs])),
-                         "nfe": float(np.mean([g["cum_nfe"] for g in gs])),
-                         "flops": float(np.mean([g["cum_flops"] for g in gs])),
-                         "heldout": float(np.mean(acc)) if acc else math.nan})
+            nfe = float(np.mean([g["cum_nfe"] for g in gs]))
+            flops = float(np.mean([g["cum_flops"] for g in gs]))
+            for g in gs:
+                acc = g.get("heldout_accuracy")
+                rows.append({"algorithm": name, "step": step, "reward": float(g["reward_mean"]), "nfe": nfe,
+                             "flops": flops, "heldout": float(acc) if acc is not None else math.nan})
     return rows
 
 
-def _figures(curves: list[dict], out_dir: Path) -> list[str]:
-    import matplotlib
+CAPTION = ("Lines are the mean over training seeds and the band is ± 1 standard deviation across seeds (no band "
+           "with one seed). Read the x axis as compute actually spent, measured by the meter: an algorithm whose "
+           "curve rises further left reaches that reward or accuracy for less compute.")
 
-    matplotlib.use("Agg")
+
+def _figures(curves: list[dict], out_dir: Path) -> list[tuple[str, str]]:
     import matplotlib.pyplot as plt
     import pandas as pd
     import seaborn as sns
 
-    from harness.report.markdown import save_figure
-
+    style()
     df = pd.DataFrame(curves)
     made = []
     for stem, x, y, xlabel, ylabel in (
@@ -124,19 +130,38 @@ def _figures(curves: list[dict], out_dir: Path) -> list[str]:
             ("rl_heldout_vs_nfe", "nfe", "heldout", "cumulative NFE (rollout + likelihood)", "held-out accuracy"),
             ("rl_heldout_vs_flops", "flops", "heldout", "cumulative FLOPs (fwd + est. bwd)", "held-out accuracy")):
         sub = df.dropna(subset=[y])
-        if sub.empty:
+        if sub.empty or distinct(sub[x]) < 2:
             continue
         fig, ax = plt.subplots(figsize=(6.5, 4))
-        sns.lineplot(data=sub, x=x, y=y, hue="algorithm", marker="o", ax=ax)
-        ax.set(xlabel=xlabel, ylabel=ylabel + " (mean over seeds)")
+        sns.lineplot(data=sub, x=x, y=y, hue="algorithm", marker="o", errorbar="sd", ax=ax)
+        ax.set(xlabel=xlabel, ylabel=ylabel + " (mean over seeds ± SD)")
         ax.legend(fontsize=7, ncol=2)
-        made.append(save_figure(fig, out_dir, stem))
+        made.append((save_figure(fig, out_dir, stem), f"{ylabel} against {xlabel}"))
     return made
 
 
-def render_section(records: list[dict], out_dir: Path | None = None) -> str:
-    from harness.report.markdown import md_table
+def _headlines(ctx) -> list[str]:
+    analysis = ctx.memo("rl", lambda: analyse(ctx.records))
+    if not analysis:
+        return []
+    def held_out(a: dict) -> float:
+        per_seed = [float(np.mean(list(v.values()))) for v in a["acc"].values() if v]
+        return float(np.mean(per_seed)) if per_seed else -1.0
 
+    best = _summary(*max(sorted(analysis.items()), key=lambda kv: held_out(kv[1])))
+    out = [f"RL: highest held-out accuracy after training is `{best['algorithm']}` at "
+           f"{best['held-out mean [95% CI]']} over {best['seeds']} seed(s), at matched rollout budgets."]
+    paired = _paired(analysis)
+    if paired:
+        wins = [r["algorithm"] for r in paired if r["verdict"].startswith("beats")]
+        losses = [r["algorithm"] for r in paired if r["verdict"].startswith("worse")]
+        out.append(f"RL against `{BASELINE}` (paired McNemar, Holm): "
+                   + (f"{', '.join(wins)} significantly better" if wins else "none significantly better")
+                   + (f"; {', '.join(losses)} significantly worse." if losses else "; none significantly worse."))
+    return out
+
+
+def render_section(records: list[dict], out_dir: Path | None = None) -> str:
     analysis = analyse(records)
     out = ["## RL algorithms at matched rollout budgets\n"]
     if not analysis:
@@ -160,6 +185,10 @@ def render_section(records: list[dict], out_dir: Path | None = None) -> str:
                    f"algorithms, α = 0.05): {plain}\n")
         out.append(md_table(paired))
     if out_dir is not None:
-        for stem in _figures(_curves(analysis), Path(out_dir)):
-            out.append(f"\n![{stem}]({stem}.png)\n")
+        for stem, title in _figures(_curves(analysis), Path(out_dir)):
+            out.append("\n" + figure_md(stem, title, CAPTION))
     return "\n".join(out)
+
+
+SECTION = register_section("rl", kinds=("rl",), order=40, summary=_headlines,
+                           render=lambda ctx: render_section(ctx.records, ctx.out_dir))

@@ -16,6 +16,8 @@ from collections import defaultdict
 from pathlib import Path
 
 from harness.records import read_records
+from harness.report.format import distinct, figure_md, pareto_front, save_figure, style
+from harness.report.sections import register_section
 from harness.stats.intervals import mean_interval
 
 FIGURES = ("samplers_accuracy_vs_nfe", "samplers_accuracy_vs_wall")
@@ -111,41 +113,74 @@ def render_samplers_section(run_dir, out_dir, records: list[dict] | None = None)
             f"{r['ms_per_seq']:.2f} | "
             f"{r['tokens_per_s']:.0f} | {speed} |")
     lines.append("")
-    paths = _figures(rows, Path(out_dir))
-    for stem, title in zip(FIGURES, ("Accuracy against measured NFE per sequence",
-                                     "Accuracy against model wall time per sequence")):
-        if stem in paths:
-            lines.append(f"![{title}]({stem}.png) ([svg]({stem}.svg))\n")
+    captions = (
+        ("Accuracy against measured NFE per sequence",
+         "Each point is one sampler configuration (95% interval); the line joins the Pareto frontier, the "
+         "configurations that no other one beats on both accuracy and NFE. Grey points are dominated: some "
+         "other configuration is at least as accurate for fewer forward passes."),
+        ("Accuracy against model wall time per sequence",
+         "As above with measured model time on the x axis (log scale): KV caches cut time without cutting "
+         "NFE, so a cached sampler can sit on this frontier while dominated on the NFE one."))
+    if out_dir is not None:
+        paths = _figures(rows, Path(out_dir))
+        for stem, (title, caption) in zip(FIGURES, captions):
+            if stem in paths:
+                lines.append(figure_md(stem, title, caption))
     return "\n".join(lines)
 
 
-def _figures(rows: list[dict], out_dir: Path) -> set[str]:
-    import matplotlib
+def speedup_headline(rows: list[dict], points: float = 0.01) -> str | None:
+    """The fastest configuration whose accuracy is within `points` of plain low_confidence."""
+    base = _baseline(rows)
+    if base is None or not base["tokens_per_s"] > 0:
+        return None
+    ok = [r for r in rows if r["accuracy"].mean >= base["accuracy"].mean - points and r["tokens_per_s"] > 0]
+    best = max(ok, key=lambda r: r["tokens_per_s"])
+    if best is base:
+        return (f"Samplers: no configuration is faster than plain `low_confidence` "
+                f"({base['accuracy'].fmt(3)}) within {100 * points:.0f} point of its accuracy.")
+    return (f"Samplers: `{best['variant']}` ({best['knobs']}) decodes {best['tokens_per_s'] / base['tokens_per_s']:.1f}x "
+            f"as many tokens/s as plain `low_confidence` at {best['nfe']:.2f} vs {base['nfe']:.2f} NFE per sequence, "
+            f"with accuracy {best['accuracy'].fmt(3)} vs {base['accuracy'].fmt(3)}.")
 
-    matplotlib.use("Agg")
+
+def _summary(ctx) -> list[str]:
+    rows = ctx.memo("samplers", lambda: cell_summaries(ctx.records))
+    line = speedup_headline(rows) if rows else None
+    return [line] if line else []
+
+
+def _figures(rows: list[dict], out_dir: Path) -> set[str]:
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    from harness.report.markdown import save_figure
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    sns.set_theme(style="whitegrid", context="paper")
+    style()
     variants = sorted({r["variant"] for r in rows})
     palette = dict(zip(variants, sns.color_palette("tab20", len(variants))))
     written = set()
     for stem, key, label in ((FIGURES[0], "nfe", "measured NFE per sequence"),
                              (FIGURES[1], "ms_per_seq", "model wall time per sequence (ms)")):
+        pts = [r for r in rows if math.isfinite(r[key]) and math.isfinite(r["accuracy"].mean)]
+        if len(pts) < 2 or distinct(r[key] for r in pts) < 2:
+            continue  # every configuration at one x value: nothing to read from a plot
+        front = set(pareto_front([(r[key], r["accuracy"].mean) for r in pts]))
         fig, ax = plt.subplots(figsize=(7.5, 4.8))
-        for v in variants:
-            pts = sorted((r for r in rows if r["variant"] == v), key=lambda r: r[key])
-            xs = [r[key] for r in pts]
-            ys = [r["accuracy"].mean for r in pts]
-            lo = [_half(r["accuracy"].mean - r["accuracy"].lo) for r in pts]  # floating-point: clamp at 0
-            hi = [_half(r["accuracy"].hi - r["accuracy"].mean) for r in pts]
-            ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", ms=4, capsize=2, lw=1.2, label=v, color=palette[v])
+        for i, r in enumerate(pts):
+            on = i in front
+            color = palette[r["variant"]] if on else "0.7"
+            ax.errorbar([r[key]], [r["accuracy"].mean],
+                        yerr=[[_half(r["accuracy"].mean - r["accuracy"].lo)], [_half(r["accuracy"].hi - r["accuracy"].mean)]],
+                        marker="o", ms=5 if on else 3.5, capsize=2, lw=1, color=color, zorder=3 if on else 2)
+        fr = sorted((pts[i] for i in front), key=lambda r: r[key])
+        ax.plot([r[key] for r in fr], [r["accuracy"].mean for r in fr], color="k", lw=1.2, zorder=1,
+                label="Pareto frontier")
+        for v in variants:  # legend entries: frontier variants in colour
+            if any(r["variant"] == v for r in fr):
+                ax.plot([], [], marker="o", ls="", color=palette[v], label=v)
+        ax.plot([], [], marker="o", ls="", color="0.7", label="dominated")
         ax.set_xlabel(label)
         ax.set_ylabel("accuracy (95% CI)")
-        if key == "ms_per_seq":
+        if key == "ms_per_seq" or max(r[key] for r in pts) / max(min(r[key] for r in pts), 1e-9) > 20:
             ax.set_xscale("log")
         ax.legend(fontsize=7, loc="lower right", ncol=2)
         written.add(save_figure(fig, out_dir, stem))
@@ -154,3 +189,8 @@ def _figures(rows: list[dict], out_dir: Path) -> set[str]:
 
 def _half(width: float) -> float:
     return max(0.0, width) if math.isfinite(width) else 0.0
+
+
+SECTION = register_section(
+    "samplers", kinds=("generate",), order=30, summary=_summary,
+    render=lambda ctx: render_samplers_section(ctx.run_dir, ctx.out_dir, records=ctx.records))
