@@ -205,7 +205,7 @@ class Runner:
             status = "error" if status == "oom" else status
             share = _share(meter.cost.minus(before), len(batch))
             for (r, it), res in zip(batch, results):
-                rec = self._record(cell, component, task, it, r, res, share, status, error)
+                rec = self.record(cell, component, task, it, r, res, share, status, error)
                 if backoff.events:
                     rec["oom_backoff"] = {"batch_size": len(batch), "planned_batch_size": cell.batch_size}
                 writer.write(rec)
@@ -241,7 +241,7 @@ class Runner:
             return [torch_generator(seed(r)) for r in range(cell.replicates)]
         return torch_generator(seed(replicate))
 
-    def _record(self, cell, component, task, item, replicate, result, cost, status, error) -> dict:
+    def record(self, cell, component, task, item, replicate, result, cost, status, error) -> dict:
         return {
             "schema_version": SCHEMA_VERSION, "run_id": self.manifest["run_id"], "suite": self.suite.suite,
             "cell_id": cell.id, "study": cell.study, "kind": cell.kind, "point": cell.point,

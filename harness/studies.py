@@ -20,7 +20,7 @@ from typing import Callable
 
 import torch
 
-from harness.algorithms import _study as rl_study
+from harness import rl_study
 from harness.estimators.exact import exact_terms
 from harness.estimators.mc_elbo import draw_masks, draw_t
 from harness.seeding import rand
@@ -46,7 +46,7 @@ class StudyKind:
     run: Callable  # (denoiser, task, component, batch: Batch) -> list[dict], one per unit
     item_major: bool = False  # order units item by item, so an item's replicates share batches
     inner_replicates: bool = False  # one unit per item (replicate 0); the replicates run inside it
-    # RL (harness/algorithms/_study.py): (runner, cell, model, task, component, writer) -> the model
+    # RL (harness/rl_study.py): (runner, cell, model, task, component, writer) -> the model
     # whose units are then run; the runner calls it before the cell's units.
     train: Callable | None = None
 
@@ -254,6 +254,13 @@ def t_mask_decomposition(denoiser, task, estimator, batch: Batch) -> list[dict]:
     return out
 
 
+def rl_evaluate(denoiser, task, algorithm, batch: Batch) -> list[dict]:
+    """The units of an rl cell: greedy held-out decoding of the trained policy."""
+    from harness.registry import SAMPLERS
+
+    return generate(denoiser, task, SAMPLERS.build("low_confidence", {}), batch)
+
+
 STUDIES = {
     "generate": StudyKind(generate),
     "likelihood": StudyKind(likelihood),
@@ -261,5 +268,5 @@ STUDIES = {
     "exact_reference": StudyKind(exact_reference),
     "gradient_variance": StudyKind(gradient_variance, inner_replicates=True),
     "t_mask_decomposition": StudyKind(t_mask_decomposition, inner_replicates=True),
-    "rl": StudyKind(rl_study.evaluate, train=rl_study.train),
+    "rl": StudyKind(rl_evaluate, train=rl_study.train),
 }

@@ -1,1 +1,1 @@
-"""Reports: pure functions from records to markdown (and, later, HTML and figures)."""
+"""Reports: pure functions from records to markdown, a self-contained HTML page and figures."""

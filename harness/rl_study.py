@@ -1,11 +1,14 @@
-"""The `rl` study kind: train a copy of the cell's model with its algorithm, then evaluate it.
+"""The `rl` study kind's training hook: train a copy of the cell's model with its algorithm.
 
 `train` runs inside the runner (its `train` hook) before the cell's units: RL steps resume from the
 cell's checkpoint (run_dir/rl/<cell>/checkpoint.pt) and each step writes one record (study
 "<study>.steps", item "step-0001"..., outcome `train_reward`, the step log under `estimate`, the
 step's rollout + likelihood cost under `cost`). The units are then the held-out test items,
-decoded greedily by the trained policy (`evaluate`: outcome `accuracy`), so the leaderboard, the
-regression gate and paired comparisons see ordinary records.
+decoded greedily by the trained policy (`harness.studies.rl_evaluate`: outcome `accuracy`), so the
+leaderboard, the regression gate and paired comparisons see ordinary records.
+
+This module sits in the studies layer: it imports the algorithms' loop, never `harness.studies`
+or the runner (the runner hands itself in and this module calls its public `record`).
 """
 from __future__ import annotations
 
@@ -13,7 +16,6 @@ import copy
 import re
 
 from harness.algorithms.loop import LoopOptions, RLLoop
-from harness.registry import SAMPLERS
 from harness.seeding import derive_seed
 from harness.types import Item
 
@@ -41,17 +43,10 @@ def train(runner, cell, model, task, algorithm, writer):
             log["heldout_accuracy"] = sum(loop.evaluate(loop.test_items)) / len(loop.test_items)
             log["heldout_items"] = len(loop.test_items)
         item = Item(id=f"step-{step + 1:04d}", prompt="", reference="")
-        rec = runner._record(cell, algorithm, task, item, 0, {"outcome": {"metric": "train_reward",
+        rec = runner.record(cell, algorithm, task, item, 0, {"outcome": {"metric": "train_reward",
                              "value": log["reward_mean"]}, "estimate": log}, cost, "ok", None)
         writer.write({**rec, "study": f"{cell.study}.steps"})
         writer.sync()
         if (step + 1) % opts.checkpoint_every == 0 or last:
             loop.save(ckpt, step + 1)
     return loop.policy
-
-
-def evaluate(denoiser, task, algorithm, batch):
-    """Greedy held-out decoding of the trained policy (the units of an rl cell)."""
-    from harness.studies import generate
-
-    return generate(denoiser, task, SAMPLERS.build("low_confidence", {}), batch)
