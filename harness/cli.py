@@ -12,19 +12,65 @@ from pathlib import Path
 from harness.types import HarnessError
 
 
+def _kind(name: str) -> str:
+    """A registry kind from a plural or singular word (`estimators`, `estimator`); HarnessError otherwise."""
+    from harness.registry import REGISTRIES
+
+    for kind in REGISTRIES:
+        if name in (kind, kind[:-1]):
+            return kind
+    raise HarnessError(f"unknown kind {name!r} (known: {', '.join(REGISTRIES)}, or each in the singular)")
+
+
+def _table(rows: list[tuple[str, ...]], indent: str = "") -> str:
+    """Left-aligned columns; the last column runs free."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    return "\n".join((indent + "".join(c.ljust(w + 2) for c, w in zip(r, widths)) + r[-1]).rstrip() for r in rows)
+
+
 def cmd_list(args) -> int:
     from harness.registry import REGISTRIES
 
-    kinds = [args.kind] if args.kind else list(REGISTRIES)
-    if args.kind and args.kind not in REGISTRIES:
-        raise HarnessError(f"unknown kind {args.kind!r} (known: {', '.join(REGISTRIES)})")
+    kinds = [_kind(args.kind)] if args.kind else list(REGISTRIES)
     for kind in kinds:
         reg = REGISTRIES[kind]
-        if not args.kind:
+        if len(kinds) > 1:
             print(f"{kind}:")
+        rows = []
         for name in reg.names():
             note = getattr(reg.get(name), "applies", "")  # models: their noise and which estimators apply
-            print(f"{'  ' if not args.kind else ''}{name}\t{reg.summary(name)}{f'  [{note}]' if note else ''}")
+            rows.append((name, reg.summary(name) + (f"  [{note}]" if note else "")))
+        print(_table(rows, indent="  " if len(kinds) > 1 else ""))
+    if not args.kind:
+        print("\ndetails of one: dlm-harness show KIND NAME")
+    return 0
+
+
+def cmd_show(args) -> int:
+    import dataclasses
+    import inspect
+
+    from harness.registry import MODELS, REGISTRIES, type_name
+
+    kind = _kind(args.kind)
+    reg = REGISTRIES[kind]
+    cls = reg.get(args.name)
+    print(f"{kind[:-1]} {args.name}  ({cls.__module__}.{cls.__qualname__})\n")
+    print(inspect.cleandoc(cls.__doc__ or "(no docstring)") + "\n")
+    fields = reg.fields(args.name)
+    if fields:
+        print("parameters:")
+        rows = [(name, type_name(tp), "required" if d is dataclasses.MISSING else f"default {d!r}")
+                for name, (tp, d) in fields.items()]
+        print(_table(rows, indent="  "))
+    else:
+        print("parameters: none")
+    if kind in ("estimators", "samplers"):
+        noise = getattr(cls, "noise", "masked")
+        fits = [m for m in MODELS.names() if getattr(MODELS.get(m), "noise", "masked") == noise]
+        print(f"\napplies to: {noise}-noise models ({', '.join(fits)})")
+    elif kind == "models" and getattr(cls, "applies", ""):
+        print(f"\napplies: {cls.applies}")
     return 0
 
 
@@ -117,12 +163,20 @@ def _parse_kv(text: str, flag: str = "--task-param"):
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dlm-harness", description="Benchmark and evaluation harness for diffusion LMs.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("list", help="list registered components",
-                       description="List registered names, one per line, then a summary.")
-    s.add_argument("kind", nargs="?", help="models | estimators | samplers | algorithms | tasks")
+                       description="List registered names with a one-line summary, as an aligned table.")
+    s.add_argument("kind", nargs="?", help="models | estimators | samplers | algorithms | tasks (singular too)")
     s.set_defaults(fn=cmd_list)
+
+    s = sub.add_parser("show", help="show one component: docstring, parameters, what it applies to",
+                       description="Print a registered component's docstring, its parameters with types and "
+                                   "defaults, and which models it applies to.")
+    s.add_argument("kind", help="models | estimators | samplers | algorithms | tasks (singular too)")
+    s.add_argument("name", help="a registered name (see `dlm-harness list KIND`)")
+    s.set_defaults(fn=cmd_show)
 
     s = sub.add_parser("run", help="run a suite", description="Plan and run a suite; prints the run directory last.")
     s.add_argument("suite", help="suite YAML file (e.g. suites/default.yaml)")
@@ -134,15 +188,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("report", help="write a report from run directories",
                        description="Write index.md and index.html under reports/<suite>/ (runs of one suite combined).")
-    s.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    s.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories (runs of one suite combine)")
     s.add_argument("--out", default="reports", help="reports root (default: reports)")
     s.set_defaults(fn=cmd_report)
 
     s = sub.add_parser("compare", help="regression gate: is NEW_RUN significantly worse than BASE_RUN?",
                        description="Pair records by (cell, item, seed) and test each pre-registered metric; "
                                    "exit 1 only when one is significantly worse beyond the tolerance.")
-    s.add_argument("base", metavar="BASE_RUN")
-    s.add_argument("new", metavar="NEW_RUN")
+    s.add_argument("base", metavar="BASE_RUN", help="the baseline run directory")
+    s.add_argument("new", metavar="NEW_RUN", help="the run directory to test against the baseline")
     s.add_argument("--metric", action="append", metavar="NAME[:higher|lower]",
                    help="metric to gate on (repeatable; default: the suite's pre-registered metrics)")
     s.add_argument("--alpha", type=float, default=0.05, help="level of the paired tests, Holm-corrected")
@@ -155,12 +209,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--task", required=True, help="a registered task, e.g. addition")
     s.add_argument("--task-param", action="append", default=[], metavar="KEY=VALUE", help="task parameter (repeatable)")
     s.add_argument("--out", required=True, help="checkpoint directory to write")
-    for name, typ in (("steps", int), ("batch_size", int), ("lr", float), ("d_model", int), ("n_layers", int),
-                      ("n_heads", int), ("d_ff", int), ("seed", int), ("eval_every", int), ("eval_items", int),
-                      ("threads", int)):
-        s.add_argument(f"--{name.replace('_', '-')}", dest=name, type=typ, default=None)
+    for name, typ, text in (("steps", int, "optimiser steps"), ("batch_size", int, "sequences per step"),
+                            ("lr", float, "AdamW learning rate"), ("d_model", int, "model width"),
+                            ("n_layers", int, "transformer blocks"), ("n_heads", int, "attention heads (divide d_model)"),
+                            ("d_ff", int, "feed-forward width"), ("seed", int, "seed of init and data"),
+                            ("eval_every", int, "steps between greedy evaluations"),
+                            ("eval_items", int, "items per evaluation"), ("threads", int, "torch CPU threads")):
+        s.add_argument(f"--{name.replace('_', '-')}", dest=name, type=typ, default=None,
+                       help=f"{text} (default: the trainer's)")
     s.add_argument("--device", default=None, help="cpu (default) or cuda")
-    s.add_argument("--no-progress", action="store_true")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.set_defaults(fn=cmd_train)
 
     s = sub.add_parser("eval", help="lm-evaluation-harness tasks through the bridge",
@@ -169,20 +227,32 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", default="tiny", help="a registered model (default: tiny)")
     s.add_argument("--model-args", default="", metavar="K=V,...",
                    help="model / sampler / estimator parameters and bridge keys (greedy_check, max_gen_toks, ...)")
-    s.add_argument("--sampler", default="low_confidence")
-    s.add_argument("--estimator", default="mc_elbo")
+    s.add_argument("--sampler", default="low_confidence", help="sampler for generate_until (default: low_confidence)")
+    s.add_argument("--estimator", default="mc_elbo", help="estimator for loglikelihood requests (default: mc_elbo)")
     s.add_argument("--tasks", help="comma-separated: gsm8k, gsm8k_cot, minerva_math500 (math500), humaneval, mbpp, "
                                    "countdown3, sudoku4, dlmh_* or any lm-eval task")
     s.add_argument("--limit", type=int, default=None, help="documents per task")
-    s.add_argument("--num-fewshot", type=int, default=None)
-    s.add_argument("--batch-size", type=int, default=8)
-    s.add_argument("--seed", type=int, default=1234)
+    s.add_argument("--num-fewshot", type=int, default=None, help="few-shot examples (default: the task's)")
+    s.add_argument("--batch-size", type=int, default=8, help="requests per model batch (default: 8)")
+    s.add_argument("--seed", type=int, default=1234, help="seed of sampling and estimation (default: 1234)")
     s.add_argument("--task-source", choices=("auto", "harness", "lm-eval"), default="auto",
                    help="auto: lm-eval's built-in task when the hub is reachable, else the harness YAML")
     s.add_argument("--suite", help="an lm-eval suite file (suites/lm-eval.yaml); replaces the options above")
     s.add_argument("--results", default="results", help="results root (default: results)")
     s.set_defaults(fn=cmd_eval)
     return p
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("dlm-harness")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        import tomllib
+
+        text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+        return tomllib.loads(text)["project"]["version"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -196,6 +266,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; resume with --resume RUN_DIR", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `dlm-harness list | head`: the reader left; no traceback
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -79,7 +79,9 @@ def cli(tmp_path_factory):
         "report missing": ["report", str(tmp / "no-such-run"), "--out", str(tmp / "reports")],
     }
     in_one = [[c, "--help"] for c in SUBCOMMANDS] + [["--help"], []]
-    in_one += [["list", k] for k in ("tasks", "estimators", "samplers")]
+    in_one += [["list", k] for k in ("tasks", "estimators", "samplers", "estimator")]
+    in_one += [["--version"], ["show", "estimator", "mc_elbo"], ["show", "samplers", "threshold"],
+               ["show", "model", "diffusion_gemma"], ["show", "estimators", "nope"]]
     in_one += [["run", str(tmp / "nope.yaml"), "--results", str(results)]]
     with ThreadPoolExecutor(max_workers=max(2, min(8, os.cpu_count() or 2))) as pool:
         many = pool.submit(_run_many, in_one)
@@ -94,17 +96,22 @@ def cli(tmp_path_factory):
 
 
 def first_column(stdout: str) -> list[str]:
-    return [line.split("\t")[0].strip() for line in stdout.splitlines() if line.strip()]
+    return [line.split()[0] for line in stdout.splitlines() if line.strip()]
 
 
 def test_list_shows_the_five_kinds(cli):
     r = cli["list"]
     assert r.returncode == 0, r.stderr
-    headers = [line for line in r.stdout.splitlines() if not line.startswith(" ")]
+    headers = [line for line in r.stdout.splitlines() if line.endswith(":") and not line.startswith(" ")]
     assert headers == [f"{k}:" for k in KINDS]
-    # Components are indented under their kind, name then a tab then a summary.
-    assert "  mc_elbo\tMonte Carlo ELBO" in r.stdout
-    assert "  low_confidence\t" in r.stdout
+    # Components are indented under their kind: an aligned table of name and summary.
+    lines = r.stdout.splitlines()
+    mc = next(line for line in lines if line.startswith("  mc_elbo "))
+    assert "Monte Carlo ELBO" in mc
+    est = lines[lines.index("estimators:") + 1: lines.index("samplers:")]
+    col = 2 + max(len(line.split()[0]) for line in est) + 2  # summaries start in one column
+    assert all(line[col - 2:col] == "  " and line[col] != " " for line in est), est
+    assert "dlm-harness show KIND NAME" in r.stdout
 
 
 def test_list_models(cli):
@@ -113,7 +120,7 @@ def test_list_models(cli):
     names = first_column(r.stdout)
     assert {"tiny", "hf_masked", "hf_causal"} <= set(names)
     assert names == sorted(names)
-    assert all("\t" in line for line in r.stdout.splitlines())
+    assert all(len(line.split()) > 1 for line in r.stdout.splitlines())
     assert "models:" not in r.stdout  # one kind: no header
 
 
@@ -127,6 +134,52 @@ def test_list_estimators_and_samplers(cli):
     assert cli["list estimators"].returncode == 0
     assert "mc_elbo" in first_column(cli["list estimators"].stdout)
     assert "low_confidence" in first_column(cli["list samplers"].stdout)
+
+
+def test_singular_kind_is_accepted(cli):
+    assert cli["list estimator"].returncode == 0
+    assert cli["list estimator"].stdout == cli["list estimators"].stdout
+
+
+def test_version(cli):
+    r = cli["--version"]
+    assert r.returncode == 0 and r.stdout.startswith("dlm-harness ") and r.stdout.split()[1][0].isdigit()
+
+
+def test_show_a_component(cli):
+    r = cli["show estimator mc_elbo"]
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("estimator mc_elbo  (harness.estimators.mc_elbo.")
+    assert "Monte Carlo ELBO" in r.stdout
+    params = {line.split()[0]: line for line in r.stdout.splitlines() if line.startswith("  ")}
+    assert "default 8" in params["n_mc"] and "'count'" in params["t_law"]
+    assert "applies to: masked-noise models" in r.stdout and "diffusion_gemma" not in r.stdout
+    t = cli["show samplers threshold"]
+    assert t.returncode == 0 and "tau" in t.stdout and "default 0.9" in t.stdout
+    g = cli["show model diffusion_gemma"]
+    assert g.returncode == 0 and "noise: uniform" in g.stdout
+
+
+def test_show_unknown_name_exits_2(cli):
+    r = cli["show estimators nope"]
+    assert r.returncode == 2 and "unknown estimator 'nope'" in r.stderr and "mc_elbo" in r.stderr
+
+
+def test_every_flag_has_help():
+    import argparse
+
+    from harness.cli import build_parser
+
+    def walk(parser, where):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield from walk(sub, f"{where} {name}")
+            elif not isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
+                yield where, action
+
+    missing = [f"{w}: {a.option_strings or a.dest}" for w, a in walk(build_parser(), "dlm-harness") if not a.help]
+    assert not missing, "flags without help text: " + ", ".join(missing)
 
 
 def test_list_unknown_kind_exits_2(cli):
