@@ -68,7 +68,7 @@ def token_loss(logp, old, ref, adv, mask, *, eps_low: float, eps_high: float, be
     loss = aggregate(-(sur - beta * kl_tok), mask, norm, n_seq, n_tok, length)
     m = mask.sum().clamp_min(1)
     metrics = {"clip_frac": float((clipped & mask).sum() / m),
-               "kl": float((kl_tok.detach() * mask).sum() / m) if ref is not None else float("nan"),
+               "kl": float((kl_tok.detach() * mask).sum() / m) if ref is not None else None,
                "ratio": float((ratio.detach() * mask).sum() / m)}
     return loss, metrics
 
@@ -81,7 +81,7 @@ def sequence_loss(seq, old, ref, adv, *, scale, weight, eps_low: float, eps_high
     kl_seq = kl_estimate(seq / scale, ref / scale, kl) if ref is not None else torch.zeros_like(seq)  # [B]
     loss = (weight * -(sur - beta * kl_seq)).sum() / n_seq
     metrics = {"clip_frac": float(clipped.double().mean()),
-               "kl": float(kl_seq.detach().mean()) if ref is not None else float("nan"),
+               "kl": float(kl_seq.detach().mean()) if ref is not None else None,
                "ratio": float(ratio.detach().mean())}
     return loss, metrics
 

@@ -195,7 +195,7 @@ class RLLoop:
         log = {"step": step + 1, "reward_mean": float(r.mean()), "reward_std": float(buf["rewards"].std()),
                "zero_spread_frac": float((r.max(1).values == r.min(1).values).double().mean()),
                "completion_len": float(buf["completion_mask"].sum(1).double().mean()),
-               "kl": float("nan"), "clip_frac": float("nan")}
+               "kl": None, "clip_frac": None}  # None: not applicable (no reference model, no ratio)
         log.update(self.update(buf, step))
         if self.ref is not None and self.opts.ref_refresh and (step + 1) % self.opts.ref_refresh == 0:
             self.ref.module.load_state_dict(self.policy.module.state_dict())

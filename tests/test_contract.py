@@ -1,0 +1,151 @@
+"""The interface contract of every registered component, iterated over the registries: a component
+registered tomorrow is tested the moment it exists (or this file fails, naming it, until the table
+below says how to build it).
+
+- models: build from the parameters below, load, and answer `logits` with [B, T, V] finite values;
+- estimators: defaults construct; on a small batch they return an Estimate of the right shapes with
+  finite values, and the meter's NFE equals what the estimator declares before running;
+- samplers: defaults construct; they return a Generation of the right shapes, and the meter's NFE is
+  within what the sampler declares (the most it can take, for adaptive samplers);
+- algorithms: defaults construct; one RL step on a toy task gives a finite loss and metered cost;
+- tasks: defaults construct; items carry ids and prompts, and each item's own answer scores 1.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from harness.budget import Meter
+from harness.registry import ALGORITHMS, ESTIMATORS, MODELS, SAMPLERS, TASKS
+from harness.types import Estimate, Generation
+from tests.helpers import make_tiny
+
+# How a contract test builds each model; a new model must add a line (a random preset: no download).
+MODEL_PARAMS = {
+    "tiny": {},
+    "llada": {"preset": "tiny"},
+    "dream": {"preset": "tiny"},
+    "diffusion_gemma": {"preset": "tiny"},
+    "hf_causal": None,  # needs a saved transformers model: tests/models/test_hf.py covers it with one
+    "hf_masked": None,
+}
+# Models and components of the uniform-noise family run on diffusion_gemma; the rest on tiny.
+REAL_DATA_TASKS = {"gsm8k": "gsm8k", "math500": "math500", "humaneval": "humaneval", "mbpp": "mbpp"}
+# A completion each task must score as correct. The default is the item's reference; tasks whose
+# reference is not itself an answer (code tests, a bare LaTeX answer) say how an answer is written.
+GOLD = {
+    "math500": lambda it: f"The answer is $\\boxed{{{it.reference}}}$.",
+    "humaneval": lambda it: it.meta["canonical_solution"],
+    "mbpp": lambda it: f"[BEGIN]\n{it.meta['code']}\n[DONE]",
+}
+
+
+def test_every_model_has_a_contract_entry():
+    assert set(MODELS.names()) <= set(MODEL_PARAMS), (
+        f"add {sorted(set(MODELS.names()) - set(MODEL_PARAMS))} to MODEL_PARAMS in tests/test_contract.py")
+
+
+@pytest.fixture(scope="module")
+def masked():
+    return make_tiny(seed=0, max_len=24, d_model=32)
+
+
+@pytest.fixture(scope="module")
+def uniform():
+    return MODELS.build("diffusion_gemma", {"preset": "tiny"}).load()
+
+
+def _batch(den, L: int = 6):
+    g = torch.Generator().manual_seed(0)
+    prompt = torch.stack([torch.tensor(den.tokenizer.encode("12+34="))] * 2)
+    vocab = [i for i in range(min(den.vocab_size, 60)) if i not in (den.mask_id, den.eos_id)]
+    completion = torch.tensor(vocab)[torch.randint(len(vocab), (2, L), generator=g)]
+    completion[1, -2:] = den.eos_id  # a shorter second row: EOS then padding
+    cmask = torch.ones(2, L, dtype=torch.bool)
+    cmask[1, -1] = False
+    return prompt, completion, cmask
+
+
+@pytest.mark.parametrize("name", sorted(MODEL_PARAMS))
+def test_model_contract(name):
+    params = MODEL_PARAMS[name]
+    if params is None:
+        pytest.skip(f"{name} needs a saved transformers model (tests/models/test_hf.py)")
+    den = MODELS.build(name, params).load()
+    x = torch.tensor([den.tokenizer.encode("1+2=") + den.tokenizer.encode("579") * 2] * 2)  # context + canvas, 10 columns
+    out = den.logits(x)
+    assert out.shape[:2] == x.shape and out.shape[2] >= den.vocab_size - 1
+    assert torch.isfinite(out).all()
+    assert isinstance(den.eos_id, int) and isinstance(den.shift_logits, bool)
+
+
+@pytest.mark.parametrize("name", ESTIMATORS.names())
+def test_estimator_contract(name, masked, uniform):
+    est = ESTIMATORS.build(name, {})
+    noise = getattr(type(est), "noise", "masked")
+    if name == "autoregressive":
+        pytest.skip("needs a causal LM (tests/estimators and tests/models/test_hf.py)")
+    den = uniform if noise == "uniform" else masked
+    prompt, completion, cmask = _batch(den)
+    meter = Meter(den)
+    draws = None
+    if name == "trace":  # scores along a sampler's recorded order: give it one
+        draws = {"commit_step": torch.arange(completion.shape[1]).repeat(2, 1)}
+    kwargs = {"draws": draws} if draws is not None else {}
+    out = est(meter, prompt, completion, cmask, generator=torch.Generator().manual_seed(1), **kwargs)
+    assert isinstance(out, Estimate)
+    assert out.per_token.shape == completion.shape and out.sequence.shape == (2,)
+    assert torch.isfinite(out.sequence).all() and torch.isfinite(out.per_token).all()
+    declared = est.expected_nfe(2) if hasattr(est, "expected_nfe") else None
+    spent = meter.cost.nfe
+    assert spent > 0
+    if declared is not None and name not in ("trace", "exact"):
+        assert spent == declared, f"{name}: metered {spent} NFE, declared {declared}"
+
+
+@pytest.mark.parametrize("name", SAMPLERS.names())
+def test_sampler_contract(name, masked, uniform):
+    sampler = SAMPLERS.build(name, {})
+    den = uniform if getattr(type(sampler), "noise", "masked") == "uniform" else masked
+    prompt, _, _ = _batch(den)
+    meter = Meter(den)
+    gen = sampler(meter, prompt, generator=[torch.Generator().manual_seed(i) for i in range(2)], gen_length=8)
+    assert isinstance(gen, Generation)
+    B = prompt.shape[0]
+    assert gen.tokens.shape[0] == B and gen.commit_step.shape == gen.tokens.shape and len(gen.text) == B
+    assert all(isinstance(t, str) for t in gen.text)
+    spent = meter.cost.nfe
+    assert spent > 0
+    declared = sampler.expected_nfe(gen.tokens.shape[1])
+    assert spent <= declared * B, f"{name}: metered {spent} NFE for {B} sequences, declared at most {declared} each"
+
+
+@pytest.mark.parametrize("name", ALGORITHMS.names())
+def test_algorithm_contract(name):
+    from tests.algorithms.toy import make_loop
+
+    algorithm = ALGORITHMS.build(name, {})
+    loop = make_loop(algorithm, steps=1, prompts=2, group_size=2, mu=1)
+    log, cost = loop.train_step(0)
+    assert math.isfinite(log["loss"]) if "loss" in log else True
+    bad = {k: v for k, v in log.items() if isinstance(v, float) and not math.isfinite(v)}
+    assert not bad, f"{name}: non-finite step log values {bad}"
+    assert cost["nfe"] > 0
+
+
+@pytest.mark.parametrize("name", TASKS.names())
+def test_task_contract(name, monkeypatch):
+    from harness.tasks.data import data_dir
+
+    if name in REAL_DATA_TASKS:
+        if not (data_dir() / REAL_DATA_TASKS[name]).is_dir():
+            pytest.skip(f"{name}: the offline copy ({data_dir() / REAL_DATA_TASKS[name]}) is absent")
+        monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    task = TASKS.build(name, {})
+    items = list(task.items("test"))[:5]
+    assert items and all(it.id and isinstance(it.prompt, str) for it in items)
+    for it in items:
+        gold = GOLD.get(name, lambda item: item.reference)(it)
+        assert task.score(it, gold) == 1.0, f"{name}: item {it.id}'s own answer does not score 1"
