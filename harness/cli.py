@@ -85,7 +85,10 @@ def cmd_run(args) -> int:
     run_dir = runner.run()
     status = runner.manifest["status"]
     if say:
-        print(f"status: {status}", file=sys.stderr)
+        from harness.report.markdown import results_table
+
+        print(results_table(run_dir), file=sys.stderr)
+        print(f"status: {status}; full report: dlm-harness report {run_dir}", file=sys.stderr)
         print(run_dir)
     return 0 if status == "complete" else 1
 

@@ -20,7 +20,7 @@ import traceback
 from collections import deque
 from pathlib import Path
 
-from harness import distributed, provenance
+from harness import distributed, progress, provenance
 from harness.batching import Backoff, free_memory, is_oom, plan_batches, reset_peak, split, unit_length
 from harness.budget import Meter
 from harness.config import Cell, cell_to_dict, load_suite, plan
@@ -125,8 +125,6 @@ class Runner:
         return self._models[key]
 
     def run(self) -> Path:
-        from tqdm import tqdm
-
         existing = dedupe(distributed.read_all(self.run_dir))  # records.jsonl and any rank shards
         distributed.barrier(self.dist)  # every rank has read before any rank writes
         done = {unit_key(r) for r in existing if r["status"] == "ok"}
@@ -134,7 +132,7 @@ class Runner:
         writer = distributed.ShardWriter(self.run_dir, self.dist.rank) if self.dist.active \
             else RecordWriter(self.run_dir)
         with writer:
-            for cell in tqdm(self.cells, desc="cells", disable=not self.progress, file=sys.stderr):
+            for cell in progress.bar(self.cells, desc="cells", disable=not self.progress):
                 cell_ok = [r for r in existing if r["cell_id"] == cell.id and r["status"] == "ok"]
                 status, n_failed = self._run_cell(cell, done, _spent(cell_ok), writer)
                 summaries.append({"cell": cell.id, "status": status, "failed_units": n_failed})
@@ -166,8 +164,6 @@ class Runner:
         return order
 
     def _run_cell(self, cell: Cell, done: set, spent: Cost, writer: RecordWriter) -> tuple[str, int]:
-        from tqdm import tqdm
-
         task = TASKS.build(cell.task.name, cell.task.params)
         items = task.items(cell.task.split)[: cell.task.n_items]
         component = REGISTRIES[cell.component_kind].build(cell.component.name, cell.component.params)
@@ -189,7 +185,7 @@ class Runner:
         queue = deque(units[b.start:b.stop] for b in plan_batches(lengths, cell.batch_size, cell.max_tokens))
         backoff = Backoff(cap=cell.batch_size)
         failed = 0
-        bar = tqdm(total=len(units), desc=cell.id, leave=False, disable=not self.progress, file=sys.stderr)
+        bar = progress.bar(total=len(units), desc=cell.id, leave=False, disable=not self.progress)
         while queue:
             batch = queue.popleft()
             if len(batch) > backoff.cap:  # a smaller cap since an out-of-memory error in this cell

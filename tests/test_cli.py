@@ -20,6 +20,16 @@ KINDS = ("models", "estimators", "samplers", "algorithms", "tasks")
 SUBCOMMANDS = ("list", "run", "report", "train")
 ENV = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
 
+GOOD = """\
+suite: good
+models:
+  tiny: {name: tiny, params: {}}
+tasks:
+  addition: {name: addition, params: {n_digits: 3}, n_items: 4}
+studies:
+  - {id: greedy, kind: generate, model: tiny, task: addition, sampler: {name: low_confidence}}
+"""
+
 BROKEN = """\
 suite: broken
 models:
@@ -72,7 +82,10 @@ def cli(tmp_path_factory):
     broken = tmp / "broken.yaml"
     broken.write_text(BROKEN)
     results = tmp / "results"
+    good = tmp / "good.yaml"
+    good.write_text(GOOD)
     commands = {  # each its own `python -m harness.cli` process
+        "run good": ["run", str(good), "--results", str(tmp / "good-results")],
         "list": ["list"],
         **{f"list {k}": ["list", k] for k in ("models", "bogus")},
         "run broken": ["run", str(broken), "--results", str(results), "--no-progress"],
@@ -201,6 +214,19 @@ def test_run_broken_suite_exits_2_without_traceback(cli):
     assert "did you mean 'n_mc'?" in r.stderr
     assert r.stdout == ""
     assert not cli["_results"].exists()  # planning failed before any run directory was made
+
+
+def test_run_ends_with_a_results_table_on_stderr(cli):
+    r = cli["run good"]
+    assert r.returncode == 0, r.stderr
+    run_dir = r.stdout.strip().splitlines()[-1]
+    assert Path(run_dir).is_dir() and r.stdout.strip() == run_dir  # stdout: only the run directory
+    lines = r.stderr.splitlines()
+    head = next(i for i, line in enumerate(lines) if line.startswith("cell "))
+    assert lines[head].split()[:3] == ["cell", "metric", "value"]
+    assert lines[head + 1].split()[:2] == ["greedy", "accuracy"]
+    assert "\r" not in r.stderr  # not a terminal: plain progress lines, no redrawn bars
+    assert lines[-1].startswith("status: complete")
 
 
 def test_run_missing_suite_exits_2(cli):

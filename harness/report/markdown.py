@@ -31,6 +31,25 @@ def _cell_row(cell_id: str, recs: list[dict]) -> dict:
     }
 
 
+def results_table(run_dir: Path, limit: int = 30) -> str:
+    """A short plain-text table of a run's cells (metric, value with its 95% interval, items, units
+    not ok, NFE per unit) for the terminal at the end of `dlm-harness run`."""
+    by_cell: dict[str, list] = defaultdict(list)
+    for r in read_records(run_dir):
+        if not str(r.get("study", "")).endswith(".steps"):  # an rl cell's per-step records
+            by_cell[r["cell_id"]].append(r)
+    rows = [("cell", "metric", "value [95% CI]", "n", "not ok", "NFE/unit")]
+    for cell_id, recs in list(by_cell.items())[:limit]:
+        row = _cell_row(cell_id, recs)
+        rows.append((cell_id, row["metric"], row["value [95% CI]"], str(row["n items"]), str(row["not ok"]),
+                     row["NFE/unit"]))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    if len(by_cell) > limit:
+        lines.append(f"... and {len(by_cell) - limit} more cells (dlm-harness report {run_dir})")
+    return "\n".join(lines)
+
+
 def render(run_dir: Path, out_dir: Path | None = None) -> str:
     """The report's markdown; sections with figures write them into out_dir (skipped when None)."""
     manifest = read_manifest(run_dir)
