@@ -214,7 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="checkpoint directory to write")
     for name, typ, text in (("steps", int, "optimiser steps"), ("batch_size", int, "sequences per step"),
                             ("lr", float, "AdamW learning rate"), ("d_model", int, "model width"),
-                            ("n_layers", int, "transformer blocks"), ("n_heads", int, "attention heads (divide d_model)"),
+                            ("n_layers", int, "transformer blocks"),
+                            ("n_heads", int, "attention heads (divide d_model)"),
                             ("d_ff", int, "feed-forward width"), ("seed", int, "seed of init and data"),
                             ("eval_every", int, "steps between greedy evaluations"),
                             ("eval_items", int, "items per evaluation"), ("threads", int, "torch CPU threads")):

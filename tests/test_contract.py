@@ -74,7 +74,7 @@ def test_model_contract(name):
     if params is None:
         pytest.skip(f"{name} needs a saved transformers model (tests/models/test_hf.py)")
     den = MODELS.build(name, params).load()
-    x = torch.tensor([den.tokenizer.encode("1+2=") + den.tokenizer.encode("579") * 2] * 2)  # context + canvas, 10 columns
+    x = torch.tensor([den.tokenizer.encode("1+2=") + den.tokenizer.encode("579") * 2] * 2)  # context + canvas
     out = den.logits(x)
     assert out.shape[:2] == x.shape and out.shape[2] >= den.vocab_size - 1
     assert torch.isfinite(out).all()

@@ -139,7 +139,8 @@ def speedup_headline(rows: list[dict], points: float = 0.01) -> str | None:
     if best is base:
         return (f"Samplers: no configuration is faster than plain `low_confidence` "
                 f"({base['accuracy'].fmt(3)}) within {100 * points:.0f} point of its accuracy.")
-    return (f"Samplers: `{best['variant']}` ({best['knobs']}) decodes {best['tokens_per_s'] / base['tokens_per_s']:.1f}x "
+    speedup = best["tokens_per_s"] / base["tokens_per_s"]
+    return (f"Samplers: `{best['variant']}` ({best['knobs']}) decodes {speedup:.1f}x "
             f"as many tokens/s as plain `low_confidence` at {best['nfe']:.2f} vs {base['nfe']:.2f} NFE per sequence, "
             f"with accuracy {best['accuracy'].fmt(3)} vs {base['accuracy'].fmt(3)}.")
 
@@ -169,7 +170,8 @@ def _figures(rows: list[dict], out_dir: Path) -> set[str]:
             on = i in front
             color = palette[r["variant"]] if on else "0.7"
             ax.errorbar([r[key]], [r["accuracy"].mean],
-                        yerr=[[_half(r["accuracy"].mean - r["accuracy"].lo)], [_half(r["accuracy"].hi - r["accuracy"].mean)]],
+                        yerr=[[_half(r["accuracy"].mean - r["accuracy"].lo)],
+                              [_half(r["accuracy"].hi - r["accuracy"].mean)]],
                         marker="o", ms=5 if on else 3.5, capsize=2, lw=1, color=color, zorder=3 if on else 2)
         fr = sorted((pts[i] for i in front), key=lambda r: r[key])
         ax.plot([r[key] for r in fr], [r["accuracy"].mean for r in fr], color="k", lw=1.2, zorder=1,

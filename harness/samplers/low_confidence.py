@@ -12,14 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from harness.registry import SAMPLERS
-from harness.samplers._base import (  # noqa: F401 - re-exported: the shared helpers' old home
-    BlockSampler,
-    add_gumbel_noise,
-    finish,
-    guided_logits,
-    select_topk,
-    transfer_schedule,
-)
+from harness.samplers._base import BlockSampler
 
 
 @SAMPLERS.register("low_confidence")

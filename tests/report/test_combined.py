@@ -16,7 +16,7 @@ def test_single_run_writes_markdown_and_html_with_leaderboard(report_runs, tmp_p
     assert md.index("## Leaderboard") < md.index("## Samplers") < md.index("## Provenance")
     assert "| `lowconf` |" in md and "| `rand` |" in md
     page = (path.parent / "index.html").read_text()
-    assert len(re.findall(r'<img [^>]*src="data:image/png;base64,', page)) >= 1  # one x value of NFE: that figure is left out
+    assert len(re.findall(r'<img [^>]*src="data:image/png;base64,', page)) >= 1  # one NFE value: no NFE figure
 
 
 def test_two_runs_of_one_suite_are_combined(report_runs, tmp_path):
