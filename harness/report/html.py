@@ -77,7 +77,11 @@ def to_html(markdown_text: str, base_dir: Path | None = None, title: str | None 
     body = _markdown(base_dir, toc).render(markdown_text)
     env = jinja2.Environment(autoescape=True, keep_trailing_newline=True)
     template = env.from_string(TEMPLATE.read_text(encoding="utf-8"))
-    return template.render(title=title, body=jinja2.utils.markupsafe.Markup(body), toc=toc)
+    head, sep, rest = body.partition("</h1>")  # the contents go under the title
+    if not sep:
+        head, rest = "", body
+    markup = jinja2.utils.markupsafe.Markup
+    return template.render(title=title, head=markup(head + sep), body=markup(rest), toc=toc)
 
 
 def write_html(markdown_text: str, out_dir: Path) -> Path:

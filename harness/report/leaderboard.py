@@ -126,6 +126,12 @@ def _p(row: dict) -> str:
     return f"{row['p']:.3g} (Holm {row['p_holm']:.3g}; {row['test']}, {row['n_pairs']} items{reason}){mark}"
 
 
+def _count(k: int, n: int) -> str:
+    if k == n:
+        return "the other cell" if n == 1 else f"all {n} other cells"
+    return f"{k} of the other {n} cells"
+
+
 def leaderboard_summary(records: list[dict], metrics: dict[str, str] | None = None) -> list[str]:
     """Headline sentences: per metric, the top cell (or the cells tied at the top) with its interval,
     and how many cells it beats significantly. Empty when only one cell reports the metric."""
@@ -142,8 +148,8 @@ def leaderboard_summary(records: list[dict], metrics: dict[str, str] | None = No
                f"{len(top)} cells tie for first, led by `{best['cell']}` ({best['component']})")
         below = len(mrows) - len(top)
         out.append(f"Best {metric} ({direction} is better): {who} at {best['interval'].fmt(3)} "
-                   f"(n = {best['n']} items); {below} of the other {len(mrows) - 1} cells rank below it (a rank "
-                   "step is a significant paired difference, Holm-corrected)." if below else
+                   f"(n = {best['n']} items), ranked above {_count(below, len(mrows) - 1)} (a rank step is a "
+                   "significant paired difference, Holm-corrected)." if below else
                    f"Best {metric}: no cell is significantly ahead of the others; `{best['cell']}` "
                    f"({best['component']}) has the highest mean, {best['interval'].fmt(3)}.")
     return out
