@@ -74,6 +74,51 @@ def cmd_show(args) -> int:
     return 0
 
 
+def components_markdown() -> str:
+    """A reference of every registered component: summary, module docstring (the method and its
+    source), parameters with types and defaults. `dlm-harness docs` writes it to docs/components.md."""
+    import dataclasses
+    import inspect
+    import sys as _sys
+
+    from harness.registry import REGISTRIES, type_name
+
+    out = ["# Components\n",
+           "Every registered model, estimator, sampler, algorithm and task, generated from the code by "
+           "`dlm-harness docs` (do not edit by hand). `dlm-harness show KIND NAME` prints one entry.\n"]
+    for kind, reg in REGISTRIES.items():
+        out.append(f"## {kind.capitalize()}\n")
+        for name in reg.names():
+            cls = reg.get(name)
+            out.append(f"### `{name}`\n")
+            out.append(f"{reg.summary(name)} (`{cls.__module__}`)\n")
+            doc = inspect.getdoc(_sys.modules[cls.__module__]) or ""
+            if doc:
+                out.append("\n".join("> " + line if line else ">" for line in doc.splitlines()) + "\n")
+            fields = reg.fields(name)
+            if fields:
+                out.append("| parameter | type | default |\n|---|---|---|")
+                for f, (tp, d) in fields.items():
+                    default = "required" if d is dataclasses.MISSING else f"`{d!r}`"
+                    out.append(f"| `{f}` | {type_name(tp).replace('|', '/')} | {default.replace('|', '/')} |")
+                out.append("")
+    return "\n".join(out) + "\n"
+
+
+def cmd_docs(args) -> int:
+    text = components_markdown()
+    if args.out == "-":
+        sys.stdout.write(text)
+        return 0
+    out = Path(args.out)
+    if out.exists() and out.is_dir():
+        raise HarnessError(f"docs --out {out}: is a directory, expected a markdown file path")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(out)
+    return 0
+
+
 def cmd_run(args) -> int:
     from harness.runner import Runner
 
@@ -180,6 +225,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("kind", help="models | estimators | samplers | algorithms | tasks (singular too)")
     s.add_argument("name", help="a registered name (see `dlm-harness list KIND`)")
     s.set_defaults(fn=cmd_show)
+
+    s = sub.add_parser("docs", help="write the component reference (docs/components.md) from the code",
+                       description="Generate the markdown reference of every registered component.")
+    s.add_argument("--out", default="docs/components.md", help="file to write, or - for stdout "
+                   "(default: docs/components.md)")
+    s.set_defaults(fn=cmd_docs)
 
     s = sub.add_parser("run", help="run a suite", description="Plan and run a suite; prints the run directory last.")
     s.add_argument("suite", help="suite YAML file (e.g. suites/default.yaml)")
