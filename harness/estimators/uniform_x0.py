@@ -17,9 +17,10 @@ clean (EOS padding) and are not scored.
 
 Self-conditioning (on by default for a model that has it, as DiffusionGemma's generate always
 uses it): each copy takes two passes, a first one without the self-conditioning input and the
-scored one with the first pass's logits as that input -- the second denoising step's view of the
-model, and the usual self-conditioning recipe (Chen et al., "Analog Bits", arXiv 2208.04202);
-transformers ships no training code to copy, so `self_conditioning: false` scores the first pass.
+scored one with the first pass's logits as that input (at temperature 1, and detached: no
+gradient flows through them) -- the second denoising step's view of the model, and the usual
+self-conditioning recipe (Chen et al., "Analog Bits", arXiv 2208.04202; transformers ships no
+DiffusionGemma training code to compare with). `self_conditioning: false` scores the first pass.
 
 It is the x0-prediction objective these models are trained with, evaluated as a sequence score;
 it is NOT a bound on log p(o | c) (the uniform-noise ELBO needs the full posterior algebra that
@@ -114,8 +115,8 @@ class UniformX0:
                     logits = denoiser.logits_cached(torch.cat([prev, canvas], 1), cache, context=W)[:, W:]
                 else:
                     logits = denoiser.logits_cached(canvas, cache)
-                if sc_on:
-                    logits = denoiser.logits_cached(canvas, cache, self_conditioning=logits)
+                if sc_on:  # the self-conditioning input is a stop-gradient estimate, as in its training recipe
+                    logits = denoiser.logits_cached(canvas, cache, self_conditioning=logits.detach())
                 lp = F.log_softmax(logits.float(), -1)  # [B, W, V]
                 logp[:, i, cols] = lp.gather(-1, clean[:, cols, None]).squeeze(-1)
         logp = logp[:, :, :L] * valid[:, None, :]  # [B, n, L]
