@@ -203,3 +203,32 @@ def test_per_row_generators_equal_generate_on_each_row_alone(peaked):
         assert torch.equal(gen.tokens[r:r + 1], as_harness(new, 16)), r
         total_passes += int(passes.sum())
     assert meter.cost.nfe == total_passes
+
+
+def test_pure_steps_equal_transformers_pieces():
+    """The sampler's pure steps against transformers' own classes (hand-checked values too)."""
+    from transformers.models.diffusion_gemma.generation_diffusion_gemma import (
+        EntropyBoundSampler,
+        EntropyBoundSamplerConfig,
+        LinearTemperatureScheduleLogitsProcessor,
+    )
+
+    from harness.samplers.uniform_entropy_bound import after_eos, categorical_entropy, entropy_bound_accept, temperature
+
+    h = torch.tensor([[0.05, 0.0, 0.2, 0.04], [1.0, 0.01, 0.3, 0.02]])
+    # sorted, the sums of the strictly earlier entropies: row 0 (0, .04, .05, .2) -> 0, 0, .04, .09: all
+    # accepted; row 1 (.01, .02, .3, 1) -> 0, .01, .03, .33: all but the 1.0
+    expect = torch.tensor([[True, True, True, True], [False, True, True, True]])
+    assert torch.equal(entropy_bound_accept(h, 0.1), expect)
+    logits = torch.randn(2, 8, 16, generator=torch.Generator().manual_seed(0)) * 3
+    eb = EntropyBoundSampler(EntropyBoundSamplerConfig(entropy_bound=0.1), canvas_length=8, vocab_size=16,
+                             max_denoising_steps=48)
+    eb.accept_canvas(torch.zeros(2, 8, dtype=torch.long), torch.ones(2, 8, dtype=torch.long), logits, 5)
+    assert torch.equal(entropy_bound_accept(categorical_entropy(logits), 0.1), eb.accepted_token_mask)
+    proc = LinearTemperatureScheduleLogitsProcessor(t_min=0.4, t_max=0.8, max_denoising_steps=48)
+    for cur in (48, 31, 1):
+        ref = proc(None, logits, cur_step=torch.tensor(cur, dtype=torch.int32))
+        assert torch.equal(logits / temperature(0.4, 0.8, cur, 48, "cpu"), ref)
+    canvas = torch.tensor([[3, EOS, 4, EOS], [1, 2, 3, 4], [5, 6, 7, 8]])
+    out = after_eos(canvas, torch.tensor([False, False, True]), EOS, PAD)
+    assert out.tolist() == [[3, EOS, PAD, PAD], [1, 2, 3, 4], [PAD] * 4]
