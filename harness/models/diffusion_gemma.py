@@ -9,19 +9,32 @@ How it meets the harness's interfaces:
 - `logits(x, attention_mask)`: the last `width` columns of x are the canvas and the columns
   before them the context (the encoder's input); `width` is the model's canvas_length unless a
   caller sets it with `with denoiser.canvas(width): ...`. Context columns get zero logits (the
-  model makes no prediction there). One call is one encoder pass plus one denoiser pass.
+  model makes no prediction there). One call is one encoder pass plus one denoiser pass, with no
+  self-conditioning input (as at a canvas's first step).
+- The context cache, used the way `DiffusionGemmaForBlockDiffusion.generate` uses it
+  (transformers models/diffusion_gemma/generation_diffusion_gemma.py: `_prepare_encoder_inputs`,
+  the encoder call, `_prepare_denoiser_inputs`, `_denoising_step`, `_prepare_kwargs_for_next_canvas`):
+  `logits_build_cache(x, mask, keep=slice(0, P))` encodes the context x[:, :P] into a KV cache
+  and denoises the canvas x[:, P:] (a FULL pass: every column is processed);
+  `logits_cached(x, cache, context=C, self_conditioning=...)` first appends x[:, :C] (clean tokens,
+  the previous canvas) to the cache, then denoises the canvas x[:, C:] reading the cache (a CACHED
+  pass). Positions, 2-D padding masks and the 4-D masks are built with the model's own functions
+  as generate builds them, so the logits are generate's bit for bit. The meter counts both.
+- Self-conditioning: `self_conditioning` logits [B, W, V] of the previous step go to the decoder's
+  self-conditioning block as generate feeds them (cast to the embedding dtype). DiffusionGemma's
+  config has no switch for it: every checkpoint has the block and generate always uses it, so
+  `self_conditioning` is True for this model and the sampler and `uniform_x0` follow it by default.
 - Estimators: the masked ones (mc_elbo, one_step, ...) do NOT apply (they insert mask tokens the
   model never saw); `uniform_x0` does (harness/estimators/uniform_x0.py). `list models` says so.
-- Sampler: `uniform_entropy_bound` (harness/samplers/uniform_entropy_bound.py) re-implements the
-  model's own entropy-bound generate loop with the harness's explicit generators and meter
-  (transformers' generate draws from the global RNG and its passes would bypass the meter).
-The decoder's self-conditioning input is not used (zero, as at a canvas's first step).
+- Sampler: `uniform_entropy_bound` (harness/samplers/uniform_entropy_bound.py) is the model's own
+  entropy-bound generate loop with the harness's explicit generators and meter.
 """
 from __future__ import annotations
 
 import contextlib
+import copy
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
@@ -43,6 +56,26 @@ PRESETS = {
 }
 
 
+@dataclass
+class ContextCache:
+    """The encoder's KV cache of the context plus what generate keeps beside it.
+
+    kv: the transformers DynamicCache (rows = the batch rows it was built for); mask: [B, length]
+    bool, False at left padding of the prompt; length: context positions encoded so far (the next
+    canvas's positions start there, as generate's `cur_len`)."""
+
+    kv: Any
+    mask: torch.Tensor
+    length: int
+
+    def take(self, rows: torch.Tensor) -> "ContextCache":
+        """The cache of some batch rows (a copy: the original keeps all its rows)."""
+        kv = copy.copy(self.kv)
+        kv.layers = [copy.copy(layer) for layer in self.kv.layers]
+        kv.batch_select_indices(rows)  # re-assigns each copied layer's keys/values
+        return ContextCache(kv=kv, mask=self.mask[rows], length=self.length)
+
+
 class DiffusionGemmaDenoiser(HFDenoiser):
     """DiffusionGemma as a (uniform-noise) Denoiser: context columns -> encoder, canvas -> denoiser."""
 
@@ -52,6 +85,9 @@ class DiffusionGemmaDenoiser(HFDenoiser):
         super().__init__(module, tokenizer, mask_id=None, eos_id=eos_id, pad_id=pad_id, position_ids=False)
         self.canvas_length = int(module.config.canvas_length)
         self.width: int | None = None  # canvas width of the next calls; None: canvas_length
+        # generate feeds the previous step's logits to this block (modeling_diffusion_gemma.py,
+        # DiffusionGemmaDecoderModel.forward); a module without it could not take them
+        self.self_conditioning = getattr(module.model.decoder, "self_conditioning", None) is not None
 
     @property
     def arch(self):
@@ -87,6 +123,72 @@ class DiffusionGemmaDenoiser(HFDenoiser):
             kw = {"attention_mask": am[:, :P], "decoder_attention_mask": am}
         out = self.module(input_ids=x[:, :P], decoder_input_ids=x[:, P:], **kw).logits  # [B, W, V]
         return torch.cat([out.new_zeros(B, P, out.shape[-1]), out], 1)  # [B, T, V]
+
+    # -- the context cache, as generate uses it ----------------------------------------------------
+    def _encode(self, ids: torch.Tensor, cache: ContextCache) -> None:
+        """Append the clean columns ids [B, C] to the cache (generate's steps 1.a and 1.f)."""
+        B, C = ids.shape
+        enc = self.module.model.encoder
+        pos = torch.arange(cache.length, cache.length + C, dtype=torch.int32, device=ids.device)[None]  # [1, C]
+        # a new cache already holds the prompt's padding mask; later columns (canvases) are all real
+        new = C - (cache.mask.shape[1] - cache.length)
+        mask = torch.cat([cache.mask, cache.mask.new_ones(B, new)], 1)  # [B, length + C]
+        dummy = torch.empty((B, C, 0), dtype=self.module.dtype, device=ids.device)
+        mapping = enc.create_masks_for_generate(config=self.module.config, inputs_embeds=dummy, attention_mask=mask,
+                                                cache=cache.kv, position_ids=pos)
+        enc(input_ids=ids.clone(memory_format=torch.contiguous_format), attention_mask=mapping, cache=cache.kv,
+            position_ids=pos)
+        cache.mask, cache.length = mask, cache.length + C
+
+    def _denoise(self, canvas: torch.Tensor, cache: ContextCache, sc: torch.Tensor | None) -> torch.Tensor:
+        """canvas [B, W] (+ self-conditioning logits [B, W, V]) -> logits [B, W, V] (generate's 1.c.i)."""
+        W = canvas.shape[1]
+        dec_mask = torch.nn.functional.pad(cache.mask, (0, W), value=True)  # [B, length + W]
+        pos = torch.arange(cache.length, cache.length + W, dtype=torch.int32, device=canvas.device)[None]
+        mapping = self.module.model.decoder.create_diffusion_decoder_attention_mask(
+            config=self.module.config, inputs_embeds=canvas.unsqueeze(-1), cache=cache.kv,
+            decoder_attention_mask=dec_mask)
+        if sc is not None:
+            if not self.self_conditioning:
+                raise HarnessError("diffusion_gemma: this module has no self-conditioning block")
+            sc = sc.to(self.module.model.decoder.embed_tokens.weight.dtype)
+        return self.module(decoder_input_ids=canvas, self_conditioning_logits=sc, decoder_attention_mask=mapping,
+                           cache=cache.kv, decoder_position_ids=pos).logits
+
+    def new_cache(self, mask: torch.Tensor) -> ContextCache:
+        """An empty context cache for rows whose prompt columns carry `mask` [B, P] (not yet encoded)."""
+        from transformers import DynamicCache
+
+        kv = DynamicCache(config=self.module.config.get_text_config(decoder=True))  # generate's default cache
+        return ContextCache(kv=kv, mask=mask.bool(), length=0)
+
+    def logits_build_cache(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None, *, keep):
+        """x [B, P + W]: encode the context x[:, :P] (keep must be those columns) into a new cache,
+        then denoise the canvas x[:, P:] with no self-conditioning -> (logits [B, T, V], cache)."""
+        B, T = x.shape
+        P = T - (self.width or self.canvas_length)
+        cols = torch.arange(T)[keep] if isinstance(keep, slice) else torch.as_tensor(keep).cpu()
+        if P < 1 or not torch.equal(cols, torch.arange(P)):
+            raise HarnessError(f"diffusion_gemma: the cache holds the context columns 0..{P - 1} exactly "
+                               f"(before a canvas of {T - P}); got keep={keep!r} for {T} columns")
+        mask = torch.ones(B, P, dtype=torch.bool, device=x.device) if attention_mask is None \
+            else attention_mask[:, :P].bool()
+        cache = self.new_cache(mask)
+        self._encode(x[:, :P], cache)
+        out = self._denoise(x[:, P:], cache, None)  # [B, W, V]
+        return torch.cat([out.new_zeros(B, P, out.shape[-1]), out], 1), cache
+
+    def logits_cached(self, x: torch.Tensor, cache: ContextCache, *, context: int = 0,
+                      self_conditioning: torch.Tensor | None = None, **_) -> torch.Tensor:
+        """x [B, C + W]: append the clean columns x[:, :C] to `cache` (in place), then denoise the
+        canvas x[:, C:] reading it -> logits [B, C + W, V] (zero at the C context columns)."""
+        B, T = x.shape
+        if cache.mask.shape[0] != B:
+            raise HarnessError(f"diffusion_gemma: a cache of {cache.mask.shape[0]} rows got {B} rows (use cache.take)")
+        if context:
+            self._encode(x[:, :context], cache)
+        out = self._denoise(x[:, context:], cache, self_conditioning)  # [B, W, V]
+        return torch.cat([out.new_zeros(B, context, out.shape[-1]), out], 1) if context else out
 
 
 @MODELS.register("diffusion_gemma")

@@ -1,102 +1,250 @@
-"""`uniform_entropy_bound`: DiffusionGemma's entropy-bound sampler for uniform-noise models.
+"""`uniform_entropy_bound`: DiffusionGemma's own generation loop for uniform-noise models.
 
-Block by block (a canvas of the model's `canvas_length`, or the whole completion if shorter):
-start from uniformly random tokens; at each step the model predicts every canvas position, a
-token is sampled at every position from softmax(logits / τ_s) with τ_s linear from `t_max` at the
-first step to `t_min` at the last, the lowest-entropy positions with Σ H − max H ≤ `bound` are
-accepted (EB-sampler, arXiv 2505.24857; `entropy_bounded_prefix`) and every other position is
-re-noised with a fresh random token. A row's canvas is done when its argmax prediction did not
-change since the previous step and its mean entropy is below `confidence` (transformers'
-StableAndConfidentStoppingCriteria) or after `max_steps`; the canvas becomes the argmax
-prediction. Same algorithm as `DiffusionGemmaForBlockDiffusion.generate`, drawn from the harness's
-explicit generators and counted by the meter (one pass = the encoder over the context plus the
-denoiser over the canvas). Self-conditioning is not used.
+The loop of `DiffusionGemmaForBlockDiffusion.generate` (transformers,
+models/diffusion_gemma/generation_diffusion_gemma.py: `generate`, `_denoising_step`,
+`EntropyBoundSampler`, `StableAndConfidentStoppingCriteria`, `LinearTemperatureScheduleLogitsProcessor`,
+`_finalize_canvas`), with the harness's explicit generators and meter:
+
+- ceil(gen_length / W) canvases of the model's full `canvas_length` W, one after the other (a
+  gen_length below W or not a multiple of it still denoises whole canvases and returns all their
+  tokens, as generate does). The context (prompt, then each finished canvas) goes into the
+  model's KV cache once; every denoising step is one decoder pass over the canvas reading it.
+- A canvas starts from uniformly random tokens. At step s (cur = max_steps - s counts down) the
+  logits are divided by τ = t_min + (t_max - t_min)·cur/max_steps; a token is sampled at every
+  position from their softmax; the positions with the lowest entropy whose Σ H - max H <= `bound`
+  take their sample (EB-sampler, arXiv 2505.24857), every other position a fresh random token.
+- Self-conditioning (on by default, as the model's generate always uses it): each step's
+  temperature-scaled logits go into the next step's pass; a canvas's first pass has none.
+- A row's canvas is done when its argmax was the same for `stability` consecutive steps (the
+  history starts at a -1 sentinel, so never at the first step) and its mean entropy is below
+  `confidence`; its canvas is then frozen and becomes its last argmax prediction. A row whose
+  canvas holds an EOS has ended: its later canvases are EOS padding. Generation stops when every
+  row has ended or after ceil(gen_length / W) canvases.
+
+Which rows a pass runs (`batch`):
+- "live" (default): only the rows still denoising their canvas; rows that are done or ended leave
+  the batch and cost nothing. The meter's NFE is then generate's own per-row pass count (its
+  `decoder_forward_passes`, which counts a row's pass only while it is neither done nor ended).
+- "generate": every pass runs the whole batch, as generate does (done rows fed their frozen canvas
+  and self-conditioning input, ended rows denoised and waited for, ended rows' context padded):
+  the model sees exactly generate's batches, and the meter counts every row of every pass.
+
+Randomness. With one torch.Generator, the draws are generate's, in its order and shapes: at each
+canvas start randint(0, V, [B, W]); at each step multinomial over [B·W, V] probabilities, then
+randint(0, V, [B, W]) -- for every row, live or not (a done row's draws are discarded). With
+generate's global RNG replaced by the same generator:
+- batch="generate" gives generate's tokens bit for bit, in every case;
+- batch="live" gives them whenever the model's output for a row does not depend on the batch it is
+  in. It can, in the last bits (kernels pick their blocking, and DiffusionGemma's experts group
+  tokens, by batch shape: ~1e-5 on the tiny test model), which can flip a decision at very low
+  temperature; and when a row that ended in an earlier canvas would have been the last to
+  converge, generate steps (and draws) longer, so later canvases start from other random numbers.
+  On the tests' stock-setting cases the tokens are identical (tests/models/test_diffusion_gemma_parity.py).
+With one generator per row, each row draws only while it is live, as generate run on that row
+alone would: rows do not depend on each other's draws. A generator that is not on the model's
+device seeds one that is (once per call), so a GPU run draws on the GPU as generate does.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
-import torch.nn.functional as F
 
 from harness.registry import SAMPLERS
-from harness.samplers._base import add_gumbel_noise, finish, token_entropy
-from harness.samplers.entropy_bound import entropy_bounded_prefix
-from harness.seeding import rand
+from harness.samplers._base import finish
 from harness.types import Generation, HarnessError
+
+
+def categorical_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """[..., V] logits -> [...] entropy in nats, computed as torch.distributions.Categorical does
+    (generate's acceptance and stopping tests use it: the same bits, the same decisions)."""
+    return torch.distributions.Categorical(logits=logits, validate_args=False).entropy()
+
+
+def entropy_bound_accept(h: torch.Tensor, bound: float) -> torch.Tensor:
+    """[B, W] entropies -> [B, W] bool: the lowest-entropy positions with Σ H - max H <= bound
+    (transformers' EntropyBoundSampler.accept_canvas: the same sort, so ties break the same way)."""
+    sorted_h, order = torch.sort(h, dim=-1, descending=False)  # [B, W]
+    keep = torch.cumsum(sorted_h, -1) - sorted_h <= bound  # Σ of the strictly earlier entropies
+    return torch.scatter(torch.zeros_like(keep), -1, order, keep)
+
+
+def temperature(t_min: float, t_max: float, cur: int, steps: int, device) -> torch.Tensor:
+    """τ at the step with `cur` steps remaining, as LinearTemperatureScheduleLogitsProcessor
+    computes it (an int32 tensor step: float32 arithmetic, the same rounding)."""
+    cur_t = torch.tensor(cur, dtype=torch.int32, device=device)
+    return t_min + ((t_max - t_min) * (cur_t / steps))
+
+
+def after_eos(canvas: torch.Tensor, ended: torch.Tensor, eos: int, pad: int) -> torch.Tensor:
+    """canvas [B, W] as generate leaves it in its context (_finalize_canvas): pad after a row's first
+    EOS, and all pad in rows that had ended in an earlier canvas."""
+    is_eos = canvas == eos
+    n_eos = is_eos.cumsum(-1)  # [B, W]
+    later = (n_eos > 0) & ~((n_eos == 1) & is_eos)
+    return torch.where(later | ended[:, None], torch.full_like(canvas, pad), canvas)
+
+
+def on_device(generator, device: torch.device):
+    """The generator(s) to draw with on `device`: itself if it lives there, else a generator on
+    `device` seeded from it (one draw), so draws happen where generate makes them."""
+    if isinstance(generator, (list, tuple)):
+        return [on_device(g, device) for g in generator]
+    if generator is None:  # library code never falls back to the global RNG (DESIGN.md §3)
+        raise ValueError("uniform_entropy_bound needs an explicit torch.Generator (or one per row), got None")
+    if generator.device.type == device.type:
+        return generator
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+    return torch.Generator(device).manual_seed(seed)
+
+
+class Draws:
+    """generate's random draws, from one shared generator (all B rows every time, as generate
+    draws them) or from one generator per row (each row only while it is live)."""
+
+    def __init__(self, generator, B: int, W: int, V: int, device: torch.device):
+        self.g, self.B, self.W, self.V, self.device = on_device(generator, device), B, W, V, device
+        self.shared = not isinstance(self.g, list)
+        if not self.shared and len(self.g) != B:
+            raise ValueError(f"got {len(self.g)} generators for a batch of {B}")
+
+    def tokens(self, rows: torch.Tensor) -> torch.Tensor:
+        """Uniform random tokens [len(rows), W] (EntropyBoundSampler.initialize_canvas)."""
+        if self.shared:
+            return torch.randint(0, self.V, (self.B, self.W), generator=self.g, device=self.device)[rows]
+        return torch.cat([torch.randint(0, self.V, (1, self.W), generator=self.g[i], device=self.device)
+                          for i in rows.tolist()])
+
+    def sample(self, probs: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """probs [b, W, V] of the live rows -> one token per position [b, W] (generate's multinomial
+        over the whole batch; a row that is not live samples from a placeholder, discarded)."""
+        if self.shared:
+            full = probs.new_ones(self.B, self.W, self.V)
+            full[rows] = probs
+            drawn = torch.multinomial(full.view(-1, self.V), num_samples=1, generator=self.g)
+            return drawn.view(self.B, self.W)[rows]
+        return torch.stack([torch.multinomial(p, num_samples=1, generator=self.g[i]).squeeze(-1)
+                            for p, i in zip(probs, rows.tolist())])
 
 
 @SAMPLERS.register("uniform_entropy_bound")
 @dataclass(frozen=True, kw_only=True)
 class UniformEntropyBound:
-    """Uniform-noise models (diffusion_gemma): DiffusionGemma's entropy-bound accept / re-noise loop per canvas."""
+    """Uniform-noise models (diffusion_gemma): the model's own generate loop (entropy-bound accept / re-noise,
+    self-conditioning, stable-and-confident stop) per canvas, over a KV-cached context."""
 
     noise: ClassVar[str] = "uniform"  # the models it applies to (plan-time check in config.py)
     gen_length: int | None = None
-    max_steps: int = 48
-    bound: float = 0.1
+    max_steps: int = 48  # generate's max_denoising_steps
+    bound: float = 0.1  # EntropyBoundSamplerConfig.entropy_bound
     t_min: float = 0.4
     t_max: float = 0.8
-    confidence: float = 0.005
+    confidence: float = 0.005  # confidence_threshold
+    stability: int = 1  # stability_threshold
+    self_conditioning: bool | None = None  # None: as the model's generate (DiffusionGemma: on)
+    batch: Literal["live", "generate"] = "live"  # which rows each pass runs (module docstring)
 
     def __post_init__(self):
-        if self.max_steps < 1 or self.bound <= 0 or not 0 < self.t_min <= self.t_max:
-            raise ValueError("need max_steps >= 1, bound > 0 and 0 < t_min <= t_max")
+        if self.max_steps < 1 or self.bound <= 0 or not 0 <= self.t_min <= self.t_max or self.confidence <= 0 \
+                or self.stability < 0:
+            raise ValueError("need max_steps >= 1, bound > 0, 0 <= t_min <= t_max, confidence > 0, stability >= 0")
+        if self.batch not in ("live", "generate"):
+            raise ValueError(f"batch must be 'live' or 'generate', got {self.batch!r}")
 
-    def plan(self, denoiser, gen_length: int) -> tuple[int, int]:
+    def plan(self, denoiser, gen_length: int) -> tuple[int, int, int]:
+        """(tokens returned, canvas width, canvases): whole canvases of the model's width."""
         L = self.gen_length or gen_length
-        W = min(int(getattr(denoiser, "canvas_length", L)), L)
-        if L % W:
-            raise ValueError(f"gen_length {L} is not a multiple of the model's canvas length {W}")
-        return L, W
+        W = int(denoiser.canvas_length)
+        n = math.ceil(L / W)  # generate's max_new_canvases
+        return n * W, W, n
 
     def expected_nfe(self, gen_length: int) -> int:
         """An upper bound known before the model is (the canvas length is the model's): max_steps
         passes per canvas, at most one canvas per token."""
         return (self.gen_length or gen_length) * self.max_steps
 
+    def _self_conditioning(self, denoiser) -> bool:
+        has = bool(getattr(denoiser, "self_conditioning", False))
+        if self.self_conditioning and not has:
+            raise HarnessError("uniform_entropy_bound: self_conditioning=true, but the model has no "
+                               "self-conditioning input")
+        return has if self.self_conditioning is None else self.self_conditioning
+
     @torch.no_grad()
     def __call__(self, denoiser, prompt: torch.Tensor, *, generator, prompt_mask: torch.Tensor | None = None,
                  gen_length: int = 32) -> Generation:
-        if getattr(denoiser, "noise", "masked") != "uniform":
+        if getattr(denoiser, "noise", "masked") != "uniform" or not hasattr(denoiser, "canvas_length"):
             raise HarnessError("uniform_entropy_bound drives uniform-noise models (diffusion_gemma); use the "
                                "masked samplers (low_confidence, entropy_bound, ...) for masked models")
-        L, W = self.plan(denoiser, gen_length)
+        total, W, n = self.plan(denoiser, gen_length)
         B, P = prompt.shape
-        V, dev = denoiser.vocab_size, prompt.device
-        x = prompt
-        attn = prompt_mask
-        commit_step = torch.full((B, L), -1, dtype=torch.long, device=dev)
-        passes = 0
-        for b in range(L // W):
-            canvas = (rand(generator, B, W, dtype=torch.float64, device=dev) * V).long().clamp_max(V - 1)
-            best = canvas
-            done = torch.zeros(B, dtype=torch.bool, device=dev)
-            a = None if attn is None else torch.cat([attn, torch.ones(B, W, dtype=torch.bool, device=dev)], 1)
+        V, dev, eos = denoiser.vocab_size, prompt.device, denoiser.eos_id
+        sc_on = self._self_conditioning(denoiser)
+        whole = self.batch == "generate"
+        draws = Draws(generator, B, W, V, dev)
+        everyone = torch.arange(B, device=dev)
+        pmask = torch.ones_like(prompt, dtype=torch.bool) if prompt_mask is None else prompt_mask.bool()
+        out = torch.full((B, total), eos, dtype=prompt.dtype, device=dev)
+        commit_step = torch.full((B, total), -1, dtype=torch.long, device=dev)
+        ended = torch.zeros(B, dtype=torch.bool, device=dev)  # generate's finished_sequences
+        cache = cache_rows = prev = None
+        step = 0
+        for c in range(n):
+            cols = slice(c * W, (c + 1) * W)
+            start = everyone if draws.shared or whole else (~ended).nonzero()[:, 0]
+            canvas = torch.zeros(B, W, dtype=prompt.dtype, device=dev)
+            canvas[start] = draws.tokens(start)
+            argmax = canvas.clone()
+            sc = torch.zeros(B, W, V, device=dev) if sc_on else None  # the previous step's scaled logits
+            history = torch.full((self.stability, B, W), -1, dtype=torch.long, device=dev)
+            done = torch.zeros_like(ended) if whole else ended.clone()
+            sub = None  # (rows, cache of those rows) for steps where some rows are done
             for s in range(self.max_steps):
-                with denoiser.canvas(W):
-                    logits = denoiser.logits(torch.cat([x, canvas], 1), a)[:, -W:].float()  # [B, W, V]
-                passes += 1
-                temp = self.t_min + (self.t_max - self.t_min) * (self.max_steps - s) / self.max_steps
-                scaled = logits / temp
-                h = token_entropy(F.softmax(scaled, -1))  # [B, W]
-                sample = add_gumbel_noise(scaled, 1.0, generator).argmax(-1)  # [B, W] ~ softmax(scaled)
-                accept = entropy_bounded_prefix(h, torch.ones_like(h, dtype=torch.bool), self.bound)
-                fresh = (rand(generator, B, W, dtype=torch.float64, device=dev) * V).long().clamp_max(V - 1)
-                argmax = scaled.argmax(-1)
-                stop = (argmax == best).all(1) & (h.mean(1) < self.confidence)
-                live = ~done
-                canvas = torch.where(live[:, None], torch.where(accept, sample, fresh), canvas)
-                best = torch.where(live[:, None], argmax, best)
-                commit_step[live, b * W:(b + 1) * W] = passes - 1
-                done |= stop
+                live = (~done).nonzero()[:, 0]  # [b] rows still denoising this canvas
+                run = everyone if whole else live  # rows that go through the model
+                if s == 0 and c == 0:
+                    x = torch.cat([prompt, canvas], 1)
+                    am = torch.cat([pmask, torch.ones_like(canvas, dtype=torch.bool)], 1)
+                    logits, cache = denoiser.logits_build_cache(x, am, keep=slice(0, P))
+                    logits, cache_rows = logits[:, P:], run
+                elif s == 0:  # the new canvas's first pass also appends the previous canvas to the cache
+                    if not torch.equal(cache_rows, run):  # rows that ended leave the cache for good
+                        cache, cache_rows = cache.take(torch.searchsorted(cache_rows, run)), run
+                    logits = denoiser.logits_cached(torch.cat([prev[run], canvas[run]], 1), cache, context=W)[:, W:]
+                else:
+                    if torch.equal(cache_rows, run):
+                        rows_cache = cache
+                    else:
+                        if sub is None or not torch.equal(sub[0], run):
+                            sub = (run, cache.take(torch.searchsorted(cache_rows, run)))
+                        rows_cache = sub[1]
+                    logits = denoiser.logits_cached(canvas[run], rows_cache,
+                                                    self_conditioning=sc[run] if sc_on else None)
+                logits = logits[torch.searchsorted(run, live)]  # [b, W, V]
+                scaled = logits.float() / temperature(self.t_min, self.t_max, self.max_steps - s, self.max_steps, dev)
+                sample = draws.sample(torch.softmax(scaled, -1, dtype=torch.float32), live)  # [b, W]
+                h = categorical_entropy(scaled)  # [b, W]
+                accept = entropy_bound_accept(h, self.bound)
+                canvas[live] = torch.where(accept, sample, draws.tokens(live))  # re-noise the rest
+                new_argmax = scaled.argmax(-1)  # [b, W]
+                if self.stability:
+                    stable = (history[:, live] == new_argmax[None]).all(-1).all(0)  # [b]
+                    history[:, live] = torch.cat([history[1:, live], new_argmax[None]], 0)
+                else:
+                    stable = torch.ones_like(live, dtype=torch.bool)
+                argmax[live] = new_argmax
+                if sc_on:
+                    sc[live] = scaled
+                commit_step[live, cols] = step
+                step += 1
+                done[live] |= stable & (h.mean(-1) < self.confidence)
                 if done.all():
                     break
-            x = torch.cat([x, best], 1)
-            attn = a
-            if (best == denoiser.eos_id).any(1).all():  # every row ended: later canvases stay EOS
-                pad = torch.full((B, L - (b + 1) * W), denoiser.eos_id, dtype=x.dtype, device=dev)
-                x = torch.cat([x, pad], 1)
+            out[:, cols] = argmax
+            prev = after_eos(argmax, ended, eos, denoiser.pad_id) if whole else argmax
+            ended |= (argmax == eos).any(1)  # generate's EosTokenCriteria over the new canvas
+            if ended.all():
                 break
-        return finish(denoiser, x, P, commit_step, passes)
+        return finish(denoiser, out, 0, commit_step, step)

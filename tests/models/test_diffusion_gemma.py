@@ -44,27 +44,118 @@ def test_logits_split_context_and_canvas(gemma):
         gemma.logits(x[:, :8])
 
 
-def test_uniform_x0_matches_a_manual_computation_and_replays(gemma):
-    prompt, pmask, comp = common.batch(gemma)
+def direct_uniform_x0(gemma, prompt, pmask, comp, cmask, draws, sc: bool) -> torch.Tensor:
+    """uniform_x0 recomputed with plain calls of the transformers module (no cache, no harness
+    pass): canvas j of each copy is denoised with the prompt and the clean canvases before it as
+    the encoder's input; with self-conditioning the scored pass gets the first pass's logits."""
+    B, L = comp.shape
+    W = gemma.canvas_length
+    n, width = draws["corrupt"].shape[1:]
+    clean = torch.cat([comp, torch.full((B, width - L), gemma.eos_id)], 1)
+    value = torch.zeros(B)
+    for i in range(n):
+        xt = torch.where(draws["corrupt"][:, i], draws["noise"][:, i], clean)
+        for j in range(width // W):
+            ctx = torch.cat([prompt, clean[:, :j * W]], 1)
+            am = torch.cat([pmask, torch.ones(B, j * W, dtype=torch.bool)], 1)
+            kw = dict(input_ids=ctx, attention_mask=am, decoder_input_ids=xt[:, j * W:(j + 1) * W],
+                      decoder_attention_mask=torch.cat([am, torch.ones(B, W, dtype=torch.bool)], 1))
+            logits = gemma.module(**kw).logits
+            if sc:
+                logits = gemma.module(**kw, self_conditioning_logits=logits.detach()).logits
+            lp = logits.log_softmax(-1).gather(-1, clean[:, j * W:(j + 1) * W, None]).squeeze(-1)  # [B, W]
+            keep = torch.arange(j * W, (j + 1) * W) < L
+            value += (lp[:, keep] * cmask[:, j * W:(j + 1) * W][:, :int(keep.sum())]).sum(1) / n
+    return value
+
+
+@pytest.mark.parametrize("L", [6, 13])
+@pytest.mark.parametrize("sc", [True, False])
+def test_uniform_x0_equals_a_direct_recomputation_and_replays(gemma, L, sc):
+    """Canvas by canvas (13 tokens: two canvases of 8, the second one's 3 extra columns noise),
+    with and without self-conditioning, through the meter: equal to plain module calls."""
+    from harness.text import encode_completions, encode_prompts
+    from tests.models._diffusion_common import ANSWERS, PROMPTS
+
+    prompt, pmask = encode_prompts(gemma.tokenizer, PROMPTS + ["1+1="], gemma.pad_id)
+    comp = encode_completions(gemma.tokenizer, [a * ((L - 1) // 2) for a in ANSWERS] + ["2"], L, gemma.eos_id)
     cmask = completion_mask(comp, gemma.eos_id)
-    est = ESTIMATORS.build("uniform_x0", {"n_mc": 2})
+    est = ESTIMATORS.build("uniform_x0", {"n_mc": 2, "self_conditioning": sc})
+    meter = Meter(gemma)
     with torch.no_grad():
-        e = est(gemma, prompt, comp, cmask, generator=torch.Generator().manual_seed(0), prompt_mask=pmask)
+        e = est(meter, prompt, comp, cmask, generator=torch.Generator().manual_seed(0), prompt_mask=pmask)
         again = est(gemma, prompt, comp, cmask, generator=torch.Generator().manual_seed(9), prompt_mask=pmask,
                     draws=e.draws)
-        torch.testing.assert_close(again.sequence, e.sequence)
-        corrupt, noise = e.draws["corrupt"], e.draws["noise"]
-        assert not (corrupt & ~cmask[:, None]).any() and noise.max() < 128
-        manual = torch.zeros(3)
-        for i in range(2):
-            xt = torch.where(corrupt[:, i], noise[:, i], comp)
-            with gemma.canvas(6):
-                lp = gemma.logits(torch.cat([prompt, xt], 1),
-                                  torch.cat([pmask, torch.ones_like(comp, dtype=torch.bool)], 1))[:, -6:]
-            lp = lp.log_softmax(-1).gather(-1, comp[..., None]).squeeze(-1)
-            manual += (lp * cmask).sum(1) / 2
-    torch.testing.assert_close(e.sequence, manual)
+        direct = direct_uniform_x0(gemma, prompt, pmask, comp, cmask, e.draws, sc)
+    torch.testing.assert_close(again.sequence, e.sequence)
+    torch.testing.assert_close(e.sequence, direct, rtol=1e-5, atol=1e-4)
+    corrupt, noise = e.draws["corrupt"], e.draws["noise"]
+    n_canvas = -(-L // 8)
+    assert corrupt.shape == (3, 2, 8 * n_canvas) and noise.max() < 128
+    assert corrupt[:, :, L:].all() and not (corrupt[:, :, :L] & ~cmask[:, None]).any()
+    passes = n_canvas * 2 * (2 if sc else 1)  # canvases x copies x (self-conditioning pass)
+    assert meter.cost.nfe == 3 * passes and meter.cost.nfe_full == 3  # the first pass builds the cache
     assert e.n == 2 and (e.sequence < 0).all()
+
+
+def test_uniform_x0_gradient_equals_the_direct_recomputation(gemma):
+    """Under autograd (RL losses), through the cached passes: the same parameter gradient as the
+    plain module calls, the self-conditioning input being a stop-gradient estimate."""
+    prompt, pmask, comp = common.batch(gemma)
+    cmask = completion_mask(comp, gemma.eos_id)
+    est = ESTIMATORS.build("uniform_x0", {"n_mc": 1})
+    e = est(gemma, prompt, comp, cmask, generator=torch.Generator().manual_seed(0), prompt_mask=pmask)
+    weight = gemma.module.model.decoder.norm.weight  # both passes use it
+    (grad,) = torch.autograd.grad(e.sequence.sum(), weight)
+    (ref,) = torch.autograd.grad(direct_uniform_x0(gemma, prompt, pmask, comp, cmask, e.draws, True).sum(), weight)
+    assert grad.abs().sum() > 0
+    torch.testing.assert_close(grad, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_uniform_x0_follows_the_model_on_self_conditioning(gemma):
+    """Default: self-conditioning on (DiffusionGemma's generate always uses it): a different value
+    from self_conditioning=false on the same draws, the same as self_conditioning=true."""
+    prompt, pmask, comp = common.batch(gemma)
+    cmask = completion_mask(comp, gemma.eos_id)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        e = ESTIMATORS.build("uniform_x0", {"n_mc": 1})(gemma, prompt, comp, cmask, generator=g, prompt_mask=pmask)
+        on, off = (ESTIMATORS.build("uniform_x0", {"n_mc": 1, "self_conditioning": v})(
+            gemma, prompt, comp, cmask, generator=g, prompt_mask=pmask, draws=e.draws) for v in (True, False))
+    assert gemma.self_conditioning is True
+    torch.testing.assert_close(e.sequence, on.sequence)
+    assert not torch.allclose(e.sequence, off.sequence)
+
+
+def test_cached_passes_equal_full_recomputations(gemma):
+    """logits_build_cache (prompt encoded, canvas denoised) and logits_cached (previous canvas
+    appended to the cache, canvas denoised with self-conditioning) equal plain module calls on the
+    whole context; the meter counts the first as a full pass and the second as a cached one."""
+    prompt, pmask, _ = common.batch(gemma)
+    g = torch.Generator().manual_seed(3)
+    c1, c2 = torch.randint(0, 128, (2, 3, 8), generator=g)
+    sc = torch.randn(3, 8, 128, generator=g)
+    ones = torch.ones(3, 8, dtype=torch.bool)
+    meter = Meter(gemma)
+    with torch.no_grad():
+        first, cache = meter.logits_build_cache(torch.cat([prompt, c1], 1), torch.cat([pmask, ones], 1),
+                                                keep=slice(0, prompt.shape[1]))
+        second = meter.logits_cached(torch.cat([c1, c2], 1), cache, context=8, self_conditioning=sc)
+        am = torch.cat([pmask, ones], 1)
+        ref1 = gemma.module(input_ids=prompt, attention_mask=pmask, decoder_input_ids=c1,
+                            decoder_attention_mask=am).logits
+        ref2 = gemma.module(input_ids=torch.cat([prompt, c1], 1), attention_mask=am, decoder_input_ids=c2,
+                            decoder_attention_mask=torch.cat([am, ones], 1), self_conditioning_logits=sc).logits
+    P = prompt.shape[1]
+    assert first.shape == (3, P + 8, 128) and first[:, :P].abs().sum() == 0
+    torch.testing.assert_close(first[:, P:], ref1, rtol=1e-5, atol=1e-5)
+    assert second.shape == (3, 16, 128) and second[:, :8].abs().sum() == 0
+    torch.testing.assert_close(second[:, 8:], ref2, rtol=1e-5, atol=1e-5)
+    assert cache.length == P + 8 and cache.take(torch.tensor([2])).mask.shape == (1, P + 8)
+    c = meter.cost
+    assert (c.nfe_full, c.nfe_cached, c.tokens) == (3, 3, 3 * (P + 8) + 3 * 16)
+    with pytest.raises(HarnessError, match="context columns"):
+        gemma.logits_build_cache(torch.cat([prompt, c1], 1), keep=slice(0, 2))
 
 
 def test_masked_estimators_and_samplers_refuse_or_do_not_apply(gemma):
@@ -88,7 +179,8 @@ def test_entropy_bound_generation_through_the_meter(gemma):
     s = SAMPLERS.build("uniform_entropy_bound", {"max_steps": 3})
     gen = s(meter, prompt, prompt_mask=pmask, generator=torch.Generator().manual_seed(0), gen_length=16)
     assert gen.tokens.shape == (3, 16) and len(gen.text) == 3
-    assert 1 <= gen.steps <= 6 and meter.cost.nfe == 3 * gen.steps  # every pass runs the whole batch
+    # a near-uniform random model never converges: every row runs every step of both canvases
+    assert gen.steps == 6 and meter.cost.nfe == 3 * gen.steps and meter.cost.nfe_full == 3
     # deterministic given the generator
     again = s(gemma, prompt, prompt_mask=pmask, generator=torch.Generator().manual_seed(0), gen_length=16)
     assert torch.equal(gen.tokens, again.tokens)
