@@ -1,0 +1,94 @@
+"""What the native LLaDA and Dream modules share: their output type, config checks, seeded init,
+padding helpers and rotary embeddings applied at a chosen precision.
+
+The attention, norm, SwiGLU and KV-cache layers themselves live in
+`harness/models/standins/standin_layers.py` (torch only), shared with the stand-ins, which carry
+that file with them as remote code.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from harness.models.standins.standin_layers import RMSNorm, apply_rotary, rotary
+from harness.types import HarnessError
+
+
+@dataclass
+class Output:
+    """What a forward pass returns (the `.logits` the adapters read, as transformers outputs have)."""
+
+    logits: torch.Tensor  # [B, T, V]
+
+
+def check_supported(cfg: dict, supported: dict, where: str) -> None:
+    """Every key of `supported` must hold an accepted value (a tuple of them); the error names the
+    key, its value (or its default when absent) and what the native code implements."""
+    for key, (default, ok) in supported.items():
+        value = cfg.get(key, default)
+        if value not in ok:
+            got = f"{value!r}" + (" (absent: the default)" if key not in cfg else "")
+            raise HarnessError(f"{where}: {key} = {got} is not implemented by the native code (it implements "
+                               f"{' or '.join(map(repr, ok))}); use impl: remote to run the checkpoint's own code")
+
+
+def one(value):
+    """A config's eos may be a list of ids: the first one."""
+    return value[0] if isinstance(value, (list, tuple)) else value
+
+
+def key_padding(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """[B, T] (1 = real token) -> the same as bool, or None when nothing is padded (so attention
+    runs unmasked, as the reference code does on unpadded input)."""
+    if attention_mask is None:
+        return None
+    m = attention_mask.bool()
+    return None if bool(m.all()) else m
+
+
+def positions(attention_mask: torch.Tensor | None, T: int, device) -> torch.Tensor:
+    """Position ids counting real tokens ([B, T], 0 on left padding), or 0..T-1 ([T]) unpadded:
+    a left-padded row then sees the positions it has alone."""
+    if attention_mask is None:
+        return torch.arange(T, device=device)
+    return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+
+
+def rotation(pos: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
+    """cos, sin of the rotary embedding at positions pos ([T] or [B, T]) in `dtype`: float32 for
+    LLaDA's rope_full_precision, the activations' dtype for Llama/Qwen2/Dream. The inverse
+    frequencies theta^(-2i/Dh) are computed here at every call: never read from a buffer."""
+    return rotary(pos, head_dim, theta, dtype)
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [B, H, T, Dh] rotated in cos's dtype and cast back to x's (a no-op cast when they agree)."""
+    return apply_rotary(x.to(cos.dtype), cos, sin).to(x.dtype)
+
+
+def seeded_init(module: nn.Module, std: float, seed: int, device: torch.device) -> None:
+    """Random weights for a preset: normal(0, std) matrices and embeddings, unit norms, from `seed`,
+    leaving the global RNG as it was (DESIGN.md convention 3)."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
+        torch.manual_seed(seed)
+        for m in module.modules():
+            if isinstance(m, RMSNorm):
+                m.weight.fill_(1.0)
+            elif isinstance(m, (nn.Linear, nn.Embedding)):
+                m.weight.normal_(0.0, std)
+                if getattr(m, "bias", None) is not None:
+                    m.bias.zero_()
+
+
+def meta_build(cls, cfg, attn: str) -> nn.Module:
+    """The module on the meta device (no memory), to be filled by `checkpoint.load_weights`."""
+    with torch.device("meta"):
+        return cls(cfg, attn=attn)
+
+
+def must(cfg: dict, key: str, where: str):
+    if key not in cfg:
+        raise HarnessError(f"{where}: config.json has no {key!r}, which the native code needs")
+    return cfg[key]
