@@ -43,7 +43,7 @@ PRESETS = {
 @MODELS.register("dream")
 @dataclass(frozen=True, kw_only=True)
 class Dream(NativeOrRemote):
-    """Dream / DiffuCoder masked diffusion LM, shifted logits (native: official checkpoints by path or hub id, or a random preset: tiny, dream-7b; impl: remote for the checkpoint's own code)."""
+    """Dream/DiffuCoder masked diffusion LM, shifted logits (native: checkpoint or preset tiny, dream-7b; or remote)."""
 
     presets: ClassVar[dict] = PRESETS
     noise: ClassVar[str] = "masked"

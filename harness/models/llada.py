@@ -43,7 +43,7 @@ PRESETS = {
 @MODELS.register("llada")
 @dataclass(frozen=True, kw_only=True)
 class LLaDA(NativeOrRemote):
-    """LLaDA masked diffusion LM (native: official checkpoints by path or hub id, or a random preset: tiny, llada-8b; impl: remote for the checkpoint's own code)."""
+    """LLaDA masked diffusion LM (native: official checkpoint path/hub id, or preset tiny, llada-8b; impl: remote)."""
 
     presets: ClassVar[dict] = PRESETS
     noise: ClassVar[str] = "masked"

@@ -171,7 +171,11 @@ def test_path_route_loads_saved_checkpoint(dream, tmp_path, impl):
     attn = torch.ones(2, 8, dtype=torch.bool)
     attn[0, :3] = False
     with torch.no_grad():
-        assert torch.equal(d.logits(x, attn), dream.logits(x, attn))
+        got, want = d.logits(x, attn), dream.logits(x, attn)
+    if impl == "native":
+        assert torch.equal(got, want)
+    else:  # the stand-in masks padded keys, the native code drops them: the real positions agree
+        torch.testing.assert_close(got[attn], want[attn], atol=1e-5, rtol=1e-5)  # up to rounding
 
 
 def test_bfloat16_dtype_on_cpu_runs():

@@ -99,10 +99,11 @@ class NativeOrRemote(DiffusionModel):
             try:
                 module, tok = super().build_module()
             except REMOTE_FAILURES as exc:
+                first = str(exc).splitlines()[0][:200] if str(exc) else ""
                 raise HarnessError(
-                    f"model {self.path or self.preset!r}: the checkpoint's remote code does not run under the installed "
-                    f"transformers {transformers.__version__} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
-                    "use impl: native (LLaDA and Dream architectures load without remote code), or a transformers "
+                    f"model {self.path or self.preset!r}: the checkpoint's remote code does not run under the "
+                    f"installed transformers {transformers.__version__} ({type(exc).__name__}: {first}); use "
+                    "impl: native (LLaDA and Dream architectures load without remote code), or a transformers "
                     "version the code was written for") from None
         check_rope_buffers(module, self.path or self.preset)
         return module, tok

@@ -84,9 +84,9 @@ def load_weights(module: torch.nn.Module, path: Path, *, dtype: torch.dtype, dev
     missing = sorted(wanted - set(state) - set(optional))
     if unexpected:
         k = unexpected[0]
-        raise HarnessError(f"{Path(path) / origin[k]}: tensor {k!r} (and {len(unexpected) - 1} more) has no place in the "
-                           f"native {type(module).__name__}; the checkpoint is not the architecture its config.json "
-                           "names (use impl: remote for other code)")
+        raise HarnessError(f"{Path(path) / origin[k]}: tensor {k!r} (and {len(unexpected) - 1} more) has no place in "
+                           f"the native {type(module).__name__}; the checkpoint is not the architecture its "
+                           "config.json names (use impl: remote for other code)")
     if missing:
         raise HarnessError(f"model {str(path)!r}: the weights lack {missing[:3]} ({len(missing)} missing tensor(s)) "
                            f"that the native {type(module).__name__} needs")

@@ -1,7 +1,8 @@
 """What the native LLaDA and Dream modules share: their output type, config checks, seeded init,
-padding helpers and rotary embeddings applied at a chosen precision.
+padding helpers, rotary embeddings at a chosen precision, and the decoder loop with attention
+that makes a left-padded row compute exactly what it computes alone.
 
-The attention, norm, SwiGLU and KV-cache layers themselves live in
+The norm, SwiGLU, attention kernel and KV-cache layers live in
 `harness/models/standins/standin_layers.py` (torch only), shared with the stand-ins, which carry
 that file with them as remote code.
 """
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from harness.models.standins.standin_layers import RMSNorm, apply_rotary, rotary
+from harness.models.standins.standin_layers import KVCache, RMSNorm, apply_rotary, attend, rotary
 from harness.types import HarnessError
 
 
@@ -92,3 +93,52 @@ def must(cfg: dict, key: str, where: str):
     if key not in cfg:
         raise HarnessError(f"{where}: config.json has no {key!r}, which the native code needs")
     return cfg[key]
+
+
+def attend_unpadded(q, k, v, key_mask: torch.Tensor | None, impl: str) -> torch.Tensor:
+    """Full attention, q [B, H, Tq, Dh], k/v [B, Hkv, Tk, Dh], key_mask [B, 1, Tq|1, Tk] bool or None.
+
+    With left padding (each row's real keys are a suffix of the keys, the same for every query)
+    the rows are grouped by their number n of padded keys and each group attends over keys [n, Tk)
+    only, with no mask: a padded row then runs the very kernel, on the very shapes, that it runs
+    alone, and its numbers are identical (a mask would give the same values up to rounding: the
+    reductions would run over Tk keys instead of Tk - n). In a full pass (Tq = Tk, the queries are
+    the key columns) the padded query columns are skipped and left zero. Any other mask is applied
+    as a mask."""
+    if key_mask is None:
+        return attend(q, k, v, None, impl)
+    Tk = k.shape[2]
+    km = key_mask[:, 0, -1, :]  # [B, Tk] the last query's keys
+    n_pad = (~km).sum(-1).clamp_max(Tk - 1)  # [B]
+    suffix = torch.arange(Tk, device=km.device)[None, :] >= n_pad[:, None]  # [B, Tk]
+    if not (torch.equal(km, suffix) and bool((key_mask == km[:, None, None, :]).all())):
+        return attend(q, k, v, key_mask, impl)
+    full = q.shape[2] == Tk
+    out = q.new_zeros(*q.shape[:3], v.shape[-1])  # [B, H, Tq, Dh]
+    for n in n_pad.unique().tolist():
+        rows = (n_pad == n).nonzero().squeeze(1)
+        if full:
+            out[rows, :, n:] = attend(q[rows, :, n:], k[rows, :, n:], v[rows, :, n:], None, impl)
+        else:
+            out[rows] = attend(q[rows], k[rows, :, n:], v[rows, :, n:], None, impl)
+    return out
+
+
+def decoder_stack(blocks, h, cos, sin, key_mask, impl, cache: KVCache | None = None,
+                  order: torch.Tensor | None = None, keep: torch.Tensor | None = None):
+    """Run pre-norm blocks over h [B, T, D]; each block has `qkv(h, cos, sin)` -> q, k, v (rotary
+    applied) and `finish(h, a)` -> h after the attention output a [B, H, T, Dh] and the MLP.
+
+    With `cache` + `order`: h holds some columns only; their keys/values join the cached ones in
+    canvas order. With `keep`: also return the keys/values of the columns `keep` (a new cache)."""
+    keys, values = [], []
+    for i, blk in enumerate(blocks):
+        q, k, v = blk.qkv(h, cos, sin)
+        if keep is not None:
+            keys.append(k[:, :, keep])
+            values.append(v[:, :, keep])
+        if cache is not None:
+            k = torch.cat([cache.keys[i], k], 2)[:, :, order]
+            v = torch.cat([cache.values[i], v], 2)[:, :, order]
+        h = blk.finish(h, attend_unpadded(q, k, v, key_mask, impl))
+    return h, (keys, values)

@@ -16,7 +16,7 @@ mask, or a boolean [B, 1, T, T] mask plus position ids counting real tokens), so
 row gives the logits it has alone.
 
 Config keys read (Qwen2's): vocab_size, hidden_size, intermediate_size, num_hidden_layers,
-num_attention_heads, num_key_value_heads, rms_norm_eps, rope_theta (or rope_parameters), 
+num_attention_heads, num_key_value_heads, rms_norm_eps, rope_theta (or rope_parameters),
 tie_word_embeddings, mask/eos/pad/bos ids. RoPE scaling, sliding windows and activations other
 than SiLU are refused with the key named (use `impl: remote`).
 """
@@ -28,11 +28,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from harness.models.native.common import Output, check_supported, must, one, rotate, rotation
+from harness.models.native.common import Output, check_supported, decoder_stack, must, one, rotate, rotation
 from harness.models.standins.standin_layers import (
     KVCache,
     RMSNorm,
-    decoder_stack,
     heads,
     key_order,
     merge_heads,

@@ -29,11 +29,20 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from harness.models.native.common import Output, check_supported, key_padding, must, one, positions, rotate, rotation
+from harness.models.native.common import (
+    Output,
+    check_supported,
+    decoder_stack,
+    key_padding,
+    must,
+    one,
+    positions,
+    rotate,
+    rotation,
+)
 from harness.models.standins.standin_layers import (
     KVCache,
     RMSNorm,
-    decoder_stack,
     heads,
     key_order,
     merge_heads,
