@@ -136,16 +136,26 @@ class NativeOrRemote(DiffusionModel):
 
 @contextlib.contextmanager
 def isolated_auto_registry():
-    """Undo, after a remote load, what the remote files register in transformers' Auto mappings.
+    """Load remote code with no remote-code class registered in transformers' Auto mappings, and
+    leave the mappings as they were afterwards.
 
-    LLaDA's files call AutoConfig.register("llada", ...) and AutoModel.register(...) at import: the
-    first directory's classes then stay global, and a second directory with other code loads into
-    the first one's classes (a size-mismatch error, or silently the wrong code)."""
+    LLaDA's files call AutoConfig.register("llada", ...) and AutoModel.register(...) at import, and
+    transformers 5 prefers such a registered class to a directory's own `auto_map`: once one LLaDA
+    directory's code is imported, every later "llada" directory loads into that code (a size-mismatch
+    error, or silently the wrong code). Registrations of remote-code classes (module
+    `transformers_modules.*`) are set aside for the load and restored after it."""
     from transformers.models.auto import auto_factory, configuration_auto, modeling_auto
 
     maps = [configuration_auto.CONFIG_MAPPING] + [m for m in vars(modeling_auto).values()
                                                   if isinstance(m, auto_factory._LazyAutoMapping)]
     saved = [dict(m._extra_content) for m in maps]
+
+    def remote(obj) -> bool:
+        return getattr(obj, "__module__", "").startswith("transformers_modules")
+
+    for m in maps:
+        for key in [k for k, v in m._extra_content.items() if remote(k) or remote(v)]:
+            del m._extra_content[key]
     try:
         yield
     finally:
