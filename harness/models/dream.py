@@ -5,15 +5,17 @@ DiffuCoder (apple/DiffuCoder-7B-*, arXiv 2506.20639) shares its architecture and
 (harness/models/native/dream.py): `path` reads an official checkpoint directory or hub id
 (Dream-org/Dream-v0-Base-7B, -Instruct-7B, apple/DiffuCoder-7B-Instruct: config.json +
 safetensors, sharded or not) by parameter name, with no remote code and no transformers in the
-forward pass (transformers only loads the tokenizer; tested with the pinned 5.24). Its logits
-equal the public `modeling_dream.py`'s on the same weights (under transformers 4.x; under 5.x the
-public file's RoPE frequencies are left uninitialised). It has Fast-dLLM prefix/dual KV caches,
+forward pass (torch only; transformers loads the tokenizer: tested with 4.57.1 and the pinned
+5.24.0). Its logits equal the public `modeling_dream.py`'s on the same weights (fp32 and bf16:
+tolerance 0; under 4.57.1 against the unpatched file; under 5.x the public file leaves its RoPE
+frequencies uninitialised unless patched). It has Fast-dLLM prefix/dual KV caches,
 SDPA or eager attention, bf16. `preset` builds it randomly initialised: "tiny" for CPU tests,
 "dream-7b" for GPU suites; `config` overrides take config.json keys.
 
 `impl: remote` loads the checkpoint's own code with trust_remote_code (presets: the stand-in,
-harness/models/standins/dream_standin.py); under transformers 5 Dream's file fails to load, and a
-model whose rotary buffer was left uninitialised is refused: both errors point to `impl: native`.
+harness/models/standins/dream_standin.py); it runs under transformers 4.x (tested: 4.57.1); under
+5.x Dream's file fails to load, and a model whose rotary buffer was left uninitialised is refused:
+both errors point to `impl: native`.
 
 Mask id 151666. Dream keeps its AR parent's alignment: the logits at k-1 predict the token at k,
 so the adapter sets `shift_logits=True` and the estimators read position k at k-1. Padding goes
@@ -43,7 +45,7 @@ PRESETS = {
 @MODELS.register("dream")
 @dataclass(frozen=True, kw_only=True)
 class Dream(NativeOrRemote):
-    """Dream/DiffuCoder masked diffusion LM, shifted logits (native: checkpoint or preset tiny, dream-7b; or remote)."""
+    """Dream-7B/DiffuCoder masked diffusion LM, shifted logits (impl native: checkpoint or preset; impl remote)."""
 
     presets: ClassVar[dict] = PRESETS
     noise: ClassVar[str] = "masked"

@@ -3,9 +3,10 @@
 `impl: native` (the default) runs the harness's own torch implementation
 (harness/models/native/llada.py): `path` reads an official checkpoint directory or hub id
 (GSAI-ML/LLaDA-8B-Base, -8B-Instruct, GSAI-ML/LLaDA-1.5: config.json + safetensors, sharded or
-not) by parameter name, with no remote code and no transformers in the forward pass (transformers
-only loads the tokenizer: any version that reads the checkpoint's tokenizer.json; tested with the
-pinned 5.24). Its logits equal the public `modeling_llada.py`'s on the same weights; left padding
+not) by parameter name, with no remote code and no transformers in the forward pass (torch only;
+transformers loads the tokenizer: tested with 4.57.1 and the pinned 5.24.0). Its logits equal the
+public `modeling_llada.py`'s on the same weights (fp32 and bf16: tolerance 0; under 4.57.1 against
+the unpatched file, under 5.24 against the file patched to load). Left padding
 is masked (the public file leaks it) and positions count real tokens, so batching never changes a
 number. It has Fast-dLLM prefix/dual KV caches (`cache:` of the block samplers), SDPA or eager
 attention, and runs in bf16 (rotary in float32, as the public file). `preset` builds it randomly
@@ -14,8 +15,8 @@ initialised: "tiny" for CPU tests, "llada-8b" for GPU throughput suites (32 laye
 
 `impl: remote` loads the checkpoint's own code through transformers' trust_remote_code (for a
 variant the native code refuses: it names the config key); presets then build the stand-in
-(harness/models/standins/llada_standin.py). LLaDA's public file was written for transformers
-4.38-4.49 and does not load under 5.x: the error says so and points to `impl: native`.
+(harness/models/standins/llada_standin.py). LLaDA's public file runs under transformers 4.x
+(tested: 4.57.1) and does not load under 5.x: the error says so and points to `impl: native`.
 
 Mask id 126336 (also when a config.json lacks `mask_token_id`: the public config class would
 silently use 50256), no logit shift.
@@ -43,7 +44,7 @@ PRESETS = {
 @MODELS.register("llada")
 @dataclass(frozen=True, kw_only=True)
 class LLaDA(NativeOrRemote):
-    """LLaDA masked diffusion LM (native: official checkpoint path/hub id, or preset tiny, llada-8b; impl: remote)."""
+    """LLaDA-8B/1.5 masked diffusion LM (impl native: checkpoint or preset tiny, llada-8b; impl remote: own code)."""
 
     presets: ClassVar[dict] = PRESETS
     noise: ClassVar[str] = "masked"

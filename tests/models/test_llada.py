@@ -1,4 +1,4 @@
-"""Tests of the `llada` adapter on its tiny random stand-in preset (CPU, float32)."""
+"""Tests of the `llada` adapter on its tiny random preset (native module; CPU, float32)."""
 from __future__ import annotations
 
 import dataclasses
