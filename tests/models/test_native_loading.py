@@ -109,6 +109,20 @@ def test_sharded_checkpoint_loads_like_one_file(kind, tmp_path):
         load(one, kind=kind)
 
 
+@pytest.mark.parametrize("kind", ["llada", "dream"])
+def test_a_mask_other_than_left_padding_is_applied_as_a_mask(kind):
+    """Right padding is not the grouped fast path: the mask is applied, real positions as alone."""
+    d = MODELS.build(kind, {"preset": "tiny", "device": "cpu", "dtype": "float32"}).load()
+    x = torch.randint(0, 96, (2, 10), generator=torch.Generator().manual_seed(0))
+    attn = torch.ones(2, 10, dtype=torch.bool)
+    attn[0, 7:] = False
+    with torch.no_grad():
+        full, alone = d.logits(x, attn), d.logits(x[:1, :7])
+    torch.testing.assert_close(full[0, :7], alone[0], atol=1e-5, rtol=1e-5)
+    assert not torch.equal(full[0, :7], d.logits(x[:1])[0, :7])  # the padded keys really were masked
+
+
+@pytest.mark.slow  # builds or loads a public-code checkpoint
 def test_native_forward_needs_no_transformers(llada_real_ckpt):
     """With transformers made unimportable, the native module reads the public checkpoint and runs."""
     code = f"""
@@ -128,6 +142,7 @@ print("ok", cfg.mask_token_id)
     assert res.returncode == 0 and res.stdout.split() == ["ok", "126336"], res.stderr[-2000:]
 
 
+@pytest.mark.slow  # builds or loads a public-code checkpoint
 def test_real_code_checkpoint_special_ids_and_chat_template(llada_real_ckpt, dream_real_ckpt):
     la, dr = load(llada_real_ckpt), load(dream_real_ckpt, kind="dream")
     assert (la.mask_id, la.eos_id, la.pad_id, la.shift_logits, la.vocab_size) == (126336, 126081, 126081, False, 126464)
@@ -136,6 +151,7 @@ def test_real_code_checkpoint_special_ids_and_chat_template(llada_real_ckpt, dre
     assert "<|im_start|>assistant" in dr.tokenizer.apply_chat_template("hi")
 
 
+@pytest.mark.slow  # builds or loads a public-code checkpoint
 # -- impl: remote ------------------------------------------------------------------------------
 @pytest.mark.parametrize("kind", ["llada", "dream"])
 def test_remote_code_that_transformers_cannot_run_is_a_clear_error(kind, llada_real_ckpt, dream_real_ckpt,
@@ -149,6 +165,7 @@ def test_remote_code_that_transformers_cannot_run_is_a_clear_error(kind, llada_r
     assert load(path, kind=kind).mask_id in (126336, 151666)
 
 
+@pytest.mark.slow  # builds or loads a public-code checkpoint
 @pytest.mark.parametrize("kind", ["llada", "dream"])
 def test_remote_path_with_the_shim_equals_native(kind, llada_real_ckpt, dream_real_ckpt):
     path = llada_real_ckpt if kind == "llada" else dream_real_ckpt
@@ -160,6 +177,7 @@ def test_remote_path_with_the_shim_equals_native(kind, llada_real_ckpt, dream_re
         assert torch.equal(remote.logits(x), nat.logits(x))
 
 
+@pytest.mark.slow  # builds or loads a public-code checkpoint
 def test_second_remote_llada_directory_keeps_its_own_code(llada_real_ckpt, tmp_path):
     """Importing the public LLaDA file registers "llada" with transformers' Auto classes, and
     transformers 5 then loads every "llada" directory into those classes (measured: the stand-in
@@ -184,6 +202,7 @@ def test_second_remote_llada_directory_keeps_its_own_code(llada_real_ckpt, tmp_p
         CONFIG_MAPPING._extra_content.pop("llada", None)
 
 
+@pytest.mark.slow  # builds or loads a public-code checkpoint
 def test_remote_llada_without_mask_token_id_gets_126336(llada_real_ckpt, tmp_path):
     path = copy_ckpt(llada_real_ckpt, tmp_path / "llada-nomask", "no mask id",
                      edit=lambda c: c.pop("mask_token_id"))
@@ -193,6 +212,7 @@ def test_remote_llada_without_mask_token_id_gets_126336(llada_real_ckpt, tmp_pat
     assert remote.mask_id == 126336 and load(path).mask_id == 126336
 
 
+@pytest.mark.slow  # builds or loads a public-code checkpoint
 def test_uninitialised_remote_rope_buffer_is_refused(dream_real_ckpt):
     from harness.models.native.adapter import check_rope_buffers
 

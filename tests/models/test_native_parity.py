@@ -21,6 +21,7 @@ from harness.text import encode_prompts
 from tests.models import _real_code as rc
 
 pytest.importorskip("transformers")
+pytestmark = pytest.mark.slow  # the session builds two 60-75 MB checkpoints; every pass has a 126k-152k vocabulary
 
 PROMPTS = ["12+7=", "The cat sat on", "Q: 3*4?\nA:"]
 EOS = {"llada": 126081, "dream": 151643}

@@ -128,7 +128,8 @@ class NativeOrRemote(DiffusionModel):
             with isolated_auto_registry():
                 return {**super().provenance(), "impl": "remote"}
         where = self.checkpoint_dir()
-        out = {"path": self.path, "revision": self.revision, "impl": "native", "commit": None,
+        commit = where.name if where.parent.name == "snapshots" else None  # a hub download: the snapshot's commit
+        out = {"path": self.path, "revision": self.revision, "impl": "native", "commit": commit,
                "weights_sha256": None}
         out["weights_sha256"], out["weights_files"] = weights_sha256(where)
         return out

@@ -95,28 +95,36 @@ def must(cfg: dict, key: str, where: str):
     return cfg[key]
 
 
-def attend_unpadded(q, k, v, key_mask: torch.Tensor | None, impl: str) -> torch.Tensor:
-    """Full attention, q [B, H, Tq, Dh], k/v [B, Hkv, Tk, Dh], key_mask [B, 1, Tq|1, Tk] bool or None.
-
-    With left padding (each row's real keys are a suffix of the keys, the same for every query)
-    the rows are grouped by their number n of padded keys and each group attends over keys [n, Tk)
-    only, with no mask: a padded row then runs the very kernel, on the very shapes, that it runs
-    alone, and its numbers are identical (a mask would give the same values up to rounding: the
-    reductions would run over Tk keys instead of Tk - n). In a full pass (Tq = Tk, the queries are
-    the key columns) the padded query columns are skipped and left zero. Any other mask is applied
-    as a mask."""
+def left_padding(key_mask: torch.Tensor | None):
+    """A key mask [B, 1, Tq|1, Tk] bool (or None) -> how attention handles it, decided once per pass:
+    None (nothing padded), [(n, rows)] groups when every row's real keys are a suffix [n, Tk) of its
+    keys for every query (left padding; rows grouped by n), else the mask itself."""
     if key_mask is None:
-        return attend(q, k, v, None, impl)
-    Tk = k.shape[2]
+        return None
+    if key_mask.shape[2] > 1 and key_mask.stride(2) == 0:  # a keys-only mask expanded over queries
+        key_mask = key_mask[:, :, :1]
     km = key_mask[:, 0, -1, :]  # [B, Tk] the last query's keys
+    Tk = km.shape[-1]
     n_pad = (~km).sum(-1).clamp_max(Tk - 1)  # [B]
     suffix = torch.arange(Tk, device=km.device)[None, :] >= n_pad[:, None]  # [B, Tk]
-    if not (torch.equal(km, suffix) and bool((key_mask == km[:, None, None, :]).all())):
-        return attend(q, k, v, key_mask, impl)
-    full = q.shape[2] == Tk
+    if not torch.equal(km, suffix) or (key_mask.shape[2] > 1 and not bool((key_mask == km[:, None, None, :]).all())):
+        return key_mask
+    return [(n, (n_pad == n).nonzero().squeeze(1)) for n in n_pad.unique().tolist()]
+
+
+def attend_padded(q, k, v, padding, impl: str) -> torch.Tensor:
+    """Full attention, q [B, H, Tq, Dh], k/v [B, Hkv, Tk, Dh], `padding` from `left_padding`.
+
+    Left-padded rows attend, group by group, over their real keys [n, Tk) only, with no mask: a
+    padded row then runs the very kernel, on the very shapes, that it runs alone, and its numbers
+    are identical (a mask gives the same values up to rounding: its reductions run over Tk keys,
+    not Tk - n). In a full pass (Tq = Tk: the queries are the key columns) the padded query
+    columns are skipped and left zero. Any other mask is applied as a mask."""
+    if padding is None or isinstance(padding, torch.Tensor):
+        return attend(q, k, v, padding, impl)
+    full = q.shape[2] == k.shape[2]
     out = q.new_zeros(*q.shape[:3], v.shape[-1])  # [B, H, Tq, Dh]
-    for n in n_pad.unique().tolist():
-        rows = (n_pad == n).nonzero().squeeze(1)
+    for n, rows in padding:
         if full:
             out[rows, :, n:] = attend(q[rows, :, n:], k[rows, :, n:], v[rows, :, n:], None, impl)
         else:
@@ -132,6 +140,7 @@ def decoder_stack(blocks, h, cos, sin, key_mask, impl, cache: KVCache | None = N
     With `cache` + `order`: h holds some columns only; their keys/values join the cached ones in
     canvas order. With `keep`: also return the keys/values of the columns `keep` (a new cache)."""
     keys, values = [], []
+    padding = left_padding(key_mask)
     for i, blk in enumerate(blocks):
         q, k, v = blk.qkv(h, cos, sin)
         if keep is not None:
@@ -140,5 +149,5 @@ def decoder_stack(blocks, h, cos, sin, key_mask, impl, cache: KVCache | None = N
         if cache is not None:
             k = torch.cat([cache.keys[i], k], 2)[:, :, order]
             v = torch.cat([cache.values[i], v], 2)[:, :, order]
-        h = blk.finish(h, attend_unpadded(q, k, v, key_mask, impl))
+        h = blk.finish(h, attend_padded(q, k, v, padding, impl))
     return h, (keys, values)

@@ -153,6 +153,8 @@ def _padding(attention_mask, position_ids):
     if attention_mask is None or isinstance(attention_mask, str):  # "full": no padding
         return None, position_ids
     m = attention_mask.bool()
+    if m.dim() == 4 and m.shape[2] > 1 and m.stride(2) == 0:  # keys-only, expanded over queries
+        m = m[:, :, :1]
     if m.dim() == 2:
         if position_ids is None:
             position_ids = (m.long().cumsum(-1) - 1).clamp_min(0)  # [B, T]
