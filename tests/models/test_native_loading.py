@@ -153,6 +153,9 @@ def test_real_code_checkpoint_special_ids_and_chat_template(llada_real_ckpt, dre
 
 @pytest.mark.slow  # builds or loads a public-code checkpoint
 # -- impl: remote ------------------------------------------------------------------------------
+@pytest.mark.slow  # builds or loads a public-code checkpoint
+@pytest.mark.skipif(not __import__("transformers").__version__.startswith("5."),
+                    reason="the public files run unpatched under transformers 4.x")
 @pytest.mark.parametrize("kind", ["llada", "dream"])
 def test_remote_code_that_transformers_cannot_run_is_a_clear_error(kind, llada_real_ckpt, dream_real_ckpt,
                                                                    tmp_path):
