@@ -49,10 +49,13 @@ class Dream(NativeOrRemote):
 
     presets: ClassVar[dict] = PRESETS
     noise: ClassVar[str] = "masked"
-    native_module: ClassVar[str] = "harness.models.native.dream:Dream"
-    native_config: ClassVar[str] = "DreamConfig"
     preset_base: ClassVar[dict] = dict(model_type="Dream", rope_theta=1000000.0)
     known_mask: ClassVar[int] = MASK_ID
+
+    def native_classes(self):
+        from harness.models.native import dream as native
+
+        return native.Dream, native.DreamConfig
 
     def config_class(self):
         from harness.models.standins.dream_standin import DreamConfig

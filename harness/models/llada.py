@@ -48,11 +48,14 @@ class LLaDA(NativeOrRemote):
 
     presets: ClassVar[dict] = PRESETS
     noise: ClassVar[str] = "masked"
-    native_module: ClassVar[str] = "harness.models.native.llada:LLaDA"
-    native_config: ClassVar[str] = "LLaDAConfig"
     preset_base: ClassVar[dict] = dict(model_type="llada", block_type="llama", activation_type="silu",
                                        layer_norm_type="rms", rope=True, weight_tying=False, rope_theta=500000.0)
     known_mask: ClassVar[int] = MASK_ID
+
+    def native_classes(self):
+        from harness.models.native import llada as native
+
+        return native.LLaDA, native.LLaDAConfig
 
     def config_class(self):
         from harness.models.standins.llada_standin import LLaDAConfig

@@ -9,6 +9,7 @@ often fails under 5.x; those failures become a HarnessError that says to use `im
 """
 from __future__ import annotations
 
+import abc
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,10 +33,8 @@ class NativeOrRemote(DiffusionModel):
 
     impl: Literal["native", "remote"] = "native"
 
-    native_module: ClassVar[str] = ""  # "harness.models.native.llada:LLaDA"
-    native_config: ClassVar[str] = ""
     preset_base: ClassVar[dict] = {}  # config.json keys a preset adds to its dims (model_type ...)
-    known_mask: ClassVar[int] = 0
+    known_mask: ClassVar[int | None] = None  # the family's mask id, for a config.json without one
 
     def __post_init__(self):
         super().__post_init__()
@@ -44,12 +43,9 @@ class NativeOrRemote(DiffusionModel):
             raise HarnessError(f"model {name}: impl {self.impl!r} is not native or remote")
 
     # -- native ----------------------------------------------------------------------------------
-    def _classes(self):
-        import importlib
-
-        mod, cls = self.native_module.split(":")
-        m = importlib.import_module(mod)
-        return getattr(m, cls), getattr(m, self.native_config)
+    @abc.abstractmethod
+    def native_classes(self) -> tuple[type, type]:
+        """(the native module class, its config class with `from_json`)."""
 
     def checkpoint_dir(self) -> Path:
         from harness.models.native.checkpoint import resolve_dir
@@ -72,7 +68,7 @@ class NativeOrRemote(DiffusionModel):
 
         dev = resolve_device(self.device)
         dtype = resolve_dtype(self.dtype, dev)
-        module_cls, config_cls = self._classes()
+        module_cls, config_cls = self.native_classes()
         if self.preset is not None:
             cfg = config_cls.from_json(self.native_config_dict(), f"model preset {self.preset!r}")
             module = meta_build(module_cls, cfg, self.attn).to_empty(device=dev).to(dtype)  # no global RNG use
