@@ -146,6 +146,16 @@ def test_path_route_loads_saved_checkpoint(llada, tmp_path, impl):
     assert len(prov["weights_sha256"]) == 64
 
 
+def test_impl_remote_preset_builds_the_stand_in():
+    from harness.models.native.llada import LLaDA as NativeLLaDA
+
+    remote = MODELS.build("llada", {"preset": "tiny", "device": "cpu", "impl": "remote"}).load()
+    assert type(remote.module).__name__ == "LLaDAModelLM" and not isinstance(remote.module, NativeLLaDA)
+    assert remote.mask_id == 127
+    with pytest.raises(HarnessError, match="impl: expected one of 'native', 'remote', got 'hf'"):
+        MODELS.build("llada", {"preset": "tiny", "impl": "hf"})
+
+
 def test_preset_provenance_records_config_and_seed():
     spec = MODELS.build("llada", {"preset": "tiny", "seed": 2, "config": {"n_layers": 1}})
     prov = spec.provenance()

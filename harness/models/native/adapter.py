@@ -36,12 +36,6 @@ class NativeOrRemote(DiffusionModel):
     preset_base: ClassVar[dict] = {}  # config.json keys a preset adds to its dims (model_type ...)
     known_mask: ClassVar[int | None] = None  # the family's mask id, for a config.json without one
 
-    def __post_init__(self):
-        super().__post_init__()
-        if self.impl not in ("native", "remote"):
-            name = getattr(type(self), "registry_name", type(self).__name__)
-            raise HarnessError(f"model {name}: impl {self.impl!r} is not native or remote")
-
     # -- native ----------------------------------------------------------------------------------
     @abc.abstractmethod
     def native_classes(self) -> tuple[type, type]:
