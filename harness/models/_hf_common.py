@@ -92,17 +92,24 @@ def char_tokenizer(*, eos_id: int, pad_id: int, mask_id: int | None):
 
 
 def save_pretrained_dir(module, tokenizer, path: Path, standin: str | None = None) -> Path:
-    """Save a model and tokenizer like a hub checkpoint. With `standin` ("llada_standin"), copy the
-    stand-in files beside the weights and point config.json's auto_map at them, so the directory
-    loads with AutoModel.from_pretrained(path, trust_remote_code=True) as LLaDA/Dream do."""
+    """Save a model (transformers or native) and its tokenizer like a hub checkpoint. With `standin`
+    ("llada_standin"), copy the stand-in files beside the weights and point config.json's auto_map
+    at them, so the directory also loads with trust_remote_code (`impl: remote`) as LLaDA/Dream do."""
     path = Path(path)
-    module.save_pretrained(path)
+    if hasattr(module, "save_pretrained"):
+        module.save_pretrained(path)
+    else:  # a native module (harness/models/native): the official config.json keys + safetensors
+        from harness.models.native.checkpoint import save_checkpoint
+
+        save_checkpoint(module, module.config.to_json(), path)
     tokenizer.save_pretrained(path)
     if standin is not None:
         for name in (f"{standin}.py", "standin_layers.py"):
             shutil.copy(STANDINS / name, path / name)
         cfg = json.loads((path / "config.json").read_text())
-        cls_config, cls_model = type(module.config).__name__, type(module).__name__
+        cls_model = {"llada_standin": "LLaDAModelLM", "dream_standin": "DreamModel"}.get(standin, type(module).__name__)
+        cls_config = {"llada_standin": "LLaDAConfig", "dream_standin": "DreamConfig"}.get(standin,
+                                                                                          type(module.config).__name__)
         cfg["auto_map"] = {"AutoConfig": f"{standin}.{cls_config}", "AutoModel": f"{standin}.{cls_model}"}
         (path / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     return path

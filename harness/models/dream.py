@@ -1,21 +1,33 @@
-"""`dream`: Dream (Ye et al. 2025, arXiv 2508.15487), a masked diffusion LM initialised from Qwen2.5.
+"""`dream`: Dream (Ye et al. 2025, arXiv 2508.15487), a masked diffusion LM initialised from Qwen2.5;
+DiffuCoder (apple/DiffuCoder-7B-*, arXiv 2506.20639) shares its architecture and loads here too.
 
-`path` loads a saved Dream (Dream-org/Dream-v0-Instruct-7B or a local copy) through transformers
-with trust_remote_code; `preset` builds a randomly initialised model of the same architecture from
-the harness's stand-in (harness/models/standins/dream_standin.py): "tiny" for CPU tests, "dream-7b"
-for GPU suites. Mask id 151666. Dream keeps its AR parent's alignment: the logits at k-1 predict
-the token at k, so the adapter sets `shift_logits=True` and the estimators read position k at k-1.
-Padding goes in as Dream's own generate passes it: a boolean 4-D mask plus position ids.
-The stand-in also has Fast-dLLM prefix/dual KV caches (`cache:` of the block samplers, which read
-the block's predictions one column earlier); the real remote code has none, so `cache` needs a
-preset (or a stand-in directory).
+`impl: native` (the default) runs the harness's own torch implementation
+(harness/models/native/dream.py): `path` reads an official checkpoint directory or hub id
+(Dream-org/Dream-v0-Base-7B, -Instruct-7B, apple/DiffuCoder-7B-Instruct: config.json +
+safetensors, sharded or not) by parameter name, with no remote code and no transformers in the
+forward pass (torch only; transformers loads the tokenizer: tested with 4.57.1 and the pinned
+5.24.0). Its logits equal the public `modeling_dream.py`'s on the same weights (fp32 and bf16:
+tolerance 0; under 4.57.1 against the unpatched file; under 5.x the public file leaves its RoPE
+frequencies uninitialised unless patched). It has Fast-dLLM prefix/dual KV caches,
+SDPA or eager attention, bf16. `preset` builds it randomly initialised: "tiny" for CPU tests,
+"dream-7b" for GPU suites; `config` overrides take config.json keys.
+
+`impl: remote` loads the checkpoint's own code with trust_remote_code (presets: the stand-in,
+harness/models/standins/dream_standin.py); it runs under transformers 4.x (tested: 4.57.1); under
+5.x Dream's file fails to load, and a model whose rotary buffer was left uninitialised is refused:
+both errors point to `impl: native`.
+
+Mask id 151666. Dream keeps its AR parent's alignment: the logits at k-1 predict the token at k,
+so the adapter sets `shift_logits=True` and the estimators read position k at k-1. Padding goes
+in as Dream's own generate passes it: a boolean 4-D mask plus position ids counting real tokens.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import ClassVar
 
-from harness.models._hf_common import CachedDiffusionDenoiser, ChatTokenizer, DiffusionDenoiser, DiffusionModel
+from harness.models._hf_common import CachedDiffusionDenoiser, ChatTokenizer, DiffusionDenoiser
+from harness.models.native.adapter import NativeOrRemote
 from harness.registry import MODELS
 
 MASK_ID = 151666  # Dream's <|mask|>
@@ -32,11 +44,18 @@ PRESETS = {
 
 @MODELS.register("dream")
 @dataclass(frozen=True, kw_only=True)
-class Dream(DiffusionModel):
-    """Dream masked diffusion LM, shifted logits (remote code from a path, or a stand-in preset: tiny, dream-7b)."""
+class Dream(NativeOrRemote):
+    """Dream-7B/DiffuCoder masked diffusion LM, shifted logits (impl native: checkpoint or preset; impl remote)."""
 
     presets: ClassVar[dict] = PRESETS
     noise: ClassVar[str] = "masked"
+    preset_base: ClassVar[dict] = dict(model_type="Dream", rope_theta=1000000.0)
+    known_mask: ClassVar[int] = MASK_ID
+
+    def native_classes(self):
+        from harness.models.native import dream as native
+
+        return native.Dream, native.DreamConfig
 
     def config_class(self):
         from harness.models.standins.dream_standin import DreamConfig

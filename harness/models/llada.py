@@ -1,18 +1,33 @@
 """`llada`: LLaDA (Nie et al. 2025, arXiv 2502.09992), a masked diffusion LM with Llama blocks.
 
-`path` loads a saved LLaDA (GSAI-ML/LLaDA-8B-Instruct or a local copy) through transformers with
-trust_remote_code; `preset` builds a randomly initialised model of the same architecture from the
-harness's stand-in (harness/models/standins/llada_standin.py): "tiny" for CPU tests, "llada-8b"
-for GPU throughput suites (32 layers, d 4096, FFN 12288, vocab 126464, 32 heads). Mask id 126336,
-no logit shift. The stand-in also has Fast-dLLM prefix/dual KV caches (`cache:` of the block
-samplers); the real remote code has none, so `cache` needs a preset (or a stand-in directory).
+`impl: native` (the default) runs the harness's own torch implementation
+(harness/models/native/llada.py): `path` reads an official checkpoint directory or hub id
+(GSAI-ML/LLaDA-8B-Base, -8B-Instruct, GSAI-ML/LLaDA-1.5: config.json + safetensors, sharded or
+not) by parameter name, with no remote code and no transformers in the forward pass (torch only;
+transformers loads the tokenizer: tested with 4.57.1 and the pinned 5.24.0). Its logits equal the
+public `modeling_llada.py`'s on the same weights (fp32 and bf16: tolerance 0; under 4.57.1 against
+the unpatched file, under 5.24 against the file patched to load). Left padding
+is masked (the public file leaks it) and positions count real tokens, so batching never changes a
+number. It has Fast-dLLM prefix/dual KV caches (`cache:` of the block samplers), SDPA or eager
+attention, and runs in bf16 (rotary in float32, as the public file). `preset` builds it randomly
+initialised: "tiny" for CPU tests, "llada-8b" for GPU throughput suites (32 layers, d 4096, FFN
+12288, vocab 126464, 32 heads). `config` overrides take config.json keys.
+
+`impl: remote` loads the checkpoint's own code through transformers' trust_remote_code (for a
+variant the native code refuses: it names the config key); presets then build the stand-in
+(harness/models/standins/llada_standin.py). LLaDA's public file runs under transformers 4.x
+(tested: 4.57.1) and does not load under 5.x: the error says so and points to `impl: native`.
+
+Mask id 126336 (also when a config.json lacks `mask_token_id`: the public config class would
+silently use 50256), no logit shift.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import ClassVar
 
-from harness.models._hf_common import CachedDiffusionDenoiser, ChatTokenizer, DiffusionDenoiser, DiffusionModel
+from harness.models._hf_common import CachedDiffusionDenoiser, ChatTokenizer, DiffusionDenoiser
+from harness.models.native.adapter import NativeOrRemote
 from harness.registry import MODELS
 
 MASK_ID = 126336  # LLaDA's <|mdm_mask|>
@@ -28,11 +43,19 @@ PRESETS = {
 
 @MODELS.register("llada")
 @dataclass(frozen=True, kw_only=True)
-class LLaDA(DiffusionModel):
-    """LLaDA masked diffusion LM (remote code from a path, or a random stand-in preset: tiny, llada-8b)."""
+class LLaDA(NativeOrRemote):
+    """LLaDA-8B/1.5 masked diffusion LM (impl native: checkpoint or preset tiny, llada-8b; impl remote: own code)."""
 
     presets: ClassVar[dict] = PRESETS
     noise: ClassVar[str] = "masked"
+    preset_base: ClassVar[dict] = dict(model_type="llada", block_type="llama", activation_type="silu",
+                                       layer_norm_type="rms", rope=True, weight_tying=False, rope_theta=500000.0)
+    known_mask: ClassVar[int] = MASK_ID
+
+    def native_classes(self):
+        from harness.models.native import llada as native
+
+        return native.LLaDA, native.LLaDAConfig
 
     def config_class(self):
         from harness.models.standins.llada_standin import LLaDAConfig

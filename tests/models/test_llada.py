@@ -1,4 +1,4 @@
-"""Tests of the `llada` adapter on its tiny random stand-in preset (CPU, float32)."""
+"""Tests of the `llada` adapter on its tiny random preset (native module; CPU, float32)."""
 from __future__ import annotations
 
 import dataclasses
@@ -85,7 +85,7 @@ def test_eager_and_sdpa_agree():
 def test_kv_cache_exact_for_one_block_step(llada, layout):
     """Right after the cache-building pass nothing has changed, so a cached pass over the block
     (prefix: block + suffix) must give the full pass's logits for those columns."""
-    from harness.models.standins.standin_layers import KVCache
+    from harness.models.standins.standin_layers import KVCache  # the native models' cache type too
 
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 96, (2, 12), generator=g)
@@ -121,13 +121,20 @@ def test_end_to_end_through_meter(llada):
     common.check_end_to_end(llada)
 
 
-def test_path_route_loads_saved_standin_with_remote_code(llada, tmp_path):
+@pytest.mark.parametrize("impl", ["native", "remote"])
+def test_path_route_loads_saved_checkpoint(llada, tmp_path, impl):
+    """A saved checkpoint (official config.json keys + safetensors, stand-in code beside it) loads
+    natively by name, or as remote code with impl: remote; both give the preset's logits."""
     from harness.models._hf_common import CachedDiffusionDenoiser, save_pretrained_dir
+    from harness.models.native.llada import LLaDA as NativeLLaDA
 
     path = save_pretrained_dir(llada.module, llada.tokenizer.hf, tmp_path / "llada", "llada_standin")
-    spec = MODELS.build("llada", {"path": str(path), "device": "cpu", "dtype": "float32"})
+    spec = MODELS.build("llada", {"path": str(path), "device": "cpu", "dtype": "float32", "impl": impl})
     d = spec.load()
-    assert type(d.module).__module__.startswith("transformers_modules")  # loaded as remote code
+    if impl == "remote":
+        assert type(d.module).__module__.startswith("transformers_modules")  # loaded as remote code
+    else:
+        assert isinstance(d.module, NativeLLaDA)
     assert isinstance(d, CachedDiffusionDenoiser)
     assert (d.mask_id, d.eos_id, d.pad_id) == (127, 126, 125)
     assert d.tokenizer.apply_chat_template("1+1=") == "user: 1+1=\nassistant: "
@@ -137,6 +144,16 @@ def test_path_route_loads_saved_standin_with_remote_code(llada, tmp_path):
     prov = spec.provenance()
     assert prov["path"] == str(path) and prov["weights_files"] == ["model.safetensors"]
     assert len(prov["weights_sha256"]) == 64
+
+
+def test_impl_remote_preset_builds_the_stand_in():
+    from harness.models.native.llada import LLaDA as NativeLLaDA
+
+    remote = MODELS.build("llada", {"preset": "tiny", "device": "cpu", "impl": "remote"}).load()
+    assert type(remote.module).__name__ == "LLaDAModelLM" and not isinstance(remote.module, NativeLLaDA)
+    assert remote.mask_id == 127
+    with pytest.raises(HarnessError, match="impl: expected one of 'native', 'remote', got 'hf'"):
+        MODELS.build("llada", {"preset": "tiny", "impl": "hf"})
 
 
 def test_preset_provenance_records_config_and_seed():

@@ -1,5 +1,6 @@
-"""Layers shared by the LLaDA and Dream stand-ins: RMSNorm, rotary embeddings, attention with
-SDPA or eager kernels and grouped key/value heads, SwiGLU, and a Fast-dLLM style KV cache.
+"""Layers shared by the LLaDA and Dream stand-ins and the native models (harness/models/native):
+RMSNorm, rotary embeddings, attention with SDPA or eager kernels and grouped key/value heads,
+SwiGLU, and a Fast-dLLM style KV cache.
 
 This file travels with the stand-ins as transformers remote code: it imports torch only.
 """

@@ -1,0 +1,153 @@
+"""What the native LLaDA and Dream modules share: their output type, config checks, seeded init,
+padding helpers, rotary embeddings at a chosen precision, and the decoder loop with attention
+that makes a left-padded row compute exactly what it computes alone.
+
+The norm, SwiGLU, attention kernel and KV-cache layers live in
+`harness/models/standins/standin_layers.py` (torch only), shared with the stand-ins, which carry
+that file with them as remote code.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from harness.models.standins.standin_layers import KVCache, RMSNorm, apply_rotary, attend, rotary
+from harness.types import HarnessError
+
+
+@dataclass
+class Output:
+    """What a forward pass returns (the `.logits` the adapters read, as transformers outputs have)."""
+
+    logits: torch.Tensor  # [B, T, V]
+
+
+def check_supported(cfg: dict, supported: dict, where: str) -> None:
+    """Every key of `supported` must hold an accepted value (a tuple of them); the error names the
+    key, its value (or its default when absent) and what the native code implements."""
+    for key, (default, ok) in supported.items():
+        value = cfg.get(key, default)
+        if value not in ok:
+            got = f"{value!r}" + (" (absent: the default)" if key not in cfg else "")
+            raise HarnessError(f"{where}: {key} = {got} is not implemented by the native code (it implements "
+                               f"{' or '.join(map(repr, ok))}); use impl: remote to run the checkpoint's own code")
+
+
+def one(value):
+    """A config's eos may be a list of ids: the first one."""
+    return value[0] if isinstance(value, (list, tuple)) else value
+
+
+def key_padding(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """[B, T] (1 = real token) -> the same as bool, or None when nothing is padded (so attention
+    runs unmasked, as the reference code does on unpadded input)."""
+    if attention_mask is None:
+        return None
+    m = attention_mask.bool()
+    return None if bool(m.all()) else m
+
+
+def positions(attention_mask: torch.Tensor | None, T: int, device) -> torch.Tensor:
+    """Position ids counting real tokens ([B, T], 0 on left padding), or 0..T-1 ([T]) unpadded:
+    a left-padded row then sees the positions it has alone."""
+    if attention_mask is None:
+        return torch.arange(T, device=device)
+    return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+
+
+def rotation(pos: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
+    """cos, sin of the rotary embedding at positions pos ([T] or [B, T]) in `dtype`: float32 for
+    LLaDA's rope_full_precision, the activations' dtype for Llama/Qwen2/Dream. The inverse
+    frequencies theta^(-2i/Dh) are computed here at every call: never read from a buffer."""
+    return rotary(pos, head_dim, theta, dtype)
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [B, H, T, Dh] rotated in cos's dtype and cast back to x's (a no-op cast when they agree)."""
+    return apply_rotary(x.to(cos.dtype), cos, sin).to(x.dtype)
+
+
+def seeded_init(module: nn.Module, std: float, seed: int, device: torch.device) -> None:
+    """Random weights for a preset: normal(0, std) matrices and embeddings, unit norms, from `seed`,
+    leaving the global RNG as it was (DESIGN.md convention 3)."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
+        torch.manual_seed(seed)
+        for m in module.modules():
+            if isinstance(m, RMSNorm):
+                m.weight.fill_(1.0)
+            elif isinstance(m, (nn.Linear, nn.Embedding)):
+                m.weight.normal_(0.0, std)
+                if getattr(m, "bias", None) is not None:
+                    m.bias.zero_()
+
+
+def meta_build(cls, cfg, attn: str) -> nn.Module:
+    """The module on the meta device (no memory), to be filled by `checkpoint.load_weights`."""
+    with torch.device("meta"):
+        return cls(cfg, attn=attn)
+
+
+def must(cfg: dict, key: str, where: str):
+    if key not in cfg:
+        raise HarnessError(f"{where}: config.json has no {key!r}, which the native code needs")
+    return cfg[key]
+
+
+def left_padding(key_mask: torch.Tensor | None):
+    """A key mask [B, 1, Tq|1, Tk] bool (or None) -> how attention handles it, decided once per pass:
+    None (nothing padded), [(n, rows)] groups when every row's real keys are a suffix [n, Tk) of its
+    keys for every query (left padding; rows grouped by n), else the mask itself."""
+    if key_mask is None:
+        return None
+    if key_mask.shape[2] > 1 and key_mask.stride(2) == 0:  # a keys-only mask expanded over queries
+        key_mask = key_mask[:, :, :1]
+    km = key_mask[:, 0, -1, :]  # [B, Tk] the last query's keys
+    Tk = km.shape[-1]
+    n_pad = (~km).sum(-1).clamp_max(Tk - 1)  # [B]
+    suffix = torch.arange(Tk, device=km.device)[None, :] >= n_pad[:, None]  # [B, Tk]
+    if not torch.equal(km, suffix) or (key_mask.shape[2] > 1 and not bool((key_mask == km[:, None, None, :]).all())):
+        return key_mask
+    return [(n, (n_pad == n).nonzero().squeeze(1)) for n in n_pad.unique().tolist()]
+
+
+def attend_padded(q, k, v, padding, impl: str) -> torch.Tensor:
+    """Full attention, q [B, H, Tq, Dh], k/v [B, Hkv, Tk, Dh], `padding` from `left_padding`.
+
+    Left-padded rows attend, group by group, over their real keys [n, Tk) only, with no mask: a
+    padded row then runs the very kernel, on the very shapes, that it runs alone, and its numbers
+    are identical (a mask gives the same values up to rounding: its reductions run over Tk keys,
+    not Tk - n). In a full pass (Tq = Tk: the queries are the key columns) the padded query
+    columns are skipped and left zero. Any other mask is applied as a mask."""
+    if padding is None or isinstance(padding, torch.Tensor):
+        return attend(q, k, v, padding, impl)
+    full = q.shape[2] == k.shape[2]
+    out = q.new_zeros(*q.shape[:3], v.shape[-1])  # [B, H, Tq, Dh]
+    for n, rows in padding:
+        if full:
+            out[rows, :, n:] = attend(q[rows, :, n:], k[rows, :, n:], v[rows, :, n:], None, impl)
+        else:
+            out[rows] = attend(q[rows], k[rows, :, n:], v[rows, :, n:], None, impl)
+    return out
+
+
+def decoder_stack(blocks, h, cos, sin, key_mask, impl, cache: KVCache | None = None,
+                  order: torch.Tensor | None = None, keep: torch.Tensor | None = None):
+    """Run pre-norm blocks over h [B, T, D]; each block has `qkv(h, cos, sin)` -> q, k, v (rotary
+    applied) and `finish(h, a)` -> h after the attention output a [B, H, T, Dh] and the MLP.
+
+    With `cache` + `order`: h holds some columns only; their keys/values join the cached ones in
+    canvas order. With `keep`: also return the keys/values of the columns `keep` (a new cache)."""
+    keys, values = [], []
+    padding = left_padding(key_mask)
+    for i, blk in enumerate(blocks):
+        q, k, v = blk.qkv(h, cos, sin)
+        if keep is not None:
+            keys.append(k[:, :, keep])
+            values.append(v[:, :, keep])
+        if cache is not None:
+            k = torch.cat([cache.keys[i], k], 2)[:, :, order]
+            v = torch.cat([cache.values[i], v], 2)[:, :, order]
+        h = blk.finish(h, attend_padded(q, k, v, padding, impl))
+    return h, (keys, values)

@@ -1,0 +1,219 @@
+"""Native Dream (Dream-org/Dream-v0-Base-7B, -Instruct-7B; apple/DiffuCoder-7B-*, same architecture):
+torch only, no remote code.
+
+Architecture as the public `modeling_dream.py` computes it: Qwen2 blocks (RMSNorm with float32
+statistics, biased q/k/v, grouped key/value heads, rotary with cos/sin in the activations' dtype,
+SiLU-gated MLP) with full bidirectional attention; `model.norm` and `lm_head` (or the tied
+`embed_tokens`). Tensor names are the checkpoint's (`model.{embed_tokens, layers.N.*, norm}`,
+`lm_head`), so the official safetensors load by name. The rotary inverse frequencies are computed
+at every call (transformers 5 leaves the reference file's `inv_freq` buffer uninitialised after
+loading: silently wrong logits that change per load; there is no such buffer here). With the same
+weights the logits equal the reference file's exactly (tests/models/test_native_parity.py).
+
+Dream keeps its AR parent's alignment: the logits at k-1 predict the token at k; the adapter reads
+them shifted (`shift_logits=True`). Padding goes in as Dream's own generate passes it (a [B, T]
+mask, or a boolean [B, 1, T, T] mask plus position ids counting real tokens), so a left-padded
+row gives the logits it has alone.
+
+Config keys read (Qwen2's): vocab_size, hidden_size, intermediate_size, num_hidden_layers,
+num_attention_heads, num_key_value_heads, rms_norm_eps, rope_theta (or rope_parameters),
+tie_word_embeddings, mask/eos/pad/bos ids. RoPE scaling, sliding windows and activations other
+than SiLU are refused with the key named (use `impl: remote`).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from harness.models.native.common import Output, check_supported, decoder_stack, must, one, rotate, rotation
+from harness.models.standins.standin_layers import (
+    KVCache,
+    RMSNorm,
+    heads,
+    key_order,
+    merge_heads,
+    swiglu,
+)
+from harness.types import HarnessError
+
+MASK_ID = 151666  # Dream's <|mask|>
+MODEL_TYPES = ("Dream", "dream")
+
+SUPPORTED = {
+    "hidden_act": ("silu", ("silu",)),
+    "rope_scaling": (None, (None,)),
+    "use_sliding_window": (False, (False,)),
+}
+
+
+@dataclass(frozen=True)
+class DreamConfig:
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    mask_token_id: int = MASK_ID
+    eos_token_id: int = 151643
+    pad_token_id: int = 151643
+    bos_token_id: int | None = 151643
+    max_position_embeddings: int = 32768
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-6
+    tie_word_embeddings: bool = False
+    initializer_range: float = 0.02
+
+    def get_text_config(self):
+        return self
+
+    @classmethod
+    def from_json(cls, cfg: dict, where: str) -> "DreamConfig":
+        if cfg.get("model_type") not in MODEL_TYPES:
+            raise HarnessError(f"{where}: model_type {cfg.get('model_type')!r} is not Dream's {MODEL_TYPES[0]!r}")
+        check_supported(cfg, SUPPORTED, where)
+        rp = cfg.get("rope_parameters") or {}
+        if rp.get("rope_type", "default") != "default":
+            raise HarnessError(f"{where}: rope_parameters.rope_type = {rp['rope_type']!r} is not implemented by the "
+                               "native code (it implements 'default'); use impl: remote")
+        h = must(cfg, "num_attention_heads", where)
+        eos = one(cfg.get("eos_token_id", 151643))
+        return cls(vocab_size=must(cfg, "vocab_size", where), hidden_size=must(cfg, "hidden_size", where),
+                   intermediate_size=must(cfg, "intermediate_size", where),
+                   num_hidden_layers=must(cfg, "num_hidden_layers", where), num_attention_heads=h,
+                   num_key_value_heads=cfg.get("num_key_value_heads") or h,
+                   mask_token_id=cfg.get("mask_token_id", MASK_ID), eos_token_id=eos,
+                   pad_token_id=cfg.get("pad_token_id", 151643), bos_token_id=cfg.get("bos_token_id"),
+                   max_position_embeddings=cfg.get("max_position_embeddings", 32768),
+                   rope_theta=float(cfg.get("rope_theta", rp.get("rope_theta", 10000.0))),
+                   rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+                   tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+                   initializer_range=float(cfg.get("initializer_range", 0.02)))
+
+    def to_json(self) -> dict:
+        out = {k: v for k, v in asdict(self).items() if v is not None}
+        out.update(model_type="Dream", architectures=["DreamModel"], hidden_act="silu",
+                   use_sliding_window=False)
+        return out
+
+
+class DreamAttention(nn.Module):
+    def __init__(self, cfg: DreamConfig):
+        super().__init__()
+        d, self.n_heads, self.n_kv = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads
+        dh = d // self.n_heads
+        self.q_proj = nn.Linear(d, d, bias=True)
+        self.k_proj = nn.Linear(d, self.n_kv * dh, bias=True)
+        self.v_proj = nn.Linear(d, self.n_kv * dh, bias=True)
+        self.o_proj = nn.Linear(d, d, bias=False)
+
+
+class DreamMLP(nn.Module):
+    def __init__(self, cfg: DreamConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+
+
+class DreamDecoderLayer(nn.Module):
+    def __init__(self, cfg: DreamConfig):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = DreamAttention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = DreamMLP(cfg)
+
+    def qkv(self, h, cos, sin):
+        a, x = self.self_attn, self.input_layernorm(h)
+        q, k = heads(a.q_proj(x), a.n_heads), heads(a.k_proj(x), a.n_kv)
+        return rotate(q, cos, sin), rotate(k, cos, sin), heads(a.v_proj(x), a.n_kv)
+
+    def finish(self, h, a):
+        h = h + self.self_attn.o_proj(merge_heads(a))
+        m = self.mlp
+        return h + swiglu(self.post_attention_layernorm(h), m.gate_proj, m.up_proj, m.down_proj)
+
+
+class DreamBody(nn.Module):
+    def __init__(self, cfg: DreamConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DreamDecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+
+def _padding(attention_mask, position_ids):
+    """Dream's accepted masks -> (a boolean key mask broadcastable to [B, 1, T, T] or None when
+    nothing is padded, position ids or None for 0..T-1). A [B, T] mask gets positions counting real
+    tokens; a 4-D mask comes with the caller's position ids (as Dream's generate passes them)."""
+    if attention_mask is None or isinstance(attention_mask, str):  # "full": no padding
+        return None, position_ids
+    m = attention_mask.bool()
+    if m.dim() == 4 and m.shape[2] > 1 and m.stride(2) == 0:  # keys-only, expanded over queries
+        m = m[:, :, :1]
+    if m.dim() == 2:
+        if position_ids is None:
+            position_ids = (m.long().cumsum(-1) - 1).clamp_min(0)  # [B, T]
+        m = m[:, None, None, :]
+    return (None if bool(m.all()) else m), position_ids  # unpadded: unmasked attention, as the reference
+
+
+class Dream(nn.Module):
+    """Dream's masked denoiser: ids [B, T] (+ padding) -> logits [B, T, V], read shifted by the adapter."""
+
+    def __init__(self, cfg: DreamConfig, attn: str = "sdpa"):
+        super().__init__()
+        self.config, self.impl = cfg, attn
+        self.model = DreamBody(cfg)
+        if not cfg.tie_word_embeddings:
+            self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.embed_tokens
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.model.embed_tokens if self.config.tie_word_embeddings else self.lm_head
+
+    def _head(self, h: torch.Tensor) -> torch.Tensor:
+        h = self.model.norm(h)
+        if self.config.tie_word_embeddings:
+            return F.linear(h, self.model.embed_tokens.weight)
+        return self.lm_head(h)  # [B, T, V]
+
+    def _rotation(self, pos: torch.Tensor, dtype: torch.dtype):
+        cfg = self.config
+        return rotation(pos, cfg.hidden_size // cfg.num_attention_heads, cfg.rope_theta, dtype)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask=None, position_ids=None, **_) -> Output:
+        logits, _cache = self.forward_with_cache(input_ids, attention_mask, position_ids)
+        return Output(logits)
+
+    # -- Fast-dLLM prefix / dual KV caches (harness/samplers/_cache.py) --------------------------
+    def forward_with_cache(self, input_ids, attention_mask=None, position_ids=None, *, keep=None):
+        """A full pass -> (logits [B, T, V], KVCache of the columns `keep` [Tc], None without keep)."""
+        m, pos = _padding(attention_mask, position_ids)
+        pos = torch.arange(input_ids.shape[1], device=input_ids.device) if pos is None else pos
+        h = self.model.embed_tokens(input_ids)  # [B, T, D]
+        cos, sin = self._rotation(pos, h.dtype)
+        h, (k, v) = decoder_stack(self.model.layers, h, cos, sin, m, self.impl, keep=keep)
+        return self._head(h), None if keep is None else KVCache(k, v, keep)
+
+    def forward_cached(self, input_ids, cache: KVCache, columns: torch.Tensor, attention_mask=None,
+                       position_ids=None):
+        """Logits [B, Tq, V] of the canvas columns `columns` [Tq] (input_ids [B, Tq] their tokens),
+        attending to the cached columns and themselves, keys in canvas order. `attention_mask` and
+        `position_ids` are the whole canvas's (sliced here)."""
+        m, pos = _padding(attention_mask, position_ids)
+        pos = columns if pos is None else pos[..., columns]  # [Tq] or [B, Tq]
+        order = key_order(cache.columns, columns)
+        key_cols = torch.cat([cache.columns, columns])[order]  # [Tk] in canvas order
+        if m is not None:
+            m = m[:, :, columns if m.shape[2] > 1 else slice(None)][..., key_cols]  # [B, 1, Tq|1, Tk]
+        h = self.model.embed_tokens(input_ids)  # [B, Tq, D]
+        cos, sin = self._rotation(pos, h.dtype)
+        h, _ = decoder_stack(self.model.layers, h, cos, sin, m, self.impl, cache=cache, order=order)
+        return self._head(h)

@@ -1,0 +1,237 @@
+"""Native LLaDA (GSAI-ML/LLaDA-8B-Base, -8B-Instruct, LLaDA-1.5): torch only, no remote code.
+
+Architecture as the public `modeling_llada.py` with `block_type: llama` computes it: pre-norm
+blocks of RMSNorm (float32 statistics) -> q/k/v projections -> rotary (float32 when
+`rope_full_precision`, the default) -> full bidirectional attention -> `attn_out`, then RMSNorm ->
+SiLU(ff_proj)·up_proj -> ff_out; final `ln_f` and the `ff_out` head (or the tied `wte`). Tensor
+names are the checkpoint's (`model.transformer.{wte, blocks.N.*, ln_f, ff_out}`), so the official
+safetensors load by name. With the same weights and unpadded input, the logits equal the reference
+file's exactly (tests/models/test_native_parity.py).
+
+Deliberate differences from the reference file, both for padded batches only: the reference builds
+a padding mask but calls attention with `attn_mask=None` (left padding leaks into every row) and
+numbers positions 0..T-1 over the padding. Here padded keys are masked and positions count real
+tokens, so a left-padded row gives the logits it has alone.
+
+Config keys read (config.json, the reference's defaults when absent): d_model, n_heads, n_kv_heads,
+multi_query_attention, n_layers, mlp_hidden_size (else mlp_ratio·d_model), vocab_size,
+embedding_size, rope_theta, rope_full_precision, rms_norm_eps, weight_tying, input_emb_norm,
+scale_logits, mask/eos/pad ids. Other block types, ALiBi, q/k norms or biases are refused with the
+key named (use `impl: remote`). A config without `mask_token_id` gets LLaDA's 126336 when the
+vocabulary holds it (the reference code would silently use 50256), else an error naming the key.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from harness.models.native.common import (
+    Output,
+    check_supported,
+    decoder_stack,
+    key_padding,
+    must,
+    one,
+    positions,
+    rotate,
+    rotation,
+)
+from harness.models.standins.standin_layers import (
+    KVCache,
+    RMSNorm,
+    heads,
+    key_order,
+    merge_heads,
+    padding_mask,
+    swiglu,
+)
+from harness.types import HarnessError
+
+MASK_ID = 126336  # <|mdm_mask|> of every LLaDA-8B checkpoint
+MODEL_TYPES = ("llada",)
+
+# key: (the reference ModelConfig's default, the values the native code implements)
+SUPPORTED = {
+    "block_type": ("sequential", ("llama",)),
+    "activation_type": ("swiglu", ("silu",)),
+    "layer_norm_type": ("default", ("rms",)),
+    "layer_norm_with_affine": (True, (True,)),
+    "bias_for_layer_norm": (None, (None, False)),
+    "rope": (False, (True,)),
+    "alibi": (False, (False,)),
+    "attention_layer_norm": (False, (False,)),
+    "include_bias": (False, (False,)),
+    "include_qkv_bias": (False, (False, None)),
+    "block_group_size": (1, (1,)),
+}
+
+
+@dataclass(frozen=True)
+class LLaDAConfig:
+    d_model: int
+    n_heads: int
+    n_kv_heads: int
+    n_layers: int
+    mlp_hidden_size: int
+    vocab_size: int
+    embedding_size: int
+    mask_token_id: int
+    eos_token_id: int
+    pad_token_id: int
+    max_sequence_length: int = 4096
+    rope_theta: float = 10000.0
+    rope_full_precision: bool = True
+    rms_norm_eps: float = 1e-5
+    weight_tying: bool = False
+    input_emb_norm: bool = False
+    scale_logits: bool = False
+    init_std: float = 0.02
+    bos_token_id: int | None = None
+
+    # the generic names the harness reads (ArchInfo, transformers-style callers)
+    @property
+    def hidden_size(self) -> int:
+        return self.d_model
+
+    @property
+    def num_hidden_layers(self) -> int:
+        return self.n_layers
+
+    def get_text_config(self):
+        return self
+
+    @classmethod
+    def from_json(cls, cfg: dict, where: str) -> "LLaDAConfig":
+        """config.json (the official keys) -> LLaDAConfig; unsupported variants are errors."""
+        if cfg.get("model_type") not in MODEL_TYPES:
+            raise HarnessError(f"{where}: model_type {cfg.get('model_type')!r} is not LLaDA's {MODEL_TYPES[0]!r}")
+        check_supported(cfg, SUPPORTED, where)
+        d, h = must(cfg, "d_model", where), must(cfg, "n_heads", where)
+        kv = 1 if cfg.get("multi_query_attention") else (cfg.get("n_kv_heads") or h)
+        vocab = must(cfg, "vocab_size", where)
+        emb = cfg.get("embedding_size") or vocab
+        mask = cfg.get("mask_token_id")
+        if mask is None:
+            if emb <= MASK_ID:
+                raise HarnessError(f"{where}: config.json has no 'mask_token_id' and the vocabulary ({emb}) does not "
+                                   f"hold LLaDA's mask id {MASK_ID}: add the key")
+            mask = MASK_ID
+        eos = one(cfg.get("eos_token_id", 50256))
+        return cls(d_model=d, n_heads=h, n_kv_heads=kv, n_layers=must(cfg, "n_layers", where),
+                   mlp_hidden_size=cfg.get("mlp_hidden_size") or cfg.get("mlp_ratio", 4) * d, vocab_size=vocab,
+                   embedding_size=emb, mask_token_id=mask, eos_token_id=eos,
+                   pad_token_id=cfg.get("pad_token_id", eos), max_sequence_length=cfg.get("max_sequence_length", 1024),
+                   rope_theta=float(cfg.get("rope_theta", 10000.0)),
+                   rope_full_precision=bool(cfg.get("rope_full_precision", True)),
+                   rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-5)), weight_tying=bool(cfg.get("weight_tying", True)),
+                   input_emb_norm=bool(cfg.get("input_emb_norm", False)),
+                   scale_logits=bool(cfg.get("scale_logits", False)), init_std=float(cfg.get("init_std", 0.02)),
+                   bos_token_id=cfg.get("bos_token_id"))
+
+    def to_json(self) -> dict:
+        """The official config.json keys (a checkpoint written from a preset loads like a real one)."""
+        out = {k: v for k, v in asdict(self).items() if v is not None}
+        out.update(model_type="llada", architectures=["LLaDAModelLM"], block_type="llama", activation_type="silu",
+                   layer_norm_type="rms", rope=True, alibi=False, include_bias=False, include_qkv_bias=False,
+                   attention_layer_norm=False, layer_norm_with_affine=True, block_group_size=1)
+        return out
+
+
+class LLaDABlock(nn.Module):
+    def __init__(self, cfg: LLaDAConfig):
+        super().__init__()
+        d, dh = cfg.d_model, cfg.d_model // cfg.n_heads
+        self.n_heads, self.n_kv = cfg.n_heads, cfg.n_kv_heads
+        self.attn_norm = RMSNorm(d, cfg.rms_norm_eps)
+        self.q_proj = nn.Linear(d, d, bias=False)
+        self.k_proj = nn.Linear(d, cfg.n_kv_heads * dh, bias=False)
+        self.v_proj = nn.Linear(d, cfg.n_kv_heads * dh, bias=False)
+        self.attn_out = nn.Linear(d, d, bias=False)
+        self.ff_norm = RMSNorm(d, cfg.rms_norm_eps)
+        self.ff_proj = nn.Linear(d, cfg.mlp_hidden_size, bias=False)  # the SwiGLU gate
+        self.up_proj = nn.Linear(d, cfg.mlp_hidden_size, bias=False)
+        self.ff_out = nn.Linear(cfg.mlp_hidden_size, d, bias=False)
+
+    def qkv(self, h, cos, sin):
+        """h [B, T, D] -> q [B, H, T, Dh], k/v [B, Hkv, T, Dh]; q, k rotated in cos's dtype."""
+        x = self.attn_norm(h)
+        q, k = heads(self.q_proj(x), self.n_heads), heads(self.k_proj(x), self.n_kv)
+        return rotate(q, cos, sin), rotate(k, cos, sin), heads(self.v_proj(x), self.n_kv)
+
+    def finish(self, h, a):
+        h = h + self.attn_out(merge_heads(a))
+        return h + swiglu(self.ff_norm(h), self.ff_proj, self.up_proj, self.ff_out)
+
+
+class LLaDATransformer(nn.Module):
+    def __init__(self, cfg: LLaDAConfig):
+        super().__init__()
+        parts = dict(wte=nn.Embedding(cfg.embedding_size, cfg.d_model),
+                     blocks=nn.ModuleList(LLaDABlock(cfg) for _ in range(cfg.n_layers)),
+                     ln_f=RMSNorm(cfg.d_model, cfg.rms_norm_eps))
+        if not cfg.weight_tying:
+            parts["ff_out"] = nn.Linear(cfg.d_model, cfg.embedding_size, bias=False)
+        self.transformer = nn.ModuleDict(parts)
+
+
+class LLaDA(nn.Module):
+    """LLaDA's masked denoiser: ids [B, T] (+ a [B, T] padding mask) -> logits [B, T, V], no shift."""
+
+    def __init__(self, cfg: LLaDAConfig, attn: str = "sdpa"):
+        super().__init__()
+        self.config, self.impl = cfg, attn
+        self.model = LLaDATransformer(cfg)
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.transformer.wte
+
+    def get_output_embeddings(self) -> nn.Module:
+        t = self.model.transformer
+        return t.wte if self.config.weight_tying else t.ff_out
+
+    def _embed(self, ids: torch.Tensor) -> torch.Tensor:
+        h = self.model.transformer.wte(ids)  # [B, T, D]
+        return h * self.config.d_model ** 0.5 if self.config.input_emb_norm else h
+
+    def _rotation(self, pos: torch.Tensor, dtype: torch.dtype):
+        cfg = self.config
+        return rotation(pos, cfg.d_model // cfg.n_heads, cfg.rope_theta,
+                        torch.float32 if cfg.rope_full_precision else dtype)
+
+    def _head(self, h: torch.Tensor) -> torch.Tensor:
+        t, cfg = self.model.transformer, self.config
+        h = t.ln_f(h)
+        logits = F.linear(h, t.wte.weight) if cfg.weight_tying else t.ff_out(h)  # [B, T, V]
+        return logits * (1 / math.sqrt(cfg.d_model)) if cfg.scale_logits else logits
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **_) -> Output:
+        logits, _cache = self.forward_with_cache(input_ids, attention_mask)
+        return Output(logits)
+
+    # -- Fast-dLLM prefix / dual KV caches (harness/samplers/_cache.py) --------------------------
+    def forward_with_cache(self, input_ids, attention_mask=None, keep: torch.Tensor | None = None):
+        """A full pass -> (logits [B, T, V], KVCache of the columns `keep` [Tc], None without keep)."""
+        m = key_padding(attention_mask)
+        h = self._embed(input_ids)
+        pos = positions(m, input_ids.shape[1], input_ids.device)
+        cos, sin = self._rotation(pos, h.dtype)
+        h, (k, v) = decoder_stack(self.model.transformer.blocks, h, cos, sin, padding_mask(m), self.impl, keep=keep)
+        return self._head(h), None if keep is None else KVCache(k, v, keep)
+
+    def forward_cached(self, input_ids, cache: KVCache, columns: torch.Tensor, attention_mask=None):
+        """Logits [B, Tq, V] of the canvas columns `columns` [Tq] (input_ids [B, Tq] their tokens),
+        attending to the cached columns and themselves, keys in canvas order. `attention_mask` is
+        the whole canvas's [B, T]."""
+        m = key_padding(attention_mask)
+        h = self._embed(input_ids)
+        pos = columns if m is None else positions(m, m.shape[1], m.device)[:, columns]  # [Tq] or [B, Tq]
+        order = key_order(cache.columns, columns)
+        key_cols = torch.cat([cache.columns, columns])[order]  # [Tk] in canvas order
+        cos, sin = self._rotation(pos, h.dtype)
+        h, _ = decoder_stack(self.model.transformer.blocks, h, cos, sin, padding_mask(m, key_cols), self.impl,
+                             cache=cache, order=order)
+        return self._head(h)

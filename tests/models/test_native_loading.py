@@ -1,0 +1,227 @@
+"""Loading LLaDA/Dream checkpoints: the native reader (config.json + safetensors by name, shards,
+errors that name the key), and `impl: remote` (the checkpoint's own code) with its failure modes
+under transformers 5: errors that point to `impl: native`, the global "llada" registration, the
+uninitialised Dream RoPE buffer, the missing mask id. The public code comes from
+../shared/fixtures/real-code (see tests/models/_real_code.py); tests needing it skip without it."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from harness.registry import MODELS
+from harness.types import HarnessError
+from tests.models import _real_code as rc
+
+pytest.importorskip("transformers")
+
+
+def load(path, **kw):
+    return MODELS.build(kw.pop("kind", "llada"), {"path": str(path), "device": "cpu", "dtype": "float32", **kw}).load()
+
+
+def copy_ckpt(src: Path, dst: Path, marker: str, edit=None) -> Path:
+    """A copy of a checkpoint directory (weights linked, not copied) whose code files differ by a
+    comment, so transformers imports them as a module of their own (unpatched by tf5_shim)."""
+    dst.mkdir(parents=True)
+    for f in src.iterdir():
+        if f.suffix == ".safetensors":
+            (dst / f.name).symlink_to(f)
+        else:
+            shutil.copy(f, dst / f.name)
+            if f.suffix == ".py":
+                (dst / f.name).chmod(0o644)
+                with (dst / f.name).open("a") as fh:
+                    fh.write(f"\n# {marker}\n")
+    if edit:
+        cfg = json.loads((dst / "config.json").read_text())
+        edit(cfg)
+        (dst / "config.json").write_text(json.dumps(cfg))
+    return dst
+
+
+# -- the native reader -------------------------------------------------------------------------
+def test_unsupported_variants_and_missing_keys_are_named():
+    from harness.models.native.dream import DreamConfig
+    from harness.models.native.llada import LLaDAConfig
+
+    base = dict(model_type="llada", block_type="llama", activation_type="silu", layer_norm_type="rms", rope=True,
+                d_model=64, n_heads=4, n_layers=2, vocab_size=126464, mask_token_id=126336)
+    assert LLaDAConfig.from_json(base, "x").n_kv_heads == 4
+    with pytest.raises(HarnessError, match="x: block_type = 'sequential' .*llama.*impl: remote"):
+        LLaDAConfig.from_json({**base, "block_type": "sequential"}, "x")
+    with pytest.raises(HarnessError, match=r"rope = False \(absent: the default\)"):
+        LLaDAConfig.from_json({k: v for k, v in base.items() if k != "rope"}, "x")
+    with pytest.raises(HarnessError, match="no 'n_layers'"):
+        LLaDAConfig.from_json({k: v for k, v in base.items() if k != "n_layers"}, "x")
+    with pytest.raises(HarnessError, match="model_type 'Dream' is not LLaDA's"):
+        LLaDAConfig.from_json({**base, "model_type": "Dream"}, "x")
+    # no mask_token_id: LLaDA's 126336 when the vocabulary holds it (the public config class says 50256)
+    no_mask = {k: v for k, v in base.items() if k != "mask_token_id"}
+    assert LLaDAConfig.from_json(no_mask, "x").mask_token_id == 126336
+    with pytest.raises(HarnessError, match="no 'mask_token_id'.*add the key"):
+        LLaDAConfig.from_json({**no_mask, "vocab_size": 1000}, "x")
+    dream = dict(model_type="Dream", vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2)
+    with pytest.raises(HarnessError, match="rope_scaling"):
+        DreamConfig.from_json({**dream, "rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "x")
+    with pytest.raises(HarnessError, match="use_sliding_window"):
+        DreamConfig.from_json({**dream, "use_sliding_window": True}, "x")
+
+
+@pytest.mark.parametrize("kind", ["llada", "dream"])
+def test_sharded_checkpoint_loads_like_one_file(kind, tmp_path):
+    """model.safetensors.index.json + shards load by name; a missing tensor or a wrong shape is an
+    error naming it."""
+    from safetensors.torch import load_file, save_file
+
+    from harness.models._hf_common import save_pretrained_dir
+
+    ref = MODELS.build(kind, {"preset": "tiny", "device": "cpu", "dtype": "float32"}).load()
+    one = save_pretrained_dir(ref.module, ref.tokenizer.hf, tmp_path / "one")
+    state = load_file(str(one / "model.safetensors"))
+    names = sorted(state)
+    sharded = tmp_path / "sharded"
+    shutil.copytree(one, sharded)
+    (sharded / "model.safetensors").unlink()
+    halves = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
+    for f, ks in halves.items():
+        save_file({k: state[k] for k in ks}, str(sharded / f))
+    index = {"weight_map": {k: f for f, ks in halves.items() for k in ks}}
+    (sharded / "model.safetensors.index.json").write_text(json.dumps(index))
+    x = torch.randint(0, 96, (2, 9))
+    with torch.no_grad():
+        assert torch.equal(load(sharded, kind=kind).logits(x), ref.logits(x))
+    save_file({k: state[k] for k in halves["model-00002-of-00002.safetensors"][1:]},
+              str(sharded / "model-00002-of-00002.safetensors"))
+    with pytest.raises(HarnessError, match="lack .*missing tensor"):
+        load(sharded, kind=kind)
+    bad = dict(state)
+    k = names[-1]
+    bad[k] = torch.zeros(3, 3)
+    save_file(bad, str(one / "model.safetensors"))
+    with pytest.raises(HarnessError, match=f"tensor '{k}' has shape \\(3, 3\\)"):
+        load(one, kind=kind)
+
+
+@pytest.mark.parametrize("kind", ["llada", "dream"])
+def test_a_mask_other_than_left_padding_is_applied_as_a_mask(kind):
+    """Right padding is not the grouped fast path: the mask is applied, real positions as alone."""
+    d = MODELS.build(kind, {"preset": "tiny", "device": "cpu", "dtype": "float32"}).load()
+    x = torch.randint(0, 96, (2, 10), generator=torch.Generator().manual_seed(0))
+    attn = torch.ones(2, 10, dtype=torch.bool)
+    attn[0, 7:] = False
+    with torch.no_grad():
+        full, alone = d.logits(x, attn), d.logits(x[:1, :7])
+    torch.testing.assert_close(full[0, :7], alone[0], atol=1e-5, rtol=1e-5)
+    assert not torch.equal(full[0, :7], d.logits(x[:1])[0, :7])  # the padded keys really were masked
+
+
+@pytest.mark.slow  # builds or loads a public-code checkpoint
+def test_native_forward_needs_no_transformers(llada_real_ckpt):
+    """With transformers made unimportable, the native module reads the public checkpoint and runs."""
+    code = f"""
+import sys; sys.modules["transformers"] = None
+import torch
+from harness.models.native.checkpoint import load_weights, read_config
+from harness.models.native.common import meta_build
+from harness.models.native.llada import LLaDA, LLaDAConfig
+path = {str(llada_real_ckpt)!r}
+cfg = LLaDAConfig.from_json(read_config(path), path)
+m = load_weights(meta_build(LLaDA, cfg, "sdpa"), path, dtype=torch.float32, device=torch.device("cpu"))
+out = m(torch.tensor([[126080, 10, 11, 126336]])).logits
+assert out.shape == (1, 4, 126464) and torch.isfinite(out).all()
+print("ok", cfg.mask_token_id)
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=rc.REPO, timeout=300)
+    assert res.returncode == 0 and res.stdout.split() == ["ok", "126336"], res.stderr[-2000:]
+
+
+@pytest.mark.slow  # builds or loads a public-code checkpoint
+def test_real_code_checkpoint_special_ids_and_chat_template(llada_real_ckpt, dream_real_ckpt):
+    la, dr = load(llada_real_ckpt), load(dream_real_ckpt, kind="dream")
+    assert (la.mask_id, la.eos_id, la.pad_id, la.shift_logits, la.vocab_size) == (126336, 126081, 126081, False, 126464)
+    assert (dr.mask_id, dr.eos_id, dr.pad_id, dr.shift_logits, dr.vocab_size) == (151666, 151643, 151643, True, 152064)
+    assert la.tokenizer.apply_chat_template("hi").startswith("<|startoftext|><|start_header_id|>user")
+    assert "<|im_start|>assistant" in dr.tokenizer.apply_chat_template("hi")
+
+
+@pytest.mark.slow  # builds or loads a public-code checkpoint
+# -- impl: remote ------------------------------------------------------------------------------
+@pytest.mark.slow  # builds or loads a public-code checkpoint
+@pytest.mark.skipif(not __import__("transformers").__version__.startswith("5."),
+                    reason="the public files run unpatched under transformers 4.x")
+@pytest.mark.parametrize("kind", ["llada", "dream"])
+def test_remote_code_that_transformers_cannot_run_is_a_clear_error(kind, llada_real_ckpt, dream_real_ckpt,
+                                                                   tmp_path):
+    """The public files, unpatched, under the pinned transformers 5: a HarnessError naming the
+    transformers version and `impl: native` (the native path loads the same directory)."""
+    src = llada_real_ckpt if kind == "llada" else dream_real_ckpt
+    path = copy_ckpt(src, tmp_path / f"{kind}-unpatched", "unpatched copy")
+    with pytest.raises(HarnessError, match=r"does not run under the installed transformers .*impl: native"):
+        load(path, kind=kind, impl="remote")
+    assert load(path, kind=kind).mask_id in (126336, 151666)
+
+
+@pytest.mark.slow  # builds or loads a public-code checkpoint
+@pytest.mark.parametrize("kind", ["llada", "dream"])
+def test_remote_path_with_the_shim_equals_native(kind, llada_real_ckpt, dream_real_ckpt):
+    path = llada_real_ckpt if kind == "llada" else dream_real_ckpt
+    rc.real_llada(path) if kind == "llada" else rc.real_dream(path)  # tf5_shim patches the remote classes
+    remote, nat = load(path, kind=kind, impl="remote"), load(path, kind=kind)
+    assert type(remote.module).__module__.startswith("transformers_modules")
+    x = torch.randint(0, 96, (2, 12))
+    with torch.no_grad():
+        assert torch.equal(remote.logits(x), nat.logits(x))
+
+
+@pytest.mark.slow  # builds or loads a public-code checkpoint
+def test_second_remote_llada_directory_keeps_its_own_code(llada_real_ckpt, tmp_path):
+    """Importing the public LLaDA file registers "llada" with transformers' Auto classes, and
+    transformers 5 then loads every "llada" directory into those classes (measured: the stand-in
+    directory below got the public LLaDAModelLM). The adapter sets such registrations aside while
+    it loads remote code, so a second directory keeps its own code, and restores them after."""
+    from transformers.dynamic_module_utils import get_class_from_dynamic_module
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    from harness.models._hf_common import save_pretrained_dir
+
+    first = copy_ckpt(llada_real_ckpt, tmp_path / "llada-registered", "registers globally")
+    get_class_from_dynamic_module("modeling_llada.LLaDAModelLM", str(first))  # a user's import: registers
+    try:
+        registered = CONFIG_MAPPING._extra_content.get("llada")
+        assert registered is not None and registered.__module__.startswith("transformers_modules")
+        tiny = MODELS.build("llada", {"preset": "tiny", "device": "cpu", "dtype": "float32"}).load()
+        other = save_pretrained_dir(tiny.module, tiny.tokenizer.hf, tmp_path / "standin", "llada_standin")
+        d = load(other, impl="remote")
+        assert type(d.module).__module__.split(".")[-1] == "llada_standin" and d.vocab_size == 128
+        assert CONFIG_MAPPING._extra_content.get("llada") is registered  # restored
+    finally:
+        CONFIG_MAPPING._extra_content.pop("llada", None)
+
+
+@pytest.mark.slow  # builds or loads a public-code checkpoint
+def test_remote_llada_without_mask_token_id_gets_126336(llada_real_ckpt, tmp_path):
+    path = copy_ckpt(llada_real_ckpt, tmp_path / "llada-nomask", "no mask id",
+                     edit=lambda c: c.pop("mask_token_id"))
+    rc.real_llada(path)
+    remote = load(path, impl="remote")
+    assert remote.module.config.mask_token_id == 50256  # what the public config class invents
+    assert remote.mask_id == 126336 and load(path).mask_id == 126336
+
+
+@pytest.mark.slow  # builds or loads a public-code checkpoint
+def test_uninitialised_remote_rope_buffer_is_refused(dream_real_ckpt):
+    from harness.models.native.adapter import check_rope_buffers
+
+    real = rc.real_dream(dream_real_ckpt)
+    check_rope_buffers(real, "dream")  # the shim recomputed it: accepted
+    with torch.no_grad():
+        real.model.rotary_emb.inv_freq.zero_()  # what transformers 5 can leave there
+    with pytest.raises(HarnessError, match=r"rotary_emb.inv_freq was not initialised.*impl: native"):
+        check_rope_buffers(real, "dream")
