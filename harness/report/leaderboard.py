@@ -13,6 +13,7 @@ tied cells share the rank of their group's first cell, written "=k".
 """
 from __future__ import annotations
 
+import json
 import math
 from collections import defaultdict
 
@@ -50,25 +51,51 @@ def _paired(above: dict[str, float], below: dict[str, float], seed) -> tuple[flo
     return paired_permutation_test(b - a, seed=seed), "sign-flip permutation", len(items)
 
 
+def _task_key(r: dict) -> str:
+    """Cells are ranked against each other only on the same task (name, parameters and split): item
+    ids repeat across tasks (`test-0` of two addition variants), and a paired test across tasks would
+    pair unrelated items."""
+    t = r.get("task") or {}
+    return json.dumps([t.get("name"), t.get("params"), t.get("split")], sort_keys=True, default=str)
+
+
+def board_labels(keys: list[str]) -> dict[str, str]:
+    """A short label per task key: the task name plus the parameters that differ between the keys."""
+    parsed = {k: json.loads(k) for k in keys}
+    names = {k: v[0] for k, v in parsed.items()}
+    out = {}
+    for k, (name, params, split) in parsed.items():
+        params = params or {}
+        same_name = [parsed[o] for o in keys if o != k and names[o] == name]
+        differ = sorted(p for p in params if any((o[1] or {}).get(p) != params[p] for o in same_name))
+        extra = [f"{p}={params[p]}" for p in differ]
+        if any(o[2] != split for o in same_name):
+            extra.append(f"split={split}")
+        out[k] = f"`{name}`" + (f" ({', '.join(extra)})" if extra else "")
+    return out
+
+
 def leaderboard(records: list[dict], metrics: dict[str, str] | None = None, *, alpha: float = 0.05,
                 seed: int = 0) -> list[dict]:
-    """One row per (metric, cell), best first within each metric.
+    """One row per (metric, cell), best first within each board: the cells of one metric on one
+    task (see `_task_key`).
 
     Row keys: metric, direction, rank (int), rank_label ("1", "=2", ...), cell, study, component,
     component_kind, params, interval (Interval), mean, n (items), units, tied (with the cell above),
-    overlap, test, p and p_holm (vs the cell above; NaN for the first), n_pairs.
+    overlap, test, p and p_holm (vs the cell above; NaN for the first), n_pairs, board (the task key).
     """
     metrics = metrics or DEFAULT_METRICS
-    by_metric: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    boards: dict[tuple[str, str], dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for r in records:
         out = r.get("outcome")
         if r.get("status") == "ok" and out and out.get("metric") in metrics and out.get("value") is not None:
-            by_metric[out["metric"]][r["cell_id"]].append(r)
+            boards[(out["metric"], _task_key(r))][r["cell_id"]].append(r)
     rows: list[dict] = []
-    for mi, (metric, direction) in enumerate(metrics.items()):
-        cells = by_metric.get(metric)
-        if not cells:
-            continue
+    order = list(metrics)
+    for bi, ((metric, board), cells) in enumerate(sorted(boards.items(), key=lambda kv: (order.index(kv[0][0]),
+                                                                                        kv[0][1]))):
+        direction = metrics[metric]
+        mi = (order.index(metric), bi)
         entries = []
         for cell_id, recs in cells.items():
             iv = mean_interval([r["outcome"]["value"] for r in recs], clusters=[r["item_id"] for r in recs])
@@ -76,10 +103,11 @@ def leaderboard(records: list[dict], metrics: dict[str, str] | None = None, *, a
             entries.append({"metric": metric, "direction": direction, "cell": cell_id, "study": recs[0]["study"],
                             "component": comp["name"], "component_kind": comp["kind"],
                             "params": comp.get("params") or {}, "interval": iv, "mean": iv.mean, "n": iv.n,
+                            "board": board,
                             "units": len(recs), "_items": _per_item(recs)})
         sign = -1.0 if direction == "higher" else 1.0
         entries.sort(key=lambda e: (sign * e["mean"] if not math.isnan(e["mean"]) else math.inf, e["cell"]))
-        rngs = np.random.default_rng([seed, mi]).spawn(max(0, len(entries) - 1))
+        rngs = np.random.default_rng([seed, *mi]).spawn(max(0, len(entries) - 1))
         raw = [_paired(entries[i - 1]["_items"], entries[i]["_items"], rngs[i - 1]) for i in range(1, len(entries))]
         finite = [i for i, t in enumerate(raw) if not math.isnan(t[0])]
         adj = np.full(len(raw), math.nan)
@@ -132,25 +160,36 @@ def _count(k: int, n: int) -> str:
     return f"{k} of the other {n} cells"
 
 
-def leaderboard_summary(records: list[dict], metrics: dict[str, str] | None = None) -> list[str]:
-    """Headline sentences: per metric, the top cell (or the cells tied at the top) with its interval,
-    and how many cells it beats significantly. Empty when only one cell reports the metric."""
-    metrics = metrics or DEFAULT_METRICS
-    rows = leaderboard(records, metrics)
+def _boards(rows: list[dict], metrics: dict[str, str]):
+    """-> [(metric, direction, board label or "", rows of that board)] in metric order."""
+    labels = board_labels(sorted({r["board"] for r in rows}))
     out = []
     for metric, direction in metrics.items():
-        mrows = [r for r in rows if r["metric"] == metric]
+        keys = list(dict.fromkeys(r["board"] for r in rows if r["metric"] == metric))
+        for k in keys:
+            out.append((metric, direction, labels[k] if len(labels) > 1 else "",
+                        [r for r in rows if r["metric"] == metric and r["board"] == k]))
+    return out
+
+
+def leaderboard_summary(records: list[dict], metrics: dict[str, str] | None = None) -> list[str]:
+    """Headline sentences: per metric and task, the top cell (or the cells tied at the top) with its
+    interval, and how many cells rank below it. Nothing for a board of one cell."""
+    metrics = metrics or DEFAULT_METRICS
+    out = []
+    for metric, direction, label, mrows in _boards(leaderboard(records, metrics), metrics):
         if len(mrows) < 2:
             continue
+        on = f" on {label}" if label else ""
         top = [r for r in mrows if r["rank"] == 1]
         best = top[0]
         who = (f"`{best['cell']}` ({best['component']})" if len(top) == 1 else
                f"{len(top)} cells tie for first, led by `{best['cell']}` ({best['component']})")
         below = len(mrows) - len(top)
-        out.append(f"Best {metric} ({direction} is better): {who} at {best['interval'].fmt(3)} "
+        out.append(f"Best {metric}{on} ({direction} is better): {who} at {best['interval'].fmt(3)} "
                    f"(n = {best['n']} items), ranked above {_count(below, len(mrows) - 1)} (a rank step is a "
                    "significant paired difference, Holm-corrected)." if below else
-                   f"Best {metric}: no cell is significantly ahead of the others; `{best['cell']}` "
+                   f"Best {metric}{on}: no cell is significantly ahead of the others; `{best['cell']}` "
                    f"({best['component']}) has the highest mean, {best['interval'].fmt(3)}.")
     return out
 
@@ -160,19 +199,17 @@ def render_leaderboard(records: list[dict], metrics: dict[str, str] | None = Non
     metrics = metrics or DEFAULT_METRICS
     rows = leaderboard(records, metrics, alpha=alpha)
     out = ["## Leaderboard\n",
-           "Cells ranked by each pre-registered metric (mean with a 95% interval, clustered by item when "
-           "replicates repeat items; n = items). A cell is tied with the one above (shared rank, \"=k\") when "
-           "their intervals overlap or the paired test between them (per-item means on shared items: exact "
-           "McNemar for 0/1 outcomes, else a sign-flip permutation test; Holm-corrected across the adjacent "
-           f"comparisons) is not significant at {alpha:g}.\n"]
+           "Cells ranked by each pre-registered metric, separately on each task (mean with a 95% interval, "
+           "clustered by item when replicates repeat items; n = items). A cell is tied with the one above "
+           "(shared rank, \"=k\") when their intervals overlap or the paired test between them (per-item means "
+           "on shared items: exact McNemar for 0/1 outcomes, else a sign-flip permutation test; Holm-corrected "
+           f"across the adjacent comparisons) is not significant at {alpha:g}.\n"]
     if not rows:
         return ""  # no cell reports a pre-registered metric: no empty section
-    for metric, direction in metrics.items():
-        mrows = [r for r in rows if r["metric"] == metric]
-        if not mrows:
-            continue
-        if len(metrics) > 1:
-            out.append(f"### `{metric}` ({direction} is better)\n")
+    boards = _boards(rows, metrics)
+    for metric, direction, label, mrows in boards:
+        if len(metrics) > 1 or len(boards) > 1:
+            out.append(f"### `{metric}` ({direction} is better)" + (f" on {label}" if label else "") + "\n")
         lines = [f"| rank | cell | study | {mrows[0]['component_kind']} | params | {metric} [95% CI] | n | "
                  "p vs the cell above |", "|---|---|---|---|---|---|---|---|"]
         for r in mrows:

@@ -62,3 +62,19 @@ def test_only_preregistered_metrics_and_the_markdown_table():
     assert "| rank | cell | study | sampler | params | accuracy [95% CI] | n | p vs the cell above |" in md
     assert "| 1 | `x` |" in md and "`e`" not in md
     assert render_leaderboard(records, {"bleu": "higher"}) == ""  # no empty section
+
+
+def test_cells_on_different_tasks_are_ranked_on_separate_boards():
+    """Item ids repeat across tasks: a cell on another task is never paired or ranked with these."""
+    n = 100
+    a16 = {"name": "addition", "params": {"canvas": 16}, "split": "test"}
+    a0 = {"name": "addition", "params": {"canvas": 0}, "split": "test"}
+    records = [{**r, "task": a16} for r in recs("x16", [1] * n) + recs("y16", [0] * n)]
+    records += [{**r, "task": a0} for r in recs("x0", [1 if i % 2 else 0 for i in range(n)])]
+    rows = leaderboard(records, {"accuracy": "higher"})
+    boards = {r["cell"]: r["board"] for r in rows}
+    assert boards["x16"] == boards["y16"] != boards["x0"]
+    x0 = next(r for r in rows if r["cell"] == "x0")
+    assert x0["rank"] == 1 and x0["n_pairs"] == 0  # alone on its board: compared with nothing
+    md = render_leaderboard(records, {"accuracy": "higher"})
+    assert "on `addition` (canvas=16)" in md and "on `addition` (canvas=0)" in md
