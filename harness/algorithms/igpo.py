@@ -95,6 +95,6 @@ class IGPO(GRPO):
             out[key] = rollout[key].clone()
             out[key][rows] = val
         out["rewards"] = rollout["rewards"].clone()
-        out["rewards"][rows] = torch.tensor([loop.task.score(it, t) for it, t in zip(items, gen.text)],
+        out["rewards"][rows] = torch.tensor([loop.task.grade(it, t).value for it, t in zip(items, gen.text)],
                                             dtype=torch.float64)
         return out
