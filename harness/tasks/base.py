@@ -125,6 +125,13 @@ class Task(abc.ABC):
             raise NotImplementedError(f"{type(self).__name__} implements neither _grade nor score")
         return Verdict(value=float(self.score(item, text)), protocol=protocol)
 
+    def item_from_answer(self, item_id: str, question: str, answer, meta: dict | None = None) -> Item:
+        """An item built from a row of generations made elsewhere (`dlm-harness score`): the
+        question text, the reference answer as the file gives it. ValueError when the answer cannot
+        be read (the row is counted as bad); HarnessError when the task cannot be scored from files."""
+        raise HarnessError(f"task {getattr(self, 'registry_name', type(self).__name__)!r} cannot be scored "
+                           "from a file of generations (its items need more than a question and an answer)")
+
     @property
     @abc.abstractmethod
     def gen_length(self) -> int:

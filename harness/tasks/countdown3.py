@@ -276,6 +276,32 @@ class Countdown3(Task):
             for i, ((a, b, c), t, ref) in enumerate(problems)
         ]
 
+    def item_from_answer(self, item_id: str, question: str, answer, meta: dict | None = None) -> Item:
+        """Numbers and target from the answer (`[[a, b, c], target]` as d1 stores it, or
+        `{"numbers": [...], "target": t}`), else from the question (`a,b,c:t=`, or d1's
+        `Numbers: [a, b, c]` / `Target: t`)."""
+        numbers, target = None, None
+        if isinstance(answer, (list, tuple)) and len(answer) == 2 and isinstance(answer[0], (list, tuple)):
+            numbers, target = answer
+        elif isinstance(answer, dict):
+            numbers, target = answer.get("numbers"), answer.get("target")
+        elif (m := re.search(r"(\d+),(\d+),(\d+):(\d+)=?", str(answer or "") + " " + question)):
+            numbers, target = [m.group(1), m.group(2), m.group(3)], m.group(4)
+        else:
+            nums = re.search(r"Numbers: \[([\d, ]+)\]", question, re.I)
+            tgt = re.search(r"Target: (\d+)", question, re.I)
+            if nums and tgt:
+                numbers, target = nums.group(1).split(","), tgt.group(1)
+        try:
+            numbers, target = [int(n) for n in numbers], int(target)
+        except (TypeError, ValueError):
+            raise ValueError(f"no Countdown numbers and target in answer {answer!r} or the question") from None
+        if len(numbers) != 3:
+            raise ValueError(f"countdown3 takes three numbers, got {numbers}")
+        ref = solve(tuple(numbers), target)
+        return Item(id=item_id, prompt=question, reference=ref,
+                    meta={"numbers": numbers, "target": target, "solvable": bool(ref), **(meta or {})})
+
     def _grade(self, item: Item, text: str, protocol: str) -> Verdict:
         """The answer expression must use each number once and hit the target."""
         target, numbers = item.meta["target"], item.meta["numbers"]

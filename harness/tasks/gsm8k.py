@@ -31,7 +31,7 @@ from typing import ClassVar, Literal
 
 from harness.registry import TASKS
 from harness.tasks import _d1
-from harness.tasks._extract import extract_number, strict_number
+from harness.tasks._extract import extract_number, format_number, strict_number
 from harness.tasks._real import RealTask
 from harness.tasks.base import Verdict
 from harness.types import HarnessError, Item
@@ -172,6 +172,16 @@ class GSM8K(RealTask):
             prompt = f"{self._exemplars()}Question: {q}\nAnswer:"
         return Item(id=f"gsm8k-{index}", prompt=prompt, reference=final_answer(doc["answer"]),
                     meta={"question": q})
+
+    def item_from_answer(self, item_id: str, question: str, answer, meta: dict | None = None) -> Item:
+        """The reference is the number after `####` (a full solution), or the answer itself."""
+        text = str(answer)
+        text = final_answer(text) if "####" in text else text.strip().replace(",", "").lstrip("$")
+        try:
+            ref = format_number(Fraction(text))
+        except (ValueError, ZeroDivisionError):
+            raise ValueError(f"reference answer {answer!r} is not a number") from None
+        return Item(id=item_id, prompt=question, reference=ref, meta={"question": question, **(meta or {})})
 
     def _grade(self, item: Item, text: str, protocol: str) -> Verdict:
         ref = item.reference

@@ -142,6 +142,12 @@ class MATH500(RealTask):
                     meta={"unique_id": doc.get("unique_id"), "subject": doc.get("subject"),
                           "level": doc.get("level"), "solution": doc.get("solution")})
 
+    def item_from_answer(self, item_id: str, question: str, answer, meta: dict | None = None) -> Item:
+        """The reference is the answer as written (LaTeX); `meta.solution` feeds the lm-eval protocol."""
+        if answer is None or not str(answer).strip():
+            raise ValueError("empty reference answer")
+        return Item(id=item_id, prompt=question, reference=str(answer).strip(), meta=dict(meta or {}))
+
     def _grade(self, item: Item, text: str, protocol: str) -> Verdict:
         ref = item.reference
         if protocol == "d1":

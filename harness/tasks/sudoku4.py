@@ -177,6 +177,23 @@ class Sudoku4(Task):
             for i, (p, s) in enumerate(pairs)
         ]
 
+    def item_from_answer(self, item_id: str, question: str, answer, meta: dict | None = None) -> Item:
+        """The answer is the 16-digit solution; the puzzle is `meta.puzzle`, else the question's
+        first 16 characters (d1 stores the puzzle as the question), `Sudoku puzzle: <16 digits>`,
+        or the harness prompt `<16 digits>=`."""
+        solution = re.sub(r"\s", "", str(answer or ""))
+        puzzle = (meta or {}).get("puzzle")
+        if puzzle is None:
+            m = re.match(r"\d{16}", question) or re.search(r"Sudoku puzzle: (\d{16})", question) \
+                or re.search(r"(\d{16})=", question)
+            puzzle = (m.group(1) if m.groups() else m.group(0)) if m else None
+        if puzzle is None or not re.fullmatch(r"[0-4]{16}", puzzle):
+            raise ValueError(f"no 16-digit puzzle in the question {question[:60]!r}")
+        if not (re.fullmatch(r"[1-4]{16}", solution) and is_valid_solution(puzzle, solution)):
+            raise ValueError(f"reference {answer!r} is not a solution of puzzle {puzzle}")
+        return Item(id=item_id, prompt=question, reference=solution,
+                    meta={**(meta or {}), "puzzle": puzzle, "solution": solution})
+
     def _grade(self, item: Item, text: str, protocol: str) -> Verdict:
         puzzle, solution = item.meta["puzzle"], item.meta.get("solution") or item.reference
         if protocol == "d1":
