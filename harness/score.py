@@ -242,6 +242,8 @@ def rescore(records: list[dict], protocol: str) -> tuple[list[dict], dict[str, s
         gen = r.get("generation") or {}
         text, spec = gen.get("text"), r.get("task") or {}
         if r.get("status") != "ok" or not isinstance(text, str) or r.get("kind") == "lm_eval":
+            if r.get("kind") == "score":  # a bad row stays in its (relabelled) cell, still counted
+                r = {**r, "cell_id": f"{spec.get('name')}[protocol={protocol}]"}
             out.append(r)
             continue
         key = (spec.get("name"), json.dumps(spec.get("params") or {}, sort_keys=True, default=str))
