@@ -50,6 +50,14 @@ def truncate_at_stop(text: str, stops) -> str:
     return text[:cut]
 
 
+def reward(task, item: Item, completion: str) -> float:
+    """The value every scoring path uses (generate study, RL rewards): `task.grade` (stop strings,
+    then the task's protocol); a duck-typed task with only `score` still gets its stop strings cut."""
+    if hasattr(task, "grade"):
+        return float(task.grade(item, completion).value)
+    return float(task.score(item, truncate_at_stop(completion, getattr(task, "stop_strings", ()))))
+
+
 @dataclass(frozen=True)
 class Verdict:
     """One graded completion: `value` of the protocol's primary `metric`, what was read
