@@ -113,7 +113,7 @@ def cmd_eval(args) -> int:
         spec = EvalSpec(model=args.model, model_args=model_args, sampler=args.sampler, estimator=args.estimator,
                         tasks=tuple(t for t in args.tasks.split(",") if t), limit=args.limit,
                         num_fewshot=args.num_fewshot, batch_size=args.batch_size, seed=args.seed,
-                        task_source=args.task_source)
+                        task_source=args.task_source, protocol=args.protocol)
         run_dir = run_eval(spec, args.results, argv=argv)
     print(run_dir)
     return 0
@@ -209,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=1234)
     s.add_argument("--task-source", choices=("auto", "harness", "lm-eval"), default="auto",
                    help="auto: lm-eval's built-in task when the hub is reachable, else the harness YAML")
+    s.add_argument("--protocol", choices=("harness", "d1", "lm-eval", "strict"), default=None,
+                   help="scoring protocol of the harness tasks (lm-eval's built-in tasks always score as lm-eval)")
     s.add_argument("--suite", help="an lm-eval suite file (suites/lm-eval.yaml); replaces the options above")
     s.add_argument("--results", default="results", help="results root (default: results)")
     s.set_defaults(fn=cmd_eval)

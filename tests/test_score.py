@@ -171,3 +171,29 @@ def test_no_path_scores_around_grade():
     """Rewards and the generate study call Task.grade (stop strings + protocol), never task.score."""
     for path in [ROOT / "harness" / "studies.py", *sorted((ROOT / "harness" / "algorithms").glob("*.py"))]:
         assert "task.score(" not in path.read_text(), path
+
+
+def test_eval_protocol_applies_to_harness_yaml_tasks_only():
+    from harness.evaluate import _check_protocol, _protocol_of
+
+    harness_yaml = {"gsm8k": {"task": "dlmh_gsm8k", "source": "harness-yaml"}}
+    builtin = {"gsm8k": {"task": "gsm8k", "source": "lm-eval-builtin"}}
+    _check_protocol("d1", harness_yaml)
+    _check_protocol("lm-eval", builtin)
+    with pytest.raises(HarnessError, match="built-in task 'gsm8k' scores with its own metrics"):
+        _check_protocol("d1", builtin)
+    with pytest.raises(HarnessError, match="task 'humaneval' has no 'd1'"):
+        _check_protocol("d1", {"humaneval": {"task": "dlmh_humaneval", "source": "harness-yaml"}})
+    assert _protocol_of("gsm8k", {"doc": {"question": "q"}}) == "lm-eval"
+    assert _protocol_of("dlmh_gsm8k", {"doc": {"task_params": '{"protocol": "d1"}'}}) == "d1"
+    assert _protocol_of("dlmh_gsm8k", {"doc": {"task_params": "{}"}}) == "harness"
+
+
+def test_bridge_accuracy_stays_whole_answer_accuracy_under_d1_sudoku():
+    from harness.tasks.lm_eval.utils import process_results
+
+    doc = {"id": "x", "prompt": "3024400313022400=", "reference": "3124421313422431", "task": "sudoku4",
+           "task_params": '{"protocol": "d1"}',
+           "meta": json.dumps({"puzzle": "3024400313022400", "solution": "3124421313422431"})}
+    assert process_results(doc, ["<answer>31244213</answer>"]) == {"accuracy": 0.0}  # cells: 0.5
+    assert process_results(doc, ["<answer>3124421313422431</answer>"]) == {"accuracy": 1.0}
