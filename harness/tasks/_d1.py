@@ -3,22 +3,29 @@
 Source: dllm-reasoning/d1, `eval/parse_and_get_acc.py` (`parse_gsm_answers`, `parse_math_answers`,
 `parse_countdown_answers`, `parse_sudoku_answers`) and the MATH helpers it imports from
 `eval/parser_helper.py` (`last_boxed_only_string`, `remove_boxed`, `is_equiv`, `strip_string`:
-the Hendrycks-MATH normalisation as lm-evaluation-harness's `hendrycks_math/utils.py` has it).
-Re-implemented here (no code copied), quirks kept on purpose, because the point of this protocol
-is to reproduce d1's published numbers from d1's generations:
+the Hendrycks-MATH normalisation, with d1's own box helpers: no box gives the whole text back),
+and `Parser.extract_answer_gsm8k` (`eval/parsers.py`, the GSM8K ground truth). Read through the
+forks SimonCao1207/d1 and xiaohangt/wd1, whose `eval/` files agree with each other (the search
+index holds no copy of the upstream folder). Re-implemented here (no code copied), quirks kept
+on purpose, because the point of this protocol is to reproduce d1's numbers from d1's generations:
 
 - GSM8K: the FIRST `\\boxed{...}` (non-greedy up to the first `}`) whose content reads as a float
   (Python `float`, else its first number) wins; else the first `<answer>...</answer>` (its whole
   content as a float, else its LAST number); no other fallback. Compared with `==` to the float
   reference. Thousands commas are not removed (`\\boxed{43,500}` reads 43).
-- MATH500: the last `\\boxed` (an unclosed last box gives nothing, not an earlier box), else the
-  first `<answer>` content, checked by Hendrycks `is_equiv` (string equality after
-  `strip_string`; on a normalisation error, raw string equality).
-- Countdown: the last box, else the first `<answer>` content, else the whole text; LaTeX
-  `\\times \\div \\cdot` mapped; an `expr = N` keeps the expression; the multiset of integers in it
-  (`\\d+`) must equal the given numbers; the value (Python arithmetic: `**`, `//`, unary minus,
-  decimals all allowed) within 1e-5 of the target. Evaluated on Python's own grammar (`ast`),
-  never `eval`.
+- GSM8K reference: the number after `####` read without a sign (`Parser.extract_answer_gsm8k`),
+  so the two negative GSM8K test answers can never be matched.
+- MATH500: the last `\\boxed` (`parser_helper.last_boxed_only_string`); with no box at all the
+  WHOLE generation is the answer (so `<answer>5</answer>` alone is wrong); an empty or unclosed
+  last box falls back to the first `<answer>` content; `\\fbox{4}` stays `\\fbox{4}`. Checked by
+  Hendrycks `is_equiv` (string equality after `strip_string`; on a normalisation error, raw
+  string equality).
+- Countdown: the last box's content; with no box the WHOLE text (the `<answer>` tag is read only
+  when the last box is unclosed); LaTeX `\\times \\div \\cdot` mapped; the first `expr = number`
+  anywhere keeps its expression (a step in the reasoning can win over the answer); the multiset
+  of integers in it (`\\d+`) must equal the given numbers; the value (Python arithmetic: `**`,
+  `//`, unary minus, decimals all allowed; any other character is an error) within 1e-5 of the
+  target. Evaluated on Python's own grammar (`ast`), never `eval`.
 - Sudoku: the first of five patterns (fenced digits in `<answer>`, `<answer>` content up to an
   end token, text after `</answer>`, 16 digits before `</answer>`, any 16-digit word) with
   non-blank content; whitespace removed, padded with 0 or cut to 16; the metric is cell accuracy:
@@ -38,15 +45,16 @@ class _Bad(Exception):
 
 
 def last_boxed(text: str) -> str | None:
-    """`\\boxed{...}` / `\\fbox{...}` as written, from the LAST occurrence; `\\boxed X` up to `$`
-    when the text has a `\\boxed ` anywhere; None when the last box never closes."""
+    """`parser_helper.last_boxed_only_string`: `\\boxed{...}` / `\\fbox{...}` as written, from the
+    LAST occurrence; `\\boxed X` up to `$` when the text has a `\\boxed ` anywhere; None when the
+    last box never closes; and, when there is no box at all, the WHOLE text."""
     idx = text.rfind("\\boxed")
     if "\\boxed " in text:
         return "\\boxed " + text.split("\\boxed ")[-1].split("$")[0]
     if idx < 0:
         idx = text.rfind("\\fbox")
         if idx < 0:
-            return None
+            return text
     depth = 0
     for i in range(idx, len(text)):
         if text[i] == "{":
@@ -59,16 +67,18 @@ def last_boxed(text: str) -> str | None:
 
 
 def unbox(s: str | None) -> str:
-    """Content of a `\\boxed{...}` / `\\boxed X` string; raises _Bad on anything else (None, `\\fbox`)."""
+    """`parser_helper.remove_boxed`: the content of `\\boxed{...}` / `\\boxed X`; any other string
+    comes back unchanged (`\\fbox{4}`, the whole text); raises _Bad where the reference raises
+    (None: an unclosed last box)."""
     if s is None:
-        raise _Bad("no box")
+        raise _Bad("no closed box")
     if "\\boxed " in s:
         if not s.startswith("\\boxed "):
             raise _Bad("`\\boxed ` not at the start")
         return s[len("\\boxed "):]
-    if not (s.startswith("\\boxed{") and s.endswith("}")):
-        raise _Bad("not a \\boxed{...}")
-    return s[len("\\boxed{"):-1]
+    if s.startswith("\\boxed{") and s.endswith("}"):
+        return s[len("\\boxed{"):-1]
+    return s
 
 
 def _fix_fracs(s: str) -> str:
@@ -159,6 +169,13 @@ def _as_float(text: str, pick: int) -> float | None:
         return float(nums[pick]) if nums else None
 
 
+def gsm8k_reference(reference: str) -> float | None:
+    """d1's ground truth (`parsers.Parser.extract_answer_gsm8k` on the dataset answer): the number
+    after `####`, commas removed; no sign is read, so a negative reference is None (never matched)."""
+    m = re.search(r"####\s*\$?([\d,]+(?:\.\d+)?)", "#### " + str(reference))
+    return float(m.group(1).replace(",", "")) if m else None
+
+
 def gsm8k_answer(text: str) -> float | None:
     """`parse_gsm_answers`' reading of one generation (see the module docstring)."""
     for content in re.findall(r"\\boxed{(.*?)}", text):
@@ -174,7 +191,8 @@ def gsm8k_answer(text: str) -> float | None:
 
 
 def math_answer(text: str) -> str | None:
-    """`parse_math_answers`' reading: the last box's content, else the first `<answer>` content."""
+    """`parse_math_answers`' reading: the last box's content (with no box at all, the whole text),
+    else (an empty or unclosed last box) the first `<answer>` content."""
     try:
         got = unbox(last_boxed(text))
     except _Bad:
@@ -186,7 +204,9 @@ def math_answer(text: str) -> str | None:
 
 
 def countdown_expression(text: str) -> str:
-    """`parse_countdown_answers`' equation text (never None: the whole text is the last resort)."""
+    """`parse_countdown_answers`' equation text: the last box's content; with no box the whole
+    text (its `<answer>` tag is only read when the last box is unclosed); then the first
+    `expr = number` anywhere in it keeps its expression."""
     try:
         eq = unbox(last_boxed(text))
     except _Bad:

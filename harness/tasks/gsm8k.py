@@ -186,8 +186,8 @@ class GSM8K(RealTask):
     def _grade(self, item: Item, text: str, protocol: str) -> Verdict:
         ref = item.reference
         if protocol == "d1":
-            got = _d1.gsm8k_answer(text)
-            return Verdict(float(got is not None and got == float(ref)), None if got is None else repr(got),
+            got, truth = _d1.gsm8k_answer(text), _d1.gsm8k_reference(ref)
+            return Verdict(float(got is not None and got == truth), None if got is None else repr(got),
                            protocol=protocol)
         if protocol == "lm-eval":
             strict = lm_eval_filter(text, LM_EVAL_STRICT[self.prompt_format], 0)

@@ -4,9 +4,12 @@ Each table row is a completion a real model could write, with the verdict every 
 give (1 correct, 0 not). The expectations were worked out by hand from each protocol's rules
 (harness/tasks/base.py and the task docstrings): the d1 columns follow dllm-reasoning/d1
 `eval/parse_and_get_acc.py` (`parse_gsm_answers`, `parse_math_answers`, `parse_countdown_answers`,
-`parse_sudoku_answers`) and its Hendrycks-MATH `parser_helper`, quirks included (first numeric
-box wins for GSM8K, commas split numbers, `\\fbox` is no answer for MATH, a claimed wrong value
-after `=` is ignored for Countdown, Sudoku cells compared with the reference only); the lm-eval
+`parse_sudoku_answers`), its `parser_helper` (`last_boxed_only_string`, `remove_boxed`,
+`is_equiv`) and `parsers.Parser.extract_answer_gsm8k` (read in the forks SimonCao1207/d1 and
+xiaohangt/wd1), quirks included: the first numeric box wins for GSM8K, commas split numbers, a
+negative GSM8K reference never matches, with no box the whole text is the MATH answer and the
+Countdown equation (so a lone `<answer>` tag is not read), a claimed wrong value after `=` is
+ignored for Countdown, Sudoku cells are compared with the reference only. The lm-eval
 columns follow lm-evaluation-harness tasks/gsm8k/gsm8k.yaml (strict-match, flexible-extract,
 exact_match with its regexes_to_ignore) and minerva_math's `math_verify` metric.
 """
@@ -36,7 +39,7 @@ GSM8K_CASES = [
     ("<answer></answer> The final count is 15.", "15", 1, 0, 0, 1, 0),
     ("<|im_start|>assistant\nShe pays 3 * 4 = 12 dollars.\n#### 12<|im_end|><|endoftext|><|endoftext|>", "12",
      1, 0, 1, 1, 1),
-    ("The temperature drops to \\boxed{-5} degrees.", "-5", 1, 1, 0, 1, 1),
+    ("The temperature drops to \\boxed{-5} degrees.", "-5", 1, 0, 0, 1, 1),  # d1: its reference reads no sign
     ("#### 1,000,000", "1000000", 1, 0, 1, 1, 1),
     ("I am not sure.", "3", 0, 0, 0, 0, 0),
     ("<answer>\\boxed{3.0}</answer>", "3", 1, 1, 0, 0, 1),
@@ -45,6 +48,8 @@ GSM8K_CASES = [
     ("#### 12\n#### 15", "12", 1, 0, 1, 0, 0),  # strict: two declared answers disagree
     ("Answer: \\boxed{\\$18}", "18", 1, 1, 0, 1, 1),
     ("<answer>5 + 3 = 8</answer>", "8", 1, 1, 0, 1, 1),
+    ("It drops by \\boxed{-10} degrees.", "-10", 1, 0, 0, 1, 1),
+    ("So \\boxed{10 - 3 = 7}.", "7", 0, 0, 0, 1, 1),  # harness and d1 read a box's first number; strict its result
 ]
 
 
@@ -84,7 +89,8 @@ MATH_CASES = [
     ("\\boxed{\\dfrac{3}{4}}", "\\frac{3}{4}", 1, 1, 1, 1),
     ("The angle is \\boxed{90^\\circ}.", "90", 1, 1, 1, 1),
     ("\\boxed{50\\%}", "50", 1, 1, 1, 1),
-    ("<answer>\\sqrt{2}</answer>", "\\sqrt2", 1, 1, 0, 1),
+    ("<answer>\\sqrt{2}</answer>", "\\sqrt2", 1, 0, 0, 1),  # d1: no box, so the whole text is the answer
+    ("5", "5", 0, 1, 1, 0),  # ... right when the whole text is the answer; harness/strict need a declared one
     ("\\boxed{(1, 2)}", "(1,2)", 1, 1, 1, 1),
     ("The answer is 6.", "6", 1, 0, 1, 0),  # strict reads no prose
     ("\\boxed{\\text{(C)}}", "\\text{(C)}", 1, 1, 1, 1),
@@ -111,22 +117,24 @@ CD_ITEM = COUNTDOWN.item_from_answer("x", "44,19,35:98=", [[44, 19, 35], 98])
 
 # (completion, harness, d1, strict); numbers 44, 19, 35, target 98
 COUNTDOWN_CASES = [
-    ("<answer>44 + 19 + 35</answer>", 1, 1, 1),
-    ("<answer>44 + 19 + 35 = 98</answer>", 1, 1, 1),
+    ("<answer>44 + 19 + 35</answer>", 1, 0, 1),  # d1: no box, the whole text (with its tags) is evaluated
+    ("<answer>44 + 19 + 35 = 98</answer>", 1, 1, 1),  # d1: the `expr = N` regex digs it out
     ("<answer>(44 + 19) + 35 = 97</answer>", 0, 1, 0),  # d1 drops the claimed (wrong) value
     ("<answer>44 \\times 2 + 10</answer>", 0, 0, 0),
     ("\\boxed{35 + 44 + 19}", 1, 1, 1),
     ("<answer>44 + 19 + 35 + 0</answer>", 0, 0, 0),
     ("I think 44 + 19 + 35 works.", 1, 0, 0),  # d1 evaluates the whole sentence: invalid
-    ("<answer>44+19+35</answer><answer>1+1</answer>", 0, 1, 0),  # d1: the first tag
+    ("<answer>44+19+35</answer><answer>1+1</answer>", 0, 0, 0),
     ("<answer>19 * 35 / 44</answer>", 0, 0, 0),
-    ("<answer>44 + 19 + 35.</answer>", 1, 1, 1),
+    ("<answer>44 + 19 + 35.</answer>", 1, 0, 1),
     ("<answer>98 = 44 + 19 + 35</answer>", 1, 0, 0),
-    ("<answer>(44+19)+35</answer>", 1, 1, 1),
-    ("<answer>44 + 35 + 19</answer>", 1, 1, 1),
-    ("<answer>44 - -19 + 35</answer>", 0, 1, 0),  # Python's unary minus: only d1 accepts it
-    ("<answer>\n44 + 19 + 35\n</answer>\nSo the answer is 98.", 1, 1, 1),
-    ("<answer>44 + 19 + 35</answer><|endoftext|><|endoftext|>", 1, 1, 1),
+    ("\\boxed{(44+19)+35}", 1, 1, 1),
+    ("44 + 35 + 19", 1, 1, 0),  # a bare expression: d1 evaluates the whole text; strict wants a tag or box
+    ("\\boxed{44 - -19 + 35}", 0, 1, 0),  # Python's unary minus: only d1 accepts it
+    ("<answer>\n44 + 19 + 35\n</answer>\nSo the answer is 98.", 1, 0, 1),
+    ("<answer>44 + 19 + 35 = 98</answer><|endoftext|><|endoftext|>", 1, 1, 1),
+    ("<reasoning>44 + 19 = 63, 63 + 35 = 98</reasoning><answer>44 + 19 + 35 = 98</answer>", 1, 0, 1),
+    ("Unclosed \\boxed{44 + 19 <answer>(44 + 19) + 35</answer>", 1, 1, 1),  # d1 reads the tag only here
     ("<answer>$44 + 19 + 35$</answer>", 1, 0, 1),  # d1's character check refuses `$`
     ("<answer>19 + 44 + 35 = 98 </answer>", 1, 1, 1),
     ("<answer></answer>", 0, 0, 0),
