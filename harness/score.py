@@ -149,10 +149,7 @@ def _row(task, kind: str, n: int, row: dict, fields: dict, lookup) -> tuple[str,
 
 def _record(run_id: str, suite: str, cell: str, task, task_name: str, system: str, source: dict,
             n: int, item_id: str, item: Item | None, gen, verdict, error: str | None) -> dict:
-    outcome = None
-    if verdict is not None:
-        outcome = {"metric": verdict.metric, "value": float(verdict.value), "protocol": verdict.protocol,
-                   "extracted": verdict.extracted, **({"extra": verdict.extra} if verdict.extra else {})}
+    outcome = None if verdict is None else verdict.outcome()
     return {
         "schema_version": SCHEMA_VERSION, "run_id": run_id, "suite": suite, "cell_id": cell, "study": "score",
         "kind": "score", "point": {"protocol": task.default_protocol}, "model": {"name": system, "params": {}},
@@ -267,8 +264,8 @@ def rescore(records: list[dict], protocol: str) -> tuple[list[dict], dict[str, s
         v = task.grade(item, text, protocol)
         metrics[v.metric] = "higher"
         cell = f"{spec['name']}[protocol={protocol}]" if r.get("kind") == "score" else r["cell_id"]
-        out.append({**r, "cell_id": cell, "point": {**(r.get("point") or {}), "protocol": protocol}, "outcome": {"metric": v.metric, "value": float(v.value), "protocol": v.protocol,
-                                     "extracted": v.extracted, **({"extra": v.extra} if v.extra else {})}})
+        out.append({**r, "cell_id": cell, "point": {**(r.get("point") or {}), "protocol": protocol},
+                    "outcome": v.outcome()})
     return out, metrics
 
 

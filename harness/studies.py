@@ -73,8 +73,7 @@ def generate(denoiser, task, sampler, batch: Batch) -> list[dict]:
     for i, (item, text) in enumerate(zip(items, gen.text)):
         v = task.grade(item, text)  # the task's stop strings and scoring protocol; the raw text is kept
         out.append({
-            "outcome": {"metric": v.metric, "value": float(v.value), "protocol": v.protocol,
-                        "extracted": v.extracted, **({"extra": v.extra} if v.extra else {})},
+            "outcome": v.outcome(),
             "generation": {"text": text, "gen_len": int(gen.gen_len[i]), "steps": gen.steps,
                            "commit_step": gen.commit_step[i].tolist()},
         })

@@ -85,7 +85,8 @@ def test_d1_generations_json_sudoku_cell_accuracy(tmp_path):
     d1 = {"generations": [
         {"question": "3024400313022400", "generations": "<answer>\n3124\n4213\n1342\n2431\n</answer><|eot_id|>",
          "ground_truth": "3124421313422431"},
-        {"question": "3024400313022400", "generations": "<answer>31244213</answer>", "ground_truth": "3124421313422431"},
+        {"question": "3024400313022400", "generations": "<answer>31244213</answer>",
+         "ground_truth": "3124421313422431"},
     ]}
     src = tmp_path / "sudoku_0_generations.json"
     src.write_text(json.dumps(d1))

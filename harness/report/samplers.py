@@ -64,7 +64,8 @@ def cell_summaries(records: list[dict]) -> list[dict]:
         out.append({
             "cell": cell_id, "study": recs[0]["study"], "sampler": comp["name"], "params": comp["params"],
             "variant": _variant(comp["name"], comp["params"]), "knobs": _knobs(comp["params"]),
-            "accuracy": iv, "protocol": protocol_of(recs), "units": n, "replicates": len({r["replicate"] for r in recs}),
+            "accuracy": iv, "protocol": protocol_of(recs), "units": n,
+            "replicates": len({r["replicate"] for r in recs}),
             "nfe": mean("nfe"), "nfe_full": mean("nfe_full"), "nfe_cached": mean("nfe_cached"),
             "ms_per_seq": 1000 * wall / n, "tokens_per_s": tokens / wall if wall > 0 else math.nan,
             "gen_len": tokens / n,

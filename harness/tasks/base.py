@@ -69,6 +69,11 @@ class Verdict:
     protocol: str = "harness"
     extra: dict = field(default_factory=dict)
 
+    def outcome(self) -> dict:
+        """The record's `outcome`: metric, value, the protocol that made it, what was read, extras."""
+        return {"metric": self.metric, "value": float(self.value), "protocol": self.protocol,
+                "extracted": self.extracted, **({"extra": self.extra} if self.extra else {})}
+
 
 @dataclass(frozen=True, kw_only=True)
 class Task(abc.ABC):

@@ -204,7 +204,8 @@ class Sudoku4(Task):
         grid = strict_grid(text) if protocol == "strict" else answer_grid(text)
         solved = is_valid_solution(puzzle, grid or "")
         blanks = [i for i in range(16) if puzzle[i] == "0"]
-        right = len(blanks) if solved else sum(1 for i in blanks if grid and len(solution) == 16 and grid[i] == solution[i])
+        matches = grid is not None and len(solution) == 16
+        right = len(blanks) if solved else sum(1 for i in blanks if matches and grid[i] == solution[i])
         return Verdict(float(solved), grid, protocol=protocol,
                        extra={"cell_accuracy": right / len(blanks) if blanks else float(solved), "blanks": len(blanks)})
 
