@@ -15,6 +15,8 @@ exact_match with its regexes_to_ignore) and minerva_math's `math_verify` metric.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from harness.registry import TASKS
@@ -223,3 +225,33 @@ def test_stop_strings_cut_before_every_protocol_but_d1():
     assert GSM8K.score(item, text) == 1.0
     d1_text = "<answer>42</answer>\n\nQuestion: Next? <answer>7</answer>"
     assert GSM8K.grade(item, d1_text, "d1").value == 1.0  # d1 reads the raw text (first tag)
+
+
+def test_gsm8k_lm_eval_protocol_equals_lm_eval_itself():
+    """Conformance with EleutherAI/lm-evaluation-harness, lm_eval/tasks/gsm8k/gsm8k.yaml: the
+    `strict-match` and `flexible-extract` filters (lm_eval/filters/extraction.py `RegexFilter`,
+    then take_first) and `exact_match` (lm_eval/api/metrics.py `exact_match_hf_evaluate`, with the
+    yaml's ignore_case and regexes_to_ignore), run on every messy output above against the full
+    reference solution, must give the lm-eval protocol's verdicts."""
+    lm_eval = pytest.importorskip("lm_eval")
+    import yaml
+    from lm_eval.api.metrics import exact_match_hf_evaluate
+    from lm_eval.filters.extraction import RegexFilter
+
+    from harness.tasks.base import truncate_at_stop
+
+    cfg = yaml.safe_load((Path(lm_eval.__file__).parent / "tasks" / "gsm8k" / "gsm8k.yaml").read_text())
+    metric = cfg["metric_list"][0]
+    filters = {f["name"]: f["filter"][0] for f in cfg["filter_list"]}
+    for text, ref, *_ in GSM8K_CASES:
+        item = GSM8K.item_from_answer("x", "q", ref)
+        got = GSM8K.grade(item, text, "lm-eval").extra
+        cut = truncate_at_stop(text, cfg["generation_kwargs"]["until"])
+        for name, f in filters.items():
+            rx = RegexFilter(regex_pattern=f["regex_pattern"], group_select=f.get("group_select", 0))
+            pred = list(rx.apply([[cut]], [None]))[0][0]
+            want = exact_match_hf_evaluate([pred], [f"Work.\n#### {ref}"],
+                                           regexes_to_ignore=metric["regexes_to_ignore"],
+                                           ignore_case=metric["ignore_case"],
+                                           ignore_punctuation=metric["ignore_punctuation"])["exact_match"]
+            assert got[name] == want, (text, name, pred)
