@@ -230,7 +230,8 @@ def score_file(path, task_name: str, protocol: str | None = None, fields: dict |
 
 def rescore(records: list[dict], protocol: str) -> tuple[list[dict], dict[str, str]]:
     """Records with their generations re-graded under `protocol` (no generation is redone);
-    records without a generation text (likelihood studies, bad rows) pass unchanged.
+    records without a generation text (likelihood studies, bad rows) and `eval` records (scored by
+    lm-eval itself; re-score their samples file with `score`) pass unchanged.
     -> (records, {metric: "higher"} of the new outcomes)."""
     tasks: dict = {}
     items: dict = {}
