@@ -1,4 +1,4 @@
-"""`dlm-harness`: list | run | report | compare | train | eval.
+"""`dlm-harness`: list | run | report | compare | train | eval | score.
 
 Exit status: 0 on success, 1 when a run finished with failed units, 2 on bad usage or bad input
 (the message names the file, key or value; no traceback).
@@ -142,7 +142,20 @@ def cmd_report(args) -> int:
     from harness.report.markdown import write_report
 
     # Runs of one suite combine into one report; each report is index.md plus a self-contained index.html.
-    print(*write_report([Path(d) for d in args.run_dirs], Path(args.out)), sep="\n")
+    print(*write_report([Path(d) for d in args.run_dirs], Path(args.out), protocol=args.protocol), sep="\n")
+    return 0
+
+
+def cmd_score(args) -> int:
+    from harness.score import parse_fields, score_file
+
+    run_dir, counts = score_file(args.file, args.task, protocol=args.protocol, fields=parse_fields(args.fields),
+                                 results=args.results, suite=args.suite, system=args.system,
+                                 argv=["dlm-harness", *sys.argv[1:]],
+                                 task_params=dict(_parse_kv(p) for p in args.task_param))
+    print(f"rows: {counts['rows']}, scored: {counts['scored']}, bad: {counts['bad']} (status error in the records; "
+          f"lines and reasons in the manifest's bad_rows), duplicates: {counts['duplicates']}", file=sys.stderr)
+    print(run_dir)
     return 0
 
 
@@ -194,7 +207,7 @@ def cmd_eval(args) -> int:
         spec = EvalSpec(model=args.model, model_args=model_args, sampler=args.sampler, estimator=args.estimator,
                         tasks=tuple(t for t in args.tasks.split(",") if t), limit=args.limit,
                         num_fewshot=args.num_fewshot, batch_size=args.batch_size, seed=args.seed,
-                        task_source=args.task_source)
+                        task_source=args.task_source, protocol=args.protocol)
         run_dir = run_eval(spec, args.results, argv=argv)
     print(run_dir)
     return 0
@@ -244,7 +257,24 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Write index.md and index.html under reports/<suite>/ (runs of one suite combined).")
     s.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories (runs of one suite combine)")
     s.add_argument("--out", default="reports", help="reports root (default: reports)")
+    s.add_argument("--protocol", choices=("harness", "d1", "lm-eval", "strict"),
+                   help="re-score the stored generations under this scoring protocol (nothing is re-generated)")
     s.set_defaults(fn=cmd_report)
+
+    s = sub.add_parser("score", help="score generations made elsewhere (JSONL, lm-eval samples, d1 JSON)",
+                       description="Grade a file of generations with a harness task and write a run directory "
+                                   "(prints it last) that report and compare read.")
+    s.add_argument("file", help="JSONL of generations, an lm-eval samples_<task>.jsonl, or d1's *_generations.json")
+    s.add_argument("--task", required=True, help="a registered task: gsm8k, math500, countdown3, sudoku4")
+    s.add_argument("--protocol", choices=("harness", "d1", "lm-eval", "strict"), default=None,
+                   help="scoring protocol (default: the task's, harness)")
+    s.add_argument("--fields", default="", metavar="ROLE=FIELD,...",
+                   help="field names of question, generation, answer, id (default: common names)")
+    s.add_argument("--task-param", action="append", default=[], metavar="KEY=VALUE", help="task parameter (repeatable)")
+    s.add_argument("--system", default=None, help="name of the system that made the generations (default: file stem)")
+    s.add_argument("--suite", default=None, help="suite name of the run (default: score-<task>)")
+    s.add_argument("--results", default="results", help="results root (default: results)")
+    s.set_defaults(fn=cmd_score)
 
     s = sub.add_parser("compare", help="regression gate: is NEW_RUN significantly worse than BASE_RUN?",
                        description="Pair records by (cell, item, seed) and test each pre-registered metric; "
@@ -292,6 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=1234, help="seed of sampling and estimation (default: 1234)")
     s.add_argument("--task-source", choices=("auto", "harness", "lm-eval"), default="auto",
                    help="auto: lm-eval's built-in task when the hub is reachable, else the harness YAML")
+    s.add_argument("--protocol", choices=("harness", "d1", "lm-eval", "strict"), default=None,
+                   help="scoring protocol of the harness tasks (lm-eval's built-in tasks always score as lm-eval)")
     s.add_argument("--suite", help="an lm-eval suite file (suites/lm-eval.yaml); replaces the options above")
     s.add_argument("--results", default="results", help="results root (default: results)")
     s.set_defaults(fn=cmd_eval)

@@ -65,6 +65,7 @@ class TaskSpec:
     params: dict = field(default_factory=dict)
     split: Literal["train", "test"] = "test"
     n_items: int | None = None  # None: all items of the split
+    protocol: str | None = None  # scoring protocol (harness | d1 | lm-eval | strict): the task's `protocol` param
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -206,6 +207,7 @@ def parse_suite(data: Any, where: str, sha256: str = "") -> Suite:
         raise HarnessError(f"{where}.suite: expected a name of letters, digits, '_', '-', '.', got {suite.suite!r}")
     models = {k: _from_mapping(ComponentSpec, v, f"{where}.models.{k}") for k, v in suite.models.items()}
     tasks = {k: _from_mapping(TaskSpec, v, f"{where}.tasks.{k}") for k, v in suite.tasks.items()}
+    tasks = {k: _with_protocol(t, f"{where}.tasks.{k}") for k, t in tasks.items()}
     for k, t in tasks.items():
         if t.n_items is not None and t.n_items < 1:
             raise HarnessError(f"{where}.tasks.{k}.n_items: expected an integer >= 1 (or null for all items), "
@@ -230,6 +232,21 @@ def parse_suite(data: Any, where: str, sha256: str = "") -> Suite:
                                f"(already the id of studies[{seen[s.id]}])")
         seen[s.id] = i
     return dataclasses.replace(suite, models=models, tasks=tasks, studies=studies, path=where, sha256=sha256)
+
+
+def _with_protocol(task: TaskSpec, where: str) -> TaskSpec:
+    """`protocol:` beside a task's params becomes its `protocol` param (checked against the
+    protocols the task offers; a different `params.protocol` is a conflict)."""
+    if task.protocol is None:
+        return task
+    cls = TASKS.get(task.name, f"{where}.name")
+    cls.check_protocol(task.protocol, f"{where}.protocol")
+    given = task.params.get("protocol")
+    if given is not None and given != task.protocol:
+        raise HarnessError(f"{where}.protocol: {task.protocol!r} conflicts with params.protocol {given!r}")
+    if "protocol" not in TASKS.fields(task.name):  # a single-protocol task: "harness" is all it has
+        return dataclasses.replace(task, protocol=None)
+    return dataclasses.replace(task, params={**task.params, "protocol": task.protocol}, protocol=None)
 
 
 # -- planning -------------------------------------------------------------------------------------

@@ -48,6 +48,7 @@ class EvalSpec:
     tasks: tuple = ("gsm8k",)
     limit: int | None = None
     num_fewshot: int | None = None
+    protocol: str | None = None  # scoring protocol of the harness YAML tasks (harness/tasks/base.py)
     batch_size: int = 8
     seed: int = 1234
     task_source: Literal["auto", "harness", "lm-eval"] = "auto"
@@ -115,6 +116,9 @@ def run_eval(spec: EvalSpec, results: str | Path = "results", suite: str = "lm-e
         write_json_atomic(run_dir / MANIFEST, manifest)
     lm = DLMHarnessLM(**model_args)
     metadata = {"fewshot": spec.num_fewshot} if spec.num_fewshot is not None else {}
+    if spec.protocol is not None:
+        _check_protocol(spec.protocol, mapping)
+        metadata["protocol"] = spec.protocol
     out = simple_evaluate(lm, [m["task"] for m in mapping.values()], include_path=str(INCLUDE_PATH),
                           metadata=metadata, limit=spec.limit, num_fewshot=spec.num_fewshot, seed=spec.seed,
                           bootstrap_iters=spec.bootstrap_iters)
@@ -143,6 +147,23 @@ def run_eval(spec: EvalSpec, results: str | Path = "results", suite: str = "lm-e
                     lm_eval_versions=out.get("versions"), lm_eval_configs=out.get("configs"))
     write_json_atomic(run_dir / MANIFEST, manifest)
     return run_dir
+
+
+def _check_protocol(protocol: str, mapping: dict) -> None:
+    """`--protocol` applies to the harness YAML tasks; lm-eval's built-in tasks score with their own
+    metrics (protocol "lm-eval")."""
+    from harness.registry import TASKS
+
+    for name, m in mapping.items():
+        if m["source"] == "lm-eval-builtin":
+            if protocol != "lm-eval":
+                raise HarnessError(f"--protocol {protocol}: lm-eval's built-in task {m['task']!r} scores with its "
+                                   "own metrics (protocol lm-eval); add --task-source harness to score it with "
+                                   f"the harness task under {protocol!r}")
+            continue
+        harness_task = m["task"].removeprefix("dlmh_").replace("minerva_", "")
+        if harness_task in TASKS.names():
+            TASKS.get(harness_task).check_protocol(protocol, f"--protocol (task {name})")
 
 
 def _merge_side_records(run_dir: Path, world: int) -> None:
@@ -194,12 +215,22 @@ def _records(task: str, rows: list[dict], lm, manifest: dict, out: dict):
             "task": {"name": task, "version": str(out.get("versions", {}).get(task)), "split": "test", "params": {}},
             "item_id": str(doc_id), "item_hash": s.get("doc_hash", "")[:16], "replicate": 0,
             "seed": derive_seed("lm-eval", task, str(doc_id), 0, str(b["seed"])),
-            "outcome": {"metric": metric, "value": None if value is None else float(value)},
+            "outcome": {"metric": metric, "value": None if value is None else float(value),
+                        "protocol": _protocol_of(task, s)},
             "estimate": None,
             "generation": {"text": text, "filtered": s.get("filtered_resps"), "filter": s.get("filter")},
             "cost": cost, "status": "ok" if value is not None else "error",
             "error": None if value is not None else f"lm-eval reported no value for {metric}",
         }
+
+
+def _protocol_of(task: str, sample: dict) -> str:
+    """lm-eval's built-in tasks score with lm-eval's metrics; the harness YAMLs with the harness
+    task's protocol (its `protocol` param, default harness)."""
+    doc = sample.get("doc") if isinstance(sample.get("doc"), dict) else {}
+    if not task.startswith("dlmh_") or "task_params" not in doc:
+        return "lm-eval"
+    return json.loads(doc.get("task_params") or "{}").get("protocol", "harness")
 
 
 def _params(component) -> dict:

@@ -71,8 +71,9 @@ def generate(denoiser, task, sampler, batch: Batch) -> list[dict]:
     gen = sampler(denoiser, ids, generator=batch.generators, prompt_mask=mask, gen_length=task.gen_length)
     out = []
     for i, (item, text) in enumerate(zip(items, gen.text)):
+        v = task.grade(item, text)  # the task's stop strings and scoring protocol; the raw text is kept
         out.append({
-            "outcome": {"metric": "accuracy", "value": float(task.score(item, text))},
+            "outcome": v.outcome(),
             "generation": {"text": text, "gen_len": int(gen.gen_len[i]), "steps": gen.steps,
                            "commit_step": gen.commit_step[i].tolist()},
         })

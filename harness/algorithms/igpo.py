@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from harness.algorithms.grpo import GRPO
 from harness.registry import ALGORITHMS
 from harness.samplers._base import select_topk, token_entropy
+from harness.tasks.base import reward
 from harness.text import completion_mask, encode_completions, upto_first_eos
 
 
@@ -95,6 +96,6 @@ class IGPO(GRPO):
             out[key] = rollout[key].clone()
             out[key][rows] = val
         out["rewards"] = rollout["rewards"].clone()
-        out["rewards"][rows] = torch.tensor([loop.task.score(it, t) for it, t in zip(items, gen.text)],
+        out["rewards"][rows] = torch.tensor([reward(loop.task, it, t) for it, t in zip(items, gen.text)],
                                             dtype=torch.float64)
         return out

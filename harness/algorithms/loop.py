@@ -30,6 +30,7 @@ import torch
 from harness.budget import Meter
 from harness.registry import SAMPLERS
 from harness.seeding import numpy_generator, torch_generator
+from harness.tasks.base import reward
 from harness.text import completion_mask, encode_prompts
 
 
@@ -118,7 +119,7 @@ class RLLoop:
         prompt, pmask = self.encode(items)
         gen = self.sample(prompt, pmask, self.generators(step, range(len(items)), "rollout"))
         cmask = completion_mask(gen.tokens, self.policy.eos_id)
-        rewards = [self.task.score(it, t) for it, t in zip(items, gen.text)]
+        rewards = [reward(self.task, it, t) for it, t in zip(items, gen.text)]  # stop strings cut
         return {"items": items, "prompt": prompt, "prompt_mask": pmask, "tokens": gen.tokens,
                 "commit_step": gen.commit_step, "completion_mask": cmask, "loss_mask": cmask.clone(),
                 "rewards": torch.tensor(rewards, dtype=torch.float64),
@@ -183,7 +184,7 @@ class RLLoop:
         """Greedy held-out scores (one per item), counted on the eval meter only."""
         prompt, pmask = self.encode(items)
         gen = self.sample(prompt, pmask, None, meter="eval", sampler=self.eval_sampler)
-        return [self.task.score(it, t) for it, t in zip(items, gen.text)]
+        return [reward(self.task, it, t) for it, t in zip(items, gen.text)]
 
     def train_step(self, step: int) -> tuple[dict, dict]:
         """One RL step -> (log, cost of its rollout + likelihood passes as a dict)."""

@@ -31,6 +31,7 @@ import torch
 from harness.budget import Meter
 from harness.registry import ESTIMATORS, MODELS, SAMPLERS, params_of
 from harness.seeding import derive_seed, torch_generator
+from harness.tasks.base import truncate_at_stop  # the one stop-string cut all paths share
 from harness.types import HarnessError
 
 # Keys the bridge itself takes; every other key goes to the model, sampler or estimator.
@@ -90,17 +91,6 @@ def max_length_of(denoiser) -> int | None:
         if isinstance(obj, int) and obj > 0:
             return obj
     return None
-
-
-def truncate_at_stop(text: str, until) -> str:
-    """The text up to the earliest occurrence of any stop string (lm-eval leaves this to models)."""
-    cut = len(text)
-    for s in until or ():
-        if s:
-            i = text.find(s)
-            if i != -1:
-                cut = min(cut, i)
-    return text[:cut]
 
 
 def _sha(text: str) -> str:

@@ -32,6 +32,11 @@ def _per_item(recs: list[dict]) -> dict[str, float]:
     return {k: float(np.mean(v)) for k, v in vals.items()}
 
 
+def protocol_of(recs: list[dict]) -> str:
+    """The scoring protocol(s) the records' outcomes name ("" for outcomes that name none)."""
+    return ", ".join(sorted({str(r["outcome"]["protocol"]) for r in recs if (r.get("outcome") or {}).get("protocol")}))
+
+
 def _overlap(a: Interval, b: Interval) -> bool:
     if any(math.isnan(x) for x in (a.lo, a.hi, b.lo, b.hi)):
         return True  # an interval we cannot compute separates nothing
@@ -104,7 +109,7 @@ def leaderboard(records: list[dict], metrics: dict[str, str] | None = None, *, a
                             "component": comp["name"], "component_kind": comp["kind"],
                             "params": comp.get("params") or {}, "interval": iv, "mean": iv.mean, "n": iv.n,
                             "board": board,
-                            "units": len(recs), "_items": _per_item(recs)})
+                            "units": len(recs), "_items": _per_item(recs), "protocol": protocol_of(recs)})
         sign = -1.0 if direction == "higher" else 1.0
         entries.sort(key=lambda e: (sign * e["mean"] if not math.isnan(e["mean"]) else math.inf, e["cell"]))
         rngs = np.random.default_rng([seed, *mi]).spawn(max(0, len(entries) - 1))
@@ -213,7 +218,8 @@ def render_leaderboard(records: list[dict], metrics: dict[str, str] | None = Non
         lines = [f"| rank | cell | study | {mrows[0]['component_kind']} | params | {metric} [95% CI] | n | "
                  "p vs the cell above |", "|---|---|---|---|---|---|---|---|"]
         for r in mrows:
+            label = f" ({r['protocol']})" if r["protocol"] else ""  # the scoring protocol beside every accuracy
             lines.append(f"| {r['rank_label']} | `{r['cell']}` | {r['study']} | {r['component']} | "
-                         f"{_params(r['params'])} | {r['interval'].fmt(3)} | {r['n']} | {_p(r)} |")
+                         f"{_params(r['params'])} | {r['interval'].fmt(3)}{label} | {r['n']} | {_p(r)} |")
         out.append("\n".join(lines) + "\n")
     return "\n".join(out)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from harness.records import read_manifest, read_records
 from harness.report.format import md_table, save_figure  # noqa: F401  (re-exported)
+from harness.report.leaderboard import protocol_of
 from harness.report.sections import Context, load_sections
 from harness.stats.intervals import mean_interval
 
@@ -19,6 +20,8 @@ from harness.stats.intervals import mean_interval
 def _cell_row(cell_id: str, recs: list[dict]) -> dict:
     ok = [r for r in recs if r["status"] == "ok"]
     metric = ok[0]["outcome"]["metric"] if ok else "-"
+    if ok and (protocol := protocol_of(ok)):
+        metric = f"{metric} ({protocol})"  # which scoring protocol made the number
     iv = mean_interval([r["outcome"]["value"] for r in ok], clusters=[r["item_id"] for r in ok])
     n_units = len(ok)
     mean = lambda key: sum(r["cost"][key] for r in ok) / max(1, n_units)  # noqa: E731
@@ -113,8 +116,9 @@ def render_records(records: list[dict], manifest: dict, run_dir, out_dir: Path |
     out.append("## Reproduce\n")
     for m in sources or [manifest]:
         cmd = " ".join(m.get("command") or [])
-        out.append(f"```\ndlm-harness run {m.get('suite_path')}{' --quick' if m.get('quick') else ''}\n"
-                   f"dlm-harness report <the printed run directory>\n```\n\nOriginal command: `{cmd}`\n")
+        first = cmd if m.get("kind") == "score" else \
+            f"dlm-harness run {m.get('suite_path')}{' --quick' if m.get('quick') else ''}"
+        out.append(f"```\n{first}\ndlm-harness report <the printed run directory>\n```\n\nOriginal command: `{cmd}`\n")
     if sources:
         dirs = " ".join(str(m.get("_run_dir", m["run_id"])) for m in sources)
         out.append(f"Combine the runs into this report: `dlm-harness report {dirs}`\n")
@@ -159,7 +163,17 @@ def _write(out_dir: Path, text: str) -> Path:
     return path
 
 
-def write_report(run_dirs, reports: Path = Path("reports")):
+def _rescored(records: list[dict], manifest: dict, protocol: str | None) -> tuple[list[dict], dict]:
+    """`report --protocol`: the stored generations re-graded under `protocol` (harness/score.py)."""
+    if protocol is None:
+        return records, manifest
+    from harness.score import rescore
+
+    records, metrics = rescore(records, protocol)
+    return records, {**manifest, "metrics": {**(manifest.get("metrics") or {}), **metrics}}
+
+
+def write_report(run_dirs, reports: Path = Path("reports"), protocol: str | None = None):
     """Write reports/<suite>/<run_id>/index.md and index.html for each run directory.
 
     `run_dirs` is one run directory (returns the index.md path) or a list of them (returns a list
@@ -177,12 +191,14 @@ def write_report(run_dirs, reports: Path = Path("reports")):
     for suite, group in groups.items():
         if len(group) == 1:
             manifest = read_manifest(group[0])
-            out_dir = Path(reports) / suite / manifest["run_id"]
+            out_dir = Path(reports) / suite / (manifest["run_id"] + (f"-{protocol}" if protocol else ""))
             out_dir.mkdir(parents=True, exist_ok=True)
-            paths.append(_write(out_dir, render(group[0], out_dir)))
+            records, manifest = _rescored(read_records(group[0]), manifest, protocol)
+            paths.append(_write(out_dir, render_records(records, manifest, group[0], out_dir)))
         else:
             records, manifest, sources, combined_id = _combine(group)
-            out_dir = Path(reports) / suite / combined_id
+            records, manifest = _rescored(records, manifest, protocol)
+            out_dir = Path(reports) / suite / (combined_id + (f"-{protocol}" if protocol else ""))
             out_dir.mkdir(parents=True, exist_ok=True)
             text = render_records(records, manifest, " ".join(str(d) for d in group), out_dir, sources=sources)
             paths.append(_write(out_dir, text))

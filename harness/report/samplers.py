@@ -17,6 +17,7 @@ from pathlib import Path
 
 from harness.records import read_records
 from harness.report.format import distinct, figure_md, pareto_front, save_figure, style
+from harness.report.leaderboard import protocol_of
 from harness.report.sections import register_section
 from harness.stats.intervals import mean_interval
 
@@ -65,7 +66,8 @@ def cell_summaries(records: list[dict]) -> list[dict]:
         out.append({
             "cell": cell_id, "study": recs[0]["study"], "sampler": comp["name"], "params": comp["params"],
             "variant": _variant(comp["name"], comp["params"]), "knobs": _knobs(comp["params"]),
-            "accuracy": iv, "units": n, "replicates": len({r["replicate"] for r in recs}),
+            "accuracy": iv, "protocol": protocol_of(recs), "units": n,
+            "replicates": len({r["replicate"] for r in recs}),
             "nfe": mean("nfe"), "nfe_full": mean("nfe_full"), "nfe_cached": mean("nfe_cached"),
             "ms_per_seq": 1000 * wall / n, "tokens_per_s": tokens / wall if wall > 0 else math.nan,
             "gen_len": tokens / n,
@@ -107,8 +109,9 @@ def render_samplers_section(run_dir, out_dir, records: list[dict] | None = None)
     ]
     for r in rows:
         speed = f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}x" if base else "-"
+        label = f" ({r['protocol']})" if r["protocol"] else ""  # the scoring protocol beside the accuracy
         lines.append(
-            f"| {r['variant']} | `{r['cell']}` | {r['knobs']} | {r['accuracy'].fmt(3)} | {r['accuracy'].n} | "
+            f"| {r['variant']} | `{r['cell']}` | {r['knobs']} | {r['accuracy'].fmt(3)}{label} | {r['accuracy'].n} | "
             f"{r['units']} | {r['nfe']:.2f} ({r['nfe_full']:.2f} + {r['nfe_cached']:.2f}) | {r['steps']:.2f} | "
             f"{r['ms_per_seq']:.2f} | "
             f"{r['tokens_per_s']:.0f} | {speed} |")

@@ -199,3 +199,53 @@ def extract_math(completion: str) -> str | None:
         if part is span and span.strip():
             return _strip_math(span)
     return None
+
+
+# -- strict readings (protocol "strict": only where the format declares an answer) ----------------
+def all_boxed(text: str) -> list[str]:
+    """Contents of every closed `\\boxed{...}` / `\\fbox{...}`, in order (nested braces kept)."""
+    out, i = [], 0
+    while (m := _BOX.search(text, i)) is not None:
+        j = m.end()
+        while j < len(text) and text[j] == " ":
+            j += 1
+        i = m.end()
+        if j >= len(text) or text[j] != "{":
+            continue
+        depth = 0
+        for k in range(j, len(text)):
+            if text[k] == "{" and text[k - 1] != "\\":
+                depth += 1
+            elif text[k] == "}" and text[k - 1] != "\\":
+                depth -= 1
+                if depth == 0:
+                    out.append(text[j + 1:k].strip())
+                    i = k + 1
+                    break
+    return out
+
+
+def declared_answers(completion: str) -> list[str]:
+    """The spans a completion declares as its answer, most explicit first: `<answer>` content,
+    closed boxes, `####` lines, "the (final) answer is" phrases. Empty boxes and tags are skipped
+    (they declare nothing); nothing is guessed from the rest of the text."""
+    text = clean(completion)
+    out = [c.strip() for c in ANSWER_TAG.findall(text) if c.strip()]
+    out += [b for b in all_boxed(text) if b]
+    out += [m.group(1).strip() for m in HASHES.finditer(text) if m.group(1).strip()]
+    out += [m.group(1).strip() for m in ANSWER_IS.finditer(text) if m.group(1).strip()]
+    return out
+
+
+def strict_number(completion: str) -> str | None:
+    """GSM8K under `strict`: the declared answers that hold a number must all hold the SAME
+    number (two different boxed answers are no answer); no last-number fallback."""
+    values = []
+    for span in declared_answers(completion):
+        inner = all_boxed(span)  # `<answer>\\boxed{5}</answer>`: the box inside the tag
+        value = to_number(_unfrac(inner[-1] if inner else span).split("=")[-1])  # `3 + 4 = 7`: 7
+        if value is not None:
+            values.append(value)
+    if not values or any(v != values[0] for v in values):
+        return None
+    return format_number(values[0])

@@ -27,7 +27,6 @@ class RealTask(Task):
     hub_config: ClassVar[str | None] = None
     local_file: ClassVar[str]
     splits: ClassVar[tuple[str, ...]] = ("test",)
-    stop_strings: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def _load(cls, split: str) -> tuple[list[dict], str]:

@@ -7,6 +7,15 @@ split is d1's `countdown/cd3_test.jsonl` (256 rows, numbers up to 100, no expres
 references are found by brute force over the 192 expressions of three numbers; train is generated
 with numbers up to the file's largest, minus the test problems. The scorer parses the completion
 with a small recursive-descent parser (never `eval`) and accepts any exact solution.
+
+Protocols (`protocol`, see harness/tasks/base.py):
+- harness: `answer_expression` (the `<answer>` content, else the last run of arithmetic), exact.
+- d1: dllm-reasoning/d1 `eval/parse_and_get_acc.py::parse_countdown_answers` (harness/tasks/_d1.py):
+  last box, else first `<answer>`, else the whole text; the integers in it must be the given
+  numbers; Python arithmetic (read with `ast`, not `eval`) within 1e-5 of the target; raw text.
+- lm-eval: n/a (lm-evaluation-harness has no Countdown task).
+- strict: only the `<answer>` content or the last closed `\\boxed{}`, which must be one
+  expression (optionally `= target`); no run of arithmetic picked out of prose.
 """
 from __future__ import annotations
 
@@ -16,13 +25,14 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import cached_property
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 
 from harness.registry import TASKS
-from harness.tasks._extract import answer_span, clean
-from harness.tasks.base import Task
+from harness.tasks import _d1
+from harness.tasks._extract import all_boxed, answer_span, clean
+from harness.tasks.base import Task, Verdict
 from harness.tasks.data import data_file, sha256_file
 from harness.types import HarnessError, Item
 
@@ -157,14 +167,22 @@ class Countdown3(Task):
     """Countdown with three numbers: `a,b,c:target=`, answer any exact expression using each once."""
 
     version = "1"
+    protocols: ClassVar[dict[str, str]] = {
+        "harness": "harness/tasks/countdown3.py answer_expression, exact evaluation",
+        "d1": "dllm-reasoning/d1 eval/parse_and_get_acc.py parse_countdown_answers",
+        "lm-eval": "n/a: lm-evaluation-harness has no Countdown task",
+        "strict": "<answer> content or the last closed box, one whole expression",
+    }
     # Named `dataset`, not `source`: a field would shadow the `Task.source()` method.
     dataset: Literal["generated", "d1"] = "generated"
     max_number: int = 20
     n_train: int = 20_000
     n_test: int = 500
     seed: int = 0
+    protocol: str = "harness"  # a scoring protocol (harness/tasks/base.py PROTOCOLS)
 
     def __post_init__(self):
+        self.check_protocol(self.protocol, "countdown3.protocol")
         if self.dataset not in ("generated", "d1"):
             raise ValueError(f"dataset must be 'generated' or 'd1', got {self.dataset!r}")
         if not 2 <= self.max_number <= 9999:
@@ -258,17 +276,46 @@ class Countdown3(Task):
             for i, ((a, b, c), t, ref) in enumerate(problems)
         ]
 
-    def score(self, item: Item, completion: str) -> float:
-        """The answer expression (see `answer_expression`) must use each number once and hit the target."""
-        target = item.meta["target"]
-        text = answer_expression(completion, target)
-        if text is None:
-            return 0.0
+    def item_from_answer(self, item_id: str, question: str, answer, meta: dict | None = None) -> Item:
+        """Numbers and target from the answer (`[[a, b, c], target]` as d1 stores it, or
+        `{"numbers": [...], "target": t}`), else from the question (`a,b,c:t=`, or d1's
+        `Numbers: [a, b, c]` / `Target: t`)."""
+        numbers, target = None, None
+        if isinstance(answer, (list, tuple)) and len(answer) == 2 and isinstance(answer[0], (list, tuple)):
+            numbers, target = answer
+        elif isinstance(answer, dict):
+            numbers, target = answer.get("numbers"), answer.get("target")
+        elif (m := re.search(r"(\d+),(\d+),(\d+):(\d+)=?", str(answer or "") + " " + question)):
+            numbers, target = [m.group(1), m.group(2), m.group(3)], m.group(4)
+        else:
+            nums = re.search(r"Numbers: \[([\d, ]+)\]", question, re.I)
+            tgt = re.search(r"Target: (\d+)", question, re.I)
+            if nums and tgt:
+                numbers, target = nums.group(1).split(","), tgt.group(1)
         try:
-            value, used = evaluate(text)
+            numbers, target = [int(n) for n in numbers], int(target)
+        except (TypeError, ValueError):
+            raise ValueError(f"no Countdown numbers and target in answer {answer!r} or the question") from None
+        if len(numbers) != 3:
+            raise ValueError(f"countdown3 takes three numbers, got {numbers}")
+        ref = solve(tuple(numbers), target)
+        return Item(id=item_id, prompt=question, reference=ref,
+                    meta={"numbers": numbers, "target": target, "solvable": bool(ref), **(meta or {})})
+
+    def _grade(self, item: Item, text: str, protocol: str) -> Verdict:
+        """The answer expression must use each number once and hit the target."""
+        target, numbers = item.meta["target"], item.meta["numbers"]
+        if protocol == "d1":
+            ok, expr = _d1.countdown_correct(text, numbers, target)
+            return Verdict(float(ok), expr, protocol=protocol)
+        expr = strict_expression(text, target) if protocol == "strict" else answer_expression(text, target)
+        if expr is None:
+            return Verdict(0.0, None, protocol=protocol)
+        try:
+            value, used = evaluate(expr)
         except ValueError:
-            return 0.0
-        return float(value == target and sorted(used) == sorted(item.meta["numbers"]))
+            return Verdict(0.0, expr, protocol=protocol)
+        return Verdict(float(value == target and sorted(used) == sorted(numbers)), expr, protocol=protocol)
 
 
 _CANDIDATE = re.compile(r"-?[0-9(][0-9+\-*/(). ]*")
@@ -297,3 +344,21 @@ def answer_expression(completion: str, target: int) -> str | None:
                     # `expr = N` with N not the target states a false answer: wrong as a whole.
                     return None if re.fullmatch(r"-?\d+", claimed) and int(claimed) != target else run
     return None
+
+
+def strict_expression(completion: str, target: int) -> str | None:
+    """Countdown under `strict`: the `<answer>` content, else the last closed box, taken whole
+    (a trailing `= target` is dropped; any other claimed value makes it no answer)."""
+    text = clean(completion)
+    span = answer_span(text)
+    boxes = all_boxed(span if span is not None else text)
+    if boxes:
+        span = boxes[-1]
+    if not span:
+        return None
+    for a, b in (("\\times", "*"), ("\\cdot", "*"), ("\\div", "/"), ("×", "*"), ("÷", "/"), ("$", "")):
+        span = span.replace(a, b)
+    lhs, eq, rhs = span.strip().rstrip(".").partition("=")
+    if eq and rhs.strip() != str(target):
+        return None
+    return lhs.strip() or None

@@ -7,17 +7,33 @@ Formats (`prompt_format`):
 - "cot": lm-eval's `gsm8k_cot` format, `Q: {q}\\nA:` with the Wei et al. exemplars (at most 8).
 - "d1": zero-shot with the d1 instruction to reason in `<reasoning>` and answer in `<answer>` tags.
 Reference: the number after `####`. The scorer compares numbers exactly (`18.00` == `18`).
+
+Protocols (`protocol`, see harness/tasks/base.py):
+- harness: `_extract.extract_number` (`####`, last `\\boxed{}`, "The answer is", last number;
+  `<answer>` content first; thousands commas and `$` read as such), compared exactly.
+- d1: dllm-reasoning/d1 `eval/parse_and_get_acc.py::parse_gsm_answers` (harness/tasks/_d1.py): the
+  first numeric box, else the first `<answer>`; float equality; raw text (no stop strings).
+- lm-eval: lm-eval's `gsm8k` task (`gsm8k_cot` for prompt_format "cot"), tasks/gsm8k/gsm8k.yaml
+  v3.0: filters `strict-match` (`#### (\\-?[0-9\\.\\,]+)`; cot: `The answer is (\\-?[0-9\\.\\,]+).`,
+  first match) and `flexible-extract` (`(-?[$0-9.,]{2,})|(-?[0-9]+)`, last match), then
+  `exact_match` with ignore_case and regexes_to_ignore `,` `\\$` `(?s).*#### ` `\\.$` on both
+  sides. The value is strict-match; flexible-extract is recorded beside it.
+- strict: only declared answers (`<answer>`, closed boxes, `####`, "the answer is"); they must
+  agree; no last-number fallback (`\\boxed{}` or a truncated output scores 0).
 """
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import ClassVar, Literal
 
 from harness.registry import TASKS
-from harness.tasks._extract import extract_number
+from harness.tasks import _d1
+from harness.tasks._extract import extract_number, format_number, strict_number
 from harness.tasks._real import RealTask
+from harness.tasks.base import Verdict
 from harness.types import HarnessError, Item
 
 # Wei et al. (2022), "Chain-of-Thought Prompting Elicits Reasoning in Large Language Models",
@@ -60,6 +76,32 @@ def extract(completion: str) -> str | None:
     return extract_number(completion)
 
 
+# lm-eval gsm8k.yaml / gsm8k-cot.yaml (v3.0): filters and the exact_match normalisation.
+LM_EVAL_STRICT = {"plain": r"#### (\-?[0-9\.\,]+)", "d1": r"#### (\-?[0-9\.\,]+)",
+                  "cot": r"The answer is (\-?[0-9\.\,]+)."}
+LM_EVAL_FLEXIBLE = r"(-?[$0-9.,]{2,})|(-?[0-9]+)"
+LM_EVAL_IGNORE = (",", "\\$", "(?s).*#### ", "\\.$")
+
+
+def lm_eval_filter(text: str, pattern: str, group_select: int) -> str:
+    """lm-eval's RegexFilter + take_first: the selected match (first non-empty group of a tuple),
+    stripped, or "[invalid]"."""
+    found = re.findall(pattern, text)
+    if not found:
+        return "[invalid]"
+    m = found[group_select]
+    if isinstance(m, tuple):
+        m = next((g for g in m if g), "[invalid]")
+    return m.strip()
+
+
+def lm_eval_exact_match(pred: str, ref: str) -> bool:
+    """lm-eval's exact_match with gsm8k's regexes_to_ignore and ignore_case."""
+    for rx in LM_EVAL_IGNORE:
+        pred, ref = re.sub(rx, "", pred), re.sub(rx, "", ref)
+    return pred.lower() == ref.lower()
+
+
 def final_answer(answer: str) -> str:
     """The number after `####` in a GSM8K reference solution, commas removed."""
     if "####" not in answer:
@@ -79,10 +121,18 @@ class GSM8K(RealTask):
     local_file = "gsm8k/test.jsonl"
     splits = ("train", "test")
     stop_strings: ClassVar[tuple[str, ...]] = ("Question:", "</s>", "<|im_end|>", "\n\nQ:")
+    protocols: ClassVar[dict[str, str]] = {
+        "harness": "harness/tasks/_extract.py extract_number, exact comparison",
+        "d1": "dllm-reasoning/d1 eval/parse_and_get_acc.py parse_gsm_answers",
+        "lm-eval": "lm-evaluation-harness tasks/gsm8k/gsm8k.yaml strict-match (+ flexible-extract)",
+        "strict": "declared answers only, no last-number fallback",
+    }
     fewshot: int = 0
     prompt_format: Literal["plain", "cot", "d1"] = "plain"
+    protocol: str = "harness"  # a scoring protocol (harness/tasks/base.py PROTOCOLS)
 
     def __post_init__(self):
+        self.check_protocol(self.protocol, "gsm8k.protocol")
         if self.prompt_format not in ("plain", "cot", "d1"):
             raise HarnessError(f"gsm8k: prompt_format must be plain, cot or d1, got {self.prompt_format!r}")
         if self.fewshot < 0 or (self.prompt_format == "cot" and self.fewshot > 8):
@@ -123,8 +173,28 @@ class GSM8K(RealTask):
         return Item(id=f"gsm8k-{index}", prompt=prompt, reference=final_answer(doc["answer"]),
                     meta={"question": q})
 
-    def score(self, item: Item, completion: str) -> float:
-        got = extract(completion)
-        if got is None:
-            return 0.0
-        return float(Fraction(got) == Fraction(item.reference))
+    def item_from_answer(self, item_id: str, question: str, answer, meta: dict | None = None) -> Item:
+        """The reference is the number after `####` (a full solution), or the answer itself."""
+        text = str(answer)
+        text = final_answer(text) if "####" in text else text.strip().replace(",", "").lstrip("$")
+        try:
+            ref = format_number(Fraction(text))
+        except (ValueError, ZeroDivisionError):
+            raise ValueError(f"reference answer {answer!r} is not a number") from None
+        return Item(id=item_id, prompt=question, reference=ref, meta={"question": question, **(meta or {})})
+
+    def _grade(self, item: Item, text: str, protocol: str) -> Verdict:
+        ref = item.reference
+        if protocol == "d1":
+            got, truth = _d1.gsm8k_answer(text), _d1.gsm8k_reference(ref)
+            return Verdict(float(got is not None and got == truth), None if got is None else repr(got),
+                           protocol=protocol)
+        if protocol == "lm-eval":
+            strict = lm_eval_filter(text, LM_EVAL_STRICT[self.prompt_format], 0)
+            flexible = lm_eval_filter(text, LM_EVAL_FLEXIBLE, -1)
+            flex = float(lm_eval_exact_match(flexible, ref))
+            return Verdict(float(lm_eval_exact_match(strict, ref)), strict, metric="exact_match", protocol=protocol,
+                           extra={"strict-match": float(lm_eval_exact_match(strict, ref)), "flexible-extract": flex,
+                                  "flexible_extracted": flexible})
+        got = strict_number(text) if protocol == "strict" else extract(text)
+        return Verdict(float(got is not None and Fraction(got) == Fraction(ref)), got, protocol=protocol)

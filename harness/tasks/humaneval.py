@@ -54,6 +54,14 @@ class HumanEval(RealTask):
     local_file = "humaneval/HumanEval.jsonl.gz"
     splits = ("test",)
     stop_strings: ClassVar[tuple[str, ...]] = STOPS
+    # Scoring protocols (harness/tasks/base.py): pass@1 in the harness sandbox only.
+    protocols: ClassVar[dict[str, str]] = {
+        "harness": "pass@1 of the stop-cut completion against the tests, in the harness sandbox",
+        "d1": "n/a: the d1 repository does not evaluate HumanEval",
+        "lm-eval": "n/a: lm-eval's humaneval runs code through its own code_eval; the harness runs code only in "
+                   "its sandbox (the bridge's dlmh_humaneval task scores with the harness protocol)",
+        "strict": "n/a: a program passes its tests or not; there is no answer fallback to remove",
+    }
     fewshot: int = 0
     prompt_format: Literal["plain"] = "plain"
     timeout_s: float = 10.0

@@ -5,17 +5,33 @@ Lewkowycz et al. (2022), each ending "Final Answer: The final answer is X. I hop
 correct."), and "boxed" (zero-shot: reason step by step, final answer in `\\boxed{}`).
 The answer is the last `\\boxed{}` (or the Minerva final-answer sentence), checked against the
 reference by `_math_equiv.is_equiv` (normalisation, math-verify, sympy).
+
+Protocols (`protocol`, see harness/tasks/base.py):
+- harness: `_extract.extract_math` and `_math_equiv.is_equiv` (math-verify accepts `0.25` for
+  `\\frac14`, `-2 + 7i` for `7i - 2`).
+- d1: dllm-reasoning/d1 `eval/parse_and_get_acc.py::parse_math_answers` (harness/tasks/_d1.py): the
+  last box (unclosed: nothing), else the first `<answer>`; Hendrycks `is_equiv` (string equality
+  after `strip_string`); raw text.
+- lm-eval: the `math_verify` metric of lm-eval's `minerva_math500` (tasks/minerva_math/utils.py
+  `process_results`): math-verify's `verify(parse(solution), parse(whole completion))`, the
+  solution being the MATH-500 row's (or `\\boxed{answer}` when absent). lm-eval's other metric
+  there, `exact_match` with Minerva's `normalize_final_answer`, is not re-implemented.
+- strict: closed boxes only (all of them equivalent), else Minerva's "Final Answer: The final
+  answer is X" sentence, else `<answer>` content; no "the answer is" guess; same equivalence.
 """
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 from harness.registry import TASKS
-from harness.tasks._extract import extract_math
-from harness.tasks._math_equiv import is_equiv
+from harness.tasks import _d1
+from harness.tasks._extract import FINAL_ANSWER, _strip_math, all_boxed, answer_span, clean, extract_math
+from harness.tasks._math_equiv import MAX_CHARS, TIMEOUT_S, is_equiv, normalize
 from harness.tasks._real import RealTask
+from harness.tasks.base import Verdict
 from harness.types import HarnessError, Item
 
 # The four-shot prompt of Minerva (Lewkowycz et al., 2022, appendix), as used by lm-eval's minerva_math.
@@ -49,6 +65,35 @@ def extract(completion: str) -> str | None:
     return extract_math(completion)
 
 
+def strict_math(completion: str) -> str | None:
+    """MATH answer under `strict`: closed boxes (all equivalent to the last, else no answer), else
+    the Minerva final-answer sentence, else `<answer>` content. Nothing else is read."""
+    text = clean(completion)
+    boxes = [b for b in all_boxed(text) if b]
+    if boxes:
+        last = _strip_math(boxes[-1])
+        same = all(normalize(_strip_math(b)) == normalize(last) or is_equiv(_strip_math(b), last) for b in boxes)
+        return last if same else None
+    finals = FINAL_ANSWER.findall(text)
+    if finals and (ans := _strip_math(finals[-1])):
+        return ans
+    span = answer_span(text)
+    return _strip_math(span) if span and "\\boxed" not in span and "\\fbox" not in span else None
+
+
+def lm_eval_math_verify(solution: str, completion: str) -> bool:
+    """lm-eval minerva_math `math_verify`: verify(gold=parse(solution), target=parse(completion))."""
+    from math_verify import parse, verify
+
+    timeout = TIMEOUT_S if threading.current_thread() is threading.main_thread() else None
+    try:
+        return bool(verify(gold=parse(solution, parsing_timeout=timeout),
+                           target=parse(completion[-4 * MAX_CHARS:] if timeout is None else completion,
+                                        parsing_timeout=timeout), timeout_seconds=timeout))
+    except Exception:  # noqa: BLE001 - a checker failure means "not shown equal"
+        return False
+
+
 @TASKS.register("math500")
 @dataclass(frozen=True, kw_only=True)
 class MATH500(RealTask):
@@ -60,10 +105,18 @@ class MATH500(RealTask):
     local_file = "math500/test.jsonl"
     splits = ("test",)
     stop_strings: ClassVar[tuple[str, ...]] = ("Problem:", "</s>", "<|im_end|>")
+    protocols: ClassVar[dict[str, str]] = {
+        "harness": "harness/tasks/_extract.py extract_math + _math_equiv.is_equiv (math-verify, sympy)",
+        "d1": "dllm-reasoning/d1 eval/parse_and_get_acc.py parse_math_answers (Hendrycks is_equiv)",
+        "lm-eval": "lm-evaluation-harness minerva_math500 math_verify metric",
+        "strict": "closed boxes (agreeing), Minerva final-answer sentence or <answer> only",
+    }
     fewshot: int = 0
     prompt_format: Literal["minerva", "boxed"] = "minerva"
+    protocol: str = "harness"  # a scoring protocol (harness/tasks/base.py PROTOCOLS)
 
     def __post_init__(self):
+        self.check_protocol(self.protocol, "math500.protocol")
         if self.prompt_format not in ("minerva", "boxed"):
             raise HarnessError(f"math500: prompt_format must be minerva or boxed, got {self.prompt_format!r}")
         if not 0 <= self.fewshot <= 4 or (self.prompt_format == "boxed" and self.fewshot):
@@ -87,7 +140,21 @@ class MATH500(RealTask):
             prompt = f"{shots}Problem:\n{problem}\n\nSolution:"
         return Item(id=f"math500-{index}", prompt=prompt, reference=doc["answer"],
                     meta={"unique_id": doc.get("unique_id"), "subject": doc.get("subject"),
-                          "level": doc.get("level")})
+                          "level": doc.get("level"), "solution": doc.get("solution")})
 
-    def score(self, item: Item, completion: str) -> float:
-        return float(is_equiv(extract(completion), item.reference))
+    def item_from_answer(self, item_id: str, question: str, answer, meta: dict | None = None) -> Item:
+        """The reference is the answer as written (LaTeX); `meta.solution` feeds the lm-eval protocol."""
+        if answer is None or not str(answer).strip():
+            raise ValueError("empty reference answer")
+        return Item(id=item_id, prompt=question, reference=str(answer).strip(), meta=dict(meta or {}))
+
+    def _grade(self, item: Item, text: str, protocol: str) -> Verdict:
+        ref = item.reference
+        if protocol == "d1":
+            got = _d1.math_answer(text)
+            return Verdict(float(got is not None and _d1.hendrycks_equiv(got, ref)), got, protocol=protocol)
+        if protocol == "lm-eval":
+            solution = (item.meta or {}).get("solution") or f"$\\boxed{{{ref}}}$"
+            return Verdict(float(lm_eval_math_verify(solution, text)), None, metric="math_verify", protocol=protocol)
+        got = strict_math(text) if protocol == "strict" else extract(text)
+        return Verdict(float(is_equiv(got, ref)), got, protocol=protocol)

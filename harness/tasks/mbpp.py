@@ -52,6 +52,14 @@ class MBPP(RealTask):
     local_file = "mbpp/mbpp.jsonl"
     splits = ("train", "test")
     stop_strings: ClassVar[tuple[str, ...]] = ("[DONE]",)
+    # Scoring protocols (harness/tasks/base.py): pass@1 in the harness sandbox only.
+    protocols: ClassVar[dict[str, str]] = {
+        "harness": "pass@1 of the stop-cut completion against the tests, in the harness sandbox",
+        "d1": "n/a: the d1 repository does not evaluate MBPP",
+        "lm-eval": "n/a: lm-eval's mbpp runs code through its own code_eval; the harness runs code only in "
+                   "its sandbox (the bridge's dlmh_mbpp task scores with the harness protocol)",
+        "strict": "n/a: a program passes its tests or not; there is no answer fallback to remove",
+    }
     fewshot: int = 3
     prompt_format: Literal["plain"] = "plain"
     timeout_s: float = 10.0

@@ -5,6 +5,20 @@ the 16-character solution. Generated puzzles blank `n_blanks` cells of a grid dr
 all 288 valid 4x4 grids. With `dataset="d1"` the test split is the exact d1 test set
 (`sudoku/4x4_test.csv`, 500 puzzles with 8 blanks each); train is still generated, minus those
 puzzles. The scorer accepts any valid grid that keeps every given cell, not only the reference.
+
+Two metrics per completion: `accuracy` (the whole puzzle solved) and `cell_accuracy` (blank cells
+filled correctly / blanks: every blank counts when the grid is a valid solution, else the blanks
+that match the reference solution). Primary: `accuracy` under harness and strict; `cell_accuracy`
+under d1, whose papers report it (the other is recorded beside it in `outcome.extra`).
+
+Protocols (`protocol`, see harness/tasks/base.py):
+- harness: `answer_grid` (`<answer>` content, the last run of >= 16 digits, or four 4-digit rows).
+- d1: dllm-reasoning/d1 `eval/parse_and_get_acc.py::parse_sudoku_answers` (harness/tasks/_d1.py):
+  its five patterns in order, padded/cut to 16; cells compared with the reference solution only;
+  raw text.
+- lm-eval: n/a (lm-evaluation-harness has no Sudoku task).
+- strict: the `<answer>` content, or the whole completion when it has no tags, must be exactly 16
+  digits (whitespace and `|` `,` separators allowed); no digits picked out of prose.
 """
 from __future__ import annotations
 
@@ -13,13 +27,14 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 from math import comb
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 
 from harness.registry import TASKS
+from harness.tasks import _d1
 from harness.tasks._extract import answer_span, clean
-from harness.tasks.base import Task
+from harness.tasks.base import Task, Verdict
 from harness.tasks.data import data_file, sha256_file
 from harness.types import HarnessError, Item
 
@@ -74,14 +89,22 @@ class Sudoku4(Task):
     """4x4 Sudoku: puzzle digits then `=`, answer the 16 solved digits; any valid solution scores 1."""
 
     version = "1"
+    protocols: ClassVar[dict[str, str]] = {
+        "harness": "harness/tasks/sudoku4.py answer_grid, any valid solution",
+        "d1": "dllm-reasoning/d1 eval/parse_and_get_acc.py parse_sudoku_answers (cell accuracy)",
+        "lm-eval": "n/a: lm-evaluation-harness has no Sudoku task",
+        "strict": "exactly 16 digits in <answer> (or as the whole completion)",
+    }
     # Named `dataset`, not `source`: a field would shadow the `Task.source()` method.
     dataset: Literal["generated", "d1"] = "generated"
     n_blanks: int = 6
     n_train: int = 20_000
     n_test: int = 500
     seed: int = 0
+    protocol: str = "harness"  # a scoring protocol (harness/tasks/base.py PROTOCOLS)
 
     def __post_init__(self):
+        self.check_protocol(self.protocol, "sudoku4.protocol")
         if self.dataset not in ("generated", "d1"):
             raise ValueError(f"dataset must be 'generated' or 'd1', got {self.dataset!r}")
         if not 1 <= self.n_blanks <= 12:
@@ -154,8 +177,37 @@ class Sudoku4(Task):
             for i, (p, s) in enumerate(pairs)
         ]
 
-    def score(self, item: Item, completion: str) -> float:
-        return float(is_valid_solution(item.meta["puzzle"], answer_grid(completion) or ""))
+    def item_from_answer(self, item_id: str, question: str, answer, meta: dict | None = None) -> Item:
+        """The answer is the 16-digit solution; the puzzle is `meta.puzzle`, else the question's
+        first 16 characters (d1 stores the puzzle as the question), `Sudoku puzzle: <16 digits>`,
+        or the harness prompt `<16 digits>=`."""
+        solution = re.sub(r"\s", "", str(answer or ""))
+        puzzle = (meta or {}).get("puzzle")
+        if puzzle is None:
+            m = re.match(r"\d{16}", question) or re.search(r"Sudoku puzzle: (\d{16})", question) \
+                or re.search(r"(\d{16})=", question)
+            puzzle = (m.group(1) if m.groups() else m.group(0)) if m else None
+        if puzzle is None or not re.fullmatch(r"[0-4]{16}", puzzle):
+            raise ValueError(f"no 16-digit puzzle in the question {question[:60]!r}")
+        if not (re.fullmatch(r"[1-4]{16}", solution) and is_valid_solution(puzzle, solution)):
+            raise ValueError(f"reference {answer!r} is not a solution of puzzle {puzzle}")
+        return Item(id=item_id, prompt=question, reference=solution,
+                    meta={**(meta or {}), "puzzle": puzzle, "solution": solution})
+
+    def _grade(self, item: Item, text: str, protocol: str) -> Verdict:
+        puzzle, solution = item.meta["puzzle"], item.meta.get("solution") or item.reference
+        if protocol == "d1":
+            correct, blanks, grid = _d1.sudoku_cells(text, puzzle, solution)
+            cells = correct / blanks if blanks else 0.0
+            return Verdict(cells, grid or None, metric="cell_accuracy", protocol=protocol,
+                           extra={"accuracy": float(blanks > 0 and correct == blanks), "blanks": blanks})
+        grid = strict_grid(text) if protocol == "strict" else answer_grid(text)
+        solved = is_valid_solution(puzzle, grid or "")
+        blanks = [i for i in range(16) if puzzle[i] == "0"]
+        matches = grid is not None and len(solution) == 16
+        right = len(blanks) if solved else sum(1 for i in blanks if matches and grid[i] == solution[i])
+        return Verdict(float(solved), grid, protocol=protocol,
+                       extra={"cell_accuracy": right / len(blanks) if blanks else float(solved), "blanks": len(blanks)})
 
 
 _RUN = re.compile(r"\d(?:[\s|,;\[\]().\-+_/]*\d)*")
@@ -176,3 +228,12 @@ def answer_grid(completion: str) -> str | None:
         return long[-1][:16]
     rows = [r for r in runs if len(r) == 4]
     return "".join(rows[-4:]) if len(rows) >= 4 else None
+
+
+def strict_grid(completion: str) -> str | None:
+    """Sudoku under `strict`: the `<answer>` content (or the whole completion without tags) is
+    exactly 16 digits once whitespace and `|` `,` separators are removed."""
+    text = clean(completion)
+    span = answer_span(text)
+    body = re.sub(r"[\s|,]", "", span if span is not None else text)
+    return body if re.fullmatch(r"\d{16}", body) else None

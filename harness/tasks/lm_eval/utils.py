@@ -16,7 +16,7 @@ from harness.registry import TASKS
 from harness.types import Item
 
 # Task metadata keys (lm-eval --metadata, or TaskManager metadata) that set harness task fields.
-TASK_FIELDS = ("fewshot", "prompt_format")
+TASK_FIELDS = ("fewshot", "prompt_format", "protocol")
 
 
 def _params(name: str, given: dict | None = None, **metadata) -> dict:
@@ -76,9 +76,11 @@ def keep_all(resps, docs):
 
 
 def process_results(doc: dict, results: list) -> dict:
-    """Exact answer tasks: the harness scorer on the (first) completion."""
+    """Exact answer tasks: the harness scorer on the (first) completion, under the task's protocol.
+    `accuracy` is always whole-answer accuracy (d1's Sudoku cell accuracy is not renamed into it)."""
     task = _task(doc["task"], doc["task_params"])
-    return {"accuracy": float(task.score(item_of(doc), results[0]))}
+    v = task.grade(item_of(doc), results[0])
+    return {"accuracy": float(v.value if v.metric == "accuracy" else v.extra.get("accuracy", v.value))}
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
