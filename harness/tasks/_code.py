@@ -54,7 +54,8 @@ def clean_code(completion: str) -> str:
     return clean(completion.replace("\r\n", "\n"), strip=False)
 
 
-def sandbox_score(program: str, timeout_s: float) -> float:
-    from harness.tasks.sandbox import run_program
+def checked_score(check, timeout_s: float) -> float:
+    """1.0 iff the trusted run of `check` (a `_trusted.CodeCheck`) passes; see `_trusted.run_check`."""
+    from harness.tasks._trusted import run_check
 
-    return float(run_program(program, timeout_s=timeout_s).passed)
+    return float(run_check(check, timeout_s=timeout_s).passed)

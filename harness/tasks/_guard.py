@@ -18,6 +18,11 @@ def _main():
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
+    if len(sys.argv) > 2:  # the report channel: always fd 3 for the program
+        channel = int(sys.argv[2])
+        if channel != 3:
+            os.dup2(channel, 3)
+            os.close(channel)
     path = sys.argv[1]
     root = os.path.realpath(os.path.dirname(path))
     with open(path, encoding="utf-8") as f:

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 from harness.registry import TASKS
-from harness.tasks._code import clean_code, cut_at, drop_truncated_tail, fenced, sandbox_score
+from harness.tasks._code import checked_score, clean_code, cut_at, drop_truncated_tail, fenced
 from harness.tasks._real import RealTask
+from harness.tasks._trusted import CodeCheck, humaneval_check
 from harness.types import HarnessError, Item
 
 STOPS = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#")
@@ -39,8 +40,17 @@ def extract(completion: str, entry_point: str | None = None) -> str:
 
 
 def build_program(item: Item, completion: str) -> str:
+    """The program as the benchmark defines it (prompt, completion, test, `check`); for reading:
+    scoring runs `build_check` instead."""
     body = extract(completion, item.meta["entry_point"])
     return f"{item.prompt}{body}\n\n{item.meta['test']}\n\ncheck({item.meta['entry_point']})\n"
+
+
+def build_check(item: Item, completion: str) -> CodeCheck:
+    """The trusted check of a completion (harness/tasks/_trusted.py): the completion runs on the
+    test's inputs, the test's asserts run in a second program without it."""
+    return humaneval_check(item.prompt, extract(completion, item.meta["entry_point"]), item.meta["test"],
+                           item.meta["entry_point"])
 
 
 @TASKS.register("humaneval")
@@ -87,5 +97,8 @@ class HumanEval(RealTask):
     def program(self, item: Item, completion: str) -> str:
         return build_program(item, completion)
 
+    def check(self, item: Item, completion: str) -> CodeCheck:
+        return build_check(item, completion)
+
     def score(self, item: Item, completion: str) -> float:
-        return sandbox_score(self.program(item, completion), self.timeout_s)
+        return checked_score(self.check(item, completion), self.timeout_s)

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 from harness.registry import TASKS
-from harness.tasks._code import clean_code, cut_at, drop_truncated_tail, fenced, sandbox_score
+from harness.tasks._code import checked_score, clean_code, cut_at, drop_truncated_tail, fenced
 from harness.tasks._real import RealTask, _cached_rows
+from harness.tasks._trusted import CodeCheck, mbpp_check
 from harness.types import HarnessError, Item
 
 ID_RANGES = {"prompt": (1, 10), "test": (11, 510), "validation": (511, 600), "train": (601, 974)}
@@ -94,9 +95,16 @@ class MBPP(RealTask):
                           "test_setup_code": doc.get("test_setup_code") or "", "code": doc["code"]})
 
     def program(self, item: Item, completion: str) -> str:
+        """The program as the benchmark defines it (code, setup, asserts); scoring runs `check`."""
         setup = item.meta["test_setup_code"].replace("\r\n", "\n")
         tests = "\n".join(item.meta["test_list"])
         return f"{extract(completion)}\n\n{setup}\n{tests}\n"
 
+    def check(self, item: Item, completion: str) -> CodeCheck:
+        """The trusted check (harness/tasks/_trusted.py): the code runs on the asserts' inputs, the
+        asserts run in a second program without it."""
+        setup = item.meta["test_setup_code"].replace("\r\n", "\n")
+        return mbpp_check(extract(completion), setup, list(item.meta["test_list"]))
+
     def score(self, item: Item, completion: str) -> float:
-        return sandbox_score(self.program(item, completion), self.timeout_s)
+        return checked_score(self.check(item, completion), self.timeout_s)

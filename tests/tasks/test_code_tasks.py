@@ -8,7 +8,7 @@ from harness.registry import TASKS
 from harness.tasks import data as data_mod
 from harness.tasks.humaneval import extract as he_extract
 from harness.tasks.mbpp import extract as mbpp_extract
-from harness.tasks.sandbox import run_many
+from harness.tasks._trusted import run_checks
 from harness.types import Item
 
 HAVE_HE = (data_mod.data_dir() / "humaneval" / "HumanEval.jsonl.gz").is_file()
@@ -76,9 +76,11 @@ def test_humaneval_canonical_solutions_all_pass_and_wrong_ones_fail(monkeypatch)
     task = TASKS.build("humaneval")
     items = task.items("test")
     assert len(items) == 164 and items[0].id == "HumanEval/0" and task.source().startswith("local:")
-    good = run_many([task.program(i, i.meta["canonical_solution"]) for i in items], workers=4, timeout_s=30)
+    checks = [task.check(i, i.meta["canonical_solution"]) for i in items]
+    assert all(c.checker is not None for c in checks)  # every problem is checked by a trusted run
+    good = run_checks(checks, workers=4, timeout_s=30)
     assert [i.id for i, r in zip(items, good) if not r.passed] == []
-    wrong = run_many([task.program(i, "    return None\n") for i in items], workers=4, timeout_s=30)
+    wrong = run_checks([task.check(i, "    return None\n") for i in items], workers=4, timeout_s=30)
     assert [i.id for i, r in zip(items, wrong) if r.passed] == []
 
 
@@ -92,11 +94,15 @@ def test_mbpp_reference_code_passes_all_500_and_wrong_code_fails(monkeypatch):
     assert items[0].prompt.count("[BEGIN]") == 4 and items[0].prompt.count("[DONE]") == 3
     assert "task: Write a function to find the similar elements" in items[0].prompt  # task 2 first
     # mbpp/123 (amicable numbers below 9999) takes ~6 s alone on a loaded 2-core machine: 60 s here.
-    good = run_many([task.program(i, i.meta["code"] + "\n[DONE]") for i in items], workers=4, timeout_s=60)
+    checks = [task.check(i, i.meta["code"] + "\n[DONE]") for i in items]
+    # One problem's setup builds a tree of the completion's own Node class: it cannot be replayed
+    # and runs in one process with type-strict asserts (harness/tasks/_trusted.py).
+    assert [i.id for i, c in zip(items, checks) if c.checker is None] == ["mbpp/367"]
+    good = run_checks(checks, workers=4, timeout_s=60)
     assert [i.id for i, r in zip(items, good) if not r.passed] == []
     # Wrong: every function defined by the reference returns None.
     wrong_code = [_returns_none(i.meta["code"]) for i in items]
-    wrong = run_many([task.program(i, c) for i, c in zip(items, wrong_code)], workers=4, timeout_s=60)
+    wrong = run_checks([task.check(i, c) for i, c in zip(items, wrong_code)], workers=4, timeout_s=60)
     assert [i.id for i, r in zip(items, wrong) if r.passed] == []
 
 
