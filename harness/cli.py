@@ -251,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run in RUN_DIR")
     s.add_argument("--quick", action="store_true", help="the suite's quick variant (fewer items and replicates)")
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _unsafe_flag(s)
     s.set_defaults(fn=cmd_run)
 
     s = sub.add_parser("report", help="write a report from run directories",
@@ -326,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="scoring protocol of the harness tasks (lm-eval's built-in tasks always score as lm-eval)")
     s.add_argument("--suite", help="an lm-eval suite file (suites/lm-eval.yaml); replaces the options above")
     s.add_argument("--results", default="results", help="results root (default: results)")
+    _unsafe_flag(s)
     s.set_defaults(fn=cmd_eval)
     return p
 
@@ -342,9 +344,19 @@ def _version() -> str:
         return tomllib.loads(text)["project"]["version"]
 
 
+def _unsafe_flag(s) -> None:
+    s.add_argument("--allow-unsafe-code", action="store_true",
+                   help="run generated code (humaneval, mbpp) even where the sandbox cannot use namespaces; "
+                        "records then say which weaker level it ran at (README: Sandbox)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "allow_unsafe_code", False):
+        from harness.tasks.sandbox import allow_unsafe_code
+
+        allow_unsafe_code()  # an environment variable: the lm-eval task functions in this process read it too
     try:
         return args.fn(args)
     except HarnessError as exc:

@@ -87,6 +87,26 @@ def resolve_tasks(names, source: str) -> dict[str, dict]:
     return out
 
 
+def code_isolation(mapping: dict) -> dict:
+    """lm-eval task -> where its generated code runs: the harness sandbox's level for the harness
+    YAMLs (UnsafeCodeRefused without namespaces unless allowed), "lm-eval-code_eval" for lm-eval's
+    own code tasks, which run completions outside the harness sandbox and so need --allow-unsafe-code
+    (lm-eval also refuses every task marked unsafe_code without it: the bridge passes the flag on)."""
+    from harness.tasks.sandbox import preflight, unsafe_code_allowed
+
+    out = {}
+    for name, m in mapping.items():
+        if m["source"] == "harness-yaml" and m["task"] in ("dlmh_humaneval", "dlmh_mbpp"):
+            out[m["task"]] = preflight(True)
+        elif m["source"] == "lm-eval-builtin" and any(k in m["task"] for k in ("humaneval", "mbpp")):
+            if not unsafe_code_allowed():
+                raise HarnessError(f"--tasks {name}: lm-eval's own task {m['task']} runs generated code through "
+                                   "lm-eval's code_eval, outside the harness sandbox; use --task-source harness, "
+                                   "or pass --allow-unsafe-code to run it anyway")
+            out[m["task"]] = "lm-eval-code_eval"
+    return out
+
+
 def run_eval(spec: EvalSpec, results: str | Path = "results", suite: str = "lm-eval", argv=None,
              suite_path: str = "", metrics: dict | None = None) -> Path:
     """Under torchrun (lm-eval's data parallelism) every rank evaluates its share of the documents;
@@ -99,6 +119,7 @@ def run_eval(spec: EvalSpec, results: str | Path = "results", suite: str = "lm-e
     protocol = json.dumps(asdict(spec), sort_keys=True, default=list)
     sha = hashlib.sha256(protocol.encode()).hexdigest()
     mapping = resolve_tasks(spec.tasks, spec.task_source)
+    sandbox = code_isolation(mapping)  # refused here, before any compute, unless allowed
     rank, world = rank_and_world()
     run_dir = Path(results) / suite / new_run_id(sha)
     if rank == 0:
@@ -111,7 +132,7 @@ def run_eval(spec: EvalSpec, results: str | Path = "results", suite: str = "lm-e
                 "suite_sha256": sha, "quick": False, "kind": "lm_eval", "status": "running",
                 "command": argv or sys.argv, "started_at": _now(), "protocol": asdict(spec), "tasks": mapping,
                 "model_args": {k: v for k, v in model_args.items() if k != "records"}, "world_size": world,
-                **provenance.collect()}
+                "sandbox": sandbox, **provenance.collect()}
     if rank == 0:
         write_json_atomic(run_dir / MANIFEST, manifest)
     lm = DLMHarnessLM(**model_args)
@@ -221,6 +242,7 @@ def _records(task: str, rows: list[dict], lm, manifest: dict, out: dict):
             "generation": {"text": text, "filtered": s.get("filtered_resps"), "filter": s.get("filter")},
             "cost": cost, "status": "ok" if value is not None else "error",
             "error": None if value is not None else f"lm-eval reported no value for {metric}",
+            **({"sandbox": manifest["sandbox"][task]} if task in manifest.get("sandbox", {}) else {}),
         }
 
 

@@ -37,6 +37,7 @@ from harness.registry import MODELS, REGISTRIES, TASKS, params_of
 from harness.seeding import derive_seed, torch_generator
 from harness.studies import STUDIES, Batch, StudyKind
 from harness.tasks.base import item_hash
+from harness.tasks.sandbox import preflight
 from harness.types import Budget, BudgetExceeded, Cost, HarnessError
 
 
@@ -67,6 +68,8 @@ class Runner:
                  quick: bool = False, progress: bool = True, argv: list[str] | None = None):
         self.suite = load_suite(suite_path)
         self.cells = plan(self.suite, quick=quick)  # every error surfaces here, before compute
+        # Generated code runs only in a sandbox with namespaces unless --allow-unsafe-code: refused here.
+        self.sandbox = preflight(any(getattr(TASKS.get(c.task.name), "runs_code", False) for c in self.cells))
         self.quick = quick
         self.dist = distributed.from_env()
         self.progress = progress and self.dist.main
@@ -108,7 +111,7 @@ class Runner:
             "suite_path": self.suite.path, "suite_sha256": self.suite.sha256, "quick": self.quick,
             "metrics": self.suite.metrics,
             "command": argv or sys.argv, "started_at": _now(), "status": "running",
-            "cells": [cell_to_dict(c) for c in self.cells],
+            "cells": [cell_to_dict(c) for c in self.cells], "sandbox": self.sandbox,
             "seeds": sorted({c.seed for c in self.cells}),
             "models": {k: {"name": m.name, "params": m.params,
                            **MODELS.build(m.name, m.params).provenance()} for k, m in models.items()},
@@ -251,6 +254,7 @@ class Runner:
             "outcome": result.get("outcome"), "estimate": result.get("estimate"),
             "generation": result.get("generation"), "cost": cost,
             "status": status, "error": error,
+            **({"sandbox": self.sandbox} if getattr(task, "runs_code", False) else {}),
         }
 
 

@@ -268,10 +268,12 @@ def simple_evaluate(lm: DLMHarnessLM, tasks: list[str], *, include_path: str | N
     import lm_eval
     from lm_eval.tasks import TaskManager
 
+    from harness.tasks.sandbox import unsafe_code_allowed  # lm-eval's own code tasks: only when allowed
+
     manager = TaskManager(include_path=include_path, metadata=metadata)
     return lm_eval.simple_evaluate(
         model=lm, tasks=tasks, limit=limit, num_fewshot=num_fewshot, task_manager=manager,
-        log_samples=True, bootstrap_iters=bootstrap_iters, confirm_run_unsafe_code=True,
+        log_samples=True, bootstrap_iters=bootstrap_iters, confirm_run_unsafe_code=unsafe_code_allowed(),
         random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed)
 
 

@@ -108,6 +108,16 @@ def _dlmh_eq(a, b):
     return a == b
 
 
+def _dlmh_eq_plain(a, b):
+    """`_dlmh_eq` for the one-process fallback, where no value is trusted: both must be plain."""
+    try:
+        _dlmh_encode(a)
+        _dlmh_encode(b)
+    except (_DlmhNotPlain, RecursionError):
+        return False
+    return _dlmh_eq(a, b)
+
+
 # -- untrusted side -------------------------------------------------------------------------------
 def _dlmh_recording(namespace, names):
     """Rebind each function `names` in `namespace` to a recorder (see the module docstring)."""

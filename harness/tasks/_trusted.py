@@ -76,19 +76,25 @@ class _Reduce(ast.NodeTransformer):
 
 
 class _Strict(ast.NodeTransformer):
-    """In asserts, `a == b` -> `_dlmh_eq(a, b)` and `a != b` -> `not _dlmh_eq(a, b)`."""
+    """In asserts, `a == b` -> `eq(a, b)` and `a != b` -> `not eq(a, b)`."""
+
+    def __init__(self, eq: str):
+        self.eq = eq
 
     def visit_Assert(self, node: ast.Assert):
-        node.test = _StrictCompare().visit(node.test)
+        node.test = _StrictCompare(self.eq).visit(node.test)
         return node
 
 
 class _StrictCompare(ast.NodeTransformer):
+    def __init__(self, eq: str):
+        self.eq = eq
+
     def visit_Compare(self, node: ast.Compare):
         self.generic_visit(node)
         if len(node.ops) != 1 or not isinstance(node.ops[0], (ast.Eq, ast.NotEq)):
             return node
-        call = ast.Call(ast.Name("_dlmh_eq", ast.Load()), [node.left, node.comparators[0]], [])
+        call = ast.Call(ast.Name(self.eq, ast.Load()), [node.left, node.comparators[0]], [])
         return call if isinstance(node.ops[0], ast.Eq) else ast.UnaryOp(ast.Not(), call)
 
 
@@ -101,8 +107,8 @@ def reduce_asserts(test_code: str, names) -> str:
     return _transform(test_code, _Reduce(frozenset(names)))
 
 
-def strict_asserts(test_code: str) -> str:
-    return _transform(test_code, _Strict())
+def strict_asserts(test_code: str, eq: str = "_dlmh_eq") -> str:
+    return _transform(test_code, _Strict(eq))
 
 
 def humaneval_check(prompt: str, solution: str, test: str, entry_point: str) -> CodeCheck:
@@ -138,7 +144,7 @@ def mbpp_check(code: str, setup: str, tests: list[str]) -> CodeCheck:
                    f"{strict_asserts(test_code)}\n")
         return CodeCheck(program, checker)
     # The setup builds objects with the completion's classes: one process, type-strict asserts.
-    return CodeCheck(f"{SOURCE}\n{code}\n\n{setup}\n{SEED}{strict_asserts(test_code)}\n", None)
+    return CodeCheck(f"{SOURCE}\n{code}\n\n{setup}\n{SEED}{strict_asserts(test_code, '_dlmh_eq_plain')}\n", None)
 
 
 def _free_names(code: str) -> set[str]:

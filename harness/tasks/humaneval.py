@@ -72,6 +72,7 @@ class HumanEval(RealTask):
                    "its sandbox (the bridge's dlmh_humaneval task scores with the harness protocol)",
         "strict": "n/a: a program passes its tests or not; there is no answer fallback to remove",
     }
+    runs_code: ClassVar[bool] = True  # scored in the sandbox: runs and records carry its isolation level
     fewshot: int = 0
     prompt_format: Literal["plain"] = "plain"
     timeout_s: float = 10.0

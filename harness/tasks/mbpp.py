@@ -61,6 +61,7 @@ class MBPP(RealTask):
                    "its sandbox (the bridge's dlmh_mbpp task scores with the harness protocol)",
         "strict": "n/a: a program passes its tests or not; there is no answer fallback to remove",
     }
+    runs_code: ClassVar[bool] = True  # scored in the sandbox: runs and records carry its isolation level
     fewshot: int = 3
     prompt_format: Literal["plain"] = "plain"
     timeout_s: float = 10.0

@@ -361,3 +361,9 @@ def run_many(sources: list[str], *, workers: int = 4, **kwargs) -> list[SandboxR
         return []
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(sources)))) as pool:
         return list(pool.map(lambda s: run_program(s, **kwargs), sources))
+
+
+def preflight(runs_code: bool) -> str | None:
+    """Before any compute: the level generated code will run at (None when no task runs code);
+    UnsafeCodeRefused when it would be refused, so a run fails at once and not unit by unit."""
+    return isolation().level if runs_code else None

@@ -10,10 +10,17 @@ import time
 
 import pytest
 
+from harness.evaluate import code_isolation
+from harness.registry import TASKS
+from harness.tasks import sandbox
 from harness.tasks.data import REPO_ROOT
-from harness.tasks.sandbox import isolation, run_many, run_program
+from harness.tasks.sandbox import FIRST_UID, UnsafeCodeRefused, preflight, run_many, run_program
+from harness.types import HarnessError, Item
+from tests.tasks.conftest import fresh_uid_processes
 
 SECRET = "DLM_SANDBOX_TEST_SECRET"
+HE_ITEM = Item(id="t", prompt='def add(a, b):\n    """Return a + b."""\n', reference="", meta={
+    "entry_point": "add", "test": "def check(candidate):\n    assert candidate(2, 3) == 5\n"})
 
 
 def test_honest_programs():
@@ -70,7 +77,7 @@ def hostile(canary_file: str, canary_dir: str, parent: int) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_hostile_corpus_is_contained(tmp_path, monkeypatch):
+def test_hostile_corpus_is_contained(tmp_path, monkeypatch, sandbox_level):
     canary_dir = tmp_path / "canary"
     canary_dir.mkdir()
     canary = canary_dir / "canary.txt"
@@ -83,7 +90,8 @@ def test_hostile_corpus_is_contained(tmp_path, monkeypatch):
     tmp_before = set(glob.glob(os.path.join(tempfile.gettempdir(), "dlm-sandbox-*")))
 
     corpus = hostile(str(canary), str(canary_dir), parent)
-    results = run_many(list(corpus.values()), workers=4, timeout_s=4, cpu_s=2, memory_mb=512, max_output_mb=4)
+    results = run_many(list(corpus.values()), workers=4, timeout_s=4, cpu_s=2, memory_mb=512, max_output_mb=4,
+                       level=sandbox_level)
     for (name, _), res in zip(corpus.items(), results):
         assert not res.passed and res.status != "passed", (name, res)
         assert len(res.stdout) <= 2000 and len(res.stderr) <= 2000, name
@@ -98,9 +106,9 @@ def test_hostile_corpus_is_contained(tmp_path, monkeypatch):
     assert (REPO_ROOT / "README.md").read_bytes() == readme_before
     assert subprocess.run(git, capture_output=True, text=True).stdout == tree_before
     assert set(glob.glob(os.path.join(tempfile.gettempdir(), "dlm-sandbox-*"))) <= tmp_before  # folders removed
-    if isolation()[0] == "root-ns":  # every process the corpus started is gone (SIGKILL lands within ~1 s)
+    if sandbox_level != "unsafe":  # every process the corpus started is gone (SIGKILL lands within ~1 s)
         for _ in range(50):
-            left = subprocess.run(["pgrep", "-u", "65534"], capture_output=True, text=True).stdout.split()
+            left = fresh_uid_processes()
             if not left:
                 break
             time.sleep(0.1)
@@ -121,3 +129,61 @@ def test_cpu_limit_kill_is_reported_as_killed():
     namespaced levels unshare loses that signal from its exit status; the sandbox still says so."""
     res = run_program("while True:\n    pass\n", timeout_s=20, cpu_s=1)
     assert res.status == "killed" and not res.passed and res.wall_s < 15
+
+
+def test_fresh_proc_and_unprivileged_uid(sandbox_level):
+    """In the namespaced levels the program is PID 1 of a fresh /proc (no host process visible);
+    as root every level runs it as a fresh unprivileged uid."""
+    res = run_program("import os\nprint(sorted(p for p in os.listdir('/proc') if p.isdigit()))\nprint(os.getuid())",
+                      timeout_s=20, level=sandbox_level)
+    assert res.passed and res.level == sandbox_level, res
+    pids, uid = res.stdout.splitlines()
+    if sandbox_level.endswith("-ns"):
+        assert eval(pids) == ["1"]
+    else:
+        assert len(eval(pids)) > 1  # the unsafe levels see the host's processes: why they need consent
+    if os.geteuid() == 0:
+        assert int(uid) >= FIRST_UID
+
+
+def test_without_namespaces_generated_code_is_refused_unless_allowed(monkeypatch):
+    """Simulated machine without namespaces: code tasks refuse to run generated code, early and
+    with a message naming the flag; once allowed, code runs at the weaker level, as a fresh uid."""
+    real = sandbox.probe
+    monkeypatch.setattr(sandbox, "probe", lambda level: None if level in sandbox.LEVELS else real(level))
+    monkeypatch.delenv(sandbox.ALLOW_ENV, raising=False)
+    with pytest.raises(UnsafeCodeRefused, match="--allow-unsafe-code"):
+        run_program("print(1)")
+    with pytest.raises(UnsafeCodeRefused):
+        TASKS.build("humaneval").score(HE_ITEM, "    return a + b\n")
+    with pytest.raises(UnsafeCodeRefused):
+        preflight(True)
+    assert preflight(False) is None and sandbox.level_name() == "refused"
+    with pytest.raises(UnsafeCodeRefused):
+        code_isolation({"humaneval": {"task": "dlmh_humaneval", "source": "harness-yaml"}})
+    with pytest.raises(HarnessError, match="--allow-unsafe-code"):  # lm-eval's own code_eval: never unasked
+        code_isolation({"humaneval": {"task": "humaneval", "source": "lm-eval-builtin"}})
+    assert code_isolation({"gsm8k": {"task": "dlmh_gsm8k", "source": "harness-yaml"}}) == {}
+
+    sandbox.allow_unsafe_code()  # what --allow-unsafe-code does
+    weak = "unsafe-uid" if os.geteuid() == 0 else "unsafe"
+    assert preflight(True) == weak and sandbox.level_name() == weak
+    assert TASKS.build("humaneval").score(HE_ITEM, "    return a + b\n") == 1.0
+    res = run_program("import os\nprint(os.getuid())", timeout_s=20)
+    assert res.passed and res.level == weak and (os.geteuid() != 0 or int(res.stdout) >= FIRST_UID)
+    assert code_isolation({"humaneval": {"task": "humaneval", "source": "lm-eval-builtin"}}) == {
+        "humaneval": "lm-eval-code_eval"}
+    sandbox.allow_unsafe_code(False)
+
+
+def test_cli_flag_allows_unsafe_code(monkeypatch):
+    """`--allow-unsafe-code` on run and eval sets the permission the sandbox reads."""
+    from harness.cli import build_parser, main
+
+    monkeypatch.delenv(sandbox.ALLOW_ENV, raising=False)
+    for cmd in (["run", "suite.yaml"], ["eval", "--tasks", "humaneval"]):
+        assert build_parser().parse_args([*cmd, "--allow-unsafe-code"]).allow_unsafe_code
+        assert not build_parser().parse_args(cmd).allow_unsafe_code
+    assert main(["run", "no-such-suite.yaml", "--allow-unsafe-code"]) == 2  # fails on the suite, after the flag
+    assert sandbox.unsafe_code_allowed()
+    sandbox.allow_unsafe_code(False)
