@@ -187,3 +187,51 @@ def test_cli_flag_allows_unsafe_code(monkeypatch):
     assert main(["run", "no-such-suite.yaml", "--allow-unsafe-code"]) == 2  # fails on the suite, after the flag
     assert sandbox.unsafe_code_allowed()
     sandbox.allow_unsafe_code(False)
+
+
+def test_runs_records_and_reports_name_the_level(tmp_path, tiny_ckpt, monkeypatch):
+    """A suite whose task runs code: the manifest and every record carry the level, the report
+    states it; on a machine without namespaces the run is refused before any compute."""
+    from dataclasses import dataclass
+
+    from harness.records import read_manifest, read_records
+    from harness.report.markdown import render
+    from harness.runner import Runner
+    from harness.tasks.addition import Addition
+
+    @dataclass(frozen=True, kw_only=True)
+    class SandboxedAddition(Addition):  # the addition task, scored by running a program in the sandbox
+        runs_code = True  # not annotated: a class attribute, not a parameter
+
+        def score(self, item, completion):
+            return float(run_program(f"x = {completion!r}\nassert isinstance(x, str)", timeout_s=20).passed)
+
+    monkeypatch.setitem(TASKS._entries, "sandboxed_addition", SandboxedAddition)
+    suite = tmp_path / "s.yaml"
+    suite.write_text(f"""
+suite: sb
+models:
+  tiny: {{name: tiny, params: {{checkpoint: {tiny_ckpt}}}}}
+tasks:
+  add: {{name: sandboxed_addition, params: {{n_digits: 2}}, split: test, n_items: 2}}
+studies:
+  - id: gen
+    kind: generate
+    model: tiny
+    task: add
+    sampler: {{name: low_confidence, params: {{}}}}
+""")
+    run_dir = Runner(suite, results=tmp_path / "r", progress=False).run()
+    level = sandbox.level_name()
+    records = read_records(run_dir)
+    assert len(records) == 2 and {r["sandbox"] for r in records} == {level} and level != "refused"
+    assert all(r["outcome"]["value"] == 1.0 for r in records)
+    assert read_manifest(run_dir)["sandbox"] == level
+    assert f"isolation level `{level}` (2 records)" in render(run_dir)
+
+    real = sandbox.probe
+    monkeypatch.setattr(sandbox, "probe", lambda lv: None if lv in sandbox.LEVELS else real(lv))
+    monkeypatch.delenv(sandbox.ALLOW_ENV, raising=False)
+    with pytest.raises(UnsafeCodeRefused):
+        Runner(suite, results=tmp_path / "r2", progress=False)
+    assert not (tmp_path / "r2").exists()
