@@ -18,12 +18,12 @@ call that returned it fails. Decoding builds fresh builtin objects, whose equali
   encoded arguments, and the encoded result, the builtin exception it raised, or why the result
   could not be encoded.
 - The replay (trusted side) gives the test code stubs that return, for each call, the recorded
-  result of the call with the same name and arguments, and compares with `_dlmh_eq`: equal and of
-  the same type, recursively (True is not 1, 1.0 is not 1, a tuple is not a list).
+  result of the call with the same name and arguments, and its asserts compare with `_dlmh_eq`:
+  equal and of the same type, recursively (a tuple is not a list, a str is not bytes), numbers by
+  value across bool/int/float/complex.
 """
-import json as _dlmh_json
-
 import collections as _dlmh_collections
+import json as _dlmh_json
 
 _DLMH_DEPTH = 200
 _DLMH_DICTS = (_dlmh_collections.Counter, _dlmh_collections.OrderedDict, _dlmh_collections.defaultdict)

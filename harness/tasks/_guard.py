@@ -1,7 +1,8 @@
 """The in-process part of the sandbox: the wrapper that runs a program and its reliability guard.
 
 `WRAPPER` is the source passed to `python -I -S -c`. It reads the success token from stdin (so
-the token is in no file the program can read), points stdin at /dev/null, disables dangerous
+the token is in no file the program can read), points stdin at /dev/null, moves the report
+channel (when `sandbox.run_program(channel=True)` passes one) to fd 3, disables dangerous
 functions (process creation and signalling, sockets, writes/deletes outside the sandbox folder,
 raising resource limits), runs the program file, and writes the token only if the program ran to
 its end. This layer is Python-level only, so a determined program can get around it (e.g. by

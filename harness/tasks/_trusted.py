@@ -71,8 +71,8 @@ class _Reduce(ast.NodeTransformer):
             return ast.ListComp(elt=elt, generators=e.generators)
         if isinstance(e, (ast.Lambda, ast.NamedExpr)):
             return e
-        parts = [self.keep(c) for c in ast.iter_child_nodes(e) if isinstance(c, ast.expr) and _names_called(c, self.names)]
-        return ast.Tuple(parts, ast.Load())
+        parts = [c for c in ast.iter_child_nodes(e) if isinstance(c, ast.expr) and _names_called(c, self.names)]
+        return ast.Tuple([self.keep(c) for c in parts], ast.Load())
 
 
 class _Strict(ast.NodeTransformer):

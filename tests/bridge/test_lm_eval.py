@@ -139,6 +139,12 @@ def test_dlm_harness_eval_offline_writes_a_harness_run(tmp_path):
     assert len(recs) == 20 and all(r["status"] == "ok" for r in recs)
     assert {r["outcome"]["metric"] for r in recs} == {"accuracy", "pass@1"}
     assert all(r["cost"]["nfe"] > 0 for r in recs)
+    from harness.tasks.sandbox import level_name  # where the completions of the code tasks ran
+
+    code = {"dlmh_humaneval", "dlmh_mbpp"}
+    assert manifest["sandbox"] == {t: level_name() for t in code}
+    assert [r.get("sandbox") for r in recs if r["task"]["name"] in code] == [level_name()] * 10
+    assert all("sandbox" not in r for r in recs if r["task"]["name"] not in code)
     from harness.report.markdown import write_report
     from harness.stats.gate import gate
 

@@ -6,9 +6,9 @@ import pytest
 
 from harness.registry import TASKS
 from harness.tasks import data as data_mod
+from harness.tasks._trusted import run_checks
 from harness.tasks.humaneval import extract as he_extract
 from harness.tasks.mbpp import extract as mbpp_extract
-from harness.tasks._trusted import run_checks
 from harness.types import Item
 
 HAVE_HE = (data_mod.data_dir() / "humaneval" / "HumanEval.jsonl.gz").is_file()

@@ -36,7 +36,8 @@ ALWAYS_EQUAL = {
                       "def add(a, b):\n    return Any()\n",
     "sys_modules_patching": "import sys, builtins, math\nclass Yes:\n    def __getattr__(self, n):\n"
                             "        return lambda *a, **k: True\nsys.modules['math'] = Yes()\n"
-                            "builtins.abs = lambda x: 0\nsys.modules['__main__'].__dict__['_dlmh_eq'] = lambda a, b: True\n"
+                            "builtins.abs = lambda x: 0\n"
+                            "sys.modules['__main__'].__dict__['_dlmh_eq'] = lambda a, b: True\n"
                             "sys.modules['__main__'].__dict__['check'] = lambda c: None\n"
                             "def add(a, b):\n    return None\n",
     "patch_assertion_error": "import builtins\nclass Never(BaseException):\n    pass\n"
