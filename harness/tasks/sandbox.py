@@ -282,7 +282,7 @@ def run_program(source: str, *, timeout_s: float = 10, memory_mb: int = 1024, cp
                 timed_out = True
             finally:
                 _kill_group(proc.pid)
-                if iso.fresh_uid:
+                if iso.fresh_uid and not iso.prefix:  # no PID namespace whose end kills them all
                     _reap(uid, iso.python)
             if timed_out:
                 rc = proc.wait()

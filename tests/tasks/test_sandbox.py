@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+import shutil
 import subprocess
 import tempfile
 import time
@@ -235,3 +236,45 @@ studies:
     with pytest.raises(UnsafeCodeRefused):
         Runner(suite, results=tmp_path / "r2", progress=False)
     assert not (tmp_path / "r2").exists()
+
+
+LADDER_SCRIPT = """
+import json, os
+from harness.tasks import sandbox
+try:
+    level = sandbox.isolation().level
+except sandbox.UnsafeCodeRefused:
+    level = "refused"
+out = {"level": level}
+if level != "refused":
+    res = sandbox.run_program("import os\\nprint(os.getuid(), len([p for p in os.listdir('/proc') if p.isdigit()]))")
+    out.update(passed=res.passed, uid_and_procs=res.stdout)
+print(json.dumps(out))
+"""
+
+
+def _ladder(prefix: list[str], **env) -> dict:
+    import json
+    import sys
+
+    proc = subprocess.run([*prefix, sys.executable, "-c", LADDER_SCRIPT], capture_output=True, text=True, timeout=120,
+                          cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT), **env})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or sandbox.probe("root-ns") is None, reason="needs root with namespaces")
+def test_the_ladder_on_weaker_machines(monkeypatch):
+    """Real (not mocked) weaker machines: root without CAP_SYS_ADMIN (as in a default container)
+    falls back to user namespaces, still as a fresh uid with a fresh /proc; without `unshare` on
+    PATH generated code is refused, and runs as a fresh uid once allowed."""
+    monkeypatch.delenv(sandbox.ALLOW_ENV, raising=False)
+    setpriv = shutil.which("setpriv")
+    if setpriv and sandbox.probe("user-ns") is not None:
+        out = _ladder([setpriv, "--bounding-set=-sys_admin", "--inh-caps=-sys_admin", "--"])
+        uid, procs = out["uid_and_procs"].split()
+        assert out["level"] == "user-ns" and out["passed"] and int(uid) >= FIRST_UID and procs == "1", out
+    assert _ladder([], PATH="/nonexistent") == {"level": "refused"}
+    out = _ladder([], PATH="/nonexistent", **{sandbox.ALLOW_ENV: "1"})
+    uid, procs = out["uid_and_procs"].split()
+    assert out["level"] == "unsafe-uid" and out["passed"] and int(uid) >= FIRST_UID and int(procs) > 1, out
