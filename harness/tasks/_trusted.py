@@ -28,6 +28,7 @@ import ast
 import builtins
 import json
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,7 +100,7 @@ class _StrictCompare(ast.NodeTransformer):
 
 
 def _transform(code: str, transformer: ast.NodeTransformer) -> str:
-    tree = transformer.visit(ast.parse(code))
+    tree = transformer.visit(_parse(code))
     return ast.unparse(ast.fix_missing_locations(tree))
 
 
@@ -115,7 +116,7 @@ def humaneval_check(prompt: str, solution: str, test: str, entry_point: str) -> 
     """HumanEval: the untrusted run is prompt + solution + reduced test; the trusted run is the
     dataset's prompt (its helpers, e.g. `poly`, `encode_cyclic`, never the completion's) + test."""
     names = [entry_point]
-    params = {a.arg for node in ast.walk(ast.parse(test)) if isinstance(node, ast.FunctionDef) and node.name == "check"
+    params = {a.arg for node in ast.walk(_parse(test)) if isinstance(node, ast.FunctionDef) and node.name == "check"
               for a in node.args.args}  # `candidate`: how the test calls the function under test
     program = (f"{SOURCE}\n{prompt}{solution}\n\n{reduce_asserts(test, [*names, *sorted(params)])}\n\n"
                f"_dlmh_recording(globals(), {names!r})\n{SEED}check({entry_point})\n")
@@ -147,13 +148,19 @@ def mbpp_check(code: str, setup: str, tests: list[str]) -> CodeCheck:
     return CodeCheck(f"{SOURCE}\n{code}\n\n{setup}\n{SEED}{strict_asserts(test_code, '_dlmh_eq_plain')}\n", None)
 
 
+def _parse(code: str) -> ast.Module:
+    with warnings.catch_warnings():  # invalid escapes like '\w' in dataset and generated code
+        warnings.simplefilter("ignore")
+        return ast.parse(code)
+
+
 def _free_names(code: str) -> set[str]:
-    return {n.id for n in ast.walk(ast.parse(code)) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+    return {n.id for n in ast.walk(_parse(code)) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
 
 
 def _bound_names(code: str) -> set[str]:
     out = set()
-    for node in ast.parse(code).body:
+    for node in _parse(code).body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             out.add(node.name)
         elif isinstance(node, (ast.Import, ast.ImportFrom)):
