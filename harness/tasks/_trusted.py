@@ -131,10 +131,10 @@ def mbpp_check(code: str, setup: str, tests: list[str]) -> CodeCheck:
     test_code = "\n".join(tests)
     free = _free_names(test_code) - _bound_names(setup)
     try:
-        own = _bound_names(code)
+        own = _bound_names(code, imports=False)  # what the completion defines itself
     except SyntaxError:
         own = set()
-    modules = {n for n in free if n in sys.stdlib_module_names and n not in own}
+    modules = {n for n in free if n in sys.stdlib_module_names and n not in own}  # imported by the trusted run
     names = sorted((free - set(dir(builtins)) - modules) | (free & own))
     setup_needs = _free_names(setup) - _bound_names(setup) - set(dir(builtins)) - set(sys.stdlib_module_names)
     if names and not setup_needs:
@@ -158,12 +158,14 @@ def _free_names(code: str) -> set[str]:
     return {n.id for n in ast.walk(_parse(code)) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
 
 
-def _bound_names(code: str) -> set[str]:
+def _bound_names(code: str, imports: bool = True) -> set[str]:
     out = set()
     for node in _parse(code).body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             out.add(node.name)
         elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            if not imports:
+                continue
             out |= {(a.asname or a.name).split(".")[0] for a in node.names}
         else:
             out |= {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
