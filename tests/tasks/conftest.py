@@ -9,8 +9,8 @@ import pytest
 from harness.tasks.sandbox import FIRST_UID, LEVELS, UNSAFE_LEVELS, probe
 
 WHY_ABSENT = {
-    "root-ns": "needs root with CAP_SYS_ADMIN and util-linux unshare",
-    "user-ns": "unprivileged user namespaces (with a fresh /proc) are not allowed here",
+    "root-ns": "needs root with CAP_SYS_ADMIN and util-linux `unshare` on PATH",
+    "user-ns": "needs `unshare` on PATH and user namespaces that may mount a fresh /proc",
     "unsafe-uid": "needs root (it drops to a fresh uid)",
     "unsafe": "only for a non-root parent (as root the unsafe level is unsafe-uid)",
 }

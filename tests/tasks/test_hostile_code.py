@@ -108,6 +108,9 @@ def test_honest_and_always_equal_completions_under_every_level(sandbox_level):
 def test_guard_bypass_family_fails_and_leaves_no_trace(sandbox_level, tmp_path, monkeypatch):
     """Under namespaces or a fresh uid the kernel stops what the guard cannot; files the program
     may create in world-writable folders are deleted, its daemons killed, the parent's secrets unseen."""
+    if sandbox_level == "unsafe":
+        pytest.skip("as the current user nothing stops a recovered `open`: that is why the level needs consent, "
+                    "and why this corpus is not run there (it would leave files behind)")
     canary = tmp_path / "canary.txt"
     canary.write_text("intact")
     os.chmod(tmp_path, 0o755)  # readable by anyone: only kernel permissions protect the canary
@@ -119,8 +122,6 @@ def test_guard_bypass_family_fails_and_leaves_no_trace(sandbox_level, tmp_path, 
     for name, res in zip(corpus, results):
         assert not res.passed, name
         assert "hunter2" not in res.stdout + res.stderr, name
-    if sandbox_level == "unsafe":
-        return  # as the current user nothing stops a recovered `open`: that is why this level needs consent
     time.sleep(4)  # the daemon would have written by now
     assert canary.read_text() == "intact"
     assert _pwned(pwn) == []
