@@ -153,7 +153,9 @@ def probe(level: str) -> Isolation | None:
             if _works([py, "-I", "-S", "-c", "pass"], test_uid):
                 return Isolation(level, (), py, fresh_uid=True, drop_first=True)
     if level == "unsafe" and not root:
-        return Isolation(level, (), sys.executable, fresh_uid=False, drop_first=False)
+        for py in _pythons():
+            if _works([py, "-I", "-S", "-c", "pass"], None):
+                return Isolation(level, (), py, fresh_uid=False, drop_first=False)
     return None
 
 

@@ -263,11 +263,13 @@ def _ladder(prefix: list[str], **env) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # seven fresh interpreters importing the harness
 @pytest.mark.skipif(os.geteuid() != 0 or sandbox.probe("root-ns") is None, reason="needs root with namespaces")
 def test_the_ladder_on_weaker_machines(monkeypatch):
     """Real (not mocked) weaker machines: root without CAP_SYS_ADMIN (as in a default container)
     falls back to user namespaces, still as a fresh uid with a fresh /proc; without `unshare` on
-    PATH generated code is refused, and runs as a fresh uid once allowed."""
+    PATH generated code is refused, and runs as a fresh uid once allowed; a normal user gets user
+    namespaces, or without them a refusal and, once allowed, the "unsafe" level as that user."""
     monkeypatch.delenv(sandbox.ALLOW_ENV, raising=False)
     setpriv = shutil.which("setpriv")
     if setpriv and sandbox.probe("user-ns") is not None:
@@ -278,3 +280,13 @@ def test_the_ladder_on_weaker_machines(monkeypatch):
     out = _ladder([], PATH="/nonexistent", **{sandbox.ALLOW_ENV: "1"})
     uid, procs = out["uid_and_procs"].split()
     assert out["level"] == "unsafe-uid" and out["passed"] and int(uid) >= FIRST_UID and int(procs) > 1, out
+    if setpriv:  # a normal user: user namespaces as that user; without them, refused, then "unsafe" as that user
+        user = FIRST_UID - 2
+        as_user = [setpriv, f"--reuid={user}", f"--regid={user}", "--clear-groups", "--"]
+        if sandbox.probe("user-ns") is not None:
+            out = _ladder(as_user)
+            assert out["level"] == "user-ns" and out["passed"] and out["uid_and_procs"] == f"{user} 1", out
+        assert _ladder(as_user, PATH="/nonexistent") == {"level": "refused"}
+        out = _ladder(as_user, PATH="/nonexistent", **{sandbox.ALLOW_ENV: "1"})
+        uid, procs = out["uid_and_procs"].split()
+        assert out["level"] == "unsafe" and out["passed"] and int(uid) == user and int(procs) > 1, out
