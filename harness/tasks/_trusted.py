@@ -15,9 +15,9 @@ A completion is scored in two sandboxed runs (`run_check`):
    plain values cross over. A pass needs every assert of the trusted run to hold.
 
 What remains (documented in the README's sandbox section): a program can still pass by returning
-the right values without computing them, e.g. by reading expected values the test code keeps
-outside its asserts (a loop over (input, expected) pairs, the caller's frame) or by special-casing
-known test inputs; and a problem whose test setup builds objects with the completion's own classes
+the right values without computing them, e.g. by special-casing known test inputs, or by reading
+from its caller's frame an expected value the test computes outside its asserts (HumanEval 38, 50,
+151); and a problem whose test setup builds objects with the completion's own classes
 (MBPP 367, a tree of the completion's `Node`) cannot be replayed: it runs in one process with
 type-strict asserts (`CodeCheck.checker is None`), which stops values that merely claim equality
 but not a program that patches the comparison itself.
