@@ -20,7 +20,8 @@ call that returned it fails. Decoding builds fresh builtin objects, whose equali
 - The replay (trusted side) gives the test code stubs that return, for each call, the recorded
   result of the call with the same name and arguments, and its asserts compare with `_dlmh_eq`:
   equal and of the same type, recursively (a tuple is not a list, a str is not bytes), numbers by
-  value across bool/int/float/complex.
+  value across bool/int/float/complex. Changes a call made to its arguments are not carried over:
+  the trusted test sees its inputs as it built them, so the program cannot rewrite the test's state.
 """
 import collections as _dlmh_collections
 import json as _dlmh_json
@@ -140,10 +141,7 @@ def _dlmh_recording(namespace, names):
                 raise
             finally:
                 busy[0] -= 1
-            after = _dlmh_key(args, kwargs)
             record = {"n": name, "k": key}
-            if after != key and after is not None:  # the call changed its arguments in place
-                record["m"] = _dlmh_json.loads(after)
             try:
                 record["v"] = _dlmh_encode(out)
             except _DlmhNotPlain as exc:
@@ -182,13 +180,6 @@ def _dlmh_replay(namespace, names, calls_json):
                 raise AssertionError("%s raised %.80s" % (name, rec["r"]))
             if "u" in rec or "v" not in rec:
                 raise AssertionError("%s returned %.200s" % (name, rec.get("u", "nothing")))
-            if "m" in rec:  # the arguments the call changed in place
-                for arg, after in zip(args, _dlmh_decode(rec["m"])[0]):
-                    if type(arg) is list and type(after) is list:
-                        arg[:] = after
-                    elif type(arg) in (dict, set) and type(after) is type(arg):
-                        arg.clear()
-                        arg.update(after)
             return _dlmh_decode(rec["v"])
         call.__name__ = name
         return call

@@ -182,11 +182,10 @@ def validate_calls(text: str) -> str:
         raise ValueError(f"{len(lines)} recorded calls (at most {MAX_CALLS})")
     for i, line in enumerate(lines):
         rec = json.loads(line)
-        if type(rec) is not dict or not set(rec) <= {"n", "k", "v", "r", "u", "m"} or type(rec.get("n")) is not str:
+        if type(rec) is not dict or not set(rec) <= {"n", "k", "v", "r", "u"} or type(rec.get("n")) is not str:
             raise ValueError(f"recorded call {i}: not a call record: {line[:120]!r}")
-        for key in ("v", "m"):
-            if key in rec:
-                _dlmh_decode(rec[key])
+        if "v" in rec:
+            _dlmh_decode(rec["v"])
     return "\n".join(lines)
 
 

@@ -155,3 +155,16 @@ def test_task_scorers_use_the_trusted_check():
 
     assert run_program(check.program, timeout_s=20, channel=True).passed
     assert not run_check(check, timeout_s=20).passed
+
+
+def test_changing_the_arguments_does_not_reach_the_trusted_test():
+    """A test whose expected side reads the argument after the call: emptying the argument passes
+    in one process (Python's own semantics), not in the trusted check, which never sees the change."""
+    test = "def check(candidate):\n    x = [3, 1, 2]\n    assert candidate(x) == sorted(x)\n"
+    prompt = "def sort(l):\n    pass\n"
+    honest, cheat = "def sort(l):\n    return sorted(l)\n", "def sort(l):\n    l.clear()\n    return []\n"
+    from harness.tasks.sandbox import run_program
+
+    assert run_program(f"{prompt}{cheat}\n{test}\ncheck(sort)\n", timeout_s=20).passed  # the hole, in one process
+    results = run_checks([humaneval_check(prompt, src, test, "sort") for src in (honest, cheat)], timeout_s=20)
+    assert [r.passed for r in results] == [True, False]
