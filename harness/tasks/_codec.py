@@ -160,16 +160,20 @@ def _dlmh_recording(namespace, names):
 def _dlmh_replay(namespace, names, calls_json):
     """Bind each of `names` in `namespace` to a stub answering from the recorded calls."""
     import builtins
-    calls = [_dlmh_json.loads(line) for line in calls_json.splitlines() if line.strip()]
-    used = set()
+    pending = {}  # (name, arguments) -> its recorded calls, oldest first
+    for line in calls_json.splitlines():
+        if line.strip():
+            rec = _dlmh_json.loads(line)
+            pending.setdefault((rec.get("n"), rec.get("k")), []).append(rec)
+    for recs in pending.values():
+        recs.reverse()  # pop() takes the oldest
 
     def stub(name):
         def call(*args, **kwargs):
             key = _dlmh_key(args, kwargs)
-            for i, rec in enumerate(calls):
-                if i not in used and rec.get("n") == name and rec.get("k") == key:
-                    used.add(i)
-                    break
+            recs = pending.get((name, key))
+            if recs:
+                rec = recs.pop()
             else:
                 raise AssertionError("%s was called with arguments %.200s that the program under test was "
                                      "not (it stopped early, or its calls depend on its own state)" % (name, key))

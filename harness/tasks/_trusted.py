@@ -182,7 +182,8 @@ def validate_calls(text: str) -> str:
         raise ValueError(f"{len(lines)} recorded calls (at most {MAX_CALLS})")
     for i, line in enumerate(lines):
         rec = json.loads(line)
-        if type(rec) is not dict or not set(rec) <= {"n", "k", "v", "r", "u"} or type(rec.get("n")) is not str:
+        if (type(rec) is not dict or not set(rec) <= {"n", "k", "v", "r", "u"} or type(rec.get("n")) is not str
+                or type(rec.get("k")) not in (str, type(None))):
             raise ValueError(f"recorded call {i}: not a call record: {line[:120]!r}")
         if "v" in rec:
             _dlmh_decode(rec["v"])

@@ -106,6 +106,7 @@ def test_mbpp_functions_under_test():
 def test_validate_calls_rejects_malformed_reports():
     ok = '{"n": "f", "k": "[[1], {\\"d\\": []}]", "v": {"t": [1]}}\n\n'
     assert validate_calls(ok) == ok.strip()
-    for bad in ("not json", '[1]', '{"n": 1}', '{"n": "f", "zz": 1}', '{"n": "f", "v": {"obj": 1}}'):
+    for bad in ("not json", '[1]', '{"n": 1}', '{"n": "f", "zz": 1}', '{"n": "f", "v": {"obj": 1}}',
+                '{"n": "f", "k": [1]}'):
         with pytest.raises(ValueError):
             validate_calls(bad)
