@@ -260,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="reports", help="reports root (default: reports)")
     s.add_argument("--protocol", choices=("harness", "d1", "lm-eval", "strict"),
                    help="re-score the stored generations under this scoring protocol (nothing is re-generated)")
+    _unsafe_flag(s)
     s.set_defaults(fn=cmd_report)
 
     s = sub.add_parser("score", help="score generations made elsewhere (JSONL, lm-eval samples, d1 JSON)",
@@ -275,6 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--system", default=None, help="name of the system that made the generations (default: file stem)")
     s.add_argument("--suite", default=None, help="suite name of the run (default: score-<task>)")
     s.add_argument("--results", default="results", help="results root (default: results)")
+    _unsafe_flag(s)
     s.set_defaults(fn=cmd_score)
 
     s = sub.add_parser("compare", help="regression gate: is NEW_RUN significantly worse than BASE_RUN?",

@@ -32,6 +32,7 @@ from harness.records import MANIFEST, SCHEMA_VERSION, RecordWriter, write_json_a
 from harness.registry import TASKS, params_of
 from harness.seeding import derive_seed
 from harness.tasks.base import item_hash
+from harness.tasks.sandbox import preflight
 from harness.types import HarnessError, Item
 
 FIELDS = {
@@ -177,6 +178,7 @@ def score_file(path, task_name: str, protocol: str | None = None, fields: dict |
         if "protocol" in TASKS.fields(task_name):
             params["protocol"] = protocol
     task = TASKS.build(task_name, params, "--task")
+    sandbox = preflight(getattr(task, "runs_code", False))  # code tasks: refused without namespaces unless allowed
     protocol = task.default_protocol
     kind, rows = read_rows(path)
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
@@ -190,13 +192,14 @@ def score_file(path, task_name: str, protocol: str | None = None, fields: dict |
                 "suite_sha256": sha, "quick": False, "kind": "score", "status": "running",
                 "command": argv or sys.argv, "started_at": _now(), "source": source, "system": system,
                 "task": {"name": task_name, "params": params_of(task), "version": task.version},
-                "protocol": protocol, "fields": fields, **provenance.collect()}
+                "protocol": protocol, "fields": fields, "sandbox": sandbox, **provenance.collect()}
     write_json_atomic(run_dir / MANIFEST, manifest)
     cache: dict = {}
     lookup = lambda: cache.setdefault("items", _dataset_items(task))  # noqa: E731 - read only when needed
     counts = {"rows": len(rows), "scored": 0, "bad": 0, "duplicates": 0}
     bad, seen, metrics = [], set(), {}
-    with RecordWriter(run_dir) as writer:
+    with RecordWriter(run_dir) as out:
+        writer = _Tagged(out, {"sandbox": sandbox} if sandbox else {})
         for n, row in rows:
             item = gen = None
             rid = row.get("doc_id") if kind == "lm-eval-samples" else _pick(row, "id", fields)[1]
@@ -226,6 +229,16 @@ def score_file(path, task_name: str, protocol: str | None = None, fields: dict |
                     metrics=metrics or {"accuracy": "higher"})
     write_json_atomic(run_dir / MANIFEST, manifest)
     return run_dir, counts
+
+
+class _Tagged:
+    """A record writer that adds `extra` (the sandbox level of code tasks) to every record."""
+
+    def __init__(self, writer, extra: dict):
+        self.writer, self.extra = writer, extra
+
+    def write(self, record: dict) -> None:
+        self.writer.write({**record, **self.extra})
 
 
 def rescore(records: list[dict], protocol: str) -> tuple[list[dict], dict[str, str]]:

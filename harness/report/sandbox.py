@@ -10,7 +10,7 @@ from collections import Counter
 
 from harness.report.sections import register_section
 
-KINDS = ("generate", "rl", "lm_eval")  # the study kinds whose records score completions
+KINDS = ("generate", "rl", "lm_eval", "score")  # the record kinds that score completions
 
 
 def levels(records: list[dict]) -> Counter:

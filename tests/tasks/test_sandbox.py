@@ -290,3 +290,29 @@ def test_the_ladder_on_weaker_machines(monkeypatch):
         out = _ladder(as_user, PATH="/nonexistent", **{sandbox.ALLOW_ENV: "1"})
         uid, procs = out["uid_and_procs"].split()
         assert out["level"] == "unsafe" and out["passed"] and int(uid) == user and int(procs) > 1, out
+
+
+def test_score_files_of_code_tasks_name_the_level_and_are_refused_without_namespaces(tmp_path, monkeypatch):
+    """`dlm-harness score FILE --task humaneval` runs generated code: the same floor and records."""
+    import json
+
+    from harness.records import read_manifest, read_records
+    from harness.score import score_file
+    from harness.tasks import data as data_mod
+
+    if not (data_mod.data_dir() / "humaneval" / "HumanEval.jsonl.gz").is_file():
+        pytest.skip("offline HumanEval copy (../shared/data/humaneval) absent")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    gen = tmp_path / "g.jsonl"
+    gen.write_text(json.dumps({"id": "HumanEval/1", "generation": "    return None\n"}) + "\n")
+    run_dir, counts = score_file(gen, "humaneval", results=tmp_path / "r")
+    level = sandbox.level_name()
+    assert counts["scored"] == 1 and read_manifest(run_dir)["sandbox"] == level
+    assert [(r["outcome"]["value"], r["sandbox"]) for r in read_records(run_dir)] == [(0.0, level)]
+
+    real = sandbox.probe
+    monkeypatch.setattr(sandbox, "probe", lambda lv: None if lv in sandbox.LEVELS else real(lv))
+    monkeypatch.delenv(sandbox.ALLOW_ENV, raising=False)
+    with pytest.raises(UnsafeCodeRefused):
+        score_file(gen, "humaneval", results=tmp_path / "r2")
+    assert not (tmp_path / "r2").exists()
