@@ -8,7 +8,8 @@ needs π_old and π_ref, and one pure loss
 
 where the terms are `Estimate`s of the same rows on the same draws (old/ref: None when not
 needed), `advantages` [B] float64, and `batch` a dict with
-    mask     [B, L] bool   the tokens the loss counts (scored completion tokens)
+    mask     [B, L] bool   the tokens the loss counts (`loss_tokens`: scored completion tokens by default)
+    completion_mask [B, L] bool  the completion up to and including its first EOS
     group    [B] long      group id of each row inside this micro-batch (groups are never split)
     n_seq, n_tok, n_groups  totals over the WHOLE buffer (all micro-batches), so that the sum of
                            the micro-batch losses is exactly the full-batch loss
@@ -34,14 +35,14 @@ class Algorithm(abc.ABC):
 
     estimator: str = "one_step"
     estimator_params: dict = field(default_factory=dict)
-    advantage: Literal["mean", "zscore", "loo"] = "mean"
+    advantage: Literal["mean", "zscore", "zscore_pop", "loo"] = "mean"
 
     uses_commit_steps: ClassVar[bool] = False  # the estimator scores along the rollout's decode order
 
     def __post_init__(self):
         ESTIMATORS.validate(self.estimator, self.estimator_params, f"algorithm.params.estimator={self.estimator}")
-        if self.advantage not in ("mean", "zscore", "loo"):
-            raise ValueError(f"advantage must be 'mean', 'zscore' or 'loo', got {self.advantage!r}")
+        if self.advantage not in ("mean", "zscore", "zscore_pop", "loo"):
+            raise ValueError(f"advantage must be 'mean', 'zscore', 'zscore_pop' or 'loo', got {self.advantage!r}")
 
     # -- what the loop asks ------------------------------------------------------------------------
     @property
@@ -60,6 +61,11 @@ class Algorithm(abc.ABC):
     def keep_groups(self, rewards: torch.Tensor) -> torch.Tensor:
         """[n_groups, G] rewards -> [n_groups] bool: groups that enter the update (default: all)."""
         return torch.ones(rewards.shape[0], dtype=torch.bool)
+
+    def loss_tokens(self, rollout: dict) -> torch.Tensor:
+        """[N, L] bool: the tokens the loss counts (its normalisers count them over the whole buffer).
+        Default: the rollout's loss mask (completion up to the first EOS, minus IGPO's dropped hints)."""
+        return rollout["loss_mask"]
 
     def build_estimator(self, iteration: int, n_iterations: int):
         return ESTIMATORS.build(self.estimator, self.estimator_params)

@@ -4,12 +4,19 @@ Pure pieces (hand-computable; shapes in comments):
   kl_estimate(logp, ref, kind)     with d = log π_ref − log π_θ:  k1 = −d,  k2 = d²/2,  k3 = e^d − d − 1
                                    (Schulman's estimators of KL(π_θ ‖ π_ref) from samples of π_θ)
   clipped_surrogate(ratio, A)      min(ρ·A, clip(ρ, 1−ε_low, 1+ε_high)·A)   (PPO, DAPO's ε_low/ε_high)
-  aggregate(x, mask, norm, ...)    "sequence": (1/N) Σ_i (1/|o_i|) Σ_k x_ik        (GRPO)
-                                   "token":    (1/Σ_i |o_i|) Σ_i Σ_k x_ik          (DAPO, per token over the group)
+  aggregate(x, mask, norm, ...)    "token":    (1/Σ_i |o_i|) Σ_i Σ_k x_ik   (d1, DiffuCoder, wd1, IGPO: Σ/Σmask)
+                                   "sequence": (1/N) Σ_i (1/|o_i|) Σ_k x_ik        (GRPO paper)
                                    "constant": (1/(N·L)) Σ_i Σ_k x_ik              (Dr. GRPO)
+                                   "batch_token": (B/N)·Σ_{this batch} x / Σ_{this batch} mask: Σ/Σmask
+                                   per micro-batch, averaged over micro-batches as gradient
+                                   accumulation does (for counts known only after scoring: UniGRPO)
   token_loss(...)                  ρ_ik = exp(ℓ_θ,ik − ℓ_old,ik); loss_ik = −(surrogate − β·KL_ik)
+  gspo_loss(...)                   ρ_i = exp(Σ_k (ℓ_θ,ik − ℓ_old,ik) / s_i) broadcast to the tokens;
+                                   per-token surrogate and per-token KL, aggregated like token_loss
+                                   (IGPO's reference run: `use_gspo`, s_i = the canvas length T)
   sequence_loss(...)               ρ_i = exp((S_θ,i − S_old,i)/s_i), s_i = 1 or |o_i| (ESPO);
-                                   loss = (1/N) Σ_i w_i·−(surrogate_i − β·KL_i), w_i = 1 or 1/|o_i|
+                                   loss = (1/N) Σ_i w_i·−(surrogate_i − β·KL_i), w_i = 1 or 1/|o_i|;
+                                   KL_i = k(ΔS/s_i) ("inside") or k(ΔS)/s_i ("outside")
 N, Σ|o_i| are totals over the whole rollout buffer (batch["n_seq"], batch["n_tok"]), so the losses
 of micro-batches add up to the full-batch loss exactly.
 
@@ -19,6 +26,7 @@ leave-one-out), uni_grpo (uni_elbo with the structured t schedule over inner ite
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -56,7 +64,9 @@ def aggregate(x: torch.Tensor, mask: torch.Tensor, norm: str, n_seq: int, n_tok:
         return x.sum() / max(n_tok, 1)
     if norm == "constant":
         return x.sum() / (n_seq * length)
-    raise ValueError(f"unknown loss normalisation {norm!r} (known: sequence, token, constant)")
+    if norm == "batch_token":
+        return x.sum() / mask.sum().clamp_min(1) * (mask.shape[0] / n_seq)
+    raise ValueError(f"unknown loss normalisation {norm!r} (known: token, sequence, constant, batch_token)")
 
 
 def token_loss(logp, old, ref, adv, mask, *, eps_low: float, eps_high: float, beta: float, kl: str,
@@ -73,12 +83,34 @@ def token_loss(logp, old, ref, adv, mask, *, eps_low: float, eps_high: float, be
     return loss, metrics
 
 
+def gspo_loss(logp, old, ref, adv, mask, *, scale, eps_low: float, eps_high: float, beta: float, kl: str,
+              norm: str, n_seq: int, n_tok: int, length: int):
+    """Sequence ratio, token-level loss. logp/old/ref [B, L] (ref None: no KL), adv [B], scale [B],
+    mask [B, L] bool. ρ_i sums every position of the terms (an estimator's unscored positions are 0)."""
+    ratio = torch.exp((logp - old).sum(1) / scale)  # [B]
+    sur, clipped = clipped_surrogate(ratio[:, None], adv[:, None], eps_low, eps_high)  # [B, 1]
+    kl_tok = kl_estimate(logp, ref, kl) if ref is not None else torch.zeros_like(logp)  # [B, L]
+    loss = aggregate(-(sur - beta * kl_tok), mask, norm, n_seq, n_tok, length)
+    m = mask.sum().clamp_min(1)
+    metrics = {"clip_frac": float((clipped & mask).sum() / m),
+               "kl": float((kl_tok.detach() * mask).sum() / m) if ref is not None else float("nan"),
+               "ratio": float(ratio.detach().mean())}
+    return loss, metrics
+
+
 def sequence_loss(seq, old, ref, adv, *, scale, weight, eps_low: float, eps_high: float, beta: float, kl: str,
-                  n_seq: int):
+                  n_seq: int, kl_scale: str = "inside"):
     """Sequence-level clipped GRPO. seq/old/ref [B] (ref None: no KL), adv, scale, weight [B]."""
     ratio = torch.exp((seq - old) / scale)  # [B]
     sur, clipped = clipped_surrogate(ratio, adv, eps_low, eps_high)  # [B]
-    kl_seq = kl_estimate(seq / scale, ref / scale, kl) if ref is not None else torch.zeros_like(seq)  # [B]
+    if ref is None:
+        kl_seq = torch.zeros_like(seq)
+    elif kl_scale == "inside":
+        kl_seq = kl_estimate(seq / scale, ref / scale, kl)  # [B] k(ΔS/s)
+    elif kl_scale == "outside":
+        kl_seq = kl_estimate(seq, ref, kl) / scale  # [B] k(ΔS)/s
+    else:
+        raise ValueError(f"unknown kl_scale {kl_scale!r} (known: inside, outside)")
     loss = (weight * -(sur - beta * kl_seq)).sum() / n_seq
     metrics = {"clip_frac": float(clipped.double().mean()),
                "kl": float(kl_seq.detach().mean()) if ref is not None else None,
@@ -89,17 +121,18 @@ def sequence_loss(seq, old, ref, adv, *, scale, weight, eps_low: float, eps_high
 @ALGORITHMS.register("grpo")
 @dataclass(frozen=True, kw_only=True)
 class GRPO(Algorithm):
-    """Generic GRPO: PPO clip (ε_low/ε_high) on token or sequence ratios, β·KL (k1/k2/k3) to π_ref or π_old."""
+    """Generic GRPO: PPO clip (ε_low/ε_high) on token, sequence or GSPO ratios, β·KL (k1/k2/k3) to π_ref or π_old."""
 
-    ratio: Literal["token", "sequence"] = "token"
+    ratio: Literal["token", "sequence", "gspo"] = "token"
     eps_low: float = 0.5
     eps_high: float = 0.5
     beta: float = 0.04
     kl: Literal["k1", "k2", "k3"] = "k3"
     kl_to: Literal["ref", "old"] = "ref"
-    norm: Literal["sequence", "token", "constant"] = "sequence"
-    sequence_scale: Literal["none", "length"] = "none"  # ρ = exp(ΔS / s): s = |o| for ESPO
+    norm: Literal["token", "sequence", "constant", "batch_token"] = "token"
+    sequence_scale: Literal["none", "length", "canvas"] = "none"  # ρ = exp(ΔS / s): s = |o| (ESPO), T (IGPO)
     sequence_weight: Literal["one", "inverse_length"] = "one"  # GDPO's 1/|o|
+    kl_scale: Literal["inside", "outside"] = "inside"  # sequence KL: k(ΔS/s) or k(ΔS)/s
 
     def __post_init__(self):
         super().__post_init__()
@@ -121,24 +154,28 @@ class GRPO(Algorithm):
         kl_terms = ref_terms if self.kl_to == "ref" else old_terms
         kl_terms = kl_terms if self.beta > 0 else None
         common = dict(eps_low=self.eps_low, eps_high=self.eps_high, beta=self.beta, kl=self.kl)
-        if self.ratio == "token":
-            return token_loss(policy_terms.per_token, old_terms.per_token.detach(),
-                              None if kl_terms is None else kl_terms.per_token.detach(), advantages, mask,
-                              norm=self.norm, n_seq=batch["n_seq"], n_tok=batch["n_tok"], length=batch["length"],
-                              **common)
-        seq = lambda t: (t.per_token * mask).sum(1)  # noqa: E731  [B] over the counted tokens
+        tokens = dict(norm=self.norm, n_seq=batch["n_seq"], n_tok=batch["n_tok"], length=batch["length"])
         n = mask.sum(1).double().clamp_min(1)  # [B] |o_i|
-        scale = n if self.sequence_scale == "length" else torch.ones_like(n)
+        scale = {"length": n, "canvas": torch.full_like(n, float(batch["length"]))}.get(
+            self.sequence_scale, torch.ones_like(n))  # [B]
+        kl_tok = None if kl_terms is None else kl_terms.per_token.detach()
+        if self.ratio == "token":
+            return token_loss(policy_terms.per_token, old_terms.per_token.detach(), kl_tok, advantages, mask,
+                              **tokens, **common)
+        if self.ratio == "gspo":
+            return gspo_loss(policy_terms.per_token, old_terms.per_token.detach(), kl_tok, advantages, mask,
+                             scale=scale, **tokens, **common)
+        seq = lambda t: (t.per_token * mask).sum(1)  # noqa: E731  [B] over the counted tokens
         weight = 1 / n if self.sequence_weight == "inverse_length" else torch.ones_like(n)
         return sequence_loss(seq(policy_terms), seq(old_terms).detach(),
                              None if kl_terms is None else seq(kl_terms).detach(), advantages,
-                             scale=scale, weight=weight, n_seq=batch["n_seq"], **common)
+                             scale=scale, weight=weight, n_seq=batch["n_seq"], kl_scale=self.kl_scale, **common)
 
 
 @ALGORITHMS.register("diffu_grpo")
 @dataclass(frozen=True, kw_only=True)
 class DiffuGRPO(GRPO):
-    """diffu-GRPO (d1): GRPO on the one-step mean-field likelihood, prompt masked with p=0.15."""
+    """diffu-GRPO (d1): token-ratio GRPO on the one-step likelihood (whole canvas masked, prompt p=0.15), Σ/Σmask."""
 
     estimator: str = "one_step"
     estimator_params: dict = field(default_factory=lambda: {"p_prompt": 0.15})
@@ -147,19 +184,29 @@ class DiffuGRPO(GRPO):
 @ALGORITHMS.register("coupled_grpo")
 @dataclass(frozen=True, kw_only=True)
 class CoupledGRPO(GRPO):
-    """coupled-GRPO (DiffuCoder): complementary mask pairs + full pass, ε=0.5, β=0.01, leave-one-out."""
+    """coupled-GRPO (DiffuCoder): complementary pairs with t ~ U(0.2, 0.8) + full pass, ε=0.5, β=0.01, LOO."""
 
     estimator: str = "coupled"
-    advantage: Literal["mean", "zscore", "loo"] = "loo"
+    estimator_params: dict = field(default_factory=lambda: {"t_low": 0.2, "t_high": 0.8})
+    advantage: Literal["mean", "zscore", "zscore_pop", "loo"] = "loo"
     beta: float = 0.01
 
 
 @ALGORITHMS.register("uni_grpo")
 @dataclass(frozen=True, kw_only=True)
 class UniGRPO(GRPO):
-    """UniGRPO (MMaDA): masked-token mean at ratio t, t spaced from t_1 ~ U(0,1) to 1 over the μ iterations."""
+    """UniGRPO (MMaDA): token ratio exp(Δℓ) over the masked tokens at ratio t, t spaced from t_1 to 1 over μ.
+
+    `ratio_terms="token"` (default, the MMaDA-style reference trainers, e.g. facebookresearch/igpo
+    trainer_igpo.py IGPOTrainer.compute_loss without use_gspo): each masked token's raw log-prob
+    ℓ_k = |M|·per_token_k enters exp(ℓ_θ − ℓ_old); only masked tokens count, Σ/Σ over them per
+    micro-batch (`norm="batch_token"`). `ratio_terms="scaled"`: the estimator's ℓ_k/|M| feed the
+    ratio and every scored token counts (the earlier harness behaviour; a clip band |M| times wider).
+    """
 
     estimator: str = "uni_elbo"
+    norm: Literal["token", "sequence", "constant", "batch_token"] = "batch_token"
+    ratio_terms: Literal["token", "scaled"] = "token"
 
     def build_estimator(self, iteration: int, n_iterations: int):
         params = {**self.estimator_params, "iteration": iteration, "n_iterations": n_iterations}
@@ -169,14 +216,25 @@ class UniGRPO(GRPO):
         # Iteration 0 draws t_1; later iterations keep the rollout's t_1 and draw a fresh mask at t_i.
         return None if first_draws is None else {"t1": first_draws["t1"]}
 
+    def loss(self, batch, policy_terms, old_terms, ref_terms, advantages):
+        if self.ratio_terms == "scaled":
+            return super().loss(batch, policy_terms, old_terms, ref_terms, advantages)
+        masked = policy_terms.draws["masks"][:, 0]  # [B, L] the tokens this pass masked
+        count = masked.sum(1, keepdim=True).clamp_min(1)  # [B, 1] |M|
+        raw = lambda t: None if t is None else dataclasses.replace(t, per_token=t.per_token * count)  # noqa: E731
+        return super().loss({**batch, "mask": batch["mask"] & masked}, raw(policy_terms), raw(old_terms),
+                            raw(ref_terms), advantages)
+
 
 @ALGORITHMS.register("gdpo")
 @dataclass(frozen=True, kw_only=True)
 class GDPO(GRPO):
-    """GDPO: sequence ratio exp(ELBO_θ − ELBO_old) of the quadrature ELBO, clip 0.2, weight 1/|o|, β·KL."""
+    """GDPO: sequence ratio exp(ELBO_θ − ELBO_old) of the quadrature ELBO (Bernoulli masks at rate t_n),
+    clip 0.2, weight 1/|o|, β·KL. `estimator_params={"mask_law": "count"}` is the fixed-count variant."""
 
     estimator: str = "quadrature_elbo"
-    ratio: Literal["token", "sequence"] = "sequence"
+    estimator_params: dict = field(default_factory=lambda: {"mask_law": "bernoulli"})
+    ratio: Literal["token", "sequence", "gspo"] = "sequence"
     eps_low: float = 0.2
     eps_high: float = 0.2
     beta: float = 0.01
@@ -186,12 +244,16 @@ class GDPO(GRPO):
 @ALGORITHMS.register("espo")
 @dataclass(frozen=True, kw_only=True)
 class ESPO(GRPO):
-    """ESPO: sequence ratio exp(ΔELBO/L) of the complementary ELBO, clip 0.2, k2 KL on ΔELBO/L, β=0.01."""
+    """ESPO: sequence ratio exp(ΔELBO/L) of the complementary ELBO, clip 0.2, k2 KL ΔELBO²/(2L), β=0.01.
+
+    `kl_scale="outside"` (default): k2(ΔELBO)/L = Δ²/(2L), the per-token-normalised KL of METHODS.md §2
+    (ESPO, arXiv 2512.03759); `kl_scale="inside"`: k2(ΔELBO/L) = (Δ/L)²/2, L times smaller."""
 
     estimator: str = "complementary_elbo"
-    ratio: Literal["token", "sequence"] = "sequence"
+    ratio: Literal["token", "sequence", "gspo"] = "sequence"
     eps_low: float = 0.2
     eps_high: float = 0.2
     beta: float = 0.01
     kl: Literal["k1", "k2", "k3"] = "k2"
-    sequence_scale: Literal["none", "length"] = "length"
+    sequence_scale: Literal["none", "length", "canvas"] = "length"
+    kl_scale: Literal["inside", "outside"] = "outside"

@@ -141,7 +141,8 @@ class RLLoop:
         out = {"kept_groups": n_groups, "loss": 0.0}
         if n_groups == 0:
             return out
-        totals = {"n_seq": len(rows), "n_tok": int(buf["loss_mask"].sum()), "n_groups": n_groups,
+        buf["loss_tokens"] = algo.loss_tokens(buf)  # [N, L] what the loss counts
+        totals = {"n_seq": len(rows), "n_tok": int(buf["loss_tokens"].sum()), "n_groups": n_groups,
                   "length": buf["tokens"].shape[1]}
         if self.old is not None:
             self.old.module.load_state_dict(self.policy.module.state_dict())
@@ -163,15 +164,16 @@ class RLLoop:
                         old = algo.terms(self.meters["old"], *args, generator=None, draws=pol.draws, **kw)
                     ref = (algo.terms(self.meters["ref"], *args, generator=None, draws=pol.draws, **kw)
                            if algo.needs_ref else None)
-                batch = {"mask": mb["loss_mask"], "group": mb["group"] - mb["group"].min(), **totals}
+                batch = {"mask": mb["loss_tokens"], "completion_mask": mb["completion_mask"],
+                         "group": mb["group"] - mb["group"].min(), **totals}
                 loss, metrics = algo.loss(batch, pol, old, ref, adv_all[idx])
                 t0 = time.perf_counter()
                 loss.backward()
                 self.backward_s += time.perf_counter() - t0
                 share = len(idx) / totals["n_seq"] / mu
                 out["loss"] += float(loss.detach()) / mu
-                for k, v in {**metrics, "entropy": float(-(pol.per_token.detach() * mb["loss_mask"]).sum()
-                                                          / mb["loss_mask"].sum().clamp_min(1))}.items():
+                for k, v in {**metrics, "entropy": float(-(pol.per_token.detach() * mb["loss_tokens"]).sum()
+                                                          / mb["loss_tokens"].sum().clamp_min(1))}.items():
                     sums[k] = sums.get(k, 0.0) + v * share
             if self.opts.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(self.policy.module.parameters(), self.opts.grad_clip)

@@ -1,7 +1,9 @@
 """`spg`: sandwiched policy gradient (SPG, arXiv 2510.09541; METHODS.md §2).
 
-    loss = −(1/N) Σ_i A_i · B_i,   B_i = ELBO_i (block_elbo) if A_i >= 0, else the upper bound
+    loss = −(1/Z) Σ_i A_i · B_i,   B_i = ELBO_i (block_elbo) if A_i >= 0, else the upper bound
                                          (EUBO, or mix = ω·EUBO + (1−ω)·ELBO) if A_i < 0
+Z = Σ_i |o_i| (`norm="token"`, default: the d1-derived trainer's token-level Σ/Σmask, the
+bounds' per-token terms summed over the counted tokens) or N (`norm="sequence"`).
 A plain policy gradient on bounds (no ratio, no π_old, no π_ref): raising a lower bound of log π
 for good completions, lowering an upper bound for bad ones. Both bounds come from ONE scoring pass
 on the same block-wise masks (m copies per sequence, NFE m): `terms` scores once and combines.
@@ -29,7 +31,7 @@ class Bounds:
 
 
 def spg_loss(lower: torch.Tensor, upper: torch.Tensor, adv: torch.Tensor, n_seq: int):
-    """[B] lower bound, [B] upper bound, [B] advantages, total sequences -> (loss, metrics)."""
+    """[B] lower bound, [B] upper bound, [B] advantages, normaliser Z (N or Σ|o|) -> (loss, metrics)."""
     bound = torch.where(adv >= 0, lower, upper)  # [B]
     loss = -(adv.to(bound.dtype) * bound).sum() / n_seq
     return loss, {"bound_gap": float((upper - lower).detach().mean())}
@@ -43,6 +45,7 @@ class SPG(Algorithm):
     estimator: str = "mix"
     estimator_params: dict = field(default_factory=lambda: {"m": 2})
     negative: Literal["eubo", "mix"] = "mix"
+    norm: Literal["token", "sequence"] = "token"
 
     def __post_init__(self):
         super().__post_init__()
@@ -63,4 +66,5 @@ class SPG(Algorithm):
         return Bounds(per_token=lower, sequence=lower.sum(1), upper=upper, draws=draws, n=est.m)
 
     def loss(self, batch, policy_terms, old_terms, ref_terms, advantages):
-        return spg_loss(policy_terms.sequence, policy_terms.upper, advantages, batch["n_seq"])
+        z = batch["n_tok"] if self.norm == "token" else batch["n_seq"]
+        return spg_loss(policy_terms.sequence, policy_terms.upper, advantages, z)

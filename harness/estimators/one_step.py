@@ -3,8 +3,11 @@
 per_token_k = (1/n) Σ_{i=1..n} log p(o_k | c'_i, all of o masked),   sequence = Σ_k per_token_k
                                                                        (METHODS.md §1)
 
-Every scored completion position (completion_mask True) is masked; unscored completion positions
-(padding after the first EOS) stay clean. Each real prompt token (prompt_mask True) is replaced by
+Every completion position is masked, the padding after the first EOS included (`mask_padding=True`,
+the default: d1's `forward_process`, wd1 and IGPO mask the whole completion canvas, so the model
+cannot read the completion's length off the clean padding); only scored positions (completion_mask
+True) get terms. `mask_padding=False` keeps the padding clean (the earlier harness rule; it leaks
+the length, about 0.2 nats per sequence on the tiny model). Each real prompt token (prompt_mask True) is replaced by
 the mask token i.i.d. with probability `p_prompt`, independently in each of the `n_mc` draws, and
 the n_mc draws are averaged (d1 uses one draw per inner iteration).
 
@@ -36,6 +39,7 @@ class OneStep:
     metric: ClassVar[str] = "one_step"
     p_prompt: float = 0.15
     n_mc: int = 1
+    mask_padding: bool = True  # mask the post-EOS padding too (the reference code); False: keep it clean
     max_tokens: int = 65536
 
     def __post_init__(self):
@@ -63,7 +67,8 @@ class OneStep:
         pmasks = draws["prompt_masks"].to(prompt.device)
         n = pmasks.shape[1]
         prompts = torch.where(pmasks, denoiser.mask_id, prompt[:, None, :])  # [B, n, P]
-        noised = torch.where(cmask, denoiser.mask_id, completion)[:, None, :].expand(B, n, L)  # [B, n, L]
+        hidden = torch.ones_like(cmask) if self.mask_padding else cmask  # [B, L] positions replaced by [M]
+        noised = torch.where(hidden, denoiser.mask_id, completion)[:, None, :].expand(B, n, L)  # [B, n, L]
         logp = completion_logprobs(denoiser, prompts, prompt_mask, completion, noised, self.max_tokens)
         per_token = (logp.double() * cmask[:, None, :]).mean(1)  # [B, L]
         return Estimate(per_token=per_token, sequence=per_token.sum(1), draws=draws, n=n)

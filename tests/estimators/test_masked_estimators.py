@@ -273,7 +273,7 @@ def test_one_step_prompt_masking_law(sharp):
     replaying all 2^P prompt masks with their Bernoulli(p_prompt) probabilities; n_mc draws in one call."""
     den, h = sharp
     p = 0.3
-    est = build("one_step", p_prompt=p, n_mc=N_MC)
+    est = build("one_step", p_prompt=p, n_mc=N_MC, mask_padding=False)  # h(n) keeps the padding clean
     pm = torch.unique(reveal_bits(4)[:, :3], dim=0)  # [8, 3] all prompt masks
     prob = torch.tensor([p ** int(m.sum()) * (1 - p) ** (3 - int(m.sum())) for m in pm], dtype=torch.float64)
     with torch.no_grad():
@@ -372,7 +372,8 @@ def test_factorised_uni_elbo_is_the_masked_mean():
 
 # -- (c) replay, (d) batch invariance, (e) NFE, masking hygiene ---------------------------------
 CONFIGS = [
-    ("one_step", {"p_prompt": 0.5, "n_mc": 2}),
+    ("one_step", {"p_prompt": 0.5, "n_mc": 2, "mask_padding": False}),
+    ("one_step", {"p_prompt": 0.5, "n_mc": 2}),  # default: the whole completion canvas masked (d1)
     ("coupled", {"n_mc": 2}),
     ("coupled", {"include_full": False, "t_low": 0.2, "t_high": 0.8}),
     ("uni_elbo", {"iteration": 1, "n_iterations": 3}),
@@ -412,7 +413,7 @@ def test_uni_elbo_replays_t1_across_iterations(tiny64):
         last = build("uni_elbo", iteration=2, n_iterations=3)(
             tiny64, prompt, completion, cmask, generator=torch.Generator().manual_seed(3), prompt_mask=pmask,
             draws={"t1": t1})
-        one = build("one_step", p_prompt=0.0)(tiny64, prompt, completion, cmask, generator=None, prompt_mask=pmask)
+        one = build("one_step", p_prompt=0.0, mask_padding=False)(tiny64, prompt, completion, cmask, generator=None, prompt_mask=pmask)
     torch.testing.assert_close(first.draws["t"], t1)
     torch.testing.assert_close(second.draws["t"], t1 + (1 - t1) / 2)
     assert torch.equal(second.draws["t1"], t1)
@@ -468,8 +469,11 @@ def test_only_scored_positions_are_masked(tiny64, name, params):
     row = torch.arange(len(prompt)).repeat_interleave(copies)
     P = prompt.shape[1]
     comp = x[:, P:]
-    assert torch.equal(comp[~cmask[row]], completion[row][~cmask[row]])
-    assert not bool(((comp == MASK) & ~cmask[row]).any())
+    if name == "one_step" and params.get("mask_padding", True):  # the reference masks the whole canvas
+        assert bool((comp == MASK).all())
+    else:
+        assert torch.equal(comp[~cmask[row]], completion[row][~cmask[row]])
+        assert not bool(((comp == MASK) & ~cmask[row]).any())
     if name == "one_step":
         assert torch.equal(x[:, :P][~pmask[row]], prompt[row][~pmask[row]])
         assert bool((x[:, :P] == MASK).any())
