@@ -23,7 +23,6 @@ from typing import ClassVar, Literal
 import torch
 
 from harness.algorithms.grpo import GRPO, clipped_surrogate, kl_estimate
-from harness.estimators.trace import group_ids
 from harness.registry import ALGORITHMS
 
 
@@ -88,10 +87,8 @@ class TraceRL(GRPO):
     def loss(self, batch, policy_terms, old_terms, ref_terms, advantages):
         if self.norm != "trace_rows":
             return super().loss(batch, policy_terms, old_terms, ref_terms, advantages)
-        est = self.build_estimator(0, 1)
-        commit = policy_terms.draws["commit_step"]  # [B, L]
-        counted = batch["mask"] & (commit >= 0)
-        gid = group_ids(commit, counted, est.stride, est.merge)  # [B, L]
+        gid = policy_terms.draws["group"]  # [B, L] each scored token's step group (the estimator's merge)
+        gid = torch.where(batch["mask"], gid, torch.full_like(gid, -1))
         kl_terms = (ref_terms if self.kl_to == "ref" else old_terms) if self.beta > 0 else None
         return trace_rows_loss(policy_terms.per_token, old_terms.per_token.detach(),
                                None if kl_terms is None else kl_terms.per_token.detach(), advantages, gid,

@@ -10,8 +10,8 @@ merged into groups of `stride` (the paper's shrink parameter s), and for each gr
 
 Scored tokens are those with completion_mask True and commit_step >= 0; tokens with commit_step −1
 (given, never masked) are always clean and never scored, and positions outside completion_mask
-stay clean (the harness rule; `mask_padding=True` masks them by their commit step like the
-reference, never scoring them). Here `per_token` is the raw log-prob of each scored token (what a
+stay clean (the harness rule; `mask_padding=True` orders them by their commit step with the scored
+tokens and masks them like the reference, never scoring them). Here `per_token` is the raw log-prob of each scored token (what a
 token-level clipped objective needs), not a share of `sequence`.
 
 Grouping (`merge`):
@@ -28,7 +28,8 @@ Confirmed against the reference (rl_llada.py, method "TraceRL"): one input per d
 step, masking positions with order >= that step and scoring the positions with order == that
 step; empty groups are skipped.
 
-Commit steps travel in `draws`: `draws={"commit_step": LongTensor [B, L]}` is required (the RL
+The returned draws also carry `group` [B, L] (each scored token's group, −1 elsewhere; TraceRL's loss
+forms its per-(sequence, group) rows from it). Commit steps travel in `draws`: `draws={"commit_step": LongTensor [B, L]}` is required (the RL
 loop passes the rollout's `Generation.commit_step`; replays for π_old / π_ref pass the returned
 draws). There is no `expected_nfe`: the number of passes, one per non-empty group per sequence
 (⌈steps/stride⌉ when every step commits a scored token), is only known from the commit steps, so
@@ -101,28 +102,24 @@ class Trace:
         commit = commit.long()
         valid = completion_mask.bool()  # [B, L]
         scored = valid & (commit >= 0)  # [B, L]
-        gid = group_ids(commit, scored, self.stride, self.merge)  # [B, L]
-        # Commit steps of the unscored padding, for mask_padding: a padding position is hidden
-        # in every group whose first step is at or before its own step.
+        # With mask_padding the unscored padding is ordered with the scored tokens (the reference
+        # collapses the steps of the whole canvas) and hidden in its own group and every earlier one.
         pad = ~valid & (commit >= 0) if self.mask_padding else torch.zeros_like(valid)
+        ordered = scored | pad  # [B, L] positions with a place in the decoding order
+        gid_all = group_ids(commit, ordered, self.stride, self.merge)  # [B, L]
+        gid = torch.where(scored, gid_all, torch.full_like(gid_all, -1))  # [B, L]
         sequence_den = scored.sum(1).double().clamp_min(1)  # [B]
         if not bool(scored.any()):
             zeros = torch.zeros(B, L, dtype=torch.float64, device=completion.device)
-            return Estimate(per_token=zeros, sequence=zeros.sum(1), draws={"commit_step": commit}, n=1)
+            return Estimate(per_token=zeros, sequence=zeros.sum(1), draws={"commit_step": commit, "group": gid}, n=1)
         # The non-empty groups of every row, ordered by row then group: key = row·G + group.
         G = int(gid.max()) + 1
         rows_all = torch.arange(B, device=completion.device)[:, None].expand(B, L)
         key = (rows_all * G + gid)[scored]  # [K] one per scored token, row-major
-        uniq, inv = torch.unique(key, sorted=True, return_inverse=True)  # [N], [K]
+        uniq = torch.unique(key, sorted=True)  # [N]
         row = torch.div(uniq, G, rounding_mode="floor")  # [N]
         grp = (uniq - row * G)[:, None]  # [N, 1]
-        if self.merge == "steps":
-            start = grp * self.stride  # [N, 1] the group's first step
-        else:  # the smallest step the group's tokens used
-            start = torch.full((len(uniq),), torch.iinfo(torch.long).max, device=completion.device)
-            start = start.scatter_reduce(0, inv, commit[scored], "amin")[:, None]  # [N, 1]
-        hide = scored[row] & (gid[row] >= grp)  # [N, L] this group and every later one
-        hide = hide | (pad[row] & (commit[row] >= start))
+        hide = ordered[row] & (gid_all[row] >= grp)  # [N, L] this group and every later one
         target = scored[row] & (gid[row] == grp)  # [N, L] this group's tokens
         noised = torch.where(hide, denoiser.mask_id, completion[row])  # [N, L]
         logp = completion_logprobs(denoiser, prompt[row], None if prompt_mask is None else prompt_mask[row],
@@ -136,4 +133,4 @@ class Trace:
             n_groups = torch.zeros(B, dtype=torch.float64, device=completion.device).index_add(
                 0, row, torch.ones_like(group_mean))
             sequence = torch.zeros_like(n_groups).index_add(0, row, group_mean) / n_groups.clamp_min(1)
-        return Estimate(per_token=per_token, sequence=sequence, draws={"commit_step": commit}, n=1)
+        return Estimate(per_token=per_token, sequence=sequence, draws={"commit_step": commit, "group": gid}, n=1)

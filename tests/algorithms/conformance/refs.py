@@ -1,0 +1,91 @@
+"""Reference losses written from the public reference code's equations (own code, not copies).
+
+Each function names the repository, file and function whose computation it restates; they use
+plain per-row Python loops where the reference does, so that they share no code with harness/.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def group_mean_advantages(rewards, G):
+    """d1 / wd1 / IGPO `_generate_and_score_completions`: A = r − mean over the group (no std)."""
+    r = rewards.view(-1, G)
+    return (r - r.mean(1, keepdim=True)).reshape(-1)
+
+
+def loo_advantages(rewards, G):
+    """Leave-one-out baseline (RLOO; DiffuCoder's coupled-GRPO code): A_i = r_i − mean_{j≠i} r_j."""
+    r = rewards.view(-1, G)
+    return (r - (r.sum(1, keepdim=True) - r) / (G - 1)).reshape(-1)
+
+
+def k3(logp, ref):
+    """The reference trainers' per-token KL: exp(ref − logp) − (ref − logp) − 1."""
+    return torch.exp(ref - logp) - (ref - logp) - 1
+
+
+def d1_loss(logp, old, ref, adv, mask, eps, beta):
+    """dllm-reasoning/d1 diffu-grpo/diffu_grpo_trainer.py DiffuGRPOTrainer.compute_loss (read in its
+    verbatim copy xiaohangt/wd1 wd1/trainers/diffu_grpo_trainer.py; the d1 trainer file itself is not
+    in the search index) and facebookresearch/igpo trainer_baseline.py: token ratio, PPO clip, k3 KL
+    to π_ref added per token, loss = Σ(per_token_loss·mask) / Σ mask over the micro-batch."""
+    coef_1 = torch.exp(logp - old)
+    coef_2 = torch.clamp(coef_1, 1 - eps, 1 + eps)
+    per_token_loss = -torch.min(coef_1 * adv[:, None], coef_2 * adv[:, None])
+    if beta != 0.0:
+        per_token_loss = per_token_loss + beta * k3(logp, ref)
+    m = mask.double()
+    return (per_token_loss * m).sum() / m.sum()
+
+
+def igpo_gspo_loss(logp, old, ref, adv, token_mask, eps_low, eps_high, beta):
+    """facebookresearch/igpo trainer_igpo.py IGPOTrainer.compute_loss with use_gspo=True (run_igpo.sh):
+    sequence_logps = per_token_logps.sum(1) / T over the whole canvas of T positions; ratio
+    exp(seq − seq_old) expanded to every token; per-token k3 KL; Σ(loss·token_mask)/Σ token_mask."""
+    T = logp.shape[1]
+    seq_ratio = torch.exp(logp.sum(1) / T - old.sum(1) / T)  # [B]
+    coef_1 = seq_ratio[:, None].expand(-1, T)
+    coef_2 = torch.clamp(coef_1, 1 - eps_low, 1 + eps_high)
+    per_token_loss = -torch.min(coef_1 * adv[:, None], coef_2 * adv[:, None]) + beta * k3(logp, ref)
+    m = token_mask.double()
+    return (per_token_loss * m).sum() / m.sum()
+
+
+def wd1_loss(logp, adv, completion_mask):
+    """xiaohangt/wd1 wd1/trainers/rev_grpo_trainer.py RevDiffuGRPOTrainer.compute_loss: softmax of
+    ±advantages over the micro-batch's rows (dim 0), sequence log-prob = Σ over completion_mask."""
+    seq = (logp * completion_mask).sum(-1)
+    ce_loss = -(seq * torch.softmax(adv, dim=0)).sum()
+    min_likeli_loss = (seq * torch.softmax(-adv, dim=0)).sum()
+    return ce_loss + min_likeli_loss
+
+
+def trace_rl_loss(rows, adv_rows, eps, beta):
+    """Gen-Verse/dLLM-RL train/rl_llada.py `forward_process` in `main` (read in the fork
+    pixeli99/dLLM-RL; the Gen-Verse repository itself is not in the search index). `rows` is a list
+    of (logp_new [T], logp_old [T], p_mask [T] bool), one per (sequence, step group); KL is k3 to π_old."""
+    n_rows = len(rows)
+    logp_new = torch.stack([r[0] for r in rows])
+    logp_old = torch.stack([r[1] for r in rows])
+    p_mask = torch.stack([r[2] for r in rows]).double()
+    ratio = torch.exp(logp_new - logp_old)
+    clipped = torch.clamp(ratio, 1 - eps, 1 + eps)
+    adv_tok = adv_rows[:, None]
+    surrogate_tok = torch.min(ratio * adv_tok, clipped * adv_tok) * p_mask
+    num_mask = torch.clamp(p_mask.sum(1), min=1)
+    policy_loss = -((surrogate_tok.sum(1) / num_mask).sum() / n_rows)
+    kl_seq = logp_new - logp_old
+    kl_seq = (-kl_seq).exp() - 1.0 + kl_seq  # use_kl_estimator_k3
+    kl_loss = beta * (kl_seq * p_mask).sum(1).sum() / n_rows
+    return policy_loss + kl_loss
+
+
+def collapse_k_unique(lst, k):
+    """dLLM-RL rl_llada.py `collapse_k_unique`: every k consecutive distinct steps map to the last of them."""
+    uniq = sorted(set(lst))
+    mapping = {}
+    for idx, val in enumerate(uniq):
+        end_idx = min((idx // k + 1) * k - 1, len(uniq) - 1)
+        mapping[val] = uniq[end_idx]
+    return [mapping[x] for x in lst]
