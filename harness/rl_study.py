@@ -1,6 +1,9 @@
 """The `rl` study kind's training hook: train a copy of the cell's model with its algorithm.
 
-`train` runs inside the runner (its `train` hook) before the cell's units: RL steps resume from the
+`train` runs inside the runner (its `train` hook) before the cell's units. Before the first step it
+decodes the held-out items (the loop's eval items) greedily with the starting checkpoint and writes
+one record per item (study "<study>.start", item "start/<item id>", outcome `start_accuracy`), so the report can pair the
+trained policy's units with the same checkpoint before RL. RL steps resume from the
 cell's checkpoint (run_dir/rl/<cell>/checkpoint.pt) and each step writes one record (study
 "<study>.steps", item "step-0001"..., outcome `train_reward`, the step log under `estimate`, the
 step's rollout + likelihood cost under `cost`). The units are then the held-out test items,
@@ -19,6 +22,8 @@ from harness.algorithms.loop import LoopOptions, RLLoop
 from harness.seeding import derive_seed
 from harness.types import Item
 
+START = "start/"  # item-id prefix of the starting checkpoint's held-out records
+
 
 def options(cell) -> LoopOptions:
     return LoopOptions(**cell.options)
@@ -36,7 +41,20 @@ def train(runner, cell, model, task, algorithm, writer):
     test = task.items("test")
     loop = RLLoop(copy.deepcopy(model), algorithm, task, opts, seed, task.items("train"), test[: opts.eval_items])
     ckpt = runner.run_dir / "rl" / re.sub(r"[^A-Za-z0-9_.=,-]+", "_", cell.id)
-    for step in range(loop.resume(ckpt), steps):
+    first = loop.resume(ckpt)
+    if first == 0:  # the starting checkpoint on the held-out items (greedy, deterministic)
+        before = loop.meters["eval"].cost
+        scores = loop.evaluate(loop.test_items)
+        spent, n = loop.meters["eval"].cost.minus(before), len(scores)
+        cost = {"nfe": spent.nfe / n, "nfe_full": spent.nfe / n, "nfe_cached": 0, "tokens": spent.tokens / n,
+                "flops": spent.flops / n, "wall_s": spent.wall_s / n, "peak_mem": spent.peak_mem}  # per item
+        for it, score in zip(loop.test_items, scores):
+            item = Item(id=f"{START}{it.id}", prompt=it.prompt, reference=it.reference)  # not a unit's id
+            rec = runner._record(cell, algorithm, task, item, 0, {"outcome": {"metric": "start_accuracy",
+                                 "value": float(score)}}, cost, "ok", None)
+            writer.write({**rec, "study": f"{cell.study}.start"})
+        writer.sync()
+    for step in range(first, steps):
         log, cost = loop.train_step(step)
         last = step + 1 == steps
         if opts.eval_every and ((step + 1) % opts.eval_every == 0 or last):

@@ -5,8 +5,11 @@ under `estimate`) and the held-out records (outcome `accuracy`, one per test ite
 algorithm: final held-out accuracy over training seeds (mean and IQM with stratified bootstrap
 intervals, n seeds stated), the measured rollout and likelihood NFE and FLOPs; the paired
 comparison of each algorithm against `diffu_grpo` (pairs = (seed, held-out item), exact McNemar,
-Holm-corrected across algorithms), stated plainly even when nothing is significant; figures of
-training reward and held-out accuracy against cumulative total NFE and FLOPs (mean over seeds).
+Holm-corrected across algorithms), stated plainly even when nothing is significant; the gain of
+each algorithm over the starting checkpoint on the same held-out items (pairs = (seed, item), exact
+McNemar) with the minimum detectable effect (MDE) of both comparisons, so that a tie reads as "no
+difference larger than the MDE", not as "no difference"; figures of training reward and held-out
+accuracy against cumulative total NFE and FLOPs (mean over seeds).
 """
 from __future__ import annotations
 
@@ -18,7 +21,8 @@ import numpy as np
 
 from harness.report.format import distinct, figure_md, md_table, save_figure, style
 from harness.report.sections import register_section
-from harness.stats.paired import compare_many
+from harness.stats.paired import compare_many, mcnemar_exact
+from harness.stats.power import minimum_detectable_effect
 from harness.stats.seeds import seed_aggregate
 
 BASELINE = "diffu_grpo"
@@ -34,14 +38,17 @@ def _seed(r: dict) -> int:
 
 
 def analyse(records: list[dict]) -> dict:
-    """-> {algorithm: {"acc": {seed: {item: value}}, "steps": {seed: [log, ...]}}}."""
-    out: dict = defaultdict(lambda: {"acc": defaultdict(dict), "steps": defaultdict(list)})
+    """-> {algorithm: {"acc" / "start": {seed: {item: value}}, "steps": {seed: [log, ...]}}}."""
+    out: dict = defaultdict(lambda: {"acc": defaultdict(dict), "start": defaultdict(dict),
+                                     "steps": defaultdict(list)})
     for r in records:
         if r.get("kind") != "rl" or r.get("status") != "ok" or not r.get("outcome"):
             continue
         a = out[r["component"]["name"]]
         if r["outcome"]["metric"] == "accuracy":
             a["acc"][_seed(r)][r["item_id"]] = float(r["outcome"]["value"])
+        elif r["outcome"]["metric"] == "start_accuracy":
+            a["start"][_seed(r)][r["item_id"].removeprefix("start/")] = float(r["outcome"]["value"])
         elif r["outcome"]["metric"] == "train_reward":
             a["steps"][_seed(r)].append(r["estimate"])
     for a in out.values():
@@ -88,8 +95,52 @@ def _paired(analysis: dict) -> list[dict]:
             c.verdict, "no significant difference")
         rows.append({"algorithm": c.name, "pairs (seed x item)": c.n,
                      f"Δ accuracy vs {BASELINE} [95% CI]": c.interval.fmt(3), "test": c.test,
-                     "p": f"{c.p:.3g}", "p (Holm)": f"{c.p_adjusted:.3g}", "verdict": verdict})
+                     "p": f"{c.p:.3g}", "p (Holm)": f"{c.p_adjusted:.3g}", "verdict": verdict,
+                     "MDE (α=0.05, power 0.8)": f"{_pair_mde(analysis).get(c.name, math.nan):.3f}"})
     return rows
+
+
+def mde_paired_binary(a, b, alpha: float = 0.05, power: float = 0.8) -> float:
+    """MDE of a paired binary comparison with the observed discordance (McNemar setting)."""
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    d = max(float((a != b).mean()), 1.0 / len(a))  # never 0: at least one discordant pair's worth
+    return minimum_detectable_effect(len(a), discordance=d, alpha=alpha, power=power)
+
+
+def _gain(analysis: dict) -> list[dict]:
+    """Each algorithm against the starting checkpoint on the same (seed, held-out item) pairs."""
+    rows = []
+    for name, a in sorted(analysis.items()):
+        pairs = [(a["start"][s][i], a["acc"][s][i]) for s in a["acc"] if s in a["start"]
+                 for i in a["acc"][s] if i in a["start"][s]]
+        if not pairs:
+            continue
+        start, end = (np.array(x, dtype=float) for x in zip(*pairs))
+        test = mcnemar_exact(start, end)
+        d = end - start
+        half = 1.96 * d.std(ddof=1) / math.sqrt(len(d)) if len(d) > 1 else math.nan
+        rows.append({"algorithm": name, "pairs (seed x item)": len(d), "start": f"{start.mean():.3f}",
+                     "after RL": f"{end.mean():.3f}",
+                     "gain [95% CI]": f"{d.mean():+.3f} [{d.mean() - half:+.3f}, {d.mean() + half:+.3f}]",
+                     "fixed / broken": f"{test['b01']} / {test['b10']}", "McNemar p": f"{test['p']:.3g}",
+                     "significant at 0.01": "yes" if test["p"] < 0.01 and d.mean() > 0 else "no",
+                     "MDE (α=0.01, power 0.8)": f"{mde_paired_binary(start, end, alpha=0.01):.3f}"})
+    return rows
+
+
+def _pair_mde(analysis: dict) -> dict:
+    """MDE (α = 0.05, power 0.8) of each algorithm-vs-baseline comparison at its observed discordance."""
+    base = analysis.get(BASELINE)
+    out = {}
+    for name, a in analysis.items():
+        if base is None or name == BASELINE:
+            continue
+        pairs = [(base["acc"][s][i], a["acc"][s][i]) for s in a["acc"] if s in base["acc"]
+                 for i in a["acc"][s] if i in base["acc"][s]]
+        if pairs:
+            x, y = zip(*pairs)
+            out[name] = mde_paired_binary(x, y)
+    return out
 
 
 def _curves(analysis: dict) -> list[dict]:
@@ -173,6 +224,15 @@ def render_section(records: list[dict], out_dir: Path | None = None) -> str:
                f"final policy; interval over training seeds (n = {', '.join(map(str, seeds))} seeds; stratified "
                "bootstrap, mean and IQM).\n")
     out.append(md_table(summary))
+    gain = _gain(analysis)
+    if gain:
+        ok = [r["algorithm"] for r in gain if r["significant at 0.01"] == "yes"]
+        out.append("\n**Against the starting checkpoint** (the same held-out items decoded greedily before RL; "
+                   "pairs = (seed, item), exact McNemar; the MDE is the smallest true gain this many pairs detect "
+                   "with power 0.8 at α = 0.01, given the observed discordance): "
+                   + (f"{', '.join(ok)} raise{'s' * (len(ok) == 1)} held-out accuracy significantly (p < 0.01).\n"
+                      if ok else "no algorithm raises held-out accuracy significantly (p < 0.01).\n"))
+        out.append(md_table(gain))
     paired = _paired(analysis)
     if paired:
         wins = [r["algorithm"] for r in paired if r["verdict"].startswith("beats")]
@@ -184,6 +244,8 @@ def render_section(records: list[dict], out_dir: Path | None = None) -> str:
         out.append(f"\n**Against `{BASELINE}`** (paired on (seed, held-out item), exact McNemar, Holm across "
                    f"algorithms, α = 0.05): {plain}\n")
         out.append(md_table(paired))
+        out.append(f"\nA difference smaller than its row's MDE is one this study cannot detect: a tie there is "
+                   f"\"no difference larger than the MDE\", not \"equal\".\n")
     if out_dir is not None:
         for stem, title in _figures(_curves(analysis), Path(out_dir)):
             out.append("\n" + figure_md(stem, title, CAPTION))

@@ -47,8 +47,13 @@ def test_rl_study_runs_and_resumes_to_the_same_records(tmp_path):
     crash_mid_run(runner, after=3)  # killed while training the first cell
     resumed = read_records(Runner(path, resume=runner.run_dir, progress=False).run())
     assert _strip(resumed) == _strip(clean)
+    starts = [r for r in clean if r["outcome"]["metric"] == "start_accuracy"]
+    assert len(starts) == 8 and {r["study"] for r in starts} == {"rl.start"}  # 4 eval items x 2 cells
+    assert all(r["item_id"].startswith("start/") for r in starts)
     section = render_section(clean)
     assert "| diffu_grpo | 1 |" in section and "| spg | 1 |" in section  # one seed each
+    assert "Against the starting checkpoint" in section and "| diffu_grpo | 4 |" in section  # 4 paired items
+    assert "MDE" in section
     assert "paired on (seed, held-out item)" in section and "| spg | 6 |" in section  # 6 pairs vs diffu_grpo
 
 
