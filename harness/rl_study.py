@@ -16,6 +16,7 @@ or the runner (the runner hands itself in and this module calls its public `reco
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
 
 from harness.algorithms.loop import LoopOptions, RLLoop
@@ -33,13 +34,16 @@ def train(runner, cell, model, task, algorithm, writer):
     """Train (or resume) the cell's policy; -> the trained denoiser (the runner's model is untouched)."""
     opts = options(cell)
     steps = opts.quick_steps if runner.quick else opts.steps
+    if runner.quick and opts.quick_prompts:
+        opts = dataclasses.replace(opts, prompts=opts.quick_prompts)
     suite = runner.suite.suite
 
     def seed(item: str, replicate: int, stream: str) -> int:
         return derive_seed(suite, cell.id, item, replicate, f"{stream}/{cell.seed}")
 
     test = task.items("test")
-    loop = RLLoop(copy.deepcopy(model), algorithm, task, opts, seed, task.items("train"), test[: opts.eval_items])
+    n_eval = min(opts.eval_items, cell.task.n_items or opts.eval_items)  # never more than the cell's units
+    loop = RLLoop(copy.deepcopy(model), algorithm, task, opts, seed, task.items("train"), test[:n_eval])
     ckpt = runner.run_dir / "rl" / re.sub(r"[^A-Za-z0-9_.=,-]+", "_", cell.id)
     first = loop.resume(ckpt)
     if first == 0:  # the starting checkpoint on the held-out items (greedy, deterministic)

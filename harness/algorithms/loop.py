@@ -41,6 +41,7 @@ class LoopOptions:
     steps: int = 30
     quick_steps: int = 8  # steps under `dlm-harness run --quick`
     prompts: int = 8
+    quick_prompts: int = 0  # prompts per step under `--quick`; 0: `prompts`
     group_size: int = 4
     mu: int = 1
     lr: float = 5e-4
@@ -56,7 +57,7 @@ class LoopOptions:
         for name in ("steps", "quick_steps", "prompts", "mu", "eval_items", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("micro_groups", "eval_every", "ref_refresh"):
+        for name in ("micro_groups", "eval_every", "ref_refresh", "quick_prompts"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.group_size < 2:
