@@ -6,17 +6,24 @@ padding included) is masked and scored by one_step without prompt masking; the s
 ρ_i = exp(Σ_{k<T} (ℓ_θ,ik − ℓ_old,ik) / T) (GSPO-style, length-normalised), broadcast to every
 token; per-token k3 KL to π_ref; loss = Σ over the counted tokens / their number (Σ/Σmask over
 the batch), where the counted tokens are every canvas position except the dropped hint tokens.
-Clip ε = 0.2, β = 0.01. Options: `loss_tokens="completion"` counts and scores only the completion up
-to its first EOS; `ratio="sequence"` with `sequence_scale="none"` is exp(ΣΔℓ) with k3 on the summed
-difference (the earlier harness objective, whose ratio and KL grow with the length). Exploration fix: when all G rewards of a group are 0 (no learning signal),
-`n_hinted` of its completions are re-generated with a fragment of the reference solution inpainted:
+Clip ε = 0.2, β = 0.01. Options: `loss_tokens_over="completion"` counts and scores only the
+completion up to its first EOS; `ratio="sequence"` with `sequence_scale="none"` is exp(ΣΔℓ) with
+k3 on the summed difference (the earlier harness objective, whose ratio and KL grow with length).
+
+Exploration fix: when all G rewards of a group are 0 (no learning signal), completions are
+re-generated with a fragment of the reference solution inpainted:
 a prefix of ⌈ρ·n⌉ reference tokens (n = reference length with its EOS, ρ ~ U(hint_min, hint_max)),
 written into the canvas before decoding and never masked (the sampler's `fixed` canvas). Hint
 tokens were not sampled by the policy, so only the top `entropy_top` fraction of them by the
 policy's predictive entropy (one no-grad all-masked pass, counted as likelihood NFE) count in the
 loss: k = max(1, ⌊top·n_hint⌋) of them (`entropy_round="floor"`, the reference's
 `max(1, int(n·ratio))`; "ceil" rounds up); the other hint tokens are removed from the loss mask.
-Not reproduced: the reference re-generates all G rows with hints and keeps only correct ones.
+Which rows (`hint_rows="correct"`, default, the reference's selective replacement): all G rows of an
+all-wrong group are re-generated with hints (ratios sorted increasing within the group), and up to
+`n_hinted` of the correct ones (score 1; a random subset when more) replace the group's first rows;
+a group with no correct hinted row stays as it was. `hint_rows="all"`: the first `n_hinted` rows
+are re-generated with hints and replace the originals whatever their reward. The entropy pass
+masks the whole canvas, as the reference's d1_masking pass does.
 """
 from __future__ import annotations
 
@@ -66,12 +73,13 @@ class IGPO(GRPO):
     sequence_scale: Literal["none", "length", "canvas"] = "canvas"
     loss_tokens_over: Literal["canvas", "completion"] = "canvas"
     entropy_round: Literal["floor", "ceil"] = "floor"
+    hint_rows: Literal["correct", "all"] = "correct"
     eps_low: float = 0.2
     eps_high: float = 0.2
     beta: float = 0.01
     hint_min: float = 0.2
     hint_max: float = 0.6
-    n_hinted: int = 0  # completions re-generated per all-wrong group; 0: half the group
+    n_hinted: int = 0  # rows replaced per all-wrong group (the reference's max_replacements); 0: half the group
     entropy_top: float = 0.2
 
     def __post_init__(self):
@@ -99,30 +107,48 @@ class IGPO(GRPO):
         if len(wrong) == 0:
             return rollout
         n_h = min(self.n_hinted or G // 2, G)
-        rows = (wrong[:, None] * G + torch.arange(n_h)[None]).reshape(-1)  # [H]
-        items = [rollout["items"][i] for i in rows.tolist()]
+        per_group = G if self.hint_rows == "correct" else n_h  # hinted re-generations per all-wrong group
+        cand = (wrong[:, None] * G + torch.arange(per_group)[None]).reshape(-1)  # [H] their rows
+        items = [rollout["items"][i] for i in cand.tolist()]
         eos, L = loop.policy.eos_id, rollout["tokens"].shape[1]
         reference = encode_completions(loop.policy.tokenizer, [it.reference for it in items], L, eos)  # [H, L]
         u = torch.stack([torch.rand((), generator=g, dtype=torch.float64)
-                         for g in loop.generators(step, rows, "hint")])  # [H]
+                         for g in loop.generators(step, cand, "hint")])  # [H]
+        if self.hint_rows == "correct":  # the reference sorts each group's ratios, increasing
+            u = u.view(-1, per_group).sort(1).values.reshape(-1)
         fixed = hint_canvas(reference, self.hint_min + (self.hint_max - self.hint_min) * u, eos)
-        gen = loop.sample(rollout["prompt"][rows], rollout["prompt_mask"][rows],
-                          loop.generators(step, rows, "hint-rollout"), fixed=fixed)
-        cmask = completion_mask(gen.tokens, eos)
-        hint = (fixed >= 0) & cmask  # [H, L]
-        with torch.no_grad():  # the policy's entropy at every completion position, all masked
-            noised = torch.where(cmask, loop.policy.mask_id, gen.tokens)
+        gen = loop.sample(rollout["prompt"][cand], rollout["prompt_mask"][cand],
+                          loop.generators(step, cand, "hint-rollout"), fixed=fixed)
+        scores = torch.tensor([reward(loop.task, it, t) for it, t in zip(items, gen.text)], dtype=torch.float64)
+        if self.hint_rows == "correct":  # up to n_h correct hinted rows replace the group's first rows
+            src, dst = [], []
+            for k, grp in enumerate(wrong.tolist()):
+                ok = (scores[k * G:(k + 1) * G] >= 1.0).nonzero().squeeze(1) + k * G
+                if len(ok) > n_h:
+                    pick = loop.generators(step, [grp], "hint-pick")[0]
+                    ok = ok[torch.randperm(len(ok), generator=pick)[:n_h]]
+                src += ok.tolist()
+                dst += [grp * G + i for i in range(len(ok))]
+            if not src:
+                return rollout
+            src, rows = torch.tensor(src), torch.tensor(dst)
+        else:
+            src, rows = torch.arange(len(cand)), cand
+        tokens, commit = gen.tokens[src], gen.commit_step[src]
+        cmask = completion_mask(tokens, eos)
+        hint = (fixed[src] >= 0) & cmask  # [R, L]
+        with torch.no_grad():  # the policy's entropy at every canvas position, the whole canvas masked
+            noised = torch.full_like(tokens, loop.policy.mask_id)
             x = torch.cat([rollout["prompt"][rows], noised], 1)
             attn = torch.cat([rollout["prompt_mask"][rows], torch.ones_like(noised, dtype=torch.bool)], 1)
             logits = loop.meters["policy"].logits(x, attn)[:, -L:]
-            entropy = token_entropy(F.softmax(logits.float(), -1))  # [H, L]
+            entropy = token_entropy(F.softmax(logits.float(), -1))  # [R, L]
         keep = entropy_keep(entropy, hint, self.entropy_top, self.entropy_round)
         out = dict(rollout)
-        for key, val in (("tokens", gen.tokens), ("commit_step", gen.commit_step), ("completion_mask", cmask),
+        for key, val in (("tokens", tokens), ("commit_step", commit), ("completion_mask", cmask),
                          ("loss_mask", cmask & (~hint | keep))):
             out[key] = rollout[key].clone()
             out[key][rows] = val
         out["rewards"] = rollout["rewards"].clone()
-        out["rewards"][rows] = torch.tensor([reward(loop.task, it, t) for it, t in zip(items, gen.text)],
-                                            dtype=torch.float64)
+        out["rewards"][rows] = scores[src]
         return out

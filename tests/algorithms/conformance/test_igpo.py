@@ -86,3 +86,28 @@ def test_entropy_filter_keeps_max_1_floor_of_the_top_fraction():
         assert torch.equal(got[b], want), b
     ceil = entropy_keep(ent, hint, 0.2, "ceil")  # the named alternative
     assert [int(r.sum()) for r in ceil[1:]] == [math.ceil(0.2 * int(h.sum())) for h in hint[1:]]
+
+
+@pytest.mark.parametrize("hint_rows", ["correct", "all"])
+def test_all_wrong_groups_get_hinted_rows_like_the_reference(hint_rows):
+    """_generate_and_score_completions: all G rows re-generated with hints, up to max_replacements of
+    the correct ones replace the group's first rows (hint_rows="correct"); "all": the first n_hinted
+    rows replaced whatever their reward."""
+    from tests.algorithms.toy import make_loop
+
+    algo = ALGORITHMS.build("igpo", {"hint_rows": hint_rows, "hint_min": 0.9, "hint_max": 1.0, "n_hinted": 2})
+    loop = make_loop(algo)
+    buf = loop.rollout(0)
+    buf["rewards"] = buf["rewards"].clone()
+    buf["rewards"][:4] = 0.0  # group 0 all wrong (G = 4)
+    buf["rewards"][4:] = torch.tensor([1.0, 0.0] * 6, dtype=torch.float64)[: len(buf["rewards"]) - 4]
+    out = algo.after_rollout(loop, buf, 0)
+    changed = [i for i in range(len(buf["rewards"])) if not torch.equal(out["tokens"][i], buf["tokens"][i])]
+    assert all(i < 4 for i in changed)  # only the all-wrong group
+    if hint_rows == "correct":
+        assert changed == list(range(len(changed))) and len(changed) <= 2  # its first rows, at most max_replacements
+        assert all(float(out["rewards"][i]) >= 1.0 for i in changed)  # only correct hinted rows are kept
+        assert len(changed) >= 1  # hints covering 90-100% of "777" decode correctly here
+    else:
+        assert set(changed) <= {0, 1}
+        assert torch.equal(out["rewards"][2:4], buf["rewards"][2:4])
