@@ -229,8 +229,10 @@ class UniGRPO(GRPO):
 @ALGORITHMS.register("gdpo")
 @dataclass(frozen=True, kw_only=True)
 class GDPO(GRPO):
-    """GDPO: sequence ratio exp(ELBO_θ − ELBO_old) of the quadrature ELBO (Bernoulli masks at rate t_n),
-    clip 0.2, weight 1/|o|, β·KL. `estimator_params={"mask_law": "count"}` is the fixed-count variant."""
+    """GDPO: sequence ratio exp(ELBO_θ − ELBO_old) of the quadrature ELBO (Bernoulli masks), clip 0.2, 1/|o|, β·KL.
+
+    The quadrature masks each completion token independently at rate t_n (the paper's masking,
+    unbiased once N >= L/2); `estimator_params={"mask_law": "count"}` is the fixed-count variant."""
 
     estimator: str = "quadrature_elbo"
     estimator_params: dict = field(default_factory=lambda: {"mask_law": "bernoulli"})

@@ -64,8 +64,7 @@ def entropy_keep(entropy: torch.Tensor, hint: torch.Tensor, top: float, rounding
 @ALGORITHMS.register("igpo")
 @dataclass(frozen=True, kw_only=True)
 class IGPO(GRPO):
-    """IGPO: GSPO-ratio GRPO over the whole canvas (clip 0.2, β 0.01, one_step) + reference hints inpainted
-    into all-wrong groups."""
+    """IGPO: GSPO-ratio GRPO over the whole canvas (clip 0.2, β 0.01, one_step) + hints for all-wrong groups."""
 
     estimator: str = "one_step"
     estimator_params: dict = field(default_factory=lambda: {"p_prompt": 0.0})
