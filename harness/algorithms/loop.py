@@ -4,7 +4,9 @@ Per step k: draw `prompts` train items; roll out G completions each with the con
 (one generator per row, seeded by (step, row): rollouts never reset and never depend on batch
 composition); score rewards with the task; the algorithm may edit the buffer (IGPO) and drop
 groups (TraceRL); advantages per group; then μ inner iterations, each ONE optimizer step over the
-whole buffer, accumulated over micro-batches of whole groups. At iteration i every row gets a
+whole buffer, accumulated over micro-batches of whole groups (`optimizer_step="micro_batch"`: one
+step per micro-batch instead, as TraceRL's reference trains on minibatches, so π_old's terms are
+computed for every micro-batch after the first). At iteration i every row gets a
 generator seeded by (step, row, i): π_θ draws its masks from it and π_old / π_ref replay exactly
 those draws, so the draws are shared per (trajectory, inner iteration), the iteration index
 advances once per pass over the buffer, and micro-batch splits change nothing (every loss is a
@@ -47,6 +49,7 @@ class LoopOptions:
     lr: float = 5e-4
     grad_clip: float = 1.0  # max gradient norm; 0: none
     micro_groups: int = 0  # groups per micro-batch; 0: the whole buffer at once
+    optimizer_step: str = "pass"  # "pass": one step per pass over the buffer; "micro_batch": one per micro-batch
     sampler: dict = field(default_factory=lambda: {"name": "low_confidence", "params": {"temperature": 1.0}})
     eval_every: int = 10  # held-out greedy accuracy every this many steps (and at the end); 0: never
     eval_items: int = 100
@@ -64,6 +67,8 @@ class LoopOptions:
             raise ValueError(f"group_size must be >= 2 (advantages compare completions), got {self.group_size}")
         if self.lr <= 0 or self.grad_clip < 0:
             raise ValueError(f"need lr > 0 and grad_clip >= 0, got {self.lr}, {self.grad_clip}")
+        if self.optimizer_step not in ("pass", "micro_batch"):
+            raise ValueError(f"optimizer_step must be 'pass' or 'micro_batch', got {self.optimizer_step!r}")
         if not isinstance(self.sampler, dict) or "name" not in self.sampler:
             raise ValueError(f"sampler must be a mapping {{name: ..., params: ...}}, got {self.sampler!r}")
 
@@ -89,7 +94,8 @@ class RLLoop:
         self.sampler = options.build_sampler()
         self.eval_sampler = SAMPLERS.build("low_confidence", {})  # greedy, one token per step
         self.ref = copy.deepcopy(policy) if algorithm.needs_ref else None
-        self.old = copy.deepcopy(policy) if algorithm.needs_old and options.mu > 1 else None
+        self.per_micro = options.optimizer_step == "micro_batch"  # π_θ moves between micro-batches
+        self.old = copy.deepcopy(policy) if algorithm.needs_old and (options.mu > 1 or self.per_micro) else None
         for frozen in (self.ref, self.old):
             if frozen is not None:
                 frozen.module.requires_grad_(False)
@@ -161,7 +167,7 @@ class RLLoop:
                 first.setdefault(m, pol.draws)
                 with torch.no_grad():
                     old = _detached(pol)
-                    if algo.needs_old and i > 0:
+                    if algo.needs_old and (i > 0 or (self.per_micro and m > 0)):
                         old = algo.terms(self.meters["old"], *args, generator=None, draws=pol.draws, **kw)
                     ref = (algo.terms(self.meters["ref"], *args, generator=None, draws=pol.draws, **kw)
                            if algo.needs_ref else None)
@@ -169,18 +175,26 @@ class RLLoop:
                          "group": mb["group"] - mb["group"].min(), **totals}
                 loss, metrics = algo.loss(batch, pol, old, ref, adv_all[idx])
                 t0 = time.perf_counter()
-                loss.backward()
+                # One step per micro-batch (TraceRL's minibatches): each micro-batch's loss at the
+                # scale of a whole-buffer loss (× N / B_mb), so the step size does not shrink with it.
+                (loss * (totals["n_seq"] / len(idx)) if self.per_micro else loss).backward()
                 self.backward_s += time.perf_counter() - t0
+                if self.per_micro:
+                    self._step()
                 share = len(idx) / totals["n_seq"] / mu
                 out["loss"] += float(loss.detach()) / mu
                 for k, v in {**metrics, "entropy": float(-(pol.per_token.detach() * mb["loss_tokens"]).sum()
                                                           / mb["loss_tokens"].sum().clamp_min(1))}.items():
                     sums[k] = sums.get(k, 0.0) + v * share
-            if self.opts.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(self.policy.module.parameters(), self.opts.grad_clip)
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
+            if not self.per_micro:
+                self._step()
         return {**out, **sums}
+
+    def _step(self) -> None:
+        if self.opts.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.policy.module.parameters(), self.opts.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
 
     @torch.no_grad()
     def evaluate(self, items) -> list[float]:

@@ -108,3 +108,14 @@ def test_resume_equals_uninterrupted(tmp_path):
         assert torch.equal(a, b)
     for key in ("reward_mean", "loss", "cum_nfe", "cum_flops"):
         assert [lg[key] for lg in logs[2:]] == [lg[key] for lg in resumed]
+
+
+def test_one_optimizer_step_per_micro_batch_makes_the_kl_to_old_nonzero_at_mu_1():
+    """TraceRL's reference takes several minibatch steps per rollout: π_old ≠ π_θ after the first."""
+    algo = ALGORITHMS.build("trace_rl", {"acc_low": 0.0, "acc_high": 1.0})
+    per_pass = make_loop(algo, mu=1, micro_groups=1)
+    log, _ = per_pass.train_step(0)
+    assert log["old_nfe"] == 0 and log["kl"] == 0.0  # one step per buffer pass: π_old = π_θ throughout
+    per_micro = make_loop(algo, mu=1, micro_groups=1, optimizer_step="micro_batch")
+    log, _ = per_micro.train_step(0)
+    assert log["old_nfe"] > 0 and log["kl"] > 0.0
