@@ -2,9 +2,9 @@
 
 `train` runs inside the runner (its `train` hook) before the cell's units. Before the first step it
 decodes the held-out items (the loop's eval items) greedily with the starting checkpoint and writes
-one record per item (study "<study>.start", item "start/<item id>", outcome `start_accuracy`), so the report can pair the
-trained policy's units with the same checkpoint before RL. RL steps resume from the
-cell's checkpoint (run_dir/rl/<cell>/checkpoint.pt) and each step writes one record (study
+one record per item (study "<study>.start", item "start/<item id>", outcome `start_accuracy`), so
+the report can pair the trained policy's units with the same checkpoint before RL. RL steps resume
+from the cell's checkpoint (run_dir/rl/<cell>/checkpoint.pt) and each step writes one record (study
 "<study>.steps", item "step-0001"..., outcome `train_reward`, the step log under `estimate`, the
 step's rollout + likelihood cost under `cost`). The units are then the held-out test items,
 decoded greedily by the trained policy (`harness.studies.rl_evaluate`: outcome `accuracy`), so the
@@ -54,7 +54,7 @@ def train(runner, cell, model, task, algorithm, writer):
                 "flops": spent.flops / n, "wall_s": spent.wall_s / n, "peak_mem": spent.peak_mem}  # per item
         for it, score in zip(loop.test_items, scores):
             item = Item(id=f"{START}{it.id}", prompt=it.prompt, reference=it.reference)  # not a unit's id
-            rec = runner._record(cell, algorithm, task, item, 0, {"outcome": {"metric": "start_accuracy",
+            rec = runner.record(cell, algorithm, task, item, 0, {"outcome": {"metric": "start_accuracy",
                                  "value": float(score)}}, cost, "ok", None)
             writer.write({**rec, "study": f"{cell.study}.start"})
         writer.sync()

@@ -93,7 +93,7 @@ def gspo_loss(logp, old, ref, adv, mask, *, scale, eps_low: float, eps_high: flo
     loss = aggregate(-(sur - beta * kl_tok), mask, norm, n_seq, n_tok, length)
     m = mask.sum().clamp_min(1)
     metrics = {"clip_frac": float((clipped & mask).sum() / m),
-               "kl": float((kl_tok.detach() * mask).sum() / m) if ref is not None else float("nan"),
+               "kl": float((kl_tok.detach() * mask).sum() / m) if ref is not None else None,
                "ratio": float(ratio.detach().mean())}
     return loss, metrics
 

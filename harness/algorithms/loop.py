@@ -185,7 +185,10 @@ class RLLoop:
                 out["loss"] += float(loss.detach()) / mu
                 for k, v in {**metrics, "entropy": float(-(pol.per_token.detach() * mb["loss_tokens"]).sum()
                                                           / mb["loss_tokens"].sum().clamp_min(1))}.items():
-                    sums[k] = sums.get(k, 0.0) + v * share
+                    if v is None:  # not applicable (no reference model, no ratio): stays None
+                        sums.setdefault(k, None)
+                    else:
+                        sums[k] = (sums.get(k) or 0.0) + v * share
             if not self.per_micro:
                 self._step()
         return {**out, **sums}

@@ -48,7 +48,7 @@ def trace_rows_loss(logp, old, ref, adv, gid, *, eps_low: float, eps_high: float
     loss = per_row.sum() / max(int(live.sum()), 1) * (B / n_seq)
     m = counted.sum().clamp_min(1)
     metrics = {"clip_frac": float((clipped & counted).sum() / m),
-               "kl": float((kl_tok.detach() * counted).sum() / m) if ref is not None else float("nan"),
+               "kl": float((kl_tok.detach() * counted).sum() / m) if ref is not None else None,
                "ratio": float((ratio.detach() * counted).sum() / m), "trace_rows": float(live.sum())}
     return loss, metrics
 

@@ -119,3 +119,10 @@ def test_one_optimizer_step_per_micro_batch_makes_the_kl_to_old_nonzero_at_mu_1(
     per_micro = make_loop(algo, mu=1, micro_groups=1, optimizer_step="micro_batch")
     log, _ = per_micro.train_step(0)
     assert log["old_nfe"] > 0 and log["kl"] > 0.0
+
+
+def test_metrics_without_a_reference_model_stay_none_in_the_step_log():
+    """beta = 0: no π_ref, so the KL metric is None (not applicable), not a crash and not 0."""
+    loop = make_loop(ALGORITHMS.build("diffu_grpo", {"beta": 0.0}))
+    log, _ = loop.train_step(0)
+    assert log["kl"] is None and log["ref_nfe"] == 0
