@@ -14,7 +14,8 @@ import torch
 RULES = ("mean", "zscore", "zscore_pop", "loo")
 
 
-def group_stats(rewards: torch.Tensor, group: torch.Tensor, ddof: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def group_stats(rewards: torch.Tensor, group: torch.Tensor,
+                ddof: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """-> (mean [N], std [N] with divisor size − ddof, size [N]) of each row's group, broadcast back to rows."""
     n_groups = int(group.max()) + 1 if group.numel() else 0
     r = rewards.double()

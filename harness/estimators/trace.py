@@ -11,8 +11,8 @@ merged into groups of `stride` (the paper's shrink parameter s), and for each gr
 Scored tokens are those with completion_mask True and commit_step >= 0; tokens with commit_step −1
 (given, never masked) are always clean and never scored, and positions outside completion_mask
 stay clean (the harness rule; `mask_padding=True` orders them by their commit step with the scored
-tokens and masks them like the reference, never scoring them). Here `per_token` is the raw log-prob of each scored token (what a
-token-level clipped objective needs), not a share of `sequence`.
+tokens and masks them like the reference, never scoring them). Here `per_token` is the raw log-prob
+of each scored token (what a token-level clipped objective needs), not a share of `sequence`.
 
 Grouping (`merge`):
   steps  group = ⌊commit_step / stride⌋: steps k..k+s−1 (k a multiple of s) form one group;
@@ -28,8 +28,9 @@ Confirmed against the reference (rl_llada.py, method "TraceRL"): one input per d
 step, masking positions with order >= that step and scoring the positions with order == that
 step; empty groups are skipped.
 
-The returned draws also carry `group` [B, L] (each scored token's group, −1 elsewhere; TraceRL's loss
-forms its per-(sequence, group) rows from it). Commit steps travel in `draws`: `draws={"commit_step": LongTensor [B, L]}` is required (the RL
+The returned draws also carry `group` [B, L] (each scored token's group, −1 elsewhere; TraceRL's
+loss forms its per-(sequence, group) rows from it). Commit steps travel in `draws`:
+`draws={"commit_step": LongTensor [B, L]}` is required (the RL
 loop passes the rollout's `Generation.commit_step`; replays for π_old / π_ref pass the returned
 draws). There is no `expected_nfe`: the number of passes, one per non-empty group per sequence
 (⌈steps/stride⌉ when every step commits a scored token), is only known from the commit steps, so

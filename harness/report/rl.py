@@ -244,8 +244,8 @@ def render_section(records: list[dict], out_dir: Path | None = None) -> str:
         out.append(f"\n**Against `{BASELINE}`** (paired on (seed, held-out item), exact McNemar, Holm across "
                    f"algorithms, α = 0.05): {plain}\n")
         out.append(md_table(paired))
-        out.append(f"\nA difference smaller than its row's MDE is one this study cannot detect: a tie there is "
-                   f"\"no difference larger than the MDE\", not \"equal\".\n")
+        out.append("\nA difference smaller than its row's MDE is one this study cannot detect: a tie there is "
+                   "\"no difference larger than the MDE\", not \"equal\".\n")
     if out_dir is not None:
         for stem, title in _figures(_curves(analysis), Path(out_dir)):
             out.append("\n" + figure_md(stem, title, CAPTION))

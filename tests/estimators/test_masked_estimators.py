@@ -413,7 +413,8 @@ def test_uni_elbo_replays_t1_across_iterations(tiny64):
         last = build("uni_elbo", iteration=2, n_iterations=3)(
             tiny64, prompt, completion, cmask, generator=torch.Generator().manual_seed(3), prompt_mask=pmask,
             draws={"t1": t1})
-        one = build("one_step", p_prompt=0.0, mask_padding=False)(tiny64, prompt, completion, cmask, generator=None, prompt_mask=pmask)
+        one = build("one_step", p_prompt=0.0, mask_padding=False)(tiny64, prompt, completion, cmask, generator=None,
+                                                                  prompt_mask=pmask)
     torch.testing.assert_close(first.draws["t"], t1)
     torch.testing.assert_close(second.draws["t"], t1 + (1 - t1) / 2)
     assert torch.equal(second.draws["t1"], t1)

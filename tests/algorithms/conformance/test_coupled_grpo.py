@@ -16,8 +16,16 @@ import pytest
 import torch
 
 from harness.registry import ALGORITHMS, ESTIMATORS
-from tests.algorithms.conformance.fixture import (G, SEEDS, assert_conforms, batch, estimate, fixture, target_logp,
-                                                  toy_rollout)
+from tests.algorithms.conformance.fixture import (
+    SEEDS,
+    G,
+    assert_conforms,
+    batch,
+    estimate,
+    fixture,
+    target_logp,
+    toy_rollout,
+)
 from tests.algorithms.conformance.refs import d1_loss, loo_advantages
 
 

@@ -11,8 +11,15 @@ import pytest
 import torch
 
 from harness.registry import ALGORITHMS, ESTIMATORS
-from tests.algorithms.conformance.fixture import (SEEDS, assert_conforms, batch, estimate, fixture, target_logp,
-                                                  toy_rollout)
+from tests.algorithms.conformance.fixture import (
+    SEEDS,
+    assert_conforms,
+    batch,
+    estimate,
+    fixture,
+    target_logp,
+    toy_rollout,
+)
 
 
 @pytest.mark.parametrize("kl_scale", ["outside", "inside"])

@@ -15,8 +15,18 @@ import torch
 
 from harness.algorithms.igpo import entropy_keep
 from harness.registry import ALGORITHMS
-from tests.algorithms.conformance.fixture import (B, G, SEEDS, T, assert_conforms, batch, estimate, fixture,
-                                                  target_logp, toy_rollout)
+from tests.algorithms.conformance.fixture import (
+    SEEDS,
+    B,
+    G,
+    T,
+    assert_conforms,
+    batch,
+    estimate,
+    fixture,
+    target_logp,
+    toy_rollout,
+)
 from tests.algorithms.conformance.refs import group_mean_advantages, igpo_gspo_loss
 
 

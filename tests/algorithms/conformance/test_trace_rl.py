@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from harness.registry import ALGORITHMS, ESTIMATORS
-from tests.algorithms.conformance.fixture import G, SEEDS, assert_conforms, fixture, target_logp, toy_rollout
+from tests.algorithms.conformance.fixture import SEEDS, G, assert_conforms, fixture, target_logp, toy_rollout
 from tests.algorithms.conformance.refs import collapse_k_unique, trace_rl_loss
 
 N, L = 8, 7

@@ -13,8 +13,17 @@ import pytest
 import torch
 
 from harness.registry import ALGORITHMS
-from tests.algorithms.conformance.fixture import (B, SEEDS, T, assert_conforms, batch, estimate, fixture, target_logp,
-                                                  toy_rollout)
+from tests.algorithms.conformance.fixture import (
+    SEEDS,
+    B,
+    T,
+    assert_conforms,
+    batch,
+    estimate,
+    fixture,
+    target_logp,
+    toy_rollout,
+)
 from tests.algorithms.conformance.refs import d1_loss
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from harness.registry import ALGORITHMS
-from tests.algorithms.conformance.fixture import G, N_GROUPS, SEEDS, assert_conforms, batch, estimate, fixture
+from tests.algorithms.conformance.fixture import N_GROUPS, SEEDS, G, assert_conforms, batch, estimate, fixture
 from tests.algorithms.conformance.refs import group_mean_advantages, wd1_loss
 
 
