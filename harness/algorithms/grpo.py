@@ -246,16 +246,35 @@ class GDPO(GRPO):
 @ALGORITHMS.register("espo")
 @dataclass(frozen=True, kw_only=True)
 class ESPO(GRPO):
-    """ESPO: sequence ratio exp(ΔELBO/L) of the complementary ELBO, clip 0.2, k2 KL ΔELBO²/(2L), β=0.01.
+    """ESPO: sequence ratio exp(ΔELBO/T) of the complementary ELBO over the canvas, clip 0.2, k2 KL Δ²/(2T), LOO.
 
-    `kl_scale="outside"` (default): k2(ΔELBO)/L = Δ²/(2L), the per-token-normalised KL of METHODS.md §2
-    (ESPO, arXiv 2512.03759); `kl_scale="inside"`: k2(ΔELBO/L) = (Δ/L)²/2, L times smaller."""
+    The reference (ML-GSAI/ESPO espo/espo_trainer.py ESPOTrainer.compute_loss): the ELBO covers the
+    whole completion canvas of T positions (post-EOS padding included, `score_over="canvas"`), the
+    ratio is exp((ELBO_θ − ELBO_old)/T), loss = −(1/N) Σ_i min(ρ_i A_i, clip(ρ_i) A_i) + β·mean_i
+    k2(ΔELBO_ref)/T (`kl_scale="outside"`), advantages leave-one-out. Options: `score_over="completion"`
+    with `sequence_scale="length"` normalises by |o| over the completion up to its EOS;
+    `kl_scale="inside"` is k2(Δ/T) = (Δ/T)²/2. Kept difference: the harness's complementary_elbo draws
+    its mask count l ~ U{1..L} per row (weights L/l, L/(L−l)); the reference spreads the count over
+    the batch (linspace) on {0..T} with weights (T+1)/x and 1/(T/(T+1) − x/(T+1))."""
 
     estimator: str = "complementary_elbo"
+    advantage: Literal["mean", "zscore", "zscore_pop", "loo"] = "loo"
     ratio: Literal["token", "sequence", "gspo"] = "sequence"
     eps_low: float = 0.2
     eps_high: float = 0.2
     beta: float = 0.01
     kl: Literal["k1", "k2", "k3"] = "k2"
-    sequence_scale: Literal["none", "length", "canvas"] = "length"
+    sequence_scale: Literal["none", "length", "canvas"] = "canvas"
     kl_scale: Literal["inside", "outside"] = "outside"
+    score_over: Literal["canvas", "completion"] = "canvas"
+
+    def loss_tokens(self, rollout):
+        if self.score_over == "completion":
+            return rollout["loss_mask"]
+        return torch.ones_like(rollout["loss_mask"])  # the ELBO of the whole canvas
+
+    def terms(self, denoiser, prompt, prompt_mask, completion, completion_mask, *, generator, draws,
+              iteration, n_iterations):
+        scored = torch.ones_like(completion_mask) if self.score_over == "canvas" else completion_mask
+        return super().terms(denoiser, prompt, prompt_mask, completion, scored, generator=generator, draws=draws,
+                             iteration=iteration, n_iterations=n_iterations)

@@ -1,10 +1,13 @@
-"""espo conforms to ESPO (arXiv 2512.03759). The authors' repository is NOT in the search index:
-the reference is written from the paper's objective as recorded in METHODS.md §2: sequence ratio
-ρ_i = exp(ΔELBO_i / L_i) of the complementary-mask ELBO (L_i = |o_i|), PPO clip ε = 0.2, β = 0.01 and
-the k2 KL ΔELBO_ref² / 2 divided by L_i (`kl_scale="outside"`, the choice stated by METHODS;
-`kl_scale="inside"`, k2 of ΔELBO/L, is L times smaller and stays as an option); mean over sequences.
-Likelihood: stratified count l ~ U{1..L}, a uniform l-subset and its complement, weights
-½·L/l and ½·L/(L−l) (full weight L/L when l = L)."""
+"""espo conforms to ESPO (ML-GSAI/ESPO, espo/espo_trainer.py, ESPOTrainer.compute_loss and
+_generate_and_score_completions): the sequence ELBO of the whole completion canvas (T positions,
+post-EOS padding included), ratio ρ_i = exp((ELBO_θ,i − ELBO_old,i)/T), loss =
+−Σ_i min(ρ_i A_i, clip(ρ_i, 1±0.2) A_i)/N + β·Σ_i k2(ELBO_θ,i − ELBO_ref,i)/(N·T) (compute_approx_kl
+"k2"), leave-one-out advantages (`leave_one_out = True`). Options checked: `kl_scale="inside"`
+((Δ/T)²/2) and `score_over="completion"` with `sequence_scale="length"` (|o| instead of T).
+Likelihood: the harness's complementary_elbo (stratified count l ~ U{1..L} per row, a uniform
+l-subset and its complement, weights ½·L/l and ½·L/(L−l), full weight when l = L); the reference's
+`forward_process` spreads the count over the batch on {0..T} with weights (T+1)/x and
+1/(T/(T+1) − x/(T+1)): a documented difference, tested here against the harness's own equation."""
 from __future__ import annotations
 
 import pytest
@@ -13,6 +16,9 @@ import torch
 from harness.registry import ALGORITHMS, ESTIMATORS
 from tests.algorithms.conformance.fixture import (
     SEEDS,
+    B,
+    G,
+    T,
     assert_conforms,
     batch,
     estimate,
@@ -20,13 +26,33 @@ from tests.algorithms.conformance.fixture import (
     target_logp,
     toy_rollout,
 )
+from tests.algorithms.conformance.refs import loo_advantages
 
 
 @pytest.mark.parametrize("kl_scale", ["outside", "inside"])
 @pytest.mark.parametrize("seed", SEEDS)
-def test_loss_and_gradient_match_the_paper_objective(seed, kl_scale):
+def test_loss_and_gradient_match_espo_trainer(seed, kl_scale):
     fx = fixture(seed)
     algo = ALGORITHMS.build("espo", {"kl_scale": kl_scale})
+    cm = fx["completion_mask"]
+    canvas = algo.loss_tokens({"loss_mask": cm, "completion_mask": cm})
+    assert bool(canvas.all())  # the ELBO of the whole canvas
+    adv = algo.advantages(fx["rewards"], fx["group"])
+    torch.testing.assert_close(adv, loo_advantages(fx["rewards"], G), rtol=0, atol=1e-12)
+    loss, _ = algo.loss(batch(fx, canvas), estimate(fx["logp"], canvas), estimate(fx["old"], canvas),
+                        estimate(fx["ref"], canvas), adv)
+    s, s_old, s_ref = (x.sum(1) for x in (fx["logp"], fx["old"], fx["ref"]))
+    coef_1 = torch.exp((s - s_old) / T)
+    coef_2 = torch.clamp(coef_1, 0.8, 1.2)
+    ref = -torch.min(coef_1 * adv, coef_2 * adv).sum() / B
+    kl = (s - s_ref) ** 2 / 2.0
+    ref = ref + 0.01 * (kl.sum() / (B * T) if kl_scale == "outside" else (kl / T**2).sum() / B)
+    assert_conforms(loss, ref, fx["logp"])
+
+
+def test_completion_length_normalisation_is_the_named_option():
+    fx = fixture(1)
+    algo = ALGORITHMS.build("espo", {"score_over": "completion", "sequence_scale": "length"})
     cm = fx["completion_mask"]
     adv = algo.advantages(fx["rewards"], fx["group"])
     loss, _ = algo.loss(batch(fx, cm), estimate(fx["logp"], cm), estimate(fx["old"], cm), estimate(fx["ref"], cm),
@@ -35,8 +61,7 @@ def test_loss_and_gradient_match_the_paper_objective(seed, kl_scale):
     n = cm.sum(1).double()
     rho = torch.exp((s - s_old) / n)
     sur = torch.min(rho * adv, torch.clamp(rho, 0.8, 1.2) * adv)
-    kl = (s_ref - s) ** 2 / (2 * n) if kl_scale == "outside" else ((s_ref - s) / n) ** 2 / 2
-    assert_conforms(loss, (-(sur - 0.01 * kl)).mean(), fx["logp"])
+    assert_conforms(loss, (-(sur - 0.01 * (s_ref - s) ** 2 / (2 * n))).mean(), fx["logp"])
 
 
 @pytest.mark.parametrize("seed", [0, 1])
