@@ -2,8 +2,9 @@
 
     loss = −(1/Z) Σ_i A_i · B_i,   B_i = ELBO_i (block_elbo) if A_i >= 0, else the upper bound
                                          (EUBO, or mix = ω·EUBO + (1−ω)·ELBO) if A_i < 0
-Z = Σ_i |o_i| (`norm="token"`, default: the d1-derived trainer's token-level Σ/Σmask, the
-bounds' per-token terms summed over the counted tokens) or N (`norm="sequence"`).
+Z = Σ_i |o_i| (`norm="token"`, default: facebookresearch/SPG spg/spg_trainer.py
+SPGTrainer.compute_loss weights each per-token-mean bound by |o_i| and divides by Σ|o_i|) or N
+(`norm="sequence"`).
 A plain policy gradient on bounds (no ratio, no π_old, no π_ref): raising a lower bound of log π
 for good completions, lowering an upper bound for bad ones. Both bounds come from ONE scoring pass
 on the same block-wise masks (m copies per sequence, NFE m): `terms` scores once and combines.

@@ -1,9 +1,10 @@
-"""spg conforms to SPG, sandwiched policy gradient (arXiv 2510.09541). The reference repository
-(its spg_trainer.py) is NOT in the search index: the reference below is written from the paper's
-objective (policy gradient on the ELBO for A >= 0 and on the mixture ω·EUBO + (1−ω)·ELBO for A < 0,
-ω = 0.5, β = 1.5, m = 2 block-wise masks) and from the reading of spg_trainer.py recorded in
-harness/estimators/block_elbo.py (per-sequence bounds = completion length × per-token means, loss
-normalised like the d1-derived trainer, Σ/Σ|o|). Loss: −Σ_i A_i·B_i / Σ_i |o_i|."""
+"""spg conforms to SPG, sandwiched policy gradient (facebookresearch/SPG, spg/spg_trainer.py,
+SPGTrainer.compute_loss: per_seq_loss = −A·per_seq_logps, loss = Σ(per_seq_loss·|o|)/Σ|o|, where
+per_seq_logps is the bound's per-token mean, so the loss is −Σ_i A_i·B_i / Σ_i |o_i| with B_i the
+sequence bound; the ELBO for A >= 0 and the mixture ω·EUBO + (1−ω)·ELBO for A < 0 (ω = 0.5,
+β = 1.5, m = 2 block-wise masks; `_get_per_seq_logps`, forward_type "block_random"). The bounds'
+equations are checked below against the paper's definitions on replayed block masks; the block
+draws themselves differ (documented in harness/estimators/block_elbo.py)."""
 from __future__ import annotations
 
 import math
