@@ -1,0 +1,126 @@
+"""Greedy decoding of the harness samplers vs the models' own reference decoders, token for token,
+on small random-weight checkpoints of the REAL model code with the real vocabularies and ids
+(../shared/fixtures/real-code; skipped without it).
+
+References (read from the fixture copies, Fast-dLLM commit 24cc59e):
+- LLaDA: NVlabs/Fast-dLLM `llada/generate.py`, `generate` (LLaDA's loop: linear step counts,
+  low-confidence remasking, semi-AR blocks; `threshold=` is Fast-dLLM's parallel decoding) and
+  `get_transfer_index` (confidence = float64 softmax).
+- Dream: Dream-org/Dream `generation_utils.py`, `DreamGenerationMixin.diffusion_generate` / `_sample`
+  (algs maskgit_plus, entropy, topk_margin; step counts int(m · (1 − s/t))).
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from harness.registry import SAMPLERS
+from tests.samplers import realcode
+from tests.samplers.realcode import needs_real_code
+
+pytestmark = needs_real_code
+
+
+@pytest.fixture(scope="module")
+def llada(tmp_path_factory):
+    return realcode.load_llada(realcode.build("llada", tmp_path_factory.mktemp("llada")))
+
+
+@pytest.fixture(scope="module")
+def dream(tmp_path_factory):
+    return realcode.load_dream(realcode.build("dream", tmp_path_factory.mktemp("dream")))
+
+
+def chat_prompt(den, text: str) -> torch.Tensor:
+    tok = den.tokenizer.hf
+    ids = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False)
+    return torch.tensor([tok(ids, add_special_tokens=False)["input_ids"]])
+
+
+def cut(tokens: torch.Tensor, den) -> torch.Tensor:
+    """The reference canvas with the harness's post-stop padding (tokens after the first stop id -> EOS)."""
+    from harness.samplers._base import stop_ids, upto_first_stop
+
+    tokens = tokens.clone()
+    n = upto_first_stop(tokens, stop_ids(den))
+    tokens[torch.arange(tokens.shape[1])[None, :] >= n[:, None]] = den.eos_id
+    return tokens
+
+
+@pytest.mark.parametrize("steps,gen_length,block,dtype", [
+    (16, 16, 16, "float64"), (8, 16, 8, "float64"), (16, 32, 8, "float64"), (8, 32, 16, "float32")])
+def test_llada_generate_equals_low_confidence(llada, steps, gen_length, block, dtype):
+    """Fast-dLLM `generate` (LLaDA's loop) vs `low_confidence` at temperature 0: identical tokens
+    and passes; with the reference's float64 confidences and with the harness's float32 ones."""
+    G = realcode.fast_dllm_generate()
+    prompt = chat_prompt(llada, "What is 12 + 30?")
+    ref, nfe = G.generate(llada.module, prompt, steps=steps, gen_length=gen_length, block_length=block,
+                          temperature=0.0)
+    sampler = SAMPLERS.build("low_confidence", {"steps": steps, "block_length": block, "confidence_dtype": dtype})
+    out = sampler(llada, prompt, generator=torch.Generator().manual_seed(0), gen_length=gen_length)
+    assert torch.equal(out.tokens, cut(ref[:, prompt.shape[1]:], llada))
+    assert out.steps == nfe == steps
+
+
+@pytest.mark.parametrize("gen_length,block", [(16, 16), (32, 8)])
+def test_llada_threshold_equals_fast_dllm(llada, gen_length, block):
+    """Fast-dLLM `generate(threshold=0.9)` vs the harness `threshold` sampler (tau 0.9): same tokens, same NFE."""
+    G = realcode.fast_dllm_generate()
+    prompt = chat_prompt(llada, "Name three colours.")
+    ref, nfe = G.generate(llada.module, prompt, steps=gen_length, gen_length=gen_length, block_length=block,
+                          temperature=0.0, threshold=0.9)
+    out = SAMPLERS.build("threshold", {"tau": 0.9, "block_length": block})(
+        llada, prompt, generator=torch.Generator().manual_seed(0), gen_length=gen_length)
+    assert torch.equal(out.tokens, cut(ref[:, prompt.shape[1]:], llada))
+    assert out.steps == nfe
+    assert nfe < gen_length  # some steps committed several tokens: the comparison covers parallel commits
+
+
+ALGS = {"maskgit_plus": "low_confidence", "entropy": "entropy", "topk_margin": "margin"}
+
+
+@pytest.mark.parametrize("alg,steps,gen_length", [
+    ("maskgit_plus", 8, 16), ("maskgit_plus", 5, 24), ("entropy", 8, 16), ("entropy", 16, 16), ("topk_margin", 8, 16)])
+def test_dream_diffusion_generate_equals_harness(dream, alg, steps, gen_length):
+    """Dream `diffusion_generate` (temperature 0) vs the harness sampler of the same confidence with
+    Dream's step schedule (the Dream adapter's default: schedule auto): identical tokens for a
+    two-row batch, and the same number of tokens committed at every step."""
+    tok = dream.tokenizer.hf
+    rows = [chat_prompt(dream, "What is 2+3?")[0], chat_prompt(dream, "Say hi!")[0]]
+    width = min(len(r) for r in rows)
+    prompt = torch.stack([r[-width:] for r in rows])  # equal lengths: no padding in either decoder
+    assert tok.pad_token_id not in prompt.tolist()
+    seen = []
+    gc = realcode.dream_generation_config(dream, max_new_tokens=gen_length, steps=steps, temperature=0.0, alg=alg)
+    ref = dream.module.diffusion_generate(
+        prompt, generation_config=gc,
+        generation_tokens_hook_func=lambda i, x, logits: (seen.append((x == dream.mask_id).sum(1)), x)[1])
+    out = SAMPLERS.build(ALGS[alg], {"steps": steps})(
+        dream, prompt, generator=torch.Generator().manual_seed(0), gen_length=gen_length)
+    assert torch.equal(out.tokens, cut(ref[:, prompt.shape[1]:], dream))
+    ref_counts = [int(a[0] - b[0]) for a, b in zip(seen, seen[1:])]  # seen[0]: before the first step
+    ours = [int((out.commit_step[0] == s).sum()) for s in range(steps)]
+    assert ours == ref_counts and sum(ours) == gen_length
+
+
+def test_dream_schedule_differs_from_llada_counts(dream):
+    """The schedule is what made Dream's outputs differ: the linear counts commit other tokens."""
+    prompt = chat_prompt(dream, "What is 2+3?")
+    gc = realcode.dream_generation_config(dream, max_new_tokens=16, steps=8, temperature=0.0, alg="maskgit_plus")
+    ref = cut(dream.module.diffusion_generate(prompt, generation_config=gc)[:, prompt.shape[1]:], dream)
+    g = torch.Generator().manual_seed(0)
+    dream_out = SAMPLERS.build("low_confidence", {"steps": 8, "schedule": "dream"})(dream, prompt, generator=g,
+                                                                                   gen_length=16)
+    linear_out = SAMPLERS.build("low_confidence", {"steps": 8, "schedule": "linear"})(dream, prompt, generator=g,
+                                                                                     gen_length=16)
+    assert torch.equal(dream_out.tokens, ref)
+    assert not torch.equal(linear_out.tokens, ref)
+
+
+def test_llada_declares_eot_as_stop_and_bos(llada, dream):
+    """The real-vocabulary checkpoints declare their stop ids and prompting as data."""
+    assert llada.stop_ids == (126081, 126348)
+    assert llada.decode_defaults["schedule"] == "linear"
+    assert llada.prompting["add_bos"] and llada.prompting["bos_id"] == 126080
+    assert dream.decode_defaults["schedule"] == "dream"
+    assert dream.stop_ids[0] == 151643
