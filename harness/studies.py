@@ -23,6 +23,7 @@ import torch
 from harness import rl_study
 from harness.estimators.exact import exact_terms
 from harness.estimators.mc_elbo import draw_masks, draw_t
+from harness.prompting import PromptEncoder
 from harness.seeding import rand
 from harness.stats.estimators import GradientMoments, anova_components
 from harness.text import completion_mask, encode_completions, encode_prompts
@@ -52,7 +53,8 @@ class StudyKind:
 
 
 def _prompts(denoiser, items):
-    ids, mask = encode_prompts(denoiser.tokenizer, [it.prompt for it in items], denoiser.pad_id)
+    # The model's own prompt layout (chat template for Instruct checkpoints, BOS): harness/prompting.py
+    ids, mask = encode_prompts(PromptEncoder(denoiser), [it.prompt for it in items], denoiser.pad_id)
     return ids.to(denoiser.device), mask.to(denoiser.device)
 
 
