@@ -222,3 +222,18 @@ def test_apply_chat_template_as_lm_evals_flag_passes_it(tmp_path):
     assert all(c.startswith("user: ") and c.endswith("assistant: ") for c in contexts), contexts
     with pytest.raises(Exception, match="chat template"):
         DLMHarnessLM(model="tiny").apply_chat_template([{"role": "user", "content": "hi"}])
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "suites").glob("lm-eval*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_eval_suite_loads_and_its_model_args_validate(path):
+    """lm-eval suite files (their own schema): every EvalSpec key known, every model_args key owned by
+    the model, sampler or estimator (checked against the registries without loading a checkpoint)."""
+    from harness.bridge.engine import split_model_args
+    from harness.evaluate import load_eval_suite
+
+    suite, spec, metrics, _ = load_eval_suite(path)
+    parts = split_model_args({"model": spec.model, "sampler": spec.sampler, "estimator": spec.estimator,
+                              **spec.model_args})
+    assert suite and spec.tasks and parts["bridge"]["model"] == spec.model
+    if spec.fewshot_as_multiturn:
+        assert spec.apply_chat_template is not False
