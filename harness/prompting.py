@@ -25,6 +25,12 @@ def prompting_of(denoiser) -> dict:
     return {"chat": bool(p.get("chat", False)), "add_bos": bool(p.get("add_bos", False)), "bos_id": p.get("bos_id")}
 
 
+def prompting_record(denoiser) -> dict:
+    """What a record states about its prompt layout: chat template applied, BOS id prepended (or None)."""
+    p = prompting_of(denoiser)
+    return {"chat": p["chat"], "bos": p["bos_id"] if p["add_bos"] else None}
+
+
 def resolve_chat(denoiser, chat: bool | None) -> bool:
     """None: the model's default; True needs a tokenizer with a chat template."""
     if chat is None:
