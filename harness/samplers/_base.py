@@ -31,6 +31,11 @@ LLaDA's options for its Instruct results (ML-GSAI/LLaDA `generate.py`, `generate
   float32; LLaDA's current `generate` uses the logits' own dtype ("model": bfloat16 under bf16
   weights, where many confidences tie and the reference's torch.topk breaks ties in its own
   order), Fast-dLLM's copy and LLaDA's first release float64.
+Two documented differences from the references remain: the mask token is never proposed and is
+left out of the confidence softmax (LLaDA's and Dream's code keep its probability mass; a trained
+model gives it ~0), and equal confidences commit the lower position first (a stable sort; their
+torch.topk leaves the order of ties unspecified). Neither changed a token in the parity tests
+(tests/samplers/test_parity_decode.py: float32/float64 confidences, real model code).
 Fixed-schedule samplers also take `schedule` (harness/samplers/_schedule.py: LLaDA's linear
 counts or Dream's int(m·(1 − s/t)); "auto" is the model family's default).
 """

@@ -124,3 +124,20 @@ def test_llada_declares_eot_as_stop_and_bos(llada, dream):
     assert llada.prompting["add_bos"] and llada.prompting["bos_id"] == 126080
     assert dream.decode_defaults["schedule"] == "dream"
     assert dream.stop_ids[0] == 151643
+
+
+def test_llada_prompt_ids_match_llada_eval_tokenization(llada):
+    """ML-GSAI/LLaDA eval_llada.py tokenizes a context with `tokenizer(context)`, whose post-processor
+    puts <|startoftext|> first; the harness lays out the same ids. With the chat template (which writes
+    the BOS itself) the BOS appears once (LLaDA's generate.py example feeds it twice; not reproduced)."""
+    from harness.prompting import prompt_ids
+
+    tok = llada.tokenizer.hf
+    text = "Question: 2+3?\nAnswer:"
+    assert prompt_ids(llada, text, chat=False) == tok(text)["input_ids"]
+    templated = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                        tokenize=False)
+    ids = prompt_ids(llada, text, chat=True)
+    assert ids == tok(templated, add_special_tokens=False)["input_ids"]
+    assert ids[0] == 126080 and ids.count(126080) == 1
+    assert tok(templated)["input_ids"][:2] == [126080, 126080]  # the doubled BOS of tokenizing it again
