@@ -8,6 +8,10 @@ mechanisms only change speed and memory, never a number:
   kind pushes through the model). Batches stay consecutive runs of the planned unit order and
   never exceed `batch_size` units. Components that multiply rows inside a unit (an estimator's
   n_mc copies) chunk those themselves with their own `max_tokens` parameter.
+- logits: a pass over N tokens also writes N x V logits (V = 126,464 for LLaDA, 152,064 for
+  Dream: 65,536 tokens are 33 GB in float32), so every token cap is lowered to what
+  LOGITS_BYTES of float32 logits hold (`logits_capped`): 16,980 tokens for LLaDA, 14,122 for
+  Dream, no change for small vocabularies.
 - back-off: when a batch raises an out-of-memory error (torch.OutOfMemoryError, which
   torch.cuda.OutOfMemoryError is), the runner halves it and runs the halves, then keeps the
   halved size as the cell's cap for its remaining batches. A single unit that still does not fit
@@ -18,6 +22,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+
+LOGITS_BYTES = 8 * 2**30  # float32 logits of one forward pass at most (8 GiB)
+
+
+def logits_capped(max_tokens: int, vocab_size: int | None, budget: int = LOGITS_BYTES) -> int:
+    """The token cap of one pass, lowered so its [tokens, V] float32 logits fit `budget` bytes."""
+    if not vocab_size:
+        return max_tokens
+    return max(1, min(max_tokens, budget // (4 * int(vocab_size))))
 
 
 def unit_length(tokenizer, prompt: str, gen_length: int) -> int:

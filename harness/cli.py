@@ -207,7 +207,8 @@ def cmd_eval(args) -> int:
         spec = EvalSpec(model=args.model, model_args=model_args, sampler=args.sampler, estimator=args.estimator,
                         tasks=tuple(t for t in args.tasks.split(",") if t), limit=args.limit,
                         num_fewshot=args.num_fewshot, batch_size=args.batch_size, seed=args.seed,
-                        task_source=args.task_source, protocol=args.protocol)
+                        task_source=args.task_source, protocol=args.protocol,
+                        apply_chat_template=args.apply_chat_template, fewshot_as_multiturn=args.fewshot_as_multiturn)
         run_dir = run_eval(spec, args.results, argv=argv)
     print(run_dir)
     return 0
@@ -327,6 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: lm-eval's built-in task when the hub is reachable, else the harness YAML")
     s.add_argument("--protocol", choices=("harness", "d1", "lm-eval", "strict"), default=None,
                    help="scoring protocol of the harness tasks (lm-eval's built-in tasks always score as lm-eval)")
+    s.add_argument("--apply-chat-template", default=None, action=argparse.BooleanOptionalAction,
+                   help="lm-eval's --apply_chat_template (default: on for Instruct checkpoints with a template)")
+    s.add_argument("--fewshot-as-multiturn", action="store_true", help="lm-eval's --fewshot_as_multiturn")
     s.add_argument("--suite", help="an lm-eval suite file (suites/lm-eval.yaml); replaces the options above")
     s.add_argument("--results", default="results", help="results root (default: results)")
     _unsafe_flag(s)

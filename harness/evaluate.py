@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Literal
 
 from harness import provenance
+from harness.prompting import prompting_of, resolve_chat
 from harness.records import MANIFEST, SCHEMA_VERSION, RecordWriter, write_json_atomic
 from harness.seeding import derive_seed
 from harness.types import HarnessError
@@ -53,6 +54,10 @@ class EvalSpec:
     seed: int = 1234
     task_source: Literal["auto", "harness", "lm-eval"] = "auto"
     bootstrap_iters: int = 1000
+    # lm-eval's --apply_chat_template (None: the model's default, on for Instruct checkpoints with a
+    # template; harness/prompting.py) and --fewshot_as_multiturn (few-shot examples as chat turns)
+    apply_chat_template: bool | None = None
+    fewshot_as_multiturn: bool = False
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
@@ -136,13 +141,22 @@ def run_eval(spec: EvalSpec, results: str | Path = "results", suite: str = "lm-e
     if rank == 0:
         write_json_atomic(run_dir / MANIFEST, manifest)
     lm = DLMHarnessLM(**model_args)
+    chat = resolve_chat(lm.engine.denoiser, spec.apply_chat_template)
+    if spec.fewshot_as_multiturn and not chat:
+        raise HarnessError("eval.fewshot_as_multiturn needs the chat template (apply_chat_template: true)")
+    manifest["prompting"] = {**prompting_of(lm.engine.denoiser), "apply_chat_template": chat,
+                             "fewshot_as_multiturn": spec.fewshot_as_multiturn,
+                             "stop_ids": list(getattr(lm.engine.denoiser, "stop_ids", ()) or ())}
+    if rank == 0:
+        write_json_atomic(run_dir / MANIFEST, manifest)
     metadata = {"fewshot": spec.num_fewshot} if spec.num_fewshot is not None else {}
     if spec.protocol is not None:
         _check_protocol(spec.protocol, mapping)
         metadata["protocol"] = spec.protocol
     out = simple_evaluate(lm, [m["task"] for m in mapping.values()], include_path=str(INCLUDE_PATH),
                           metadata=metadata, limit=spec.limit, num_fewshot=spec.num_fewshot, seed=spec.seed,
-                          bootstrap_iters=spec.bootstrap_iters)
+                          bootstrap_iters=spec.bootstrap_iters, apply_chat_template=chat,
+                          fewshot_as_multiturn=spec.fewshot_as_multiturn)
     if world > 1:  # every rank has written its side records by now: the gather waits for all of them
         costs = lm.gather_object(lm.engine.costs, dst=0)
         if rank != 0:

@@ -21,7 +21,7 @@ from collections import deque
 from pathlib import Path
 
 from harness import distributed, progress, provenance
-from harness.batching import Backoff, free_memory, is_oom, plan_batches, reset_peak, split, unit_length
+from harness.batching import Backoff, free_memory, is_oom, logits_capped, plan_batches, reset_peak, split, unit_length
 from harness.budget import Meter
 from harness.config import Cell, cell_to_dict, load_suite, plan
 from harness.records import (
@@ -185,7 +185,8 @@ class Runner:
         meter = Meter(model, distributed.share_budget(_remaining(cell.budget, spent), ranks))
         lengths = [unit_length(model.tokenizer, it.prompt, task.gen_length) for _, it in units] \
             if cell.max_tokens else [0] * len(units)
-        queue = deque(units[b.start:b.stop] for b in plan_batches(lengths, cell.batch_size, cell.max_tokens))
+        cap = logits_capped(cell.max_tokens, model.vocab_size) if cell.max_tokens else None  # logits must fit too
+        queue = deque(units[b.start:b.stop] for b in plan_batches(lengths, cell.batch_size, cap))
         backoff = Backoff(cap=cell.batch_size)
         failed = 0
         bar = progress.bar(total=len(units), desc=cell.id, leave=False, disable=not self.progress)

@@ -23,6 +23,7 @@ import torch
 from harness import rl_study
 from harness.estimators.exact import exact_terms
 from harness.estimators.mc_elbo import draw_masks, draw_t
+from harness.prompting import PromptEncoder, prompting_record
 from harness.seeding import rand
 from harness.stats.estimators import GradientMoments, anova_components
 from harness.text import completion_mask, encode_completions, encode_prompts
@@ -52,7 +53,8 @@ class StudyKind:
 
 
 def _prompts(denoiser, items):
-    ids, mask = encode_prompts(denoiser.tokenizer, [it.prompt for it in items], denoiser.pad_id)
+    # The model's own prompt layout (chat template for Instruct checkpoints, BOS): harness/prompting.py
+    ids, mask = encode_prompts(PromptEncoder(denoiser), [it.prompt for it in items], denoiser.pad_id)
     return ids.to(denoiser.device), mask.to(denoiser.device)
 
 
@@ -75,7 +77,7 @@ def generate(denoiser, task, sampler, batch: Batch) -> list[dict]:
         out.append({
             "outcome": v.outcome(),
             "generation": {"text": text, "gen_len": int(gen.gen_len[i]), "steps": gen.steps,
-                           "commit_step": gen.commit_step[i].tolist()},
+                           "commit_step": gen.commit_step[i].tolist(), "prompting": prompting_record(denoiser)},
         })
     return out
 
@@ -91,6 +93,7 @@ def likelihood(denoiser, task, estimator, batch: Batch) -> list[dict]:
         out.append({
             "outcome": {"metric": metric, "value": value},
             "estimate": {"value": value, "n": est.n, "length": int(cmask[i].sum()),
+                         "prompting": prompting_record(denoiser),
                          "per_token": [round(float(v), 6) for v in est.per_token[i][cmask[i]]]},
         })
     return out

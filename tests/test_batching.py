@@ -126,3 +126,35 @@ def test_oom_of_a_single_unit_is_an_error(tmp_path, tiny_ckpt, monkeypatch):
     assert ll and all(r["status"] == "error" and "out of memory" in r["error"] for r in ll)
     assert all(r["status"] == "ok" for r in recs if r["cell_id"] == "gen")
     assert read_manifest(run)["status"] == "failed"
+
+
+def test_token_caps_account_for_the_logits_vocabulary():
+    """65,536 tokens of LLaDA's 126,464-way logits are 33 GB in float32: the cap drops to what 8 GiB holds."""
+    from harness.batching import LOGITS_BYTES, logits_capped
+
+    assert 65536 * 126464 * 4 > 33e9
+    assert logits_capped(65536, 126464) == 16980 and logits_capped(65536, 152064) == 14122
+    assert logits_capped(65536, 126464) * 126464 * 4 <= LOGITS_BYTES
+    assert logits_capped(65536, 128) == 65536 and logits_capped(100, None) == 100  # small vocab: unchanged
+
+
+def test_estimator_chunks_fit_the_vocabulary_cap():
+    """completion_logprobs passes at most logits_capped(max_tokens, V) tokens per forward."""
+    import torch
+
+    from harness.estimators._common import completion_logprobs
+
+    class Wide:
+        vocab_size, shift_logits = 4 * 2**20, False  # 4M-way logits: 512 tokens per 8 GiB
+
+        def __init__(self):
+            self.rows = []
+
+        def logits(self, x, attention_mask=None):
+            self.rows.append(x.shape[0])
+            return torch.zeros(*x.shape, 8)  # the values do not matter here
+
+    den = Wide()
+    prompt, completion = torch.zeros(1, 60, dtype=torch.long), torch.zeros(1, 4, dtype=torch.long)
+    completion_logprobs(den, prompt, None, completion, completion[:, None].expand(1, 20, 4), 65536)
+    assert max(den.rows) * 64 <= 512 and sum(den.rows) == 20  # 8 rows of 64 tokens per pass

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from harness.budget import Meter
+from harness.prompting import PromptEncoder
 from harness.registry import SAMPLERS
 from harness.seeding import numpy_generator, torch_generator
 from harness.tasks.base import reward
@@ -110,8 +111,8 @@ class RLLoop:
         return [torch_generator(self.seed(f"step-{step}", int(r), stream)) for r in rows]
 
     def encode(self, items):
-        tok, pad = self.policy.tokenizer, self.policy.pad_id
-        return encode_prompts(tok, [it.prompt for it in items], pad)
+        # the model's own prompt layout (chat template for Instruct checkpoints, BOS): harness/prompting.py
+        return encode_prompts(PromptEncoder(self.policy), [it.prompt for it in items], self.policy.pad_id)
 
     def sample(self, prompt, prompt_mask, generators, meter="rollout", sampler=None, fixed=None):
         kw = {} if fixed is None else {"fixed": fixed}

@@ -12,6 +12,14 @@ composition never changes a result.
 - score: the estimator's value of log p(continuation | context), and `is_greedy` from one pass
   with the whole continuation masked (argmax == continuation everywhere), unless switched off.
 
+Prompting (harness/prompting.py): a context starts with the model's BOS when its family declares
+one (LLaDA: <|startoftext|>; `add_bos=false` turns it off); the chat template is lm-eval's to apply
+(`--apply_chat_template`, `--fewshot_as_multiturn`: it calls the LM's `apply_chat_template`).
+
+Likelihood: the default estimator is `mc_elbo` with LLaDA's own evaluation law (ESTIMATOR_DEFAULTS:
+t_law count_stratified, n_mc 128: exact masked counts, systematic in groups of 32, weight L/l;
+ML-GSAI/LLaDA eval_llada.py `get_loglikelihood`, mc_num 128); model_args override any of it.
+
 Contexts too long for the model are left-truncated; every truncation or capped length is
 written to the side records (`side_records.jsonl`) and warned about once.
 """
@@ -38,7 +46,10 @@ from harness.types import HarnessError
 BRIDGE_KEYS = {
     "model": "tiny", "sampler": "low_confidence", "estimator": "mc_elbo", "batch_size": 8,
     "greedy_check": True, "seed": 1234, "records": None, "max_length": None, "max_gen_toks": 256,
+    "add_bos": None,  # None: the model family's declaration (harness/prompting.py)
 }
+# The bridge's defaults of an estimator's fields (what lm-eval numbers of the model's own code used).
+ESTIMATOR_DEFAULTS = {"mc_elbo": {"t_law": "count_stratified", "n_mc": 128}}
 SIDE_RECORDS = "side_records.jsonl"
 
 
@@ -136,12 +147,14 @@ class Engine:
         for key in ("batch_size", "seed", "max_gen_toks"):
             if not isinstance(b[key], int) or isinstance(b[key], bool) or b[key] < (0 if key == "seed" else 1):
                 raise HarnessError(f"model_args: {key} must be a positive integer, got {b[key]!r}")
-        if not isinstance(b["greedy_check"], bool):
-            raise HarnessError(f"model_args: greedy_check must be true or false, got {b['greedy_check']!r}")
+        for key in ("greedy_check", "add_bos"):
+            if not isinstance(b[key], bool) and not (key == "add_bos" and b[key] is None):
+                raise HarnessError(f"model_args: {key} must be true or false, got {b[key]!r}")
         if denoiser is None:
             denoiser = MODELS.build(b["model"], parts["model"], "model_args").load()
         sampler = SAMPLERS.build(b["sampler"], parts["sampler"], "model_args (sampler)")
-        estimator = ESTIMATORS.build(b["estimator"], parts["estimator"], "model_args (estimator)")
+        est_params = {**ESTIMATOR_DEFAULTS.get(b["estimator"], {}), **parts["estimator"]}
+        estimator = ESTIMATORS.build(b["estimator"], est_params, "model_args (estimator)")
         max_len = b["max_length"] or max_length_of(denoiser)
         eng = cls(args=parts, denoiser=denoiser, meter=Meter(denoiser), sampler=sampler, estimator=estimator,
                   max_length=max_len, side=SideRecords(b["records"]))
@@ -174,6 +187,13 @@ class Engine:
                                "(counted as dropped_chars in the side records)")
             return tok.encode("".join(kept)), dropped
         return list(tok.encode(text)), 0
+
+    def encode_context(self, text: str) -> tuple[list[int], int]:
+        """A context's ids as the model's evaluation lays them out: BOS first when declared."""
+        from harness.prompting import with_bos
+
+        ids, dropped = self.encode(text)
+        return with_bos(ids, self.denoiser, self.bridge["add_bos"]), dropped
 
     def generator(self, req: Request, text: str) -> torch.Generator:
         seed = derive_seed("lm-eval", str(req.task), str(req.doc_id), req.repeat,
@@ -235,7 +255,7 @@ class Engine:
         for i, (context, kw, req) in enumerate(requests):
             kw = dict(kw or {})
             L, asked = self.gen_length(kw)
-            ids, dropped = self.encode(context)
+            ids, dropped = self.encode_context(context)
             ids, cut = self.fit(ids, (self.max_length or 0) - L)
             sampler = self._sampler_for(kw)
             group = (L, json.dumps(params_of(sampler), sort_keys=True, default=str))

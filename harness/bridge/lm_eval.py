@@ -126,7 +126,7 @@ class DLMHarnessLM(LM):
         items = []
         for inst, req in pairs:
             context, continuation = inst.args[0], inst.args[1]
-            ctx, _ = self.engine.encode(context)
+            ctx, _ = self.engine.encode_context(context)
             cont, _ = self.engine.encode(continuation)
             if not cont:
                 raise HarnessError(f"loglikelihood: continuation {continuation!r} has no tokens for this model")
@@ -156,6 +156,22 @@ class DLMHarnessLM(LM):
         for n, (value, _) in zip(owner, scores):
             totals[n] += value
         return totals
+
+    # -- chat templates (lm-eval's --apply_chat_template / --fewshot_as_multiturn call these) --------
+    def chat_template(self, chat_template: bool | str = False) -> str | None:
+        """The tokenizer's chat template ("" when it has none: lm-eval then leaves prompts as text)."""
+        if not chat_template:
+            return None
+        hf = getattr(self.engine.denoiser.tokenizer, "hf", None)
+        return getattr(hf, "chat_template", None) or ""
+
+    def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        """lm-eval's messages (a few-shot history as turns with --fewshot_as_multiturn) as the model's
+        chat text; the model's BOS, written by its template, is not doubled by the context's encoding."""
+        hf = getattr(self.engine.denoiser.tokenizer, "hf", None)
+        if hf is None or not getattr(hf, "chat_template", None):
+            raise HarnessError(f"--apply_chat_template: model {self.engine.bridge['model']!r} has no chat template")
+        return hf.apply_chat_template(chat_history, tokenize=False, add_generation_prompt=add_generation_prompt)
 
     # -- provenance / distribution -----------------------------------------------------------------
     def get_model_info(self) -> dict:
@@ -264,7 +280,8 @@ def _comm_device(dist):
 
 # -- what harness/evaluate.py needs from lm_eval (kept here: the one module importing it) ----------
 def simple_evaluate(lm: DLMHarnessLM, tasks: list[str], *, include_path: str | None, metadata: dict,
-                    limit: int | None, num_fewshot: int | None, seed: int, bootstrap_iters: int) -> dict:
+                    limit: int | None, num_fewshot: int | None, seed: int, bootstrap_iters: int,
+                    apply_chat_template: bool = False, fewshot_as_multiturn: bool = False) -> dict:
     import lm_eval
     from lm_eval.tasks import TaskManager
 
@@ -274,7 +291,8 @@ def simple_evaluate(lm: DLMHarnessLM, tasks: list[str], *, include_path: str | N
     return lm_eval.simple_evaluate(
         model=lm, tasks=tasks, limit=limit, num_fewshot=num_fewshot, task_manager=manager,
         log_samples=True, bootstrap_iters=bootstrap_iters, confirm_run_unsafe_code=unsafe_code_allowed(),
-        random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed)
+        random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
+        apply_chat_template=apply_chat_template, fewshot_as_multiturn=fewshot_as_multiturn)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from harness.batching import logits_capped
 from harness.seeding import rand
 
 
@@ -19,7 +20,8 @@ def completion_logprobs(denoiser, prompt: torch.Tensor, prompt_mask: torch.Tenso
     prompt [B, P] (shared by a row's copies) or [B, n, P] (each copy its own, e.g. with prompt
     tokens masked as diffu-GRPO does), completion [B, L], noised [B, n, L] (completion with some
     positions = mask) -> [B, n, L]. All B·n copies go through the model in as few passes as
-    `max_tokens` allows (never one sample at a time). With `shift_logits` (Dream-style models)
+    `max_tokens` allows, lowered for a large vocabulary so the logits fit (batching.logits_capped;
+    never one sample at a time). With `shift_logits` (Dream-style models)
     position k is read from the logits at k-1 (METHODS.md §1, choice 5). Log-probabilities are
     computed in float32 at least (float64 models keep float64, for exact ground truth).
     """
@@ -32,7 +34,7 @@ def completion_logprobs(denoiser, prompt: torch.Tensor, prompt_mask: torch.Tenso
         attn = torch.cat([prompt_mask.bool()[:, None].expand(B, n, P), torch.ones_like(noised, dtype=torch.bool)], 2)
         attn = attn.reshape(B * n, P + L)
     target = completion[:, None].expand(B, n, L).reshape(B * n, L)  # [Bn, L]
-    rows = max(1, max_tokens // (P + L))
+    rows = max(1, logits_capped(max_tokens, getattr(denoiser, "vocab_size", None)) // (P + L))
     out = []
     for lo in range(0, B * n, rows):
         hi = min(lo + rows, B * n)

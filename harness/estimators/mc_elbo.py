@@ -6,7 +6,12 @@ t-laws for the n samples of each sequence:
   iid         t_i ~ U(0, 1)
   stratified  t_i = (i + u_i) / n               (one draw per stratum)
   antithetic  pairs (u, 1 - u)
-  count       l ~ U{1..L}, exactly l positions masked, weight L / l (LLaDA's evaluation)
+  count       l ~ U{1..L}, exactly l positions masked, weight L / l
+  count_stratified
+              LLaDA's evaluation (ML-GSAI/LLaDA `eval_llada.py`, `_forward_process`): the counts of
+              each group of `group` draws (LLaDA's batch_size, 32) are systematic: k ~ U{1..L},
+              l_i = ((round(k + i·L/g) − 1) mod L) + 1 for i < g; exactly l_i masked, weight L / l_i.
+              With n_mc = 128 it is the estimator of LLaDA's own lm-eval numbers (mc_num 128).
 For the t-laws each position is masked independently with probability t (weight 1/t).
 Only positions where completion_mask is True are masked and scored.
 """
@@ -34,15 +39,31 @@ def draw_t(law: str, B: int, n: int, generator) -> torch.Tensor:
     return u.clamp_min(1e-6)
 
 
-def draw_masks(law: str, t: torch.Tensor, completion_mask: torch.Tensor, generator):
+def stratified_counts(t: torch.Tensor, length: torch.Tensor, group: int) -> torch.Tensor:
+    """LLaDA eval's systematic counts: t [B, n] uniforms, length [B, 1] -> l [B, n] in 1..L; in each
+    group of g draws one k ~ U{1..L} (from the group's first t) and l_i = ((round(k + i·L/g) − 1) mod L) + 1."""
+    B, n = t.shape
+    out = torch.empty_like(t)
+    for lo in range(0, n, group):
+        g = min(group, n - lo)
+        k = torch.floor(t[:, lo:lo + 1] * length).clamp_max(length - 1) + 1  # [B, 1] k ~ U{1..L}
+        x = torch.round(k + torch.arange(g, dtype=t.dtype)[None, :] * (length / g))  # [B, g] (half to even)
+        out[:, lo:lo + g] = torch.remainder(x - 1, length) + 1
+    return out
+
+
+def draw_masks(law: str, t: torch.Tensor, completion_mask: torch.Tensor, generator, group: int = 32):
     """-> (masks [B, n, L] bool, weight [B, n] = 1/t or L/l)."""
     B, n = t.shape
     L = completion_mask.shape[1]
     u = rand(generator, B, n, L, dtype=torch.float64)  # [B, n, L]
     valid = completion_mask[:, None, :].expand(B, n, L)
-    if law == "count":
+    if law in ("count", "count_stratified"):
         length = completion_mask.sum(1, keepdim=True).double()  # [B, 1]
-        l = torch.floor(t * length).clamp_min(0) + 1  # l ~ U{1..L}, from t ~ U(0, 1)
+        if law == "count":
+            l = torch.floor(t * length).clamp_min(0) + 1  # l ~ U{1..L}, from t ~ U(0, 1)
+        else:
+            l = stratified_counts(t, length, group)
         l = torch.minimum(l, length)
         # Exactly l masked: the l valid positions with the smallest uniform keys.
         keys = torch.where(valid, u, torch.full_like(u, 2.0))
@@ -59,12 +80,15 @@ class MCElbo:
 
     metric: ClassVar[str] = "elbo"
     n_mc: int = 8
-    t_law: Literal["iid", "stratified", "antithetic", "count"] = "iid"
+    t_law: Literal["iid", "stratified", "antithetic", "count", "count_stratified"] = "iid"
+    group: int = 32  # count_stratified: draws per systematic group (LLaDA eval's batch_size)
     max_tokens: int = 65536
 
     def __post_init__(self):
         if self.n_mc < 1:
             raise ValueError(f"n_mc must be >= 1, got {self.n_mc}")
+        if self.group < 1:
+            raise ValueError(f"group must be >= 1, got {self.group}")
 
     def expected_nfe(self, batch: int) -> int:
         return self.n_mc * batch
@@ -74,7 +98,7 @@ class MCElbo:
         B, L = completion.shape
         if draws is None:
             t = draw_t(self.t_law, B, self.n_mc, generator)  # [B, n]
-            masks, weight = draw_masks(self.t_law, t, completion_mask, generator)  # [B, n, L], [B, n]
+            masks, weight = draw_masks(self.t_law, t, completion_mask, generator, self.group)  # [B, n, L], [B, n]
             draws = {"t": t, "masks": masks, "weight": weight}
         masks, weight = draws["masks"], draws["weight"]
         noised = torch.where(masks, denoiser.mask_id, completion[:, None, :])  # [B, n, L]

@@ -26,11 +26,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from harness.models._family import declare
 from harness.models._hf_common import CachedDiffusionDenoiser, ChatTokenizer, DiffusionDenoiser
 from harness.models.native.adapter import NativeOrRemote
 from harness.registry import MODELS
 
 MASK_ID = 151666  # Dream's <|mask|>
+
+# Dream's decoding/prompting defaults (harness/models/_family.py): diffusion_generate's step counts, <|im_end|> stops
+FAMILY = dict(decode_defaults={"schedule": "dream"}, stop_tokens=("<|im_end|>",), add_bos=False)
 
 PRESETS = {
     "tiny": dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -71,5 +75,6 @@ class Dream(NativeOrRemote):
         module, tok = self.build_module()
         mask, eos, pad = self.special_ids(module, tok, MASK_ID)
         cls = CachedDiffusionDenoiser if hasattr(module, "forward_with_cache") else DiffusionDenoiser
-        return cls(module, ChatTokenizer(tok, eos), mask_id=mask, eos_id=eos, pad_id=pad, shift_logits=True,
+        den = cls(module, ChatTokenizer(tok, eos), mask_id=mask, eos_id=eos, pad_id=pad, shift_logits=True,
                    mask_style="4d", compile=self.compile)
+        return declare(den, tok, path=self.path, **FAMILY)

@@ -26,11 +26,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from harness.models._family import declare
 from harness.models._hf_common import CachedDiffusionDenoiser, ChatTokenizer, DiffusionDenoiser
 from harness.models.native.adapter import NativeOrRemote
 from harness.registry import MODELS
 
 MASK_ID = 126336  # LLaDA's <|mdm_mask|>
+
+# LLaDA's decoding/prompting defaults (harness/models/_family.py): linear step counts, EOT 126348 stops, BOS first
+FAMILY = dict(decode_defaults={"schedule": "linear"}, stop_tokens=("<|eot_id|>",), add_bos=True)
 
 PRESETS = {
     "tiny": dict(d_model=64, n_heads=4, n_layers=2, mlp_hidden_size=128, vocab_size=128, max_sequence_length=256,
@@ -71,5 +75,6 @@ class LLaDA(NativeOrRemote):
         module, tok = self.build_module()
         mask, eos, pad = self.special_ids(module, tok, MASK_ID)
         cls = CachedDiffusionDenoiser if hasattr(module, "forward_with_cache") else DiffusionDenoiser
-        return cls(module, ChatTokenizer(tok, eos), mask_id=mask, eos_id=eos, pad_id=pad, shift_logits=False,
+        den = cls(module, ChatTokenizer(tok, eos), mask_id=mask, eos_id=eos, pad_id=pad, shift_logits=False,
                    mask_style="2d", compile=self.compile)
+        return declare(den, tok, path=self.path, **FAMILY)

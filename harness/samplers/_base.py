@@ -17,7 +17,27 @@ Options shared by all: classifier-free guidance (`cfg_scale`), KV caches (`cache
 rebuilt at each block start and, with `refresh` > 0, every `refresh` steps inside a block; for a
 shifted-logit model the query columns start one column earlier, at lo - 1), and
 `min_length` (EOS is suppressed at completion positions < min_length). After decoding, the canvas
-is cut at the first EOS (later tokens become EOS padding).
+is cut at the first stop token (the model's `stop_ids`, e.g. LLaDA's EOS 126081 and EOT 126348;
+EOS alone when the model declares none); later tokens become EOS padding.
+
+LLaDA's options for its Instruct results (ML-GSAI/LLaDA `generate.py`, `generate`):
+- `logits_eos_inf`: EOS is never proposed (its logit is -inf before the argmax).
+- `confidence_eos_eot_inf`: after the proposals are drawn, the confidence softmax excludes EOT
+  (the model's stop ids other than EOS) and, at temperature 0, EOS too, so a position whose
+  proposal is one of them has confidence 0 and is committed after every other proposal. (The
+  reference writes the EOS -inf into the noised logits, which are the logits themselves only at
+  temperature 0; the harness follows that code, not a cleaner reading.)
+- `confidence_dtype`: the dtype of the softmax behind every confidence. The harness default is
+  float32; LLaDA's current `generate` uses the logits' own dtype ("model": bfloat16 under bf16
+  weights, where many confidences tie and the reference's torch.topk breaks ties in its own
+  order), Fast-dLLM's copy and LLaDA's first release float64.
+Two documented differences from the references remain: the mask token is never proposed and is
+left out of the confidence softmax (LLaDA's and Dream's code keep its probability mass; a trained
+model gives it ~0), and equal confidences commit the lower position first (a stable sort; their
+torch.topk leaves the order of ties unspecified). Neither changed a token in the parity tests
+(tests/samplers/test_parity_decode.py: float32/float64 confidences, real model code).
+Fixed-schedule samplers also take `schedule` (harness/samplers/_schedule.py: LLaDA's linear
+counts or Dream's int(m·(1 − s/t)); "auto" is the model family's default).
 """
 from __future__ import annotations
 
@@ -29,9 +49,12 @@ import torch
 import torch.nn.functional as F
 
 from harness.samplers._cache import check_cache_support, full_pass_with_cache
+from harness.samplers._schedule import SCHEDULES, resolve_schedule
 from harness.seeding import rand
 from harness.text import upto_first_eos
 from harness.types import Generation
+
+CONFIDENCE_DTYPES = {"float32": torch.float32, "float64": torch.float64, "model": None}
 
 
 # -- pure helpers ---------------------------------------------------------------------------------
@@ -71,10 +94,22 @@ def aligned(logits: torch.Tensor, lo: int, hi: int, shift: bool) -> torch.Tensor
     return logits[:, lo - 1:hi - 1] if shift else logits[:, lo:hi]
 
 
+def stop_ids(denoiser) -> tuple[int, ...]:
+    """The tokens that end a generation: the model's declared `stop_ids`, else its EOS."""
+    ids = getattr(denoiser, "stop_ids", None)
+    return tuple(int(i) for i in ids) if ids else (int(denoiser.eos_id),)
+
+
+def upto_first_stop(tokens: torch.Tensor, stops: tuple[int, ...]) -> torch.Tensor:
+    """[B, L] -> [B] tokens up to and including the first of any stop id (L if none)."""
+    is_stop = torch.isin(tokens, torch.tensor(stops, dtype=tokens.dtype, device=tokens.device))  # [B, L]
+    return upto_first_eos(torch.where(is_stop, -1, tokens), -1)
+
+
 def finish(denoiser, x: torch.Tensor, prompt_len: int, commit_step: torch.Tensor, steps: int) -> Generation:
-    """Cut the canvas at the first EOS (later tokens become EOS padding) and decode."""
+    """Cut the canvas at the first stop token (later tokens become EOS padding) and decode."""
     tokens = x[:, prompt_len:].clone()  # [B, L]
-    gen_len = upto_first_eos(tokens, denoiser.eos_id)  # [B]
+    gen_len = upto_first_stop(tokens, stop_ids(denoiser))  # [B]
     pos = torch.arange(tokens.shape[1], device=tokens.device)[None, :]
     tokens[pos >= gen_len[:, None]] = denoiser.eos_id
     text = [denoiser.tokenizer.decode(row.tolist()) for row in tokens]
@@ -144,6 +179,9 @@ class DecodeLoop(abc.ABC):
     cache: Literal["none", "prefix", "dual"] = "none"
     refresh: int = 0  # with a cache: also rebuild it every `refresh` steps inside a block (0: block start only)
     min_length: int = 0  # EOS suppressed at completion positions < min_length
+    logits_eos_inf: bool = False  # LLaDA: EOS is never proposed
+    confidence_eos_eot_inf: bool = False  # LLaDA: EOT (and EOS at temperature 0) proposals get confidence 0
+    confidence_dtype: Literal["float32", "float64", "model"] = "float32"  # "model": the logits' dtype
 
     adaptive: ClassVar[bool] = False
 
@@ -162,6 +200,29 @@ class DecodeLoop(abc.ABC):
             raise ValueError(f"refresh must be >= 0, got {self.refresh}")
         if self.cache != "none" and self.cfg_scale > 0:
             raise ValueError("KV caches are not supported with classifier-free guidance (cfg_scale > 0)")
+        if self.confidence_dtype not in CONFIDENCE_DTYPES:
+            raise ValueError(f"confidence_dtype must be one of {', '.join(CONFIDENCE_DTYPES)}, "
+                             f"got {self.confidence_dtype!r}")
+
+    def step_count(self, n0: torch.Tensor, m: torch.Tensor, s: int, steps: int, schedule) -> torch.Tensor | None:
+        """[B] tokens to commit at step s of a block (None: an adaptive sampler decides)."""
+        return None
+
+    def schedule_of(self, denoiser):
+        """The step schedule function (fixed-schedule samplers only)."""
+        return None
+
+    def step_probs(self, logits: torch.Tensor, denoiser) -> torch.Tensor:
+        """[B, n, V] proposal logits -> [B, n, V] the softmax behind the confidences (see the
+        module docstring: confidence dtype, LLaDA's confidence_eos_eot_inf)."""
+        dtype = logits.dtype if self.confidence_dtype == "model" else CONFIDENCE_DTYPES[self.confidence_dtype]
+        if self.confidence_eos_eot_inf:
+            eos = int(denoiser.eos_id)
+            out = [i for i in stop_ids(denoiser) if i != eos] + ([eos] if self.temperature == 0 else [])
+            if out:
+                logits = logits.clone()
+                logits[..., out] = -torch.inf
+        return F.softmax(logits.to(dtype), -1)
 
     # -- what subclasses define ------------------------------------------------------------------
     @abc.abstractmethod
@@ -200,9 +261,10 @@ class DecodeLoop(abc.ABC):
         attn = None if prompt_mask is None else torch.cat([prompt_mask, torch.ones_like(x[:, P:], dtype=torch.bool)], 1)
         commit_step = torch.full((B, L), -1, dtype=torch.long, device=prompt.device)
         row_steps = torch.zeros(B, dtype=torch.long, device=prompt.device)  # passes each row took
+        schedule = self.schedule_of(denoiser)
         for b in range(L // block):
             lo, hi = P + b * block, P + (b + 1) * block
-            k_sched = None if self.adaptive else transfer_schedule((x[:, lo:hi] == mask_id).sum(1), per_block)
+            n0 = (x[:, lo:hi] == mask_id).sum(1)  # [B] the block's masked count at its start
             cache = None
             for s in range(per_block):
                 rows = None
@@ -215,6 +277,8 @@ class DecodeLoop(abc.ABC):
                 ar = None if attn is None else (attn if rows is None else attn[rows])
                 logits, cache = self._block_logits(denoiser, xr, ar, P, lo, hi, s, cache, rows)
                 logits[..., mask_id] = -torch.inf  # never propose the mask token itself
+                if self.logits_eos_inf:
+                    logits[..., denoiser.eos_id] = -torch.inf
                 if self.min_length > 0:
                     early = torch.arange(lo - P, hi - P, device=x.device) < self.min_length  # [n]
                     logits[:, early, denoiser.eos_id] = -torch.inf
@@ -222,9 +286,9 @@ class DecodeLoop(abc.ABC):
                 x0 = add_gumbel_noise(logits, self.temperature, gen).argmax(-1)  # [B', n]
                 blk = xr[:, lo:hi]
                 eligible = blk == mask_id
-                step = Step(logits=logits, probs=F.softmax(logits.float(), -1), x0=x0, eligible=eligible,
-                            k=None if k_sched is None else (k_sched[:, s] if rows is None else k_sched[rows, s]),
-                            step=s, last=s == per_block - 1, generator=gen)
+                k = self.step_count(n0 if rows is None else n0[rows], eligible.sum(1), s, per_block, schedule)
+                step = Step(logits=logits, probs=self.step_probs(logits, denoiser), x0=x0, eligible=eligible,
+                            k=k, step=s, last=s == per_block - 1, generator=gen)
                 commit = self.choose(step) & eligible  # [B', n]
                 new_blk = torch.where(commit, x0, blk)
                 steps_r = row_steps if rows is None else row_steps[rows]
@@ -274,11 +338,20 @@ class BlockSampler(DecodeLoop):
     """Fixed schedule: `steps` passes in all, k tokens per step, the k most `confidence`-scored."""
 
     steps: int | None = None  # None: one token per step
+    schedule: Literal["auto", "linear", "dream"] = "auto"  # tokens per step (_schedule.py); auto: the model's
 
     def __post_init__(self):
         super().__post_init__()
         if self.steps is not None and self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.schedule != "auto" and self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of auto, {', '.join(SCHEDULES)}, got {self.schedule!r}")
+
+    def schedule_of(self, denoiser):
+        return resolve_schedule(self.schedule, denoiser)
+
+    def step_count(self, n0, m, s, steps, schedule):
+        return schedule(n0, m, s, steps)
 
     def block_steps(self, L: int, n_blocks: int) -> int:
         steps = self.steps or L

@@ -116,7 +116,7 @@ def test_loglikelihood_equals_the_estimator_called_directly(denoiser):
     ctx, cont = tok.encode("123+456="), tok.encode("579")
     req = Request(task="t", doc_id=3)
     (value, greedy), = eng.score([(ctx, cont, req)])
-    est = ESTIMATORS.build("mc_elbo", {"n_mc": 16})
+    est = ESTIMATORS.build("mc_elbo", {"n_mc": 16, "t_law": "count_stratified"})  # the bridge's default law
     g = eng.generator(req, json.dumps([ctx, cont]))
     with torch.no_grad():
         direct = est(denoiser, torch.tensor([ctx]), torch.tensor([cont]), torch.ones(1, 3, dtype=torch.bool),
@@ -160,3 +160,28 @@ def test_long_context_is_left_truncated_not_a_crash(denoiser, tmp_path):
     rec = side(tmp_path)[-1]
     assert rec["context_tokens"] == 11 and rec["truncated_tokens"] == len(ctx) - 11
     assert value < 0
+
+
+# -- defaults that reproduce the model's own evaluation ----------------------------------------------
+def test_default_likelihood_is_llada_evals_count_law_with_128_draws(denoiser):
+    """ML-GSAI/LLaDA eval_llada.py: mc_num 128, exact masked counts (systematic per batch of 32), weight L/l."""
+    from harness.registry import params_of
+
+    params = params_of(engine(denoiser).estimator)
+    assert (params["t_law"], params["n_mc"], params["group"]) == ("count_stratified", 128, 32)
+    assert params_of(engine(denoiser, n_mc=8, t_law="iid").estimator)["t_law"] == "iid"  # model_args win
+
+
+def test_contexts_start_with_the_declared_bos_once():
+    den = MODELS.build("tiny", {}).load()
+    tok = den.tokenizer
+    assert engine(den).encode_context("12+3=")[0] == tok.encode("12+3=")  # nothing declared: plain text
+    den.prompting = {"add_bos": True, "bos_id": 9, "chat": False}
+    ids, _ = engine(den).encode_context("12+3=")
+    assert ids == [9, *tok.encode("12+3=")]
+    from harness.prompting import with_bos
+
+    assert with_bos([9, 4, 5], den) == [9, 4, 5]  # a context that starts with it (a chat template's) is kept
+    assert engine(den, add_bos=False).encode_context("12+3=")[0] == tok.encode("12+3=")
+    with pytest.raises(HarnessError, match="add_bos"):
+        engine(den, add_bos="yes")

@@ -202,3 +202,38 @@ def test_code_scoring_reports_unbiased_pass_at_k():
     assert out == {"pass@1": pytest.approx(0.3), "pass@10": 1.0}
     assert utils.process_code(doc, [[wrong]]) == {"pass@1": 0.0}
     assert utils.process_results(doc, [right]) == {"accuracy": 1.0}
+
+
+def test_apply_chat_template_as_lm_evals_flag_passes_it(tmp_path):
+    """lm-eval's --apply_chat_template calls the LM's apply_chat_template: the contexts the model
+    sees are the tokenizer's chat turns (llada preset tiny: 'user: ...\\nassistant: ')."""
+    _need_data("countdown/cd3_test.jsonl")
+    from harness.bridge.lm_eval import DLMHarnessLM, simple_evaluate
+    from harness.evaluate import INCLUDE_PATH
+
+    lm = DLMHarnessLM(model="llada", preset="tiny", device="cpu", steps=4, max_gen_toks=4, batch_size=2,
+                      records=str(tmp_path))
+    assert lm.chat_template(True) and lm.chat_template(False) is None
+    assert lm.apply_chat_template([{"role": "user", "content": "hi"}]) == "user: hi\nassistant: "
+    out = simple_evaluate(lm, ["dlmh_countdown3"], include_path=str(INCLUDE_PATH), metadata={}, limit=2,
+                          num_fewshot=None, seed=0, bootstrap_iters=0, apply_chat_template=True)
+    contexts = [s["arguments"][0][0] for s in out["samples"]["dlmh_countdown3"]]
+    assert len(contexts) == 2
+    assert all(c.startswith("user: ") and c.endswith("assistant: ") for c in contexts), contexts
+    with pytest.raises(Exception, match="chat template"):
+        DLMHarnessLM(model="tiny").apply_chat_template([{"role": "user", "content": "hi"}])
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "suites").glob("lm-eval*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_eval_suite_loads_and_its_model_args_validate(path):
+    """lm-eval suite files (their own schema): every EvalSpec key known, every model_args key owned by
+    the model, sampler or estimator (checked against the registries without loading a checkpoint)."""
+    from harness.bridge.engine import split_model_args
+    from harness.evaluate import load_eval_suite
+
+    suite, spec, metrics, _ = load_eval_suite(path)
+    parts = split_model_args({"model": spec.model, "sampler": spec.sampler, "estimator": spec.estimator,
+                              **spec.model_args})
+    assert suite and spec.tasks and parts["bridge"]["model"] == spec.model
+    if spec.fewshot_as_multiturn:
+        assert spec.apply_chat_template is not False

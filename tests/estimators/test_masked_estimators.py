@@ -161,6 +161,7 @@ UNBIASED_FOR_ELBO = [
     ("mc_elbo", {"n_mc": 2, "t_law": "stratified"}),
     ("mc_elbo", {"n_mc": 2, "t_law": "antithetic"}),
     ("mc_elbo", {"n_mc": 1, "t_law": "count"}),
+    ("mc_elbo", {"n_mc": 4, "t_law": "count_stratified", "group": 4}),  # LLaDA eval's law
     ("coupled", {"include_full": False, "scale": "elbo"}),
     ("complementary_elbo", {"n_mc": 1}),
     ("complementary_elbo", {"n_mc": 3}),
@@ -490,6 +491,21 @@ def test_one_step_masks_prompt_tokens_at_rate():
     assert not bool((pm & ~pmask[:, None, :]).any())  # left padding is never masked
     rate = pm.sum() / (pmask.sum() * 2000)
     assert abs(float(rate) - 0.3) < 0.02
+
+
+def test_llada_stratified_counts_by_hand():
+    """ML-GSAI/LLaDA eval_llada.py `_forward_process`: l_i = ((round(k + i·L/g) − 1) mod L) + 1."""
+    from harness.estimators.mc_elbo import stratified_counts
+
+    L4, L5 = torch.tensor([[4.0]]), torch.tensor([[5.0]])
+    t = torch.tensor([[0.3, 0.9, 0.9, 0.9]])  # k = floor(0.3 · 4) + 1 = 2 (only the group's first t counts)
+    assert stratified_counts(t, L4, 4).tolist() == [[2, 3, 4, 1]]
+    t = torch.tensor([[0.99, 0.0]])  # k = 5; 5 + 2.5 = 7.5 rounds half to even: 8 -> 3
+    assert stratified_counts(t, L5, 2).tolist() == [[5, 3]]
+    # each draw's count is marginally uniform on 1..L (k is): over all k, every l appears once per i
+    ks = (torch.arange(5, dtype=torch.float64)[:, None] + 0.5) / 5  # one t per k = 1..5
+    grid = stratified_counts(ks.expand(5, 3).contiguous(), L5.expand(5, 1), 3)
+    assert all(sorted(grid[:, i].tolist()) == [1, 2, 3, 4, 5] for i in range(3))
 
 
 def test_stratified_counts_cover_every_stratum():
