@@ -204,7 +204,7 @@ def test_list_models_says_which_estimators_apply():
 
     out = subprocess.run([sys.executable, "-m", "harness.cli", "list", "models"], capture_output=True, text=True,
                          check=True).stdout
-    lines = {line.split("\t")[0]: line for line in out.splitlines()}
+    lines = {line.split()[0]: line for line in out.splitlines()}
     assert {"llada", "dream", "diffusion_gemma", "hf_masked", "hf_causal", "tiny"} <= set(lines)
     assert "noise: uniform; estimators: uniform_x0 only" in lines["diffusion_gemma"]
     assert "noise: masked" in lines["llada"] and "noise: masked" in lines["dream"]

@@ -164,7 +164,7 @@ def test_every_sampler_is_listed(capsys):
     from harness.cli import main
 
     assert main(["list", "samplers"]) == 0
-    listed = {line.split("\t")[0].strip() for line in capsys.readouterr().out.splitlines() if line.strip()}
+    listed = {line.split()[0] for line in capsys.readouterr().out.splitlines() if line.strip()}
     assert set(ALL) <= listed
 
 
