@@ -140,7 +140,7 @@ class Meter:
             self._nfe_full += batch
         self._tokens += tokens
         self._flops += flops
-        check_finite(logits, f"logits of a {'cached' if cached else 'full'} model pass (batch {batch})")
+        check_finite(logits, f"logits of a {'cached' if cached else 'full'} model pass")
         return out
 
     def logits(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -26,7 +26,7 @@ import traceback
 from collections import deque
 from pathlib import Path
 
-from harness import distributed, progress, provenance
+from harness import distributed, progress, provenance, validate
 from harness.batching import Backoff, free_memory, is_oom, plan_batches, reset_peak, split, unit_length
 from harness.budget import Ledger, Meter, NonFiniteError
 from harness.config import Cell, cell_to_dict, load_suite, plan
@@ -74,6 +74,9 @@ class Runner:
         self.cells = plan(self.suite, quick=quick)  # every error surfaces here, before compute
         # Generated code runs only in a sandbox with namespaces unless --allow-unsafe-code: refused here.
         self.sandbox = preflight(any(getattr(TASKS.get(c.task.name), "runs_code", False) for c in self.cells))
+        for key, m in self.suite.models.items():  # the devices asked for exist on this machine
+            if isinstance(m.params.get("device"), str):
+                validate.device(m.params["device"], f"{self.suite.path}.models.{key}.params.device")
         self.quick = quick
         self.dist = distributed.from_env()
         self.progress = progress and self.dist.main
@@ -256,6 +259,7 @@ class Runner:
                                               f"training failed: {error}"))
                 writer.sync()
                 return "failed", len(units)
+            spent = self.ledgers[cell.id].as_cost()  # the training steps count against the cell's budget
         ranks = self.dist.world_size if study.train is None else 1  # how many ranks share the cell's budget
         meter = Meter(model, distributed.share_budget(_remaining(cell.budget, spent), ranks))
         lengths = [unit_length(model.tokenizer, it.prompt, task.gen_length) for _, it in units] \

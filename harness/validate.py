@@ -136,7 +136,10 @@ def range_for(owner: type | str | None, name: str) -> Range | None:
 
 
 def field(owner, name: str, value: Any, where: str) -> Any:
-    """Check one field of a component or config dataclass against its range (by name)."""
+    """Check one field of a component or config dataclass against its range (by name); a `device`
+    string for its form only (whether it exists is a property of the machine: `device(present=True)`)."""
+    if name == "device" and isinstance(value, str):
+        return device(value, where, present=False)
     return check(value, range_for(owner, name), where)
 
 
@@ -157,14 +160,15 @@ def name(value: Any, where: str) -> str:
     return value
 
 
-def device(value: str, where: str) -> str:
-    """A torch device string that exists here: cpu, cuda, cuda:N (N < the visible GPUs), auto, mps."""
+def device(value: str, where: str, present: bool = True) -> str:
+    """A torch device string: cpu, cuda, cuda:N, auto, mps; with `present`, one that exists here
+    (N < the number of visible GPUs)."""
     import re
 
     m = re.fullmatch(r"(cpu|auto|mps|cuda)(?::(\d+))?", str(value))
     if not m or (m.group(2) is not None and m.group(1) != "cuda"):
         raise HarnessError(f"{where}: expected a device cpu, cuda, cuda:N or auto, got {show(value)}")
-    if m.group(1) == "cuda":
+    if m.group(1) == "cuda" and present:
         import torch
 
         n = torch.cuda.device_count()
