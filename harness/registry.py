@@ -58,6 +58,7 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
     Raises HarnessError naming `where` and the expected type.
     """
     origin = typing.get_origin(tp)
+    validate.finite(value, where)  # NaN and infinity are never a setting, whatever the type allows
     if tp is Any:
         return value
     if origin in (Union, types.UnionType):
