@@ -391,7 +391,8 @@ def _options(kind: str, raw, where: str) -> dict:
             opts = _from_mapping(LoopOptions, raw, where)
         except (ValueError, TypeError) as exc:
             raise HarnessError(f"{where}: {exc}") from None
-        opts.build_sampler()
+        sampler = opts.sampler
+        REGISTRIES["samplers"].build(sampler["name"], sampler.get("params") or {}, f"{where}.sampler")
         return dataclasses.asdict(opts)
     allowed = KIND_OPTIONS.get(kind, ())
     for key in raw:

@@ -113,18 +113,25 @@ def check_record(rec, where: str) -> dict:
             raise HarnessError(f"{where}: key {key!r} must be a {tp.__name__}, got {v!r:.80}")
     outcome = rec.get("outcome")
     if outcome is not None and not (isinstance(outcome, dict) and isinstance(outcome.get("metric"), str)
-                                    and (outcome.get("value") is None or _number(outcome.get("value")))):
+                                    and "value" in outcome
+                                    and (outcome["value"] is None or _number(outcome["value"]))):
         raise HarnessError(f"{where}: key 'outcome' must be null or {{metric: str, value: number}}, "
                            f"got {outcome!r:.80}")
+    if not (rec.get("error") is None or isinstance(rec.get("error"), str)):
+        raise HarnessError(f"{where}: key 'error' must be null or a str, got {rec.get('error')!r:.80}")
+    if "seed" in rec and not (isinstance(rec["seed"], int) and not isinstance(rec["seed"], bool)):
+        raise HarnessError(f"{where}: key 'seed' must be an int, got {rec['seed']!r:.80}")
     cost = rec.get("cost")
     if not isinstance(cost, dict) or not all(_number(cost.get(k)) for k in ("nfe", "tokens", "flops", "wall_s")):
         raise HarnessError(f"{where}: key 'cost' must be an object with numbers nfe, tokens, flops, wall_s, "
                            f"got {cost!r:.80}")
     for key in ("component", "model", "task"):
-        if not isinstance(rec.get(key), dict):
-            raise HarnessError(f"{where}: key {key!r} must be an object, got {rec.get(key)!r:.80}")
-    if rec.get("status") == "ok" and outcome is None:
-        raise HarnessError(f"{where}: a record with status 'ok' needs an outcome")
+        if not isinstance(rec.get(key), dict) or not isinstance(rec[key].get("name"), str):
+            raise HarnessError(f"{where}: key {key!r} must be an object with a name, got {rec.get(key)!r:.80}")
+    if not isinstance(rec["component"].get("kind"), str):
+        raise HarnessError(f"{where}: key 'component.kind' must be a str, got {rec['component'].get('kind')!r:.80}")
+    if rec.get("status") == "ok" and (outcome is None or outcome["value"] is None):
+        raise HarnessError(f"{where}: a record with status 'ok' needs an outcome with a value")
     return guard_finite(rec)
 
 
