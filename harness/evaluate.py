@@ -300,16 +300,14 @@ def _params(component) -> dict:
 
 def load_eval_suite(path: str | Path) -> tuple[str, EvalSpec, dict | None, str]:
     """An lm-eval suite file: `suite`, `description`, `eval` (EvalSpec keys), optional `metrics`."""
-    import yaml
-
     from harness.config import NAME, _from_mapping
 
     p = Path(path)
     try:
         raw = p.read_bytes()
-        data = yaml.safe_load(raw)
-    except (OSError, yaml.YAMLError) as exc:
+    except (OSError, ValueError) as exc:
         raise HarnessError(f"{p}: cannot read an lm-eval suite ({exc})") from None
+    data = validate.load_yaml(raw, str(p))  # bounded: an alias bomb is an error, not a hang
     if not isinstance(data, dict) or set(data) - {"suite", "description", "eval", "metrics"} or "eval" not in data:
         raise HarnessError(f"{p}: expected a mapping with keys suite, description, eval, metrics (eval required), "
                            f"got {sorted(data) if isinstance(data, dict) else data!r}")
