@@ -33,6 +33,8 @@ def check_finite(t: torch.Tensor, what: str, allow_neg_inf: bool = True) -> None
     """Raise NonFiniteError when `t` holds NaN or +inf (or -inf unless `allow_neg_inf`)."""
     if not torch.is_tensor(t) or not t.is_floating_point():
         return
+    if bool(torch.isfinite(t.sum(dtype=torch.float32))):  # one reduction, no [B, T, V] masks: the usual case
+        return
     bad = torch.isnan(t) | (t == float("inf"))
     if not allow_neg_inf:
         bad = bad | (t == float("-inf"))

@@ -151,8 +151,8 @@ class Runner:
 
     def _checked(self, fn, table: str, spec):
         """fn() (a model's provenance, a task's source: both read files), its errors naming the suite key."""
-        key = next((k for k, v in getattr(self.suite, table).items() if v.name == spec.name and v.params == spec.params),
-                   spec.name)
+        entries = getattr(self.suite, table).items()
+        key = next((k for k, v in entries if v.name == spec.name and v.params == spec.params), spec.name)
         try:
             return fn()
         except HarnessError as exc:

@@ -80,8 +80,9 @@ RANGES: dict[str, Range] = {
     "max_len": count(1, 64), "stride": count(1, BIG), "p_prompt": UNIT, "omega": UNIT, "t_low": UNIT,
     "t_high": UNIT, "beta": NONNEG,
     # algorithms and the RL loop (LoopOptions)
-    "eps_low": NONNEG, "eps_high": NONNEG, "acc_low": UNIT, "acc_high": UNIT, "entropy_top": Range(0.0, 1.0, lo_open=True),
-    "hint_min": UNIT, "hint_max": UNIT, "n_hinted": count(0, BIG), "lr": Range(0.0, 10.0, lo_open=True),
+    "eps_low": NONNEG, "eps_high": NONNEG, "acc_low": UNIT, "acc_high": UNIT,
+    "entropy_top": Range(0.0, 1.0, lo_open=True), "hint_min": UNIT, "hint_max": UNIT, "n_hinted": count(0, BIG),
+    "lr": Range(0.0, 10.0, lo_open=True),
     "grad_clip": NONNEG, "quick_steps": count(1, BIG), "prompts": count(1, 10**6), "group_size": count(2, 10**6),
     "mu": count(1, 10**6), "micro_groups": count(0, 10**6), "eval_every": count(0, BIG), "eval_items": count(1, BIG),
     "ref_refresh": count(0, BIG), "checkpoint_every": count(1, BIG),

@@ -173,7 +173,8 @@ def test_wrong_literal_parameter(tmp_path):
 
 def test_component_value_error(tmp_path):
     study = LIK.replace("{name: mc_elbo}", "{name: mc_elbo, params: {n_mc: 0}}")
-    fails(tmp_path, with_studies(study), "suite.yaml.studies[0].estimator.params.n_mc: expected an integer in [1, 1000000], got 0")
+    fails(tmp_path, with_studies(study),
+          "suite.yaml.studies[0].estimator.params.n_mc: expected an integer in [1, 1000000], got 0")
 
 
 def test_component_not_a_mapping(tmp_path):
@@ -394,7 +395,8 @@ def test_quick_mode_caps_items_and_replicates(tmp_path):
 
 
 def test_quick_mode_defaults(tmp_path):
-    text = with_studies(LIK[:-1] + ", replicates: 4}").replace("n_items: 10", "n_items: 500").replace("n_test: 50", "n_test: 500")
+    text = with_studies(LIK[:-1] + ", replicates: 4}").replace("n_items: 10", "n_items: 500")
+    text = text.replace("n_test: 50", "n_test: 500")
     cells = planned(tmp_path, text, quick=True)
     assert (cells[0].task.n_items, cells[0].replicates) == (20, 1)
 

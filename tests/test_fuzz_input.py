@@ -92,8 +92,13 @@ def _raw_mutations(text: str, rng: random.Random) -> list[tuple[str | bytes, str
             (text.replace(":", "", 1), "a colon removed"),
             (bytes(rng.randrange(256) for _ in range(200)), "random bytes"),
             ("\t" + text, "tab indentation"),
-            ("a: &a [x, x, x, x, x, x, x, x]\n" + "".join(f"b{i}: &b{i} [{', '.join(['*a' if i == 0 else f'*b{i - 1}'] * 8)}]\n"
-                                                         for i in range(8)) + text, "alias bomb in front")]
+            (_alias_bomb() + text, "alias bomb in front")]
+
+
+def _alias_bomb() -> str:
+    """8 levels of 8 aliases each: about 200 bytes, 8^8 values once expanded."""
+    rows = [f"b{i}: &b{i} [{', '.join(['*a' if i == 0 else f'*b{i - 1}'] * 8)}]\n" for i in range(8)]
+    return "a: &a [x, x, x, x, x, x, x, x]\n" + "".join(rows)
 
 
 def test_fuzz_shipped_suites(tmp_path, planning_only):  # noqa: F811

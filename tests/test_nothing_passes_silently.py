@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 
 from harness.records import read_manifest, read_records
-from harness.runner import Runner
 from harness.types import HarnessError
 from tests.helpers import ROOT, write_suite
 from tests.hostile import bad_input, call, cli, nan_checkpoint, planning_only, strict_json_lines  # noqa: F401
@@ -421,3 +420,27 @@ def test_resume_verifies_the_rl_step_records_exist(tmp_path):
     bad_input(["run", path, "--resume", run_dir, "--no-progress"], "lacks the step records step-0001",
               "the file lost lines")
     assert read_manifest(run_dir)["status"] == "failed"
+
+
+def test_the_meter_names_the_first_non_finite_logit():
+    """Finding 1 at its boundary: NaN or +inf logits raise, naming shape, counts and first index;
+    -inf is a legal logit (a token ruled out), and the pass is still counted as spent."""
+    import torch
+
+    from harness.budget import Meter, NonFiniteError, check_finite
+    from tests.helpers import make_tiny
+
+    t = torch.zeros(2, 3, 4)
+    t[0, 1, 2] = -float("inf")
+    check_finite(t, "logits")
+    t[1, 2, 3] = float("nan")
+    with pytest.raises(NonFiniteError, match=r"non-finite logits \[2, 3, 4\]: 1 NaN, 0 inf of 24 values; "
+                                             r"first at index \[1, 2, 3\]"):
+        check_finite(t, "logits")
+    den = make_tiny()
+    with torch.no_grad():
+        next(den.module.parameters()).view(-1)[0] = float("nan")
+    meter = Meter(den)
+    with pytest.raises(NonFiniteError, match="non-finite logits of a full model pass"):
+        meter.logits(torch.zeros(2, 5, dtype=torch.long))
+    assert meter.cost.nfe == 2
