@@ -189,12 +189,14 @@ def read_records(run_dir: Path, latest: bool = True) -> list[dict]:
     path = Path(run_dir) / RECORDS
     if not path.is_file():
         raise HarnessError(f"{path}: no records file; expected a run directory made by `dlm-harness run`")
-    out = read_lines(path)
+    out = read_lines(path, check=True)
     return dedupe(out) if latest else out
 
 
-def read_lines(path: Path) -> list[dict]:
-    """Every record of one JSONL file in file order ([] when absent); a torn final line is skipped."""
+def read_lines(path: Path, check: bool = False) -> list[dict]:
+    """Every record of one JSONL file in file order ([] when absent); a torn final line is skipped.
+    Non-finite values become errors (guard_finite); with `check`, each record must also have the
+    fields the readers use, of the right types (check_record)."""
     path = Path(path)
     if not path.exists():
         return []
@@ -216,7 +218,7 @@ def read_lines(path: Path) -> list[dict]:
         if not isinstance(rec, dict) or rec.get("schema_version") != SCHEMA_VERSION:
             got = rec.get("schema_version") if isinstance(rec, dict) else type(rec).__name__
             raise HarnessError(f"{path}:{n}: schema_version {got!r}, this harness reads {SCHEMA_VERSION}")
-        out.append(check_record(rec, f"{path}:{n}"))
+        out.append(check_record(rec, f"{path}:{n}") if check else guard_finite(rec))
     return out
 
 
