@@ -77,7 +77,7 @@ RANGES: dict[str, Range] = {
     # estimators
     "n_mc": count(1, 10**6), "k_masks": count(1, 10**6), "n_nodes": count(1, 64), "m": count(1, 10**6),
     "n_iterations": count(1, 10**6), "iteration": count(0, 10**6), "max_tokens": count(1, 2**40),
-    "max_len": count(1, 64), "stride": count(1, BIG), "p_prompt": UNIT, "omega": UNIT, "t_low": UNIT,
+    "max_len": count(1, 30), "stride": count(1, BIG), "p_prompt": UNIT, "omega": UNIT, "t_low": UNIT,
     "t_high": UNIT, "beta": NONNEG,
     # algorithms and the RL loop (LoopOptions)
     "eps_low": NONNEG, "eps_high": NONNEG, "acc_low": UNIT, "acc_high": UNIT,
