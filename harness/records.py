@@ -83,7 +83,21 @@ def write_json_atomic(path: Path, data: dict) -> None:
 
 # What the readers need of a manifest and of a record (anything else is carried along unchecked).
 MANIFEST_FIELDS = {"run_id": str, "suite": str}
-RECORD_FIELDS = {"cell_id": str, "item_id": str, "replicate": int, "status": str, "study": str, "kind": str}
+RECORD_FIELDS = {"cell_id": str, "item_id": str, "replicate": int, "seed": int, "status": str, "study": str,
+                 "kind": str}
+# Optional manifest keys the report reads: absent or null is fine, anything else must have this form.
+MANIFEST_OPTIONAL = {"command": "a list of str", "metrics": "an object of str", "suite_path": "a str",
+                     "status": "a str", "quick": "a bool"}
+
+
+def _form_ok(value, form: str) -> bool:
+    if value is None:
+        return True
+    if form == "a list of str":
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    if form == "an object of str":
+        return isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
+    return isinstance(value, {"a str": str, "a bool": bool}[form])
 
 
 def read_manifest(run_dir: Path) -> dict:
@@ -100,6 +114,9 @@ def read_manifest(run_dir: Path) -> dict:
     for key, tp in MANIFEST_FIELDS.items():
         if not isinstance(data.get(key), tp):
             raise HarnessError(f"{path}: key {key!r} must be a {tp.__name__}, got {data.get(key)!r:.80}")
+    for key, form in MANIFEST_OPTIONAL.items():
+        if not _form_ok(data.get(key), form):
+            raise HarnessError(f"{path}: key {key!r} must be {form}, got {data.get(key)!r:.80}")
     return data
 
 
@@ -119,8 +136,6 @@ def check_record(rec, where: str) -> dict:
                            f"got {outcome!r:.80}")
     if not (rec.get("error") is None or isinstance(rec.get("error"), str)):
         raise HarnessError(f"{where}: key 'error' must be null or a str, got {rec.get('error')!r:.80}")
-    if "seed" in rec and not (isinstance(rec["seed"], int) and not isinstance(rec["seed"], bool)):
-        raise HarnessError(f"{where}: key 'seed' must be an int, got {rec['seed']!r:.80}")
     cost = rec.get("cost")
     if not isinstance(cost, dict) or not all(_number(cost.get(k)) for k in ("nfe", "tokens", "flops", "wall_s")):
         raise HarnessError(f"{where}: key 'cost' must be an object with numbers nfe, tokens, flops, wall_s, "
@@ -128,6 +143,10 @@ def check_record(rec, where: str) -> dict:
     for key in ("component", "model", "task"):
         if not isinstance(rec.get(key), dict) or not isinstance(rec[key].get("name"), str):
             raise HarnessError(f"{where}: key {key!r} must be an object with a name, got {rec.get(key)!r:.80}")
+        if not isinstance(rec[key].get("params") or {}, dict):
+            raise HarnessError(f"{where}: key '{key}.params' must be an object, got {rec[key]['params']!r:.80}")
+    if not isinstance(rec["task"].get("split") or "", str):
+        raise HarnessError(f"{where}: key 'task.split' must be a str, got {rec['task']['split']!r:.80}")
     if not isinstance(rec["component"].get("kind"), str):
         raise HarnessError(f"{where}: key 'component.kind' must be a str, got {rec['component'].get('kind')!r:.80}")
     if rec.get("status") == "ok" and (outcome is None or outcome["value"] is None):
