@@ -159,11 +159,13 @@ def test_rl_kind_checks_its_budget_between_steps(tmp_path):
     rc, run_dir, err = run(path, tmp_path / "res")
     assert rc == 0, err
     recs = strict_json_lines(run_dir / "records.jsonl")
-    assert [r["status"] for r in recs] == ["ok", "budget_exceeded"]  # 24 rollout + 4 policy NFE per step
-    assert sum(r["cost"]["nfe"] for r in recs) == 56 and "budget exceeded: nfe 56 > limit 40" in recs[-1]["error"]
+    # 2 start records (the checkpoint on 2 held-out items, 5 NFE each), then 24 rollout + 4 policy NFE per step
+    assert [(r["item_id"], r["status"]) for r in recs] == [("start/test-0", "ok"), ("start/test-1", "ok"),
+                                                           ("step-0001", "ok"), ("step-0002", "budget_exceeded")]
+    assert sum(r["cost"]["nfe"] for r in recs) == 66 and "budget exceeded: nfe 66 > limit 40" in recs[-1]["error"]
     assert read_manifest(run_dir)["cell_status"][0]["status"] == "budget_exceeded"
     rc, _, _ = run(path, tmp_path / "res", "--resume", run_dir)
-    assert rc == 0 and len(strict_json_lines(run_dir / "records.jsonl")) == 2  # stopped: done
+    assert rc == 0 and len(strict_json_lines(run_dir / "records.jsonl")) == 4  # stopped: done
 
 
 @pytest.mark.parametrize("budget, fragment", [
