@@ -5,6 +5,14 @@ meter counts NFE (sequences x forward passes; cached passes apart), tokens proce
 (2·params·tokens for the dense layers plus 4·layers·d·T_q·T_k for attention scores and values),
 wall time inside the model (CUDA-synchronised on GPU) and peak memory. When a budget is set, the
 call that would take a counter past its limit raises BudgetExceeded before running.
+
+The meter is also the boundary where a broken model is caught: logits with a NaN or +inf (a NaN
+weight, an overflow in half precision) raise NonFiniteError naming the pass and the first offending
+position, so the units of that batch are recorded as errors instead of scoring 0 silently. -inf is
+allowed: a model may rule a vocabulary entry out (its probability is exactly 0).
+
+`Ledger` keeps a cell's spending across runs of the same run directory: every record's cost counts,
+including the units of a batch stopped by its budget (what was spent is spent).
 """
 from __future__ import annotations
 
@@ -15,6 +23,56 @@ import time
 import torch
 
 from harness.types import Budget, BudgetExceeded, Cost
+
+
+class NonFiniteError(Exception):
+    """A model pass or a component returned NaN or infinity; the message names the tensor."""
+
+
+def check_finite(t: torch.Tensor, what: str, allow_neg_inf: bool = True) -> None:
+    """Raise NonFiniteError when `t` holds NaN or +inf (or -inf unless `allow_neg_inf`)."""
+    if not torch.is_tensor(t) or not t.is_floating_point():
+        return
+    if bool(torch.isfinite(t.sum(dtype=torch.float32))):  # one reduction, no [B, T, V] masks: the usual case
+        return
+    bad = torch.isnan(t) | (t == float("inf"))
+    if not allow_neg_inf:
+        bad = bad | (t == float("-inf"))
+    if not bool(bad.any()):
+        return
+    first = [int(i) for i in bad.nonzero()[0].tolist()]
+    n_nan = int(torch.isnan(t).sum())
+    raise NonFiniteError(f"non-finite {what} {list(t.shape)}: {n_nan} NaN, {int(bad.sum()) - n_nan} inf "
+                         f"of {t.numel()} values; first at index {first} (value {float(t[tuple(first)])})")
+
+
+class Ledger:
+    """What one cell has spent, summed over records (every status), against its budget."""
+
+    KEYS = ("nfe", "tokens", "flops", "wall_s")
+
+    def __init__(self, budget: Budget, records=()):
+        self.budget = budget
+        self.spent = {k: 0.0 for k in self.KEYS}
+        for r in records:
+            self.add(r.get("cost") or {})
+
+    def add(self, cost) -> None:
+        d = cost.as_dict() if hasattr(cost, "as_dict") else cost
+        for k in self.KEYS:
+            self.spent[k] += float(d.get(k) or 0)
+
+    def as_cost(self) -> Cost:
+        s = self.spent
+        return Cost(nfe=int(round(s["nfe"])), tokens=int(round(s["tokens"])), flops=s["flops"], wall_s=s["wall_s"])
+
+    def exceeded(self) -> BudgetExceeded | None:
+        """The first limit already passed (spent > limit), or None."""
+        for k in self.KEYS:
+            limit = getattr(self.budget, k)
+            if limit is not None and self.spent[k] > limit:
+                return BudgetExceeded(k, self.spent[k], limit)
+        return None
 
 
 def attention_flops(n_layers: int, d_model: int, batch: int, t_query: int, t_key: int) -> float:
@@ -77,12 +135,14 @@ class Meter:
         if sync:
             torch.cuda.synchronize()
         self._wall += time.perf_counter() - start
+        logits = out[0] if isinstance(out, tuple) else out
         if cached:
             self._nfe_cached += batch
         else:
             self._nfe_full += batch
         self._tokens += tokens
         self._flops += flops
+        check_finite(logits, f"logits of a {'cached' if cached else 'full'} model pass")
         return out
 
     def logits(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:

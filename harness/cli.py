@@ -141,8 +141,15 @@ def cmd_run(args) -> int:
 def cmd_report(args) -> int:
     from harness.report.markdown import write_report
 
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise HarnessError(f"report --out {out}: exists and is not a directory")
+    for d in args.run_dirs:
+        if not Path(d).is_dir():
+            raise HarnessError(f"report {d}: not a run directory (expected a directory with manifest.json "
+                               "and records.jsonl)")
     # Runs of one suite combine into one report; each report is index.md plus a self-contained index.html.
-    print(*write_report([Path(d) for d in args.run_dirs], Path(args.out), protocol=args.protocol), sep="\n")
+    print(*write_report([Path(d) for d in args.run_dirs], out, protocol=args.protocol), sep="\n")
     return 0
 
 
@@ -173,7 +180,8 @@ def cmd_compare(args) -> int:
     print(format_table(rows, notes))
     worse = [f"{cell}/{c.name.split('/', 1)[1]}" for cell, c, _, _ in rows if c.verdict == "worse"]
     if worse:
-        print(f"verdict: significantly worse beyond tolerance {args.tolerance}: {', '.join(worse)}")
+        print(f"verdict: worse (significantly beyond tolerance {args.tolerance}, more failed units, or a "
+              f"metric without a finite value): {', '.join(worse)}")
         return 1
     print("verdict: no significant regression")
     return 0
@@ -187,7 +195,7 @@ def cmd_train(args) -> int:
     fields = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__ and v is not None}
     params = tuple(_parse_kv(p) for p in args.task_param)
     cfg = TrainConfig(**{**fields, "task_params": params})
-    metrics = train(cfg, Path(args.out), progress=not args.no_progress)
+    metrics = train(cfg, Path(args.out), progress=not args.no_progress, overwrite=args.overwrite)
     print(json.dumps(metrics))
     print(args.out)
     return 0
@@ -215,12 +223,12 @@ def cmd_eval(args) -> int:
 
 
 def _parse_kv(text: str, flag: str = "--task-param"):
-    import yaml
+    from harness import validate
 
     if "=" not in text:
-        raise HarnessError(f"{flag} {text!r}: expected KEY=VALUE")
+        raise HarnessError(f"{flag} {validate.show(text)}: expected KEY=VALUE")
     key, value = text.split("=", 1)
-    return key, yaml.safe_load(value)
+    return key, validate.load_yaml(value, f"{flag} {key}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -307,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument(f"--{name.replace('_', '-')}", dest=name, type=typ, default=None,
                        help=f"{text} (default: the trainer's)")
     s.add_argument("--device", default=None, help="cpu (default) or cuda")
+    s.add_argument("--overwrite", action="store_true", help="replace the checkpoint in an existing --out directory")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.set_defaults(fn=cmd_train)
 

@@ -36,8 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
-import yaml
-
+from harness import validate
 from harness.registry import MODELS, REGISTRIES, TASKS, _suggest, coerce
 from harness.types import Budget, HarnessError
 
@@ -64,7 +63,7 @@ class TaskSpec:
     name: str
     params: dict = field(default_factory=dict)
     split: Literal["train", "test"] = "test"
-    n_items: int | None = None  # None: all items of the split
+    n_items: int | Literal["all"] | None = None  # None or "all": every item of the split; more is an error
     protocol: str | None = None  # scoring protocol (harness | d1 | lm-eval | strict): the task's `protocol` param
 
 
@@ -157,7 +156,7 @@ class Cell:
 def _from_mapping(cls, data: Any, where: str):
     """Build dataclass `cls` from a YAML mapping: unknown keys, missing keys, wrong types are errors."""
     if not isinstance(data, Mapping):
-        raise HarnessError(f"{where}: expected a mapping with keys {_keys(cls)}, got {data!r}")
+        raise HarnessError(f"{where}: expected a mapping with keys {_keys(cls)}, got {validate.show(data)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in ("path", "sha256")}
     kwargs = {}
@@ -165,7 +164,7 @@ def _from_mapping(cls, data: Any, where: str):
         if key not in fields:
             hint = _suggest(str(key), list(fields))
             raise HarnessError(f"{where}.{key}: unknown key{hint} (expected keys: {_keys(cls)})")
-        kwargs[key] = _value(hints[key], value, f"{where}.{key}")
+        kwargs[key] = validate.field(cls, key, _value(hints[key], value, f"{where}.{key}"), f"{where}.{key}")
     for name, f in fields.items():
         if name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise HarnessError(f"{where}: missing required key {name!r}")
@@ -191,22 +190,21 @@ def load_suite(path: str | Path) -> Suite:
     try:
         raw = path.read_bytes()
     except OSError as exc:
-        raise HarnessError(f"{path}: cannot read suite file ({exc.strerror})") from None
-    try:
-        data = yaml.safe_load(raw)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise HarnessError(f"{path}: not valid YAML{at}: {getattr(exc, 'problem', exc)}") from None
+        raise HarnessError(f"{path}: cannot read suite file ({exc.strerror or exc})") from None
+    except ValueError as exc:  # a path too long or with a NUL byte
+        raise HarnessError(f"{validate.show(str(path))}: cannot read suite file ({exc})") from None
+    data = validate.load_yaml(raw, str(path))  # bounded: an alias bomb is an error, not a hang
     return parse_suite(data, str(path), hashlib.sha256(raw).hexdigest())
 
 
 def parse_suite(data: Any, where: str, sha256: str = "") -> Suite:
     suite = _from_mapping(Suite, data, where)
+    validate.name(suite.suite, f"{where}.suite")
     if not NAME.match(suite.suite):
         raise HarnessError(f"{where}.suite: expected a name of letters, digits, '_', '-', '.', got {suite.suite!r}")
     models = {k: _from_mapping(ComponentSpec, v, f"{where}.models.{k}") for k, v in suite.models.items()}
     tasks = {k: _from_mapping(TaskSpec, v, f"{where}.tasks.{k}") for k, v in suite.tasks.items()}
+    tasks = {k: dataclasses.replace(t, n_items=None) if t.n_items == "all" else t for k, t in tasks.items()}
     tasks = {k: _with_protocol(t, f"{where}.tasks.{k}") for k, t in tasks.items()}
     for k, t in tasks.items():
         if t.n_items is not None and t.n_items < 1:
@@ -224,6 +222,7 @@ def parse_suite(data: Any, where: str, sha256: str = "") -> Suite:
     studies = tuple(_from_mapping(StudySpec, s, f"{where}.studies[{i}]") for i, s in enumerate(suite.studies))
     seen: dict[str, int] = {}
     for i, s in enumerate(studies):
+        validate.name(s.id, f"{where}.studies[{i}].id")
         if not NAME.match(s.id):
             raise HarnessError(f"{where}.studies[{i}].id: expected a unique name of letters, digits, '_', '-', '.', "
                                f"got {s.id!r}")
@@ -274,12 +273,19 @@ def _sweep_points(study: StudySpec, where: str) -> list[dict]:
         if not isinstance(values, (list, tuple)) or not values:
             raise HarnessError(f"{where}.sweep.{key}: expected a non-empty list of values, got {values!r}")
     keys = list(study.sweep)
+    n_points = 1
+    for k in keys:
+        n_points *= len(study.sweep[k])
+    if n_points > validate.SIZE_LIMITS["cells"]:
+        raise HarnessError(f"{where}.sweep: {n_points} sweep points; at most {validate.SIZE_LIMITS['cells']} "
+                           "cells per suite")
     return [dict(zip(keys, combo)) for combo in itertools.product(*(study.sweep[k] for k in keys))]
 
 
 def plan(suite: Suite, quick: bool = False) -> list[Cell]:
     """Expand sweeps into cells and validate every component against its registry."""
     cells = []
+    split_sizes: dict = {}  # (task key, split) -> number of items, computed once per task
     for i, study in enumerate(suite.studies):
         where = f"{suite.path}.studies[{i}]"
         for point in _sweep_points(study, where):
@@ -287,7 +293,9 @@ def plan(suite: Suite, quick: bool = False) -> list[Cell]:
             s.pop("sweep")
             for key, value in point.items():
                 _set_path(s, key, copy.deepcopy(value), f"{where}.sweep")
-            cells.append(_cell(suite, study, s, point, where, quick))
+            cells.append(_cell(suite, study, s, point, where, quick, split_sizes))
+            if len(cells) > validate.SIZE_LIMITS["cells"]:
+                raise HarnessError(f"{suite.path}: more than {validate.SIZE_LIMITS['cells']} cells; split the suite")
     seen = set()
     for c in cells:
         if c.id in seen:
@@ -296,7 +304,20 @@ def plan(suite: Suite, quick: bool = False) -> list[Cell]:
     return cells
 
 
-def _cell(suite: Suite, study: StudySpec, s: dict, point: dict, where: str, quick: bool) -> Cell:
+def _split_size(suite: Suite, key: str, sizes: dict) -> int:
+    task = suite.tasks[key]
+    if (key, task.split) not in sizes:
+        built = TASKS.build(task.name, task.params, f"{suite.path}.tasks.{key}")
+        try:
+            sizes[(key, task.split)] = len(built.items(task.split))
+        except (OSError, ValueError, KeyError) as exc:  # a data file missing or malformed
+            raise HarnessError(f"{suite.path}.tasks.{key}: cannot read the {task.split!r} items of task "
+                               f"{task.name!r} ({type(exc).__name__}: {validate.show(str(exc))})") from None
+    return sizes[(key, task.split)]
+
+
+def _cell(suite: Suite, study: StudySpec, s: dict, point: dict, where: str, quick: bool,
+          split_sizes: dict | None = None) -> Cell:
     ckind = STUDY_KINDS[s["kind"]]
     ckey = ckind[:-1]  # "sampler" | "estimator"
     if s.get(ckey) is None:
@@ -314,21 +335,26 @@ def _cell(suite: Suite, study: StudySpec, s: dict, point: dict, where: str, quic
     comp = _from_mapping(ComponentSpec, s[ckey], f"{where}.{ckey}")
     built = REGISTRIES[ckind].build(comp.name, comp.params, f"{where}.{ckey}")
     _check_noise(model.name, ckind, comp.name, where)
-    for key in ("replicates", "batch_size"):
-        s[key] = coerce(s[key], int, f"{where}.{key}")
-        if s[key] < 1:
-            raise HarnessError(f"{where}.{key}: expected an integer >= 1, got {s[key]}")
+    for key in ("replicates", "batch_size"):  # swept values were not parsed with the study
+        s[key] = validate.field(StudySpec, key, coerce(s[key], int, f"{where}.{key}"), f"{where}.{key}")
     s["seed"] = coerce(s["seed"], int, f"{where}.seed")
     if s.get("max_tokens") is not None:
-        s["max_tokens"] = coerce(s["max_tokens"], int, f"{where}.max_tokens")
-        if s["max_tokens"] < 1:
-            raise HarnessError(f"{where}.max_tokens: expected an integer >= 1 (or null: no cap), got {s['max_tokens']}")
+        s["max_tokens"] = validate.field(StudySpec, "max_tokens", coerce(s["max_tokens"], int, f"{where}.max_tokens"),
+                                         f"{where}.max_tokens")
+    n_split = _split_size(suite, s["task"], {} if split_sizes is None else split_sizes)
+    if task.n_items is not None and task.n_items > n_split:
+        raise HarnessError(f"{suite.path}.tasks.{s['task']}.n_items: {task.n_items} items asked for, but the "
+                           f"{task.split!r} split of {task.name!r} has {n_split} (use n_items: all for every item)")
     budget = Budget(**_from_mapping(BudgetSpec, s["budget"], f"{where}.budget").__dict__)
     options = _options(s["kind"], s.get("options"), f"{where}.options")
     if quick:
-        task = dataclasses.replace(task, n_items=min(task.n_items or suite.quick.n_items, suite.quick.n_items))
+        task = dataclasses.replace(task, n_items=min(task.n_items or n_split, suite.quick.n_items, n_split))
         s["replicates"] = min(s["replicates"], suite.quick.replicates)
     _check_kind(s["kind"], comp, built, s["replicates"], options, where, quick)
+    units = min(task.n_items or n_split, n_split) * s["replicates"]
+    if units > validate.SIZE_LIMITS["units_per_cell"]:
+        raise HarnessError(f"{where}: {units} units (items x replicates) in one cell; at most "
+                           f"{validate.SIZE_LIMITS['units_per_cell']}")
     label = ",".join(f"{k.split('.')[-1]}={point[k]}" for k in point)
     cell = Cell(id=study.id + (f"[{label}]" if label else ""), study=study.id, kind=s["kind"],
                 model=model, task=task, component_kind=ckind,
@@ -365,7 +391,8 @@ def _options(kind: str, raw, where: str) -> dict:
             opts = _from_mapping(LoopOptions, raw, where)
         except (ValueError, TypeError) as exc:
             raise HarnessError(f"{where}: {exc}") from None
-        opts.build_sampler()
+        sampler = opts.sampler
+        REGISTRIES["samplers"].build(sampler["name"], sampler.get("params") or {}, f"{where}.sampler")
         return dataclasses.asdict(opts)
     allowed = KIND_OPTIONS.get(kind, ())
     for key in raw:

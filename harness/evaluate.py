@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from harness import provenance
+from harness import provenance, validate
 from harness.prompting import prompting_of, resolve_chat
 from harness.records import MANIFEST, SCHEMA_VERSION, RecordWriter, write_json_atomic
 from harness.seeding import derive_seed
@@ -112,18 +112,41 @@ def code_isolation(mapping: dict) -> dict:
     return out
 
 
+def check_spec(spec: EvalSpec, where: str = "eval") -> None:
+    """Numbers in range, at least one task, every task known (before any run directory is made)."""
+    validate.fields(spec, where, ("limit", "num_fewshot", "batch_size", "bootstrap_iters"))
+    if not spec.tasks or not all(isinstance(t, str) and t for t in spec.tasks):
+        raise HarnessError(f"{where} --tasks: expected one or more task names, got {validate.show(spec.tasks)}")
+
+
+def _check_known(mapping: dict) -> None:
+    """lm-eval's built-in names exist in its task index (the harness YAMLs always do)."""
+    builtin = {n: m["task"] for n, m in mapping.items() if m["source"] == "lm-eval-builtin"}
+    if not builtin:
+        return
+    from lm_eval.tasks import TaskManager
+
+    known = set(TaskManager(include_path=str(INCLUDE_PATH)).all_tasks)
+    unknown = [n for n, t in builtin.items() if t not in known]
+    if unknown:
+        raise HarnessError(f"eval --tasks: unknown task(s) {', '.join(map(repr, unknown))} (harness tasks: "
+                           f"{', '.join(HARNESS_TASKS)}; or any task lm-eval lists)")
+
+
 def run_eval(spec: EvalSpec, results: str | Path = "results", suite: str = "lm-eval", argv=None,
              suite_path: str = "", metrics: dict | None = None) -> Path:
     """Under torchrun (lm-eval's data parallelism) every rank evaluates its share of the documents;
     rank 0 alone makes the run directory, merges the other ranks' costs and side records, and
-    writes the run; every rank returns its path."""
-    from harness.bridge.lm_eval import DLMHarnessLM, rank_and_world, share_from_rank0, simple_evaluate
-    from harness.records import read_records
+    writes the run; every rank returns its path. Bad input fails before the run directory exists;
+    a run that fails after is marked `failed` in its manifest."""
+    from harness.bridge.lm_eval import rank_and_world, share_from_rank0
     from harness.runner import new_run_id
 
+    check_spec(spec)
     protocol = json.dumps(asdict(spec), sort_keys=True, default=list)
     sha = hashlib.sha256(protocol.encode()).hexdigest()
     mapping = resolve_tasks(spec.tasks, spec.task_source)
+    _check_known(mapping)
     sandbox = code_isolation(mapping)  # refused here, before any compute, unless allowed
     rank, world = rank_and_world()
     run_dir = Path(results) / suite / new_run_id(sha)
@@ -140,6 +163,20 @@ def run_eval(spec: EvalSpec, results: str | Path = "results", suite: str = "lm-e
                 "sandbox": sandbox, **provenance.collect()}
     if rank == 0:
         write_json_atomic(run_dir / MANIFEST, manifest)
+    try:
+        return _evaluate(spec, run_dir, manifest, model_args, mapping, metrics, rank, world)
+    except BaseException as exc:
+        if rank == 0:
+            manifest.update(status="failed", finished_at=_now(), error=f"{type(exc).__name__}: {str(exc)[-2000:]}")
+            write_json_atomic(run_dir / MANIFEST, manifest)
+        raise
+
+
+def _evaluate(spec: EvalSpec, run_dir: Path, manifest: dict, model_args: dict, mapping: dict, metrics,
+              rank: int, world: int) -> Path:
+    from harness.bridge.lm_eval import DLMHarnessLM, simple_evaluate
+    from harness.records import read_records
+
     lm = DLMHarnessLM(**model_args)
     chat = resolve_chat(lm.engine.denoiser, spec.apply_chat_template)
     if spec.fewshot_as_multiturn and not chat:
@@ -277,16 +314,14 @@ def _params(component) -> dict:
 
 def load_eval_suite(path: str | Path) -> tuple[str, EvalSpec, dict | None, str]:
     """An lm-eval suite file: `suite`, `description`, `eval` (EvalSpec keys), optional `metrics`."""
-    import yaml
-
     from harness.config import NAME, _from_mapping
 
     p = Path(path)
     try:
         raw = p.read_bytes()
-        data = yaml.safe_load(raw)
-    except (OSError, yaml.YAMLError) as exc:
+    except (OSError, ValueError) as exc:
         raise HarnessError(f"{p}: cannot read an lm-eval suite ({exc})") from None
+    data = validate.load_yaml(raw, str(p))  # bounded: an alias bomb is an error, not a hang
     if not isinstance(data, dict) or set(data) - {"suite", "description", "eval", "metrics"} or "eval" not in data:
         raise HarnessError(f"{p}: expected a mapping with keys suite, description, eval, metrics (eval required), "
                            f"got {sorted(data) if isinstance(data, dict) else data!r}")

@@ -5,10 +5,16 @@ One JSON line per unit of evidence (cell x task x item x replicate). Lines are w
 can leave a torn last line; on reopening, the writer moves that fragment to `records.torn`
 (nothing is discarded) so the next record starts on a fresh line. Readers keep the last record
 per unit key.
+
+Records are strict JSON: a NaN or infinity never reaches the file. A record that would carry one
+is written with status "error" and an error `non-finite <key path> (<value>)` naming the first
+offending value, which is replaced by null (`guard_finite`); records of older runs that hold a bare
+NaN are read the same way, so reports count them and the regression gate sees them fail.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Iterable
@@ -24,21 +30,132 @@ def unit_key(record: dict) -> tuple:
     return (record["cell_id"], record["item_id"], record["replicate"])
 
 
+def first_non_finite(obj, path: str = "") -> tuple[str, float] | None:
+    """(key path, value) of the first NaN or infinity inside nested dicts/lists, or None."""
+    if isinstance(obj, float):
+        return None if math.isfinite(obj) else (path or "value", obj)
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            hit = first_non_finite(v, f"{path}.{k}" if path else str(k))
+            if hit:
+                return hit
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            hit = first_non_finite(v, f"{path}[{i}]")
+            if hit:
+                return hit
+    return None
+
+
+def _nulled(obj):
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _nulled(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_nulled(v) for v in obj]
+    return obj
+
+
+def guard_finite(record: dict) -> dict:
+    """The record unchanged when every number in it is finite; else a copy with status "error",
+    error "non-finite <path> (<value>)" (the first one) and every non-finite value set to null."""
+    hit = first_non_finite(record)
+    if hit is None:
+        return record
+    out = _nulled(record)
+    if out.get("status") == "ok":
+        out["status"] = "error"
+        out["error"] = f"non-finite {hit[0]} ({hit[1]})"
+    return out
+
+
+def is_non_finite_error(record: dict) -> bool:
+    return record.get("status") == "error" and str(record.get("error") or "").startswith("non-finite")
+
+
 def write_json_atomic(path: Path, data: dict) -> None:
     """Write to a temporary file and rename: readers never see a half-written manifest."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=str) + "\n")
+    tmp.write_text(json.dumps(_nulled(data), indent=1, sort_keys=True, default=str, allow_nan=False) + "\n")
     os.replace(tmp, path)
+
+
+# What the readers need of a manifest and of a record (anything else is carried along unchecked).
+MANIFEST_FIELDS = {"run_id": str, "suite": str}
+RECORD_FIELDS = {"cell_id": str, "item_id": str, "replicate": int, "seed": int, "status": str, "study": str,
+                 "kind": str}
+# Optional manifest keys the report reads: absent or null is fine, anything else must have this form.
+MANIFEST_OPTIONAL = {"command": "a list of str", "metrics": "an object of str", "suite_path": "a str",
+                     "status": "a str", "quick": "a bool"}
+
+
+def _form_ok(value, form: str) -> bool:
+    if value is None:
+        return True
+    if form == "a list of str":
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    if form == "an object of str":
+        return isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
+    return isinstance(value, {"a str": str, "a bool": bool}[form])
 
 
 def read_manifest(run_dir: Path) -> dict:
     path = Path(run_dir) / MANIFEST
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_bytes().decode("utf-8"))
     except FileNotFoundError:
         raise HarnessError(f"{path}: no manifest; expected a run directory made by `dlm-harness run`") from None
-    except json.JSONDecodeError as exc:
-        raise HarnessError(f"{path}: not valid JSON ({exc})") from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise HarnessError(f"{path}: not a readable JSON manifest ({why})") from None
+    if not isinstance(data, dict):
+        raise HarnessError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    for key, tp in MANIFEST_FIELDS.items():
+        if not isinstance(data.get(key), tp):
+            raise HarnessError(f"{path}: key {key!r} must be a {tp.__name__}, got {data.get(key)!r:.80}")
+    for key, form in MANIFEST_OPTIONAL.items():
+        if not _form_ok(data.get(key), form):
+            raise HarnessError(f"{path}: key {key!r} must be {form}, got {data.get(key)!r:.80}")
+    return data
+
+
+def check_record(rec, where: str) -> dict:
+    """A record read back from a file: an object with the keys the readers use, of the right types."""
+    if not isinstance(rec, dict):
+        raise HarnessError(f"{where}: expected a JSON object (a record), got {type(rec).__name__}")
+    for key, tp in RECORD_FIELDS.items():
+        v = rec.get(key)
+        if not isinstance(v, tp) or isinstance(v, bool):
+            raise HarnessError(f"{where}: key {key!r} must be a {tp.__name__}, got {v!r:.80}")
+    outcome = rec.get("outcome")
+    if outcome is not None and not (isinstance(outcome, dict) and isinstance(outcome.get("metric"), str)
+                                    and "value" in outcome
+                                    and (outcome["value"] is None or _number(outcome["value"]))):
+        raise HarnessError(f"{where}: key 'outcome' must be null or {{metric: str, value: number}}, "
+                           f"got {outcome!r:.80}")
+    if not (rec.get("error") is None or isinstance(rec.get("error"), str)):
+        raise HarnessError(f"{where}: key 'error' must be null or a str, got {rec.get('error')!r:.80}")
+    cost = rec.get("cost")
+    if not isinstance(cost, dict) or not all(_number(cost.get(k)) for k in ("nfe", "tokens", "flops", "wall_s")):
+        raise HarnessError(f"{where}: key 'cost' must be an object with numbers nfe, tokens, flops, wall_s, "
+                           f"got {cost!r:.80}")
+    for key in ("component", "model", "task"):
+        if not isinstance(rec.get(key), dict) or not isinstance(rec[key].get("name"), str):
+            raise HarnessError(f"{where}: key {key!r} must be an object with a name, got {rec.get(key)!r:.80}")
+        if not isinstance(rec[key].get("params") or {}, dict):
+            raise HarnessError(f"{where}: key '{key}.params' must be an object, got {rec[key]['params']!r:.80}")
+    if not isinstance(rec["task"].get("split") or "", str):
+        raise HarnessError(f"{where}: key 'task.split' must be a str, got {rec['task']['split']!r:.80}")
+    if not isinstance(rec["component"].get("kind"), str):
+        raise HarnessError(f"{where}: key 'component.kind' must be a str, got {rec['component'].get('kind')!r:.80}")
+    if rec.get("status") == "ok" and (outcome is None or outcome["value"] is None):
+        raise HarnessError(f"{where}: a record with status 'ok' needs an outcome with a value")
+    return guard_finite(rec)
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 class RecordWriter:
@@ -63,7 +180,8 @@ class RecordWriter:
 
     def write(self, record: dict) -> None:
         """Append one whole line and flush it to the OS (a killed process loses nothing written)."""
-        line = json.dumps(record, sort_keys=True, separators=(",", ":"), default=str) + "\n"
+        line = json.dumps(guard_finite(record), sort_keys=True, separators=(",", ":"), default=str,
+                          allow_nan=False) + "\n"
         self._fh.write(line)
         self._fh.flush()
 
@@ -88,33 +206,38 @@ class RecordWriter:
 def read_records(run_dir: Path, latest: bool = True) -> list[dict]:
     """All records of a run (the last one per unit when `latest`). A torn final line is skipped."""
     path = Path(run_dir) / RECORDS
-    if not path.exists():
+    if not path.is_file():
         raise HarnessError(f"{path}: no records file; expected a run directory made by `dlm-harness run`")
-    out = read_lines(path)
+    out = read_lines(path, check=True)
     return dedupe(out) if latest else out
 
 
-def read_lines(path: Path) -> list[dict]:
-    """Every record of one JSONL file in file order ([] when absent); a torn final line is skipped."""
+def read_lines(path: Path, check: bool = False) -> list[dict]:
+    """Every record of one JSONL file in file order ([] when absent); a torn final line is skipped.
+    Non-finite values become errors (guard_finite); with `check`, each record must also have the
+    fields the readers use, of the right types (check_record)."""
     path = Path(path)
     if not path.exists():
         return []
-    lines = path.read_text(encoding="utf-8").split("\n")
+    try:
+        lines = path.read_bytes().decode("utf-8").split("\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise HarnessError(f"{path}: cannot read records ({why})") from None
     out = []
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             rec = json.loads(line)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
             if n == len(lines):  # torn tail of a killed run
                 continue
             raise HarnessError(f"{path}:{n}: not a JSON record") from None
-        if rec.get("schema_version") != SCHEMA_VERSION:
-            raise HarnessError(
-                f"{path}:{n}: schema_version {rec.get('schema_version')!r}, this harness reads {SCHEMA_VERSION}"
-            )
-        out.append(rec)
+        if not isinstance(rec, dict) or rec.get("schema_version") != SCHEMA_VERSION:
+            got = rec.get("schema_version") if isinstance(rec, dict) else type(rec).__name__
+            raise HarnessError(f"{path}:{n}: schema_version {got!r}, this harness reads {SCHEMA_VERSION}")
+        out.append(check_record(rec, f"{path}:{n}") if check else guard_finite(rec))
     return out
 
 

@@ -18,6 +18,7 @@ import types
 import typing
 from typing import Any, Callable, Iterator, Literal, Mapping, TypeVar, Union
 
+from harness import validate
 from harness.types import HarnessError
 
 T = TypeVar("T")
@@ -57,6 +58,7 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
     Raises HarnessError naming `where` and the expected type.
     """
     origin = typing.get_origin(tp)
+    validate.finite(value, where)  # NaN and infinity are never a setting, whatever the type allows
     if tp is Any:
         return value
     if origin in (Union, types.UnionType):
@@ -65,24 +67,24 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
                 return coerce(value, option, where)
             except HarnessError:
                 continue
-        raise HarnessError(f"{where}: expected {type_name(tp)}, got {value!r}")
+        raise HarnessError(f"{where}: expected {type_name(tp)}, got {validate.show(value)}")
     if origin is Literal:
         if value in typing.get_args(tp):
             return value
-        raise HarnessError(f"{where}: expected {type_name(tp)}, got {value!r}")
+        raise HarnessError(f"{where}: expected {type_name(tp)}, got {validate.show(value)}")
     if tp is type(None):
         if value is None:
             return None
-        raise HarnessError(f"{where}: expected null, got {value!r}")
+        raise HarnessError(f"{where}: expected null, got {validate.show(value)}")
     if origin in (tuple, list) or tp in (tuple, list):
         if not isinstance(value, (list, tuple)):
-            raise HarnessError(f"{where}: expected {type_name(tp)}, got {value!r}")
+            raise HarnessError(f"{where}: expected {type_name(tp)}, got {validate.show(value)}")
         args = [a for a in typing.get_args(tp) if a is not Ellipsis]
         inner = args[0] if args else Any
         return tuple(coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value))
     if origin is dict or tp is dict:
         if not isinstance(value, Mapping):
-            raise HarnessError(f"{where}: expected a mapping, got {value!r}")
+            raise HarnessError(f"{where}: expected a mapping, got {validate.show(value)}")
         return dict(value)
     if tp is bool:
         if isinstance(value, bool):
@@ -92,13 +94,13 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
             return value
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            return validate.finite(float(value), where)
     elif tp is str:
         if isinstance(value, str):
             return value
     elif isinstance(tp, type) and isinstance(value, tp):
         return value
-    raise HarnessError(f"{where}: expected {type_name(tp)}, got {value!r} ({type(value).__name__})")
+    raise HarnessError(f"{where}: expected {type_name(tp)}, got {validate.show(value)} ({type(value).__name__})")
 
 
 class Registry:
@@ -196,6 +198,7 @@ class Registry:
                     f"(parameters: {known})"
                 )
             out[key] = coerce(value, fields[key][0], f"{where}.params.{key}")
+            validate.field(self._entries[name], key, out[key], f"{where}.params.{key}")  # finite, in range
         missing = [k for k, (_, d) in fields.items() if d is dataclasses.MISSING and k not in out]
         if missing:
             raise HarnessError(f"{where}: {self.kind[:-1]} {name!r} needs parameter(s) {missing}")

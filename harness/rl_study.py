@@ -12,16 +12,27 @@ leaderboard, the regression gate and paired comparisons see ordinary records.
 
 This module sits in the studies layer: it imports the algorithms' loop, never `harness.studies`
 or the runner (the runner hands itself in and this module calls its public `record`).
+
+The cell's budget is checked between steps against the runner's ledger (everything the cell has
+spent, over every resume): the step that takes it past a limit is recorded with status
+`budget_exceeded` and training stops; the runner then counts the cell as stopped (done). A step
+whose log holds NaN or infinity stops training with NonFiniteError (the cell's units fail); NaN in
+`kl` / `clip_frac` only means the algorithm has none, and is recorded as null. `verify` checks on
+resume that the step records a checkpoint (or a finished cell) implies are all in records.jsonl.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import re
 
 from harness.algorithms.loop import LoopOptions, RLLoop
+from harness.budget import NonFiniteError
 from harness.seeding import derive_seed
-from harness.types import Item
+from harness.types import HarnessError, Item
+
+NOT_APPLICABLE = ("kl", "clip_frac")  # NaN in these step-log keys: the algorithm has no such term
 
 START = "start/"  # item-id prefix of the starting checkpoint's held-out records
 
@@ -44,7 +55,8 @@ def train(runner, cell, model, task, algorithm, writer):
     test = task.items("test")
     n_eval = min(opts.eval_items, cell.task.n_items or opts.eval_items)  # never more than the cell's units
     loop = RLLoop(copy.deepcopy(model), algorithm, task, opts, seed, task.items("train"), test[:n_eval])
-    ckpt = runner.run_dir / "rl" / re.sub(r"[^A-Za-z0-9_.=,-]+", "_", cell.id)
+    ckpt = checkpoint_dir(runner, cell)
+    ledger = getattr(runner, "ledgers", {}).get(cell.id)
     first = loop.resume(ckpt)
     if first == 0:  # the starting checkpoint on the held-out items (greedy, deterministic)
         before = loop.meters["eval"].cost
@@ -57,18 +69,71 @@ def train(runner, cell, model, task, algorithm, writer):
             rec = runner.record(cell, algorithm, task, item, 0, {"outcome": {"metric": "start_accuracy",
                                  "value": float(score)}}, cost, "ok", None)
             writer.write({**rec, "study": f"{cell.study}.start"})
+            if ledger is not None:
+                ledger.add(cost)
         writer.sync()
     for step in range(first, steps):
         log, cost = loop.train_step(step)
+        log = _strict_log(log, step + 1)
         last = step + 1 == steps
         if opts.eval_every and ((step + 1) % opts.eval_every == 0 or last):
             log["heldout_accuracy"] = sum(loop.evaluate(loop.test_items)) / len(loop.test_items)
             log["heldout_items"] = len(loop.test_items)
         item = Item(id=f"step-{step + 1:04d}", prompt="", reference="")
+        over = None
+        if ledger is not None:
+            ledger.add(cost)
+            over = ledger.exceeded()
         rec = runner.record(cell, algorithm, task, item, 0, {"outcome": {"metric": "train_reward",
-                             "value": log["reward_mean"]}, "estimate": log}, cost, "ok", None)
+                             "value": log["reward_mean"]}, "estimate": log}, cost,
+                             "ok" if over is None else "budget_exceeded", None if over is None else str(over))
         writer.write({**rec, "study": f"{cell.study}.steps"})
         writer.sync()
+        if over is not None:
+            raise over
         if (step + 1) % opts.checkpoint_every == 0 or last:
             loop.save(ckpt, step + 1)
     return loop.policy
+
+
+def checkpoint_dir(runner, cell):
+    return runner.run_dir / "rl" / re.sub(r"[^A-Za-z0-9_.=,-]+", "_", cell.id)
+
+
+def _strict_log(log: dict, step: int) -> dict:
+    out = {}
+    for k, v in log.items():
+        if isinstance(v, float) and not math.isfinite(v):
+            if k in NOT_APPLICABLE and math.isnan(v):
+                out[k] = None
+                continue
+            raise NonFiniteError(f"non-finite {k} ({v}) in the log of RL step {step}")
+        out[k] = v
+    return out
+
+
+def verify(runner, cell) -> None:
+    """On resume: every step record that the cell's checkpoint (or its evaluated units, written only
+    after training ends) implies must be in the run's records with status ok. A gap means
+    records.jsonl lost lines; resuming past it would leave the steps missing for good."""
+    import torch
+
+    ok = {r["item_id"] for r in runner.existing if r["cell_id"] == cell.id and r["status"] == "ok"}
+    opts = options(cell)
+    done = 0
+    file = checkpoint_dir(runner, cell) / "checkpoint.pt"
+    if file.exists():
+        try:
+            done = int(torch.load(file, map_location="cpu", weights_only=False)["step"])
+        except Exception as exc:  # a torn or foreign file: say which
+            raise HarnessError(f"{file}: cannot read the RL checkpoint ({type(exc).__name__}: {exc})") from None
+    if any(not i.startswith(("step-", START)) for i in ok):  # held-out units exist: training had finished
+        done = max(done, opts.quick_steps if runner.quick else opts.steps)
+    missing = [f"step-{k:04d}" for k in range(1, done + 1) if f"step-{k:04d}" not in ok]
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" ... ({len(missing)} in all)" if len(missing) > 5 else "")
+        raise HarnessError(
+            f"{runner.run_dir}: cell {cell.id!r} has trained {done} steps, but records.jsonl lacks the step "
+            f"records {shown}: the file lost lines. Restore records.jsonl, or delete {file.parent} and the "
+            "cell's records to retrain it.")
+

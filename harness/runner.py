@@ -10,6 +10,12 @@ unit gets one generator per inner replicate r, seeded by derive_seed(suite, cell
 Batches follow the cell's batch_size and max_tokens; a batch that runs out of memory is halved
 and retried (harness/batching.py). Under torchrun the units are sharded across ranks and the
 shards merged into one records.jsonl (harness/distributed.py).
+
+A cell's budget is a ledger (harness/budget.py Ledger): every record's cost counts on resume,
+including units stopped by the budget, and a cell that was stopped by its budget is done. A unit
+whose model pass or result holds NaN or infinity is an error naming the first offending value.
+The run directory is locked while a runner writes it (harness/lock.py); it is made only after the
+suite is planned and the manifest assembled, and a run that fails is marked `failed`.
 """
 from __future__ import annotations
 
@@ -20,15 +26,17 @@ import traceback
 from collections import deque
 from pathlib import Path
 
-from harness import distributed, progress, provenance
+from harness import distributed, progress, provenance, validate
 from harness.batching import Backoff, free_memory, is_oom, logits_capped, plan_batches, reset_peak, split, unit_length
-from harness.budget import Meter
+from harness.budget import Ledger, Meter, NonFiniteError
 from harness.config import Cell, cell_to_dict, load_suite, plan
+from harness.lock import RunLock
 from harness.records import (
     MANIFEST,
     SCHEMA_VERSION,
     RecordWriter,
     dedupe,
+    first_non_finite,
     read_manifest,
     unit_key,
     write_json_atomic,
@@ -56,11 +64,7 @@ def _remaining(budget: Budget, spent: Cost) -> Budget:
 
 
 def _spent(records: list[dict]) -> Cost:
-    tot = {"nfe": 0, "tokens": 0, "flops": 0.0, "wall_s": 0.0}
-    for r in records:
-        for k in tot:
-            tot[k] += r["cost"][k]
-    return Cost(**tot)
+    return Ledger(Budget(), records).as_cost()
 
 
 class Runner:
@@ -70,30 +74,52 @@ class Runner:
         self.cells = plan(self.suite, quick=quick)  # every error surfaces here, before compute
         # Generated code runs only in a sandbox with namespaces unless --allow-unsafe-code: refused here.
         self.sandbox = preflight(any(getattr(TASKS.get(c.task.name), "runs_code", False) for c in self.cells))
+        for key, m in self.suite.models.items():  # the devices asked for exist on this machine
+            if isinstance(m.params.get("device"), str):
+                validate.device(m.params["device"], f"{self.suite.path}.models.{key}.params.device")
         self.quick = quick
         self.dist = distributed.from_env()
         self.progress = progress and self.dist.main
         self._models: dict = {}
         self.backoff_events: list[dict] = []
+        self.ledgers: dict[str, Ledger] = {}  # cell id -> what it has spent (all records, this run included)
+        self.lock: RunLock | None = None
+        command = " ".join(argv or sys.argv)
         if resume is not None:
             self.run_dir = Path(resume)
-            manifest = read_manifest(self.run_dir)
+            if self.dist.main:  # one writer per run directory; the lock is held until run() ends
+                self.lock = RunLock(self.run_dir, command).acquire()
+            try:
+                manifest = read_manifest(self.run_dir)
+            except HarnessError:
+                self.close()
+                raise
             if manifest.get("suite_sha256") != self.suite.sha256:
+                self.close()
                 raise HarnessError(
                     f"{self.run_dir}: made from a different version of {suite_path} "
                     f"(sha256 {manifest.get('suite_sha256', '?')[:12]} vs {self.suite.sha256[:12]}); "
                     "start a new run instead of resuming"
                 )
             if bool(manifest.get("quick")) != quick:
+                self.close()
                 raise HarnessError(
                     f"{self.run_dir}: was run with quick={manifest.get('quick')}; resume it the same way")
             self.manifest = manifest
             self.manifest.setdefault("resumed_at", []).append(_now())
         elif self.dist.main:
             run_id = new_run_id(self.suite.sha256)
+            self.manifest = self._new_manifest(run_id, argv)  # checks every model and task: no empty run dirs
             self.run_dir = Path(results) / self.suite.suite / run_id
-            self.run_dir.mkdir(parents=True, exist_ok=False)
-            self.manifest = self._new_manifest(run_id, argv)
+            try:
+                self.run_dir.mkdir(parents=True, exist_ok=False)
+            except OSError as exc:
+                raise HarnessError(f"{self.run_dir}: cannot make the run directory ({exc.strerror or exc})") from None
+            self.lock = RunLock(self.run_dir, command).acquire()
+        if self.lock is not None and self.lock.stale:
+            st = self.lock.stale
+            print(f"note: {self.run_dir}: took over the lock of pid {st.get('pid')} on host {st.get('host')}, "
+                  "which ended without releasing it (a killed run)", file=sys.stderr)
         ranks = distributed.gather(self.dist, distributed.rank_info(self.dist))
         if self.dist.main:
             self.manifest["distributed"] = {"world_size": self.dist.world_size, "backend": self.dist.backend,
@@ -114,12 +140,26 @@ class Runner:
             "cells": [cell_to_dict(c) for c in self.cells], "sandbox": self.sandbox,
             "seeds": sorted({c.seed for c in self.cells}),
             "models": {k: {"name": m.name, "params": m.params,
-                           **MODELS.build(m.name, m.params).provenance()} for k, m in models.items()},
+                           **self._checked(lambda m=m: MODELS.build(m.name, m.params).provenance(), "models", m)}
+                       for k, m in models.items()},
             "tasks": {k: {"name": t.name, "params": t.params, "split": t.split, "n_items": t.n_items,
                           "version": TASKS.get(t.name).version,
-                          "source": TASKS.build(t.name, t.params).source()} for k, t in tasks.items()},
+                          "source": self._checked(lambda t=t: TASKS.build(t.name, t.params).source(), "tasks", t)}
+                      for k, t in tasks.items()},
             **provenance.collect(),
         }
+
+    def _checked(self, fn, table: str, spec):
+        """fn() (a model's provenance, a task's source: both read files), its errors naming the suite key."""
+        entries = getattr(self.suite, table).items()
+        key = next((k for k, v in entries if v.name == spec.name and v.params == spec.params), spec.name)
+        try:
+            return fn()
+        except HarnessError as exc:
+            raise HarnessError(f"{self.suite.path}.{table}.{key}: {exc}") from None
+        except OSError as exc:
+            raise HarnessError(f"{self.suite.path}.{table}.{key}: cannot read {exc.filename or ''} "
+                               f"({exc.strerror or exc})") from None
 
     def model(self, cell: Cell):
         key = (cell.model.name, repr(sorted(cell.model.params.items())))
@@ -127,17 +167,41 @@ class Runner:
             self._models[key] = MODELS.build(cell.model.name, cell.model.params).load()
         return self._models[key]
 
+    def close(self) -> None:
+        """Release the run directory's lock (run() does this when it ends)."""
+        if self.lock is not None:
+            self.lock.release()
+
     def run(self) -> Path:
-        existing = dedupe(distributed.read_all(self.run_dir))  # records.jsonl and any rank shards
+        try:
+            return self._run()
+        except Exception as exc:  # a run that stops on an error is `failed`, not left `running`
+            if self.dist.main:
+                self.manifest.update(status="failed", finished_at=_now(),
+                                     error=f"{type(exc).__name__}: {str(exc)[-2000:]}")
+                write_json_atomic(self.run_dir / MANIFEST, self.manifest)
+            raise
+        finally:
+            self.close()
+
+    def _run(self) -> Path:
+        every = distributed.read_all(self.run_dir)  # records.jsonl and any rank shards, every line
+        existing = dedupe(every)
         distributed.barrier(self.dist)  # every rank has read before any rank writes
         done = {unit_key(r) for r in existing if r["status"] == "ok"}
+        self.existing = existing
         summaries = []
         writer = distributed.ShardWriter(self.run_dir, self.dist.rank) if self.dist.active \
             else RecordWriter(self.run_dir)
         with writer:
             for cell in progress.bar(self.cells, desc="cells", disable=not self.progress):
-                cell_ok = [r for r in existing if r["cell_id"] == cell.id and r["status"] == "ok"]
-                status, n_failed = self._run_cell(cell, done, _spent(cell_ok), writer)
+                # The ledger: every line ever written for the cell (stopped and failed units too)
+                # counts against its budget.
+                self.ledgers[cell.id] = Ledger(cell.budget, [r for r in every if r["cell_id"] == cell.id])
+                if any(r["cell_id"] == cell.id and r["status"] == "budget_exceeded" for r in existing):
+                    summaries.append({"cell": cell.id, "status": "budget_exceeded", "failed_units": 0})
+                    continue  # stopped by its budget: done, never re-spent
+                status, n_failed = self._run_cell(cell, done, self.ledgers[cell.id].as_cost(), writer)
                 summaries.append({"cell": cell.id, "status": status, "failed_units": n_failed})
         per_rank = distributed.gather(self.dist, (summaries, self.backoff_events))  # also a barrier
         if self.dist.main:
@@ -176,11 +240,26 @@ class Runner:
         mine = distributed.my_slice(len(planned), self.dist) if study.train is None \
             else range(len(planned) if self.dist.main else 0)
         units = [u for u in (planned[i] for i in mine) if (cell.id, u[1].id, u[0]) not in done]
+        if getattr(study, "verify", None) is not None and self.dist.main:
+            study.verify(self, cell)  # the records a finished (or checkpointed) cell implies are all there
         if not units:
             return "complete", 0
         model = self.model(cell)
         if study.train is not None:  # an rl cell trains a copy of the model first (resumably)
-            model = study.train(self, cell, model, task, component, writer)
+            try:
+                model = study.train(self, cell, model, task, component, writer)
+            except BudgetExceeded:  # the step that crossed the budget is recorded as such
+                return "budget_exceeded", 0
+            except HarnessError:
+                raise
+            except Exception as exc:  # e.g. NaN logits mid-training: the cell's units fail, the run goes on
+                error = str(exc) if isinstance(exc, NonFiniteError) else _short_tb(exc)
+                for r, it in units:
+                    writer.write(self.record(cell, component, task, it, r, {}, Cost().as_dict(), "error",
+                                              f"training failed: {error}"))
+                writer.sync()
+                return "failed", len(units)
+            spent = self.ledgers[cell.id].as_cost()  # the training steps count against the cell's budget
         ranks = self.dist.world_size if study.train is None else 1  # how many ranks share the cell's budget
         meter = Meter(model, distributed.share_budget(_remaining(cell.budget, spent), ranks))
         lengths = [unit_length(model.tokenizer, it.prompt, task.gen_length) for _, it in units] \
@@ -204,8 +283,15 @@ class Runner:
                 continue
             status = "error" if status == "oom" else status
             share = _share(meter.cost.minus(before), len(batch))
+            self.ledgers.setdefault(cell.id, Ledger(cell.budget)).add(meter.cost.minus(before))
             for (r, it), res in zip(batch, results):
-                rec = self.record(cell, component, task, it, r, res, share, status, error)
+                bad = first_non_finite(res) if status == "ok" else None
+                if bad is not None:  # this unit's result holds NaN/inf: an error naming the value
+                    failed += 1
+                    rec = self.record(cell, component, task, it, r, {}, share, "error",
+                                       f"non-finite {bad[0]} ({bad[1]}) in the {cell.kind} result")
+                else:
+                    rec = self.record(cell, component, task, it, r, res, share, status, error)
                 if backoff.events:
                     rec["oom_backoff"] = {"batch_size": len(batch), "planned_batch_size": cell.batch_size}
                 writer.write(rec)
@@ -231,6 +317,8 @@ class Runner:
             return results, "ok", None
         except BudgetExceeded as exc:
             return [{} for _ in batch], "budget_exceeded", str(exc)
+        except NonFiniteError as exc:  # NaN/inf logits: every unit of the batch rode that pass
+            return [{} for _ in batch], "error", str(exc)
         except Exception as exc:  # one batch failing must not lose the rest of the run
             return [{} for _ in batch], ("oom" if is_oom(exc) else "error"), _short_tb(exc)
 

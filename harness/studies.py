@@ -50,6 +50,8 @@ class StudyKind:
     # RL (harness/rl_study.py): (runner, cell, model, task, component, writer) -> the model
     # whose units are then run; the runner calls it before the cell's units.
     train: Callable | None = None
+    # (runner, cell) -> None, raising HarnessError when records a resumed cell implies are missing
+    verify: Callable | None = None
 
 
 def _prompts(denoiser, items):
@@ -272,5 +274,5 @@ STUDIES = {
     "exact_reference": StudyKind(exact_reference),
     "gradient_variance": StudyKind(gradient_variance, inner_replicates=True),
     "t_mask_decomposition": StudyKind(t_mask_decomposition, inner_replicates=True),
-    "rl": StudyKind(rl_evaluate, train=rl_study.train),
+    "rl": StudyKind(rl_evaluate, train=rl_study.train, verify=rl_study.verify),
 }

@@ -74,7 +74,7 @@ def test_max_tokens_splits_batches_and_changes_no_value(tmp_path, tiny_ckpt, mon
 
 
 def test_max_tokens_is_validated(tmp_path, tiny_ckpt):
-    with pytest.raises(HarnessError, match=r"studies\[0\]\.max_tokens: expected an integer >= 1"):
+    with pytest.raises(HarnessError, match=r"studies\[0\]\.max_tokens: expected an integer in \[1, \d+\], got 0"):
         Runner(_suite(tmp_path, tiny_ckpt, 4, "c.yaml", extra_study="    max_tokens: 0\n"), results=tmp_path / "c")
 
 

@@ -173,7 +173,8 @@ def test_wrong_literal_parameter(tmp_path):
 
 def test_component_value_error(tmp_path):
     study = LIK.replace("{name: mc_elbo}", "{name: mc_elbo, params: {n_mc: 0}}")
-    fails(tmp_path, with_studies(study), "suite.yaml.studies[0].estimator: n_mc must be >= 1, got 0")
+    fails(tmp_path, with_studies(study),
+          "suite.yaml.studies[0].estimator.params.n_mc: expected an integer in [1, 1000000], got 0")
 
 
 def test_component_not_a_mapping(tmp_path):
@@ -252,7 +253,7 @@ def test_likelihood_study_without_estimator(tmp_path):
 def test_replicates_must_be_positive(tmp_path, value):
     study = LIK[:-1] + f", replicates: {value}}}"
     fails(tmp_path, with_studies(GEN, study),
-          f"suite.yaml.studies[1].replicates: expected an integer >= 1, got {value}")
+          f"suite.yaml.studies[1].replicates: expected an integer in [1, 1000000], got {value}")
 
 
 def test_replicates_must_be_an_int(tmp_path):
@@ -262,7 +263,7 @@ def test_replicates_must_be_an_int(tmp_path):
 
 def test_batch_size_must_be_positive(tmp_path):
     study = LIK[:-1] + ", batch_size: 0}"
-    fails(tmp_path, with_studies(study), "suite.yaml.studies[0].batch_size: expected an integer >= 1, got 0")
+    fails(tmp_path, with_studies(study), "suite.yaml.studies[0].batch_size: expected an integer in [1, 1000000], got 0")
 
 
 def test_budget_with_wrong_key(tmp_path):
@@ -326,12 +327,12 @@ def test_task_split_invalid(tmp_path):
 @pytest.mark.parametrize("value", [0, -3])
 def test_task_n_items_must_be_positive(tmp_path, value):
     text = with_studies(GEN).replace("n_items: 10", f"n_items: {value}")
-    fails(tmp_path, text, "suite.yaml.tasks.addition.n_items: expected an integer >= 1", f"got {value}")
+    fails(tmp_path, text, "suite.yaml.tasks.addition.n_items: expected an integer in [1, 10000000]", f"got {value}")
 
 
 def test_quick_values_must_be_positive(tmp_path):
     fails(tmp_path, with_studies(GEN) + "quick: {replicates: 0}\n",
-          "suite.yaml.quick.replicates: expected an integer >= 1, got 0")
+          "suite.yaml.quick.replicates: expected an integer in [1, 1000000], got 0")
     fails(tmp_path, with_studies(GEN) + "quick: {n_item: 5}\n",
           "suite.yaml.quick.n_item: unknown key; did you mean 'n_items'?")
 
@@ -381,7 +382,7 @@ def test_sweep_does_not_leak_between_cells(tmp_path):
 
 
 def test_quick_mode_caps_items_and_replicates(tmp_path):
-    head = HEAD.replace("n_items: 10", "n_items: 100") + \
+    head = HEAD.replace("n_items: 10", "n_items: 100").replace("n_test: 50", "n_test: 100") + \
         "  all: {name: addition, params: {n_test: 50}}\n  few: {name: addition, params: {n_test: 50}, n_items: 3}\n"
     few = LIK.replace("id: lik", "id: few").replace("task: addition", "task: few")[:-1] + ", replicates: 2}"
     text = with_studies(LIK[:-1] + ", replicates: 5}",
@@ -395,6 +396,7 @@ def test_quick_mode_caps_items_and_replicates(tmp_path):
 
 def test_quick_mode_defaults(tmp_path):
     text = with_studies(LIK[:-1] + ", replicates: 4}").replace("n_items: 10", "n_items: 500")
+    text = text.replace("n_test: 50", "n_test: 500")
     cells = planned(tmp_path, text, quick=True)
     assert (cells[0].task.n_items, cells[0].replicates) == (20, 1)
 

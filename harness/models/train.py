@@ -4,6 +4,10 @@ Objective (MDLM / LLaDA SFT, METHODS.md §1 `mc_elbo`): per sequence draw t ~ U(
 completion position (EOS padding included) independently with probability t, and minimise
 E_t[(1/t) Σ_masked CE] / L. The prompt is never masked. Everything random comes from one explicit
 generator seeded by the training config, so a retrain on the same machine is bit-identical.
+
+Every numeric setting is checked (harness/validate.py) before anything is built, and `train` refuses
+to write into an existing directory unless told to overwrite it: a typo in `--out` must not replace
+another checkpoint.
 """
 from __future__ import annotations
 
@@ -16,9 +20,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from harness import validate
 from harness.models.tiny import CharTokenizer, TinyConfig, TinyDenoiser, TinyMDLM, save_checkpoint
 from harness.registry import SAMPLERS, TASKS
 from harness.text import encode_completions, encode_prompts
+from harness.types import HarnessError
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,6 +46,19 @@ class TrainConfig:
     eval_items: int = 200
     threads: int = 2
     device: str = "cpu"  # "cuda": model and batches on the GPU; every draw still comes from the CPU generator
+
+    def __post_init__(self):
+        for f in ("steps", "batch_size", "lr", "d_model", "n_layers", "n_heads", "d_ff", "weight_decay", "warmup",
+                  "eps", "eval_every", "eval_items", "threads"):
+            v = getattr(self, f)
+            if not isinstance(v, (int, float)) or isinstance(v, bool):
+                raise HarnessError(f"train --{f.replace('_', '-')}: expected a number, got {validate.show(v)}")
+            validate.field(TrainConfig, f, v, f"train --{f.replace('_', '-')}")
+        if self.eval_every < 1:
+            raise HarnessError(f"train --eval-every: expected an integer >= 1, got {self.eval_every}")
+        if self.d_model % self.n_heads:
+            raise HarnessError(f"train --n-heads: must divide --d-model ({self.d_model}), got {self.n_heads}")
+        validate.device(self.device, "train --device")
 
 
 def mdlm_loss(denoiser, prompt: torch.Tensor, prompt_mask: torch.Tensor, target: torch.Tensor,
@@ -77,12 +96,23 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
-def train(cfg: TrainConfig, out: Path, progress: bool = True) -> dict:
+def check_out(out: Path, overwrite: bool) -> None:
+    """`out` may be written: absent, or an existing directory with `overwrite`."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise HarnessError(f"train --out {out}: exists and is not a directory")
+    if out.exists() and not overwrite and any(out.iterdir()):
+        raise HarnessError(f"train --out {out}: the directory exists and is not empty (a checkpoint?); "
+                           "pass --overwrite to replace its model.pt, config.json and CARD.md, or choose another")
+
+
+def train(cfg: TrainConfig, out: Path, progress: bool = True, overwrite: bool = False) -> dict:
     """Train, evaluate periodically, write a checkpoint with its card; return the final metrics."""
     from tqdm import tqdm
 
+    check_out(out, overwrite)
     torch.set_num_threads(cfg.threads)
-    task = TASKS.build(cfg.task, dict(cfg.task_params), where="train.task")
+    task = TASKS.build(cfg.task, dict(cfg.task_params), where="train --task")
     train_items = task.items("train")
     eval_items = task.items("test")[: cfg.eval_items]
     tokenizer = CharTokenizer()
@@ -100,6 +130,7 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True) -> dict:
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
     history = []
     t0 = time.perf_counter()
+    check_out(out, overwrite)  # again: another process may have made it while the data was built
     bar = tqdm(range(cfg.steps), desc=f"train {cfg.task}", disable=not progress, mininterval=2)
     for step in bar:
         module.train()

@@ -28,7 +28,8 @@ def _cell_row(cell_id: str, recs: list[dict]) -> dict:
     total_wall = sum(r["cost"]["wall_s"] for r in ok)
     return {
         "cell": cell_id, "metric": metric, "value [95% CI]": iv.fmt(3), "n items": iv.n,
-        "units": n_units, "not ok": len(recs) - n_units, "interval": iv.method,
+        "units": n_units, "not ok": len(recs) - n_units, "non-finite": sum(map(_non_finite, recs)),
+        "interval": iv.method,
         "NFE/unit": f"{mean('nfe'):.1f}", "tokens/unit": f"{mean('tokens'):.0f}",
         "GFLOP/unit": f"{mean('flops') / 1e9:.4f}", "model s": f"{total_wall:.2f}",
     }
@@ -51,6 +52,14 @@ def results_table(run_dir: Path, limit: int = 30) -> str:
     if len(by_cell) > limit:
         lines.append(f"... and {len(by_cell) - limit} more cells (dlm-harness report {run_dir})")
     return "\n".join(lines)
+
+
+def _non_finite(record: dict) -> bool:
+    """A unit that failed because a model pass or its result held NaN/inf (harness/budget.py, records.py)."""
+    return record["status"] == "error" and "non-finite" in str(record.get("error") or "")
+
+
+
 
 
 def render(run_dir: Path, out_dir: Path | None = None) -> str:
@@ -102,6 +111,10 @@ def render_records(records: list[dict], manifest: dict, run_dir, out_dir: Path |
         out.append(f"## Study `{study}` ({kind}, {comp['kind']} `{comp['name']}`)\n")
         out.append(md_table([_cell_row(cid, recs) for cid, recs in cells.items()]))
         errors = [r for recs in cells.values() for r in recs if r["status"] != "ok"]
+        bad = [r for r in errors if _non_finite(r)]
+        if bad:
+            out.append(f"\n**{len(bad)} unit(s) failed on non-finite values (NaN/inf)**; first: "
+                       f"{str(bad[0]['error']).strip().splitlines()[-1]}\n")
         if errors:
             out.append(f"\n{len(errors)} unit(s) not ok; first: `{errors[0]['status']}`: "
                        f"{(errors[0]['error'] or '').strip().splitlines()[-1] if errors[0]['error'] else ''}\n")

@@ -5,17 +5,29 @@ metric the per-unit differences (new - base) go through a paired test (exact McN
 outcomes, a sign-flip permutation test otherwise) with Holm's correction across all comparisons.
 A comparison is "worse" only when the adjusted p is below alpha AND the mean change is worse than
 the tolerance in the metric's direction. The gate fails (exit 1) only on a "worse".
+
+Two regressions need no test: more failed units in a cell than the base run had (a unit whose
+model returned NaN is a failed unit, harness/records.py), and a pre-registered metric that the base
+run measured but the new run has no finite value for (every unit of the cell failed). Both are
+"worse" rows of their own. alpha must be in (0, 1) and the tolerance finite and >= 0: a NaN or a
+negative alpha would disable the gate silently.
 """
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
+from harness import validate
 from harness.records import read_manifest, read_records
+from harness.stats.intervals import Interval
 from harness.stats.paired import Comparison, compare_many
 from harness.types import HarnessError
+
+ALPHA = validate.Range(0.0, 1.0, lo_open=True, hi_open=True)
+TOLERANCE = validate.Range(0.0)
 
 DEFAULT_METRICS = {"accuracy": "higher"}
 
@@ -29,9 +41,32 @@ def _units(records: list[dict]) -> dict:
     return out
 
 
+def _failed(records: list[dict]) -> tuple[dict, dict]:
+    """-> ({cell: failed units (status error)}, {cell: units})."""
+    failed: dict = defaultdict(int)
+    total: dict = defaultdict(int)
+    for r in records:
+        total[r["cell_id"]] += 1
+        failed[r["cell_id"]] += r["status"] == "error"
+    return failed, total
+
+
+def _no_test_row(cell: str, what: str, n: int, base: float, new: float, test: str, alpha: float,
+                 tolerance: float) -> tuple[str, Comparison, float, float]:
+    """A "worse" row decided without a test (a count rose, or a metric vanished)."""
+    diff = new - base if math.isfinite(new) else math.nan
+    iv = Interval(diff, math.nan, math.nan, n, "none")
+    c = Comparison(f"{cell}/{what}", n, diff, iv, math.nan, math.nan, "worse", test, alpha, tolerance, True)
+    return cell, c, base, new
+
+
 def gate(base_dir: Path, new_dir: Path, *, metrics: dict[str, str] | None = None, alpha: float = 0.05,
          tolerance: float = 0.02, seed: int = 0) -> tuple[list[tuple[str, Comparison, float, float]], list[str]]:
     """-> ([(cell, comparison, base mean, new mean)], notes). Raises HarnessError on bad input."""
+    validate.check(alpha, ALPHA, "compare --alpha")
+    validate.check(tolerance, TOLERANCE, "compare --tolerance")
+    if not isinstance(alpha, (int, float)) or not isinstance(tolerance, (int, float)):
+        raise HarnessError(f"compare: alpha and tolerance must be numbers, got {alpha!r}, {tolerance!r}")
     base_m, new_m = read_manifest(base_dir), read_manifest(new_dir)
     if base_m["suite"] != new_m["suite"]:
         raise HarnessError(f"{base_dir} is suite {base_m['suite']!r} but {new_dir} is suite {new_m['suite']!r}: "
@@ -40,14 +75,26 @@ def gate(base_dir: Path, new_dir: Path, *, metrics: dict[str, str] | None = None
     for name, direction in metrics.items():
         if direction not in ("higher", "lower"):
             raise HarnessError(f"metric {name!r}: direction must be 'higher' or 'lower', got {direction!r}")
-    base, new = _units(read_records(base_dir)), _units(read_records(new_dir))
+    base_records, new_records = read_records(base_dir), read_records(new_dir)
+    base, new = _units(base_records), _units(new_records)
     notes = []
+    extra = []  # regressions decided without a test
+    base_failed, _ = _failed(base_records)
+    new_failed, new_total = _failed(new_records)
+    for cell in sorted(new_total):
+        if new_failed[cell] > base_failed.get(cell, 0):
+            extra.append(_no_test_row(cell, "failed units", new_total[cell], base_failed.get(cell, 0),
+                                      new_failed[cell], "failed-unit count: any rise fails", alpha, tolerance))
     if base_m.get("suite_sha256") != new_m.get("suite_sha256"):
         notes.append("the suite file changed between the runs (different sha256); cells are paired by id")
     diffs, meta = {}, {}
     for key in sorted(set(base) | set(new)):
         cell, metric = key
         if metric not in metrics:
+            continue
+        if key in base and key not in new and cell in new_total:  # measured before, no finite value now
+            extra.append(_no_test_row(cell, metric, len(base[key]), float(np.mean(list(base[key].values()))),
+                                      math.nan, "metric lost: no finite value in the new run", alpha, tolerance))
             continue
         if key not in base or key not in new:
             notes.append(f"{cell}/{metric}: only in the {'new' if key in new else 'base'} run; not compared")
@@ -63,13 +110,13 @@ def gate(base_dir: Path, new_dir: Path, *, metrics: dict[str, str] | None = None
         diffs[f"{cell}/{metric}"] = b - a
         binary = bool(np.isin(np.concatenate([a, b]), (0.0, 1.0)).all())
         meta[f"{cell}/{metric}"] = (cell, metric, binary, float(a.mean()), float(b.mean()))
-    if not diffs:
+    if not diffs and not extra:
         raise HarnessError(f"no pre-registered metric ({', '.join(metrics)}) has paired records in "
                            f"{base_dir} and {new_dir}")
     comps = compare_many(diffs, alpha=alpha, tolerance=tolerance, seed=seed,
                          higher_is_better={k: metrics[m[1]] == "higher" for k, m in meta.items()},
-                         binary={k: m[2] for k, m in meta.items()})
-    return [(meta[c.name][0], c, meta[c.name][3], meta[c.name][4]) for c in comps], notes
+                         binary={k: m[2] for k, m in meta.items()}) if diffs else []
+    return [(meta[c.name][0], c, meta[c.name][3], meta[c.name][4]) for c in comps] + extra, notes
 
 
 def format_table(rows, notes) -> str:

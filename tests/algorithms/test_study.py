@@ -59,7 +59,7 @@ def test_rl_study_runs_and_resumes_to_the_same_records(tmp_path):
 
 def test_rl_options_are_checked_at_plan_time(tmp_path):
     bad = SUITE.replace("mu: 2", "mu: 0")
-    with pytest.raises(HarnessError, match="mu must be >= 1"):
+    with pytest.raises(HarnessError, match=r"options.mu: expected an integer in \[1, 1000000\], got 0"):
         plan(load_suite(write_suite(tmp_path, bad)))
     bad = SUITE.replace("mu: 2", "muu: 2")
     with pytest.raises(HarnessError, match="muu"):

@@ -1,0 +1,120 @@
+"""An exclusive lock per run directory: one writer at a time.
+
+Two processes appending to one records.jsonl duplicate units, and their manifest writes erase each
+other's fields; so every command that writes a run directory holds `RunLock(run_dir)` while it
+does. The lock is an advisory `fcntl.flock` on `run_dir/.lock`, held by an open file: the kernel
+releases it when the holder exits, however it exits, so a lock can never outlive a dead process.
+The file also says who holds it (pid, host, start time): a second writer gets an error naming
+them. A lock file left by a dead process (its pid gone on this host) is reported as stale and taken
+over; on a host where flock is not available (some network file systems), the pid check alone
+decides.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import errno
+import json
+import os
+import socket
+from pathlib import Path
+
+from harness.types import HarnessError
+
+LOCK = ".lock"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def holder(run_dir: Path) -> dict:
+    """What the lock file says about its holder ({} when absent or unreadable)."""
+    try:
+        data = json.loads((Path(run_dir) / LOCK).read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+class RunLock:
+    """`with RunLock(run_dir):` or `lock = RunLock(run_dir).acquire(); ...; lock.release()`."""
+
+    def __init__(self, run_dir: str | Path, command: str = ""):
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / LOCK
+        self.command = command
+        self._fh = None
+        self.stale: dict | None = None  # the dead holder whose lock file was taken over, if any
+
+    def acquire(self) -> "RunLock":
+        import fcntl
+
+        if not self.run_dir.is_dir():
+            raise HarnessError(f"{self.run_dir}: not a run directory (cannot lock it)")
+        try:
+            fh = open(self.path, "a+", encoding="utf-8")
+        except OSError as exc:
+            raise HarnessError(f"{self.path}: cannot open the run directory's lock file ({exc.strerror})") from None
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            fh.close()
+            if exc.errno in (errno.EWOULDBLOCK, errno.EACCES, errno.EAGAIN):
+                raise HarnessError(self._held_message(holder(self.run_dir))) from None
+            if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise HarnessError(f"{self.path}: cannot lock the run directory ({exc.strerror})") from None
+            self._fallback()  # no flock here: the pid in the file decides
+            fh = open(self.path, "a+", encoding="utf-8")
+        previous = holder(self.run_dir)
+        if previous.get("pid") and previous.get("released_at") is None:
+            self.stale = previous  # we hold the flock, so its writer is gone without releasing
+        fh.seek(0)
+        fh.truncate()
+        fh.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": self.command,
+                             "since": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}) + "\n")
+        fh.flush()
+        self._fh = fh
+        return self
+
+    def _fallback(self) -> None:
+        info = holder(self.run_dir)
+        if info.get("released_at") is None and info.get("host") == socket.gethostname() \
+                and isinstance(info.get("pid"), int) and info["pid"] != os.getpid() and _pid_alive(info["pid"]):
+            raise HarnessError(self._held_message(info))
+
+    def _held_message(self, info: dict) -> str:
+        who = f"pid {info.get('pid', '?')} on host {info.get('host', '?')}"
+        since = f" since {info['since']}" if info.get("since") else ""
+        cmd = f" ({info['command']})" if info.get("command") else ""
+        return (f"{self.run_dir}: another process is writing this run directory: {who}{since}{cmd}. "
+                "Wait for it to finish (or stop it) and try again.")
+
+    def release(self) -> None:
+        if self._fh is None:
+            return
+        try:
+            info = holder(self.run_dir)
+            info["released_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+            self._fh.seek(0)
+            self._fh.truncate()
+            self._fh.write(json.dumps(info) + "\n")
+            self._fh.flush()
+        finally:
+            self._fh.close()  # closing the file releases the flock
+            self._fh = None
+
+    @property
+    def held(self) -> bool:
+        return self._fh is not None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire() if not self.held else self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
