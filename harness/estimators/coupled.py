@@ -46,6 +46,8 @@ from harness.estimators._common import completion_logprobs, uniform
 from harness.registry import ESTIMATORS
 from harness.types import Estimate
 
+T_EPS = 1e-6  # t is clamped to [T_EPS, 1 − T_EPS]: 1/t and 1/(1 − t) stay finite (exact moments read this)
+
 
 @ESTIMATORS.register("coupled")
 @dataclass(frozen=True, kw_only=True)
@@ -79,7 +81,7 @@ class Coupled:
         valid = completion_mask.bool()  # [B, L]
         if draws is None:
             u = uniform(generator, B, self.n_mc, device=completion.device)  # [B, n]
-            t = (self.t_low + (self.t_high - self.t_low) * u).clamp(1e-6, 1 - 1e-6)  # [B, n]
+            t = (self.t_low + (self.t_high - self.t_low) * u).clamp(T_EPS, 1 - T_EPS)  # [B, n]
             keys = uniform(generator, B, self.n_mc, L, device=completion.device)  # [B, n, L]
             draws = {"t": t, "masks": (keys < t[..., None]) & valid[:, None, :]}  # first pass of each pair
         t, first = draws["t"], draws["masks"]  # [B, n], [B, n, L]

@@ -110,6 +110,48 @@ def elbo_weights(n: int, dtype=torch.float64, device=None) -> torch.Tensor:
     return _elbo_weights_cpu(n, dtype).to(device)
 
 
+def reveal_logprobs(denoiser, prompt: torch.Tensor, completion: torch.Tensor, completion_mask: torch.Tensor,
+                    *, prompt_mask: torch.Tensor | None = None, max_tokens: int = 65536,
+                    hide: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """The forward passes of METHODS.md §4: for each row b with n_b scored positions, one pass per
+    proper reveal set R (bitmask order over the row's scored positions) with the other scored
+    positions masked. -> per row, lp [2^{n_b} − 1, n_b] float64: lp[R, i] = log p(o_{S_i} | o_R, c)
+    (also read at revealed i, where no caller uses it). `hide` [B, L] bool: completion positions
+    (outside completion_mask) masked in every pass too (e.g. post-EOS padding); None: none.
+
+    All rows' inputs go through `completion_logprobs` together, in as few passes as `max_tokens`
+    allows; differentiable (wrap in torch.no_grad() when gradients are not needed).
+    """
+    completion_mask = completion_mask.bool()
+    B, L = completion.shape
+    dev = completion.device
+    n_b = completion_mask.sum(1).tolist()  # scored length per row
+    sizes = [(1 << n) - 1 for n in n_b]  # passes per row
+    if not sum(sizes):
+        return [torch.zeros(0, n, dtype=torch.float64, device=dev) for n in n_b]
+    # Every row's 2^n − 1 inputs, rows in order: input r of row b reveals the scored positions
+    # whose rank i (among the row's scored positions) is a bit of r; the others are masked.
+    counts = torch.tensor(sizes, device=dev)  # [B]
+    idx = torch.repeat_interleave(torch.arange(B, device=dev), counts)  # [N_total] row of each input
+    offset = torch.cumsum(counts, 0) - counts  # [B] first input of each row
+    r = torch.arange(len(idx), device=dev) - offset[idx]  # [N_total] reveal set, as a bitmask
+    rank = (completion_mask.long().cumsum(1) - 1).clamp_min(0)  # [B, L] rank among scored positions
+    revealed = ((r[:, None] >> rank[idx]) & 1).bool()  # [N_total, L]
+    masked = completion_mask[idx] & ~revealed
+    if hide is not None:
+        masked = masked | (hide.bool()[idx] & ~completion_mask[idx])
+    noised = torch.where(masked, denoiser.mask_id, completion[idx])
+    pm = None if prompt_mask is None else prompt_mask[idx]
+    # [N_total, 1, L] -> [N_total, L]: log p(o_k | o_R, c) at every completion position.
+    lp_all = completion_logprobs(denoiser, prompt[idx], pm, completion[idx],
+                                 noised[:, None, :], max_tokens)[:, 0].double()
+    out = []
+    for b, n in enumerate(n_b):
+        S = torch.nonzero(completion_mask[b])[:, 0]  # [n] scored positions
+        out.append(lp_all[int(offset[b]):int(offset[b]) + sizes[b]][:, S])  # [2^n − 1, n]
+    return out
+
+
 def exact_terms(denoiser, prompt: torch.Tensor, completion: torch.Tensor, completion_mask: torch.Tensor,
                 *, prompt_mask: torch.Tensor | None = None, max_len: int = 16,
                 max_tokens: int = 65536) -> dict:
@@ -137,38 +179,23 @@ def exact_terms(denoiser, prompt: torch.Tensor, completion: torch.Tensor, comple
                 f"max_len parameter (params: {{max_len: {n}}}) if that is affordable, or use a "
                 f"high-budget mc_elbo as the reference"
             )
-    sizes = [(1 << n) - 1 for n in n_b]  # passes per row
+    lp_rows = reveal_logprobs(denoiser, prompt, completion, completion_mask, prompt_mask=prompt_mask,
+                              max_tokens=max_tokens)
     log_p = torch.zeros(B, dtype=torch.float64, device=dev)
     elbo_per_token = torch.zeros(B, L, dtype=torch.float64, device=dev)
-    if sum(sizes):
-        # Every row's 2^n − 1 inputs, rows in order: input r of row b reveals the scored positions
-        # whose rank i (among the row's scored positions) is a bit of r; the others are masked.
-        counts = torch.tensor(sizes, device=dev)  # [B]
-        idx = torch.repeat_interleave(torch.arange(B, device=dev), counts)  # [N_total] row of each input
-        offset = torch.cumsum(counts, 0) - counts  # [B] first input of each row
-        r = torch.arange(len(idx), device=dev) - offset[idx]  # [N_total] reveal set, as a bitmask
-        rank = (completion_mask.long().cumsum(1) - 1).clamp_min(0)  # [B, L] rank among scored positions
-        revealed = ((r[:, None] >> rank[idx]) & 1).bool()  # [N_total, L]
-        noised = torch.where(completion_mask[idx] & ~revealed, denoiser.mask_id, completion[idx])
-        pm = None if prompt_mask is None else prompt_mask[idx]
-        # [N_total, 1, L] -> [N_total, L]: log p(o_k | o_R, c) at every completion position.
-        lp_all = completion_logprobs(denoiser, prompt[idx], pm, completion[idx],
-                                     noised[:, None, :], max_tokens)[:, 0].double()
-        for n in sorted(set(n_b) - {0}):
-            rows = torch.tensor([b for b, nb in enumerate(n_b) if nb == n], device=dev)  # [R]
-            N = (1 << n) - 1
-            S = torch.nonzero(completion_mask[rows])[:, 1].view(len(rows), n)  # [R, n] scored positions
-            inputs = offset[rows][:, None] + torch.arange(N, device=dev)  # [R, N]
-            lp = lp_all[inputs].gather(2, S[:, None, :].expand(len(rows), N, n))  # [R, N, n]
-            log_p = log_p.index_put((rows,), subset_log_p_rows(lp))
-            w = elbo_weights(n, device=dev)  # [N, n]
-            # Where i ∈ R the weight is 0, but lp is the (finite) score of a revealed token.
-            elbo_per_token = elbo_per_token.index_put((rows[:, None].expand_as(S), S), (w * lp).sum(1))
+    for n in sorted(set(n_b) - {0}):
+        rows = torch.tensor([b for b, nb in enumerate(n_b) if nb == n], device=dev)  # [R]
+        S = torch.nonzero(completion_mask[rows])[:, 1].view(len(rows), n)  # [R, n] scored positions
+        lp = torch.stack([lp_rows[b] for b in rows.tolist()])  # [R, N, n]
+        log_p = log_p.index_put((rows,), subset_log_p_rows(lp))
+        w = elbo_weights(n, device=dev)  # [N, n]
+        # Where i ∈ R the weight is 0, but lp is the (finite) score of a revealed token.
+        elbo_per_token = elbo_per_token.index_put((rows[:, None].expand_as(S), S), (w * lp).sum(1))
     return {
         "log_p": log_p,  # [B]
         "elbo": elbo_per_token.sum(1),  # [B]
         "elbo_per_token": elbo_per_token,
-        "n_passes": sum(sizes),
+        "n_passes": sum((1 << n) - 1 for n in n_b),
     }
 
 

@@ -27,6 +27,8 @@ from harness.registry import ESTIMATORS
 from harness.seeding import rand
 from harness.types import Estimate
 
+T_MIN = 1e-6  # t is clamped to >= T_MIN: the 1/t weight stays finite (exact moments read this)
+
 
 def draw_t(law: str, B: int, n: int, generator) -> torch.Tensor:
     """[B, n] mask ratios in (0, 1] for the continuous t-laws."""
@@ -36,7 +38,7 @@ def draw_t(law: str, B: int, n: int, generator) -> torch.Tensor:
     elif law == "antithetic":
         half = u[:, : (n + 1) // 2]
         u = torch.cat([half, 1 - half], 1)[:, :n]
-    return u.clamp_min(1e-6)
+    return u.clamp_min(T_MIN)
 
 
 def stratified_counts(t: torch.Tensor, length: torch.Tensor, group: int) -> torch.Tensor:
