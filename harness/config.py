@@ -46,9 +46,10 @@ NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 STUDY_KINDS = {"generate": "samplers", "likelihood": "estimators",
                "estimator_variance": "estimators", "exact_reference": "estimators",
                "gradient_variance": "estimators", "t_mask_decomposition": "estimators",
+               "exact_moments": "estimators",
                "rl": "algorithms"}  # rl: options are the loop's (harness/algorithms/loop.py LoopOptions)
 StudyKind = Literal["generate", "likelihood", "estimator_variance", "exact_reference",
-                    "gradient_variance", "t_mask_decomposition", "rl"]
+                    "gradient_variance", "t_mask_decomposition", "exact_moments", "rl"]
 assert set(typing.get_args(StudyKind)) == set(STUDY_KINDS)
 
 
@@ -92,7 +93,8 @@ class StudyOptions:
 
 # Which options each kind accepts (any other key is an error naming the kind).
 KIND_OPTIONS = {"t_mask_decomposition": ("masks_per_t",),
-                "estimator_variance": ("commit_order",), "gradient_variance": ("commit_order",)}
+                "estimator_variance": ("commit_order",), "gradient_variance": ("commit_order",),
+                "exact_moments": ("commit_order",)}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -434,7 +436,17 @@ def _check_kind(kind: str, comp: ComponentSpec, built, replicates: int, options:
                                f"replicates per item (its replicates), got {replicates}{capped}")
     elif kind == "estimator_variance" and comp.name == "exact":
         raise HarnessError(f"{where}.estimator: 'exact' is deterministic; use an 'exact_reference' study")
-    if comp.name == "trace" and kind in ("estimator_variance", "gradient_variance") \
+    elif kind == "exact_moments":  # issue 14: every estimator parameter must be covered, checked here
+        from harness.estimators.moments import check_covered
+
+        try:
+            check_covered(built, options)
+        except HarnessError as exc:
+            raise HarnessError(f"{where}.estimator: {exc}") from None
+        if replicates != 1:
+            raise HarnessError(f"{where}.replicates: an 'exact_moments' study is deterministic; "
+                               f"expected 1 replicate, got {replicates}")
+    if comp.name == "trace" and kind in ("estimator_variance", "gradient_variance", "exact_moments") \
             and options.get("commit_order") != "random":
         raise HarnessError(f"{where}.options.commit_order: the trace estimator scores along a decoding order; "
                            "with no sampler in this study set options: {commit_order: random}")

@@ -10,6 +10,8 @@ The estimator study (issue 3; statistics in harness/stats/estimators.py):
     study's `replicates`, run inside the unit: one record per item, replicate 0).
 `t_mask_decomposition`: per item, T values of t (the study's `replicates`, inside the unit) and
     K = options.masks_per_t masks per t for mc_elbo with n_mc = 1: one-way ANOVA of its variance.
+`exact_moments`: per item, the exact mean and variance of one estimator call (issue 14;
+    harness/estimators/moments), on the sequence scale of the other estimator records.
 The meter passed in counts everything; these functions never measure their own cost.
 """
 from __future__ import annotations
@@ -25,7 +27,7 @@ from harness.estimators.exact import exact_terms
 from harness.estimators.mc_elbo import draw_masks, draw_t
 from harness.prompting import PromptEncoder, prompting_record
 from harness.seeding import rand
-from harness.stats.estimators import GradientMoments, anova_components
+from harness.stats.estimators import TOKEN_MEAN_METRICS, GradientMoments, anova_components
 from harness.text import completion_mask, encode_completions, encode_prompts
 from harness.types import HarnessError
 
@@ -267,6 +269,39 @@ def rl_evaluate(denoiser, task, algorithm, batch: Batch) -> list[dict]:
     return generate(denoiser, task, SAMPLERS.build("low_confidence", {}), batch)
 
 
+@torch.no_grad()
+def exact_moments(denoiser, task, estimator, batch: Batch) -> list[dict]:
+    """Per item: exact mean, variance and its t / mask split of one call of the estimator, from one
+    cached table of forward passes per item (shared by every exact_moments cell of the run).
+    Per-token-mean estimators are put on the sequence scale (x L; variances x L²) like
+    stats.estimators.per_item does for the sampled values."""
+    from harness.estimators.moments import exact_moments as moments
+    from harness.estimators.moments import item_table
+
+    ids, pmask, completion, cmask = _reference(denoiser, task, batch.items)
+    metric = getattr(estimator, "metric", "log_likelihood")
+    token = metric in TOKEN_MEAN_METRICS or getattr(estimator, "scale", None) == "token"
+    out = []
+    for i in range(len(batch.items)):
+        table = item_table(denoiser, ids[i], pmask[i], completion[i], cmask[i],
+                           mask_padding=bool(getattr(estimator, "mask_padding", False)),
+                           max_tokens=getattr(estimator, "max_tokens", 65536))
+        m = moments(estimator, table, batch.options)
+        L = table.n
+        c = float(L) if token else 1.0
+        scaled = {k: (None if v is None else v * c * c) for k, v in
+                  (("var", m.var), ("var_within", m.var_within), ("var_between", m.var_between),
+                   ("var_unclamped", m.var_unclamped))}
+        nfe = estimator.expected_nfe(1) if hasattr(estimator, "expected_nfe") else (
+            L if metric == "trace" else (1 << L) - 1)
+        out.append({"outcome": {"metric": "exact_var", "value": scaled["var"]},
+                    "estimate": {"metric": metric, "mean": m.mean * c, **scaled, "draws": m.draws, "nfe": nfe,
+                                 "divergent": m.divergent, "truncation": m.truncation, "notes": m.notes,
+                                 "token_scale": token, "length": L, "exact_elbo": table.elbo(),
+                                 "passes": table.n_passes}})
+    return out
+
+
 STUDIES = {
     "generate": StudyKind(generate),
     "likelihood": StudyKind(likelihood),
@@ -274,5 +309,6 @@ STUDIES = {
     "exact_reference": StudyKind(exact_reference),
     "gradient_variance": StudyKind(gradient_variance, inner_replicates=True),
     "t_mask_decomposition": StudyKind(t_mask_decomposition, inner_replicates=True),
+    "exact_moments": StudyKind(exact_moments),
     "rl": StudyKind(rl_evaluate, train=rl_study.train, verify=rl_study.verify),
 }

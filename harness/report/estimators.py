@@ -10,10 +10,11 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from harness.report import exact_moments as XR
 from harness.report.format import figure_md, md_table, save_figure
 from harness.report.sections import register_section
 
-KINDS = ("estimator_variance", "exact_reference", "gradient_variance", "t_mask_decomposition")
+KINDS = ("estimator_variance", "exact_reference", "gradient_variance", "t_mask_decomposition", "exact_moments")
 FIGURES = ("estimators_variance_vs_nfe", "estimators_mse_vs_nfe", "estimators_bias", "estimators_ratio_spread")
 CAPTIONS = {
     "estimators_variance_vs_nfe": (
@@ -67,8 +68,10 @@ def analyse(records: list[dict]) -> dict:
     df = to_frame([r for r in records if r.get("kind") in KINDS])
     items = E.per_item(df)
     summary = E.summarize(items) if len(items) else items
+    exact = E.exact_table(df)
     return {
-        "exact": E.exact_table(df), "items": items, "summary": summary,
+        **XR.analyse(df, exact),
+        "exact": exact, "items": items, "summary": summary,
         "slopes": E.nfe_slopes(summary) if len(summary) else summary,
         "replay": E.replay_check(df), "spread": E.ratio_spread(df, seed=SEED),
         "decomposition": E.decomposition(df), "gradients": E.gradient_summary(df),
@@ -303,6 +306,8 @@ def render_section(records: list[dict], manifest: dict, run_dir: Path, out_dir: 
     cmd = (f"`dlm-harness run {manifest.get('suite_path')}{' --quick' if manifest.get('quick') else ''}` "
            f"then `dlm-harness report <run directory>` (this run: `dlm-harness report {run_dir}`)")
     figs = _figures(a, Path(out_dir)) if out_dir is not None else []
+    if out_dir is not None and XR.has_exact(a):
+        figs += XR.figures(a, Path(out_dir))
     n_items = len(a["exact"])
     out = ["## Estimator study\n",
            f"Ground truth: exact ELBO and exact log p of {n_items} items by enumerating all reveal sets "
@@ -311,11 +316,26 @@ def render_section(records: list[dict], manifest: dict, run_dir: Path, out_dir: 
            "per-token means (`uni_elbo`, `trace`) are multiplied by L (marked x L). Reproduce every statement "
            f"below with {cmd}.\n",
            "### Findings\n"]
-    for statement in (_one_step(a), _slopes(a), _shared(a), _decomposition(a), _coupled(a)):
+    if XR.has_exact(a):  # every finding with an exact counterpart is stated from exact values
+        sampled = {r["study"]: r for _, r in a["slopes"].iterrows()} if len(a["slopes"]) else {}
+        statements = (_one_step(a), XR.bias(a), XR.slopes(a, sampled), _shared(a), XR.decomposition(a),
+                      XR.coupled(a), XR.tails(a))
+    else:
+        statements = (_one_step(a), _slopes(a), _shared(a), _decomposition(a), _coupled(a))
+    for statement in statements:
         out.append(statement + "\n")
     for name in figs:
-        title, caption = CAPTIONS.get(name, (name, ""))
+        title, caption = {**CAPTIONS, **XR.CAPTIONS}.get(name, (name, ""))
         out.append(figure_md(name, title, caption))
+    if XR.has_exact(a):
+        out += ["### Exact moments beside sampled ones (issue 14)\n",
+                "Exact mean and variance of one estimator call (its n draws), per item by enumerating every reveal "
+                "set and integrating its t-law in closed form (harness/estimators/moments), mean over items; "
+                "`sampled` is the replicate variance of the matching estimator_variance cell on the same items.\n",
+                _md(XR.beside_rows(a)), "#### Every exact cell\n", _md(XR.exact_rows(a))]
+        if len(a["slopes"]) or len(a["decomposition"]) or len(a["coupled"]):
+            out += ["#### Sampled versions of the findings (replicates; read with the tail warnings)\n",
+                    _slopes(a) + "\n", _decomposition(a) + "\n", _coupled(a) + "\n"]
     out += ["### Exact reference\n", _md(_exact_rows(a)),
             "### Bias, variance, MSE and efficiency per cell\n", _md(_summary_rows(a)),
             "### Variance vs NFE per family\n",

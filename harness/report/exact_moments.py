@@ -1,0 +1,179 @@
+"""Exact moments in the estimator section (issue 14): statements, the exact-beside-sampled table,
+and two figures, from harness.stats.exact_moments. Every statement here is derived from exact
+values (no sampling error); sampled values appear beside them, with a warning where their
+replicates are too few for their tails.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from harness.report.markdown import save_figure
+
+FIGURES = ("estimators_exact_variance_vs_nfe", "estimators_exact_decomposition")
+
+
+def analyse(df, exact_table) -> dict:
+    from harness.stats import exact_moments as X
+
+    items = X.exact_items(df)
+    if len(items) and len(exact_table):
+        items["bias_log_p"] = items["mean"] - items["key"].map(exact_table["exact_log_p"])
+    summary = X.exact_summary(items)
+    if len(summary) and "bias_log_p" in items:
+        summary["bias_log_p"] = summary["cell_id"].map(items.groupby("cell_id")["bias_log_p"].mean())
+    return {"x_items": items, "x_summary": summary, "beside": X.beside(df, items),
+            "x_slopes": X.exact_slopes(summary), "x_decomp": X.exact_decomposition(summary),
+            "x_coupled": X.exact_coupled(summary)}
+
+
+def _f(x, digits: int = 3) -> str:
+    from harness.report.estimators import _f as f
+
+    return f(x, digits)
+
+
+def has_exact(a: dict) -> bool:
+    return len(a.get("x_summary", [])) > 0
+
+
+# -- statements -----------------------------------------------------------------------------------
+def slopes(a: dict, sampled: dict) -> str:
+    """`sampled`: study -> the sampled slope row (stats.estimators.nfe_slopes), to show beside."""
+    sl = a["x_slopes"]
+    lines = ["**Does variance fall as 1/NFE? (exact)** Exact variance of the n-draw estimator at each NFE of the "
+             "sweep (mean over items); slope from the first to the last point, and the range of var x NFE:"]
+    for _, r in sl.iterrows():
+        txt = (f"  - `{r['study']}` (NFE {r['nfe_min']:.0f}–{r['nfe_max']:.0f}, {r['points']} points): slope "
+               f"{_f(r['slope'], 4)}, var x NFE {_f(r['vxn_min'])}–{_f(r['vxn_max'])}: **{r['verdict']}**")
+        s = sampled.get(r["study"].removeprefix("exact-"))
+        if s is not None:
+            txt += f"; the sampled slope was {_f(s['slope'], 2)} [{_f(s['slope_lo'], 2)}, {_f(s['slope_hi'], 2)}]"
+        if r["divergent"]:
+            txt += f" (variance infinite without the clamp {r['truncation']})"
+        lines.append(txt)
+    return "\n".join(lines)
+
+
+def decomposition(a: dict) -> str:
+    d = a["x_decomp"]
+    if not len(d):
+        return "**t vs mask variance (exact)**: no one-draw exact cells with a t-law."
+    lines = ["**For the ELBO, does variance from sampling t dominate the mask variance? (exact)** One draw: "
+             "Var = E_t[Var(X | t)] (mask) + Var_t(E[X | t]) (t), integrated exactly over each estimator's "
+             "t-law (the count l for count laws), mean over items:"]
+    for _, r in d.iterrows():
+        lines.append(f"  - `{r['cell_id']}`: t part {_f(r['between'])}, mask part {_f(r['within'])}, "
+                     f"t share {_f(r['share'])}: **{r['verdict']}**")
+    return "\n".join(lines)
+
+
+def coupled(a: dict) -> str:
+    c = a["x_coupled"]
+    if not len(c):
+        return "**Coupled vs independent masks (exact)**: no matching exact cells at equal NFE."
+    lines = ["**Coupled vs independent masks at equal NFE (exact)**: exact Var(`coupled`, include_full false, "
+             "scale elbo) / exact Var(`mc_elbo`), means over items:"]
+    for _, r in c.iterrows():
+        word = "coupling lowers the variance" if r["ratio"] < 1 else "coupling raises the variance"
+        lines.append(f"  - NFE {r['nfe']} vs t-law `{r['t_law']}`: {_f(r['ratio'])}: {word}")
+    return "\n".join(lines)
+
+
+def bias(a: dict) -> str:
+    s = a["x_summary"]
+    top = s.sort_values("nfe").groupby("study", sort=False).tail(1)
+    lines = ["**Bias (exact)**: exact mean minus exact ELBO (and minus exact log p), nats per sequence, mean "
+             "over items; an unbiased ELBO estimator shows 0 up to rounding:"]
+    for _, r in top.iterrows():
+        lp = f", vs log p {_f(r['bias_log_p'])}" if "bias_log_p" in r and not _nan(r["bias_log_p"]) else ""
+        lines.append(f"  - `{r['study']}`: vs ELBO {_f(r['bias_elbo'])}{lp}")
+    return "\n".join(lines)
+
+
+def tails(a: dict) -> str:
+    b = a["beside"]
+    if not len(b):
+        return ""
+    flagged = b[b["heavy_tail"]]
+    lines = [f"**Sampled variances against exact ones**: {len(b)} sampled cells have exact counterparts; the "
+             f"sampled / exact variance ratio ranges {_f(b['ratio'].min())}–{_f(b['ratio'].max())} "
+             f"(median {_f(b['ratio'].median())})."]
+    if len(flagged):
+        lines.append(f"  **Warning, heavy tails**: {len(flagged)} sampled cells have a sample kurtosis that puts "
+                     "the relative SE of their sampled variance, sqrt((κ − 1)/R), above 0.3 (n_eff = 2R/(κ − 1) "
+                     "normal-equivalent replicates; the sample kurtosis itself understates an unsampled tail):")
+        for _, r in flagged.sort_values("kurtosis", ascending=False).iterrows():
+            lines.append(f"  - `{r['cell_id']}`: κ {_f(r['kurtosis'], 1)}, R {r['R']}, n_eff {_f(r['n_eff'], 1)}; "
+                         f"sampled var {_f(r['sampled_var'])} vs exact {_f(r['exact_var'])} "
+                         f"(x{_f(r['ratio'], 2)})")
+    return "\n".join(lines)
+
+
+def _nan(x) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x))
+
+
+# -- tables ---------------------------------------------------------------------------------------
+def beside_rows(a: dict) -> list[dict]:
+    b = a["beside"]
+    return [{"cell": r["cell_id"], "NFE": _f(r["nfe"], 1), "items x R": f"{r['n_items']} x {r['R']}",
+             "exact bias vs ELBO": _f(r["exact_bias"]), "sampled bias": _f(r["sampled_bias"]),
+             "exact var": _f(r["exact_var"]), "sampled var": _f(r["sampled_var"]), "sampled/exact": _f(r["ratio"], 2),
+             "sample κ": _f(r["kurtosis"], 1), "n_eff": _f(r["n_eff"], 1),
+             "tails": "WARNING" if r["heavy_tail"] else "ok"} for _, r in b.iterrows()]
+
+
+def exact_rows(a: dict) -> list[dict]:
+    rows = []
+    for _, r in a["x_summary"].iterrows():
+        name, params = json.loads(r["match"])
+        rows.append({"cell": r["cell_id"], "NFE": _f(r["nfe"], 1), "items": r["n_items"],
+                     "mean − ELBO": _f(r["bias_elbo"]), "var": _f(r["var"]), "var x NFE": _f(r["var_x_nfe"]),
+                     "t part": _f(r["between"]), "mask part": _f(r["within"]),
+                     "finite only through": r["truncation"] or "—"})
+    return rows
+
+
+# -- figures --------------------------------------------------------------------------------------
+def figures(a: dict, out_dir: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import seaborn as sns
+
+    s = a["x_summary"]
+    made = []
+    multi = s[s.groupby("study")["nfe"].transform("nunique") > 1] if len(s) else s
+    if len(multi):
+        fig, ax = plt.subplots(figsize=(8.5, 5.2))
+        fams = list(dict.fromkeys(multi["study"]))
+        palette = dict(zip(fams, sns.color_palette("husl", len(fams))))
+        for fam, g in multi.groupby("study", sort=False):
+            g = g[g["var"] > 0].sort_values("nfe")
+            ax.plot(g["nfe"], g["var"], marker="o", color=palette[fam], label=fam.removeprefix("exact-"))
+        x = np.array([multi["nfe"].min(), multi["nfe"].max()])
+        top = float(multi.loc[multi["nfe"] == multi["nfe"].min(), "var"].max())
+        ax.plot(x, top * x[0] / x, "k--", lw=1, label="1/NFE guide")
+        ax.set(xscale="log", yscale="log", xlabel="NFE per sequence", ylabel="exact variance (mean over items)",
+               title="exact variance vs NFE")
+        ax.legend(fontsize=6, bbox_to_anchor=(1.02, 1), loc="upper left")
+        made.append(save_figure(fig, out_dir, "estimators_exact_variance_vs_nfe"))
+    d = a["x_decomp"]
+    if len(d):
+        fig, ax = plt.subplots(figsize=(8, 0.4 * len(d) + 1.6))
+        y = np.arange(len(d))
+        total = (d["between"] + d["within"]).to_numpy(float)
+        ax.barh(y, d["between"] / total, color=sns.color_palette()[0], label="t part: Var_t E[X | t]")
+        ax.barh(y, d["within"] / total, left=d["between"] / total, color=sns.color_palette()[1],
+                label="mask part: E_t Var(X | t)")
+        for yi, tot in zip(y, total):
+            ax.text(1.01, yi, f"Var {tot:.3g}", va="center", fontsize=7)
+        ax.set(yticks=y, yticklabels=[c.removeprefix("exact-") for c in d["cell_id"]], xlim=(0, 1.2),
+               xlabel="share of the exact variance of one draw (mean over items)")
+        ax.legend(fontsize=7, loc="lower right")
+        made.append(save_figure(fig, out_dir, "estimators_exact_decomposition"))
+    return made
