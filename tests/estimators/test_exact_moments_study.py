@@ -34,11 +34,32 @@ studies:
     task: add
     estimator: {{name: mc_elbo, params: {{t_law: iid}}}}
     sweep: {{estimator.params.n_mc: [1, 2, 4]}}
-  - {{id: exact-count, kind: exact_moments, model: tiny, task: add, estimator: {{name: mc_elbo, params: {{t_law: count, n_mc: 1}}}}}}
-  - {{id: exact-antithetic, kind: exact_moments, model: tiny, task: add, estimator: {{name: mc_elbo, params: {{t_law: antithetic, n_mc: 2}}}}}}
-  - {{id: exact-coupled, kind: exact_moments, model: tiny, task: add, estimator: {{name: coupled, params: {{include_full: false, scale: elbo}}}}}}
-  - {{id: exact-trace, kind: exact_moments, model: tiny, task: add, estimator: {{name: trace}}, options: {{commit_order: random}}}}
-  - {{id: exact-one_step, kind: exact_moments, model: tiny, task: add, estimator: {{name: one_step, params: {{p_prompt: 0.15}}}}}}
+  - id: exact-count
+    kind: exact_moments
+    model: tiny
+    task: add
+    estimator: {{name: mc_elbo, params: {{t_law: count, n_mc: 1}}}}
+  - id: exact-antithetic
+    kind: exact_moments
+    model: tiny
+    task: add
+    estimator: {{name: mc_elbo, params: {{t_law: antithetic, n_mc: 2}}}}
+  - id: exact-coupled
+    kind: exact_moments
+    model: tiny
+    task: add
+    estimator: {{name: coupled, params: {{include_full: false, scale: elbo}}}}
+  - id: exact-trace
+    kind: exact_moments
+    model: tiny
+    task: add
+    estimator: {{name: trace}}
+    options: {{commit_order: random}}
+  - id: exact-one_step
+    kind: exact_moments
+    model: tiny
+    task: add
+    estimator: {{name: one_step, params: {{p_prompt: 0.15}}}}
 """
 
 
