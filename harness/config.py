@@ -85,16 +85,18 @@ class StudyOptions:
     commit_order  estimator_variance / gradient_variance: "random" draws a uniformly random reveal
                   order per unit from its generator and passes it as draws={"commit_step": ...}
                   (what the `trace` estimator scores along); "none" passes no draws.
+    gradients     exact_moments: also the exact gradient moments (tr Cov, bias vs ∇ELBO), L <= 8.
     """
 
     masks_per_t: int | None = None
     commit_order: Literal["none", "random"] = "none"
+    gradients: bool = False
 
 
 # Which options each kind accepts (any other key is an error naming the kind).
 KIND_OPTIONS = {"t_mask_decomposition": ("masks_per_t",),
                 "estimator_variance": ("commit_order",), "gradient_variance": ("commit_order",),
-                "exact_moments": ("commit_order",)}
+                "exact_moments": ("commit_order", "gradients")}
 
 
 @dataclass(frozen=True, kw_only=True)

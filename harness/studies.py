@@ -287,6 +287,7 @@ def exact_moments(denoiser, task, estimator, batch: Batch) -> list[dict]:
                            mask_padding=bool(getattr(estimator, "mask_padding", False)),
                            max_tokens=getattr(estimator, "max_tokens", 65536))
         m = moments(estimator, table, batch.options)
+        grad = _exact_gradients(denoiser, estimator, table, batch.options) if batch.options.get("gradients") else None
         L = table.n
         c = float(L) if token else 1.0
         scaled = {k: (None if v is None else v * c * c) for k, v in
@@ -298,8 +299,19 @@ def exact_moments(denoiser, task, estimator, batch: Batch) -> list[dict]:
                     "estimate": {"metric": metric, "mean": m.mean * c, **scaled, "draws": m.draws, "nfe": nfe,
                                  "divergent": m.divergent, "truncation": m.truncation, "notes": m.notes,
                                  "token_scale": token, "length": L, "exact_elbo": table.elbo(),
-                                 "passes": table.n_passes}})
+                                 "passes": table.n_passes, **({"grad": grad} if grad else {})}})
     return out
+
+
+def _exact_gradients(denoiser, estimator, table, options) -> dict:
+    """Exact gradient moments of one call (moments/gradients.py); the Gram matrix of the masked-set
+    gradients is computed once per table and kept on it."""
+    from harness.estimators.moments.gradients import gradient_moments, masked_set_grads
+
+    if getattr(table, "grad_gram", None) is None:
+        with trainable(_module(denoiser)) as params:
+            table.grad_gram = masked_set_grads(denoiser, table, params)
+    return gradient_moments(estimator, table, table.grad_gram, options)
 
 
 STUDIES = {

@@ -333,6 +333,9 @@ def render_section(records: list[dict], manifest: dict, run_dir: Path, out_dir: 
                 "set and integrating its t-law in closed form (harness/estimators/moments), mean over items; "
                 "`sampled` is the replicate variance of the matching estimator_variance cell on the same items.\n",
                 _md(XR.beside_rows(a)), "#### Every exact cell\n", _md(XR.exact_rows(a))]
+        if len(a["x_grad"]):
+            out += ["#### Exact gradient moments (tr Cov of the estimator's parameter gradient; bias vs the exact "
+                    "∇ELBO)\n", _md(XR.gradient_rows(a))]
         if len(a["slopes"]) or len(a["decomposition"]) or len(a["coupled"]):
             out += ["#### Sampled versions of the findings (replicates; read with the tail warnings)\n",
                     _slopes(a) + "\n", _decomposition(a) + "\n", _coupled(a) + "\n"]

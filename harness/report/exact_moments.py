@@ -25,7 +25,7 @@ def analyse(df, exact_table) -> dict:
         summary["bias_log_p"] = summary["cell_id"].map(items.groupby("cell_id")["bias_log_p"].mean())
     return {"x_items": items, "x_summary": summary, "beside": X.beside(df, items),
             "x_slopes": X.exact_slopes(summary), "x_decomp": X.exact_decomposition(summary),
-            "x_coupled": X.exact_coupled(summary)}
+            "x_coupled": X.exact_coupled(summary), "x_grad": X.gradients_beside(df)}
 
 
 def _f(x, digits: int = 3) -> str:
@@ -123,6 +123,15 @@ def beside_rows(a: dict) -> list[dict]:
              "exact var": _f(r["exact_var"]), "sampled var": _f(r["sampled_var"]), "sampled/exact": _f(r["ratio"], 2),
              "sample κ": _f(r["kurtosis"], 1), "n_eff": _f(r["n_eff"], 1),
              "tails": "WARNING" if r["heavy_tail"] else "ok"} for _, r in b.iterrows()]
+
+
+def gradient_rows(a: dict) -> list[dict]:
+    g = a["x_grad"]
+    return [{"cell": r["cell_id"], "NFE": _f(r["nfe"], 1), "items": r["n_items"],
+             "exact tr Cov(∇X)": _f(r["exact_trace"]), "sampled tr Cov": _f(r["sampled_trace"]),
+             "sampled cell (R_g)": f"{r['sampled_cell']} ({r['R_g']})" if r["sampled_cell"] else "—",
+             "exact ‖E∇X − ∇ELBO‖²": _f(r["exact_bias_sq"]), "‖∇ELBO‖": _f(r["elbo_grad_norm"])}
+            for _, r in g.iterrows()]
 
 
 def exact_rows(a: dict) -> list[dict]:

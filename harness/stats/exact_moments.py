@@ -45,6 +45,8 @@ def exact_items(df):
     import pandas as pd
 
     ex = _ok(df, "exact_moments")
+    if "estimate.grad.trace_cov" in ex:  # gradient cells repeat other cells' moments: see gradients_beside
+        ex = ex[ex["estimate.grad.trace_cov"].isna()]
     if ex.empty:
         return pd.DataFrame()
     out = pd.DataFrame({
@@ -201,4 +203,35 @@ def exact_coupled(summary):
                 if mn == "mc_elbo" and mp.get("t_law") == law and m["nfe"] == c["nfe"]:
                     rows.append({"nfe": int(c["nfe"]), "coupled": c["cell_id"], "independent": m["cell_id"],
                                  "t_law": law, "ratio": c["var"] / m["var"] if m["var"] > 0 else math.nan})
+    return pd.DataFrame(rows)
+
+
+def gradients_beside(df):
+    """Exact gradient moments (exact_moments cells with options.gradients) beside the sampled
+    gradient_variance cells of the same estimator and parameters, on the same items: tr Cov(∇X),
+    and the squared bias of E∇X against the exact ∇ELBO (exact) vs of the sampled mean gradient."""
+    import pandas as pd
+
+    ex = _ok(df, "exact_moments")
+    if ex.empty or "estimate.grad.trace_cov" not in ex:
+        return pd.DataFrame()
+    ex = ex[ex["estimate.grad.trace_cov"].notna()]
+    ex = ex.assign(match=_params_key(ex), key=_item_key(ex))
+    gv = _ok(df, "gradient_variance")
+    gv = gv.assign(match=_params_key(gv), key=_item_key(gv)) if len(gv) else gv
+    rows = []
+    for cell, g in ex.groupby("cell_id", sort=False):
+        row = {"cell_id": cell, "study": g["study"].iloc[0], "nfe": float(g["estimate.nfe"].mean()),
+               "n_items": len(g), "exact_trace": float(g["estimate.grad.trace_cov"].mean()),
+               "exact_bias_sq": float(g["estimate.grad.bias_sq"].mean()),
+               "elbo_grad_norm": float(g["estimate.grad.elbo_grad_norm"].mean()),
+               "sampled_cell": "", "sampled_trace": math.nan, "R_g": 0}
+        if len(gv):
+            s = gv[(gv["match"] == g["match"].iloc[0]) & gv["key"].isin(set(g["key"]))]
+            if len(s):
+                keys = set(s["key"])
+                row.update(sampled_cell=s["cell_id"].iloc[0], sampled_trace=float(s["estimate.trace_cov"].mean()),
+                           R_g=int(s["estimate.R"].min()),
+                           exact_trace=float(g[g["key"].isin(keys)]["estimate.grad.trace_cov"].mean()))
+        rows.append(row)
     return pd.DataFrame(rows)

@@ -55,6 +55,18 @@ studies:
     task: add
     estimator: {{name: trace}}
     options: {{commit_order: random}}
+  - id: grad
+    kind: gradient_variance
+    model: tiny
+    task: add
+    estimator: {{name: mc_elbo, params: {{t_law: count, n_mc: 1}}}}
+    replicates: 3
+  - id: exact-grad
+    kind: exact_moments
+    model: tiny
+    task: add
+    estimator: {{name: mc_elbo, params: {{t_law: count, n_mc: 1}}}}
+    options: {{gradients: true}}
   - id: exact-one_step
     kind: exact_moments
     model: tiny
@@ -73,7 +85,7 @@ def test_exact_records(run):
     recs = read_records(run)
     assert all(r["status"] == "ok" for r in recs), [r["error"] for r in recs if r["error"]][:1]
     ex = [r for r in recs if r["kind"] == "exact_moments"]
-    assert len(ex) == (3 + 5) * 3 and {r["replicate"] for r in ex} == {0}
+    assert len(ex) == (3 + 6) * 3 and {r["replicate"] for r in ex} == {0}
     ref = {r["item_hash"]: r["estimate"]["elbo"] for r in recs if r["kind"] == "exact_reference"}
     by = {(r["cell_id"], r["item_hash"]): r["estimate"] for r in ex}
     for (cell, item), e in by.items():
@@ -116,7 +128,7 @@ def test_report_shows_exact_values_and_derives_findings_from_them(run, tmp_path)
     assert "Exact moments beside sampled ones" in text
     assert "Does variance fall as 1/NFE? (exact)" in text and "exactly 1/NFE" in text
     assert "(exact)** One draw" in text and "Coupled vs independent masks at equal NFE (exact)" in text
-    assert "finite only through" in text
+    assert "finite only through" in text and "Exact gradient moments" in text
     for fig in ("estimators_exact_variance_vs_nfe", "estimators_exact_decomposition"):
         assert (index.parent / f"{fig}.png").is_file()
 
@@ -135,6 +147,14 @@ studies:
 """
     with pytest.raises(HarnessError, match=match):
         plan(load_suite(write_suite(tmp_path, text)))
+
+
+def test_exact_gradients_beside_sampled(run):
+    g = X.gradients_beside(to_frame(read_records(run)))
+    assert list(g["cell_id"]) == ["exact-grad"] and g.iloc[0]["sampled_cell"] == "grad"
+    r = g.iloc[0]
+    assert r["exact_trace"] > 0 and r["exact_bias_sq"] < 1e-9 * r["elbo_grad_norm"] ** 2  # unbiased for ∇ELBO
+    assert 0 < r["sampled_trace"] and r["R_g"] == 3
 
 
 def test_kurtosis_and_tail_flag():

@@ -38,9 +38,10 @@ def g_polys(table) -> tuple[TPoly, TPoly]:
     return g1, g2
 
 
-def law_moments(law: TLaw, g1: TPoly, g2: TPoly) -> tuple[float, float, float, float]:
-    """(mean, var, within = E_t[g2 − g1²], between = Var_t g1) of one draw with t ~ law."""
-    m1, e11, m2 = law.expect(g1), law.expect(g1 * g1), law.expect(g2)
+def law_moments(law: TLaw, g1: TPoly, g2: TPoly, g11: TPoly | None = None) -> tuple[float, float, float, float]:
+    """(mean, var, within = E_t[g2 − g1²], between = Var_t g1) of one draw with t ~ law
+    (g11 = g1·g1, when the caller has it already)."""
+    m1, e11, m2 = law.expect(g1), law.expect(g1 * g1 if g11 is None else g11), law.expect(g2)
     within, between = m2 - e11, e11 - m1 * m1
     return m1, within + between, within, between
 
@@ -73,17 +74,18 @@ def mc_elbo(est, table, options) -> Moments:
         mean, var, w, b = combine([(m1, within + between, within, between)] * N, 1.0 / N)
         return Moments(mean, var, w, b, draws=N, notes=["l ~ U{1..L}, weight L/l: no t, the count l plays its role"])
     g1, g2 = g_polys(table)
+    g11 = g1 * g1
     if est.t_law == "iid":
         law = clamped_uniform(0.0, 1.0, eps, None, "t ~ U(0, 1)")
-        mean, var, w, b = combine([law_moments(law, g1, g2)] * N, 1.0 / N)
+        mean, var, w, b = combine([law_moments(law, g1, g2, g11)] * N, 1.0 / N)
     elif est.t_law == "stratified":
         laws = [clamped_uniform(i / N, (i + 1) / N, eps, None, f"t ~ U({i}/{N}, {i + 1}/{N})") for i in range(N)]
-        mean, var, w, b = combine([law_moments(lw, g1, g2) for lw in laws], 1.0 / N)
+        mean, var, w, b = combine([law_moments(lw, g1, g2, g11) for lw in laws], 1.0 / N)
         law = laws[0]
     else:  # antithetic: draws (u_j, 1 − u_j) for j < N − ⌈N/2⌉, plus one unpaired u when N is odd
         law = clamped_uniform(0.0, 1.0, eps, None, "t ~ U(0, 1)")
-        m1, v1, w1, b1 = law_moments(law, g1, g2)
-        e11 = law.expect(g1 * g1)
+        m1, v1, w1, b1 = law_moments(law, g1, g2, g11)
+        e11 = law.expect(g11)
         cross = 2 * g1(eps) * g1.integral(1 - eps, 1.0) + (g1 * g1.reflect()).integral(eps, 1 - eps)
         pair_between = 2 * e11 + 2 * cross - 4 * m1 * m1  # Var_u[g1(t(u)) + g1(t(1 − u))]
         k = (N + 1) // 2

@@ -23,6 +23,7 @@ from harness.types import HarnessError
 
 MAX_PROMPT_BITS = 10  # prompt-masking estimators: 2^P prompt subsets are enumerated up to P = 10
 MAX_PASSES = 2 ** 20  # refuse a table that needs more forward passes than this
+MAX_PROMPT_PASSES = 2 ** 16  # SPG with prompt masking: 2^P·(2^n − 1) passes, e.g. P = 8 with n <= 8
 _CACHE: OrderedDict = OrderedDict()
 _CACHE_SIZE = 64
 
@@ -58,6 +59,7 @@ class ItemTable:
     lp: np.ndarray = field(init=False)
     n_passes: int = field(init=False, default=0)
     _prompt: dict = field(init=False, default_factory=dict)
+    grad_gram: object = field(init=False, default=None)  # moments/gradients.py: Gram of ∇A(M), on demand
 
     def __post_init__(self):
         self.n = int(self.completion_mask.sum())
@@ -144,10 +146,10 @@ class ItemTable:
         if "all" not in self._prompt:
             Q = self.prompt_subsets(who)
             need = len(Q) * self.full
-            if need > MAX_PASSES:
+            if need > MAX_PROMPT_PASSES:
                 raise HarnessError(f"exact moments of {who}: prompt masking times completion masks needs "
-                                   f"{len(Q)} x {self.full} = {need} forward passes, more than {MAX_PASSES}; "
-                                   "set p_prompt: 0 for an exact study")
+                                   f"{len(Q)} x {self.full} = {need} forward passes, more than "
+                                   f"{MAX_PROMPT_PASSES}; set p_prompt: 0 for an exact study of longer items")
             dev = self.completion.device
             prompts = torch.where(Q.to(dev), self.denoiser.mask_id, self.prompt[None])  # [2^P, P]
             k = len(Q)
