@@ -17,6 +17,13 @@ NFE × batch sequences through the model. Per-row generators, as the runner uses
 
     python benchmarks/estimators.py            # NFE 16 per sequence, batch 32, 2 threads
     python benchmarks/estimators.py --quick    # NFE 8, batch 16, fewer repeats (a smoke run)
+    python benchmarks/estimators.py --exact    # exact moments (issue 14): 12 items, L = 12, target <= 5 min
+
+`--exact` times harness/estimators/moments: every registered masked estimator at the NFE points of
+suites/estimators.yaml on 12 items of 12 scored tokens (a random tiny model with the tiny-addition
+checkpoint's architecture, widened to 20 positions: the checkpoint itself holds 13), the forward
+passes cached once per item (4095 per item) and reused by every configuration. SPG with prompt
+masking would need 2^8 x 4095 passes per item (refused above 2^16), so SPG runs at p_prompt 0.
 """
 from __future__ import annotations
 
@@ -111,7 +118,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--only", default=None, help="comma-separated labels or names to run")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--exact", action="store_true", help="time exact moments (issue 14) instead")
     args = ap.parse_args()
+    if args.exact:
+        torch.set_num_threads(args.threads)
+        return exact_bench(n_items=6 if args.quick else 12)
     nfe = args.nfe or (8 if args.quick else 16)
     B = args.batch or (16 if args.quick else 32)
     repeats = args.repeats or (3 if args.quick else 11)
@@ -217,6 +228,70 @@ def main() -> None:
              if any(r["noisy"] for r in rows) else ""))
     if not all(math.isfinite(r["ratio"]) for r in rows):
         raise SystemExit("non-finite timing")
+
+
+SWEEP = [1, 2, 4, 8, 16, 32, 64, 128]
+
+
+def exact_specs() -> list[tuple[str, str, dict, dict]]:
+    """(label, name, params, study options) of every masked estimator at the suite's sweep points."""
+    out = [(f"mc_elbo[{law}]", "mc_elbo", {"t_law": law, "n_mc": n}, {})
+           for law in ("iid", "stratified", "antithetic", "count") for n in SWEEP]
+    out += [("coupled[elbo]", "coupled", {"include_full": False, "scale": "elbo", "n_mc": n}, {}) for n in SWEEP[:-1]]
+    out += [("coupled[paper]", "coupled", {}, {})]
+    out += [("one_step", "one_step", {"p_prompt": 0.15, "n_mc": n}, {}) for n in SWEEP]
+    out += [("uni_elbo", "uni_elbo", {}, {})]
+    out += [("quadrature[bernoulli]", "quadrature_elbo", {"mask_law": "bernoulli", "k_masks": k}, {})
+            for k in SWEEP[:-1]]
+    out += [("quadrature[count]", "quadrature_elbo", {"mask_law": "count", "k_masks": k}, {}) for k in (1, 2)]
+    out += [("complementary_elbo", "complementary_elbo", {"n_mc": n}, {}) for n in SWEEP[:-1]]
+    out += [("block_elbo[p_prompt 0]", "block_elbo", {"m": m, "p_prompt": 0.0}, {}) for m in SWEEP]
+    out += [(f"{n}[p_prompt 0]", n, {"m": 1, "p_prompt": 0.0}, {}) for n in ("eubo", "mix")]
+    out += [("trace[random order]", "trace", {}, {"commit_order": "random"})]
+    out += [(f"exact[{t}]", "exact", {"target": t}, {}) for t in ("elbo", "log_p")]
+    return out
+
+
+def exact_bench(n_items: int = 12, L: int = 12, target_s: float = 300.0) -> None:
+    from harness.estimators.moments import clear_cache, exact_moments, item_table
+    from harness.models.tiny import TinyConfig, TinyDenoiser, TinyMDLM, load_checkpoint, resolve_checkpoint
+
+    _, tok, config = load_checkpoint(resolve_checkpoint("tiny-addition"))
+    cfg = TinyConfig(**{**config["model"], "max_len": 8 + L})
+    den = TinyDenoiser(TinyMDLM(cfg, generator=torch.Generator().manual_seed(0)).eval(), tok)
+    task = TASKS.build("addition", {"n_digits": 3})
+    items = task.items("test")[:n_items]
+    prompt, pmask = encode_prompts(tok, [it.prompt for it in items], den.pad_id)  # [B, 8]
+    # completions of exactly L scored tokens: the reference digits repeated, then EOS
+    texts = [(it.reference * L)[: L - 1] for it in items]
+    completion = encode_completions(tok, texts, L, den.eos_id)  # [B, L]
+    cmask = completion_mask(completion, den.eos_id)
+    assert int(cmask.sum(1).min()) == L, "every item should score L tokens"
+    specs = exact_specs()
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}; {n_items} items, P={prompt.shape[1]}, "
+          f"L={L} scored tokens ({(1 << L) - 1} reveal-set passes per item); {len(specs)} estimator configurations")
+    clear_cache()
+    start, cpu0 = time.perf_counter(), time.process_time()
+    per_label: dict[str, float] = {}
+    meter = Meter(den)
+    for b in range(n_items):
+        t0 = time.perf_counter()
+        tab = item_table(meter, prompt[b], pmask[b], completion[b], cmask[b], max_tokens=8192)
+        per_label["table (forward passes)"] = per_label.get("table (forward passes)", 0.0) + time.perf_counter() - t0
+        for label, name, params, options in specs:
+            t0 = time.perf_counter()
+            exact_moments(ESTIMATORS.build(name, params), tab, options)
+            per_label[label] = per_label.get(label, 0.0) + time.perf_counter() - t0
+        print(f"  item {b + 1}/{n_items}: {time.perf_counter() - start:.1f} s wall, "
+              f"{time.process_time() - cpu0:.1f} s CPU so far", flush=True)
+    total, cpu = time.perf_counter() - start, time.process_time() - cpu0
+    for label, sec in per_label.items():
+        print(f"  {label:28s} {sec:8.2f} s")
+    print(f"meter: {meter.cost.nfe:.0f} forward passes in all ({meter.cost.nfe / n_items:.0f} per item: the "
+          f"reveal sets once, plus one_step's 2^8 prompt subsets)")
+    print(f"exact moments of {len(specs)} configurations on {n_items} items: {total:.1f} s wall, {cpu:.1f} s CPU "
+          f"over {torch.get_num_threads()} threads (target <= {target_s:.0f} s wall on 2 free cores): "
+          f"{'yes' if total <= target_s else 'NO'}{'' if cpu < 1.5 * total else ''}")
 
 
 if __name__ == "__main__":
