@@ -343,3 +343,21 @@ def test_gradient_trace_matches_sampled_gradients(small):
     se = b.std(ddof=1) / math.sqrt(BLOCKS)
     assert abs(b.mean() - res["trace_cov"]) <= 5 * se, (b.mean(), res["trace_cov"], se)
     assert res["bias_sq"] == pytest.approx(0.0, abs=1e-9 * res["elbo_grad_norm"] ** 2)  # unbiased for ∇ELBO
+
+
+def test_reproduces_the_reviewers_numbers():
+    """Issue 14's independent check on the default tiny-addition checkpoint (3-digit addition, test
+    item 1): exact variance of one mc_elbo draw 84.25 (iid t, 1/t weight, t >= 1e-6), 5.15 for the
+    count law; the exact mean of both is the exact ELBO."""
+    from harness.registry import MODELS, TASKS
+    from harness.text import completion_mask, encode_completions, encode_prompts
+
+    d = MODELS.build("tiny", {"checkpoint": "tiny-addition"}).load()
+    task = TASKS.build("addition", {"n_digits": 3})
+    item = task.items("test")[1]
+    p, pm = encode_prompts(d.tokenizer, [item.prompt], d.pad_id)
+    c = encode_completions(d.tokenizer, [item.reference], task.gen_length, d.eos_id)
+    tab = item_table(d, p[0], pm[0], c[0], completion_mask(c, d.eos_id)[0])
+    iid, count = (exact_moments(MCElbo(n_mc=1, t_law=law), tab) for law in ("iid", "count"))
+    assert round(iid.var, 2) == 84.25 and round(count.var, 2) == 5.15
+    assert iid.mean == pytest.approx(tab.elbo(), abs=1e-4) and count.mean == pytest.approx(tab.elbo(), abs=1e-9)
