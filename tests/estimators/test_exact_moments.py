@@ -361,3 +361,28 @@ def test_reproduces_the_reviewers_numbers():
     iid, count = (exact_moments(MCElbo(n_mc=1, t_law=law), tab) for law in ("iid", "count"))
     assert round(iid.var, 2) == 84.25 and round(count.var, 2) == 5.15
     assert iid.mean == pytest.approx(tab.elbo(), abs=1e-4) and count.mean == pytest.approx(tab.elbo(), abs=1e-9)
+
+
+@pytest.mark.parametrize("p,q,a,b", [(-1, 3, 0.01, 0.7), (-2, 2, 0.1, 0.9), (-1, -1, 0.2, 0.6), (2, -1, 0.1, 0.95),
+                                     (3, 4, 0.0, 1.0), (0, -2, 0.3, 0.999), (-1, 11, 1e-6, 1.0)])
+def test_closed_form_integrals_match_quadrature(p, q, a, b):
+    from scipy import integrate
+
+    from harness.estimators.moments.tlaw import int_pq
+
+    ref = integrate.quad(lambda t: t ** p * (1 - t) ** q, a, b, epsabs=1e-13, epsrel=1e-12, limit=200,
+                         points=[a * 10] if a > 0 else None)[0]
+    assert int_pq(p, q, a, b) == pytest.approx(ref, rel=1e-9)
+
+
+def test_diverging_integrals_are_infinite_and_tpoly_algebra():
+    from harness.estimators.moments.tlaw import TPoly, clamped_uniform, int_pq
+
+    assert int_pq(-1, 4, 0.0, 0.5) == math.inf and int_pq(2, -1, 0.5, 1.0) == math.inf
+    f = TPoly.zeros(4).add_term(2.0, 1, 2).add_term(-1.0, 0, 3)  # 2t(1−t)² − (1−t)³
+    for t in (0.1, 0.37, 0.9):
+        assert f(t) == pytest.approx(2 * t * (1 - t) ** 2 - (1 - t) ** 3)
+        assert f.reflect()(t) == pytest.approx(f(1 - t)) and (f * f)(t) == pytest.approx(f(t) ** 2)
+    law = clamped_uniform(0.0, 1.0, 0.05, None, "t")
+    assert law.total() == pytest.approx(1.0) and law.atoms == ((0.05, 0.05),)
+    assert law.unclamped().expect(f) == pytest.approx(f.integral(0.0, 1.0))
