@@ -153,13 +153,16 @@ def exact_slopes(summary):
         slope = math.log(b["var"] / a["var"]) / math.log(b["nfe"] / a["nfe"])
         vx = g["var_x_nfe"].to_numpy(float)
         spread = float(vx.max() / vx.min() - 1)
+        change = float(vx[-1] / vx[0] - 1)  # var x NFE from the first NFE point to the last
         if spread <= EXACT_TOL:
             word = "exactly 1/NFE (var x NFE constant)"
         else:
-            word = "faster than 1/NFE" if slope < -1 else "slower than 1/NFE"
+            word = (f"{'faster' if slope < -1 else 'slower'} than 1/NFE (var x NFE {100 * change:+.2f}% from "
+                    f"NFE {a['nfe']:.0f} to {b['nfe']:.0f})")
         rows.append({"study": study, "estimator": g["estimator"].iloc[0], "points": len(g),
                      "nfe_min": a["nfe"], "nfe_max": b["nfe"], "slope": slope,
-                     "vxn_min": float(vx.min()), "vxn_max": float(vx.max()), "spread": spread, "verdict": word,
+                     "vxn_min": float(vx.min()), "vxn_max": float(vx.max()), "spread": spread, "change": change,
+                     "verdict": word,
                      "divergent": bool(g["divergent"].any()), "truncation": g["truncation"].iloc[0]})
     return pd.DataFrame(rows)
 

@@ -155,13 +155,3 @@ def test_exact_gradients_beside_sampled(run):
     r = g.iloc[0]
     assert r["exact_trace"] > 0 and r["exact_bias_sq"] < 1e-9 * r["elbo_grad_norm"] ** 2  # unbiased for ∇ELBO
     assert 0 < r["sampled_trace"] and r["R_g"] == 3
-
-
-def test_kurtosis_and_tail_flag():
-    import numpy as np
-
-    rng = np.random.default_rng(0)
-    assert X.kurtosis(rng.normal(size=200_000)) == pytest.approx(3.0, abs=0.05)
-    heavy = 1 / rng.uniform(size=40)  # the 1/t law: huge kurtosis
-    k = X.kurtosis(heavy)
-    assert k > 10 and math.sqrt((k - 1) / 40) > X.TAIL_REL_SE
