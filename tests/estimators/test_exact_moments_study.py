@@ -1,8 +1,6 @@
 """The `exact_moments` study kind (issue 14): records, plan-time refusals, report integration."""
 from __future__ import annotations
 
-import math
-
 import pytest
 
 from harness.config import load_suite, plan
