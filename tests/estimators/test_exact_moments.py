@@ -386,3 +386,28 @@ def test_diverging_integrals_are_infinite_and_tpoly_algebra():
     law = clamped_uniform(0.0, 1.0, 0.05, None, "t")
     assert law.total() == pytest.approx(1.0) and law.atoms == ((0.05, 0.05),)
     assert law.unclamped().expect(f) == pytest.approx(f.integral(0.0, 1.0))
+
+
+def test_one_step_with_masked_padding_matches_sampled_draws(den):
+    """A one_step that masks the post-EOS padding too (the d1 canvas rule) is covered through the
+    table's padding rule: checked on a subclass carrying the field, on the item with padding."""
+    from dataclasses import dataclass
+
+    from harness.estimators.one_step import OneStep
+
+    @dataclass(frozen=True, kw_only=True)
+    class PaddedOneStep(OneStep):
+        mask_padding: bool = True
+
+        def __call__(self, denoiser, prompt, completion, completion_mask, **kw):
+            hidden = torch.where(~completion_mask.bool(), denoiser.mask_id, completion)  # padding masked
+            return super().__call__(denoiser, prompt, hidden, completion_mask, **kw)
+
+    PaddedOneStep.registry_name = "one_step"
+    est = PaddedOneStep(p_prompt=0.0)
+    p, pm, c, cm = ITEMS[1]
+    tab = item_table(den, p, pm, c, cm, mask_padding=True)
+    x, _ = sample(den, est, 1, n=100)
+    m = exact_moments(est, tab)
+    assert m.var == 0 and float(x[0]) == pytest.approx(m.mean, abs=1e-9)
+    assert m.mean != pytest.approx(exact_moments(OneStep(p_prompt=0.0), table(den, 1)).mean, abs=1e-6)

@@ -33,7 +33,10 @@ def _discrete(values: np.ndarray, probs: np.ndarray) -> tuple[float, float]:
 
 
 # -- one_step -----------------------------------------------------------------------------------
-@register("one_step", {"p_prompt": lambda p: 0.0 <= p <= 1.0, "n_mc": POS_INT, "max_tokens": ANY})
+# mask_padding (post-EOS positions masked in every pass, never scored) is read by the study when
+# it builds the item's table; covered here for when one_step gains it (d1 masks the whole canvas).
+@register("one_step", {"p_prompt": lambda p: 0.0 <= p <= 1.0, "n_mc": POS_INT, "max_tokens": ANY,
+                       "mask_padding": (True, False)})
 def one_step(est, table, options) -> Moments:
     """value = Σ_k log p(o_k | c_Q, completion all masked), Q ~ i.i.d. Bernoulli(p_prompt) over the
     real prompt tokens: enumerated over all 2^P subsets; n_mc independent draws averaged."""
