@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -51,6 +52,7 @@ def one_step(est, table, options) -> Moments:
 
 
 # -- SPG: block_elbo, eubo, mix -----------------------------------------------------------------
+@lru_cache(maxsize=None)
 def block_mask_law(n: int, block_length: int) -> np.ndarray:
     """[2^n] probability of each masked set M under SPG's block masks (block_masks in block_elbo.py):
     block k ~ U{0..n_blocks−1}, c ~ U{1..|b_k|}, a uniform c-subset of block k, every later block masked."""
@@ -63,6 +65,7 @@ def block_mask_law(n: int, block_length: int) -> np.ndarray:
             for sub in itertools.combinations(range(lo, hi), c):
                 M = later | sum(1 << i for i in sub)
                 prob[M] += 1.0 / (n_blocks * (hi - lo) * math.comb(hi - lo, c))
+    prob.flags.writeable = False  # cached: shared by every call
     return prob
 
 
