@@ -47,11 +47,12 @@ def slopes(a: dict, sampled: dict) -> str:
     for _, r in sl.iterrows():
         txt = (f"  - `{r['study']}` (NFE {r['nfe_min']:.0f}–{r['nfe_max']:.0f}, {r['points']} points): slope "
                f"{_f(r['slope'], 4)}, var x NFE {_f(r['vxn_min'])}–{_f(r['vxn_max'])}: **{r['verdict']}**")
+        if r["divergent"]:
+            txt += f" (the variance is infinite without the clamp {r['truncation']})"
         s = sampled.get(r["study"].removeprefix("exact-"))
         if s is not None:
-            txt += f"; the sampled slope was {_f(s['slope'], 2)} [{_f(s['slope_lo'], 2)}, {_f(s['slope_hi'], 2)}]"
-        if r["divergent"]:
-            txt += f" (variance infinite without the clamp {r['truncation']})"
+            txt += (f"; the sampled slope was {_f(s['slope'], 2)} [{_f(s['slope_lo'], 2)}, {_f(s['slope_hi'], 2)}] "
+                    "(not a finding: see the tail warnings)")
         lines.append(txt)
     return "\n".join(lines)
 
