@@ -9,9 +9,19 @@ import json
 import math
 from pathlib import Path
 
-from harness.report.markdown import save_figure
+from harness.report.format import save_figure
 
 FIGURES = ("estimators_exact_variance_vs_nfe", "estimators_exact_decomposition")
+CAPTIONS = {
+    "estimators_exact_variance_vs_nfe": (
+        "Exact variance against NFE (log-log), with a 1/NFE guide",
+        "Exact values, no sampling error: a family parallel to the dashed guide gains exactly what averaging "
+        "independent draws gains; stratified or paired draws can only fall faster."),
+    "estimators_exact_decomposition": (
+        "Exact split of one draw's variance: t part vs mask part",
+        "Var = Var_t E[X | t] + E_t Var(X | t), integrated exactly over each estimator's t-law (the count l for "
+        "count laws); the number is the total variance of one draw."),
+}
 
 
 def analyse(df, exact_table) -> dict:
