@@ -104,7 +104,7 @@ def test_unknown_study_kind(tmp_path):
     study = GEN.replace("kind: generate", "kind: train")
     fails(tmp_path, with_studies(GEN, study),
           "suite.yaml.studies[1].kind: expected one of 'generate', 'likelihood', 'estimator_variance', "
-          "'exact_reference', 'gradient_variance', 't_mask_decomposition', 'rl', got 'train'")
+          "'exact_reference', 'gradient_variance', 't_mask_decomposition', 'exact_moments', 'rl', got 'train'")
 
 
 def test_unknown_study_key_suggests(tmp_path):

@@ -284,7 +284,8 @@ def test_the_estimator_suite_plans(tmp_path):
     suite = load_suite(ROOT / "suites" / "estimators.yaml")
     cells = plan(suite)
     kinds = {c.kind for c in cells}
-    assert kinds == {"exact_reference", "estimator_variance", "gradient_variance", "t_mask_decomposition"}
+    assert kinds == {"exact_reference", "estimator_variance", "gradient_variance", "t_mask_decomposition",
+                     "exact_moments"}
     ev = [c for c in cells if c.kind == "estimator_variance"]
     assert all(c.replicates == 200 for c in ev) and all(c.task.n_items == 12 for c in cells)
     quick = plan(suite, quick=True)
