@@ -318,8 +318,8 @@ def render_section(records: list[dict], manifest: dict, run_dir: Path, out_dir: 
            "### Findings\n"]
     if XR.has_exact(a):  # every finding with an exact counterpart is stated from exact values
         sampled = {r["study"]: r for _, r in a["slopes"].iterrows()} if len(a["slopes"]) else {}
-        statements = (_one_step(a), XR.bias(a), XR.slopes(a, sampled), _shared(a), XR.decomposition(a),
-                      XR.coupled(a), XR.tails(a))
+        statements = (XR.bias(a), XR.slopes(a, sampled), _shared(a), XR.decomposition(a), XR.coupled(a),
+                      XR.tails(a))
     else:
         statements = (_one_step(a), _slopes(a), _shared(a), _decomposition(a), _coupled(a))
     for statement in statements:
@@ -338,7 +338,7 @@ def render_section(records: list[dict], manifest: dict, run_dir: Path, out_dir: 
                     "∇ELBO)\n", _md(XR.gradient_rows(a))]
         if len(a["slopes"]) or len(a["decomposition"]) or len(a["coupled"]):
             out += ["#### Sampled versions of the findings (replicates; read with the tail warnings)\n",
-                    _slopes(a) + "\n", _decomposition(a) + "\n", _coupled(a) + "\n"]
+                    _one_step(a) + "\n", _slopes(a) + "\n", _decomposition(a) + "\n", _coupled(a) + "\n"]
     out += ["### Exact reference\n", _md(_exact_rows(a)),
             "### Bias, variance, MSE and efficiency per cell\n", _md(_summary_rows(a)),
             "### Variance vs NFE per family\n",
