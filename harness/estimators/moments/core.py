@@ -26,8 +26,7 @@ class Moments:
     var_within = E_t[Var(X | t)] (the mask, and prompt-mask, part), var_between = Var_t(E[X | t])
     (the mask-ratio part; the count l for count laws); both None where the estimator draws no t.
     `divergent`: the variance is infinite without the estimator's clamp of t (`truncation` says
-    which clamp makes it finite, `var_unclamped` is then inf). `m4`: the fourth central moment
-    when computed (None otherwise), for the standard error of a sampled variance.
+    which clamp makes it finite, `var_unclamped` is then inf).
     """
 
     mean: float
@@ -38,7 +37,6 @@ class Moments:
     divergent: bool = False
     truncation: str = ""
     var_unclamped: float | None = None
-    m4: float | None = None
     notes: list = field(default_factory=list)
 
     def as_dict(self) -> dict:
