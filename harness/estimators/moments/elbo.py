@@ -58,10 +58,13 @@ def _with_divergence(m: Moments, law: TLaw, g2: TPoly, clamp_text: str) -> Momen
 
 
 # -- mc_elbo ------------------------------------------------------------------------------------
-@register("mc_elbo", {"n_mc": POS_INT, "t_law": ("iid", "stratified", "antithetic", "count"), "max_tokens": ANY})
+@register("mc_elbo", {"n_mc": POS_INT, "t_law": ("iid", "stratified", "antithetic", "count", "count_stratified"),
+                      "group": POS_INT, "max_tokens": ANY})
 def mc_elbo(est, table, options) -> Moments:
     n, N, eps = table.n, est.n_mc, mc_mod.T_MIN
     clamp = f"t >= {eps:g} (mc_elbo's draw_t clamp)"
+    if est.t_law == "count_stratified":
+        return _count_stratified(est, table)
     if est.t_law == "count":
         if eps >= 1.0 / max(n, 1):
             raise HarnessError(f"exact moments of mc_elbo count: T_MIN={eps} must be below 1/L = {1 / n}")
@@ -93,6 +96,35 @@ def mc_elbo(est, table, options) -> Moments:
         parts = [(2 * m1, 2 * w1 + pair_between, 2 * w1, pair_between)] * pairs + [(m1, v1, w1, b1)] * singles
         mean, var, w, b = combine(parts, 1.0 / N)
     return _with_divergence(Moments(mean, var, w, b, draws=N), law, g2, clamp)
+
+
+def _count_stratified(est, table) -> Moments:
+    """LLaDA eval's systematic counts: each group of g draws shares k ~ U{1..L} and its counts
+    l_i(k) come from the estimator's own `stratified_counts`; groups are independent, and given the
+    counts the masks are. Var = Σ_groups (E_k Var(G | k) + Var_k E[G | k]) / N²."""
+    import torch
+
+    n, N = table.n, est.n_mc
+    if mc_mod.T_MIN >= 1.0 / n:
+        raise HarnessError(f"exact moments of mc_elbo count_stratified: T_MIN must be below 1/L = {1 / n}")
+    comb = np.array([1.0] + [math.comb(n, k) for k in range(1, n + 1)])
+    l_all = np.arange(n + 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        e1 = np.where(l_all > 0, (n / np.maximum(l_all, 1)) * table.S1() / comb, 0.0)  # E[X | l]
+        e2 = np.where(l_all > 0, (n / np.maximum(l_all, 1)) ** 2 * table.S2() / comb, 0.0)
+    t = ((torch.arange(1, n + 1, dtype=torch.float64) - 0.5) / n)[:, None].expand(n, N)  # row k: every group draws k
+    counts = mc_mod.stratified_counts(t.contiguous(), torch.full((n, 1), float(n), dtype=torch.float64), est.group)
+    l = np.minimum(counts.numpy().astype(int), n)  # [k, N]
+    mean = within = between = 0.0
+    for lo in range(0, N, est.group):
+        g = l[:, lo:lo + est.group]  # [k, g]
+        m_k = e1[g].sum(1)  # E[G | k]
+        v_k = (e2[g] - e1[g] ** 2).sum(1)  # Var(G | k)
+        mean += m_k.mean()
+        within += v_k.mean()
+        between += ((m_k - m_k.mean()) ** 2).mean()
+    return Moments(mean / N, (within + between) / N ** 2, within / N ** 2, between / N ** 2, draws=N,
+                   notes=["LLaDA eval's systematic counts: the count k of each group plays the role of t"])
 
 
 # -- coupled ------------------------------------------------------------------------------------
