@@ -16,6 +16,7 @@ The meter passed in counts everything; these functions never measure their own c
 """
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable
@@ -290,7 +291,8 @@ def exact_moments(denoiser, task, estimator, batch: Batch) -> list[dict]:
         grad = _exact_gradients(denoiser, estimator, table, batch.options) if batch.options.get("gradients") else None
         L = table.n
         c = float(L) if token else 1.0
-        scaled = {k: (None if v is None else v * c * c) for k, v in
+        # An infinite unclamped variance is recorded as `divergent` (records hold finite numbers only).
+        scaled = {k: (None if v is None or not math.isfinite(v) else v * c * c) for k, v in
                   (("var", m.var), ("var_within", m.var_within), ("var_between", m.var_between),
                    ("var_unclamped", m.var_unclamped))}
         nfe = estimator.expected_nfe(1) if hasattr(estimator, "expected_nfe") else (
