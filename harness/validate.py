@@ -70,7 +70,7 @@ BIG = 10**7  # the largest count any size-like parameter may take (beyond it a r
 # that name (harness/registry.py, harness/config.py). None values are left to the type check.
 RANGES: dict[str, Range] = {
     # samplers
-    "temperature": NONNEG, "alg_temp": NONNEG, "cfg_scale": NONNEG, "tau": Range(0.0, 1.0, lo_open=True),
+    "temperature": NONNEG, "alg_temp": NONNEG, "cfg_scale": NONNEG, "tau": UNIT,
     "bound": NONNEG, "eta": UNIT, "alpha_on": UNIT, "t_on": UNIT, "t_off": UNIT, "t_min": UNIT, "t_max": UNIT,
     "confidence": UNIT, "steps": count(1, BIG), "max_steps": count(1, BIG), "gen_length": count(1, 65536),
     "block_length": count(1, 65536), "min_length": count(0, 65536), "refresh": count(0, BIG),
@@ -87,7 +87,7 @@ RANGES: dict[str, Range] = {
     "mu": count(1, 10**6), "micro_groups": count(0, 10**6), "eval_every": count(0, BIG), "eval_items": count(1, BIG),
     "ref_refresh": count(0, BIG), "checkpoint_every": count(1, BIG),
     # tasks
-    "n_test": count(1, BIG), "n_train": count(1, BIG),
+    "n_test": count(1, BIG), "n_train": count(0, BIG),
     "fewshot": count(0, 64), "n_blanks": count(0, 16), "canvas": count(0, 65536), "max_number": count(1, 10**9),
     "timeout_s": Range(0.0, 3600.0, lo_open=True),
     # studies (config.StudySpec, QuickSpec, TaskSpec) and commands (train, eval)

@@ -230,7 +230,7 @@ def test_lock_is_exclusive_within_one_process_too(tmp_path):
     ("{name: low_confidence}", "{name: low_confidence, params: {temperature: .inf}}",
      "studies[0].sampler.params.temperature: expected "),
     ("{name: low_confidence}", "{name: threshold, params: {tau: 1.5}}",
-     "studies[0].sampler.params.tau: expected a finite number in (0, 1], got 1.5"),
+     "studies[0].sampler.params.tau: expected a finite number in [0, 1], got 1.5"),
     ("{name: low_confidence}", "{name: threshold, params: {tau: .nan}}", "studies[0].sampler.params.tau: expected"),
     ("{n_mc: 2}", "{n_mc: 2, max_tokens: 0}",
      "studies[1].estimator.params.max_tokens: expected an integer in [1, "),

@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 
 from harness.report import exact_moments as XR
-from harness.report.format import figure_md, md_table, save_figure
+from harness.report.format import figure_md, md_table, num, save_figure
 from harness.report.sections import register_section
 
 KINDS = ("estimator_variance", "exact_reference", "gradient_variance", "t_mask_decomposition", "exact_moments")
@@ -42,14 +42,7 @@ def has_estimator_study(records: list[dict]) -> bool:
 
 
 def _f(x: float, digits: int = 3) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "n/a"
-    if isinstance(x, float) and math.isinf(x):
-        return "inf" if x > 0 else "-inf"
-    a = abs(x)
-    if a != 0 and (a >= 1e5 or a < 10 ** -digits):
-        return f"{x:.{digits - 1}e}"
-    return f"{x:.{digits}f}"
+    return num(x, digits)
 
 
 def _ci(row, q: str, digits: int = 3) -> str:

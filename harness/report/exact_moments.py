@@ -9,7 +9,7 @@ import json
 import math
 from pathlib import Path
 
-from harness.report.format import save_figure
+from harness.report.format import num, save_figure
 
 FIGURES = ("estimators_exact_variance_vs_nfe", "estimators_exact_decomposition")
 CAPTIONS = {
@@ -39,9 +39,7 @@ def analyse(df, exact_table) -> dict:
 
 
 def _f(x, digits: int = 3) -> str:
-    from harness.report.estimators import _f as f
-
-    return f(x, digits)
+    return num(x, digits)
 
 
 def has_exact(a: dict) -> bool:

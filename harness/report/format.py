@@ -5,6 +5,7 @@ package has no import cycle.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 
@@ -21,6 +22,18 @@ def md_table(rows: list[dict], empty: str = "_no records_") -> str:
     lines = ["| " + " | ".join(_cell(c) for c in cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(_cell(r[c]) for c in cols) + " |" for r in rows]
     return "\n".join(lines) + "\n"
+
+
+def num(x, digits: int = 3) -> str:
+    """A number for a report table: n/a for a missing one, inf kept, scientific when tiny or huge."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    if isinstance(x, float) and math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    a = abs(x)
+    if a != 0 and (a >= 1e5 or a < 10 ** -digits):
+        return f"{x:.{digits - 1}e}"
+    return f"{x:.{digits}f}"
 
 
 def style():
