@@ -25,7 +25,7 @@ from typing import Literal
 
 from harness import provenance, validate
 from harness.prompting import prompting_of, resolve_chat
-from harness.records import MANIFEST, SCHEMA_VERSION, RecordWriter, write_json_atomic
+from harness.records import MANIFEST, SCHEMA_VERSION, RecordWriter, make_record, write_json_atomic
 from harness.seeding import derive_seed
 from harness.types import HarnessError
 
@@ -278,23 +278,21 @@ def _records(task: str, rows: list[dict], lm, manifest: dict, out: dict):
                                             "wall_s": 0.0, "peak_mem": 0})
         resps = s.get("resps") or []
         text = resps[0][0] if resps and resps[0] and isinstance(resps[0][0], str) else None
-        yield {
-            "schema_version": SCHEMA_VERSION, "run_id": manifest["run_id"], "suite": manifest["suite"],
-            "cell_id": cell, "study": "lm-eval", "kind": "lm_eval", "point": {"task": task},
-            "model": {"name": b["model"], "params": e.args["model"]},
-            "component": {"kind": "sampler", "name": b["sampler"], "params": _params(e.sampler),
-                          "estimator": {"name": b["estimator"], "params": _params(e.estimator)}},
-            "task": {"name": task, "version": str(out.get("versions", {}).get(task)), "split": "test", "params": {}},
-            "item_id": str(doc_id), "item_hash": s.get("doc_hash", "")[:16], "replicate": 0,
-            "seed": derive_seed("lm-eval", task, str(doc_id), 0, str(b["seed"])),
-            "outcome": {"metric": metric, "value": None if value is None else float(value),
-                        "protocol": _protocol_of(task, s)},
-            "estimate": None,
-            "generation": {"text": text, "filtered": s.get("filtered_resps"), "filter": s.get("filter")},
-            "cost": cost, "status": "ok" if value is not None else "error",
-            "error": None if value is not None else f"lm-eval reported no value for {metric}",
-            **({"sandbox": manifest["sandbox"][task]} if task in manifest.get("sandbox", {}) else {}),
-        }
+        yield make_record(
+            run_id=manifest["run_id"], suite=manifest["suite"],
+            cell_id=cell, study="lm-eval", kind="lm_eval", point={"task": task},
+            model={"name": b["model"], "params": e.args["model"]},
+            component={"kind": "sampler", "name": b["sampler"], "params": _params(e.sampler),
+                       "estimator": {"name": b["estimator"], "params": _params(e.estimator)}},
+            task={"name": task, "version": str(out.get("versions", {}).get(task)), "split": "test", "params": {}},
+            item_id=str(doc_id), item_hash=s.get("doc_hash", "")[:16], replicate=0,
+            seed=derive_seed("lm-eval", task, str(doc_id), 0, str(b["seed"])),
+            outcome={"metric": metric, "value": None if value is None else float(value),
+                     "protocol": _protocol_of(task, s)},
+            generation={"text": text, "filtered": s.get("filtered_resps"), "filter": s.get("filter")},
+            cost=cost, status="ok" if value is not None else "error",
+            error=None if value is not None else f"lm-eval reported no value for {metric}",
+            sandbox=manifest.get("sandbox", {}).get(task))
 
 
 def _protocol_of(task: str, sample: dict) -> str:

@@ -17,13 +17,62 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, TypedDict
 
 from harness.types import HarnessError
 
 SCHEMA_VERSION = 1
 RECORDS = "records.jsonl"
 MANIFEST = "manifest.json"
+
+
+class Record(TypedDict, total=False):
+    """One line of records.jsonl. Every writer (the runner, `eval`, `score`) builds it with
+    `make_record`, so the three kinds of run share one schema; `sandbox` is present only for code
+    tasks (the isolation level their programs ran under)."""
+
+    schema_version: int
+    run_id: str
+    suite: str
+    cell_id: str
+    study: str
+    kind: str
+    point: dict
+    model: dict  # {"name", "params"}
+    component: dict  # {"kind", "name", "params"} (+ "estimator" for eval runs)
+    task: dict  # {"name", "version", "split", "params"}
+    item_id: str
+    item_hash: str
+    replicate: int
+    seed: int
+    outcome: dict | None  # {"metric", "value", "protocol", ...}
+    estimate: dict | None
+    generation: dict | None
+    cost: dict  # {"nfe", "nfe_full", "nfe_cached", "tokens", "flops", "wall_s", "peak_mem"}
+    status: str  # "ok", "error", "budget_exceeded", ...
+    error: str | None
+    sandbox: str
+
+
+REQUIRED = ("run_id", "suite", "cell_id", "study", "kind", "point", "model", "component", "task", "item_id",
+            "item_hash", "replicate", "seed", "cost", "status")
+
+
+def make_record(*, sandbox: str | None = None, outcome=None, estimate=None, generation=None, error=None,
+                **fields) -> Record:
+    """The one record builder: the schema's keys in one order, `schema_version` filled in. A missing
+    or unknown key is a programming error, raised here rather than written to a run."""
+    missing = [k for k in REQUIRED if k not in fields]
+    unknown = [k for k in fields if k not in Record.__annotations__]
+    if missing or unknown:
+        raise TypeError(f"make_record: missing {missing}, unknown {unknown}")
+    rec: Record = {"schema_version": SCHEMA_VERSION, **{k: fields[k] for k in REQUIRED[:11]},
+                   "replicate": fields["replicate"], "seed": fields["seed"], "outcome": outcome,
+                   "estimate": estimate, "generation": generation, "cost": fields["cost"],
+                   "status": fields["status"], "error": error}
+    if sandbox is not None:
+        rec["sandbox"] = sandbox
+    return rec
 
 
 def unit_key(record: dict) -> tuple:

@@ -37,6 +37,7 @@ from harness.records import (
     RecordWriter,
     dedupe,
     first_non_finite,
+    make_record,
     read_manifest,
     unit_key,
     write_json_atomic,
@@ -330,21 +331,19 @@ class Runner:
         return torch_generator(seed(replicate))
 
     def record(self, cell, component, task, item, replicate, result, cost, status, error) -> dict:
-        return {
-            "schema_version": SCHEMA_VERSION, "run_id": self.manifest["run_id"], "suite": self.suite.suite,
-            "cell_id": cell.id, "study": cell.study, "kind": cell.kind, "point": cell.point,
-            "model": {"name": cell.model.name, "params": cell.model.params},
-            "component": {"kind": cell.component_kind[:-1], "name": cell.component.name,
-                          "params": params_of(component)},
-            "task": {"name": cell.task.name, "version": task.version, "split": cell.task.split,
-                     "params": params_of(task)},
-            "item_id": item.id, "item_hash": item_hash(item), "replicate": replicate,
-            "seed": derive_seed(self.suite.suite, cell.id, item.id, replicate, str(cell.seed)),
-            "outcome": result.get("outcome"), "estimate": result.get("estimate"),
-            "generation": result.get("generation"), "cost": cost,
-            "status": status, "error": error,
-            **({"sandbox": self.sandbox} if getattr(task, "runs_code", False) else {}),
-        }
+        return make_record(
+            run_id=self.manifest["run_id"], suite=self.suite.suite,
+            cell_id=cell.id, study=cell.study, kind=cell.kind, point=cell.point,
+            model={"name": cell.model.name, "params": cell.model.params},
+            component={"kind": cell.component_kind[:-1], "name": cell.component.name,
+                       "params": params_of(component)},
+            task={"name": cell.task.name, "version": task.version, "split": cell.task.split,
+                  "params": params_of(task)},
+            item_id=item.id, item_hash=item_hash(item), replicate=replicate,
+            seed=derive_seed(self.suite.suite, cell.id, item.id, replicate, str(cell.seed)),
+            outcome=result.get("outcome"), estimate=result.get("estimate"),
+            generation=result.get("generation"), cost=cost, status=status, error=error,
+            sandbox=self.sandbox if getattr(task, "runs_code", False) else None)
 
 
 def _units(cell: Cell, items: list, study: StudyKind, done: set) -> list[tuple]:

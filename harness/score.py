@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 
 from harness import provenance
-from harness.records import MANIFEST, SCHEMA_VERSION, RecordWriter, write_json_atomic
+from harness.records import MANIFEST, SCHEMA_VERSION, RecordWriter, make_record, write_json_atomic
 from harness.registry import TASKS, params_of
 from harness.seeding import derive_seed
 from harness.tasks.base import item_hash
@@ -151,18 +151,17 @@ def _row(task, kind: str, n: int, row: dict, fields: dict, lookup) -> tuple[str,
 def _record(run_id: str, suite: str, cell: str, task, task_name: str, system: str, source: dict,
             n: int, item_id: str, item: Item | None, gen, verdict, error: str | None) -> dict:
     outcome = None if verdict is None else verdict.outcome()
-    return {
-        "schema_version": SCHEMA_VERSION, "run_id": run_id, "suite": suite, "cell_id": cell, "study": "score",
-        "kind": "score", "point": {"protocol": task.default_protocol}, "model": {"name": system, "params": {}},
-        "component": {"kind": "source", "name": system, "params": source},
-        "task": {"name": task_name, "version": task.version, "split": "test", "params": params_of(task)},
-        "item_id": item_id, "item_hash": item_hash(item) if item else "", "replicate": 0,
-        "seed": derive_seed("score", task_name, item_id, 0, "0"), "outcome": outcome, "estimate": None,
-        "generation": {"text": gen if isinstance(gen, str) else None, "line": n,
-                       "item": None if item is None else {"prompt": item.prompt, "reference": item.reference,
-                                                          "meta": item.meta}},
-        "cost": dict(NO_COST), "status": "ok" if error is None else "error", "error": error,
-    }
+    return make_record(
+        run_id=run_id, suite=suite, cell_id=cell, study="score",
+        kind="score", point={"protocol": task.default_protocol}, model={"name": system, "params": {}},
+        component={"kind": "source", "name": system, "params": source},
+        task={"name": task_name, "version": task.version, "split": "test", "params": params_of(task)},
+        item_id=item_id, item_hash=item_hash(item) if item else "", replicate=0,
+        seed=derive_seed("score", task_name, item_id, 0, "0"), outcome=outcome,
+        generation={"text": gen if isinstance(gen, str) else None, "line": n,
+                    "item": None if item is None else {"prompt": item.prompt, "reference": item.reference,
+                                                       "meta": item.meta}},
+        cost=dict(NO_COST), status="ok" if error is None else "error", error=error)
 
 
 def score_file(path, task_name: str, protocol: str | None = None, fields: dict | None = None,
