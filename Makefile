@@ -25,10 +25,13 @@ $(STAMP): pyproject.toml requirements.lock
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# The showcase: samplers, estimators against exact ground truth and RL on the built-in tiny models;
+# prints the report's summary and where the report is.
 bench: $(STAMP)
-	@run_dir=$$($(RUN) run suites/default.yaml | tail -n 1) && \
-	  $(RUN) report $$run_dir && \
-	  echo "records: $$run_dir" && echo "report:  reports/default/$$(basename $$run_dir)/index.md (and index.html)"
+	@run_dir=$$($(RUN) run suites/default.yaml $(ARGS) | tail -n 1) && \
+	  md=$$($(RUN) report $$run_dir | tail -n 1) && \
+	  echo && echo "Summary ($$run_dir):" && awk '/^## Summary/{p=1;next} /^## /{p=0} p' $$md && \
+	  echo "records: $$run_dir" && echo "report:  $$(dirname $$md)/index.html (and index.md)"
 
 # Estimator time / bare forward time per estimator (target <= 1.10); `--quick` for a smoke run:
 #   $(PY) benchmarks/estimators.py --quick

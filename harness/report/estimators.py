@@ -304,8 +304,9 @@ def render_section(records: list[dict], manifest: dict, run_dir: Path, out_dir: 
     n_items = len(a["exact"])
     out = ["## Estimator study\n",
            f"Ground truth: exact ELBO and exact log p of {n_items} items by enumerating all reveal sets "
-           "(METHODS.md §4). Bias, variance (ddof=1) and MSE are per item over R replicates, then averaged over "
-           "items with a 95% Student-t interval over items; NFE is measured by the meter. Values that are "
+           "(docs/architecture.md, Statistics). Bias, variance (ddof=1) and MSE are per item over R "
+           "replicates, then averaged over items with a 95% Student-t interval over items; NFE is measured "
+           "by the meter. Values that are "
            "per-token means (`uni_elbo`, `trace`) are multiplied by L (marked x L). Reproduce every statement "
            f"below with {cmd}.\n",
            "### Findings\n"]
@@ -321,7 +322,7 @@ def render_section(records: list[dict], manifest: dict, run_dir: Path, out_dir: 
         title, caption = {**CAPTIONS, **XR.CAPTIONS}.get(name, (name, ""))
         out.append(figure_md(name, title, caption))
     if XR.has_exact(a):
-        out += ["### Exact moments beside sampled ones (issue 14)\n",
+        out += ["### Exact moments beside sampled ones\n",
                 "Exact mean and variance of one estimator call (its n draws), per item by enumerating every reveal "
                 "set and integrating its t-law in closed form (harness/estimators/moments), mean over items; "
                 "`sampled` is the replicate variance of the matching estimator_variance cell on the same items.\n",
@@ -332,35 +333,67 @@ def render_section(records: list[dict], manifest: dict, run_dir: Path, out_dir: 
         if len(a["slopes"]) or len(a["decomposition"]) or len(a["coupled"]):
             out += ["#### Sampled versions of the findings (replicates; read with the tail warnings)\n",
                     _one_step(a) + "\n", _slopes(a) + "\n", _decomposition(a) + "\n", _coupled(a) + "\n"]
-    out += ["### Exact reference\n", _md(_exact_rows(a)),
-            "### Bias, variance, MSE and efficiency per cell\n", _md(_summary_rows(a)),
-            "### Variance vs NFE per family\n",
-            _md([{"family": r["study"], "target": r["metric"], "points": r["points"],
-                     "slope [95% CI]": f"{_f(r['slope'], 2)} [{_f(r['slope_lo'], 2)}, {_f(r['slope_hi'], 2)}]",
-                     "−1 inside": r["one_over_nfe"]} for _, r in a["slopes"].iterrows()]),
-            "### Gradients (exact ELBO gradient g* by autograd through the exact sum)\n", _md(_gradient_rows(a)),
-            "### Importance-ratio spread at θ = θ_old (independent draws; pairs of replicates; bootstrap CI)\n",
-            _md(_spread_rows(a)),
-            "### t vs mask decomposition\n",
-            _md([{"cell": r["cell_id"], "t-law": r["t_law"], "T x K": f"{r['T']} x {r['K']}",
-                     "between t": _ci(r, "between"), "within t (mask)": _ci(r, "within"),
-                     "total": _ci(r, "total"), "between share": _ci(r, "share"), "verdict": r["verdict"]}
-                    for _, r in a["decomposition"].iterrows()]),
-            "### Coupled vs independent masks (equal NFE)\n",
-            _md([{"NFE": r["nfe"], "coupled": r["coupled"], "independent": r["independent"],
-                     "variance ratio [bootstrap 95% CI]": f"{_f(r['ratio'])} [{_f(r['lo'])}, {_f(r['hi'])}]",
-                     "items": r["n_items"]} for _, r in a["coupled"].iterrows()])]
+    tables = [
+        ("Exact reference", _exact_rows(a)),
+        ("Bias, variance, MSE and efficiency per cell", _summary_rows(a)),
+        ("Variance vs NFE per family",
+         [{"family": r["study"], "target": r["metric"], "points": r["points"],
+           "slope [95% CI]": f"{_f(r['slope'], 2)} [{_f(r['slope_lo'], 2)}, {_f(r['slope_hi'], 2)}]",
+           "−1 inside": r["one_over_nfe"]} for _, r in a["slopes"].iterrows()]),
+        ("Gradients (exact ELBO gradient g* by autograd through the exact sum)", _gradient_rows(a)),
+        ("Importance-ratio spread at θ = θ_old (independent draws; pairs of replicates; bootstrap CI)",
+         _spread_rows(a)),
+        ("t vs mask decomposition",
+         [{"cell": r["cell_id"], "t-law": r["t_law"], "T x K": f"{r['T']} x {r['K']}",
+           "between t": _ci(r, "between"), "within t (mask)": _ci(r, "within"),
+           "total": _ci(r, "total"), "between share": _ci(r, "share"), "verdict": r["verdict"]}
+          for _, r in a["decomposition"].iterrows()]),
+        ("Coupled vs independent masks (equal NFE)",
+         [{"NFE": r["nfe"], "coupled": r["coupled"], "independent": r["independent"],
+           "variance ratio [bootstrap 95% CI]": f"{_f(r['ratio'])} [{_f(r['lo'])}, {_f(r['hi'])}]",
+           "items": r["n_items"]} for _, r in a["coupled"].iterrows()]),
+    ]
+    for heading, rows in tables:  # a study the suite did not run gets no empty subsection
+        if rows:
+            out += [f"### {heading}\n", _md(rows)]
     return "\n".join(out)
 
 
+def _exact_headline(a: dict) -> list[str]:
+    """From exact moments: the ELBO estimators' exact variance of one draw, lowest to highest, and the
+    largest exact bias (an estimator that targets something other than the ELBO)."""
+    s = a["x_summary"]
+    one = s[s["var_x_nfe"].notna()].sort_values("nfe").groupby("study", sort=False).head(1)
+    if not len(one):
+        return []
+    unbiased = one[one["bias_elbo"].abs() < 1e-6].sort_values("var_x_nfe")
+    out = []
+    if len(unbiased) >= 2:
+        lo, hi = unbiased.iloc[0], unbiased.iloc[-1]
+        out.append(f"Estimators (exact: every reveal set of {int(lo['n_items'])} items enumerated, no sampling): "
+                   "among unbiased ELBO estimators, variance x NFE is "
+                   f"{_f(lo['var_x_nfe'])} for `{lo['study']}` and {_f(hi['var_x_nfe'])} for `{hi['study']}` "
+                   f"({hi['var_x_nfe'] / lo['var_x_nfe']:.1f}x as many forward passes for the same variance).")
+    biased = one[one["bias_elbo"].abs() >= 1e-6]
+    if len(biased):
+        b = biased.iloc[biased["bias_elbo"].abs().argmax()]
+        out.append(f"Estimators (exact): `{b['study']}` is biased by {_f(b['bias_elbo'])} nats per sequence "
+                   "against the exact ELBO: it targets another quantity, and more draws do not remove it.")
+    return out
+
+
 def _headlines(ctx) -> list[str]:
-    """The estimator line of the report summary: the lowest-MSE ELBO estimator at the largest NFE that
-    several families share, with its interval (MSE against the exact ELBO)."""
+    """The estimator lines of the report summary: from exact moments when the run has them, else the
+    lowest-MSE ELBO estimator at the largest NFE that several families share (sampled, with interval)."""
     a = ctx.memo("estimators", lambda: analyse([r for r in ctx.records if r.get("kind") in KINDS]))
     s = a["summary"]
     out = []
     if len(a["exact"]):
         out.append(f"Estimators: ground truth is exact (every reveal set enumerated) for {len(a['exact'])} item(s).")
+    if XR.has_exact(a):
+        exact = _exact_headline(a)
+        if exact:
+            return exact
     if not len(s) or "mse_elbo" not in s:
         return out
     elbo = s[s["elbo_target"]] if "elbo_target" in s else s

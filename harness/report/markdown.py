@@ -91,7 +91,8 @@ def render_records(records: list[dict], manifest: dict, run_dir, out_dir: Path |
 
     ctx = Context(records, manifest, run_dir, out_dir)
     sections = [sec for sec in load_sections() if sec.applies(records)]
-    headlines = leaderboard_summary(records, manifest.get("metrics"))
+    covered = {k for sec in sections for k in sec.kinds}  # their sections state better headlines
+    headlines = leaderboard_summary([r for r in records if r.get("kind") not in covered], manifest.get("metrics"))
     for sec in sections:
         if sec.summary is not None:
             headlines += sec.summary(ctx)
@@ -105,10 +106,12 @@ def render_records(records: list[dict], manifest: dict, run_dir, out_dir: Path |
         text = sec.render(ctx)
         if text:
             out.append(text)
+    if by_study:
+        out.append("## Cells by study\n\nEvery cell's value, interval, failures and measured cost, study by study.\n")
     for study, cells in by_study.items():
         kind = next(iter(cells.values()))[0]["kind"]
         comp = next(iter(cells.values()))[0]["component"]
-        out.append(f"## Study `{study}` ({kind}, {comp['kind']} `{comp['name']}`)\n")
+        out.append(f"### Study `{study}` ({kind}, {comp['kind']} `{comp['name']}`)\n")
         out.append(md_table([_cell_row(cid, recs) for cid, recs in cells.items()]))
         errors = [r for recs in cells.values() for r in recs if r["status"] != "ok"]
         bad = [r for r in errors if _non_finite(r)]

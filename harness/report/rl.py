@@ -207,9 +207,16 @@ def _headlines(ctx) -> list[str]:
         per_seed = [float(np.mean(list(v.values()))) for v in a["acc"].values() if v]
         return float(np.mean(per_seed)) if per_seed else -1.0
 
+    gains = _gain(analysis)
     best = _summary(*max(sorted(analysis.items()), key=lambda kv: held_out(kv[1])))
-    out = [f"RL: highest held-out accuracy after training is `{best['algorithm']}` at "
-           f"{best['held-out mean [95% CI]']} over {best['seeds']} seed(s), at matched rollout budgets."]
+    out = [] if gains else [f"RL: highest held-out accuracy after training is `{best['algorithm']}` at "
+                            f"{best['held-out mean [95% CI]']} over {best['seeds']} seed(s), at matched "
+                            "rollout budgets."]
+    for g in gains:  # against the starting checkpoint, same items
+        verdict = "significant" if g["significant at 0.01"] == "yes" else "not significant"
+        out.append(f"RL: `{g['algorithm']}` moves held-out accuracy {g['start']} → {g['after RL']}, a gain of "
+                   f"{g['gain [95% CI]']} ({verdict} at 0.01: McNemar p {g['McNemar p']}, "
+                   f"{g['pairs (seed x item)']} seed x item pairs; detectable effect {g['MDE (α=0.01, power 0.8)']}).")
     paired = _paired(analysis)
     if paired:
         wins = [r["algorithm"] for r in paired if r["verdict"].startswith("beats")]
