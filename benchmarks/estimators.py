@@ -1,4 +1,4 @@
-"""Time every likelihood estimator against the bare forward passes it needs (issue 3, item 4).
+"""Time every likelihood estimator against the bare forward passes it needs.
 
 For each estimator, on the default tiny checkpoint and a batch of `addition` items (n_digits 3,
 reference completions), at a fixed NFE per sequence:
@@ -9,7 +9,7 @@ reference completions), at a fixed NFE per sequence:
 (a) and (b) are interleaved in pairs after a warm-up; the ratio is the median over `--repeats`
 pairs of (a) / (b), each pair timed back to back (robust to load drift on a shared machine).
 Target (the issue): estimator / bare forward <= 1.10. The meter's NFE of each call is checked
-against the estimator's `expected_nfe` (exact: Σ 2^n_b − 1; trace: one pass per commit group).
+against the estimator's `nfe_for_batch` (exact: Σ 2^n_b − 1; trace: one pass per commit group).
 
 Estimators with one pass per sequence (uni_elbo) or a fixed number of passes (trace: one per
 committed token) score `copies` replicas of each item, so that every row of the table pushes about
@@ -17,7 +17,7 @@ NFE × batch sequences through the model. Per-row generators, as the runner uses
 
     python benchmarks/estimators.py            # NFE 16 per sequence, batch 32, 2 threads
     python benchmarks/estimators.py --quick    # NFE 8, batch 16, fewer repeats (a smoke run)
-    python benchmarks/estimators.py --exact    # exact moments (issue 14): 12 items, L = 12, target <= 5 min
+    python benchmarks/estimators.py --exact    # exact moments: 12 items, L = 12, target <= 5 min
 
 `--exact` times harness/estimators/moments: every registered masked estimator at the NFE points of
 suites/estimators.yaml on 12 items of 12 scored tokens (a random tiny model with the tiny-addition
@@ -95,8 +95,8 @@ def specs(nfe: int) -> list[tuple[str, str, dict, str]]:
 
 
 def expected_nfe(name: str, est, cmask: torch.Tensor) -> int:
-    if hasattr(est, "expected_nfe"):
-        return est.expected_nfe(cmask.shape[0])
+    if hasattr(est, "nfe_for_batch"):
+        return est.nfe_for_batch(cmask.shape[0])
     n_b = cmask.sum(1)
     if name == "exact":
         return int(sum((1 << int(n)) - 1 for n in n_b))
@@ -118,7 +118,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--only", default=None, help="comma-separated labels or names to run")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--exact", action="store_true", help="time exact moments (issue 14) instead")
+    ap.add_argument("--exact", action="store_true", help="time exact moments instead")
     args = ap.parse_args()
     if args.exact:
         torch.set_num_threads(args.threads)

@@ -1,4 +1,4 @@
-"""GPU benchmark (issue 8): throughput ratios on an LLaDA-8B-shaped model, and studies on a GPU-trained model.
+"""GPU benchmark: throughput ratios on an LLaDA-8B-shaped model, and studies on a GPU-trained model.
 
 Part 1, throughput, on a randomly initialised model of LLaDA-8B's shape (`llada`, preset llada-8b:
 32 layers, d 4096, FFN 12288, vocab 126464; bf16, SDPA):

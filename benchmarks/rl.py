@@ -1,4 +1,4 @@
-"""RL step overhead (issue 6, item 5): an RL step's wall time / its metered forward + backward time.
+"""RL step overhead: an RL step's wall time / its metered forward + backward time.
 
 On the default tiny checkpoint and 3-digit addition, each algorithm runs a few warm-up steps and
 then `--steps` timed steps of the shared loop (harness/algorithms/loop.py). Per step the loop

@@ -41,16 +41,16 @@ from harness.registry import MODELS, REGISTRIES, TASKS, _suggest, coerce
 from harness.types import Budget, HarnessError
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-# kind -> the registry its component comes from. The estimator-study kinds (issue 3) are
+# kind -> the registry its component comes from. The estimator-study kinds are
 # described in harness/studies.py; `options` below lists the study-level keys each one takes.
 STUDY_KINDS = {"generate": "samplers", "likelihood": "estimators",
                "estimator_variance": "estimators", "exact_reference": "estimators",
                "gradient_variance": "estimators", "t_mask_decomposition": "estimators",
                "exact_moments": "estimators",
                "rl": "algorithms"}  # rl: options are the loop's (harness/algorithms/loop.py LoopOptions)
-StudyKind = Literal["generate", "likelihood", "estimator_variance", "exact_reference",
+StudyKindName = Literal["generate", "likelihood", "estimator_variance", "exact_reference",
                     "gradient_variance", "t_mask_decomposition", "exact_moments", "rl"]
-assert set(typing.get_args(StudyKind)) == set(STUDY_KINDS)
+assert set(typing.get_args(StudyKindName)) == set(STUDY_KINDS)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -102,7 +102,7 @@ KIND_OPTIONS = {"t_mask_decomposition": ("masks_per_t",),
 @dataclass(frozen=True, kw_only=True)
 class StudySpec:
     id: str
-    kind: StudyKind
+    kind: StudyKindName  # one of the names; the study kinds themselves are studies.StudyKind
     model: str
     task: str
     sampler: ComponentSpec | None = None
@@ -438,7 +438,7 @@ def _check_kind(kind: str, comp: ComponentSpec, built, replicates: int, options:
                                f"replicates per item (its replicates), got {replicates}{capped}")
     elif kind == "estimator_variance" and comp.name == "exact":
         raise HarnessError(f"{where}.estimator: 'exact' is deterministic; use an 'exact_reference' study")
-    elif kind == "exact_moments":  # issue 14: every estimator parameter must be covered, checked here
+    elif kind == "exact_moments":  # every estimator parameter must be covered, checked here
         from harness.estimators.moments import check_covered
 
         try:
@@ -459,14 +459,14 @@ def _check_budget(cell: Cell, component, where: str) -> None:
 
     Computing the per-item NFE also checks that the component fits the task (e.g. a sampler's
     block_length divides the task's length), so such mismatches surface here, not mid-run."""
-    if not hasattr(component, "expected_nfe"):
+    if not hasattr(component, "max_nfe_per_sequence") and not hasattr(component, "nfe_for_batch"):
         return
     try:
         if cell.kind == "generate":
             task = TASKS.build(cell.task.name, cell.task.params)
-            per_item = component.expected_nfe(task.gen_length)
+            per_item = component.max_nfe_per_sequence(task.gen_length)  # a sampler: passes per sequence, at most
         else:
-            per_item = component.expected_nfe(1)
+            per_item = component.nfe_for_batch(1)  # an estimator: passes for a batch of one
     except ValueError as exc:
         raise HarnessError(f"{where}.{cell.component_kind[:-1]}: {exc}") from None
     # K masks per value of t; gradient studies also spend the exact passes (not known here).

@@ -2,7 +2,7 @@
 
 `generate`: decode each prompt with the cell's sampler and score the text with the task.
 `likelihood`: estimate log-likelihood (or its bound) of each item's reference completion.
-The estimator study (issue 3; statistics in harness/stats/estimators.py):
+The estimator study (statistics in harness/stats/estimators.py):
 `estimator_variance`: one estimator value per (item, replicate) on the reference completion,
     a light record (no per-token list); replicate 0 of each item also replays its own draws.
 `exact_reference`: the exact ELBO and exact log p of each item (METHODS.md §4), one record per item.
@@ -10,8 +10,8 @@ The estimator study (issue 3; statistics in harness/stats/estimators.py):
     study's `replicates`, run inside the unit: one record per item, replicate 0).
 `t_mask_decomposition`: per item, T values of t (the study's `replicates`, inside the unit) and
     K = options.masks_per_t masks per t for mc_elbo with n_mc = 1: one-way ANOVA of its variance.
-`exact_moments`: per item, the exact mean and variance of one estimator call (issue 14;
-    harness/estimators/moments), on the sequence scale of the other estimator records.
+`exact_moments`: per item, the exact mean and variance of one estimator call
+    (harness/estimators/moments), on the sequence scale of the other estimator records.
 The meter passed in counts everything; these functions never measure their own cost.
 """
 from __future__ import annotations
@@ -295,7 +295,7 @@ def exact_moments(denoiser, task, estimator, batch: Batch) -> list[dict]:
         scaled = {k: (None if v is None or not math.isfinite(v) else v * c * c) for k, v in
                   (("var", m.var), ("var_within", m.var_within), ("var_between", m.var_between),
                    ("var_unclamped", m.var_unclamped))}
-        nfe = estimator.expected_nfe(1) if hasattr(estimator, "expected_nfe") else (
+        nfe = estimator.nfe_for_batch(1) if hasattr(estimator, "nfe_for_batch") else (
             L if metric == "trace" else (1 << L) - 1)
         out.append({"outcome": {"metric": "exact_var", "value": scaled["var"]},
                     "estimate": {"metric": metric, "mean": m.mean * c, **scaled, "draws": m.draws, "nfe": nfe,

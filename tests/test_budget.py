@@ -68,4 +68,4 @@ def test_low_confidence_nfe_matches_its_declared_plan():
     sampler = SAMPLERS.build("low_confidence", {"steps": 4, "block_length": 2})
     prompt = torch.tensor([[3, 4, 5]] * 2)
     sampler(meter, prompt, generator=None, gen_length=4)
-    assert meter.cost.nfe == 2 * sampler.expected_nfe(4) == 8
+    assert meter.cost.nfe == 2 * sampler.max_nfe_per_sequence(4) == 8

@@ -98,7 +98,7 @@ def test_estimator_contract(name, masked, uniform):
     assert isinstance(out, Estimate)
     assert out.per_token.shape == completion.shape and out.sequence.shape == (2,)
     assert torch.isfinite(out.sequence).all() and torch.isfinite(out.per_token).all()
-    declared = est.expected_nfe(2) if hasattr(est, "expected_nfe") else None
+    declared = est.nfe_for_batch(2) if hasattr(est, "nfe_for_batch") else None
     spent = meter.cost.nfe
     assert spent > 0
     if declared is not None and name not in ("trace", "exact"):
@@ -118,7 +118,7 @@ def test_sampler_contract(name, masked, uniform):
     assert all(isinstance(t, str) for t in gen.text)
     spent = meter.cost.nfe
     assert spent > 0
-    declared = sampler.expected_nfe(gen.tokens.shape[1])
+    declared = sampler.max_nfe_per_sequence(gen.tokens.shape[1])
     assert spent <= declared * B, f"{name}: metered {spent} NFE for {B} sequences, declared at most {declared} each"
 
 

@@ -22,7 +22,7 @@ from harness.types import Estimate, HarnessError
 class Autoregressive:
     """Exact chain-rule log-likelihood of a causal LM (AR baseline)."""
 
-    def expected_nfe(self, batch: int) -> int:
+    def nfe_for_batch(self, batch: int) -> int:
         return batch  # one pass per sequence
 
     def __call__(self, denoiser, prompt: torch.Tensor, completion: torch.Tensor,

@@ -118,7 +118,7 @@ class _SPGBase(abc.ABC):
         if not 0.0 <= omega <= 1.0:
             raise ValueError(f"omega must be in [0, 1], got {omega}")
 
-    def expected_nfe(self, batch: int) -> int:
+    def nfe_for_batch(self, batch: int) -> int:
         return self.m * batch
 
     def draw(self, prompt, completion_mask, prompt_mask, generator) -> dict:

@@ -207,7 +207,7 @@ def exact_terms(denoiser, prompt: torch.Tensor, completion: torch.Tensor, comple
 class Exact:
     """Exact ground truth: log p by the subset DP and the exact ELBO, 2^L passes (L ≤ max_len).
 
-    No expected_nfe: the cost 2^{n_b} − 1 per row depends on each completion's scored length,
+    No nfe_for_batch: the cost 2^{n_b} − 1 per row depends on each completion's scored length,
     which the planner does not know, so the plan-time budget check is skipped for this estimator.
     """
 

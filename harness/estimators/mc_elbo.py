@@ -92,7 +92,7 @@ class MCElbo:
         if self.group < 1:
             raise ValueError(f"group must be >= 1, got {self.group}")
 
-    def expected_nfe(self, batch: int) -> int:
+    def nfe_for_batch(self, batch: int) -> int:
         return self.n_mc * batch
 
     def __call__(self, denoiser, prompt, completion, completion_mask, *, generator,

@@ -50,7 +50,7 @@ class OneStep:
         if self.max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
 
-    def expected_nfe(self, batch: int) -> int:
+    def nfe_for_batch(self, batch: int) -> int:
         return self.n_mc * batch
 
     def __call__(self, denoiser, prompt, completion, completion_mask, *, generator,

@@ -32,7 +32,7 @@ The returned draws also carry `group` [B, L] (each scored token's group, −1 el
 loss forms its per-(sequence, group) rows from it). Commit steps travel in `draws`:
 `draws={"commit_step": LongTensor [B, L]}` is required (the RL
 loop passes the rollout's `Generation.commit_step`; replays for π_old / π_ref pass the returned
-draws). There is no `expected_nfe`: the number of passes, one per non-empty group per sequence
+draws). There is no `nfe_for_batch`: the number of passes, one per non-empty group per sequence
 (⌈steps/stride⌉ when every step commits a scored token), is only known from the commit steps, so
 the planner skips its plan-time NFE check; the meter still counts every pass. All groups of all
 rows go through the model together, in as few passes as `max_tokens` allows.

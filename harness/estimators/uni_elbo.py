@@ -51,7 +51,7 @@ class UniElbo:
         if self.max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
 
-    def expected_nfe(self, batch: int) -> int:
+    def nfe_for_batch(self, batch: int) -> int:
         return batch
 
     def ratio(self, t1: torch.Tensor) -> torch.Tensor:

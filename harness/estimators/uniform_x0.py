@@ -26,7 +26,7 @@ It is the x0-prediction objective these models are trained with, evaluated as a 
 it is NOT a bound on log p(o | c) (the uniform-noise ELBO needs the full posterior algebra that
 this estimator does not implement), so compare it across policies, not with masked ELBOs.
 Cost per row: canvases × n_mc × (2 with self-conditioning, else 1) passes; the first pass builds
-the prompt's cache (full), all others read it (cached). No `expected_nfe`: the number of canvases
+the prompt's cache (full), all others read it (cached). No `nfe_for_batch`: the number of canvases
 depends on the completion's length and the model's canvas, known only at run time.
 Replay: draws = {"t", "corrupt", "noise"} ([B, n], [B, n, W·canvases] twice); passing them back
 reproduces the value exactly.

@@ -1,4 +1,4 @@
-"""Exact moments in the estimator section (issue 14): statements, the exact-beside-sampled table,
+"""Exact moments in the estimator section: statements, the exact-beside-sampled table,
 and two figures, from harness.stats.exact_moments. Every statement here is derived from exact
 values (no sampling error); sampled values appear beside them, with a warning where their
 replicates are too few for their tails.

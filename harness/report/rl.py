@@ -1,4 +1,4 @@
-"""The RL section (issue 6): algorithms compared at matched rollout budgets.
+"""The RL section: algorithms compared at matched rollout budgets.
 
 A pure function of records of `rl` cells: the step records (outcome `train_reward`, the loop's log
 under `estimate`) and the held-out records (outcome `accuracy`, one per test item and cell). Per

@@ -241,7 +241,7 @@ class DecodeLoop(abc.ABC):
             raise ValueError(f"gen_length {L} is not a multiple of block_length {block}")
         return L, block, self.block_steps(L, L // block)
 
-    def expected_nfe(self, gen_length: int) -> int:
+    def max_nfe_per_sequence(self, gen_length: int) -> int:
         """Forward passes per sequence, known before running (plan-time budget checks); for an
         adaptive sampler, the most it can take."""
         L, block, per_block = self.plan(gen_length)

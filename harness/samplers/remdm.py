@@ -77,7 +77,7 @@ class ReMDM:
         L = self.gen_length or gen_length
         return L, self.steps or 2 * L
 
-    def expected_nfe(self, gen_length: int) -> int:
+    def max_nfe_per_sequence(self, gen_length: int) -> int:
         return self.n_steps(gen_length)[1]
 
     # -- the schedule (pure functions of t) ------------------------------------------------------

@@ -160,7 +160,7 @@ class UniformEntropyBound:
         n = math.ceil(L / W)  # generate's max_new_canvases
         return n * W, W, n
 
-    def expected_nfe(self, gen_length: int) -> int:
+    def max_nfe_per_sequence(self, gen_length: int) -> int:
         """An upper bound known before the model is (the canvas length is the model's): max_steps
         passes per canvas, at most one canvas per token."""
         return (self.gen_length or gen_length) * self.max_steps

@@ -1,4 +1,4 @@
-"""Statistics of the exact-moment records (issue 14) and how they sit beside the sampled ones.
+"""Statistics of the exact-moment records and how they sit beside the sampled ones.
 
 Pure functions of the records frame (`records.to_frame`). An `exact_moments` cell is matched to
 the `estimator_variance` cell of the same estimator with the same parameters (every parameter but

@@ -258,7 +258,7 @@ def test_estimator_returns_the_chosen_target(target):
     mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]], dtype=torch.bool)
     est = ESTIMATORS.build("exact", {"target": target})
     assert est.metric == f"exact_{target}"
-    assert not hasattr(est, "expected_nfe")
+    assert not hasattr(est, "nfe_for_batch")
     with torch.no_grad():
         out = est(den, prompt, completion, mask, generator=torch.Generator().manual_seed(0))
         terms = exact_terms(den, prompt, completion, mask)

@@ -454,7 +454,7 @@ def test_meter_nfe_equals_expected(tiny64, name, params):
     meter = Meter(tiny64)
     with torch.no_grad():
         est(meter, prompt, completion, cmask, generator=torch.Generator().manual_seed(0), prompt_mask=pmask)
-    assert meter.cost.nfe == est.expected_nfe(len(prompt))
+    assert meter.cost.nfe == est.nfe_for_batch(len(prompt))
 
 
 @pytest.mark.parametrize("name, params", CONFIGS)
@@ -532,17 +532,17 @@ def test_registry_lists_all_masked_estimators():
     assert set(NAMES) <= set(names)
     for name in NAMES:
         est = ESTIMATORS.build(name)
-        assert isinstance(est.metric, str) and est.expected_nfe(3) > 0
+        assert isinstance(est.metric, str) and est.nfe_for_batch(3) > 0
 
 
 def test_defaults_follow_the_papers():
     assert build("one_step").p_prompt == 0.15
     c = build("coupled")
-    assert (c.t_low, c.t_high, c.include_full, c.scale, c.expected_nfe(1)) == (0.0, 1.0, True, "paper", 3)
-    assert build("coupled", include_full=False).expected_nfe(2) == 4
-    assert build("quadrature_elbo").expected_nfe(1) == 2
-    assert build("complementary_elbo", n_mc=2).expected_nfe(5) == 20
-    assert build("uni_elbo").expected_nfe(4) == 4
+    assert (c.t_low, c.t_high, c.include_full, c.scale, c.nfe_for_batch(1)) == (0.0, 1.0, True, "paper", 3)
+    assert build("coupled", include_full=False).nfe_for_batch(2) == 4
+    assert build("quadrature_elbo").nfe_for_batch(1) == 2
+    assert build("complementary_elbo", n_mc=2).nfe_for_batch(5) == 20
+    assert build("uni_elbo").nfe_for_batch(4) == 4
 
 
 @pytest.mark.parametrize("name, params", [

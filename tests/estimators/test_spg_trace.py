@@ -67,7 +67,7 @@ def test_registry_lists_the_spg_and_trace_estimators():
         ESTIMATORS.build("eubo", {"beta": 3.0})
     with pytest.raises(HarnessError):
         ESTIMATORS.build("mix", {"omega": 1.5})
-    assert not hasattr(ESTIMATORS.build("trace"), "expected_nfe")  # the planner skips its check
+    assert not hasattr(ESTIMATORS.build("trace"), "nfe_for_batch")  # the planner skips its check
 
 
 # -- block-wise masks -----------------------------------------------------------------------------
@@ -144,7 +144,7 @@ def test_spg_meter_counts_m_passes_per_sequence(tiny, name):
     prompt, completion, cmask = batch()
     meter = Meter(tiny)
     est(meter, prompt, completion, cmask, generator=gens(3))
-    assert meter.cost.nfe == est.expected_nfe(3) == 9
+    assert meter.cost.nfe == est.nfe_for_batch(3) == 9
 
 
 def test_spg_values_match_direct_forward_passes(tiny):

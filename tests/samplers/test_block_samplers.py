@@ -178,4 +178,4 @@ def test_bad_parameters_fail_early():
         with pytest.raises(HarnessError):
             SAMPLERS.build(name, params)
     with pytest.raises(ValueError, match="max_steps 3 is not a multiple"):
-        SAMPLERS.build("threshold", {"max_steps": 3, "block_length": 2}).expected_nfe(4)
+        SAMPLERS.build("threshold", {"max_steps": 3, "block_length": 2}).max_nfe_per_sequence(4)

@@ -1,4 +1,4 @@
-"""Exact moments of the masked estimators on short items (issue 14).
+"""Exact moments of the masked estimators on short items.
 
 `exact_moments(estimator, item_table(...), options)` -> Moments: the exact mean and variance of one
 estimator call (with its n_mc / m / K draws) on one item, its split into mask and t parts, and

@@ -1,4 +1,4 @@
-"""Exact gradient moments (issue 14, item 3): tr Cov(∇X) and ||E∇X − ∇ELBO||² of one estimator call.
+"""Exact gradient moments: tr Cov(∇X) and ||E∇X − ∇ELBO||² of one estimator call.
 
 For the families whose value is linear in the masked-set sums, X = Σ_M c_M·A(M) with random
 weights c (mc_elbo, coupled, quadrature_elbo, complementary_elbo, uni_elbo, one_step without
