@@ -46,6 +46,16 @@ def batch(fx: dict, mask: torch.Tensor) -> dict:
             "n_tok": int(mask.sum()), "n_groups": N_GROUPS, "length": T}
 
 
+def harness_loss(algo, fx: dict, adv: torch.Tensor, scored: torch.Tensor | None = None,
+                 with_ref: bool = True) -> torch.Tensor:
+    """The algorithm's loss on the fixture: θ, θ_old (and θ_ref) terms on `scored` positions (default:
+    the completion mask), which the batch also counts."""
+    s = fx["completion_mask"] if scored is None else scored
+    ref = estimate(fx["ref"], s) if with_ref else None
+    loss, _ = algo.loss(batch(fx, s), estimate(fx["logp"], s), estimate(fx["old"], s), ref, adv)
+    return loss
+
+
 def assert_conforms(harness_loss: torch.Tensor, reference_loss: torch.Tensor, leaf: torch.Tensor, tol=1e-6):
     """Loss and its gradient with respect to θ's per-token log-probs agree to `tol`."""
     (g_h,) = torch.autograd.grad(harness_loss, leaf, retain_graph=True, allow_unused=True)

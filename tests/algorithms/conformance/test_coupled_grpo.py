@@ -20,9 +20,8 @@ from tests.algorithms.conformance.fixture import (
     SEEDS,
     G,
     assert_conforms,
-    batch,
-    estimate,
     fixture,
+    harness_loss,
     target_logp,
     toy_rollout,
 )
@@ -36,8 +35,7 @@ def test_loss_and_gradient_match_reference(seed):
     cm = fx["completion_mask"]
     adv = algo.advantages(fx["rewards"], fx["group"])
     torch.testing.assert_close(adv, loo_advantages(fx["rewards"], G), rtol=0, atol=1e-12)
-    loss, _ = algo.loss(batch(fx, cm), estimate(fx["logp"], cm), estimate(fx["old"], cm), estimate(fx["ref"], cm),
-                        adv)
+    loss = harness_loss(algo, fx, adv)
     assert_conforms(loss, d1_loss(fx["logp"], fx["old"], fx["ref"], adv, cm, eps=0.5, beta=0.01), fx["logp"])
 
 

@@ -20,9 +20,8 @@ from tests.algorithms.conformance.fixture import (
     G,
     T,
     assert_conforms,
-    batch,
-    estimate,
     fixture,
+    harness_loss,
     target_logp,
     toy_rollout,
 )
@@ -39,8 +38,7 @@ def test_loss_and_gradient_match_espo_trainer(seed, kl_scale):
     assert bool(canvas.all())  # the ELBO of the whole canvas
     adv = algo.advantages(fx["rewards"], fx["group"])
     torch.testing.assert_close(adv, loo_advantages(fx["rewards"], G), rtol=0, atol=1e-12)
-    loss, _ = algo.loss(batch(fx, canvas), estimate(fx["logp"], canvas), estimate(fx["old"], canvas),
-                        estimate(fx["ref"], canvas), adv)
+    loss = harness_loss(algo, fx, adv, canvas)
     s, s_old, s_ref = (x.sum(1) for x in (fx["logp"], fx["old"], fx["ref"]))
     coef_1 = torch.exp((s - s_old) / T)
     coef_2 = torch.clamp(coef_1, 0.8, 1.2)
@@ -55,8 +53,7 @@ def test_completion_length_normalisation_is_the_named_option():
     algo = ALGORITHMS.build("espo", {"score_over": "completion", "sequence_scale": "length"})
     cm = fx["completion_mask"]
     adv = algo.advantages(fx["rewards"], fx["group"])
-    loss, _ = algo.loss(batch(fx, cm), estimate(fx["logp"], cm), estimate(fx["old"], cm), estimate(fx["ref"], cm),
-                        adv)
+    loss = harness_loss(algo, fx, adv)
     s, s_old, s_ref = ((x * cm).sum(1) for x in (fx["logp"], fx["old"], fx["ref"]))
     n = cm.sum(1).double()
     rho = torch.exp((s - s_old) / n)

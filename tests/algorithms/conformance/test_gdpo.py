@@ -15,9 +15,8 @@ from harness.registry import ALGORITHMS, ESTIMATORS
 from tests.algorithms.conformance.fixture import (
     SEEDS,
     assert_conforms,
-    batch,
-    estimate,
     fixture,
+    harness_loss,
     target_logp,
     toy_rollout,
 )
@@ -31,8 +30,7 @@ def test_loss_and_gradient_match_the_paper_objective(seed):
     cm = fx["completion_mask"]
     adv = algo.advantages(fx["rewards"], fx["group"])
     torch.testing.assert_close(adv, group_mean_advantages(fx["rewards"], 4), rtol=0, atol=1e-12)
-    loss, _ = algo.loss(batch(fx, cm), estimate(fx["logp"], cm), estimate(fx["old"], cm), estimate(fx["ref"], cm),
-                        adv)
+    loss = harness_loss(algo, fx, adv)
     s, s_old, s_ref = ((x * cm).sum(1) for x in (fx["logp"], fx["old"], fx["ref"]))
     rho = torch.exp(s - s_old)
     sur = torch.min(rho * adv, torch.clamp(rho, 0.8, 1.2) * adv)

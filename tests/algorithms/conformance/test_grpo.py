@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from harness.registry import ALGORITHMS
-from tests.algorithms.conformance.fixture import SEEDS, assert_conforms, batch, estimate, fixture
+from tests.algorithms.conformance.fixture import SEEDS, assert_conforms, fixture, harness_loss
 from tests.algorithms.conformance.refs import d1_loss
 
 
@@ -19,8 +19,7 @@ def test_loss_and_gradient_match_d1(seed, eps, beta):
     algo = ALGORITHMS.build("grpo", {"eps_low": eps, "eps_high": eps, "beta": beta})
     cm = fx["completion_mask"]
     adv = algo.advantages(fx["rewards"], fx["group"])
-    loss, _ = algo.loss(batch(fx, cm), estimate(fx["logp"], cm), estimate(fx["old"], cm), estimate(fx["ref"], cm),
-                        adv)
+    loss = harness_loss(algo, fx, adv)
     assert_conforms(loss, d1_loss(fx["logp"], fx["old"], fx["ref"], adv, cm, eps=eps, beta=beta), fx["logp"])
 
 
@@ -30,7 +29,7 @@ def test_constant_normalisation_is_dr_grpo():
     cm = fx["completion_mask"]
     algo = ALGORITHMS.build("grpo", {"norm": "constant", "beta": 0.0})
     adv = algo.advantages(fx["rewards"], fx["group"])
-    loss, _ = algo.loss(batch(fx, cm), estimate(fx["logp"], cm), estimate(fx["old"], cm), None, adv)
+    loss = harness_loss(algo, fx, adv, with_ref=False)
     ratio = torch.exp(fx["logp"] - fx["old"])
     sur = torch.min(ratio * adv[:, None], ratio.clamp(0.5, 1.5) * adv[:, None])
     assert_conforms(loss, -(sur * cm).sum() / cm.numel(), fx["logp"])

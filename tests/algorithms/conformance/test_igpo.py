@@ -24,6 +24,7 @@ from tests.algorithms.conformance.fixture import (
     batch,
     estimate,
     fixture,
+    harness_loss,
     target_logp,
     toy_rollout,
 )
@@ -59,8 +60,7 @@ def test_unnormalised_sequence_ratio_is_the_named_option():
     algo = ALGORITHMS.build("igpo", {"ratio": "sequence", "sequence_scale": "none",
                                      "loss_tokens_over": "completion"})
     adv = algo.advantages(fx["rewards"], fx["group"])
-    loss, _ = algo.loss(batch(fx, cm), estimate(fx["logp"], cm), estimate(fx["old"], cm), estimate(fx["ref"], cm),
-                        adv)
+    loss = harness_loss(algo, fx, adv)
     s, s_old, s_ref = ((x * cm).sum(1) for x in (fx["logp"], fx["old"], fx["ref"]))
     rho = torch.exp(s - s_old)
     sur = torch.min(rho * adv, rho.clamp(0.8, 1.2) * adv)
