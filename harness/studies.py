@@ -28,7 +28,7 @@ from harness.estimators.exact import exact_terms
 from harness.estimators.mc_elbo import draw_masks, draw_t
 from harness.prompting import PromptEncoder, prompting_record
 from harness.seeding import rand
-from harness.stats.estimators import TOKEN_MEAN_METRICS, GradientMoments, anova_components
+from harness.stats.estimators import GradientMoments, anova_components
 from harness.text import completion_mask, encode_completions, encode_prompts
 from harness.types import HarnessError
 
@@ -105,6 +105,15 @@ def likelihood(denoiser, task, estimator, batch: Batch) -> list[dict]:
 
 
 # -- the estimator study --------------------------------------------------------------------------
+def declared(estimator) -> dict:
+    """What an estimator declares for the statistics, kept in its records so they say on their own
+    what a value estimates: `token_scale` (a per-token mean: x L puts it on the sequence scale),
+    `elbo_target` (unbiased for the exact ELBO by construction) and `masks` (how its masks relate:
+    independent, complementary pairs, a reveal order, or none)."""
+    return {"token_scale": bool(estimator.token_scale), "elbo_target": bool(estimator.elbo_target),
+            "masks": str(estimator.masks)}
+
+
 def random_orders(completion_mask: torch.Tensor, generators) -> torch.Tensor:
     """[B, L] commit steps of a uniformly random reveal order of each row's scored positions
     (0 = revealed first; −1 off the mask). With these, `trace` at stride 1 scores the any-order
@@ -149,7 +158,7 @@ def estimator_variance(denoiser, task, estimator, batch: Batch) -> list[dict]:
     out = []
     for i in range(len(batch.items)):
         value = float(est.sequence[i])
-        estimate = {"value": value, "n": est.n, "length": int(cmask[i].sum())}
+        estimate = {"value": value, "n": est.n, "length": int(cmask[i].sum()), **declared(estimator)}
         if i in replay:
             estimate["replay_abs_diff"] = replay[i]
         out.append({"outcome": {"metric": metric, "value": value}, "estimate": estimate})
@@ -281,7 +290,7 @@ def exact_moments(denoiser, task, estimator, batch: Batch) -> list[dict]:
 
     ids, pmask, completion, cmask = _reference(denoiser, task, batch.items)
     metric = getattr(estimator, "metric", "log_likelihood")
-    token = metric in TOKEN_MEAN_METRICS or getattr(estimator, "scale", None) == "token"
+    token = bool(estimator.token_scale)
     out = []
     for i in range(len(batch.items)):
         table = item_table(denoiser, ids[i], pmask[i], completion[i], cmask[i],
@@ -300,7 +309,7 @@ def exact_moments(denoiser, task, estimator, batch: Batch) -> list[dict]:
         out.append({"outcome": {"metric": "exact_var", "value": scaled["var"]},
                     "estimate": {"metric": metric, "mean": m.mean * c, **scaled, "draws": m.draws, "nfe": nfe,
                                  "divergent": m.divergent, "truncation": m.truncation, "notes": m.notes,
-                                 "token_scale": token, "length": L, "exact_elbo": table.elbo(),
+                                 **declared(estimator), "length": L, "exact_elbo": table.elbo(),
                                  "passes": table.n_passes, **({"grad": grad} if grad else {})}})
     return out
 

@@ -84,6 +84,10 @@ def test_model_contract(name):
 @pytest.mark.parametrize("name", ESTIMATORS.names())
 def test_estimator_contract(name, masked, uniform):
     est = ESTIMATORS.build(name, {})
+    # what the statistics read instead of its name (harness/stats/estimators.py; the exact check of
+    # these declarations is tests/estimators/test_exact_moments.py)
+    assert isinstance(est.token_scale, bool) and isinstance(est.elbo_target, bool), name
+    assert est.masks in ("independent", "complementary", "order", "none"), f"{name}: masks {est.masks!r}"
     noise = getattr(type(est), "noise", "masked")
     if name == "autoregressive":
         pytest.skip("needs a causal LM (tests/estimators and tests/models/test_hf.py)")

@@ -9,6 +9,7 @@ absolute position j-1 see exactly the tokens before j, so the token at j is read
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +22,11 @@ from harness.types import Estimate, HarnessError
 @dataclass(frozen=True, kw_only=True)
 class Autoregressive:
     """Exact chain-rule log-likelihood of a causal LM (AR baseline)."""
+
+    # What the statistics read (harness/stats/estimators.py, `token_scale` / `elbo_target` / `masks`):
+    token_scale: ClassVar[bool] = False
+    elbo_target: ClassVar[bool] = False  # exactly log p of a causal model: no masked ELBO to target
+    masks: ClassVar[str] = "none"
 
     def nfe_for_batch(self, batch: int) -> int:
         return batch  # one pass per sequence

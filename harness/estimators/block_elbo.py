@@ -102,6 +102,16 @@ class _SPGBase(abc.ABC):
     mask_padding: bool = False
     max_tokens: int = 65536
 
+    # What the statistics read (harness/stats/estimators.py, `token_scale` / `elbo_target` / `masks`).
+    # SPG's bounds are built for the block-wise masking (earlier blocks clean, later ones masked) and
+    # a partly masked prompt: a bound on log p, not an unbiased estimate of the ELBO.
+    elbo_target: ClassVar[bool] = False
+    masks: ClassVar[str] = "independent"
+
+    @property
+    def token_scale(self) -> bool:
+        return self.scale == "token"  # the reference code's per-token means (value / n)
+
     def __post_init__(self):
         if self.m < 1:
             raise ValueError(f"m must be >= 1, got {self.m}")

@@ -42,6 +42,11 @@ class ComplementaryElbo:
     """ESPO: stratified-count ELBO, each mask paired with its complement; unbiased for the ELBO."""
 
     metric: ClassVar[str] = "elbo"
+
+    # What the statistics read (harness/stats/estimators.py, `token_scale` / `elbo_target` / `masks`):
+    token_scale: ClassVar[bool] = False
+    elbo_target: ClassVar[bool] = True  # the l = L case keeps its full weight (module docstring)
+    masks: ClassVar[str] = "complementary"
     n_mc: int = 1
     max_tokens: int = 65536
 

@@ -72,6 +72,16 @@ class Coupled:
         if self.max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
 
+    # What the statistics read (harness/stats/estimators.py, `token_scale` / `elbo_target` / `masks`):
+    token_scale: ClassVar[bool] = False
+    masks: ClassVar[str] = "complementary"
+
+    @property
+    def elbo_target(self) -> bool:
+        """Unbiased for the ELBO only as the module docstring derives: no full-mask pass, each pair
+        averaged (scale "elbo") and t ~ U(0, 1) (a narrower t range integrates G over it alone)."""
+        return not self.include_full and self.scale == "elbo" and self.t_low == 0.0 and self.t_high == 1.0
+
     def nfe_for_batch(self, batch: int) -> int:
         return (2 * self.n_mc + int(self.include_full)) * batch
 

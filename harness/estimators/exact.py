@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 
@@ -220,6 +220,14 @@ class Exact:
             raise ValueError(f"max_len must be >= 0, got {self.max_len}")
         if self.max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+
+    # What the statistics read (harness/stats/estimators.py): deterministic, on the sequence scale.
+    token_scale: ClassVar[bool] = False
+    masks: ClassVar[str] = "none"
+
+    @property
+    def elbo_target(self) -> bool:
+        return self.target == "elbo"
 
     @property
     def metric(self) -> str:

@@ -81,6 +81,11 @@ class MCElbo:
     """Monte Carlo ELBO: n masked copies, (1/t)-weighted masked log-probs, t-law iid/stratified/antithetic/count."""
 
     metric: ClassVar[str] = "elbo"
+
+    # What the statistics read (harness/stats/estimators.py, `token_scale` / `elbo_target` / `masks`):
+    token_scale: ClassVar[bool] = False
+    elbo_target: ClassVar[bool] = True  # every t-law is unbiased for the ELBO (METHODS.md §1)
+    masks: ClassVar[str] = "independent"
     n_mc: int = 8
     t_law: Literal["iid", "stratified", "antithetic", "count", "count_stratified"] = "iid"
     group: int = 32  # count_stratified: draws per systematic group (LLaDA eval's batch_size)

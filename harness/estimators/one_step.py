@@ -37,6 +37,11 @@ class OneStep:
     """diffu-GRPO one-step mean-field: all of o masked, prompt tokens masked i.i.d. with p_prompt."""
 
     metric: ClassVar[str] = "one_step"
+
+    # What the statistics read (harness/stats/estimators.py, `token_scale` / `elbo_target` / `masks`):
+    token_scale: ClassVar[bool] = False
+    elbo_target: ClassVar[bool] = False  # the mean-field one-step term, a different quantity
+    masks: ClassVar[str] = "independent"
     p_prompt: float = 0.15
     n_mc: int = 1
     mask_padding: bool = True  # mask the post-EOS padding too (the reference code); False: keep it clean

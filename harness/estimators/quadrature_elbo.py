@@ -46,6 +46,13 @@ class QuadratureElbo:
     """GDPO semi-deterministic MC: t on N Gauss-Legendre nodes, K masks per node, weight w_n/(t_n K)."""
 
     metric: ClassVar[str] = "elbo"
+
+    # What the statistics read (harness/stats/estimators.py, `token_scale` / `elbo_target` / `masks`):
+    token_scale: ClassVar[bool] = False
+    # A quadrature in t: biased for count masks at every N, unbiased for bernoulli masks only when
+    # N >= L/2 (a property of the item, not of the estimator), so never declared unbiased.
+    elbo_target: ClassVar[bool] = False
+    masks: ClassVar[str] = "independent"
     n_nodes: int = 2
     k_masks: int = 1
     mask_law: Literal["count", "bernoulli"] = "count"

@@ -87,6 +87,16 @@ class Trace:
         if self.max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
 
+    # What the statistics read (harness/stats/estimators.py, `token_scale` / `elbo_target` / `masks`):
+    token_scale: ClassVar[bool] = True  # a mean over scored tokens: x L puts it on the ELBO's scale
+    masks: ClassVar[str] = "order"  # one reveal order per row (the sampler's, or random in the estimator study)
+
+    @property
+    def elbo_target(self) -> bool:
+        """Along a uniformly random order (the estimator study's `commit_order: random`), stride 1
+        scores the any-order chain rule, whose mean over orders is ELBO / L; merged steps are not."""
+        return self.stride == 1
+
     def __call__(self, denoiser, prompt, completion, completion_mask, *, generator=None,
                  prompt_mask=None, draws=None) -> Estimate:
         B, L = completion.shape

@@ -39,6 +39,11 @@ class UniElbo:
     """UniGRPO: mean log-prob over masked tokens at ratio t, t spaced from t_1 ~ U(0,1) to 1 over iterations."""
 
     metric: ClassVar[str] = "uni_elbo"
+
+    # What the statistics read (harness/stats/estimators.py, `token_scale` / `elbo_target` / `masks`):
+    token_scale: ClassVar[bool] = True  # a mean over masked tokens: x L puts it on the ELBO's scale
+    elbo_target: ClassVar[bool] = False  # close to ELBO / L, not equal (module docstring)
+    masks: ClassVar[str] = "independent"
     iteration: int = 0
     n_iterations: int = 1
     max_tokens: int = 65536

@@ -71,6 +71,11 @@ class UniformX0:
     canvas with the clean earlier canvases as context (not an ELBO)."""
 
     metric: ClassVar[str] = "uniform_x0"
+
+    # What the statistics read (harness/stats/estimators.py, `token_scale` / `elbo_target` / `masks`):
+    token_scale: ClassVar[bool] = False
+    elbo_target: ClassVar[bool] = False  # the x0-prediction objective, not a bound on log p
+    masks: ClassVar[str] = "independent"
     noise: ClassVar[str] = "uniform"  # the models it applies to (plan-time check in config.py)
     n_mc: int = 4
     self_conditioning: bool | None = None  # None: as the model's generate (DiffusionGemma: on)

@@ -7,10 +7,13 @@ with Student-t intervals. Every resampling function takes a `seed` and draws fro
 np.random.default_rng(seed). Cells of one study form a family (one estimator configuration swept
 over its sample count), which is what the 1/NFE regression runs over.
 
-Scales: values that are per-token means (`uni_elbo`, `trace`, SPG with scale: token) are
-multiplied by the item's scored length L in `per_item`, so every bias, variance and MSE is on the
-sequence scale of the exact ELBO and log p (`token_scale` marks those rows); the ratio spread and
-the variance ratios use the same scale.
+What a value estimates is declared by its estimator (class attributes the records carry, see
+`declared`), never looked up by name here: values of an estimator with `token_scale` (a per-token
+mean such as `uni_elbo`, `trace`, SPG with scale: token) are multiplied by the item's scored length
+L in `per_item`, so every bias, variance and MSE is on the sequence scale of the exact ELBO and
+log p; `elbo_target` says whether the estimator is built to be unbiased for the ELBO; `masks`
+("independent", "complementary", ...) says how its masks relate, which the coupling comparison
+reads. The ratio spread and the variance ratios use the sequence scale too.
 """
 from __future__ import annotations
 
@@ -21,7 +24,6 @@ from scipy import stats
 
 from harness.stats.intervals import t_interval
 
-TOKEN_MEAN_METRICS = ("uni_elbo", "trace")  # values that target a per-token average (ELBO / L)
 QUANTITIES = ("bias_elbo", "bias_log_p", "var", "mse_elbo", "mse_log_p", "var_x_nfe")
 CLIP_EPS = 0.2  # PPO-style clip range: a ratio outside [1 - ε, 1 + ε] would be clipped
 
@@ -178,30 +180,42 @@ def exact_table(df):
     return out.drop_duplicates("key", keep="last").set_index("key")
 
 
-def _token_scaled(rows) -> bool:
-    scale = rows.get("component.params.scale")
-    return bool(rows["outcome.metric"].iloc[0] in TOKEN_MEAN_METRICS
-                or (scale is not None and scale.iloc[0] == "token"))
+DECLARED = ("token_scale", "elbo_target", "masks")  # what an estimator declares (harness/studies.py `declared`)
+
+
+def declared(rows, key: str):
+    """What one cell's estimator declares (`token_scale`, `elbo_target` or `masks`): read from its
+    records, or, for records written before they carried it, from the estimator class itself
+    (built from the recorded name and parameters)."""
+    col = f"estimate.{key}"
+    if col in rows.columns and not _missing(rows[col].iloc[0]):
+        v = rows[col].iloc[0]
+        return bool(v) if key != "masks" else str(v)
+    return getattr(_estimator(rows), key)
+
+
+def _estimator(rows):
+    from harness.registry import ESTIMATORS
+
+    first = rows.iloc[0]
+    params = {}
+    for col in rows.columns:
+        if col.startswith("component.params.") and not _missing(first[col]):
+            v = first[col]
+            v = v.item() if hasattr(v, "item") else v  # numpy scalars from the frame
+            params[col.split(".", 2)[2]] = int(v) if isinstance(v, float) and v.is_integer() else v
+    return ESTIMATORS.build(first["component.name"], params, where=f"records of cell {first['cell_id']}")
+
+
+def _missing(v) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
 
 
 def _values(rows) -> np.ndarray:
     """One item's replicate values in replicate order, on the sequence scale (per-token means × L)."""
     rows = rows.sort_values("replicate")
     v = rows["estimate.value"].to_numpy(float)
-    return v * rows["estimate.length"].iloc[0] if _token_scaled(rows) else v
-
-
-def targets_elbo(rows) -> bool:
-    """Whether a cell's estimator is built to be unbiased for the ELBO (on the sequence scale):
-    the `elbo` metrics, `trace` along random orders, and `coupled` without the full-mask pass at
-    scale elbo. one_step, uni_elbo, eubo, mix and the paper's coupled target other quantities."""
-    metric = rows["outcome.metric"].iloc[0]
-    if metric in ("elbo", "trace"):
-        return True
-    if rows["component.name"].iloc[0] == "coupled":
-        full, scale = rows.get("component.params.include_full"), rows.get("component.params.scale")
-        return bool(full is not None and not full.iloc[0] and scale is not None and scale.iloc[0] == "elbo")
-    return False
+    return v * rows["estimate.length"].iloc[0] if declared(rows, "token_scale") else v
 
 
 def per_item(df):
@@ -221,7 +235,7 @@ def per_item(df):
     rows = []
     for (cell, key), g in ev.groupby(["cell_id", "key"], sort=False):
         v = _values(g)
-        token = _token_scaled(g)
+        token = declared(g, "token_scale")
         x = exact.loc[key] if key in exact.index else None
         e_elbo = x["exact_elbo"] if x is not None else math.nan
         e_lp = x["exact_log_p"] if x is not None else math.nan
@@ -233,7 +247,7 @@ def per_item(df):
             "nfe": nfe, "mean": float(v.mean()), "var": var,
             "bias_elbo": float(v.mean() - e_elbo), "bias_log_p": float(v.mean() - e_lp),
             "mse_elbo": float(((v - e_elbo) ** 2).mean()), "mse_log_p": float(((v - e_lp) ** 2).mean()),
-            "var_x_nfe": var * nfe, "token_scale": token, "elbo_target": targets_elbo(g),
+            "var_x_nfe": var * nfe, "token_scale": token, "elbo_target": declared(g, "elbo_target"),
             "exact_elbo": e_elbo, "exact_log_p": e_lp,
         })
     return pd.DataFrame(rows)
@@ -381,42 +395,37 @@ def gradient_summary(df):
 
 
 def coupled_vs_independent(df, seed: int, n_boot: int = 2000):
-    """Coupled masks (`coupled`, include_full False, scale elbo: an unbiased ELBO estimate from n
-    complementary pairs) against `mc_elbo` with independent masks (t-law antithetic and iid) at the
-    same measured NFE 2n: the ratio of mean per-item variances with a two-level bootstrap interval.
-    Ratio < 1: coupling lowers the variance at equal cost."""
+    """Every unbiased ELBO estimator with complementary masks (declared `masks: complementary`,
+    `elbo_target`: e.g. `coupled` without the full-mask pass at scale elbo, `complementary_elbo`)
+    against every unbiased one with independent masks (e.g. `mc_elbo` under each t-law) at the
+    same measured NFE: the ratio of mean per-item variances with a two-level bootstrap interval.
+    Ratio < 1: coupling lowers the variance at equal cost. `t_law` is the independent cell's
+    t-law parameter where it has one."""
     import pandas as pd
 
     ev = _ok(df, "estimator_variance")
     if ev.empty:
         return pd.DataFrame()
     nfe = ev.groupby("cell_id")["cost.nfe"].mean().round().astype(int)
-    first = ev.groupby("cell_id", sort=False).first()
-
-    def param(cell, name):
-        col = f"component.params.{name}"
-        return first.loc[cell, col] if col in first.columns else None
-
-    coupled = [c for c in first.index if first.loc[c, "component.name"] == "coupled"
-               and _is(param(c, "include_full"), False) and param(c, "scale") == "elbo"]
+    groups = dict(tuple(ev.groupby("cell_id", sort=False)))
+    kind = {c: declared(g, "masks") if declared(g, "elbo_target") else None for c, g in groups.items()}
     rows = []
-    for c in coupled:
-        for law in ("antithetic", "iid"):
-            match = [m for m in first.index if first.loc[m, "component.name"] == "mc_elbo"
-                     and param(m, "t_law") == law and nfe[m] == nfe[c]]
-            if not match:
-                continue
-            a, b = _paired_values(ev, c, match[0])
+    for c in (c for c in groups if kind[c] == "complementary"):
+        for m in (m for m in groups if kind[m] == "independent" and nfe[m] == nfe[c]):
+            a, b = _paired_values(ev, c, m)
             if len(a) < 2:
                 continue
             res = variance_ratio(a, b, seed=seed, n_boot=n_boot)
-            rows.append({"nfe": int(nfe[c]), "coupled": c, "independent": match[0], "t_law": law, **res})
+            rows.append({"nfe": int(nfe[c]), "coupled": c, "independent": m,
+                         "t_law": _param(groups[m], "t_law"), **res})
     return pd.DataFrame(rows)
 
 
-def _is(value, expected) -> bool:
-    """value == expected for a cell of a mixed-type column (None/NaN where a cell lacks the key)."""
-    return value is not None and not (isinstance(value, float) and math.isnan(value)) and value == expected
+def _param(rows, name: str):
+    """A cell's parameter `name` (None where its estimator has none)."""
+    col = f"component.params.{name}"
+    v = rows[col].iloc[0] if col in rows.columns else None
+    return None if _missing(v) else v
 
 
 def _paired_values(ev, cell_a: str, cell_b: str):

@@ -19,7 +19,7 @@ import math
 
 import numpy as np
 
-from harness.stats.estimators import _item_key, _ok, _values
+from harness.stats.estimators import _item_key, _ok, _param, _values, declared
 
 TAIL_REL_SE = 0.3  # flag a sampled variance whose relative SE sqrt((κ − 1)/R) exceeds this
 EXACT_TOL = 1e-6  # relative: var × NFE constant along a sweep within this is "exactly 1/NFE"
@@ -64,6 +64,10 @@ def exact_items(df):
     })
     out["bias_elbo"] = out["mean"] - out["exact_elbo"]
     out["var_x_nfe"] = out["var"] * out["nfe"]
+    cells = dict(tuple(ex.groupby("cell_id", sort=False)))
+    for key in ("elbo_target", "masks", "t_law"):  # per cell, as its estimator declares (stats.estimators)
+        value = {c: (_param(g, key) if key == "t_law" else declared(g, key)) for c, g in cells.items()}
+        out[key] = out["cell_id"].map(value)
     return out
 
 
@@ -81,7 +85,8 @@ def exact_summary(items):
                      "var": float(g["var"].mean()), "var_x_nfe": float(g["var_x_nfe"].mean()),
                      "within": float(g["within"].mean()), "between": float(g["between"].mean()),
                      "divergent": bool(g["divergent"].any()), "truncation": g["truncation"].iloc[0],
-                     "draws": int(g["draws"].iloc[0])})
+                     "draws": int(g["draws"].iloc[0]), "elbo_target": bool(g["elbo_target"].iloc[0]),
+                     "masks": g["masks"].iloc[0], "t_law": g["t_law"].iloc[0]})
     return pd.DataFrame(rows)
 
 
@@ -186,26 +191,19 @@ def exact_decomposition(summary):
 
 
 def exact_coupled(summary):
-    """Exact Var(coupled, include_full false, scale elbo) / Var(mc_elbo, antithetic or iid) at the
-    same NFE (means over items of the exact variances)."""
+    """Exact Var(unbiased ELBO estimator with complementary masks) / Var(unbiased one with
+    independent masks) at the same NFE (means over items of the exact variances), as
+    stats.estimators.coupled_vs_independent pairs the sampled cells."""
     import pandas as pd
 
-    def params(m):
-        return json.loads(m)
-
-    rows = []
     if not len(summary):
         return pd.DataFrame()
-    for _, c in summary.iterrows():
-        name, p = params(c["match"])
-        if name != "coupled" or p.get("include_full") not in (False, "False") or p.get("scale") != "elbo":
-            continue
-        for law in ("antithetic", "iid", "stratified"):
-            for _, m in summary.iterrows():
-                mn, mp = params(m["match"])
-                if mn == "mc_elbo" and mp.get("t_law") == law and m["nfe"] == c["nfe"]:
-                    rows.append({"nfe": int(c["nfe"]), "coupled": c["cell_id"], "independent": m["cell_id"],
-                                 "t_law": law, "ratio": c["var"] / m["var"] if m["var"] > 0 else math.nan})
+    ok = summary[summary["elbo_target"]]
+    rows = []
+    for _, c in ok[ok["masks"] == "complementary"].iterrows():
+        for _, m in ok[(ok["masks"] == "independent") & (ok["nfe"] == c["nfe"])].iterrows():
+            rows.append({"nfe": int(c["nfe"]), "coupled": c["cell_id"], "independent": m["cell_id"],
+                         "t_law": m["t_law"], "ratio": c["var"] / m["var"] if m["var"] > 0 else math.nan})
     return pd.DataFrame(rows)
 
 

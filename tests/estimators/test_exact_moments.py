@@ -22,7 +22,7 @@ from harness.estimators import coupled as coupled_mod
 from harness.estimators import mc_elbo as mc_mod
 from harness.estimators.exact import exact_terms
 from harness.estimators.mc_elbo import MCElbo
-from harness.estimators.moments import check_covered, clear_cache, exact_moments, item_table
+from harness.estimators.moments import MOMENTS, check_covered, clear_cache, exact_moments, item_table
 from harness.estimators.moments.elbo import g_polys
 from harness.estimators.moments.tlaw import TLaw
 from harness.estimators.quadrature_elbo import gauss_legendre
@@ -235,6 +235,34 @@ def test_exact_means_equal_stated_targets(den, i):
     assert mean("trace") == pytest.approx(elbo / n, abs=1e-9)
     assert mean("exact") == pytest.approx(elbo, abs=1e-9)
     assert mean("exact", target="log_p") == pytest.approx(log_p, abs=1e-9)
+
+
+ONE_SAMPLE = {"eubo": {"m": 1}, "mix": {"m": 1}}  # their m-sample values enumerate C^m joint draws
+DECLARATION_CASES = [(name, ONE_SAMPLE.get(name, {})) for name in ESTIMATORS.names() if name in MOMENTS] + [
+    ("coupled", {"include_full": False, "scale": "elbo"}),
+    ("coupled", {"include_full": False, "scale": "elbo", "t_low": 0.2, "t_high": 0.8}),
+    ("trace", {"stride": 2}), ("block_elbo", {"scale": "token"}), ("exact", {"target": "log_p"})]
+
+
+@pytest.mark.parametrize("name,params", DECLARATION_CASES)
+def test_declared_elbo_target_and_scale_agree_with_exact_means(den, name, params):
+    """What an estimator declares for the statistics (`elbo_target`, `token_scale`), checked
+    exactly: on the sequence scale (x L where it declares a per-token mean), its exact mean equals
+    the exact ELBO on both items if it declares the ELBO as its target (within the t clamp's
+    O(1e-6)), and misses it by more than 1e-3 on at least one item if it does not."""
+    est = ESTIMATORS.build(name, params)
+    gaps = []
+    for i in (0, 1):
+        p, pm, c, cm = ITEMS[i]
+        with torch.no_grad():
+            elbo = float(exact_terms(den, p[None], c[None], cm[None], prompt_mask=pm[None])["elbo"][0])
+        tab = table(den, i, est)
+        mean = exact_moments(est, tab, {"commit_order": "random"}).mean * (tab.n if est.token_scale else 1)
+        gaps.append(abs(mean - elbo))
+    if est.elbo_target:
+        assert max(gaps) < 1e-4, f"{name} {params} declares the ELBO as its target but misses it by {gaps}"
+    else:
+        assert max(gaps) > 1e-3, f"{name} {params} is unbiased for the ELBO here ({gaps}) but does not declare it"
 
 
 def test_divergence_and_its_truncation_are_reported(den):

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from harness.stats import estimators as E
+from harness.types import HarnessError
 
 
 def ev_rows(cell, study, values_by_item, nfe, *, name="mc_elbo", metric="elbo", lengths=None, params=None):
@@ -155,11 +156,26 @@ def test_coupled_vs_independent_matches_equal_nfe_cells():
     assert row["lo"] <= 0.25 <= row["hi"] and row["hi"] < 1
 
 
-def test_targets_elbo():
-    df = pd.DataFrame(ev_rows("a", "a", [[1.0]], 2, name="coupled", metric="coupled",
-                              params={"include_full": False, "scale": "elbo"}))
-    assert E.targets_elbo(df)
-    df["component.params.include_full"] = True
-    assert not E.targets_elbo(df)
-    assert E.targets_elbo(pd.DataFrame(ev_rows("t", "t", [[1.0]], 1, name="trace", metric="trace")))
-    assert not E.targets_elbo(pd.DataFrame(ev_rows("o", "o", [[1.0]], 1, name="one_step", metric="one_step")))
+def test_declared_reads_the_records_then_the_estimator_class():
+    """What a value estimates comes from its estimator's declarations, never from its name: records
+    written by the study carry them; older records fall back to the class built from the recorded
+    name and parameters (the NaN a frame puts where a cell lacks a parameter is ignored)."""
+    coupled = pd.DataFrame(ev_rows("a", "a", [[1.0]], 2, name="coupled", metric="coupled",
+                                   params={"include_full": False, "scale": "elbo", "t_law": math.nan}))
+    assert E.declared(coupled, "elbo_target") and E.declared(coupled, "masks") == "complementary"
+    coupled["component.params.include_full"] = True  # the paper's full-mask pass: a different target
+    assert not E.declared(coupled, "elbo_target")
+    narrow = pd.DataFrame(ev_rows("n", "n", [[1.0]], 2, name="coupled", metric="coupled",
+                                  params={"include_full": False, "scale": "elbo", "t_low": 0.2, "t_high": 0.8}))
+    assert not E.declared(narrow, "elbo_target")  # the reference code's t range integrates G over it alone
+    trace = pd.DataFrame(ev_rows("t", "t", [[1.0]], 1, name="trace", metric="trace"))
+    assert E.declared(trace, "elbo_target") and E.declared(trace, "token_scale")
+    trace["component.params.stride"] = 2.0  # ints come back as floats from a frame with gaps
+    assert not E.declared(trace, "elbo_target")
+    spg = pd.DataFrame(ev_rows("s", "s", [[1.0]], 2, name="block_elbo", metric="elbo", params={"scale": "token"}))
+    assert E.declared(spg, "token_scale") and not E.declared(spg, "elbo_target")
+    # a record's own declaration wins over the class (it says what the run that wrote it computed)
+    spg["estimate.token_scale"] = False
+    assert not E.declared(spg, "token_scale")
+    with pytest.raises(HarnessError, match="records of cell s.*unknown parameter"):
+        E.declared(spg.assign(**{"component.params.nonsense": 1}), "elbo_target")
