@@ -112,6 +112,9 @@ def test_estimator_contract(name, masked, uniform):
 @pytest.mark.parametrize("name", SAMPLERS.names())
 def test_sampler_contract(name, masked, uniform):
     sampler = SAMPLERS.build(name, {})
+    # what the report reads instead of its name (harness/report/samplers.py)
+    assert set(sampler.budget_knobs) <= set(SAMPLERS.fields(name)), f"{name}: budget_knobs {sampler.budget_knobs}"
+    assert isinstance(sampler.speed_reference(), bool)
     den = uniform if getattr(type(sampler), "noise", "masked") == "uniform" else masked
     prompt, _, _ = _batch(den)
     meter = Meter(den)

@@ -5,9 +5,11 @@ the accuracy and its 95% interval (clustered by item when replicates repeat item
 NFE per sequence split into full and cached passes, the model's wall time per sequence, and the
 throughput. Throughput is always generated tokens up to and including the first EOS per second
 of model time (the meter's wall time: the sampler's own bookkeeping is not in it), so numbers are
-comparable across samplers; the speed-up is against plain `low_confidence` (no cache, one token
-per step, greedy) of the same run. Figures (seaborn, PNG + SVG): accuracy against NFE and against
-wall time per sequence, one line per sampler variant.
+comparable across samplers; the speed-up is against the run's speed reference, the cell whose
+sampler declares it (`speed_reference()`: plain `low_confidence`, LLaDA's generate with no cache,
+greedy; the one with the most passes). A figure line is a sampler with its parameters away from
+their defaults, except the ones it declares as `budget_knobs` (the x axis). Figures (seaborn, PNG +
+SVG): accuracy against NFE and against wall time per sequence, one line per sampler variant.
 """
 from __future__ import annotations
 
@@ -16,37 +18,39 @@ from collections import defaultdict
 from pathlib import Path
 
 from harness.records import read_records
+from harness.registry import SAMPLERS
 from harness.report.format import distinct, figure_md, pareto_front, save_figure, style
 from harness.report.leaderboard import protocol_of
 from harness.report.sections import register_section
 from harness.stats.intervals import mean_interval
 
 FIGURES = ("samplers_accuracy_vs_nfe", "samplers_accuracy_vs_wall")
-KNOBS = ("steps", "tau", "bound", "schedule", "eta", "alg_temp", "temperature", "block_length", "max_steps",
-         "min_length", "gen_length", "cfg_scale", "refresh")
+
+
+def _changed(name: str, params: dict) -> list[tuple[str, object]]:
+    """The sampler's parameters set away from their defaults, in the class's field order."""
+    out = []
+    for key, (_, default) in SAMPLERS.fields(name).items():
+        value = params.get(key, default)
+        if (tuple(value) if isinstance(value, list) else value) != default:
+            out.append((key, value))
+    return out
+
+
+def _show(key: str, value) -> str:
+    return f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}"
 
 
 def _variant(name: str, params: dict) -> str:
-    """A line in the figures: the sampler plus the knobs that are not swept along the budget axis."""
-    extra = []
-    if params.get("cache", "none") != "none":
-        extra.append(f"cache={params['cache']}")
-        if params.get("refresh"):
-            extra.append(f"refresh={params['refresh']}")
-    if name == "remdm":
-        extra.append(str(params.get("schedule", "cap")))
-    if params.get("temperature"):
-        extra.append(f"T={params['temperature']:g}")
-    if params.get("alg_temp"):
-        extra.append(f"alg_temp={params['alg_temp']:g}")
-    if params.get("block_length"):
-        extra.append(f"block={params['block_length']}")
+    """A line in the figures: the sampler plus every parameter set away from its default, except
+    the ones the sampler declares as its budget knobs (`budget_knobs`: swept along the x axis)."""
+    knobs = SAMPLERS.get(name).budget_knobs
+    extra = [_show(k, v) for k, v in _changed(name, params) if k not in knobs]
     return name + (f" ({', '.join(extra)})" if extra else "")
 
 
-def _knobs(params: dict) -> str:
-    shown = [f"{k}={params[k]}" for k in KNOBS if params.get(k) not in (None, 0, 0.0, "none")]
-    return ", ".join(shown) or "defaults"
+def _knobs(name: str, params: dict) -> str:
+    return ", ".join(_show(k, v) for k, v in _changed(name, params)) or "defaults"
 
 
 def cell_summaries(records: list[dict]) -> list[dict]:
@@ -65,7 +69,7 @@ def cell_summaries(records: list[dict]) -> list[dict]:
         tokens = sum(r["generation"]["gen_len"] for r in recs)
         out.append({
             "cell": cell_id, "study": recs[0]["study"], "sampler": comp["name"], "params": comp["params"],
-            "variant": _variant(comp["name"], comp["params"]), "knobs": _knobs(comp["params"]),
+            "variant": _variant(comp["name"], comp["params"]), "knobs": _knobs(comp["name"], comp["params"]),
             "accuracy": iv, "protocol": protocol_of(recs), "units": n,
             "replicates": len({r["replicate"] for r in recs}),
             "nfe": mean("nfe"), "nfe_full": mean("nfe_full"), "nfe_cached": mean("nfe_cached"),
@@ -79,10 +83,10 @@ def cell_summaries(records: list[dict]) -> list[dict]:
 
 
 def _baseline(rows: list[dict]) -> dict | None:
-    """Plain low_confidence: no cache, greedy, one token per step (the most steps of its cells)."""
-    plain = [r for r in rows if r["sampler"] == "low_confidence" and r["params"].get("cache", "none") == "none"
-             and not r["params"].get("temperature") and not r["params"].get("cfg_scale")]
-    return max(plain, key=lambda r: r["nfe"]) if plain else None
+    """The speed-up reference: the cells whose sampler says so (`speed_reference()`: plain
+    low_confidence, i.e. LLaDA's generate without cache, greedy), the one with the most passes."""
+    ref = [r for r in rows if SAMPLERS.build(r["sampler"], r["params"], where=f"cell {r['cell']}").speed_reference()]
+    return max(ref, key=lambda r: r["nfe"]) if ref else None
 
 
 def render_samplers_section(run_dir, out_dir, records: list[dict] | None = None) -> str:
@@ -133,18 +137,18 @@ def render_samplers_section(run_dir, out_dir, records: list[dict] | None = None)
 
 
 def speedup_headline(rows: list[dict], points: float = 0.01) -> str | None:
-    """The fastest configuration whose accuracy is within `points` of plain low_confidence."""
+    """The fastest configuration whose accuracy is within `points` of the speed reference (`_baseline`)."""
     base = _baseline(rows)
     if base is None or not base["tokens_per_s"] > 0:
         return None
     ok = [r for r in rows if r["accuracy"].mean >= base["accuracy"].mean - points and r["tokens_per_s"] > 0]
     best = max(ok, key=lambda r: r["tokens_per_s"])
     if best is base:
-        return (f"Samplers: no configuration is faster than plain `low_confidence` "
+        return (f"Samplers: no configuration is faster than `{base['variant']}` "
                 f"({base['accuracy'].fmt(3)}) within {100 * points:.0f} point of its accuracy.")
     speedup = best["tokens_per_s"] / base["tokens_per_s"]
     return (f"Samplers: `{best['variant']}` ({best['knobs']}) decodes {speedup:.1f}x "
-            f"as many tokens/s as plain `low_confidence` at {best['nfe']:.2f} vs {base['nfe']:.2f} NFE per sequence, "
+            f"as many tokens/s as `{base['variant']}` at {best['nfe']:.2f} vs {base['nfe']:.2f} NFE per sequence, "
             f"with accuracy {best['accuracy'].fmt(3)} vs {base['accuracy'].fmt(3)}.")
 
 

@@ -184,6 +184,13 @@ class DecodeLoop(abc.ABC):
     confidence_dtype: Literal["float32", "float64", "model"] = "float32"  # "model": the logits' dtype
 
     adaptive: ClassVar[bool] = False
+    # What the report reads (harness/report/samplers.py): the parameters that move a configuration
+    # along the compute axis (one figure line per setting of the others).
+    budget_knobs: ClassVar[tuple[str, ...]] = ()
+
+    def speed_reference(self) -> bool:
+        """Whether speed-ups are measured against this configuration (see LowConfidence)."""
+        return False
 
     def __post_init__(self):
         for name in ("gen_length", "block_length"):
@@ -340,6 +347,8 @@ class BlockSampler(DecodeLoop):
     steps: int | None = None  # None: one token per step
     schedule: Literal["auto", "linear", "dream"] = "auto"  # tokens per step (_schedule.py); auto: the model's
 
+    budget_knobs: ClassVar[tuple[str, ...]] = ("steps",)
+
     def __post_init__(self):
         super().__post_init__()
         if self.steps is not None and self.steps < 1:
@@ -380,6 +389,7 @@ class AdaptiveSampler(DecodeLoop):
     max_steps: int | None = None  # None: at most one pass per token
 
     adaptive: ClassVar[bool] = True
+    budget_knobs: ClassVar[tuple[str, ...]] = ("max_steps",)
 
     def __post_init__(self):
         super().__post_init__()

@@ -10,6 +10,7 @@ The number of passes adapts; `max_steps` caps it (harness/samplers/_base.py).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -35,6 +36,8 @@ class EntropyBound(AdaptiveSampler):
     """EB-sampler: commit the lowest-entropy masked tokens while sum(H) - max(H) <= bound (>= 1 per step)."""
 
     bound: float = 0.1
+
+    budget_knobs: ClassVar[tuple[str, ...]] = ("bound", "max_steps")  # a larger bound commits more per pass
 
     def __post_init__(self):
         super().__post_init__()

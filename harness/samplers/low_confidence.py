@@ -19,3 +19,8 @@ from harness.samplers._base import BlockSampler
 @dataclass(frozen=True, kw_only=True)
 class LowConfidence(BlockSampler):
     """LLaDA low-confidence remasking: commit the k most probable proposals per step, semi-AR blocks."""
+
+    def speed_reference(self) -> bool:
+        """LLaDA's `generate` as published (no KV cache, greedy, no guidance) is the decoder the
+        field's speed-ups are quoted against; the report's speed-up is against this cell."""
+        return self.cache == "none" and self.temperature == 0 and self.cfg_scale == 0

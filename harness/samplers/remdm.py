@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +50,11 @@ class ReMDM:
     t_on: float | None = None  # None: 1.0 (loop: 0.55)
     t_off: float | None = None  # None: 0.0 (loop: 0.05)
     alpha_on: float = 0.9  # loop only
+
+    budget_knobs: ClassVar[tuple[str, ...]] = ("steps",)  # read by the report (harness/report/samplers.py)
+
+    def speed_reference(self) -> bool:
+        return False
 
     def __post_init__(self):
         for name in ("gen_length", "steps"):

@@ -9,6 +9,7 @@ caches (`cache`); both are options of the shared loop (harness/samplers/_base.py
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -22,6 +23,8 @@ class Threshold(AdaptiveSampler):
     """Fast-dLLM: commit every masked token with confidence >= tau (at least one per step); adaptive NFE."""
 
     tau: float = 0.9
+
+    budget_knobs: ClassVar[tuple[str, ...]] = ("tau", "max_steps")  # a lower tau commits more per pass
 
     def __post_init__(self):
         super().__post_init__()

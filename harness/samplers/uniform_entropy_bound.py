@@ -146,6 +146,11 @@ class UniformEntropyBound:
     self_conditioning: bool | None = None  # None: as the model's generate (DiffusionGemma: on)
     batch: Literal["live", "generate"] = "live"  # which rows each pass runs (module docstring)
 
+    budget_knobs: ClassVar[tuple[str, ...]] = ("bound", "max_steps")  # read by the report (harness/report/samplers.py)
+
+    def speed_reference(self) -> bool:
+        return False
+
     def __post_init__(self):
         if self.max_steps < 1 or self.bound <= 0 or not 0 <= self.t_min <= self.t_max or self.confidence <= 0 \
                 or self.stability < 0:

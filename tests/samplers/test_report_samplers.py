@@ -50,3 +50,22 @@ def test_section_has_a_row_per_cell_and_writes_the_figures(run_dir, tmp_path):
     for stem in FIGURES:
         assert (tmp_path / f"{stem}.png").stat().st_size > 0 and (tmp_path / f"{stem}.svg").stat().st_size > 0
         assert f"({stem}.png)" in md
+
+
+def test_lines_and_speed_reference_come_from_what_each_sampler_declares(run_dir):
+    """A figure line is the sampler plus its non-default parameters minus its declared
+    `budget_knobs`; the speed reference is the cell whose sampler's `speed_reference()` holds."""
+    rows = {r["cell"]: r for r in cell_summaries(read_records(run_dir))}
+    assert rows["plain[steps=2]"]["variant"] == rows["plain[steps=5]"]["variant"] == "low_confidence"
+    assert rows["plain[steps=2]"]["knobs"] == "steps=2"  # the budget knob is listed, not a new line
+    assert rows["fast[cache=dual]"]["variant"] == "threshold (cache=dual)"
+    assert rows["fast[cache=none]"]["variant"] == "threshold"
+    from harness.report.samplers import _baseline, _variant
+
+    assert _baseline(list(rows.values()))["cell"] == "plain[steps=5]"  # the most passes of the reference
+    # a knob the sampler does not declare as its budget makes its own line; floats print compactly
+    assert _variant("low_confidence", {"steps": 4, "temperature": 1.0, "block_length": 8}) == \
+        "low_confidence (block_length=8, temperature=1)"
+    assert _variant("threshold", {"tau": 0.7, "max_steps": 3}) == "threshold"
+    no_ref = [r for r in rows.values() if r["sampler"] != "low_confidence"]
+    assert _baseline(no_ref) is None  # no declared reference: no speed-up column rather than a guess
