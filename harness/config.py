@@ -292,6 +292,7 @@ def plan(suite: Suite, quick: bool = False) -> list[Cell]:
     split_sizes: dict = {}  # (task key, split) -> number of items, computed once per task
     for i, study in enumerate(suite.studies):
         where = f"{suite.path}.studies[{i}]"
+        first = len(cells)
         for point in _sweep_points(study, where):
             s = dataclasses.asdict(study)
             s.pop("sweep")
@@ -300,12 +301,27 @@ def plan(suite: Suite, quick: bool = False) -> list[Cell]:
             cells.append(_cell(suite, study, s, point, where, quick, split_sizes))
             if len(cells) > validate.SIZE_LIMITS["cells"]:
                 raise HarnessError(f"{suite.path}: more than {validate.SIZE_LIMITS['cells']} cells; split the suite")
+        if study.kind == "rl":
+            _rl_baseline(study, cells[first:], where)
     seen = set()
     for c in cells:
         if c.id in seen:
             raise HarnessError(f"{suite.path}: two cells share the id {c.id!r} (duplicate sweep values?)")
         seen.add(c.id)
     return cells
+
+
+def _rl_baseline(study: StudySpec, cells: list[Cell], where: str) -> None:
+    """The algorithm an rl study's report compares against: `options.baseline`, or else the study's
+    own `algorithm.name` (the sweep varies away from it); it must be one the study runs."""
+    names = sorted({c.component.name for c in cells})
+    spec = dataclasses.asdict(study)
+    base = (spec.get("options") or {}).get("baseline") or (spec.get("algorithm") or {}).get("name")
+    if base not in names:
+        raise HarnessError(f"{where}.options.baseline: {base!r} is not an algorithm this study runs "
+                           f"(it runs {', '.join(names)})")
+    for c in cells:
+        c.options["baseline"] = base
 
 
 def _split_size(suite: Suite, key: str, sizes: dict) -> int:

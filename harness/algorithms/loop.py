@@ -56,6 +56,9 @@ class LoopOptions:
     eval_items: int = 100
     ref_refresh: int = 0  # copy π_θ into π_ref every this many steps; 0: frozen
     checkpoint_every: int = 5
+    # Not the loop's: the algorithm the report compares every other one against (paired McNemar).
+    # "": the study's own `algorithm.name` (the one its sweep varies away from), filled in at plan time.
+    baseline: str = ""
 
     def __post_init__(self):
         for name in ("steps", "quick_steps", "prompts", "mu", "eval_items", "checkpoint_every"):

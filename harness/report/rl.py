@@ -4,7 +4,8 @@ A pure function of records of `rl` cells: the step records (outcome `train_rewar
 under `estimate`) and the held-out records (outcome `accuracy`, one per test item and cell). Per
 algorithm: final held-out accuracy over training seeds (mean and IQM with stratified bootstrap
 intervals, n seeds stated), the measured rollout and likelihood NFE and FLOPs; the paired
-comparison of each algorithm against `diffu_grpo` (pairs = (seed, held-out item), exact McNemar,
+comparison of each algorithm against the study's baseline (`options.baseline`, by default the
+study's own `algorithm.name`, e.g. `diffu_grpo` in suites/rl.yaml; pairs = (seed, held-out item), exact McNemar,
 Holm-corrected across algorithms), stated plainly even when nothing is significant; the gain of
 each algorithm over the starting checkpoint on the same held-out items (pairs = (seed, item), exact
 McNemar) with the minimum detectable effect (MDE) of both comparisons, so that a tie reads as "no
@@ -26,7 +27,6 @@ from harness.stats.paired import compare_many, mcnemar_exact
 from harness.stats.power import minimum_detectable_effect
 from harness.stats.seeds import seed_aggregate
 
-BASELINE = "diffu_grpo"
 FIGURES = ("rl_reward_vs_nfe", "rl_heldout_vs_nfe", "rl_heldout_vs_flops")
 
 
@@ -36,6 +36,18 @@ def has_rl(records: list[dict]) -> bool:
 
 def _seed(r: dict) -> int:
     return int((r.get("point") or {}).get("seed", 0))
+
+
+def baseline_of(records: list[dict], manifest: dict | None = None) -> str | None:
+    """The algorithm the rl study compares against: its cells' `options.baseline` (set at plan
+    time, config.py); for a run planned before that option existed, or records without their
+    manifest, the algorithm of the study's first cell."""
+    cells = [c for c in (manifest or {}).get("cells", []) if c.get("kind") == "rl"]
+    for c in cells:
+        if (c.get("options") or {}).get("baseline"):
+            return c["options"]["baseline"]
+    first = [c["component"]["name"] for c in cells] + [r["component"]["name"] for r in records if r.get("kind") == "rl"]
+    return first[0] if first else None
 
 
 def analyse(records: list[dict]) -> dict:
@@ -83,13 +95,13 @@ def _summary(name: str, a: dict) -> dict:
             "final train reward": f"{mean('reward_mean'):.3f}"}
 
 
-def _paired(analysis: dict) -> list[dict]:
-    base = analysis.get(BASELINE)
+def _paired(analysis: dict, baseline: str | None) -> list[dict]:
+    base = analysis.get(baseline)
     if base is None:
         return []
     diffs = {}
     for name, a in analysis.items():
-        if name == BASELINE:
+        if name == baseline:
             continue
         d = [a["acc"][s][i] - base["acc"][s][i] for s in a["acc"] if s in base["acc"]
              for i in a["acc"][s] if i in base["acc"][s]]
@@ -99,12 +111,12 @@ def _paired(analysis: dict) -> list[dict]:
         return []
     rows = []
     for c in compare_many(diffs, binary=True, seed=0):
-        verdict = {"better": f"beats {BASELINE}", "worse": f"worse than {BASELINE}"}.get(
+        verdict = {"better": f"beats {baseline}", "worse": f"worse than {baseline}"}.get(
             c.verdict, "no significant difference")
         rows.append({"algorithm": c.name, "pairs (seed x item)": c.n,
-                     f"Δ accuracy vs {BASELINE} [95% CI]": c.interval.fmt(3), "test": c.test,
+                     f"Δ accuracy vs {baseline} [95% CI]": c.interval.fmt(3), "test": c.test,
                      "p": f"{c.p:.3g}", "p (Holm)": f"{c.p_adjusted:.3g}", "verdict": verdict,
-                     "MDE (α=0.05, power 0.8)": f"{_pair_mde(analysis).get(c.name, math.nan):.3f}"})
+                     "MDE (α=0.05, power 0.8)": f"{_pair_mde(analysis, baseline).get(c.name, math.nan):.3f}"})
     return rows
 
 
@@ -136,12 +148,12 @@ def _gain(analysis: dict) -> list[dict]:
     return rows
 
 
-def _pair_mde(analysis: dict) -> dict:
+def _pair_mde(analysis: dict, baseline: str | None) -> dict:
     """MDE (α = 0.05, power 0.8) of each algorithm-vs-baseline comparison at its observed discordance."""
-    base = analysis.get(BASELINE)
+    base = analysis.get(baseline)
     out = {}
     for name, a in analysis.items():
-        if base is None or name == BASELINE:
+        if base is None or name == baseline:
             continue
         pairs = [(base["acc"][s][i], a["acc"][s][i]) for s in a["acc"] if s in base["acc"]
                  for i in a["acc"][s] if i in base["acc"][s]]
@@ -201,6 +213,7 @@ def _figures(curves: list[dict], out_dir: Path) -> list[tuple[str, str]]:
 
 def _headlines(ctx) -> list[str]:
     analysis = ctx.memo("rl", lambda: analyse(ctx.records))
+    baseline = baseline_of(ctx.records, ctx.manifest)
     if not analysis:
         return []
     def held_out(a: dict) -> float:
@@ -217,18 +230,19 @@ def _headlines(ctx) -> list[str]:
         out.append(f"RL: `{g['algorithm']}` moves held-out accuracy {g['start']} → {g['after RL']}, a gain of "
                    f"{g['gain [95% CI]']} ({verdict} at 0.01: McNemar p {g['McNemar p']}, "
                    f"{g['pairs (seed x item)']} seed x item pairs; detectable effect {g['MDE (α=0.01, power 0.8)']}).")
-    paired = _paired(analysis)
+    paired = _paired(analysis, baseline)
     if paired:
         wins = [r["algorithm"] for r in paired if r["verdict"].startswith("beats")]
         losses = [r["algorithm"] for r in paired if r["verdict"].startswith("worse")]
-        out.append(f"RL against `{BASELINE}` (paired McNemar, Holm): "
+        out.append(f"RL against `{baseline}` (paired McNemar, Holm): "
                    + (f"{', '.join(wins)} significantly better" if wins else "none significantly better")
                    + (f"; {', '.join(losses)} significantly worse." if losses else "; none significantly worse."))
     return out
 
 
-def render_section(records: list[dict], out_dir: Path | None = None) -> str:
+def render_section(records: list[dict], out_dir: Path | None = None, manifest: dict | None = None) -> str:
     analysis = analyse(records)
+    baseline = baseline_of(records, manifest)
     out = ["## RL algorithms at matched rollout budgets\n"]
     if not analysis:
         return out[0] + "_no rl records_\n"
@@ -248,15 +262,15 @@ def render_section(records: list[dict], out_dir: Path | None = None) -> str:
                    + (f"{', '.join(ok)} raise{'s' * (len(ok) == 1)} held-out accuracy significantly (p < 0.01).\n"
                       if ok else "no algorithm raises held-out accuracy significantly (p < 0.01).\n"))
         out.append(md_table(gain))
-    paired = _paired(analysis)
+    paired = _paired(analysis, baseline)
     if paired:
         wins = [r["algorithm"] for r in paired if r["verdict"].startswith("beats")]
         losses = [r["algorithm"] for r in paired if r["verdict"].startswith("worse")]
-        plain = (f"At matched rollout compute, {', '.join(wins)} beat{'s' * (len(wins) == 1)} {BASELINE}"
-                 if wins else f"No algorithm beats {BASELINE} significantly")
+        plain = (f"At matched rollout compute, {', '.join(wins)} beat{'s' * (len(wins) == 1)} {baseline}"
+                 if wins else f"No algorithm beats {baseline} significantly")
         plain += (f"; {', '.join(losses)} {'is' if len(losses) == 1 else 'are'} significantly worse." if losses
                   else "; none is significantly worse.")
-        out.append(f"\n**Against `{BASELINE}`** (paired on (seed, held-out item), exact McNemar, Holm across "
+        out.append(f"\n**Against `{baseline}`** (paired on (seed, held-out item), exact McNemar, Holm across "
                    f"algorithms, α = 0.05): {plain}\n")
         out.append(md_table(paired))
         out.append("\nA difference smaller than its row's MDE is one this study cannot detect: a tie there is "
@@ -268,4 +282,4 @@ def render_section(records: list[dict], out_dir: Path | None = None) -> str:
 
 
 SECTION = register_section("rl", kinds=("rl",), order=40, summary=_headlines,
-                           render=lambda ctx: render_section(ctx.records, ctx.out_dir))
+                           render=lambda ctx: render_section(ctx.records, ctx.out_dir, ctx.manifest))

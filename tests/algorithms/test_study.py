@@ -55,6 +55,21 @@ def test_rl_study_runs_and_resumes_to_the_same_records(tmp_path):
     assert "Against the starting checkpoint" in section and "| diffu_grpo | 4 |" in section  # 4 paired items
     assert "MDE" in section
     assert "paired on (seed, held-out item)" in section and "| spg | 6 |" in section  # 6 pairs vs diffu_grpo
+    # the comparison's baseline is data (options.baseline, the manifest's cells), not a name in the report
+    assert "**Against `diffu_grpo`**" in section
+    other = render_section(clean, manifest={"cells": [{"kind": "rl", "options": {"baseline": "spg"}}]})
+    assert "**Against `spg`**" in other and "| diffu_grpo | 6 |" in other
+
+
+def test_rl_baseline_defaults_to_the_study_algorithm_and_must_be_run(tmp_path):
+    cells = plan(load_suite(write_suite(tmp_path, SUITE)))
+    assert {c.options["baseline"] for c in cells} == {"diffu_grpo"}  # the study's algorithm.name
+    chosen = SUITE.replace("checkpoint_every: 1}", "checkpoint_every: 1, baseline: spg}")
+    assert {c.options["baseline"] for c in plan(load_suite(write_suite(tmp_path, chosen)))} == {"spg"}
+    bad = SUITE.replace("checkpoint_every: 1}", "checkpoint_every: 1, baseline: wd1}")
+    with pytest.raises(HarnessError, match=r"options.baseline: 'wd1' is not an algorithm this study runs "
+                                           r"\(it runs diffu_grpo, spg\)"):
+        plan(load_suite(write_suite(tmp_path, bad)))
 
 
 def test_rl_options_are_checked_at_plan_time(tmp_path):
