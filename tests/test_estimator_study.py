@@ -1,4 +1,4 @@
-"""The estimator study kinds (issue 3): records, plan-time validation, determinism, resume, report."""
+"""The estimator study kinds: records, plan-time validation, determinism, resume, report."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""Issue 17: the seven findings of the fault and bad-input campaign, one test (or more) each.
+"""The seven findings of the fault and bad-input campaign, one test (or more) each.
 
 1 a NaN model passes; 2 budgets leak on resume and in the rl kind; 3 no lock on a run directory;
 4 bad values run; 5 tracebacks instead of errors; 6 `train --out` overwrites a checkpoint; 7 resume
