@@ -1,8 +1,9 @@
-"""What the native LLaDA and Dream modules share: their output type, config checks, seeded init,
-padding helpers, rotary embeddings at a chosen precision, and the decoder loop with attention
-that makes a left-padded row compute exactly what it computes alone.
+"""What only the native LLaDA and Dream modules need: their output type, config checks, seeded
+init, padding helpers, rotary embeddings at a chosen precision, and the attention that makes a
+left-padded row compute exactly what it computes alone (`padded_stack`).
 
-The norm, SwiGLU, attention kernel and KV-cache layers live in
+The layers themselves (norm, rotary, SwiGLU, attention kernel, KV cache, the decoder loop and
+the LLaDA and Dream blocks with the checkpoints' parameter names) live in
 `harness/models/standins/standin_layers.py` (torch only), shared with the stand-ins, which carry
 that file with them as remote code.
 """
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from harness.models.standins.standin_layers import KVCache, RMSNorm, apply_rotary, attend, rotary
+from harness.models.standins.standin_layers import RMSNorm, attend, decoder_stack, rotary
 from harness.types import HarnessError
 
 
@@ -24,9 +25,12 @@ class Output:
     logits: torch.Tensor  # [B, T, V]
 
 
-def check_supported(cfg: dict, supported: dict, where: str) -> None:
-    """Every key of `supported` must hold an accepted value (a tuple of them); the error names the
-    key, its value (or its default when absent) and what the native code implements."""
+def check_config(cfg: dict, supported: dict, where: str, family: str, model_types: tuple) -> None:
+    """config.json must be one of `family`'s (`model_type` in `model_types`) and every key of
+    `supported` must hold an accepted value (a tuple of them); the error names the key, its value
+    (or its default when absent) and what the native code implements."""
+    if cfg.get("model_type") not in model_types:
+        raise HarnessError(f"{where}: model_type {cfg.get('model_type')!r} is not {family}'s {model_types[0]!r}")
     for key, (default, ok) in supported.items():
         value = cfg.get(key, default)
         if value not in ok:
@@ -62,11 +66,6 @@ def rotation(pos: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype)
     LLaDA's rope_full_precision, the activations' dtype for Llama/Qwen2/Dream. The inverse
     frequencies theta^(-2i/Dh) are computed here at every call: never read from a buffer."""
     return rotary(pos, head_dim, theta, dtype)
-
-
-def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [B, H, T, Dh] rotated in cos's dtype and cast back to x's (a no-op cast when they agree)."""
-    return apply_rotary(x.to(cos.dtype), cos, sin).to(x.dtype)
 
 
 def seeded_init(module: nn.Module, std: float, seed: int, device: torch.device) -> None:
@@ -132,22 +131,7 @@ def attend_padded(q, k, v, padding, impl: str) -> torch.Tensor:
     return out
 
 
-def decoder_stack(blocks, h, cos, sin, key_mask, impl, cache: KVCache | None = None,
-                  order: torch.Tensor | None = None, keep: torch.Tensor | None = None):
-    """Run pre-norm blocks over h [B, T, D]; each block has `qkv(h, cos, sin)` -> q, k, v (rotary
-    applied) and `finish(h, a)` -> h after the attention output a [B, H, T, Dh] and the MLP.
-
-    With `cache` + `order`: h holds some columns only; their keys/values join the cached ones in
-    canvas order. With `keep`: also return the keys/values of the columns `keep` (a new cache)."""
-    keys, values = [], []
-    padding = left_padding(key_mask)
-    for i, blk in enumerate(blocks):
-        q, k, v = blk.qkv(h, cos, sin)
-        if keep is not None:
-            keys.append(k[:, :, keep])
-            values.append(v[:, :, keep])
-        if cache is not None:
-            k = torch.cat([cache.keys[i], k], 2)[:, :, order]
-            v = torch.cat([cache.values[i], v], 2)[:, :, order]
-        h = blk.finish(h, attend_padded(q, k, v, padding, impl))
-    return h, (keys, values)
+def padded_stack(blocks, h, cos, sin, key_mask, impl, **cache_args):
+    """`decoder_stack` (standin_layers.py; `cache`, `order`, `keep` as it takes them) with the
+    padding plan decided once per pass by `left_padding` and every layer attending by `attend_padded`."""
+    return decoder_stack(blocks, h, cos, sin, left_padding(key_mask), impl, attention=attend_padded, **cache_args)

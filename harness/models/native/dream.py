@@ -28,15 +28,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from harness.models.native.common import Output, check_supported, decoder_stack, must, one, rotate, rotation
-from harness.models.standins.standin_layers import (
-    KVCache,
-    RMSNorm,
-    heads,
-    key_order,
-    merge_heads,
-    swiglu,
-)
+from harness.models.native.common import Output, check_config, must, one, padded_stack, rotation
+from harness.models.standins.standin_layers import DreamBaseModel, KVCache, key_order
 from harness.types import HarnessError
 
 MASK_ID = 151666  # Dream's <|mask|>
@@ -72,9 +65,7 @@ class DreamConfig:
 
     @classmethod
     def from_json(cls, cfg: dict, where: str) -> "DreamConfig":
-        if cfg.get("model_type") not in MODEL_TYPES:
-            raise HarnessError(f"{where}: model_type {cfg.get('model_type')!r} is not Dream's {MODEL_TYPES[0]!r}")
-        check_supported(cfg, SUPPORTED, where)
+        check_config(cfg, SUPPORTED, where, "Dream", MODEL_TYPES)
         rp = cfg.get("rope_parameters") or {}
         if rp.get("rope_type", "default") != "default":
             raise HarnessError(f"{where}: rope_parameters.rope_type = {rp['rope_type']!r} is not implemented by the "
@@ -100,52 +91,6 @@ class DreamConfig:
         return out
 
 
-class DreamAttention(nn.Module):
-    def __init__(self, cfg: DreamConfig):
-        super().__init__()
-        d, self.n_heads, self.n_kv = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads
-        dh = d // self.n_heads
-        self.q_proj = nn.Linear(d, d, bias=True)
-        self.k_proj = nn.Linear(d, self.n_kv * dh, bias=True)
-        self.v_proj = nn.Linear(d, self.n_kv * dh, bias=True)
-        self.o_proj = nn.Linear(d, d, bias=False)
-
-
-class DreamMLP(nn.Module):
-    def __init__(self, cfg: DreamConfig):
-        super().__init__()
-        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
-
-
-class DreamDecoderLayer(nn.Module):
-    def __init__(self, cfg: DreamConfig):
-        super().__init__()
-        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.self_attn = DreamAttention(cfg)
-        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.mlp = DreamMLP(cfg)
-
-    def qkv(self, h, cos, sin):
-        a, x = self.self_attn, self.input_layernorm(h)
-        q, k = heads(a.q_proj(x), a.n_heads), heads(a.k_proj(x), a.n_kv)
-        return rotate(q, cos, sin), rotate(k, cos, sin), heads(a.v_proj(x), a.n_kv)
-
-    def finish(self, h, a):
-        h = h + self.self_attn.o_proj(merge_heads(a))
-        m = self.mlp
-        return h + swiglu(self.post_attention_layernorm(h), m.gate_proj, m.up_proj, m.down_proj)
-
-
-class DreamBody(nn.Module):
-    def __init__(self, cfg: DreamConfig):
-        super().__init__()
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(DreamDecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
-        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-
-
 def _padding(attention_mask, position_ids):
     """Dream's accepted masks -> (a boolean key mask broadcastable to [B, 1, T, T] or None when
     nothing is padded, position ids or None for 0..T-1). A [B, T] mask gets positions counting real
@@ -168,7 +113,7 @@ class Dream(nn.Module):
     def __init__(self, cfg: DreamConfig, attn: str = "sdpa"):
         super().__init__()
         self.config, self.impl = cfg, attn
-        self.model = DreamBody(cfg)
+        self.model = DreamBaseModel(cfg)
         if not cfg.tie_word_embeddings:
             self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
 
@@ -199,7 +144,7 @@ class Dream(nn.Module):
         pos = torch.arange(input_ids.shape[1], device=input_ids.device) if pos is None else pos
         h = self.model.embed_tokens(input_ids)  # [B, T, D]
         cos, sin = self._rotation(pos, h.dtype)
-        h, (k, v) = decoder_stack(self.model.layers, h, cos, sin, m, self.impl, keep=keep)
+        h, (k, v) = padded_stack(self.model.layers, h, cos, sin, m, self.impl, keep=keep)
         return self._head(h), None if keep is None else KVCache(k, v, keep)
 
     def forward_cached(self, input_ids, cache: KVCache, columns: torch.Tensor, attention_mask=None,
@@ -215,5 +160,5 @@ class Dream(nn.Module):
             m = m[:, :, columns if m.shape[2] > 1 else slice(None)][..., key_cols]  # [B, 1, Tq|1, Tk]
         h = self.model.embed_tokens(input_ids)  # [B, Tq, D]
         cos, sin = self._rotation(pos, h.dtype)
-        h, _ = decoder_stack(self.model.layers, h, cos, sin, m, self.impl, cache=cache, order=order)
+        h, _ = padded_stack(self.model.layers, h, cos, sin, m, self.impl, cache=cache, order=order)
         return self._head(h)

@@ -31,24 +31,15 @@ import torch.nn.functional as F
 
 from harness.models.native.common import (
     Output,
-    check_supported,
-    decoder_stack,
+    check_config,
     key_padding,
     must,
     one,
+    padded_stack,
     positions,
-    rotate,
     rotation,
 )
-from harness.models.standins.standin_layers import (
-    KVCache,
-    RMSNorm,
-    heads,
-    key_order,
-    merge_heads,
-    padding_mask,
-    swiglu,
-)
+from harness.models.standins.standin_layers import KVCache, LLaDABlock, LLaDANames, RMSNorm, key_order, padding_mask
 from harness.types import HarnessError
 
 MASK_ID = 126336  # <|mdm_mask|> of every LLaDA-8B checkpoint
@@ -71,7 +62,7 @@ SUPPORTED = {
 
 
 @dataclass(frozen=True)
-class LLaDAConfig:
+class LLaDAConfig(LLaDANames):
     d_model: int
     n_heads: int
     n_kv_heads: int
@@ -92,24 +83,13 @@ class LLaDAConfig:
     init_std: float = 0.02
     bos_token_id: int | None = None
 
-    # the generic names the harness reads (ArchInfo, transformers-style callers)
-    @property
-    def hidden_size(self) -> int:
-        return self.d_model
-
-    @property
-    def num_hidden_layers(self) -> int:
-        return self.n_layers
-
     def get_text_config(self):
         return self
 
     @classmethod
     def from_json(cls, cfg: dict, where: str) -> "LLaDAConfig":
         """config.json (the official keys) -> LLaDAConfig; unsupported variants are errors."""
-        if cfg.get("model_type") not in MODEL_TYPES:
-            raise HarnessError(f"{where}: model_type {cfg.get('model_type')!r} is not LLaDA's {MODEL_TYPES[0]!r}")
-        check_supported(cfg, SUPPORTED, where)
+        check_config(cfg, SUPPORTED, where, "LLaDA", MODEL_TYPES)
         d, h = must(cfg, "d_model", where), must(cfg, "n_heads", where)
         kv = 1 if cfg.get("multi_query_attention") else (cfg.get("n_kv_heads") or h)
         vocab = must(cfg, "vocab_size", where)
@@ -139,32 +119,6 @@ class LLaDAConfig:
                    layer_norm_type="rms", rope=True, alibi=False, include_bias=False, include_qkv_bias=False,
                    attention_layer_norm=False, layer_norm_with_affine=True, block_group_size=1)
         return out
-
-
-class LLaDABlock(nn.Module):
-    def __init__(self, cfg: LLaDAConfig):
-        super().__init__()
-        d, dh = cfg.d_model, cfg.d_model // cfg.n_heads
-        self.n_heads, self.n_kv = cfg.n_heads, cfg.n_kv_heads
-        self.attn_norm = RMSNorm(d, cfg.rms_norm_eps)
-        self.q_proj = nn.Linear(d, d, bias=False)
-        self.k_proj = nn.Linear(d, cfg.n_kv_heads * dh, bias=False)
-        self.v_proj = nn.Linear(d, cfg.n_kv_heads * dh, bias=False)
-        self.attn_out = nn.Linear(d, d, bias=False)
-        self.ff_norm = RMSNorm(d, cfg.rms_norm_eps)
-        self.ff_proj = nn.Linear(d, cfg.mlp_hidden_size, bias=False)  # the SwiGLU gate
-        self.up_proj = nn.Linear(d, cfg.mlp_hidden_size, bias=False)
-        self.ff_out = nn.Linear(cfg.mlp_hidden_size, d, bias=False)
-
-    def qkv(self, h, cos, sin):
-        """h [B, T, D] -> q [B, H, T, Dh], k/v [B, Hkv, T, Dh]; q, k rotated in cos's dtype."""
-        x = self.attn_norm(h)
-        q, k = heads(self.q_proj(x), self.n_heads), heads(self.k_proj(x), self.n_kv)
-        return rotate(q, cos, sin), rotate(k, cos, sin), heads(self.v_proj(x), self.n_kv)
-
-    def finish(self, h, a):
-        h = h + self.attn_out(merge_heads(a))
-        return h + swiglu(self.ff_norm(h), self.ff_proj, self.up_proj, self.ff_out)
 
 
 class LLaDATransformer(nn.Module):
@@ -219,7 +173,7 @@ class LLaDA(nn.Module):
         h = self._embed(input_ids)
         pos = positions(m, input_ids.shape[1], input_ids.device)
         cos, sin = self._rotation(pos, h.dtype)
-        h, (k, v) = decoder_stack(self.model.transformer.blocks, h, cos, sin, padding_mask(m), self.impl, keep=keep)
+        h, (k, v) = padded_stack(self.model.transformer.blocks, h, cos, sin, padding_mask(m), self.impl, keep=keep)
         return self._head(h), None if keep is None else KVCache(k, v, keep)
 
     def forward_cached(self, input_ids, cache: KVCache, columns: torch.Tensor, attention_mask=None):
@@ -232,6 +186,6 @@ class LLaDA(nn.Module):
         order = key_order(cache.columns, columns)
         key_cols = torch.cat([cache.columns, columns])[order]  # [Tk] in canvas order
         cos, sin = self._rotation(pos, h.dtype)
-        h, _ = decoder_stack(self.model.transformer.blocks, h, cos, sin, padding_mask(m, key_cols), self.impl,
+        h, _ = padded_stack(self.model.transformer.blocks, h, cos, sin, padding_mask(m, key_cols), self.impl,
                              cache=cache, order=order)
         return self._head(h)

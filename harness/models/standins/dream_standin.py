@@ -22,17 +22,7 @@ import torch.nn as nn
 from transformers import PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from .standin_layers import (
-    KVCache,
-    RMSNorm,
-    apply_rotary,
-    decoder_stack,
-    heads,
-    key_order,
-    merge_heads,
-    rotary,
-    swiglu,
-)
+from .standin_layers import DreamBaseModel, KVCache, RMSNorm, decoder_stack, key_order, rotary
 
 
 class DreamConfig(PretrainedConfig):
@@ -51,52 +41,6 @@ class DreamConfig(PretrainedConfig):
         self.initializer_range, self.mask_token_id = initializer_range, mask_token_id
         super().__init__(pad_token_id=pad_token_id, eos_token_id=eos_token_id, bos_token_id=bos_token_id,
                          tie_word_embeddings=tie_word_embeddings, **kwargs)
-
-
-class DreamAttention(nn.Module):
-    def __init__(self, cfg: DreamConfig):
-        super().__init__()
-        d, self.n_heads, self.n_kv = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads
-        dh = d // self.n_heads
-        self.q_proj = nn.Linear(d, d, bias=True)
-        self.k_proj = nn.Linear(d, self.n_kv * dh, bias=True)
-        self.v_proj = nn.Linear(d, self.n_kv * dh, bias=True)
-        self.o_proj = nn.Linear(d, d, bias=False)
-
-
-class DreamMLP(nn.Module):
-    def __init__(self, cfg: DreamConfig):
-        super().__init__()
-        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
-
-
-class DreamDecoderLayer(nn.Module):
-    def __init__(self, cfg: DreamConfig):
-        super().__init__()
-        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.self_attn = DreamAttention(cfg)
-        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.mlp = DreamMLP(cfg)
-
-    def qkv(self, h, cos, sin):
-        a, x = self.self_attn, self.input_layernorm(h)
-        q, k = heads(a.q_proj(x), a.n_heads), heads(a.k_proj(x), a.n_kv)
-        return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), heads(a.v_proj(x), a.n_kv)
-
-    def finish(self, h, a):
-        h = h + self.self_attn.o_proj(merge_heads(a))
-        m = self.mlp
-        return h + swiglu(self.post_attention_layernorm(h), m.gate_proj, m.up_proj, m.down_proj)
-
-
-class DreamBaseModel(nn.Module):
-    def __init__(self, cfg: DreamConfig):
-        super().__init__()
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(DreamDecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
-        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
 
 def _attention_mask(attention_mask):

@@ -19,21 +19,10 @@ import torch.nn as nn
 from transformers import PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from .standin_layers import (
-    KVCache,
-    RMSNorm,
-    apply_rotary,
-    decoder_stack,
-    heads,
-    key_order,
-    merge_heads,
-    padding_mask,
-    rotary,
-    swiglu,
-)
+from .standin_layers import KVCache, LLaDABlock, LLaDANames, RMSNorm, decoder_stack, key_order, padding_mask, rotary
 
 
-class LLaDAConfig(PretrainedConfig):
+class LLaDAConfig(LLaDANames, PretrainedConfig):
     model_type = "llada"
 
     def __init__(self, d_model: int = 4096, n_heads: int = 32, n_kv_heads: int | None = None, n_layers: int = 32,
@@ -48,40 +37,6 @@ class LLaDAConfig(PretrainedConfig):
         self.max_sequence_length, self.rope_theta, self.rms_norm_eps = max_sequence_length, rope_theta, rms_norm_eps
         self.mask_token_id, self.weight_tying, self.init_std = mask_token_id, weight_tying, init_std
         super().__init__(eos_token_id=eos_token_id, pad_token_id=pad_token_id, **kwargs)
-
-    # what generic code reads (transformers, the harness's arch())
-    @property
-    def hidden_size(self) -> int:
-        return self.d_model
-
-    @property
-    def num_hidden_layers(self) -> int:
-        return self.n_layers
-
-
-class LLaDABlock(nn.Module):
-    def __init__(self, cfg: LLaDAConfig):
-        super().__init__()
-        d, dh = cfg.d_model, cfg.d_model // cfg.n_heads
-        self.n_heads, self.n_kv = cfg.n_heads, cfg.n_kv_heads
-        self.attn_norm = RMSNorm(d, cfg.rms_norm_eps)
-        self.q_proj = nn.Linear(d, d, bias=False)
-        self.k_proj = nn.Linear(d, cfg.n_kv_heads * dh, bias=False)
-        self.v_proj = nn.Linear(d, cfg.n_kv_heads * dh, bias=False)
-        self.attn_out = nn.Linear(d, d, bias=False)
-        self.ff_norm = RMSNorm(d, cfg.rms_norm_eps)
-        self.ff_proj = nn.Linear(d, cfg.mlp_hidden_size, bias=False)  # the SwiGLU gate
-        self.up_proj = nn.Linear(d, cfg.mlp_hidden_size, bias=False)
-        self.ff_out = nn.Linear(cfg.mlp_hidden_size, d, bias=False)
-
-    def qkv(self, h, cos, sin):
-        x = self.attn_norm(h)
-        q, k = heads(self.q_proj(x), self.n_heads), heads(self.k_proj(x), self.n_kv)
-        return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), heads(self.v_proj(x), self.n_kv)
-
-    def finish(self, h, a):
-        h = h + self.attn_out(merge_heads(a))
-        return h + swiglu(self.ff_norm(h), self.ff_proj, self.up_proj, self.ff_out)
 
 
 class LLaDAModel(nn.Module):
