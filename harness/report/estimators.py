@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 
 from harness.report import exact_moments as XR
-from harness.report.format import figure_md, md_table, num, save_figure
+from harness.report.format import bullets, figure_md, md_table, num, save_figure
 from harness.report.sections import register_section
 
 KINDS = ("estimator_variance", "exact_reference", "gradient_variance", "t_mask_decomposition", "exact_moments")
@@ -152,33 +152,28 @@ def _shared(a: dict) -> str:
 
 
 def _decomposition(a: dict) -> str:
-    d = a["decomposition"]
-    if not len(d):
-        return "**t vs mask variance**: no t_mask_decomposition cells."
     L = float(a["exact"]["length"].mean()) if len(a["exact"]) else math.nan
-    lines = ["**For the ELBO, does variance from sampling t dominate the mask variance?** One-way ANOVA of "
-             "one-sample `mc_elbo` values (T values of t x K masks per t; share = between-t / total, "
-             f"t-interval over items; completions of {_f(L, 1)} scored tokens on average; GDPO reports "
-             "that t dominates):"]
-    for _, r in d.iterrows():
-        lines.append(f"  - t-law `{r['t_law']}` (T={r['T']}, K={r['K']}, {r['n_items']} items): between-t "
-                     f"{_ci(r, 'between')}, within-t (mask) {_ci(r, 'within')}, share {_ci(r, 'share')}: "
-                     f"**{r['verdict']}**")
-    return "\n".join(lines)
+    return bullets(
+        a["decomposition"], "**t vs mask variance**: no t_mask_decomposition cells.",
+        "**For the ELBO, does variance from sampling t dominate the mask variance?** One-way ANOVA of "
+        "one-sample `mc_elbo` values (T values of t x K masks per t; share = between-t / total, "
+        f"t-interval over items; completions of {_f(L, 1)} scored tokens on average; GDPO reports "
+        "that t dominates):",
+        lambda r: f"t-law `{r['t_law']}` (T={r['T']}, K={r['K']}, {r['n_items']} items): between-t "
+                  f"{_ci(r, 'between')}, within-t (mask) {_ci(r, 'within')}, share {_ci(r, 'share')}: "
+                  f"**{r['verdict']}**")
 
 
 def _coupled(a: dict) -> str:
-    c = a["coupled"]
-    if not len(c):
-        return "**Coupled vs independent masks**: no matching cells at equal NFE."
-    lines = ["**Coupled vs independent masks at equal NFE**: Var(`coupled`, include_full false, scale elbo) / "
-             "Var(`mc_elbo`), mean per-item variances, 95% two-level bootstrap interval (items, then replicates):"]
-    for _, r in c.iterrows():
+    def line(r) -> str:
         word = _verdict(r["lo"], r["hi"], "coupling lowers the variance", "coupling raises the variance",
                         "no significant difference", at=1.0)
-        lines.append(f"  - NFE {r['nfe']} vs t-law `{r['t_law']}`: {_f(r['ratio'])} [{_f(r['lo'])}, "
-                     f"{_f(r['hi'])}]: {word}")
-    return "\n".join(lines)
+        return f"NFE {r['nfe']} vs t-law `{r['t_law']}`: {_f(r['ratio'])} [{_f(r['lo'])}, {_f(r['hi'])}]: {word}"
+
+    return bullets(a["coupled"], "**Coupled vs independent masks**: no matching cells at equal NFE.",
+                   "**Coupled vs independent masks at equal NFE**: Var(`coupled`, include_full false, scale elbo) / "
+                   "Var(`mc_elbo`), mean per-item variances, 95% two-level bootstrap interval (items, then "
+                   "replicates):", line)
 
 
 # -- tables ---------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import json
 import math
 from pathlib import Path
 
-from harness.report.format import num, save_figure
+from harness.report.format import bullets, num, save_figure
 
 FIGURES = ("estimators_exact_variance_vs_nfe", "estimators_exact_decomposition")
 CAPTIONS = {
@@ -66,28 +66,23 @@ def slopes(a: dict, sampled: dict) -> str:
 
 
 def decomposition(a: dict) -> str:
-    d = a["x_decomp"]
-    if not len(d):
-        return "**t vs mask variance (exact)**: no one-draw exact cells with a t-law."
-    lines = ["**For the ELBO, does variance from sampling t dominate the mask variance? (exact)** One draw: "
-             "Var = E_t[Var(X | t)] (mask) + Var_t(E[X | t]) (t), integrated exactly over each estimator's "
-             "t-law (the count l for count laws), mean over items:"]
-    for _, r in d.iterrows():
-        lines.append(f"  - `{r['cell_id']}`: t part {_f(r['between'])}, mask part {_f(r['within'])}, "
-                     f"t share {_f(r['share'])}: **{r['verdict']}**")
-    return "\n".join(lines)
+    return bullets(
+        a["x_decomp"], "**t vs mask variance (exact)**: no one-draw exact cells with a t-law.",
+        "**For the ELBO, does variance from sampling t dominate the mask variance? (exact)** One draw: "
+        "Var = E_t[Var(X | t)] (mask) + Var_t(E[X | t]) (t), integrated exactly over each estimator's "
+        "t-law (the count l for count laws), mean over items:",
+        lambda r: f"`{r['cell_id']}`: t part {_f(r['between'])}, mask part {_f(r['within'])}, "
+                  f"t share {_f(r['share'])}: **{r['verdict']}**")
 
 
 def coupled(a: dict) -> str:
-    c = a["x_coupled"]
-    if not len(c):
-        return "**Coupled vs independent masks (exact)**: no matching exact cells at equal NFE."
-    lines = ["**Coupled vs independent masks at equal NFE (exact)**: exact Var(`coupled`, include_full false, "
-             "scale elbo) / exact Var(`mc_elbo`), means over items:"]
-    for _, r in c.iterrows():
+    def line(r) -> str:
         word = "coupling lowers the variance" if r["ratio"] < 1 else "coupling raises the variance"
-        lines.append(f"  - NFE {r['nfe']} vs t-law `{r['t_law']}`: {_f(r['ratio'])}: {word}")
-    return "\n".join(lines)
+        return f"NFE {r['nfe']} vs t-law `{r['t_law']}`: {_f(r['ratio'])}: {word}"
+
+    return bullets(a["x_coupled"], "**Coupled vs independent masks (exact)**: no matching exact cells at equal NFE.",
+                   "**Coupled vs independent masks at equal NFE (exact)**: exact Var(`coupled`, include_full false, "
+                   "scale elbo) / exact Var(`mc_elbo`), means over items:", line)
 
 
 def bias(a: dict) -> str:

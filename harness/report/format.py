@@ -24,6 +24,14 @@ def md_table(rows: list[dict], empty: str = "_no records_") -> str:
     return "\n".join(lines) + "\n"
 
 
+def bullets(rows, empty: str, header: str, line) -> str:
+    """A report statement: `header`, then one "  - " line per row of the DataFrame `rows` (`line(r)`
+    -> its text); `empty` when there are no rows."""
+    if not len(rows):
+        return empty
+    return "\n".join([header, *(f"  - {line(r)}" for _, r in rows.iterrows())])
+
+
 def num(x, digits: int = 3) -> str:
     """A number for a report table: n/a for a missing one, inf kept, scientific when tiny or huge."""
     if x is None or (isinstance(x, float) and math.isnan(x)):
