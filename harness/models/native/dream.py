@@ -3,8 +3,9 @@ torch only, no remote code.
 
 Architecture as the public `modeling_dream.py` computes it: Qwen2 blocks (RMSNorm with float32
 statistics, biased q/k/v, grouped key/value heads, rotary with cos/sin in the activations' dtype,
-SiLU-gated MLP) with full bidirectional attention; `model.norm` and `lm_head` (or the tied
-`embed_tokens`). Tensor names are the checkpoint's (`model.{embed_tokens, layers.N.*, norm}`,
+SiLU-gated MLP; `DreamBaseModel` of standin_layers.py, which the stand-in builds from too)
+with full bidirectional attention; `model.norm` and `lm_head` (or the tied `embed_tokens`).
+Tensor names are the checkpoint's (`model.{embed_tokens, layers.N.*, norm}`,
 `lm_head`), so the official safetensors load by name. The rotary inverse frequencies are computed
 at every call (transformers 5 leaves the reference file's `inv_freq` buffer uninitialised after
 loading: silently wrong logits that change per load; there is no such buffer here). With the same

@@ -3,9 +3,10 @@
 Architecture as the public `modeling_llada.py` with `block_type: llama` computes it: pre-norm
 blocks of RMSNorm (float32 statistics) -> q/k/v projections -> rotary (float32 when
 `rope_full_precision`, the default) -> full bidirectional attention -> `attn_out`, then RMSNorm ->
-SiLU(ff_proj)·up_proj -> ff_out; final `ln_f` and the `ff_out` head (or the tied `wte`). Tensor
-names are the checkpoint's (`model.transformer.{wte, blocks.N.*, ln_f, ff_out}`), so the official
-safetensors load by name. With the same weights and unpadded input, the logits equal the reference
+SiLU(ff_proj)·up_proj -> ff_out (`LLaDABlock` of standin_layers.py, which the stand-in builds
+from too); final `ln_f` and the `ff_out` head (or the tied `wte`). Tensor names are the
+checkpoint's (`model.transformer.{wte, blocks.N.*, ln_f, ff_out}`), so the official safetensors
+load by name. With the same weights and unpadded input, the logits equal the reference
 file's exactly (tests/models/test_native_parity.py).
 
 Deliberate differences from the reference file, both for padded batches only: the reference builds
