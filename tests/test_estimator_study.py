@@ -7,6 +7,7 @@ import torch
 
 from harness.config import load_suite, plan
 from harness.records import read_records
+from harness.registry import ESTIMATORS
 from harness.report.markdown import write_report
 from harness.runner import Runner
 from harness.stats.estimators import GradientMoments
@@ -99,7 +100,10 @@ def test_records_have_the_expected_fields_and_counts(run):
     ev = by_kind(recs, "estimator_variance")
     assert len(ev) == (2 + 1 + 1 + 1) * N_ITEMS * R
     for r in ev:
-        assert set(r["estimate"]) <= {"value", "n", "length", "replay_abs_diff"}
+        assert set(r["estimate"]) <= {"value", "n", "length", "replay_abs_diff", "token_scale", "elbo_target", "masks"}
+        est = ESTIMATORS.build(r["component"]["name"], r["component"]["params"])  # what it declares, recorded
+        assert (r["estimate"]["token_scale"], r["estimate"]["elbo_target"], r["estimate"]["masks"]) == \
+            (est.token_scale, est.elbo_target, est.masks)
         assert r["outcome"]["value"] == r["estimate"]["value"]
         assert ("replay_abs_diff" in r["estimate"]) == (r["replicate"] == 0)
     assert max(r["estimate"]["replay_abs_diff"] for r in ev if r["replicate"] == 0) == 0.0
