@@ -97,6 +97,14 @@ def _one_step(a: dict) -> str:
             + (f" Other budgets: {others}." if others else ""))
 
 
+def _target(r) -> str:
+    """What a cell estimates, as its estimator declares: the ELBO (unbiased by construction), or
+    its own metric, which for an `elbo` metric means a biased approximation of the ELBO."""
+    if r["elbo_target"]:
+        return "ELBO"
+    return "ELBO, biased approximation" if r["metric"] == "elbo" else f"`{r['metric']}`, not the ELBO"
+
+
 def _slopes(a: dict) -> str:
     sl = a["slopes"]
     if not len(sl):
@@ -113,7 +121,7 @@ def _slopes(a: dict) -> str:
             word = "falls faster than 1/NFE"
         else:
             word = "falls slower than 1/NFE"
-        target = "ELBO" if r["elbo_target"] else f"`{r['metric']}`, not the ELBO"
+        target = _target(r)
         lines.append(f"  - `{r['study']}` (target {target}, NFE {r['nfe_min']:.0f}–{r['nfe_max']:.0f}, "
                      f"{r['points']} points): slope {_f(r['slope'], 2)} [{_f(r['slope_lo'], 2)}, "
                      f"{_f(r['slope_hi'], 2)}]: {word}")
@@ -168,18 +176,19 @@ def _coupled(a: dict) -> str:
     def line(r) -> str:
         word = _verdict(r["lo"], r["hi"], "coupling lowers the variance", "coupling raises the variance",
                         "no significant difference", at=1.0)
-        return f"NFE {r['nfe']} vs t-law `{r['t_law']}`: {_f(r['ratio'])} [{_f(r['lo'])}, {_f(r['hi'])}]: {word}"
+        return f"NFE {r['nfe']}, {XR.pair(r)}: {_f(r['ratio'])} [{_f(r['lo'])}, {_f(r['hi'])}]: {word}"
 
     return bullets(a["coupled"], "**Coupled vs independent masks**: no matching cells at equal NFE.",
-                   "**Coupled vs independent masks at equal NFE**: Var(`coupled`, include_full false, scale elbo) / "
-                   "Var(`mc_elbo`), mean per-item variances, 95% two-level bootstrap interval (items, then "
-                   "replicates):", line)
+                   "**Coupled vs independent masks at equal NFE**: Var(unbiased ELBO estimator with complementary "
+                   "masks) / Var(unbiased ELBO estimator with independent masks), as each estimator declares "
+                   "(`masks`, `elbo_target`); mean per-item variances, 95% two-level bootstrap interval (items, "
+                   "then replicates):", line)
 
 
 # -- tables ---------------------------------------------------------------------------------------
 def _summary_rows(a: dict) -> list[dict]:
     return [{"cell": r["cell_id"],
-             "target": ("ELBO" if r["elbo_target"] else r["metric"]) + (" (x L)" if r["token_scale"] else ""),
+             "target": _target(r) + (" (x L)" if r["token_scale"] else ""),
              "NFE": _f(r["nfe"], 1), "items x R": f"{r['n_items']} x {r['R']}",
              "bias vs ELBO": _ci(r, "bias_elbo"), "bias vs log p": _ci(r, "bias_log_p"),
              "variance": _ci(r, "var"), "MSE vs ELBO": _ci(r, "mse_elbo"), "MSE vs log p": _ci(r, "mse_log_p"),

@@ -75,14 +75,21 @@ def decomposition(a: dict) -> str:
                   f"t share {_f(r['share'])}: **{r['verdict']}**")
 
 
+def pair(r) -> str:
+    """A coupling comparison's two cells: `coupled` vs `independent` (its t-law where it has one)."""
+    law = f" (t-law `{r['t_law']}`)" if isinstance(r.get("t_law"), str) else ""
+    return f"`{r['coupled']}` vs `{r['independent']}`{law}"
+
+
 def coupled(a: dict) -> str:
     def line(r) -> str:
         word = "coupling lowers the variance" if r["ratio"] < 1 else "coupling raises the variance"
-        return f"NFE {r['nfe']} vs t-law `{r['t_law']}`: {_f(r['ratio'])}: {word}"
+        return f"NFE {r['nfe']}, {pair(r)}: {_f(r['ratio'])}: {word}"
 
     return bullets(a["x_coupled"], "**Coupled vs independent masks (exact)**: no matching exact cells at equal NFE.",
-                   "**Coupled vs independent masks at equal NFE (exact)**: exact Var(`coupled`, include_full false, "
-                   "scale elbo) / exact Var(`mc_elbo`), means over items:", line)
+                   "**Coupled vs independent masks at equal NFE (exact)**: exact Var(unbiased ELBO estimator with "
+                   "complementary masks) / exact Var(unbiased ELBO estimator with independent masks), as each "
+                   "estimator declares, means over items:", line)
 
 
 def bias(a: dict) -> str:

@@ -144,11 +144,12 @@ def speedup_headline(rows: list[dict], points: float = 0.01) -> str | None:
     ok = [r for r in rows if r["accuracy"].mean >= base["accuracy"].mean - points and r["tokens_per_s"] > 0]
     best = max(ok, key=lambda r: r["tokens_per_s"])
     if best is base:
-        return (f"Samplers: no configuration is faster than `{base['variant']}` "
+        return (f"Samplers: no configuration is faster than `{base['variant']}` ({base['knobs']}) "
                 f"({base['accuracy'].fmt(3)}) within {100 * points:.0f} point of its accuracy.")
     speedup = best["tokens_per_s"] / base["tokens_per_s"]
     return (f"Samplers: `{best['variant']}` ({best['knobs']}) decodes {speedup:.1f}x "
-            f"as many tokens/s as `{base['variant']}` at {best['nfe']:.2f} vs {base['nfe']:.2f} NFE per sequence, "
+            f"as many tokens/s as `{base['variant']}` ({base['knobs']}) at {best['nfe']:.2f} vs {base['nfe']:.2f} "
+            "NFE per sequence, "
             f"with accuracy {best['accuracy'].fmt(3)} vs {base['accuracy'].fmt(3)}.")
 
 
