@@ -301,7 +301,8 @@ def test_report_renders_the_estimator_section(run, tmp_path):
     path = write_report(run, tmp_path / "reports")
     text = path.read_text()
     assert "## Estimator study" in text
-    for fragment in ("Bias against exact log p of the estimators not built for the ELBO", "Does variance fall as 1/NFE?",
+    for fragment in ("Bias against exact log p of the estimators not built for the ELBO",
+                     "Does variance fall as 1/NFE?",
                      "How much do shared draws cut the ratio variance?", "exactly in",
                      "does variance from sampling t dominate", "Coupled vs independent masks",
                      "dlm-harness run", "### Gradients", "| ev[n_mc=1] |"):
