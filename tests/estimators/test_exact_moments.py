@@ -70,17 +70,22 @@ def den():
     return BagDenoiser(seed=3)
 
 
+def sharp_tiny(seed: int, d_model: int, max_len: int, std: float, weight_seed: int):
+    """The real tiny transformer with its matrices redrawn at `std` (sharp, so the context matters)."""
+    d = make_tiny(seed=seed, max_len=max_len, d_model=d_model)
+    g = torch.Generator().manual_seed(weight_seed)
+    with torch.no_grad():
+        for p in d.module.parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, std, generator=g)
+    return d
+
+
 @pytest.fixture(scope="module")
 def tiny():
     """The real tiny transformer (random weights, made sharp so the context matters)."""
     torch.set_num_threads(1)
-    d = make_tiny(seed=3, max_len=16, d_model=16)
-    g = torch.Generator().manual_seed(11)
-    with torch.no_grad():
-        for p in d.module.parameters():
-            if p.dim() == 2:
-                p.normal_(0.0, 0.5, generator=g)
-    return d
+    return sharp_tiny(seed=3, d_model=16, max_len=16, std=0.5, weight_seed=11)
 
 
 def table(den, i, est=None):
@@ -322,13 +327,7 @@ def test_the_tiny_transformer_matches_too(tiny, name, params):
 @pytest.fixture(scope="module")
 def small():
     """A tiny transformer with few parameters (fast per-draw gradients)."""
-    d = make_tiny(seed=5, max_len=12, d_model=8)
-    g = torch.Generator().manual_seed(2)
-    with torch.no_grad():
-        for p in d.module.parameters():
-            if p.dim() == 2:
-                p.normal_(0.0, 0.7, generator=g)
-    return d
+    return sharp_tiny(seed=5, d_model=8, max_len=12, std=0.7, weight_seed=2)
 
 
 def test_gradient_bias_of_one_step_equals_autograd(small):
