@@ -17,6 +17,7 @@ reads. The ratio spread and the variance ratios use the sequence scale too.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -180,9 +181,6 @@ def exact_table(df):
     return out.drop_duplicates("key", keep="last").set_index("key")
 
 
-DECLARED = ("token_scale", "elbo_target", "masks")  # what an estimator declares (harness/studies.py `declared`)
-
-
 def declared(rows, key: str):
     """What one cell's estimator declares (`token_scale`, `elbo_target` or `masks`): read from its
     records, or, for records written before they carried it, from the estimator class itself
@@ -195,8 +193,6 @@ def declared(rows, key: str):
 
 
 def _estimator(rows):
-    from harness.registry import ESTIMATORS
-
     first = rows.iloc[0]
     params = {}
     for col in rows.columns:
@@ -204,7 +200,15 @@ def _estimator(rows):
             v = first[col]
             v = v.item() if hasattr(v, "item") else v  # numpy scalars from the frame
             params[col.split(".", 2)[2]] = int(v) if isinstance(v, float) and v.is_integer() else v
-    return ESTIMATORS.build(first["component.name"], params, where=f"records of cell {first['cell_id']}")
+    return _build(first["component.name"], tuple(sorted(params.items())), str(first["cell_id"]))
+
+
+@functools.lru_cache(maxsize=256)
+def _build(name: str, params: tuple, cell: str):
+    """One build per estimator configuration: `declared` runs once per (cell, item) group."""
+    from harness.registry import ESTIMATORS
+
+    return ESTIMATORS.build(name, dict(params), where=f"records of cell {cell}")
 
 
 def _missing(v) -> bool:

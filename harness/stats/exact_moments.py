@@ -64,10 +64,10 @@ def exact_items(df):
     })
     out["bias_elbo"] = out["mean"] - out["exact_elbo"]
     out["var_x_nfe"] = out["var"] * out["nfe"]
-    cells = dict(tuple(ex.groupby("cell_id", sort=False)))
-    for key in ("elbo_target", "masks", "t_law"):  # per cell, as its estimator declares (stats.estimators)
-        value = {c: (_param(g, key) if key == "t_law" else declared(g, key)) for c, g in cells.items()}
-        out[key] = out["cell_id"].map(value)
+    cells = dict(tuple(ex.groupby("cell_id", sort=False)))  # per cell: what its estimator declares
+    out["elbo_target"] = out["cell_id"].map({c: declared(g, "elbo_target") for c, g in cells.items()})
+    out["masks"] = out["cell_id"].map({c: declared(g, "masks") for c, g in cells.items()})
+    out["t_law"] = out["cell_id"].map({c: _param(g, "t_law") for c, g in cells.items()})
     return out
 
 
