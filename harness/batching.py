@@ -127,6 +127,10 @@ class InjectedOOM:
         self._check(x)
         return self.inner.logits(x, attention_mask)
 
+    def logits_denoise(self, xt, x0, attention_mask=None):
+        self._check(xt)
+        return self.inner.logits_denoise(xt, x0, attention_mask)
+
     def logits_build_cache(self, x, attention_mask=None, *, keep):
         self._check(x)
         return self.inner.logits_build_cache(x, attention_mask, keep=keep)

@@ -150,6 +150,13 @@ class Meter:
         B, T = x.shape
         return self._run(lambda: self.inner.logits(x, attention_mask), B, T, T, cached=False)
 
+    def logits_denoise(self, xt: torch.Tensor, x0: torch.Tensor,
+                       attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """A block model's scoring pass over [x_t ; x_0] (harness/models/block_attention.py): one
+        full pass per row whose 2T columns are all processed."""
+        B, T = xt.shape
+        return self._run(lambda: self.inner.logits_denoise(xt, x0, attention_mask), B, 2 * T, 2 * T, cached=False)
+
     def logits_cached(self, x: torch.Tensor, cache, **kwargs) -> torch.Tensor:
         """A pass that reuses cached keys/values: only x's positions are processed, attending to
         the cache as well. Needs an inner model with `logits_cached` (KV-cache samplers)."""

@@ -33,6 +33,10 @@ class Denoiser(Protocol):
 
     `shift_logits` is True for models that predict position k from position k-1 (Dream, causal
     LMs): estimators then read the logits of position k-1 for the token at k.
+
+    A block-diffusion model also has an integer `block_size` and `logits_denoise(xt, x0,
+    attention_mask)` (block-causal attention; see harness/models/block_attention.py); a model
+    without `block_size` (or with None) attends bidirectionally over the whole canvas.
     """
 
     mask_id: int | None
