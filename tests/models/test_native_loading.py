@@ -225,3 +225,21 @@ def test_uninitialised_remote_rope_buffer_is_refused(dream_real_ckpt):
         real.model.rotary_emb.inv_freq.zero_()  # what transformers 5 can leave there
     with pytest.raises(HarnessError, match=r"rotary_emb.inv_freq was not initialised.*impl: native"):
         check_rope_buffers(real, "dream")
+
+
+@pytest.mark.parametrize("kind", ["llada", "dream"])
+def test_a_tensor_in_two_files_without_an_index_is_an_error_naming_both(kind, tmp_path):
+    """Without an index every *.safetensors is read; a stray export that repeats a tensor name would
+    silently replace the model's tensor, so a name found in two files is an error naming both."""
+    from safetensors.torch import load_file, save_file
+
+    from harness.models._hf_common import save_pretrained_dir
+
+    ref = MODELS.build(kind, {"preset": "tiny", "device": "cpu", "dtype": "float32"}).load()
+    path = save_pretrained_dir(ref.module, ref.tokenizer.hf, tmp_path / "ckpt")
+    state = load_file(str(path / "model.safetensors"))
+    name = sorted(state)[0]
+    save_file({name: torch.zeros_like(state[name])}, str(path / "zz-partial-export.safetensors"))
+    with pytest.raises(HarnessError, match=f"tensor '{name}' is in both .*model.safetensors.*"
+                                           "zz-partial-export.safetensors"):
+        load(path, kind=kind)

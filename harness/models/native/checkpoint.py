@@ -3,7 +3,9 @@
 A directory holds `config.json` and either one `model.safetensors` or shards listed by
 `model.safetensors.index.json` (its `weight_map`: parameter name -> file). Tensors are matched to
 the module by name (the official layouts: LLaDA `model.transformer.*`, Dream `model.*` + `lm_head`);
-a missing or unexpected name is an error naming the file and the key. The module is built on the
+a missing or unexpected name is an error naming the file and the key, and so is a name found in
+two files (without an index every `*.safetensors` of the directory is read: a stray export beside
+the weights must not silently replace a tensor). The module is built on the
 meta device and takes the loaded tensors as they are (`assign=True`), so an 8B model is held once.
 """
 from __future__ import annotations
@@ -78,6 +80,10 @@ def load_weights(module: torch.nn.Module, path: Path, *, dtype: torch.dtype, dev
     state, origin = {}, {}
     for f in weight_files(path):
         for name, t in load_file(str(f), device=str(device)).items():
+            if name in origin:  # a stray export beside the weights would silently replace the tensor
+                raise HarnessError(f"model {str(path)!r}: tensor {name!r} is in both {origin[name]} and {f.name}; "
+                                   "remove the file that does not belong to the checkpoint (or list the shards in "
+                                   f"{INDEX})")
             state[name] = t.to(dtype) if t.is_floating_point() else t
             origin[name] = f.name
     unexpected = sorted(set(state) - wanted)
