@@ -55,6 +55,7 @@ class Dream(NativeOrRemote):
     noise: ClassVar[str] = "masked"
     preset_base: ClassVar[dict] = dict(model_type="Dream", rope_theta=1000000.0)
     known_mask: ClassVar[int] = MASK_ID
+    model_types: ClassVar[tuple[str, ...]] = ("Dream", "dream")
 
     def native_classes(self):
         from harness.models.native import dream as native

@@ -55,6 +55,7 @@ class LLaDA(NativeOrRemote):
     preset_base: ClassVar[dict] = dict(model_type="llada", block_type="llama", activation_type="silu",
                                        layer_norm_type="rms", rope=True, weight_tying=False, rope_theta=500000.0)
     known_mask: ClassVar[int] = MASK_ID
+    model_types: ClassVar[tuple[str, ...]] = ("llada",)
 
     def native_classes(self):
         from harness.models.native import llada as native

@@ -243,3 +243,20 @@ def test_a_tensor_in_two_files_without_an_index_is_an_error_naming_both(kind, tm
     with pytest.raises(HarnessError, match=f"tensor '{name}' is in both .*model.safetensors.*"
                                            "zz-partial-export.safetensors"):
         load(path, kind=kind)
+
+
+@pytest.mark.parametrize("kind", ["llada", "dream"])
+def test_remote_with_another_architecture_is_a_harness_error(kind, tmp_path):
+    """A GPT-2 directory under impl: remote: AutoModel would build a headless GPT2Model and the adapter
+    end in an AttributeError (exit 1); it is the clear error (exit 2) that impl: native gives."""
+    import transformers
+
+    from harness.models._hf_common import char_tokenizer
+
+    cfg = transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=128, n_positions=32,
+                                  bos_token_id=126, eos_token_id=126)
+    transformers.GPT2LMHeadModel(cfg).save_pretrained(tmp_path / "gpt2")
+    char_tokenizer(eos_id=126, pad_id=125, mask_id=127).save_pretrained(tmp_path / "gpt2")
+    for impl in ("native", "remote"):
+        with pytest.raises(HarnessError, match=r"gpt2/config.json: model_type 'gpt2' is not"):
+            load(tmp_path / "gpt2", kind=kind, impl=impl)

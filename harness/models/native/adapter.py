@@ -35,6 +35,7 @@ class NativeOrRemote(DiffusionModel):
 
     preset_base: ClassVar[dict] = {}  # config.json keys a preset adds to its dims (model_type ...)
     known_mask: ClassVar[int | None] = None  # the family's mask id, for a config.json without one
+    model_types: ClassVar[tuple[str, ...]] = ()  # config.json model_type values of the family (remote too)
 
     # -- native ----------------------------------------------------------------------------------
     @abc.abstractmethod
@@ -82,9 +83,23 @@ class NativeOrRemote(DiffusionModel):
         return _pretrained(transformers.AutoTokenizer, spec)
 
     # -- remote ----------------------------------------------------------------------------------
+    def _check_family(self, model_type, where: str) -> None:
+        """Remote code still has to be this family's: another architecture (a GPT-2 directory) loads
+        through AutoModel as a headless encoder and fails later with an AttributeError."""
+        if self.model_types and model_type not in self.model_types:
+            name = getattr(type(self), "registry_name", type(self).__name__)
+            raise HarnessError(f"{where}: model_type {model_type!r} is not {name}'s ({' or '.join(self.model_types)}); "
+                               f"impl: remote runs a {name} checkpoint's own code, not another architecture (use the "
+                               "model kind of that architecture)")
+
     def _build_remote(self):
         import transformers
 
+        local = Path(self.path).expanduser() if self.path is not None else None
+        if local is not None and local.is_dir():  # checked before any remote code or weights are read
+            from harness.models.native.checkpoint import read_config
+
+            self._check_family(read_config(local).get("model_type"), str(local / "config.json"))
         with isolated_auto_registry():
             try:
                 module, tok = super().build_module()
@@ -95,6 +110,10 @@ class NativeOrRemote(DiffusionModel):
                     f"installed transformers {transformers.__version__} ({type(exc).__name__}: {first}); use "
                     "impl: native (LLaDA and Dream architectures load without remote code), or a transformers "
                     "version the code was written for") from None
+        self._check_family(getattr(module.config, "model_type", None), f"model {self.path or self.preset!r}")
+        if module.get_output_embeddings() is None:
+            raise HarnessError(f"model {self.path or self.preset!r}: the remote code built {type(module).__name__}, "
+                               "which has no output head (logits); the checkpoint's auto_map must name its LM class")
         check_rope_buffers(module, self.path or self.preset)
         return module, tok
 
