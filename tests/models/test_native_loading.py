@@ -260,3 +260,30 @@ def test_remote_with_another_architecture_is_a_harness_error(kind, tmp_path):
     for impl in ("native", "remote"):
         with pytest.raises(HarnessError, match=r"gpt2/config.json: model_type 'gpt2' is not"):
             load(tmp_path / "gpt2", kind=kind, impl=impl)
+
+
+@pytest.mark.parametrize("kind", ["llada", "dream"])
+def test_an_absent_key_that_changes_the_logits_is_warned_about(kind, tmp_path):
+    """A config.json without rope_theta loads with the reference default (10000) and other logits:
+    the load warns, naming the key and the value used; a complete config and a preset do not."""
+    import warnings
+
+    from harness.models._hf_common import save_pretrained_dir
+    from harness.models.native.common import DefaultedKeyWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DefaultedKeyWarning)  # a preset: no warning
+        ref = MODELS.build(kind, {"preset": "tiny", "device": "cpu", "dtype": "float32"}).load()
+    path = save_pretrained_dir(ref.module, ref.tokenizer.hf, tmp_path / "ckpt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DefaultedKeyWarning)  # every key stated: no warning
+        full = load(path, kind=kind)
+    cfg = json.loads((path / "config.json").read_text())
+    assert cfg.pop("rope_theta") != 10000.0
+    (path / "config.json").write_text(json.dumps(cfg))
+    with pytest.warns(DefaultedKeyWarning, match=r"config.json has no 'rope_theta'; using the default rope_theta = "
+                                                 r"10000.0"):
+        defaulted = load(path, kind=kind)
+    x = torch.randint(0, 96, (1, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert not torch.allclose(full.logits(x), defaulted.logits(x))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -59,13 +60,15 @@ class NativeOrRemote(DiffusionModel):
         if self.impl == "remote":
             return self._build_remote()
         from harness.models.native.checkpoint import load_weights
-        from harness.models.native.common import meta_build, seeded_init
+        from harness.models.native.common import DefaultedKeyWarning, meta_build, seeded_init
 
         dev = resolve_device(self.device)
         dtype = resolve_dtype(self.dtype, dev)
         module_cls, config_cls = self.native_classes()
         if self.preset is not None:
-            cfg = config_cls.from_json(self.native_config_dict(), f"model preset {self.preset!r}")
+            with warnings.catch_warnings():  # a preset is the harness's own config: its defaults are chosen
+                warnings.simplefilter("ignore", DefaultedKeyWarning)
+                cfg = config_cls.from_json(self.native_config_dict(), f"model preset {self.preset!r}")
             module = meta_build(module_cls, cfg, self.attn).to_empty(device=dev).to(dtype)  # no global RNG use
             seeded_init(module, getattr(cfg, "init_std", getattr(cfg, "initializer_range", 0.02)), self.seed, dev)
             tok = self._load_tokenizer() if self.tokenizer else self.preset_tokenizer(cfg)

@@ -9,6 +9,7 @@ that file with them as remote code.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -37,6 +38,24 @@ def check_config(cfg: dict, supported: dict, where: str, family: str, model_type
             got = f"{value!r}" + (" (absent: the default)" if key not in cfg else "")
             raise HarnessError(f"{where}: {key} = {got} is not implemented by the native code (it implements "
                                f"{' or '.join(map(repr, ok))}); use impl: remote to run the checkpoint's own code")
+
+
+class DefaultedKeyWarning(UserWarning):
+    """A config.json key that changes the logits was absent and its default was used."""
+
+
+def warn_defaults(cfg: dict, defaults: dict, where: str, nested: dict | None = None) -> None:
+    """Warn when keys that change the numbers but not the tensor shapes (rope_theta, rms_norm_eps, ...)
+    are absent from config.json and take the reference code's default: a checkpoint trained with
+    another value would load without error and compute different logits. Shape keys need no warning:
+    a wrong default there fails the tensor-shape check. `nested` holds keys found elsewhere (Dream's
+    rope_parameters)."""
+    absent = [k for k in defaults if k not in cfg and k not in (nested or {})]
+    if absent:
+        used = ", ".join(f"{k} = {defaults[k]!r}" for k in absent)
+        warnings.warn(f"{where}: config.json has no {', '.join(map(repr, absent))}; using the default {used}, which "
+                      "changes the logits if the checkpoint was trained with another value (add the key to silence "
+                      "this)", DefaultedKeyWarning, stacklevel=3)
 
 
 def one(value):

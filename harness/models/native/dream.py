@@ -18,7 +18,8 @@ row gives the logits it has alone.
 
 Config keys read (Qwen2's): vocab_size, hidden_size, intermediate_size, num_hidden_layers,
 num_attention_heads, num_key_value_heads, rms_norm_eps, rope_theta (or rope_parameters),
-tie_word_embeddings, mask/eos/pad/bos ids. RoPE scaling, sliding windows and activations other
+tie_word_embeddings, mask/eos/pad/bos ids; an absent rope_theta or rms_norm_eps takes the default
+with a `DefaultedKeyWarning`. RoPE scaling, sliding windows and activations other
 than SiLU are refused with the key named (use `impl: remote`).
 """
 from __future__ import annotations
@@ -29,12 +30,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from harness.models.native.common import Output, check_config, must, one, padded_stack, rotation
+from harness.models.native.common import Output, check_config, must, one, padded_stack, rotation, warn_defaults
 from harness.models.standins.standin_layers import DreamBaseModel, KVCache, key_order
 from harness.types import HarnessError
 
 MASK_ID = 151666  # Dream's <|mask|>
 MODEL_TYPES = ("Dream", "dream")
+
+# keys that change the logits but not the tensor shapes (the reference defaults), warned about when absent
+NUMERIC_DEFAULTS = {"rope_theta": 10000.0, "rms_norm_eps": 1e-6}
 
 SUPPORTED = {
     "hidden_act": ("silu", ("silu",)),
@@ -71,6 +75,7 @@ class DreamConfig:
         if rp.get("rope_type", "default") != "default":
             raise HarnessError(f"{where}: rope_parameters.rope_type = {rp['rope_type']!r} is not implemented by the "
                                "native code (it implements 'default'); use impl: remote")
+        warn_defaults(cfg, NUMERIC_DEFAULTS, where, nested=rp)
         h = must(cfg, "num_attention_heads", where)
         eos = one(cfg.get("eos_token_id", 151643))
         return cls(vocab_size=must(cfg, "vocab_size", where), hidden_size=must(cfg, "hidden_size", where),
@@ -80,8 +85,8 @@ class DreamConfig:
                    mask_token_id=cfg.get("mask_token_id", MASK_ID), eos_token_id=eos,
                    pad_token_id=cfg.get("pad_token_id", 151643), bos_token_id=cfg.get("bos_token_id"),
                    max_position_embeddings=cfg.get("max_position_embeddings", 32768),
-                   rope_theta=float(cfg.get("rope_theta", rp.get("rope_theta", 10000.0))),
-                   rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+                   rope_theta=float(cfg.get("rope_theta", rp.get("rope_theta", NUMERIC_DEFAULTS["rope_theta"]))),
+                   rms_norm_eps=float(cfg.get("rms_norm_eps", NUMERIC_DEFAULTS["rms_norm_eps"])),
                    tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
                    initializer_range=float(cfg.get("initializer_range", 0.02)))
 

@@ -17,7 +17,9 @@ tokens, so a left-padded row gives the logits it has alone.
 Config keys read (config.json, the reference's defaults when absent): d_model, n_heads, n_kv_heads,
 multi_query_attention, n_layers, mlp_hidden_size (else mlp_ratio·d_model), vocab_size,
 embedding_size, rope_theta, rope_full_precision, rms_norm_eps, weight_tying, input_emb_norm,
-scale_logits, mask/eos/pad ids. Other block types, ALiBi, q/k norms or biases are refused with the
+scale_logits, mask/eos/pad ids. An absent key that changes the logits but not the tensor shapes
+(rope_theta, rms_norm_eps, rope_full_precision, input_emb_norm, scale_logits) takes the default
+with a `DefaultedKeyWarning` naming it. Other block types, ALiBi, q/k norms or biases are refused with the
 key named (use `impl: remote`). A config without `mask_token_id` gets LLaDA's 126336 when the
 vocabulary holds it (the reference code would silently use 50256), else an error naming the key.
 """
@@ -39,12 +41,17 @@ from harness.models.native.common import (
     padded_stack,
     positions,
     rotation,
+    warn_defaults,
 )
 from harness.models.standins.standin_layers import KVCache, LLaDABlock, LLaDANames, RMSNorm, key_order, padding_mask
 from harness.types import HarnessError
 
 MASK_ID = 126336  # <|mdm_mask|> of every LLaDA-8B checkpoint
 MODEL_TYPES = ("llada",)
+
+# keys that change the logits but not the tensor shapes: (the reference ModelConfig's default), warned about when absent
+NUMERIC_DEFAULTS = {"rope_theta": 10000.0, "rms_norm_eps": 1e-5, "rope_full_precision": True, "input_emb_norm": False,
+                    "scale_logits": False}
 
 # key: (the reference ModelConfig's default, the values the native code implements)
 SUPPORTED = {
@@ -91,6 +98,7 @@ class LLaDAConfig(LLaDANames):
     def from_json(cls, cfg: dict, where: str) -> "LLaDAConfig":
         """config.json (the official keys) -> LLaDAConfig; unsupported variants are errors."""
         check_config(cfg, SUPPORTED, where, "LLaDA", MODEL_TYPES)
+        warn_defaults(cfg, NUMERIC_DEFAULTS, where)
         d, h = must(cfg, "d_model", where), must(cfg, "n_heads", where)
         kv = 1 if cfg.get("multi_query_attention") else (cfg.get("n_kv_heads") or h)
         vocab = must(cfg, "vocab_size", where)
@@ -106,11 +114,13 @@ class LLaDAConfig(LLaDANames):
                    mlp_hidden_size=cfg.get("mlp_hidden_size") or cfg.get("mlp_ratio", 4) * d, vocab_size=vocab,
                    embedding_size=emb, mask_token_id=mask, eos_token_id=eos,
                    pad_token_id=cfg.get("pad_token_id", eos), max_sequence_length=cfg.get("max_sequence_length", 1024),
-                   rope_theta=float(cfg.get("rope_theta", 10000.0)),
-                   rope_full_precision=bool(cfg.get("rope_full_precision", True)),
-                   rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-5)), weight_tying=bool(cfg.get("weight_tying", True)),
-                   input_emb_norm=bool(cfg.get("input_emb_norm", False)),
-                   scale_logits=bool(cfg.get("scale_logits", False)), init_std=float(cfg.get("init_std", 0.02)),
+                   rope_theta=float(cfg.get("rope_theta", NUMERIC_DEFAULTS["rope_theta"])),
+                   rope_full_precision=bool(cfg.get("rope_full_precision", NUMERIC_DEFAULTS["rope_full_precision"])),
+                   rms_norm_eps=float(cfg.get("rms_norm_eps", NUMERIC_DEFAULTS["rms_norm_eps"])),
+                   weight_tying=bool(cfg.get("weight_tying", True)),
+                   input_emb_norm=bool(cfg.get("input_emb_norm", NUMERIC_DEFAULTS["input_emb_norm"])),
+                   scale_logits=bool(cfg.get("scale_logits", NUMERIC_DEFAULTS["scale_logits"])),
+                   init_std=float(cfg.get("init_std", 0.02)),
                    bos_token_id=cfg.get("bos_token_id"))
 
     def to_json(self) -> dict:
