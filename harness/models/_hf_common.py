@@ -124,6 +124,10 @@ class DiffusionDenoiser(HFDenoiser):
     """
 
     noise: ClassVar[str] = "masked"
+    # Remote code whose padding handling is not verified (LLaDA's public file builds a padding mask
+    # but calls attention with attn_mask=None, so left padding leaks into every row): a padded batch
+    # runs one forward per distinct span of real tokens, unpadded, as each row runs alone.
+    padding_by_rows: bool = False
 
     def __init__(self, module: Any, tokenizer: ChatTokenizer, *, mask_id: int, eos_id: int, pad_id: int,
                  shift_logits: bool, mask_style: Literal["2d", "4d"], compile: bool = False):
@@ -147,8 +151,41 @@ class DiffusionDenoiser(HFDenoiser):
         return torch.autocast("cuda", dtype=dtype, enabled=on) if on else contextlib.nullcontext()
 
     def logits(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if self.padding_by_rows and attention_mask is not None and not bool(attention_mask.bool().all()):
+            return self._logits_by_span(x, attention_mask)
         with self._autocast():
             return self.forward(input_ids=x, **self._kwargs(attention_mask)).logits  # [B, T, V]
+
+    def _logits_by_span(self, x: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Rows grouped by their real span [s, e) (left or right padding), each group run on x[:, s:e]
+        with no mask; the padded positions' logits are 0 (nothing reads them)."""
+        out = None
+        for (s, e), rows in real_spans(attention_mask):
+            with self._autocast():
+                part = self.forward(input_ids=x[rows, s:e]).logits
+            if out is None:
+                out = part.new_zeros(*x.shape, part.shape[-1])
+            out[rows, s:e] = part
+        return out
+
+
+def real_spans(attention_mask: torch.Tensor) -> list[tuple[tuple[int, int], torch.Tensor]]:
+    """[B, T] padding mask -> [((s, e), rows)]: rows grouped by the span [s, e) of their real tokens.
+    A row whose real tokens are not one contiguous span (padding inside it) is an error."""
+    m = attention_mask.bool()
+    T = m.shape[1]
+    count = m.sum(-1)
+    start = torch.where(count > 0, m.long().argmax(-1), torch.zeros_like(count))
+    end = start + count
+    cols = torch.arange(T, device=m.device)[None, :]
+    if not torch.equal(m, (cols >= start[:, None]) & (cols < end[:, None])) or bool((count == 0).any()):
+        raise HarnessError("a padded batch for remote code whose padding is not verified: every row's real tokens must "
+                           "be one non-empty contiguous span (left or right padding); got padding inside a row")
+    keys = torch.stack([start, end], -1).tolist()
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, k in enumerate(keys):
+        groups.setdefault(tuple(k), []).append(i)
+    return [(k, torch.tensor(rows, device=m.device)) for k, rows in groups.items()]
 
 
 class CachedDiffusionDenoiser(DiffusionDenoiser):

@@ -15,7 +15,8 @@ SDPA or eager attention, bf16. `preset` builds it randomly initialised: "tiny" f
 `impl: remote` loads the checkpoint's own code with trust_remote_code (presets: the stand-in,
 harness/models/standins/dream_standin.py); it runs under transformers 4.x (tested: 4.57.1); under
 5.x Dream's file fails to load, and a model whose rotary buffer was left uninitialised is refused:
-both errors point to `impl: native`.
+both errors point to `impl: native`. A padded batch runs one forward per distinct padding (each
+group unpadded, as its rows run alone): the harness does not rely on remote code's own masking.
 
 Mask id 151666. Dream keeps its AR parent's alignment: the logits at k-1 predict the token at k,
 so the adapter sets `shift_logits=True` and the estimators read position k at k-1. Padding goes
@@ -78,4 +79,7 @@ class Dream(NativeOrRemote):
         cls = CachedDiffusionDenoiser if hasattr(module, "forward_with_cache") else DiffusionDenoiser
         den = cls(module, ChatTokenizer(tok, eos), mask_id=mask, eos_id=eos, pad_id=pad, shift_logits=True,
                    mask_style="4d", compile=self.compile)
+        # The checkpoint's own code (not the harness's stand-ins, which mask padding as the native code
+        # does): a padded batch runs one forward per distinct padding, so batching never changes a number.
+        den.padding_by_rows = self.impl == "remote" and cls is DiffusionDenoiser
         return declare(den, tok, path=self.path, **FAMILY)

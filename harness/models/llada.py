@@ -17,6 +17,10 @@ initialised: "tiny" for CPU tests, "llada-8b" for GPU throughput suites (32 laye
 variant the native code refuses: it names the config key); presets then build the stand-in
 (harness/models/standins/llada_standin.py). LLaDA's public file runs under transformers 4.x
 (tested: 4.57.1) and does not load under 5.x: the error says so and points to `impl: native`.
+The public file ignores padding (it builds a mask and calls attention with `attn_mask=None`), so a
+padded batch runs one forward per distinct padding, each group unpadded as its rows run alone
+(`DiffusionDenoiser.padding_by_rows`): batching never changes a number, at the cost of one pass per
+padding length. A directory whose config.json names another architecture is refused.
 
 Mask id 126336 (also when a config.json lacks `mask_token_id`: the public config class would
 silently use 50256), no logit shift.
@@ -78,4 +82,7 @@ class LLaDA(NativeOrRemote):
         cls = CachedDiffusionDenoiser if hasattr(module, "forward_with_cache") else DiffusionDenoiser
         den = cls(module, ChatTokenizer(tok, eos), mask_id=mask, eos_id=eos, pad_id=pad, shift_logits=False,
                    mask_style="2d", compile=self.compile)
+        # The checkpoint's own code (not the harness's stand-ins, which mask padding as the native code
+        # does): a padded batch runs one forward per distinct padding, so batching never changes a number.
+        den.padding_by_rows = self.impl == "remote" and cls is DiffusionDenoiser
         return declare(den, tok, path=self.path, **FAMILY)

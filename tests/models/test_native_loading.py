@@ -287,3 +287,38 @@ def test_an_absent_key_that_changes_the_logits_is_warned_about(kind, tmp_path):
     x = torch.randint(0, 96, (1, 12), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert not torch.allclose(full.logits(x), defaulted.logits(x))
+
+
+@pytest.mark.slow  # builds or loads a public-code checkpoint
+def test_remote_llada_padded_batch_equals_single_rows(llada_real_ckpt):
+    """The public modeling_llada.py builds a padding mask but calls attention with attn_mask=None, so
+    left padding leaks into every row. Under impl: remote a padded batch runs one forward per distinct
+    padding: each row's logits and greedy tokens are exactly those it has alone."""
+    from harness.registry import SAMPLERS
+
+    rc.real_llada(llada_real_ckpt)  # tf5_shim patches the remote classes
+    d = load(llada_real_ckpt, impl="remote")
+    assert type(d.module).__module__.startswith("transformers_modules")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(200, 2000, (4, 11), generator=g)
+    pads = [0, 4, 2, 4]
+    attn = torch.ones(4, 11, dtype=torch.bool)
+    for i, n in enumerate(pads):
+        attn[i, :n] = False
+        x[i, :n] = d.pad_id
+    with torch.no_grad():
+        full = d.logits(x, attn)
+        leaked = d.module(input_ids=x, attention_mask=attn.long()).logits  # the public file on its own
+        for i, n in enumerate(pads):
+            alone = d.logits(x[i:i + 1, n:])
+            assert torch.equal(full[i, n:], alone[0])
+        assert (leaked[1, 4:] - full[1, 4:]).abs().max() > 1e-3  # what the batch computed before
+    sampler = SAMPLERS.build("low_confidence", {"steps": 8, "block_length": 8})
+    out = sampler(d, x, generator=torch.Generator().manual_seed(0), prompt_mask=attn, gen_length=8)
+    for i, n in enumerate(pads):
+        one = sampler(d, x[i:i + 1, n:], generator=torch.Generator().manual_seed(0), gen_length=8)
+        assert torch.equal(out.tokens[i], one.tokens[0])
+    bad = attn.clone()
+    bad[0, 5] = False  # padding inside a row: no span to run alone
+    with pytest.raises(HarnessError, match="one non-empty contiguous span"):
+        d.logits(x, bad)
