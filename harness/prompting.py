@@ -4,9 +4,10 @@ A model family declares its prompting on the denoiser (harness/models/_family.py
 `prompting = {"chat": bool, "add_bos": bool, "bos_id": int | None}` (absent: plain text, no BOS).
 
 - chat: wrap a prompt as one user turn with the tokenizer's chat template (generation prompt
-  added). On by default for Instruct checkpoints that ship a template (LLaDA-8B-Instruct,
-  LLaDA-1.5, Dream-v0-Instruct-7B, DiffuCoder-Instruct), off for Base checkpoints; a run may
-  force it either way (`chat: true/false`, lm-eval's `--apply_chat_template`).
+  added). The model option `chat: auto | true | false` sets it for every study, the RL loop and
+  eval; `auto` reads the checkpoint (its tokenizer's template and its own name: on for
+  LLaDA-8B-Instruct, LLaDA-1.5, Dream-v0-Instruct-7B, DiffuCoder-Instruct, off for Base
+  checkpoints; harness/models/_family.py). eval's `--apply-chat-template` overrides it there.
 - add_bos: the prompt starts with the tokenizer's BOS, once (LLaDA's evaluation tokenizes with
   <|startoftext|> 126080 first; its chat template writes the BOS itself, which is kept, not
   doubled: LLaDA's example script tokenizes the templated text with special tokens on and so
@@ -20,9 +21,13 @@ from dataclasses import dataclass
 
 
 def prompting_of(denoiser) -> dict:
-    """The model's declared prompting (chat, add_bos, bos_id) with plain defaults."""
+    """The model's declared prompting (chat, add_bos, bos_id) with plain defaults, and why chat is
+    on or off (`chat_source`, when the model says)."""
     p = getattr(denoiser, "prompting", None) or {}
-    return {"chat": bool(p.get("chat", False)), "add_bos": bool(p.get("add_bos", False)), "bos_id": p.get("bos_id")}
+    out = {"chat": bool(p.get("chat", False)), "add_bos": bool(p.get("add_bos", False)), "bos_id": p.get("bos_id")}
+    if p.get("chat_source"):
+        out["chat_source"] = p["chat_source"]
+    return out
 
 
 def prompting_record(denoiser) -> dict:

@@ -224,6 +224,9 @@ class DiffusionModel(abc.ABC):
     compile: bool = False
     seed: int = 0  # random init of a preset
     tokenizer: str | None = None  # a tokenizer directory; presets default to a character tokenizer
+    # apply the chat template to prompts in every study, the RL loop and eval (harness/models/_family.py):
+    # auto = read from the checkpoint (its tokenizer's template, its own name), off for presets
+    chat: Literal["auto"] | bool = "auto"
 
     presets: ClassVar[dict[str, dict]] = {}
     trust_remote_code: ClassVar[bool] = True
@@ -303,15 +306,31 @@ class DiffusionModel(abc.ABC):
         pad = tok.pad_token_id if tok.pad_token_id is not None else eos
         return mask, eos, pad
 
+    def chat_record(self, hf_tokenizer=None) -> dict:
+        """The manifest's account of the chat option: the option, whether prompts get the chat
+        template, and why (the tokenizer is loaded to read its template when not given)."""
+        from harness.models._family import resolve_chat_option
+
+        if self.preset is not None and self.chat == "auto":
+            on, why = False, "a random-init preset: plain prompts"
+        else:
+            tok = hf_tokenizer if hf_tokenizer is not None else (
+                self._load_tokenizer() if self.path is not None or self.tokenizer else None)
+            if tok is None:  # a preset forced on: its character tokenizer has a template
+                on, why = bool(self.chat), f"chat: {str(bool(self.chat)).lower()} (the model option)"
+            else:
+                on, why = resolve_chat_option(self.chat, self.path, tok)
+        return {"option": self.chat, "on": on, "source": why}
+
     def provenance(self) -> dict:
         if self.preset is not None:
             return {"preset": self.preset, "config": self.resolved_config(), "seed": self.seed,
-                    "weights": "random init"}
+                    "weights": "random init", "chat": self.chat_record()}
         import transformers
 
         config = _pretrained(transformers.AutoConfig, self)
         out = {"path": self.path, "revision": self.revision, "commit": getattr(config, "_commit_hash", None),
-               "weights_sha256": None}
+               "weights_sha256": None, "chat": self.chat_record()}
         path = Path(self.path).expanduser()
         if path.is_dir():
             out["weights_sha256"], out["weights_files"] = weights_sha256(path)

@@ -38,6 +38,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from harness.models._family import resolve_chat_option
 from harness.models._hf_common import ChatTokenizer, DiffusionModel, char_tokenizer
 from harness.models.hf import HFDenoiser
 from harness.registry import MODELS
@@ -227,4 +228,7 @@ class DiffusionGemma(DiffusionModel):
         eos = tok.eos_token_id if tok.eos_token_id is not None else t.eos_token_id
         eos = eos[0] if isinstance(eos, (list, tuple)) else eos
         pad = tok.pad_token_id if tok.pad_token_id is not None else eos
-        return DiffusionGemmaDenoiser(module, ChatTokenizer(tok, eos), eos_id=eos, pad_id=pad)
+        den = DiffusionGemmaDenoiser(module, ChatTokenizer(tok, eos), eos_id=eos, pad_id=pad)
+        on, why = resolve_chat_option(self.chat, self.path, tok)  # the model option chat (harness/models/_family.py)
+        den.prompting = {"chat": on, "chat_source": why, "add_bos": False, "bos_id": None}
+        return den

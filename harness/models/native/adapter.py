@@ -142,7 +142,7 @@ class NativeOrRemote(DiffusionModel):
         where = self.checkpoint_dir()
         commit = where.name if where.parent.name == "snapshots" else None  # a hub download: the snapshot's commit
         out = {"path": self.path, "revision": self.revision, "impl": "native", "commit": commit,
-               "weights_sha256": None}
+               "weights_sha256": None, "chat": self.chat_record(self._native_tokenizer(where))}
         out["weights_sha256"], out["weights_files"] = weights_sha256(where)
         return out
 
