@@ -4,8 +4,8 @@ Values never depend on how units are batched (one generator per unit, DESIGN.md 
 mechanisms only change speed and memory, never a number:
 
 - max-tokens: a cell's `max_tokens` caps units x padded sequence length per batch, where a
-  unit's length is its prompt's token count plus the task's `gen_length` (the canvas every study
-  kind pushes through the model). Batches stay consecutive runs of the planned unit order and
+  unit's length is the token count of its prompt as fed (after the chat template and BOS) plus
+  the task's `gen_length` (the canvas every study kind pushes through the model). Batches stay consecutive runs of the planned unit order and
   never exceed `batch_size` units. Components that multiply rows inside a unit (an estimator's
   n_mc copies) chunk those themselves with their own `max_tokens` parameter.
 - logits: a pass over N tokens also writes N x V logits (V = 126,464 for LLaDA, 152,064 for
@@ -33,9 +33,15 @@ def logits_capped(max_tokens: int, vocab_size: int | None, budget: int = LOGITS_
     return max(1, min(max_tokens, budget // (4 * int(vocab_size))))
 
 
-def unit_length(tokenizer, prompt: str, gen_length: int) -> int:
-    """Tokens one unit puts through the model per row: its prompt plus the generation canvas."""
-    return len(tokenizer.encode(prompt)) + gen_length
+def unit_length(model, prompt: str, gen_length: int) -> int:
+    """Tokens one unit puts through the model per row: its prompt as the studies feed it (the
+    model's chat template and BOS: harness/prompting.py) plus the generation canvas. A bare
+    tokenizer (no `.tokenizer`) counts the raw prompt."""
+    if hasattr(model, "tokenizer"):
+        from harness.prompting import prompt_ids
+
+        return len(prompt_ids(model, prompt)) + gen_length
+    return len(model.encode(prompt)) + gen_length
 
 
 def plan_batches(lengths: list[int], batch_size: int, max_tokens: int | None = None) -> list[range]:

@@ -73,3 +73,48 @@ def test_chat_option_auto_true_false_reaches_prompts_records_and_manifest(kind, 
         build(nt, True).load()
     with pytest.raises(HarnessError, match="chat"):
         MODELS.build(kind, {"preset": "tiny", "chat": "yes"})
+
+
+SUITE = """
+suite: chat-plan
+models:
+  llada: {name: llada, params: {preset: tiny, device: cpu, dtype: float32, chat: true}}
+tasks:
+  add: {name: addition, params: {n_digits: 2}, split: test, n_items: 4}
+studies:
+  - id: gen
+    kind: generate
+    model: llada
+    task: add
+    sampler: {name: low_confidence, params: {steps: 2}}
+    batch_size: 4
+    max_tokens: MAXTOK
+"""
+
+
+def test_max_tokens_plans_the_tokens_fed_after_the_chat_template(tmp_path, monkeypatch):
+    """The chat template adds 18 characters ("user: ", "\\nassistant: ") to each 6-character prompt:
+    batches are planned from the tokens fed, so no pass exceeds max_tokens."""
+    from harness.runner import Runner
+    from tests.helpers import Recorder, write_suite
+
+    seen = []
+    real_model = Runner.model
+
+    def recording_model(self, cell):
+        rec = Recorder(real_model(self, cell))
+        seen.append(rec)
+        return rec
+
+    monkeypatch.setattr(Runner, "model", recording_model)
+    probe = MODELS.build("llada", {"preset": "tiny", "device": "cpu", "dtype": "float32", "chat": True}).load()
+    fed = len(prompt_ids(probe, "12+34="))
+    assert fed == len(probe.tokenizer.encode("12+34=")) + 18
+    from harness.registry import TASKS
+
+    gen_length = TASKS.build("addition", {"n_digits": 2}).gen_length
+    cap = 2 * (fed + gen_length)  # two units per pass when counted as fed; four when counted raw
+    Runner(write_suite(tmp_path, SUITE.replace("MAXTOK", str(cap))), results=tmp_path / "r", progress=False).run()
+    inputs = [x for rec in seen for x in rec.inputs]
+    assert inputs and all(x.shape[0] * x.shape[1] <= cap for x in inputs)
+    assert max(x.shape[0] for x in inputs) == 2
