@@ -5,9 +5,10 @@ mechanisms only change speed and memory, never a number:
 
 - max-tokens: a cell's `max_tokens` caps units x padded sequence length per batch, where a
   unit's length is the token count of its prompt as fed (after the chat template and BOS) plus
-  the task's `gen_length` (the canvas every study kind pushes through the model). Batches stay consecutive runs of the planned unit order and
-  never exceed `batch_size` units. Components that multiply rows inside a unit (an estimator's
-  n_mc copies) chunk those themselves with their own `max_tokens` parameter.
+  the task's `gen_length` (the canvas every study kind pushes through the model). Batches stay
+  consecutive runs of the planned unit order and never exceed `batch_size` units. Components that
+  multiply rows inside a unit (an estimator's n_mc copies) chunk those themselves with their own
+  `max_tokens` parameter.
 - logits: a pass over N tokens also writes N x V logits (V = 126,464 for LLaDA, 152,064 for
   Dream: 65,536 tokens are 33 GB in float32), so every token cap is lowered to what
   LOGITS_BYTES of float32 logits hold (`logits_capped`): 16,980 tokens for LLaDA, 14,122 for
