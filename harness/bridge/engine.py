@@ -20,6 +20,10 @@ Likelihood: the default estimator is `mc_elbo` with LLaDA's own evaluation law (
 t_law count_stratified, n_mc 128: exact masked counts, systematic in groups of 32, weight L/l;
 ML-GSAI/LLaDA eval_llada.py `get_loglikelihood`, mc_num 128); model_args override any of it.
 
+A loglikelihood request's (context, continuation) is split into tokens as lm-eval's
+`TemplateLM._encode_pair` and LLaDA's eval_llada.py `_encode_pair` split it (`encode_pair`: the
+context's trailing whitespace joins the continuation, both tokenized together).
+
 Contexts too long for the model are left-truncated; every truncation or capped length is
 written to the side records (`side_records.jsonl`) and warned about once.
 """
@@ -194,6 +198,22 @@ class Engine:
 
         ids, dropped = self.encode(text)
         return with_bos(ids, self.denoiser, self.bridge["add_bos"]), dropped
+
+    def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        """(context ids, continuation ids) split as lm-eval's `TemplateLM._encode_pair` and LLaDA's
+        `eval_llada.py` (`LLaDAEvalHarness._encode_pair`) split them: trailing whitespace of the
+        context moves to the continuation, the two are tokenized jointly, and the continuation is
+        what the joint ids hold after the context's own ids (a subword tokenizer merges " Paris"
+        into one token only when it sees the space with the word). An empty context is its BOS
+        alone (or nothing), the continuation tokenized on its own, as lm-eval does."""
+        if not context:
+            return self.encode_context("")[0], self.encode(continuation)[0]
+        n_spaces = len(context) - len(context.rstrip())
+        if n_spaces:
+            context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
+        whole, _ = self.encode_context(context + continuation)
+        ctx, _ = self.encode_context(context)
+        return ctx, whole[len(ctx):]
 
     def generator(self, req: Request, text: str) -> torch.Generator:
         seed = derive_seed("lm-eval", str(req.task), str(req.doc_id), req.repeat,

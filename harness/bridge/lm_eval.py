@@ -126,8 +126,7 @@ class DLMHarnessLM(LM):
         items = []
         for inst, req in pairs:
             context, continuation = inst.args[0], inst.args[1]
-            ctx, _ = self.engine.encode_context(context)
-            cont, _ = self.engine.encode(continuation)
+            ctx, cont = self.engine.encode_pair(context, continuation)  # lm-eval's and LLaDA's split
             if not cont:
                 raise HarnessError(f"loglikelihood: continuation {continuation!r} has no tokens for this model")
             items.append((ctx, cont, req))
