@@ -485,6 +485,8 @@ def _check_budget(cell: Cell, component, where: str) -> None:
             per_item = component.nfe_for_batch(1)  # an estimator: passes for a batch of one
     except ValueError as exc:
         raise HarnessError(f"{where}.{cell.component_kind[:-1]}: {exc}") from None
+    if per_item is None:  # known only once the model loads (a knob left to its generation_config.json)
+        return
     # K masks per value of t; gradient studies also spend the exact passes (not known here).
     per_item *= cell.options.get("masks_per_t") or 1
     if cell.budget.nfe is None or cell.task.n_items is None:

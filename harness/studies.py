@@ -81,7 +81,7 @@ def generate(denoiser, task, sampler, batch: Batch) -> list[dict]:
         v = task.grade(item, text)  # the task's stop strings and scoring protocol; the raw text is kept
         out.append({
             "outcome": v.outcome(),
-            "generation": {"text": text, "gen_len": int(gen.gen_len[i]), "steps": gen.steps,
+            "generation": {"text": text, "gen_len": int(gen.gen_len[i]), "steps": gen.steps_of(i),
                            "commit_step": gen.commit_step[i].tolist(), "prompting": prompting_record(denoiser)},
         })
     return out

@@ -94,7 +94,8 @@ class Generation:
     text:        decoded completion up to the first EOS, one string per row
     commit_step: [B, L] step at which each token was committed (-1 if never masked)
     gen_len:     [B] generated tokens up to and including the first EOS
-    steps:       number of denoising steps taken
+    steps:       number of denoising steps taken (the batch's)
+    row_steps:   [B] each row's own steps, where rows stop at different steps (None: `steps` for all)
     """
 
     tokens: torch.Tensor
@@ -102,6 +103,11 @@ class Generation:
     commit_step: torch.Tensor
     gen_len: torch.Tensor
     steps: int
+    row_steps: torch.Tensor | None = None
+
+    def steps_of(self, i: int) -> int:
+        """Row i's steps: its own where the sampler counts them, else the batch's."""
+        return int(self.row_steps[i]) if self.row_steps is not None else int(self.steps)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -104,6 +104,9 @@ CLASS_RANGES: dict[tuple[str, str], Range] = {
     ("BudgetSpec", "tokens"): count(1, 10**18), ("BudgetSpec", "flops"): Range(0.0, 1e30, lo_open=True),
     ("BudgetSpec", "wall_s"): Range(0.0, 1e9, lo_open=True),
     ("Eubo", "beta"): POSITIVE, ("Mix", "beta"): POSITIVE,
+    # DiffusionGemma's generate accepts temperatures and a confidence threshold above 1
+    ("UniformEntropyBound", "t_min"): NONNEG, ("UniformEntropyBound", "t_max"): NONNEG,
+    ("UniformEntropyBound", "confidence"): POSITIVE,
 }
 
 # Products that would not finish (units of one cell, cells of one suite).

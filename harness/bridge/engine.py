@@ -300,7 +300,7 @@ class Engine:
                     raise HarnessError(f"sampler {self.bridge['sampler']!r} cannot decode {L} tokens: {exc} "
                                        "(set block_length/steps in model_args to fit)") from None
                 share = self._charge([p[4] for p in batch], before)
-                for p, text, n in zip(batch, gen.text, gen.gen_len.tolist()):
+                for j, (p, text, n) in enumerate(zip(batch, gen.text, gen.gen_len.tolist())):
                     final = truncate_at_stop(text, p[3].get("until"))
                     out[p[1]] = final
                     req = p[4]
@@ -308,7 +308,8 @@ class Engine:
                         "type": "generate_until", "task": req.task, "doc_id": req.doc_id, "idx": req.idx,
                         "repeat": req.repeat, "gen_length": L, "gen_length_asked": p[7],
                         "gen_length_capped": L < p[7], "prompt_tokens": len(p[2]), "truncated_tokens": p[8],
-                        "dropped_chars": p[9], "gen_len": n, "steps": gen.steps, "stopped_by_until": final != text,
+                        "dropped_chars": p[9], "gen_len": n, "steps": gen.steps_of(j),
+                        "stopped_by_until": final != text,
                         "sampler": {"name": self.bridge["sampler"], "params": params_of(sampler)},
                         "cost": share})
         return out

@@ -27,7 +27,10 @@ How it meets the harness's interfaces:
 - Estimators: the masked ones (mc_elbo, one_step, ...) do NOT apply (they insert mask tokens the
   model never saw); `uniform_x0` does (harness/estimators/uniform_x0.py). `list models` says so.
 - Sampler: `uniform_entropy_bound` (harness/samplers/uniform_entropy_bound.py) is the model's own
-  entropy-bound generate loop with the harness's explicit generators and meter.
+  entropy-bound generate loop with the harness's explicit generators and meter. Its knobs default
+  to what generate reads: the checkpoint's generation_config.json (`generation_defaults`: steps,
+  entropy bound, t_min/t_max, confidence, stability), then generate's global defaults; generation
+  stops on the generation config's EOS ids (one or a list: `stop_ids`), else the tokenizer's EOS.
 """
 from __future__ import annotations
 
@@ -192,6 +195,27 @@ class DiffusionGemmaDenoiser(HFDenoiser):
         return torch.cat([out.new_zeros(B, context, out.shape[-1]), out], 1) if context else out
 
 
+# the checkpoint's generation_config.json keys -> uniform_entropy_bound's knobs
+GENERATION_KEYS = {"max_denoising_steps": "max_steps", "t_min": "t_min", "t_max": "t_max",
+                   "confidence_threshold": "confidence", "stability_threshold": "stability"}
+
+
+def generation_defaults(module) -> tuple[dict, tuple[int, ...]]:
+    """(the sampler knobs the checkpoint's generation_config.json sets, its EOS ids): what generate
+    reads before its global defaults. A preset has none (generate's defaults then apply)."""
+    cfg = getattr(module, "generation_config", None)
+    if cfg is None:
+        return {}, ()
+    out = {knob: getattr(cfg, key) for key, knob in GENERATION_KEYS.items() if getattr(cfg, key, None) is not None}
+    sampler = getattr(cfg, "sampler_config", None)
+    bound = sampler.get("entropy_bound") if isinstance(sampler, dict) else getattr(sampler, "entropy_bound", None)
+    if bound is not None:
+        out["bound"] = bound
+    eos = getattr(cfg, "eos_token_id", None)
+    eos = () if eos is None else tuple(int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]))
+    return out, eos
+
+
 @MODELS.register("diffusion_gemma")
 @dataclass(frozen=True, kw_only=True)
 class DiffusionGemma(DiffusionModel):
@@ -229,6 +253,8 @@ class DiffusionGemma(DiffusionModel):
         eos = eos[0] if isinstance(eos, (list, tuple)) else eos
         pad = tok.pad_token_id if tok.pad_token_id is not None else eos
         den = DiffusionGemmaDenoiser(module, ChatTokenizer(tok, eos), eos_id=eos, pad_id=pad)
+        den.generation_defaults, gen_eos = generation_defaults(module)
+        den.stop_ids = gen_eos or (eos,)  # generate stops on the generation config's EOS ids (one or a list)
         on, why = resolve_chat_option(self.chat, self.path, tok)  # the model option chat (harness/models/_family.py)
         den.prompting = {"chat": on, "chat_source": why, "add_bos": False, "bos_id": None}
         return den

@@ -76,10 +76,11 @@ def global_draws_from(g: torch.Generator):
         yield
 
 
-def hf_generate(d, prompt, pmask, L: int, seed: int, *, sc: bool = True, **config):
+def hf_generate(d, prompt, pmask, L: int, seed: int, *, sc: bool = True, undone: list | None = None, **config):
     """transformers' generate with its draws from Generator(seed) -> (new tokens, per-row passes,
     batched passes). sc=False drops the self-conditioning input of every pass (generate has no
-    switch for it)."""
+    switch for it). `undone` (a list) receives, per pass, how many rows were not yet done denoising
+    their canvas (rows that ended in an earlier canvas included)."""
     module, seen = d.module, {"steps": 0}
     cls = type(module)
     tpf, denoising_step = cls._compute_tokens_per_forward, cls._denoising_step
@@ -90,6 +91,8 @@ def hf_generate(d, prompt, pmask, L: int, seed: int, *, sc: bool = True, **confi
 
     def spy_step(self, *a, **k):
         seen["steps"] += 1
+        if undone is not None:
+            undone.append(int((~k["finished_denoising"]).sum()))
         return denoising_step(self, *a, **k)
 
     forward = module.forward
@@ -162,18 +165,21 @@ def test_batch_generate_equals_transformers_generate(model, L, sc, knobs, uneven
 
 @pytest.mark.parametrize("model,L,sc,knobs,uneven,B", [c for c in CASES if not c.values[3]])
 def test_default_equals_transformers_generate_at_stock_temperatures(model, L, sc, knobs, uneven, B, request):
-    """The default batch="live" (done and ended rows leave the batch): generate's tokens, and the
-    meter's NFE is generate's own per-row pass count (decoder_forward_passes), on the stock
-    settings. (Its rows' logits can differ from generate's in the last bits, being computed in
-    other batch shapes; at near-zero temperature that can flip a decision, so the greedy cases
-    are checked with batch="generate" only.)"""
+    """The default batch="live" with one shared generator (done rows leave the batch; rows that
+    ended in an earlier canvas stay until their canvas is done, since generate's step count and so
+    its later draws depend on them): generate's tokens; the meter counts the rows not yet done at
+    each pass, and each record's steps are the row's own (generate's decoder_forward_passes), on
+    the stock settings. (Its rows' logits can differ from generate's in the last bits, being
+    computed in other batch shapes; at near-zero temperature that can flip a decision, so the
+    greedy cases are checked with batch="generate" only.)"""
     d = request.getfixturevalue(model)
     prompt, pmask = prompts(B, 6, seed=3, uneven=uneven)
-    new, passes, _ = hf_generate(d, prompt, pmask, L, seed=7, sc=sc, **knobs)
+    undone = []
+    new, passes, _ = hf_generate(d, prompt, pmask, L, seed=7, sc=sc, undone=undone, **knobs)
     gen, cost = harness_generate(d, prompt, pmask, L, seed=7, self_conditioning=sc, **knobs)
     total = -(-L // 8) * 8
     assert torch.equal(gen.tokens, as_harness(new, total))
-    assert cost.nfe == int(passes.sum())
+    assert cost.nfe == sum(undone) and torch.equal(gen.row_steps, passes.long())
 
 
 def test_the_peaked_cases_exercise_early_stops_and_ends(peaked):
