@@ -260,6 +260,14 @@ def test_remote_with_another_architecture_is_a_harness_error(kind, tmp_path):
     for impl in ("native", "remote"):
         with pytest.raises(HarnessError, match=r"gpt2/config.json: model_type 'gpt2' is not"):
             load(tmp_path / "gpt2", kind=kind, impl=impl)
+    from harness.cli import main
+
+    suite = tmp_path / "s.yaml"
+    suite.write_text(f"suite: s\nmodels:\n  m: {{name: {kind}, params: {{path: {tmp_path / 'gpt2'}, impl: remote, "
+                     "device: cpu, dtype: float32}}\ntasks:\n  add: {name: addition, params: {}, n_items: 1}\n"
+                     "studies:\n  - id: g\n    kind: generate\n    model: m\n    task: add\n"
+                     "    sampler: {name: low_confidence, params: {steps: 2}}\n")
+    assert main(["run", str(suite), "--results", str(tmp_path / "r")]) == 2  # the CLI's error exit, no traceback
 
 
 @pytest.mark.parametrize("kind", ["llada", "dream"])
