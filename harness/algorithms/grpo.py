@@ -232,7 +232,12 @@ class GDPO(GRPO):
     """GDPO: sequence ratio exp(ELBO_θ − ELBO_old) of the quadrature ELBO (Bernoulli masks), clip 0.2, 1/|o|, β·KL.
 
     The quadrature masks each completion token independently at rate t_n (the paper's masking,
-    unbiased once N >= L/2); `estimator_params={"mask_law": "count"}` is the fixed-count variant."""
+    unbiased once N >= L/2); `estimator_params={"mask_law": "count"}` is the fixed-count variant.
+
+    Checked against its paper only (Rojas et al., arXiv 2510.08554): no code of the authors could be
+    read (their repository's README, which names gdpo/likelihood_estimators.py on top of d1, is
+    public, but none of its code files is in the searchable index), so this objective and its
+    conformance test restate the harness's reading of the paper's equations, not a released trainer."""
 
     estimator: str = "quadrature_elbo"
     estimator_params: dict = field(default_factory=lambda: {"mask_law": "bernoulli"})

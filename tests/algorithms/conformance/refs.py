@@ -14,6 +14,16 @@ def group_mean_advantages(rewards, G):
     return (r - r.mean(1, keepdim=True)).reshape(-1)
 
 
+def z_score_normalize(lst):
+    """Gen-Verse/dLLM-RL reward/rl_reward.py `z_score_normalize` (applied to the correctness list of
+    one prompt's responses): population std, no eps, all zeros when the std is 0."""
+    mean = sum(lst) / len(lst)
+    std = (sum((x - mean) ** 2 for x in lst) / len(lst)) ** 0.5
+    if std == 0:
+        return [0 for _ in lst]
+    return [(x - mean) / std for x in lst]
+
+
 def loo_advantages(rewards, G):
     """Leave-one-out baseline (RLOO; DiffuCoder's coupled-GRPO code): A_i = r_i − mean_{j≠i} r_j."""
     r = rewards.view(-1, G)
