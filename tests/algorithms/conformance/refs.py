@@ -72,9 +72,10 @@ def wd1_loss(logp, adv, completion_mask):
 
 
 def trace_rl_loss(rows, adv_rows, eps, beta):
-    """Gen-Verse/dLLM-RL train/rl_llada.py `forward_process` in `main` (read in the fork
-    pixeli99/dLLM-RL; the Gen-Verse repository itself is not in the search index). `rows` is a list
-    of (logp_new [T], logp_old [T], p_mask [T] bool), one per (sequence, step group); KL is k3 to π_old."""
+    """Gen-Verse/dLLM-RL train/rl_llada.py (and train/rl_mmada.py) `forward_process` in `main`: the
+    loss of both its "TraceRL" and "random_masking" methods. `rows` is a list of (logp_new [T],
+    logp_old [T], p_mask [T] bool), one training row each (a (sequence, step group) for TraceRL, a
+    (sequence, random mask) for random_masking); KL is k3 to π_old, summed over the row's p_mask."""
     n_rows = len(rows)
     logp_new = torch.stack([r[0] for r in rows])
     logp_old = torch.stack([r[1] for r in rows])
@@ -99,3 +100,17 @@ def collapse_k_unique(lst, k):
         end_idx = min((idx // k + 1) * k - 1, len(uniq) - 1)
         mapping[val] = uniq[end_idx]
     return [mapping[x] for x in lst]
+
+
+def spg_loss(adv, lower, upper, completion_mask):
+    """facebookresearch/SPG spg/spg_trainer.py SPGTrainer.compute_loss: per_seq_loss = −A·(bound / |o|),
+    loss = Σ(per_seq_loss·|o|) / Σ|o| over the micro-batch; the bound is the ELBO for A >= 0, else the upper."""
+    length = completion_mask.double().sum(1)
+    bound = torch.stack([lower[i] if adv[i] >= 0 else upper[i] for i in range(len(adv))])
+    return (-adv * bound / length * length).sum() / length.sum()
+
+
+def gradient_accumulation(loss_of, parts):
+    """HF Trainer's gradient accumulation over equal micro-batches: each micro-batch's loss divided by
+    the number of accumulation steps, summed (the mean of the micro-batch losses)."""
+    return sum(loss_of(p) for p in parts) / len(parts)
