@@ -64,6 +64,10 @@ class LoopOptions:
     # Not the loop's: the algorithm the report compares every other one against (paired McNemar).
     # "": the study's own `algorithm.name` (the one its sweep varies away from), filled in at plan time.
     baseline: str = ""
+    # Not the loop's either: two algorithms of the study that are one objective (grpo with its defaults
+    # and diffu_grpo), trained as separate runs; the report shows their difference as what training
+    # noise alone produces. []: none.
+    calibration: list[str] = field(default_factory=list)
 
     def __post_init__(self):
         for name in ("steps", "quick_steps", "prompts", "mu", "eval_items", "checkpoint_every"):
@@ -78,6 +82,8 @@ class LoopOptions:
             raise ValueError(f"need lr > 0 and grad_clip >= 0, got {self.lr}, {self.grad_clip}")
         if self.optimizer_step not in ("pass", "micro_batch"):
             raise ValueError(f"optimizer_step must be 'pass' or 'micro_batch', got {self.optimizer_step!r}")
+        if self.calibration and (len(self.calibration) != 2 or len(set(self.calibration)) != 2):
+            raise ValueError(f"calibration must name two different algorithms, got {self.calibration!r}")
         if not isinstance(self.sampler, dict) or "name" not in self.sampler:
             raise ValueError(f"sampler must be a mapping {{name: ..., params: ...}}, got {self.sampler!r}")
 

@@ -51,14 +51,12 @@ def test_rl_study_runs_and_resumes_to_the_same_records(tmp_path):
     assert len(starts) == 8 and {r["study"] for r in starts} == {"rl.start"}  # 4 eval items x 2 cells
     assert all(r["item_id"].startswith("start/") for r in starts)
     section = render_section(clean)
-    assert "| diffu_grpo | 1 |" in section and "| spg | 1 |" in section  # one seed each
-    assert "Against the starting checkpoint" in section and "| diffu_grpo | 4 |" in section  # 4 paired items
-    assert "MDE" in section
-    assert "paired on (seed, held-out item)" in section and "| spg | 6 |" in section  # 6 pairs vs diffu_grpo
+    assert "| diffu_grpo | 1 (0) |" in section and "| spg | 1 (0) |" in section  # one run each, its seed shown
+    assert "n/a (< 3 runs)" in section and "not tested" in section  # no interval, no test from one run
     # the comparison's baseline is data (options.baseline, the manifest's cells), not a name in the report
     assert "**Against `diffu_grpo`**" in section
     other = render_section(clean, manifest={"cells": [{"kind": "rl", "options": {"baseline": "spg"}}]})
-    assert "**Against `spg`**" in other and "| diffu_grpo | 6 |" in other
+    assert "**Against `spg`**" in other and "| diffu_grpo | 1 vs 1 |" in other
 
 
 def test_rl_baseline_defaults_to_the_study_algorithm_and_must_be_run(tmp_path):
