@@ -77,3 +77,15 @@ def test_rl_options_are_checked_at_plan_time(tmp_path):
     bad = SUITE.replace("mu: 2", "muu: 2")
     with pytest.raises(HarnessError, match="muu"):
         plan(load_suite(write_suite(tmp_path, bad)))
+
+
+def test_rl_calibration_pair_must_be_run(tmp_path):
+    ok = SUITE.replace("checkpoint_every: 1}", "checkpoint_every: 1, calibration: [spg, diffu_grpo]}")
+    assert {tuple(c.options["calibration"]) for c in plan(load_suite(write_suite(tmp_path, ok)))} == {
+        ("spg", "diffu_grpo")}
+    bad = SUITE.replace("checkpoint_every: 1}", "checkpoint_every: 1, calibration: [grpo, diffu_grpo]}")
+    with pytest.raises(HarnessError, match=r"options.calibration: 'grpo' is not an algorithm this study runs"):
+        plan(load_suite(write_suite(tmp_path, bad)))
+    bad = SUITE.replace("checkpoint_every: 1}", "checkpoint_every: 1, calibration: [spg]}")
+    with pytest.raises(HarnessError, match="calibration must name two different algorithms"):
+        plan(load_suite(write_suite(tmp_path, bad)))
