@@ -114,3 +114,21 @@ def gradient_accumulation(loss_of, parts):
     """HF Trainer's gradient accumulation over equal micro-batches: each micro-batch's loss divided by
     the number of accumulation steps, summed (the mean of the micro-batch losses)."""
     return sum(loss_of(p) for p in parts) / len(parts)
+
+
+def espo_loss(s, s_old, s_ref, adv, T, eps=0.2, beta=0.01):
+    """ML-GSAI/ESPO espo/espo_trainer.py ESPOTrainer.compute_loss (kl_scale outside): sequence ratio
+    exp((ELBO − ELBO_old)/T), clip ε, −mean over the micro-batch's rows; + β·mean_i k2(ΔELBO_ref)/T."""
+    coef_1 = torch.exp((s - s_old) / T)
+    coef_2 = torch.clamp(coef_1, 1 - eps, 1 + eps)
+    kl = (s - s_ref) ** 2 / 2.0
+    return -torch.min(coef_1 * adv, coef_2 * adv).mean() + beta * (kl / T).mean()
+
+
+def gdpo_paper_loss(s, s_old, s_ref, adv, length, eps=0.2, beta=0.01):
+    """GDPO (arXiv 2510.08554), the paper's objective (no code could be read): sequence ratio
+    exp(ELBO − ELBO_old), clip ε, k3 KL on the ELBO difference, weight 1/|o|, mean over rows."""
+    rho = torch.exp(s - s_old)
+    sur = torch.min(rho * adv, torch.clamp(rho, 1 - eps, 1 + eps) * adv)
+    kl = torch.exp(s_ref - s) - (s_ref - s) - 1
+    return (-(sur - beta * kl) / length).mean()

@@ -13,6 +13,11 @@ accumulation). The micro-batch structure is part of each algorithm's declared de
   uni_grpo          Gen-Verse/dLLM-RL configs/rl_mmada_v.yaml (batch_size_lm 2 rows), train/rl_mmada.py
                     forward_process: a mean over rows, so the harness's one micro-batch equals the
                     reference's average over micro-batches of 2 rows
+  espo              ML-GSAI/ESPO recipes/run_countdown_llada.sh (3 rows of 6 generations: half a
+                    group), ESPOTrainer.compute_loss: a mean over rows, so one micro-batch is the same
+  gdpo              no code (the paper only): its loss is a mean over rows, checked here to be the same
+                    whether the buffer is one micro-batch or micro-batches of 2 rows
+trace_rl (a mean over trace rows, rows per sequence varying) is checked on one buffer in test_trace_rl.py.
 The fixture has groups of G = 4, so "one group" is 4 rows and half a group 2."""
 from __future__ import annotations
 
@@ -32,10 +37,19 @@ from tests.algorithms.conformance.fixture import (
     micro_harness_loss,
     suite_params,
 )
-from tests.algorithms.conformance.refs import d1_loss, gradient_accumulation, igpo_gspo_loss, spg_loss, trace_rl_loss
+from tests.algorithms.conformance.refs import (
+    d1_loss,
+    espo_loss,
+    gdpo_paper_loss,
+    gradient_accumulation,
+    igpo_gspo_loss,
+    spg_loss,
+    trace_rl_loss,
+)
 from tests.algorithms.conformance.refs import wd1_loss as wd1_ref
 
-REFERENCE_ROWS = {"diffu_grpo": G, "grpo": G, "wd1": G, "spg": G, "igpo": G, "coupled_grpo": G // 2, "uni_grpo": 2}
+REFERENCE_ROWS = {"diffu_grpo": G, "grpo": G, "wd1": G, "spg": G, "igpo": G, "coupled_grpo": G // 2, "uni_grpo": 2,
+                  "espo": G // 2, "gdpo": 2}
 
 
 def _parts(rows: int):
@@ -69,6 +83,16 @@ def _case(name: str, fx: dict, seed: int):
         terms = tuple(estimate(x / count, m, {"masks": m[:, None, :]}) for x in (logp, old, ref))  # ℓ/|M|
         rows = [(logp[i], old[i], m[i]) for i in range(B)]  # raw log-probs, KL to π_old
         return terms, cm, lambda a, r: trace_rl_loss([rows[i] for i in r.tolist()], a[r], eps=0.2, beta=0.01)
+    if name == "espo":  # the ELBO of the whole canvas
+        canvas = torch.ones_like(cm)
+        terms = tuple(estimate(x, canvas) for x in (logp, old, ref))
+        s_, so, sr = (x.sum(1) for x in (logp, old, ref))
+        return terms, canvas, lambda a, r: espo_loss(s_[r], so[r], sr[r], a[r], T)
+    if name == "gdpo":
+        terms = tuple(estimate(x, cm) for x in (logp, old, ref))
+        s_, so, sr = ((x * cm).sum(1) for x in (logp, old, ref))
+        n = cm.sum(1).double()
+        return terms, cm, lambda a, r: gdpo_paper_loss(s_[r], so[r], sr[r], a[r], n[r])
     raise AssertionError(name)
 
 
