@@ -141,6 +141,7 @@ class RLLoop:
     def __init__(self, policy, algorithm, task, options: LoopOptions, seed, train_items, test_items):
         self.policy, self.algorithm, self.task, self.opts, self.seed = policy, algorithm, task, options, seed
         self.train_items, self.test_items = train_items, test_items
+        micro_batches(algorithm, options.micro_groups, 1, options.group_size)  # a whole number of rows, or say so
         self.sampler = options.build_sampler()
         self.eval_sampler = SAMPLERS.build("low_confidence", {})  # greedy, one token per step
         self.ref = copy.deepcopy(policy) if algorithm.needs_ref else None

@@ -132,3 +132,11 @@ def test_metrics_without_a_reference_model_stay_none_in_the_step_log():
     loop = make_loop(ALGORITHMS.build("diffu_grpo", {"beta": 0.0}))
     log, _ = loop.train_step(0)
     assert log["kl"] is None and log["ref_nfe"] == 0
+
+
+def test_a_micro_batch_that_is_not_a_whole_number_of_rows_is_refused_up_front():
+    from harness.types import HarnessError
+
+    with pytest.raises(HarnessError, match=r"micro_batch=0.3 groups of group_size 4 is 1.2 rows; expected a whole"):
+        make_loop(ALGORITHMS.build("coupled_grpo", {"micro_batch": 0.3}))
+    assert make_loop(ALGORITHMS.build("coupled_grpo")).micro_batches(2)[0][0].tolist() == [0, 1]  # half of G = 4
