@@ -61,7 +61,7 @@ class LoopOptions:
     eval_items: int = 100
     ref_refresh: int = 0  # copy π_θ into π_ref every this many steps; 0: frozen
     checkpoint_every: int = 5
-    # Not the loop's: the algorithm the report compares every other one against (paired McNemar).
+    # Not the loop's: the algorithm the report compares every other one against (over training runs).
     # "": the study's own `algorithm.name` (the one its sweep varies away from), filled in at plan time.
     baseline: str = ""
     # Not the loop's either: two algorithms of the study that are one objective (grpo with its defaults
