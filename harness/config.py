@@ -320,6 +320,10 @@ def _rl_baseline(study: StudySpec, cells: list[Cell], where: str) -> None:
     if base not in names:
         raise HarnessError(f"{where}.options.baseline: {base!r} is not an algorithm this study runs "
                            f"(it runs {', '.join(names)})")
+    for name in (spec.get("options") or {}).get("calibration") or ():  # the calibration pair: both run
+        if name not in names:
+            raise HarnessError(f"{where}.options.calibration: {name!r} is not an algorithm this study runs "
+                               f"(it runs {', '.join(names)})")
     for c in cells:
         c.options["baseline"] = base
 

@@ -293,9 +293,14 @@ def exact_moments(denoiser, task, estimator, batch: Batch) -> list[dict]:
     token = bool(estimator.token_scale)
     out = []
     for i in range(len(batch.items)):
-        table = item_table(denoiser, ids[i], pmask[i], completion[i], cmask[i],
-                           mask_padding=bool(getattr(estimator, "mask_padding", False)),
+        padded = bool(getattr(estimator, "mask_padding", False))
+        table = item_table(denoiser, ids[i], pmask[i], completion[i], cmask[i], mask_padding=padded,
                            max_tokens=getattr(estimator, "max_tokens", 65536))
+        # The reference is the item's exact ELBO as `exact_reference` computes it (post-EOS padding
+        # clean): an estimator that masks the padding is measured against that ELBO, not against
+        # the ELBO of its own padded table (cached: every unpadded cell on the item shares it).
+        ref = table if not padded else item_table(denoiser, ids[i], pmask[i], completion[i], cmask[i],
+                                                  max_tokens=getattr(estimator, "max_tokens", 65536))
         m = moments(estimator, table, batch.options)
         grad = _exact_gradients(denoiser, estimator, table, batch.options) if batch.options.get("gradients") else None
         L = table.n
@@ -309,8 +314,9 @@ def exact_moments(denoiser, task, estimator, batch: Batch) -> list[dict]:
         out.append({"outcome": {"metric": "exact_var", "value": scaled["var"]},
                     "estimate": {"metric": metric, "mean": m.mean * c, **scaled, "draws": m.draws, "nfe": nfe,
                                  "divergent": m.divergent, "truncation": m.truncation, "notes": m.notes,
-                                 **declared(estimator), "length": L, "exact_elbo": table.elbo(),
-                                 "passes": table.n_passes, **({"grad": grad} if grad else {})}})
+                                 **declared(estimator), "length": L, "exact_elbo": ref.elbo(),
+                                 "passes": table.n_passes + (ref.n_passes if ref is not table else 0),
+                                 **({"grad": grad} if grad else {})}})
     return out
 
 

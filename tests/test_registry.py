@@ -98,7 +98,8 @@ def test_params_must_be_a_mapping():
     ({"n_mc": 8.0}, "params.n_mc", "expected int, got 8.0 (float)"),
     ({"n_mc": None}, "params.n_mc", "expected int, got None"),
     ({"t_law": "uniform"}, "params.t_law",
-     "expected one of 'iid', 'stratified', 'antithetic', 'count', 'count_stratified', got 'uniform'"),
+     "expected one of 'iid', 'stratified', 'antithetic', 'count', 'count_stratified', 'count_systematic', "
+     "got 'uniform'"),
 ])
 def test_wrong_types_name_key_and_expected(params, where, expected):
     msg = message(ESTIMATORS.build, "mc_elbo", params, "E")

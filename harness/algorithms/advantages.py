@@ -3,7 +3,9 @@
 rewards [N] with group ids [N] (each group = the G rollouts of one prompt) -> advantages [N]:
   mean    A_i = r_i − mean_g(r)                        (d1 / diffu-GRPO: no std division)
   zscore  A_i = (r_i − mean_g(r)) / (std_g(r) + eps)   (GRPO; std unbiased, as torch.std)
-  zscore_pop  the same with the population std (divide by G, not G − 1: TraceRL's dLLM-RL code)
+  zscore_pop  (r_i − mean_g(r)) / std_g(r) with the population std (divide by G) and no eps, 0 for
+              every row of a group with std 0 (Gen-Verse/dLLM-RL reward/rl_reward.py
+              `z_score_normalize`, TraceRL's reward normalisation)
   loo     A_i = r_i − mean_{j≠i} r_j = G/(G−1)·(r_i − mean_g(r))   (leave-one-out, RLOO / DiffuCoder code)
 A group whose rewards are all equal gets zero advantages under every rule.
 """
@@ -32,8 +34,10 @@ def advantages(rule: str, rewards: torch.Tensor, group: torch.Tensor, eps: float
     centred = rewards.double() - mean  # [N]
     if rule == "mean":
         return centred
-    if rule in ("zscore", "zscore_pop"):
+    if rule == "zscore":
         return centred / (std + eps)
+    if rule == "zscore_pop":  # no eps; a group without spread gets 0 (its centred rewards are 0 too)
+        return torch.where(std > 0, centred / torch.where(std > 0, std, torch.ones_like(std)), torch.zeros_like(std))
     if rule == "loo":
         return centred * size / (size - 1).clamp_min(1)
     raise ValueError(f"unknown advantage rule {rule!r} (known: {', '.join(RULES)})")

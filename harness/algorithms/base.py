@@ -10,10 +10,20 @@ where the terms are `Estimate`s of the same rows on the same draws (old/ref: Non
 needed), `advantages` [B] float64, and `batch` a dict with
     mask     [B, L] bool   the tokens the loss counts (`loss_tokens`: scored completion tokens by default)
     completion_mask [B, L] bool  the completion up to and including its first EOS
-    group    [B] long      group id of each row inside this micro-batch (groups are never split)
-    n_seq, n_tok, n_groups  totals over the WHOLE buffer (all micro-batches), so that the sum of
-                           the micro-batch losses is exactly the full-batch loss
+    group    [B] long      group id of each row inside this micro-batch
+    n_seq, n_tok, n_groups  the totals the loss normalises by: over this micro-batch when the
+                           algorithm declares its reference micro-batch structure (`micro_batch` > 0:
+                           the loop then weights each micro-batch's loss by B_mb/N, the mean over
+                           equal micro-batches that gradient accumulation takes), else over the WHOLE
+                           buffer, so that the micro-batch losses add up to the full-batch loss
     length   int           the completion canvas length L (the "constant" normalisation)
+
+`micro_batch` (groups of G completions per micro-batch; 0: the whole buffer as one) is part of an
+algorithm's declared defaults, equal to its reference configuration's per-device batch over its
+number of generations: the reference trainers normalise each micro-batch's loss within it, so a
+loss with a batch-dependent normaliser (Σ/Σmask, wd1's softmax over the rows) is that of the
+micro-batch, not of the buffer. Where the loss is a plain mean over rows, equal micro-batches give
+the same loss as the whole buffer and 0 is declared.
 The shared loop (loop.py) only wires these together; the hooks below let a family change what
 the loop feeds the loss without branching on names.
 """
@@ -36,6 +46,7 @@ class Algorithm(abc.ABC):
     estimator: str = "one_step"
     estimator_params: dict = field(default_factory=dict)
     advantage: Literal["mean", "zscore", "zscore_pop", "loo"] = "mean"
+    micro_batch: float = 0.0  # groups per micro-batch as the reference config runs it; 0: the whole buffer
 
     uses_commit_steps: ClassVar[bool] = False  # the estimator scores along the rollout's decode order
 
@@ -43,6 +54,8 @@ class Algorithm(abc.ABC):
         ESTIMATORS.validate(self.estimator, self.estimator_params, f"algorithm.params.estimator={self.estimator}")
         if self.advantage not in ("mean", "zscore", "zscore_pop", "loo"):
             raise ValueError(f"advantage must be 'mean', 'zscore', 'zscore_pop' or 'loo', got {self.advantage!r}")
+        if not self.micro_batch >= 0:
+            raise ValueError(f"micro_batch (groups per micro-batch) must be >= 0, got {self.micro_batch!r}")
 
     # -- what the loop asks ------------------------------------------------------------------------
     @property

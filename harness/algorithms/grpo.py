@@ -98,6 +98,24 @@ def gspo_loss(logp, old, ref, adv, mask, *, scale, eps_low: float, eps_high: flo
     return loss, metrics
 
 
+def row_mean_loss(logp, old, ref, adv, mask, *, eps_low: float, eps_high: float, beta: float, kl: str, n_seq: int):
+    """Per-row mean of the clipped surrogate, per-row SUM of the KL (Gen-Verse/dLLM-RL
+    train/rl_llada.py `forward_process`, the loss of its "random_masking" and "TraceRL" methods):
+    loss = (1/N) Σ_i [ −(1/|M_i|) Σ_{k∈M_i} min(ρ_ik A_i, clip(ρ_ik) A_i) + β Σ_{k∈M_i} KL_ik ].
+    logp/old/ref [B, L] (ref None: no KL), adv [B], mask [B, L] bool (M_i: row i's counted tokens)."""
+    ratio = torch.exp(logp - old)  # [B, L]
+    sur, clipped = clipped_surrogate(ratio, adv[:, None], eps_low, eps_high)  # [B, L]
+    kl_tok = kl_estimate(logp, ref, kl) if ref is not None else torch.zeros_like(logp)  # [B, L]
+    m = mask.to(logp.dtype)
+    per_row = -(sur * m).sum(1) / m.sum(1).clamp_min(1) + beta * (kl_tok * m).sum(1)  # [B]
+    loss = per_row.sum() / n_seq
+    c = mask.sum().clamp_min(1)
+    metrics = {"clip_frac": float((clipped & mask).sum() / c),
+               "kl": float((kl_tok.detach() * mask).sum() / c) if ref is not None else None,
+               "ratio": float((ratio.detach() * mask).sum() / c)}
+    return loss, metrics
+
+
 def sequence_loss(seq, old, ref, adv, *, scale, weight, eps_low: float, eps_high: float, beta: float, kl: str,
                   n_seq: int, kl_scale: str = "inside"):
     """Sequence-level clipped GRPO. seq/old/ref [B] (ref None: no KL), adv, scale, weight [B]."""
@@ -133,6 +151,9 @@ class GRPO(Algorithm):
     sequence_scale: Literal["none", "length", "canvas"] = "none"  # ρ = exp(ΔS / s): s = |o| (ESPO), T (IGPO)
     sequence_weight: Literal["one", "inverse_length"] = "one"  # GDPO's 1/|o|
     kl_scale: Literal["inside", "outside"] = "inside"  # sequence KL: k(ΔS/s) or k(ΔS)/s
+    # d1's structure (diffu-grpo/slurm_scripts/train.yaml: per_device_train_batch_size 6 = num_generations
+    # 6; DiffuGRPOTrainer.compute_loss normalises Σ/Σmask within each micro-batch): one group
+    micro_batch: float = 1.0
 
     def __post_init__(self):
         super().__post_init__()
@@ -184,12 +205,17 @@ class DiffuGRPO(GRPO):
 @ALGORITHMS.register("coupled_grpo")
 @dataclass(frozen=True, kw_only=True)
 class CoupledGRPO(GRPO):
-    """coupled-GRPO (DiffuCoder): complementary pairs with t ~ U(0.2, 0.8) + full pass, ε=0.5, β=0.01, LOO."""
+    """coupled-GRPO (DiffuCoder): complementary pairs with t ~ U(0.2, 0.8) + full pass, ε=0.5, β=0.01, LOO.
+
+    Micro-batches of half a group (apple/ml-diffucoder recipes/config_coupled_code.yaml:
+    per_device_train_batch_size 5 of num_generations 10; src/open_r1/coupled_grpo.py
+    DiffuGRPOTrainer.compute_loss normalises Σ/Σmask within each micro-batch)."""
 
     estimator: str = "coupled"
     estimator_params: dict = field(default_factory=lambda: {"t_low": 0.2, "t_high": 0.8})
     advantage: Literal["mean", "zscore", "zscore_pop", "loo"] = "loo"
     beta: float = 0.01
+    micro_batch: float = 0.5
 
 
 @ALGORITHMS.register("uni_grpo")
@@ -197,16 +223,28 @@ class CoupledGRPO(GRPO):
 class UniGRPO(GRPO):
     """UniGRPO (MMaDA): token ratio exp(Δℓ) over the masked tokens at ratio t, t spaced from t_1 to 1 over μ.
 
-    `ratio_terms="token"` (default, the MMaDA-style reference trainers, e.g. facebookresearch/igpo
-    trainer_igpo.py IGPOTrainer.compute_loss without use_gspo): each masked token's raw log-prob
-    ℓ_k = |M|·per_token_k enters exp(ℓ_θ − ℓ_old); only masked tokens count, Σ/Σ over them per
-    micro-batch (`norm="batch_token"`). `ratio_terms="scaled"`: the estimator's ℓ_k/|M| feed the
-    ratio and every scored token counts (the earlier harness behaviour; a clip band |M| times wider).
+    Loss (default, `norm="row"`): the authors' implementation, which the MMaDA repository points to:
+    Gen-Verse/dLLM-RL train/rl_mmada.py `forward_process` with training.method "random_masking"
+    (configs/rl_mmada_v.yaml: eps 0.2, beta 0.01, use_kl_estimator_k3): each masked token's raw
+    log-prob ℓ_k = |M|·per_token_k enters ρ_k = exp(ℓ_θ,k − ℓ_old,k); per row, the clipped surrogate is
+    averaged over the row's masked tokens and β·k3(π_old ‖ π_θ) summed over them; rows are averaged.
+    A mean over rows, so equal micro-batches (the reference's batch_size_lm rows) give the same
+    loss as the whole buffer: `micro_batch` 0. Kept difference: the reference masks at t ~ U(0.1, 0.9)
+    per masked copy; the harness keeps MMaDA's structured schedule (t_1, then spaced to 1 over μ).
+    `norm="batch_token"` is the IGPO repository's MMaDA-style trainer (facebookresearch/igpo
+    trainer_igpo.py IGPOTrainer.compute_loss without use_gspo: Σ/Σ over each micro-batch's masked
+    tokens, k3 to π_ref); `ratio_terms="scaled"`: the estimator's ℓ_k/|M| feed the ratio and every
+    scored token counts (a clip band |M| times wider).
     """
 
     estimator: str = "uni_elbo"
-    norm: Literal["token", "sequence", "constant", "batch_token"] = "batch_token"
+    eps_low: float = 0.2
+    eps_high: float = 0.2
+    beta: float = 0.01
+    kl_to: Literal["ref", "old"] = "old"
+    norm: Literal["row", "token", "sequence", "constant", "batch_token"] = "row"
     ratio_terms: Literal["token", "scaled"] = "token"
+    micro_batch: float = 0.0
 
     def build_estimator(self, iteration: int, n_iterations: int):
         params = {**self.estimator_params, "iteration": iteration, "n_iterations": n_iterations}
@@ -217,13 +255,19 @@ class UniGRPO(GRPO):
         return None if first_draws is None else {"t1": first_draws["t1"]}
 
     def loss(self, batch, policy_terms, old_terms, ref_terms, advantages):
-        if self.ratio_terms == "scaled":
+        if self.ratio_terms == "token":
+            masked = policy_terms.draws["masks"][:, 0]  # [B, L] the tokens this pass masked
+            count = masked.sum(1, keepdim=True).clamp_min(1)  # [B, 1] |M|
+            raw = lambda t: None if t is None else dataclasses.replace(t, per_token=t.per_token * count)  # noqa: E731
+            batch = {**batch, "mask": batch["mask"] & masked}
+            policy_terms, old_terms, ref_terms = raw(policy_terms), raw(old_terms), raw(ref_terms)
+        if self.norm != "row":
             return super().loss(batch, policy_terms, old_terms, ref_terms, advantages)
-        masked = policy_terms.draws["masks"][:, 0]  # [B, L] the tokens this pass masked
-        count = masked.sum(1, keepdim=True).clamp_min(1)  # [B, 1] |M|
-        raw = lambda t: None if t is None else dataclasses.replace(t, per_token=t.per_token * count)  # noqa: E731
-        return super().loss({**batch, "mask": batch["mask"] & masked}, raw(policy_terms), raw(old_terms),
-                            raw(ref_terms), advantages)
+        kl_terms = (ref_terms if self.kl_to == "ref" else old_terms) if self.beta > 0 else None
+        return row_mean_loss(policy_terms.per_token, old_terms.per_token.detach(),
+                             None if kl_terms is None else kl_terms.per_token.detach(), advantages, batch["mask"],
+                             eps_low=self.eps_low, eps_high=self.eps_high, beta=self.beta, kl=self.kl,
+                             n_seq=batch["n_seq"])
 
 
 @ALGORITHMS.register("gdpo")
@@ -232,7 +276,12 @@ class GDPO(GRPO):
     """GDPO: sequence ratio exp(ELBO_θ − ELBO_old) of the quadrature ELBO (Bernoulli masks), clip 0.2, 1/|o|, β·KL.
 
     The quadrature masks each completion token independently at rate t_n (the paper's masking,
-    unbiased once N >= L/2); `estimator_params={"mask_law": "count"}` is the fixed-count variant."""
+    unbiased once N >= L/2); `estimator_params={"mask_law": "count"}` is the fixed-count variant.
+
+    Checked against its paper only (Rojas et al., arXiv 2510.08554): no code of the authors could be
+    read (their repository's README, which names gdpo/likelihood_estimators.py on top of d1, is
+    public, but none of its code files is in the searchable index), so this objective and its
+    conformance test restate the harness's reading of the paper's equations, not a released trainer."""
 
     estimator: str = "quadrature_elbo"
     estimator_params: dict = field(default_factory=lambda: {"mask_law": "bernoulli"})
@@ -241,6 +290,7 @@ class GDPO(GRPO):
     eps_high: float = 0.2
     beta: float = 0.01
     sequence_weight: Literal["one", "inverse_length"] = "inverse_length"
+    micro_batch: float = 0.0  # no reference config to follow; a mean over rows: the same for equal micro-batches
 
 
 @ALGORITHMS.register("espo")
@@ -267,6 +317,9 @@ class ESPO(GRPO):
     sequence_scale: Literal["none", "length", "canvas"] = "canvas"
     kl_scale: Literal["inside", "outside"] = "outside"
     score_over: Literal["canvas", "completion"] = "canvas"
+    # recipes/run_*_llada.sh: 1 to 3 rows per device of 6 to 10 generations; the loss is a mean over rows,
+    # which equal micro-batches leave unchanged
+    micro_batch: float = 0.0
 
     def loss_tokens(self, rollout):
         if self.score_over == "completion":

@@ -80,6 +80,8 @@ class IGPO(GRPO):
     hint_max: float = 0.6
     n_hinted: int = 0  # rows replaced per all-wrong group (the reference's max_replacements); 0: half the group
     entropy_top: float = 0.2
+    # run_igpo.sh: per_device_train_batch_size 8 = num_generations 8 (Σ/Σ token_mask per micro-batch)
+    micro_batch: float = 1.0
 
     def __post_init__(self):
         super().__post_init__()

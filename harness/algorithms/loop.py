@@ -4,13 +4,17 @@ Per step k: draw `prompts` train items; roll out G completions each with the con
 (one generator per row, seeded by (step, row): rollouts never reset and never depend on batch
 composition); score rewards with the task; the algorithm may edit the buffer (IGPO) and drop
 groups (TraceRL); advantages per group; then μ inner iterations, each ONE optimizer step over the
-whole buffer, accumulated over micro-batches of whole groups (`optimizer_step="micro_batch"`: one
-step per micro-batch instead, as TraceRL's reference trains on minibatches, so π_old's terms are
-computed for every micro-batch after the first). At iteration i every row gets a
+whole buffer, accumulated over micro-batches (`optimizer_step="micro_batch"`: one step per
+micro-batch instead, as TraceRL's reference trains on minibatches, so π_old's terms are computed
+for every micro-batch after the first). The micro-batches are the algorithm's declared reference
+structure (`Algorithm.micro_batch` groups of G rows, e.g. one group for d1 / wd1 / SPG / IGPO, half
+a group for DiffuCoder): each micro-batch's loss is normalised within it and weighted B_mb/N, as
+the reference trainers' gradient accumulation averages equal micro-batches. An algorithm that
+declares none (0) is split by `micro_groups` only to bound memory, with buffer-wide normalisers,
+so that split changes nothing. At iteration i every row gets a
 generator seeded by (step, row, i): π_θ draws its masks from it and π_old / π_ref replay exactly
-those draws, so the draws are shared per (trajectory, inner iteration), the iteration index
-advances once per pass over the buffer, and micro-batch splits change nothing (every loss is a
-sum over rows with buffer-wide normalisers). At iteration 0 θ = θ_old, so π_old's terms are the
+those draws, so the draws are shared per (trajectory, inner iteration) and the iteration index
+advances once per pass over the buffer. At iteration 0 θ = θ_old, so π_old's terms are the
 policy's own terms, detached (ratio exactly 1). π_ref is a frozen copy, refreshed every
 `ref_refresh` steps when > 0.
 
@@ -35,6 +39,7 @@ from harness.registry import SAMPLERS
 from harness.seeding import numpy_generator, torch_generator
 from harness.tasks.base import reward
 from harness.text import completion_mask, encode_prompts
+from harness.types import HarnessError
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,16 +54,20 @@ class LoopOptions:
     mu: int = 1
     lr: float = 5e-4
     grad_clip: float = 1.0  # max gradient norm; 0: none
-    micro_groups: int = 0  # groups per micro-batch; 0: the whole buffer at once
+    micro_groups: int = 0  # groups per memory chunk of an algorithm without a micro-batch structure; 0: all
     optimizer_step: str = "pass"  # "pass": one step per pass over the buffer; "micro_batch": one per micro-batch
     sampler: dict = field(default_factory=lambda: {"name": "low_confidence", "params": {"temperature": 1.0}})
     eval_every: int = 10  # held-out greedy accuracy every this many steps (and at the end); 0: never
     eval_items: int = 100
     ref_refresh: int = 0  # copy π_θ into π_ref every this many steps; 0: frozen
     checkpoint_every: int = 5
-    # Not the loop's: the algorithm the report compares every other one against (paired McNemar).
+    # Not the loop's: the algorithm the report compares every other one against (over training runs).
     # "": the study's own `algorithm.name` (the one its sweep varies away from), filled in at plan time.
     baseline: str = ""
+    # Not the loop's either: two algorithms of the study that are one objective (grpo with its defaults
+    # and diffu_grpo), trained as separate runs; the report shows their difference as what training
+    # noise alone produces. []: none.
+    calibration: list[str] = field(default_factory=list)
 
     def __post_init__(self):
         for name in ("steps", "quick_steps", "prompts", "mu", "eval_items", "checkpoint_every"):
@@ -73,6 +82,8 @@ class LoopOptions:
             raise ValueError(f"need lr > 0 and grad_clip >= 0, got {self.lr}, {self.grad_clip}")
         if self.optimizer_step not in ("pass", "micro_batch"):
             raise ValueError(f"optimizer_step must be 'pass' or 'micro_batch', got {self.optimizer_step!r}")
+        if self.calibration and (len(self.calibration) != 2 or len(set(self.calibration)) != 2):
+            raise ValueError(f"calibration must name two different algorithms, got {self.calibration!r}")
         if not isinstance(self.sampler, dict) or "name" not in self.sampler:
             raise ValueError(f"sampler must be a mapping {{name: ..., params: ...}}, got {self.sampler!r}")
 
@@ -89,12 +100,48 @@ def _rows(d: dict, idx: torch.Tensor) -> dict:
                 [v[i] for i in idx.tolist()] if isinstance(v, list) else v) for k, v in d.items()}
 
 
+def micro_batches(algorithm, micro_groups: int, n_groups: int, G: int) -> tuple[list[torch.Tensor], bool]:
+    """Rows (row = group·G + j) of each micro-batch of a buffer of n_groups groups of G, and whether
+    the losses are normalised per micro-batch: the algorithm's reference structure (`micro_batch`
+    groups, its rows consecutive, so a half group is the first or second half of one), else chunks
+    of `micro_groups` whole groups (0: one micro-batch) with buffer-wide normalisers."""
+    n = n_groups * G
+    if algorithm.micro_batch > 0:
+        rows = algorithm.micro_batch * G
+        if abs(rows - round(rows)) > 1e-9 or round(rows) < 1:
+            raise HarnessError(f"algorithm {algorithm.registry_name!r}: micro_batch={algorithm.micro_batch} groups "
+                               f"of group_size {G} is {rows:g} rows; expected a whole number of rows >= 1 (set "
+                               "algorithm.params.micro_batch or options.group_size)")
+        size = int(round(rows))
+        return [torch.arange(lo, min(lo + size, n)) for lo in range(0, n, size)], True
+    size = (micro_groups or n_groups) * G
+    return [torch.arange(lo, min(lo + size, n)) for lo in range(0, n, size)], False
+
+
+def micro_totals(loss_tokens: torch.Tensor, group: torch.Tensor, length: int) -> dict:
+    """The normalisers of one micro-batch's own loss: its rows, counted tokens and groups."""
+    return {"n_seq": int(loss_tokens.shape[0]), "n_tok": int(loss_tokens.sum()),
+            "n_groups": int(group.unique().numel()), "length": length}
+
+
+def micro_batch_loss(algorithm, batch: dict, totals: dict, local: bool, policy_terms, old_terms, ref_terms,
+                     advantages: torch.Tensor):
+    """One micro-batch's part of the buffer's loss -> (loss, metrics). `batch`: its mask, completion_mask
+    and group; `totals`: the buffer's (n_seq, n_tok, n_groups, length). `local`: the loss is normalised
+    within the micro-batch and weighted B_mb/N (the reference trainers' gradient accumulation); else
+    buffer-wide normalisers, so the micro-batch losses add up to the whole buffer's."""
+    norm = micro_totals(batch["mask"], batch["group"], totals["length"]) if local else totals
+    loss, metrics = algorithm.loss({**batch, **norm}, policy_terms, old_terms, ref_terms, advantages)
+    return (loss * (len(advantages) / totals["n_seq"]) if local else loss), metrics
+
+
 class RLLoop:
     """One training run. `seed(item, replicate, stream) -> int` derives every seed (derive_seed)."""
 
     def __init__(self, policy, algorithm, task, options: LoopOptions, seed, train_items, test_items):
         self.policy, self.algorithm, self.task, self.opts, self.seed = policy, algorithm, task, options, seed
         self.train_items, self.test_items = train_items, test_items
+        micro_batches(algorithm, options.micro_groups, 1, options.group_size)  # a whole number of rows, or say so
         self.sampler = options.build_sampler()
         self.eval_sampler = SAMPLERS.build("low_confidence", {})  # greedy, one token per step
         self.ref = copy.deepcopy(policy) if algorithm.needs_ref else None
@@ -136,10 +183,9 @@ class RLLoop:
                 "rewards": torch.tensor(rewards, dtype=torch.float64),
                 "group": torch.arange(len(picked)).repeat_interleave(G), "row": torch.arange(len(items))}
 
-    def micro_batches(self, n_groups: int) -> list[torch.Tensor]:
-        """Group indices of each micro-batch (whole groups; 0 = everything at once)."""
-        size = self.opts.micro_groups or n_groups
-        return [torch.arange(lo, min(lo + size, n_groups)) for lo in range(0, n_groups, size)]
+    def micro_batches(self, n_groups: int) -> tuple[list[torch.Tensor], bool]:
+        """-> (row indices of each micro-batch, whether each one's loss is normalised within it)."""
+        return micro_batches(self.algorithm, self.opts.micro_groups, n_groups, self.opts.group_size)
 
     def update(self, buf: dict, step: int) -> dict:
         """μ inner iterations on the rollout buffer; -> averaged loss metrics."""
@@ -159,9 +205,9 @@ class RLLoop:
             self.old.module.load_state_dict(self.policy.module.state_dict())
         first: dict[int, dict] = {}
         sums: dict[str, float] = {}
+        parts, local = self.micro_batches(n_groups)
         for i in range(mu):
-            for m, groups in enumerate(self.micro_batches(n_groups)):
-                idx = (groups[:, None] * G + torch.arange(G)[None]).reshape(-1)  # rows of these groups
+            for m, idx in enumerate(parts):
                 mb = _rows(buf, idx)
                 gens = self.generators(step, mb["row"], f"lik-{i}")
                 draws = algo.draws_for(mb, first.get(m), i)
@@ -176,16 +222,17 @@ class RLLoop:
                     ref = (algo.terms(self.meters["ref"], *args, generator=None, draws=pol.draws, **kw)
                            if algo.needs_ref else None)
                 batch = {"mask": mb["loss_tokens"], "completion_mask": mb["completion_mask"],
-                         "group": mb["group"] - mb["group"].min(), **totals}
-                loss, metrics = algo.loss(batch, pol, old, ref, adv_all[idx])
+                         "group": mb["group"] - mb["group"].min()}
+                loss, metrics = micro_batch_loss(algo, batch, totals, local, pol, old, ref, adv_all[idx])
+                share = len(idx) / totals["n_seq"]
                 t0 = time.perf_counter()
                 # One step per micro-batch (TraceRL's minibatches): each micro-batch's loss at the
                 # scale of a whole-buffer loss (× N / B_mb), so the step size does not shrink with it.
-                (loss * (totals["n_seq"] / len(idx)) if self.per_micro else loss).backward()
+                (loss / share if self.per_micro else loss).backward()
                 self.backward_s += time.perf_counter() - t0
                 if self.per_micro:
                     self._step()
-                share = len(idx) / totals["n_seq"] / mu
+                share /= mu
                 out["loss"] += float(loss.detach()) / mu
                 for k, v in {**metrics, "entropy": float(-(pol.per_token.detach() * mb["loss_tokens"]).sum()
                                                           / mb["loss_tokens"].sum().clamp_min(1))}.items():

@@ -47,6 +47,8 @@ class SPG(Algorithm):
     estimator_params: dict = field(default_factory=lambda: {"m": 2})
     negative: Literal["eubo", "mix"] = "mix"
     norm: Literal["token", "sequence"] = "token"
+    # spg/slurm_scripts/train.yaml: per_device_train_batch_size 6 = num_generations 6 (Σ|o| per micro-batch)
+    micro_batch: float = 1.0
 
     def __post_init__(self):
         super().__post_init__()

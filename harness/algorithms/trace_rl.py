@@ -75,6 +75,7 @@ class TraceRL(GRPO):
     norm: Literal["trace_rows", "token", "sequence", "constant", "batch_token"] = "trace_rows"
     acc_low: float = 0.2
     acc_high: float = 0.8
+    micro_batch: float = 0.0  # a mean over trace rows: equal micro-batches (batch_size_lm rows) change nothing
 
     def __post_init__(self):
         super().__post_init__()

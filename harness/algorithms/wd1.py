@@ -50,6 +50,8 @@ class WD1(Algorithm):
     estimator: str = "one_step"
     estimator_params: dict = field(default_factory=lambda: {"p_prompt": 0.15})
     softmax_over: Literal["batch", "group"] = "batch"
+    # wd1/train.yaml: per_device_train_batch_size 6 = num_generations 6, so the softmax runs over one group
+    micro_batch: float = 1.0
 
     def loss(self, batch, policy_terms, old_terms, ref_terms, advantages):
         seq = (policy_terms.per_token * batch["mask"]).sum(1)  # [B]

@@ -12,6 +12,18 @@ t-laws for the n samples of each sequence:
               each group of `group` draws (LLaDA's batch_size, 32) are systematic: k ~ U{1..L},
               l_i = ((round(k + i·L/g) − 1) mod L) + 1 for i < g; exactly l_i masked, weight L / l_i.
               With n_mc = 128 it is the estimator of LLaDA's own lm-eval numbers (mc_num 128).
+              BIASED for the ELBO (declares `elbo_target=False`): `round` sends halves to the even
+              integer, so when i·L/g is a half-integer the count l_i of draw i is not uniform on
+              {1..L} (L = 5, g = 2: l_1 takes the values 1..5 with probabilities 2/5, 0, 1/5, 2/5, 0)
+              and the L/l weights no longer average to the ELBO. The bias does not shrink with more
+              draws: exactly, on the tiny checkpoint's 3-digit test items with n_mc 128, group 32, it
+              is −6.8e-2, −1.1e-2 and +1.7e-3 nats at L = 2, 4, 5 (+2.8e-2 at L = 5 with n_mc 2). Kept
+              line for line as LLaDA runs it, so that the harness reproduces LLaDA's numbers.
+  count_systematic
+              the unbiased systematic variant: one u ~ U(0, 1) per group of `group` draws and
+              l_i = ⌊L·frac(u + i/g)⌋ + 1; frac(u + i/g) is uniform for every i, so each l_i is
+              uniform on {1..L} and the estimator is unbiased, with the same spread of counts
+              across a group as LLaDA's law.
 For the t-laws each position is masked independently with probability t (weight 1/t).
 Only positions where completion_mask is True are masked and scored.
 """
@@ -54,18 +66,35 @@ def stratified_counts(t: torch.Tensor, length: torch.Tensor, group: int) -> torc
     return out
 
 
+def systematic_counts(t: torch.Tensor, length: torch.Tensor, group: int) -> torch.Tensor:
+    """Unbiased systematic counts: t [B, n] uniforms, length [B, 1] -> l [B, n] in 1..L; in each group
+    of g draws one u (the group's first t) and l_i = ⌊L·frac(u + i/g)⌋ + 1, each l_i uniform on {1..L}."""
+    B, n = t.shape
+    out = torch.empty_like(t)
+    for lo in range(0, n, group):
+        g = min(group, n - lo)
+        v = torch.remainder(t[:, lo:lo + 1] + torch.arange(g, dtype=t.dtype)[None, :] / g, 1.0)  # [B, g]
+        out[:, lo:lo + g] = torch.minimum(torch.floor(v * length) + 1, length)
+    return out
+
+
+COUNT_LAWS = ("count", "count_stratified", "count_systematic")
+
+
 def draw_masks(law: str, t: torch.Tensor, completion_mask: torch.Tensor, generator, group: int = 32):
     """-> (masks [B, n, L] bool, weight [B, n] = 1/t or L/l)."""
     B, n = t.shape
     L = completion_mask.shape[1]
     u = rand(generator, B, n, L, dtype=torch.float64)  # [B, n, L]
     valid = completion_mask[:, None, :].expand(B, n, L)
-    if law in ("count", "count_stratified"):
+    if law in COUNT_LAWS:
         length = completion_mask.sum(1, keepdim=True).double()  # [B, 1]
         if law == "count":
             l = torch.floor(t * length).clamp_min(0) + 1  # l ~ U{1..L}, from t ~ U(0, 1)
-        else:
+        elif law == "count_stratified":
             l = stratified_counts(t, length, group)
+        else:
+            l = systematic_counts(t, length, group)
         l = torch.minimum(l, length)
         # Exactly l masked: the l valid positions with the smallest uniform keys.
         keys = torch.where(valid, u, torch.full_like(u, 2.0))
@@ -78,17 +107,20 @@ def draw_masks(law: str, t: torch.Tensor, completion_mask: torch.Tensor, generat
 @ESTIMATORS.register("mc_elbo")
 @dataclass(frozen=True, kw_only=True)
 class MCElbo:
-    """Monte Carlo ELBO: n masked copies, (1/t)-weighted masked log-probs, t-law iid/stratified/antithetic/count."""
+    """Monte Carlo ELBO: n masked copies, (1/t)-weighted masked log-probs, t-law iid/stratified/antithetic/count.
+
+    Unbiased for the ELBO under every t-law but `count_stratified` (LLaDA eval's law, kept as LLaDA
+    runs it: its round-half-to-even counts are not uniform, see the module doc); `count_systematic`
+    is its unbiased variant."""
 
     metric: ClassVar[str] = "elbo"
 
     # What the statistics read (harness/stats/estimators.py, `token_scale` / `elbo_target` / `masks`):
     token_scale: ClassVar[bool] = False
-    elbo_target: ClassVar[bool] = True  # every t-law is unbiased for the ELBO (METHODS.md §1)
     masks: ClassVar[str] = "independent"
     n_mc: int = 8
-    t_law: Literal["iid", "stratified", "antithetic", "count", "count_stratified"] = "iid"
-    group: int = 32  # count_stratified: draws per systematic group (LLaDA eval's batch_size)
+    t_law: Literal["iid", "stratified", "antithetic", "count", "count_stratified", "count_systematic"] = "iid"
+    group: int = 32  # count_stratified / count_systematic: draws per systematic group (LLaDA eval's batch_size)
     max_tokens: int = 65536
 
     def __post_init__(self):
@@ -96,6 +128,11 @@ class MCElbo:
             raise ValueError(f"n_mc must be >= 1, got {self.n_mc}")
         if self.group < 1:
             raise ValueError(f"group must be >= 1, got {self.group}")
+
+    @property
+    def elbo_target(self) -> bool:
+        """Unbiased for the ELBO by construction: every t-law but LLaDA eval's `count_stratified`."""
+        return self.t_law != "count_stratified"
 
     def nfe_for_batch(self, batch: int) -> int:
         return self.n_mc * batch

@@ -1,16 +1,19 @@
-"""The RL section: algorithms compared at matched rollout budgets.
+"""The RL section: algorithms compared at matched rollout budgets, over training runs.
 
 A pure function of records of `rl` cells: the step records (outcome `train_reward`, the loop's log
-under `estimate`) and the held-out records (outcome `accuracy`, one per test item and cell). Per
-algorithm: final held-out accuracy over training seeds (mean and IQM with stratified bootstrap
-intervals, n seeds stated), the measured rollout and likelihood NFE and FLOPs; the paired
-comparison of each algorithm against the study's baseline (`options.baseline`, by default the
-study's own `algorithm.name`, e.g. `diffu_grpo` in suites/rl.yaml; pairs = (seed, held-out item), exact McNemar,
-Holm-corrected across algorithms), stated plainly even when nothing is significant; the gain of
-each algorithm over the starting checkpoint on the same held-out items (pairs = (seed, item), exact
-McNemar) with the minimum detectable effect (MDE) of both comparisons, so that a tie reads as "no
-difference larger than the MDE", not as "no difference"; figures of training reward and held-out
-accuracy against cumulative total NFE and FLOPs (mean over seeds).
+under `estimate`), the held-out records (outcome `accuracy`, one per test item and cell) and the
+starting checkpoint's records on the same items (`start_accuracy`). The statistical unit is the
+training run (one seed of one algorithm): its held-out accuracy and its gain over the starting
+checkpoint are means over the held-out items, which are nested in the run. Per algorithm: the
+runs' values (shown one by one), the mean over runs with a t interval over runs (none from fewer
+than 3 runs: stats.seeds.MIN_RUNS), the between-run SD, the mean rank over seeds and the measured
+NFE and FLOPs; the gain over the starting checkpoint tested over runs (one-sample t); each
+algorithm against the study's baseline (`options.baseline`) by a t contrast over runs with the
+between-run SD pooled over algorithms, Holm-corrected, with its minimum detectable effect (MDE) at
+the training-run level; and the calibration pair (`options.calibration`: two algorithms that are one
+objective, e.g. grpo with its defaults and diffu_grpo), whose difference is what training noise
+alone produces. Figures of training reward and held-out accuracy against cumulative NFE and FLOPs
+(mean over seeds), drawn only with at least 3 points per curve.
 """
 from __future__ import annotations
 
@@ -22,10 +25,19 @@ import numpy as np
 
 from harness.report.format import distinct, figure_md, md_table, save_figure, style
 from harness.report.sections import register_section
-from harness.stats.intervals import wilson_interval
-from harness.stats.paired import compare_many, mcnemar_exact
-from harness.stats.power import minimum_detectable_effect
-from harness.stats.seeds import seed_aggregate
+from harness.stats.paired import holm
+from harness.stats.seeds import (
+    MIN_RUNS,
+    pooled_run_sd,
+    ranks_over_seeds,
+    run_contrast,
+    run_interval,
+    run_mde,
+    run_mean_test,
+)
+
+ALPHA = 0.05
+MIN_CURVE_POINTS = 3  # a curve through fewer points is not drawn
 
 FIGURES = ("rl_reward_vs_nfe", "rl_heldout_vs_nfe", "rl_heldout_vs_flops")
 
@@ -70,97 +82,131 @@ def analyse(records: list[dict]) -> dict:
     return dict(out)
 
 
-def _summary(name: str, a: dict) -> dict:
-    seeds = sorted(a["acc"])
-    per_seed = [float(np.mean(list(a["acc"][s].values()))) for s in seeds]
-    agg = seed_aggregate({"task": per_seed}, seed=0) if per_seed else None
+def calibration_of(manifest: dict | None) -> list[str]:
+    """The study's calibration pair (`options.calibration`: two algorithms that are one objective), or []."""
+    for c in (manifest or {}).get("cells", []):
+        if c.get("kind") == "rl" and (c.get("options") or {}).get("calibration"):
+            return list(c["options"]["calibration"])
+    return []
+
+
+def runs(a: dict) -> dict:
+    """{seed: {"acc", "start", "gain", "items"}}: one training run each; acc is its mean held-out
+    accuracy, gain its mean over the items also decoded by the starting checkpoint (items nested)."""
+    out = {}
+    for s in sorted(a["acc"]):
+        acc = a["acc"][s]
+        if not acc:
+            continue
+        both = [i for i in acc if i in a["start"].get(s, {})]
+        start = float(np.mean([a["start"][s][i] for i in both])) if both else math.nan
+        after = float(np.mean([acc[i] for i in both])) if both else math.nan
+        out[s] = {"acc": float(np.mean(list(acc.values()))), "start": start, "gain": after - start,
+                  "items": len(acc)}
+    return out
+
+
+def _values(vals, digits: int = 3, sign: bool = False) -> str:
+    return ", ".join(f"{v:+.{digits}f}" if sign else f"{v:.{digits}f}" for v in vals)
+
+
+def _mean_or_runs(vals, sign: bool = False) -> str:
+    """The mean over runs with its t interval over runs, or, below MIN_RUNS runs, no interval."""
+    iv = run_interval(vals)
+    if iv is None:
+        m = float(np.mean(vals)) if len(vals) else math.nan
+        return f"{m:+.3f}" if sign else f"{m:.3f}"  # the runs are shown beside it: no interval
+    if sign:
+        return f"{iv.mean:+.3f} [{iv.lo:+.3f}, {iv.hi:+.3f}]"
+    return iv.fmt(3)
+
+
+def _summary(name: str, a: dict, ranks: dict | None = None) -> dict:
+    r = runs(a)
+    acc = [v["acc"] for v in r.values()]
+    gain = [v["gain"] for v in r.values() if not math.isnan(v["gain"])]
     last = [a["steps"][s][-1] for s in sorted(a["steps"]) if a["steps"][s]]
     mean = lambda k: float(np.mean([g[k] for g in last])) if last else math.nan  # noqa: E731
-    steps = mean("step")
-    if len(seeds) == 1:  # no spread over seeds to bootstrap: the interval is over the held-out items
-        vals = list(a["acc"][seeds[0]].values())
-        held = wilson_interval(sum(vals), len(vals)).fmt(3) + " (items, Wilson)"
-        iqm = "n/a (one seed)"
-    else:
-        held = agg.mean.fmt(3) if agg else "n/a"
-        iqm = agg.iqm.fmt(3) if agg else "n/a"
-    return {"algorithm": name, "seeds": len(seeds),
-            "held-out mean [95% CI]": held,
-            "held-out IQM [95% CI]": iqm,
-            "items/seed": len(a["acc"][seeds[0]]) if seeds else 0,
-            "steps": f"{steps:.0f}", "rollout NFE": f"{mean('cum_rollout_nfe'):.0f}",
+    rk = (ranks or {}).get(name) or []
+    return {"algorithm": name, "runs (seeds)": f"{len(r)} ({', '.join(map(str, r))})",
+            "held-out accuracy per run": _values(acc),
+            "mean over runs [95% CI]": _mean_or_runs(acc),
+            "between-run SD": f"{np.std(acc, ddof=1):.3f}" if len(acc) > 1 else "n/a",
+            "gain over start per run": _values(gain, sign=True),
+            "mean gain [95% CI]": _mean_or_runs(gain, sign=True),
+            "p (t over runs)": f"{run_mean_test(gain):.3g}" if len(gain) >= MIN_RUNS else f"n/a (< {MIN_RUNS} runs)",
+            "mean rank over seeds": f"{np.mean(rk):.2f}" if rk else "n/a",
+            "items/run": max((v["items"] for v in r.values()), default=0),
+            "steps": f"{mean('step'):.0f}", "rollout NFE": f"{mean('cum_rollout_nfe'):.0f}",
             "likelihood NFE": f"{mean('cum_likelihood_nfe'):.0f}",
             "lik. NFE / rollout NFE": f"{mean('cum_likelihood_nfe') / max(mean('cum_rollout_nfe'), 1):.2f}",
             "TFLOP (fwd+bwd)": f"{mean('cum_flops') / 1e12:.4f}",
             "final train reward": f"{mean('reward_mean'):.3f}"}
 
 
-def _paired(analysis: dict, baseline: str | None) -> list[dict]:
-    base = analysis.get(baseline)
-    if base is None:
+def _groups(analysis: dict) -> dict:
+    return {name: [v["acc"] for v in runs(a).values()] for name, a in analysis.items()}
+
+
+def _contrasts(analysis: dict, baseline: str | None) -> list[dict]:
+    """Each algorithm against the baseline over training runs (pooled between-run SD, Holm)."""
+    groups = _groups(analysis)
+    if baseline not in groups:
         return []
-    diffs = {}
-    for name, a in analysis.items():
-        if name == baseline:
-            continue
-        d = [a["acc"][s][i] - base["acc"][s][i] for s in a["acc"] if s in base["acc"]
-             for i in a["acc"][s] if i in base["acc"][s]]
-        if d:
-            diffs[name] = d
-    if not diffs:
-        return []
+    sd, df = pooled_run_sd(groups)
+    found = [(n, run_contrast(v, groups[baseline], sd=sd, df=df)) for n, v in sorted(groups.items()) if n != baseline]
+    tested = [(n, c) for n, c in found if c is not None]
+    adj, reject = holm([c.p for _, c in tested], ALPHA) if tested else ([], [])
     rows = []
-    for c in compare_many(diffs, binary=True, seed=0):
-        verdict = {"better": f"beats {baseline}", "worse": f"worse than {baseline}"}.get(
-            c.verdict, "no significant difference")
-        rows.append({"algorithm": c.name, "pairs (seed x item)": c.n,
-                     f"Δ accuracy vs {baseline} [95% CI]": c.interval.fmt(3), "test": c.test,
-                     "p": f"{c.p:.3g}", "p (Holm)": f"{c.p_adjusted:.3g}", "verdict": verdict,
-                     "MDE (α=0.05, power 0.8)": f"{_pair_mde(analysis, baseline).get(c.name, math.nan):.3f}"})
+    for (n, c), p_adj, rej in zip(tested, adj, reject):
+        verdict = ("beats " if c.diff > 0 else "worse than ") + baseline if rej else "no significant difference"
+        rows.append({"algorithm": n, f"runs vs {baseline}": f"{c.n_a} vs {c.n_b}",
+                     f"Δ accuracy vs {baseline} [95% CI over runs]": c.fmt(3), "p": f"{c.p:.3g}",
+                     "p (Holm)": f"{p_adj:.3g}", "verdict": verdict,
+                     "MDE (runs; α=0.05, power 0.8)": f"{c.mde:.3f}"})
+    for n, c in found:
+        if c is None:
+            rows.append({"algorithm": n, f"runs vs {baseline}": f"{len(groups[n])} vs {len(groups[baseline])}",
+                         f"Δ accuracy vs {baseline} [95% CI over runs]":
+                             f"{np.mean(groups[n]) - np.mean(groups[baseline]):+.3f}",
+                         "p": f"n/a (< {MIN_RUNS} runs)", "p (Holm)": "n/a", "verdict": "not tested",
+                         "MDE (runs; α=0.05, power 0.8)": "n/a"})
     return rows
 
 
-def mde_paired_binary(a, b, alpha: float = 0.05, power: float = 0.8) -> float:
-    """MDE of a paired binary comparison with the observed discordance (McNemar setting)."""
-    a, b = np.asarray(a, bool), np.asarray(b, bool)
-    d = max(float((a != b).mean()), 1.0 / len(a))  # never 0: at least one discordant pair's worth
-    return minimum_detectable_effect(len(a), discordance=d, alpha=alpha, power=power)
+def _calibration(analysis: dict, pair: list[str]) -> dict | None:
+    """The identical-objective pair: their difference over runs, and their item-level disagreement."""
+    if len(pair) != 2 or any(p not in analysis for p in pair):
+        return None
+    groups = _groups(analysis)
+    sd, df = pooled_run_sd(groups)
+    a, b = (analysis[p] for p in pair)
+    seeds = [s for s in a["acc"] if s in b["acc"]]
+    discord = [sum(a["acc"][s][i] != b["acc"][s][i] for i in a["acc"][s] if i in b["acc"][s]) for s in seeds]
+    items = [sum(1 for i in a["acc"][s] if i in b["acc"][s]) for s in seeds]
+    return {"pair": pair, "contrast": run_contrast(groups[pair[0]], groups[pair[1]], sd=sd, df=df),
+            "a": groups[pair[0]], "b": groups[pair[1]], "discordant": discord, "items": items}
 
 
-def _gain(analysis: dict) -> list[dict]:
-    """Each algorithm against the starting checkpoint on the same (seed, held-out item) pairs."""
-    rows = []
-    for name, a in sorted(analysis.items()):
-        pairs = [(a["start"][s][i], a["acc"][s][i]) for s in a["acc"] if s in a["start"]
-                 for i in a["acc"][s] if i in a["start"][s]]
-        if not pairs:
-            continue
-        start, end = (np.array(x, dtype=float) for x in zip(*pairs))
-        test = mcnemar_exact(start, end)
-        d = end - start
-        half = 1.96 * d.std(ddof=1) / math.sqrt(len(d)) if len(d) > 1 else math.nan
-        rows.append({"algorithm": name, "pairs (seed x item)": len(d), "start": f"{start.mean():.3f}",
-                     "after RL": f"{end.mean():.3f}",
-                     "gain [95% CI]": f"{d.mean():+.3f} [{d.mean() - half:+.3f}, {d.mean() + half:+.3f}]",
-                     "fixed / broken": f"{test['b01']} / {test['b10']}", "McNemar p": f"{test['p']:.3g}",
-                     "significant at 0.01": "yes" if test["p"] < 0.01 and d.mean() > 0 else "no",
-                     "MDE (α=0.01, power 0.8)": f"{mde_paired_binary(start, end, alpha=0.01):.3f}"})
-    return rows
+def _calibration_text(c: dict) -> str:
+    x, y = c["pair"]
+    con = c["contrast"]
+    diff = float(np.mean(c["a"]) - np.mean(c["b"]))
+    what = (f"{con.fmt(3)} (p {con.p:.3g})" if con is not None
+            else f"{diff:+.3f} (runs {_values(c['a'])} vs {_values(c['b'])}; no interval from < {MIN_RUNS} runs)")
+    dis = ", ".join(f"{d}/{n}" for d, n in zip(c["discordant"], c["items"]))
+    return (f"`{x}` and `{y}` are one objective trained as separate runs: they differ by {what} in mean held-out "
+            f"accuracy over runs, and their runs disagree on {dis} held-out items seed by seed. That is what "
+            "training noise alone produces: a difference between two algorithms no larger than this is no "
+            "evidence about them.")
 
 
-def _pair_mde(analysis: dict, baseline: str | None) -> dict:
-    """MDE (α = 0.05, power 0.8) of each algorithm-vs-baseline comparison at its observed discordance."""
-    base = analysis.get(baseline)
-    out = {}
-    for name, a in analysis.items():
-        if base is None or name == baseline:
-            continue
-        pairs = [(base["acc"][s][i], a["acc"][s][i]) for s in a["acc"] if s in base["acc"]
-                 for i in a["acc"][s] if i in base["acc"][s]]
-        if pairs:
-            x, y = zip(*pairs)
-            out[name] = mde_paired_binary(x, y)
-    return out
+def _run_mde(analysis: dict) -> tuple[float, int, float, int]:
+    """-> (MDE of a two-algorithm contrast at the typical number of runs, runs, pooled SD, df)."""
+    groups = _groups(analysis)
+    sd, df = pooled_run_sd(groups)
+    n = int(np.median([len(v) for v in groups.values()])) if groups else 0
+    return run_mde(n, n, sd, df), n, sd, df
 
 
 def _curves(analysis: dict) -> list[dict]:
@@ -201,7 +247,7 @@ def _figures(curves: list[dict], out_dir: Path) -> list[tuple[str, str]]:
             ("rl_heldout_vs_nfe", "nfe", "heldout", "cumulative NFE (rollout + likelihood)", "held-out accuracy"),
             ("rl_heldout_vs_flops", "flops", "heldout", "cumulative FLOPs (fwd + est. bwd)", "held-out accuracy")):
         sub = df.dropna(subset=[y])
-        if sub.empty or distinct(sub[x]) < 2:
+        if sub.empty or distinct(sub[x]) < MIN_CURVE_POINTS:  # no two-point curves
             continue
         fig, ax = plt.subplots(figsize=(6.5, 4))
         sns.lineplot(data=sub, x=x, y=y, hue="algorithm", marker="o", errorbar="sd", ax=ax)
@@ -216,27 +262,40 @@ def _headlines(ctx) -> list[str]:
     baseline = baseline_of(ctx.records, ctx.manifest)
     if not analysis:
         return []
-    def held_out(a: dict) -> float:
-        per_seed = [float(np.mean(list(v.values()))) for v in a["acc"].values() if v]
-        return float(np.mean(per_seed)) if per_seed else -1.0
-
-    gains = _gain(analysis)
-    best = _summary(*max(sorted(analysis.items()), key=lambda kv: held_out(kv[1])))
-    out = [] if gains else [f"RL: highest held-out accuracy after training is `{best['algorithm']}` at "
-                            f"{best['held-out mean [95% CI]']} over {best['seeds']} seed(s), at matched "
-                            "rollout budgets."]
-    for g in gains:  # against the starting checkpoint, same items
-        verdict = "significant" if g["significant at 0.01"] == "yes" else "not significant"
-        out.append(f"RL: `{g['algorithm']}` moves held-out accuracy {g['start']} → {g['after RL']}, a gain of "
-                   f"{g['gain [95% CI]']} ({verdict} at 0.01: McNemar p {g['McNemar p']}, "
-                   f"{g['pairs (seed x item)']} seed x item pairs; detectable effect {g['MDE (α=0.01, power 0.8)']}).")
-    paired = _paired(analysis, baseline)
-    if paired:
-        wins = [r["algorithm"] for r in paired if r["verdict"].startswith("beats")]
-        losses = [r["algorithm"] for r in paired if r["verdict"].startswith("worse")]
-        out.append(f"RL against `{baseline}` (paired McNemar, Holm): "
+    out = []
+    for name, a in sorted(analysis.items()):
+        r = runs(a)
+        gain = [v["gain"] for v in r.values() if not math.isnan(v["gain"])]
+        if not gain:
+            continue
+        start = float(np.mean([v["start"] for v in r.values()]))
+        acc = float(np.mean([v["acc"] for v in r.values()]))
+        if len(gain) >= MIN_RUNS:
+            p = run_mean_test(gain)
+            word = "significant" if p < ALPHA else "not significant"
+            out.append(f"RL: `{name}` moves held-out accuracy {start:.3f} → {acc:.3f} over {len(gain)} training runs, "
+                       f"a gain of {_mean_or_runs(gain, sign=True)} ({word} at {ALPHA}: t over runs, p {p:.3g}; "
+                       f"between-run SD {np.std([v['acc'] for v in r.values()], ddof=1):.3f}).")
+        else:
+            out.append(f"RL: `{name}` gains {_values(gain, sign=True)} over the starting checkpoint in its "
+                       f"{len(gain)} training run(s): too few runs (< {MIN_RUNS}) for an interval or a test.")
+    cal = _calibration(analysis, calibration_of(ctx.manifest))
+    if cal is not None:
+        (x, y), con = cal["pair"], cal["contrast"]
+        what = (f"{con.fmt(3)} (p {con.p:.3g})" if con is not None else
+                f"{np.mean(cal['a']) - np.mean(cal['b']):+.3f} (no interval from < {MIN_RUNS} runs)")
+        out.append(f"RL calibration: `{x}` and `{y}`, one objective, differ by {what} over training runs: "
+                   "what training noise alone produces.")
+    rows = _contrasts(analysis, baseline)
+    tested = [r for r in rows if r["verdict"] != "not tested"]
+    if tested:
+        wins = [r["algorithm"] for r in tested if r["verdict"].startswith("beats")]
+        losses = [r["algorithm"] for r in tested if r["verdict"].startswith("worse")]
+        mde, n, _, _ = _run_mde(analysis)
+        out.append(f"RL against `{baseline}` over training runs (t contrast, Holm): "
                    + (f"{', '.join(wins)} significantly better" if wins else "none significantly better")
-                   + (f"; {', '.join(losses)} significantly worse." if losses else "; none significantly worse."))
+                   + (f"; {', '.join(losses)} significantly worse" if losses else "; none significantly worse")
+                   + f"; with {n} runs each the smallest difference detectable is {mde:.3f}.")
     return out
 
 
@@ -246,35 +305,44 @@ def render_section(records: list[dict], out_dir: Path | None = None, manifest: d
     out = ["## RL algorithms at matched rollout budgets\n"]
     if not analysis:
         return out[0] + "_no rl records_\n"
-    summary = [_summary(n, a) for n, a in sorted(analysis.items())]
-    seeds = sorted({s["seeds"] for s in summary})
+    ranks = ranks_over_seeds({n: {s: v["acc"] for s, v in runs(a).items()} for n, a in analysis.items()})
+    summary = [_summary(n, a, ranks) for n, a in sorted(analysis.items())]
     out.append("Every algorithm spends the same rollout budget (prompts × G × rollout NFE per step, same steps); "
-               "the likelihood NFE each spends on top is measured. Held-out accuracy: greedy decoding of the "
-               f"final policy; interval over training seeds (n = {', '.join(map(str, seeds))} seeds; stratified "
-               "bootstrap, mean and IQM; with one seed, a Wilson interval over the held-out items).\n")
+               "the likelihood NFE each spends on top is measured. **The unit is the training run** (one seed of "
+               "one algorithm): its held-out accuracy is the mean over its held-out items (greedy decoding of the "
+               "final policy), which are nested in the run, and its gain is over the starting checkpoint on the "
+               "same items. Every run is shown; intervals and tests are over runs (Student t), and none is given "
+               f"from fewer than {MIN_RUNS} runs. The mean rank ranks the algorithms on each seed (1 = best).\n")
     out.append(md_table(summary))
-    gain = _gain(analysis)
-    if gain:
-        ok = [r["algorithm"] for r in gain if r["significant at 0.01"] == "yes"]
-        out.append("\n**Against the starting checkpoint** (the same held-out items decoded greedily before RL; "
-                   "pairs = (seed, item), exact McNemar; the MDE is the smallest true gain this many pairs detect "
-                   "with power 0.8 at α = 0.01, given the observed discordance): "
-                   + (f"{', '.join(ok)} raise{'s' * (len(ok) == 1)} held-out accuracy significantly (p < 0.01).\n"
-                      if ok else "no algorithm raises held-out accuracy significantly (p < 0.01).\n"))
-        out.append(md_table(gain))
-    paired = _paired(analysis, baseline)
-    if paired:
-        wins = [r["algorithm"] for r in paired if r["verdict"].startswith("beats")]
-        losses = [r["algorithm"] for r in paired if r["verdict"].startswith("worse")]
-        plain = (f"At matched rollout compute, {', '.join(wins)} beat{'s' * (len(wins) == 1)} {baseline}"
-                 if wins else f"No algorithm beats {baseline} significantly")
+    per_run = {n: [v["gain"] for v in runs(a).values() if not math.isnan(v["gain"])] for n, a in analysis.items()}
+    gains = {n: g for n, g in sorted(per_run.items()) if len(g) >= MIN_RUNS}
+    sig = [n for n, g in gains.items() if run_mean_test(g) < ALPHA and np.mean(g) > 0]
+    if gains:
+        out.append(f"\n**Against the starting checkpoint** (gain per run, one-sample t over runs, α = {ALPHA}): "
+                   + (f"{', '.join(sig)} raise{'s' * (len(sig) == 1)} held-out accuracy significantly.\n" if sig
+                      else "no algorithm raises held-out accuracy significantly.\n"))
+    cal = _calibration(analysis, calibration_of(manifest))
+    if cal is not None:
+        out.append("\n**Calibration (training noise)**: " + _calibration_text(cal) + "\n")
+    rows = _contrasts(analysis, baseline)
+    if rows:
+        tested = [r for r in rows if r["verdict"] != "not tested"]
+        wins = [r["algorithm"] for r in tested if r["verdict"].startswith("beats")]
+        losses = [r["algorithm"] for r in tested if r["verdict"].startswith("worse")]
+        plain = (f"over training runs, {', '.join(wins)} beat{'s' * (len(wins) == 1)} {baseline}" if wins
+                 else f"over training runs, no algorithm beats {baseline} significantly")
         plain += (f"; {', '.join(losses)} {'is' if len(losses) == 1 else 'are'} significantly worse." if losses
                   else "; none is significantly worse.")
-        out.append(f"\n**Against `{baseline}`** (paired on (seed, held-out item), exact McNemar, Holm across "
-                   f"algorithms, α = 0.05): {plain}\n")
-        out.append(md_table(paired))
-        out.append("\nA difference smaller than its row's MDE is one this study cannot detect: a tie there is "
-                   "\"no difference larger than the MDE\", not \"equal\".\n")
+        if not tested:
+            plain = f"no comparison is tested: fewer than {MIN_RUNS} runs per algorithm."
+        mde, n, sd, df = _run_mde(analysis)
+        out.append(f"\n**Against `{baseline}`** (mean held-out accuracy over runs; t contrast with the between-run SD "
+                   f"pooled over algorithms, {sd:.3f} on {df} df; Holm across algorithms, α = {ALPHA}): {plain}\n")
+        out.append(md_table(rows))
+        out.append(f"\nMDE at the training-run level: with {n} runs per algorithm, the smallest true difference in "
+                   f"mean held-out accuracy this study detects (α = {ALPHA}, power 0.8) is {mde:.3f}; a tie is "
+                   "\"no difference larger than the MDE\", not \"equal\". More held-out items shrink only the "
+                   "item part of each run's noise; more runs shrink the training part.\n")
     if out_dir is not None:
         for stem, title in _figures(_curves(analysis), Path(out_dir)):
             out.append("\n" + figure_md(stem, title, CAPTION))

@@ -161,3 +161,102 @@ def probability_of_improvement(x_by_task: Mapping, y_by_task: Mapping, *, seed, 
     iv = Interval(est, lo, hi, n_runs, "stratified bootstrap over seeds")
     return ProbabilityOfImprovement(iv, per_task, len(tasks), min(len(xs[t]) for t in tasks),
                                     min(len(ys[t]) for t in tasks), n_resamples)
+
+
+# -- the training run as the statistical unit ------------------------------------------------------
+# An RL algorithm's result is a training run: its held-out accuracy is the mean over the held-out
+# items (items nested in the run). Runs of one algorithm differ by training noise (rollouts, masks),
+# so claims about algorithms are over runs: intervals and tests below take one value per run, and
+# none is given from fewer than MIN_RUNS runs (the runs are shown instead).
+MIN_RUNS = 3
+
+
+def run_interval(values, level: float = 0.95) -> Interval | None:
+    """Student-t interval of the mean over training runs; None with fewer than MIN_RUNS runs."""
+    x = np.asarray(values, dtype=float)
+    if len(x) < MIN_RUNS:
+        return None
+    m, s = float(x.mean()), float(x.std(ddof=1))
+    half = float(stats.t.ppf(0.5 + level / 2, len(x) - 1)) * s / math.sqrt(len(x))
+    return Interval(m, m - half, m + half, len(x), "t over training runs")
+
+
+def run_mean_test(values) -> float:
+    """Two-sided p of a one-sample t-test of mean 0 over runs (e.g. per-run gains); nan below MIN_RUNS."""
+    x = np.asarray(values, dtype=float)
+    if len(x) < MIN_RUNS:
+        return math.nan
+    s = float(x.std(ddof=1))
+    if s == 0:
+        return 0.0 if x.mean() != 0 else 1.0
+    t = float(x.mean()) / (s / math.sqrt(len(x)))
+    return float(2 * stats.t.sf(abs(t), len(x) - 1))
+
+
+def pooled_run_sd(groups: Mapping) -> tuple[float, int]:
+    """Between-run SD pooled over algorithms, sqrt(Σ_k Σ_s (x_ks − x̄_k)² / Σ_k (n_k − 1)), and its
+    degrees of freedom Σ_k (n_k − 1): training noise, assumed common to the algorithms."""
+    ss, df = 0.0, 0
+    for v in groups.values():
+        x = np.asarray(v, dtype=float)
+        if len(x) >= 2:
+            ss += float(((x - x.mean()) ** 2).sum())
+            df += len(x) - 1
+    return (math.sqrt(ss / df) if df else math.nan), df
+
+
+@dataclass(frozen=True)
+class RunContrast:
+    """mean(a) − mean(b) over training runs, with the pooled between-run SD (t with df of the pool)."""
+
+    diff: float
+    lo: float
+    hi: float
+    p: float
+    n_a: int
+    n_b: int
+    sd: float
+    df: int
+    mde: float  # smallest true difference detected with probability `power` at level `alpha`
+
+    def fmt(self, digits: int = 3) -> str:
+        return f"{self.diff:+.{digits}f} [{self.lo:+.{digits}f}, {self.hi:+.{digits}f}]"
+
+
+def run_mde(n_a: int, n_b: int, sd: float, df: int, alpha: float = 0.05, power: float = 0.8) -> float:
+    """MDE of a two-sided pooled-SD t contrast between two algorithms' mean over runs:
+    (t_{1−α/2, df} + t_{power, df}) · sd · sqrt(1/n_a + 1/n_b)."""
+    if df < 1 or not n_a or not n_b or not math.isfinite(sd):
+        return math.nan
+    q = float(stats.t.ppf(1 - alpha / 2, df) + stats.t.ppf(power, df))
+    return q * sd * math.sqrt(1 / n_a + 1 / n_b)
+
+
+def run_contrast(a, b, *, sd: float, df: int, alpha: float = 0.05, power: float = 0.8,
+                 level: float = 0.95) -> RunContrast | None:
+    """Compare two algorithms over their training runs (a, b: one value per run); None when either
+    has fewer than MIN_RUNS runs or the pool has no degrees of freedom."""
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if len(x) < MIN_RUNS or len(y) < MIN_RUNS or df < 1 or not math.isfinite(sd):
+        return None
+    diff = float(x.mean() - y.mean())
+    se = sd * math.sqrt(1 / len(x) + 1 / len(y))
+    half = float(stats.t.ppf(0.5 + level / 2, df)) * se
+    p = float(2 * stats.t.sf(abs(diff) / se, df)) if se > 0 else (0.0 if diff else 1.0)
+    return RunContrast(diff, diff - half, diff + half, p, len(x), len(y), sd, df,
+                       run_mde(len(x), len(y), sd, df, alpha, power))
+
+
+def ranks_over_seeds(per_seed: Mapping) -> dict:
+    """{algorithm: {seed: value}} -> {algorithm: [rank on each seed it ran]}: on every seed run by two
+    or more algorithms, rank 1 = highest value (ties share the mean rank)."""
+    seeds = sorted({s for v in per_seed.values() for s in v})
+    out: dict = {name: [] for name in per_seed}
+    for s in seeds:
+        names = [n for n in per_seed if s in per_seed[n]]
+        if len(names) < 2:
+            continue
+        r = stats.rankdata([-per_seed[n][s] for n in names])
+        for n, k in zip(names, r):
+            out[n].append(float(k))
+    return out

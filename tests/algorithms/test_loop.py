@@ -12,6 +12,7 @@ from tests.algorithms.toy import make_loop
 
 ALL = ["grpo", "diffu_grpo", "coupled_grpo", "uni_grpo", "wd1", "igpo", "spg", "gdpo", "espo", "trace_rl"]
 PARAMS = {"trace_rl": {"acc_low": 0.0}}  # the toy task starts near reward 0: keep those groups
+LR = {"wd1": 3e-3}
 
 
 def _buffer(loop, step=0):
@@ -68,12 +69,15 @@ def test_shared_draws_give_exactly_zero_difference_at_theta_old(name):
 # their reference trainers; their buffer-wide options are the micro-batch invariant ones.
 INVARIANT = {"wd1": {"softmax_over": "group"}, "uni_grpo": {"norm": "token", "ratio_terms": "scaled"},
              "trace_rl": {"acc_low": 0.0, "norm": "token"}}
+# ... and with a micro-batch structure declared (micro_batch > 0) the normalisers are per micro-batch:
+# memory chunks (micro_groups) with buffer-wide normalisers are what changes nothing
+BUFFER = {"micro_batch": 0}
 
 
 @pytest.mark.parametrize("name,mu", [("diffu_grpo", 2), ("wd1", 1), ("spg", 2), ("uni_grpo", 2), ("trace_rl", 2),
                                      ("igpo", 2), ("coupled_grpo", 1)])
 def test_micro_batches_give_the_same_update(name, mu):
-    algo = ALGORITHMS.build(name, INVARIANT.get(name, PARAMS.get(name, {})))
+    algo = ALGORITHMS.build(name, {**INVARIANT.get(name, PARAMS.get(name, {})), **BUFFER})
     whole, split = make_loop(algo, mu=mu, double=True), make_loop(algo, mu=mu, micro_groups=1, double=True)
     log_w, _ = whole.train_step(0)
     log_s, _ = split.train_step(0)
@@ -86,7 +90,9 @@ def test_micro_batches_give_the_same_update(name, mu):
 
 @pytest.mark.parametrize("name", ALL)
 def test_every_algorithm_raises_the_reward(name):
-    loop = make_loop(ALGORITHMS.build(name, PARAMS.get(name, {})), mu=2, lr=1e-2)
+    # wd1's softmax over one group's rows (its reference micro-batch) weights each row ~G/B times more
+    # than one over the whole buffer: at 1e-2 the toy policy collapses, as any policy does at too large a step
+    loop = make_loop(ALGORITHMS.build(name, PARAMS.get(name, {})), mu=2, lr=LR.get(name, 1e-2))
     rewards = [loop.train_step(k)[0]["reward_mean"] for k in range(8)]
     assert sum(rewards[-3:]) / 3 > sum(rewards[:3]) / 3 + 0.1, rewards
 
@@ -126,3 +132,11 @@ def test_metrics_without_a_reference_model_stay_none_in_the_step_log():
     loop = make_loop(ALGORITHMS.build("diffu_grpo", {"beta": 0.0}))
     log, _ = loop.train_step(0)
     assert log["kl"] is None and log["ref_nfe"] == 0
+
+
+def test_a_micro_batch_that_is_not_a_whole_number_of_rows_is_refused_up_front():
+    from harness.types import HarnessError
+
+    with pytest.raises(HarnessError, match=r"micro_batch=0.3 groups of group_size 4 is 1.2 rows; expected a whole"):
+        make_loop(ALGORITHMS.build("coupled_grpo", {"micro_batch": 0.3}))
+    assert make_loop(ALGORITHMS.build("coupled_grpo")).micro_batches(2)[0][0].tolist() == [0, 1]  # half of G = 4

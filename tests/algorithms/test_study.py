@@ -51,14 +51,12 @@ def test_rl_study_runs_and_resumes_to_the_same_records(tmp_path):
     assert len(starts) == 8 and {r["study"] for r in starts} == {"rl.start"}  # 4 eval items x 2 cells
     assert all(r["item_id"].startswith("start/") for r in starts)
     section = render_section(clean)
-    assert "| diffu_grpo | 1 |" in section and "| spg | 1 |" in section  # one seed each
-    assert "Against the starting checkpoint" in section and "| diffu_grpo | 4 |" in section  # 4 paired items
-    assert "MDE" in section
-    assert "paired on (seed, held-out item)" in section and "| spg | 6 |" in section  # 6 pairs vs diffu_grpo
+    assert "| diffu_grpo | 1 (0) |" in section and "| spg | 1 (0) |" in section  # one run each, its seed shown
+    assert "n/a (< 3 runs)" in section and "not tested" in section  # no interval, no test from one run
     # the comparison's baseline is data (options.baseline, the manifest's cells), not a name in the report
     assert "**Against `diffu_grpo`**" in section
     other = render_section(clean, manifest={"cells": [{"kind": "rl", "options": {"baseline": "spg"}}]})
-    assert "**Against `spg`**" in other and "| diffu_grpo | 6 |" in other
+    assert "**Against `spg`**" in other and "| diffu_grpo | 1 vs 1 |" in other
 
 
 def test_rl_baseline_defaults_to_the_study_algorithm_and_must_be_run(tmp_path):
@@ -78,4 +76,16 @@ def test_rl_options_are_checked_at_plan_time(tmp_path):
         plan(load_suite(write_suite(tmp_path, bad)))
     bad = SUITE.replace("mu: 2", "muu: 2")
     with pytest.raises(HarnessError, match="muu"):
+        plan(load_suite(write_suite(tmp_path, bad)))
+
+
+def test_rl_calibration_pair_must_be_run(tmp_path):
+    ok = SUITE.replace("checkpoint_every: 1}", "checkpoint_every: 1, calibration: [spg, diffu_grpo]}")
+    assert {tuple(c.options["calibration"]) for c in plan(load_suite(write_suite(tmp_path, ok)))} == {
+        ("spg", "diffu_grpo")}
+    bad = SUITE.replace("checkpoint_every: 1}", "checkpoint_every: 1, calibration: [grpo, diffu_grpo]}")
+    with pytest.raises(HarnessError, match=r"options.calibration: 'grpo' is not an algorithm this study runs"):
+        plan(load_suite(write_suite(tmp_path, bad)))
+    bad = SUITE.replace("checkpoint_every: 1}", "checkpoint_every: 1, calibration: [spg]}")
+    with pytest.raises(HarnessError, match="calibration must name two different algorithms"):
         plan(load_suite(write_suite(tmp_path, bad)))

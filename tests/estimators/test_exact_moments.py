@@ -13,6 +13,7 @@ exact integral of the same integrand over [0.01, 1].
 from __future__ import annotations
 
 import math
+import typing
 
 import numpy as np
 import pytest
@@ -222,7 +223,7 @@ def test_exact_means_equal_stated_targets(den, i):
     tab = table(den, i)
     n, h = tab.n, h_of(tab)
     mean = lambda name, **kw: exact_moments(ESTIMATORS.build(name, kw), tab, {"commit_order": "random"}).mean  # noqa: E731
-    for law in ("iid", "stratified", "antithetic", "count"):
+    for law in ("iid", "stratified", "antithetic", "count", "count_systematic"):
         for n_mc in (1, 3):
             assert mean("mc_elbo", t_law=law, n_mc=n_mc) == pytest.approx(elbo, abs=1e-4)  # clamp: O(1e-6)
     assert mean("coupled", include_full=False, scale="elbo", n_mc=2) == pytest.approx(elbo, abs=1e-4)
@@ -243,7 +244,11 @@ def test_exact_means_equal_stated_targets(den, i):
 
 
 ONE_SAMPLE = {"eubo": {"m": 1}, "mix": {"m": 1}}  # their m-sample values enumerate C^m joint draws
+# every t-law of mc_elbo, at 2 draws in groups of 2: the group's counts are i·L/2 apart, a half-integer
+# on both items (L = 5 and 3), where LLaDA eval's round-half-to-even counts are not uniform
+T_LAWS = typing.get_args(typing.get_type_hints(MCElbo)["t_law"])
 DECLARATION_CASES = [(name, ONE_SAMPLE.get(name, {})) for name in ESTIMATORS.names() if name in MOMENTS] + [
+    ("mc_elbo", {"t_law": law, "n_mc": 2, "group": 2}) for law in T_LAWS] + [
     ("coupled", {"include_full": False, "scale": "elbo"}),
     ("coupled", {"include_full": False, "scale": "elbo", "t_low": 0.2, "t_high": 0.8}),
     ("trace", {"stride": 2}), ("block_elbo", {"scale": "token"}), ("exact", {"target": "log_p"})]
@@ -465,3 +470,35 @@ def test_count_stratified_matches_sampled_draws(den, i):
     x, _ = sample(den, est, i, n=N_DRAWS // 5)
     block_check(x, m.mean, m.var)
     assert m.mean == pytest.approx(table(den, i).elbo(), abs=1e-9)
+
+
+@pytest.mark.parametrize("i", [0, 1])
+@pytest.mark.parametrize("law", ["count_stratified", "count_systematic"])
+def test_systematic_count_laws_match_sampled_draws_where_ties_round(den, law, i):
+    """Groups of 2 on L = 5 and 3 (i·L/g a half-integer): the exact moments follow the sampled
+    draws for both laws; LLaDA's rounding moves its mean off the ELBO, the systematic variant's stays."""
+    est = MCElbo(n_mc=4, t_law=law, group=2)
+    m = exact_moments(est, table(den, i, est))
+    x, _ = sample(den, est, i, n=N_DRAWS // 5)
+    block_check(x, m.mean, m.var)
+    elbo = table(den, i).elbo()
+    if law == "count_systematic":
+        assert m.mean == pytest.approx(elbo, abs=1e-9)
+    else:
+        assert abs(m.mean - elbo) > 1e-3
+
+
+def test_systematic_counts_are_uniform_for_every_draw():
+    """Each draw's count is uniform on {1..L} under count_systematic (not under count_stratified at
+    L = 5, g = 2: the issue's [2, 0, 1, 2, 0])."""
+    from harness.estimators.mc_elbo import stratified_counts, systematic_counts
+
+    L, g, K = 5, 2, 100_000
+    u = ((torch.arange(K, dtype=torch.float64) + 0.5) / K)[:, None].expand(K, g).contiguous()
+    length = torch.full((K, 1), float(L), dtype=torch.float64)
+    for i in range(g):
+        freq = torch.bincount(systematic_counts(u, length, g)[:, i].long(), minlength=L + 1)[1:] / K
+        torch.testing.assert_close(freq, torch.full((L,), 1 / L), rtol=0, atol=1e-4)
+    k = ((torch.arange(1, L + 1, dtype=torch.float64) - 0.5) / L)[:, None].expand(L, g).contiguous()
+    l1 = stratified_counts(k, torch.full((L, 1), float(L), dtype=torch.float64), g)[:, 1].long()
+    assert torch.bincount(l1, minlength=L + 1)[1:].tolist() == [2, 0, 1, 2, 0]

@@ -58,13 +58,16 @@ def _with_divergence(m: Moments, law: TLaw, g2: TPoly, clamp_text: str) -> Momen
 
 
 # -- mc_elbo ------------------------------------------------------------------------------------
-@register("mc_elbo", {"n_mc": POS_INT, "t_law": ("iid", "stratified", "antithetic", "count", "count_stratified"),
+@register("mc_elbo", {"n_mc": POS_INT, "t_law": ("iid", "stratified", "antithetic", "count", "count_stratified",
+                                                 "count_systematic"),
                       "group": POS_INT, "max_tokens": ANY})
 def mc_elbo(est, table, options) -> Moments:
     n, N, eps = table.n, est.n_mc, mc_mod.T_MIN
     clamp = f"t >= {eps:g} (mc_elbo's draw_t clamp)"
     if est.t_law == "count_stratified":
         return _count_stratified(est, table)
+    if est.t_law == "count_systematic":
+        return _count_systematic(est, table)
     if est.t_law == "count":
         if eps >= 1.0 / max(n, 1):
             raise HarnessError(f"exact moments of mc_elbo count: T_MIN={eps} must be below 1/L = {1 / n}")
@@ -104,27 +107,57 @@ def _count_stratified(est, table) -> Moments:
     counts the masks are. Var = Σ_groups (E_k Var(G | k) + Var_k E[G | k]) / N²."""
     import torch
 
-    n, N = table.n, est.n_mc
+    n = table.n
     if mc_mod.T_MIN >= 1.0 / n:
         raise HarnessError(f"exact moments of mc_elbo count_stratified: T_MIN must be below 1/L = {1 / n}")
+    u = (torch.arange(1, n + 1, dtype=torch.float64) - 0.5) / n  # one u per k: every group draws k
+    return _count_groups(est, table, mc_mod.stratified_counts, u, np.full(n, 1.0 / n),
+                         "LLaDA eval's systematic counts: the count k of each group plays the role of t")
+
+
+def _count_systematic(est, table) -> Moments:
+    """The unbiased systematic counts: each group shares u ~ U(0, 1) and l_i(u) = ⌊L·frac(u + i/g)⌋ + 1
+    (the estimator's own `systematic_counts`) is constant between the breakpoints frac(j/L − i/g): the
+    law of u is integrated exactly by one u per piece, weighted by the piece's length."""
+    import torch
+
+    n, N = table.n, est.n_mc
+    sizes = {min(est.group, N - lo) for lo in range(0, N, est.group)}
+    cuts = sorted({0.0, 1.0} | {(j / n - i / g) % 1.0 for g in sizes for i in range(g) for j in range(n)})
+    lo, hi = np.array(cuts[:-1]), np.array(cuts[1:])
+    keep = hi - lo > 1e-12
+    u = torch.from_numpy((lo[keep] + hi[keep]) / 2)
+    if mc_mod.T_MIN >= float(u.min()):
+        raise HarnessError(f"exact moments of mc_elbo count_systematic: T_MIN must be below {float(u.min())}")
+    return _count_groups(est, table, mc_mod.systematic_counts, u, (hi - lo)[keep],
+                         "unbiased systematic counts: the offset u of each group plays the role of t")
+
+
+def _count_groups(est, table, counts_of, u, prob, note: str) -> Moments:
+    """Count laws whose groups of g draws share one uniform: `u` [K] one value per piece of its law
+    (probabilities `prob` [K]), `counts_of` the estimator's own counts function. Groups are
+    independent, and given the counts the masks are: Var = Σ_groups (E Var(G | u) + Var E[G | u]) / N²."""
+    import torch
+
+    n, N = table.n, est.n_mc
     comb = np.array([1.0] + [math.comb(n, k) for k in range(1, n + 1)])
     l_all = np.arange(n + 1)
     with np.errstate(divide="ignore", invalid="ignore"):
         e1 = np.where(l_all > 0, (n / np.maximum(l_all, 1)) * table.S1() / comb, 0.0)  # E[X | l]
         e2 = np.where(l_all > 0, (n / np.maximum(l_all, 1)) ** 2 * table.S2() / comb, 0.0)
-    t = ((torch.arange(1, n + 1, dtype=torch.float64) - 0.5) / n)[:, None].expand(n, N)  # row k: every group draws k
-    counts = mc_mod.stratified_counts(t.contiguous(), torch.full((n, 1), float(n), dtype=torch.float64), est.group)
-    l = np.minimum(counts.numpy().astype(int), n)  # [k, N]
+    t = u[:, None].expand(len(u), N).contiguous()  # row r: every group draws u_r
+    counts = counts_of(t, torch.full((len(u), 1), float(n), dtype=torch.float64), est.group)
+    l = np.minimum(counts.numpy().astype(int), n)  # [K, N]
     mean = within = between = 0.0
     for lo in range(0, N, est.group):
-        g = l[:, lo:lo + est.group]  # [k, g]
-        m_k = e1[g].sum(1)  # E[G | k]
-        v_k = (e2[g] - e1[g] ** 2).sum(1)  # Var(G | k)
-        mean += m_k.mean()
-        within += v_k.mean()
-        between += ((m_k - m_k.mean()) ** 2).mean()
-    return Moments(mean / N, (within + between) / N ** 2, within / N ** 2, between / N ** 2, draws=N,
-                   notes=["LLaDA eval's systematic counts: the count k of each group plays the role of t"])
+        g = l[:, lo:lo + est.group]  # [K, g]
+        m_k = e1[g].sum(1)  # E[G | u]
+        v_k = (e2[g] - e1[g] ** 2).sum(1)  # Var(G | u)
+        mu = float((prob * m_k).sum())
+        mean += mu
+        within += float((prob * v_k).sum())
+        between += float((prob * (m_k - mu) ** 2).sum())
+    return Moments(mean / N, (within + between) / N ** 2, within / N ** 2, between / N ** 2, draws=N, notes=[note])
 
 
 # -- coupled ------------------------------------------------------------------------------------

@@ -10,6 +10,9 @@ the random fixtures. Log-probs of θ are leaves with gradients.
 """
 from __future__ import annotations
 
+import functools
+from pathlib import Path
+
 import torch
 
 from harness.types import Estimate
@@ -95,3 +98,34 @@ def target_logp(den, prompt: torch.Tensor, noised: torch.Tensor, completion: tor
         logits = den.logits(torch.cat([prompt, noised], 1))[:, -noised.shape[1]:]
     return -torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), completion.reshape(-1),
                                               reduction="none").view_as(completion).double()
+
+
+@functools.lru_cache(maxsize=None)
+def suite_params(suite: str = "suites/rl.yaml") -> dict:
+    """{algorithm: params} of the rl cells of a suite, as its plan resolves them (what the suite runs)."""
+    from harness.config import load_suite, plan
+
+    root = Path(__file__).resolve().parents[3]
+    return {c.component.name: dict(c.component.params) for c in plan(load_suite(root / suite)) if c.kind == "rl"}
+
+
+def micro_harness_loss(algo, fx: dict, adv: torch.Tensor, terms: tuple, mask: torch.Tensor) -> tuple:
+    """The algorithm's loss on the fixture buffer as the RL loop computes it, over the micro-batches its
+    declared structure makes (harness.algorithms.loop.micro_batches / micro_batch_loss). `terms` are
+    (policy, old, ref) Estimates of the whole buffer (None where absent). -> (loss, row index parts)."""
+    from dataclasses import replace
+
+    from harness.algorithms.loop import micro_batch_loss, micro_batches
+
+    parts, local = micro_batches(algo, 0, N_GROUPS, G)
+    totals = {"n_seq": B, "n_tok": int(mask.sum()), "n_groups": N_GROUPS, "length": T}
+    cut = lambda e, idx: None if e is None else replace(  # noqa: E731
+        e, per_token=e.per_token[idx], sequence=e.sequence[idx],
+        draws={k: v[idx] for k, v in e.draws.items()}, **({"upper": e.upper[idx]} if hasattr(e, "upper") else {}))
+    total = 0
+    for idx in parts:
+        b = {"mask": mask[idx], "completion_mask": fx["completion_mask"][idx],
+             "group": fx["group"][idx] - fx["group"][idx].min()}
+        loss, _ = micro_batch_loss(algo, b, totals, local, *(cut(e, idx) for e in terms), adv[idx])
+        total = total + loss
+    return total, parts

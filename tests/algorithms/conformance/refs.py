@@ -14,6 +14,16 @@ def group_mean_advantages(rewards, G):
     return (r - r.mean(1, keepdim=True)).reshape(-1)
 
 
+def z_score_normalize(lst):
+    """Gen-Verse/dLLM-RL reward/rl_reward.py `z_score_normalize` (applied to the correctness list of
+    one prompt's responses): population std, no eps, all zeros when the std is 0."""
+    mean = sum(lst) / len(lst)
+    std = (sum((x - mean) ** 2 for x in lst) / len(lst)) ** 0.5
+    if std == 0:
+        return [0 for _ in lst]
+    return [(x - mean) / std for x in lst]
+
+
 def loo_advantages(rewards, G):
     """Leave-one-out baseline (RLOO; DiffuCoder's coupled-GRPO code): A_i = r_i − mean_{j≠i} r_j."""
     r = rewards.view(-1, G)
@@ -62,9 +72,10 @@ def wd1_loss(logp, adv, completion_mask):
 
 
 def trace_rl_loss(rows, adv_rows, eps, beta):
-    """Gen-Verse/dLLM-RL train/rl_llada.py `forward_process` in `main` (read in the fork
-    pixeli99/dLLM-RL; the Gen-Verse repository itself is not in the search index). `rows` is a list
-    of (logp_new [T], logp_old [T], p_mask [T] bool), one per (sequence, step group); KL is k3 to π_old."""
+    """Gen-Verse/dLLM-RL train/rl_llada.py (and train/rl_mmada.py) `forward_process` in `main`: the
+    loss of both its "TraceRL" and "random_masking" methods. `rows` is a list of (logp_new [T],
+    logp_old [T], p_mask [T] bool), one training row each (a (sequence, step group) for TraceRL, a
+    (sequence, random mask) for random_masking); KL is k3 to π_old, summed over the row's p_mask."""
     n_rows = len(rows)
     logp_new = torch.stack([r[0] for r in rows])
     logp_old = torch.stack([r[1] for r in rows])
@@ -89,3 +100,35 @@ def collapse_k_unique(lst, k):
         end_idx = min((idx // k + 1) * k - 1, len(uniq) - 1)
         mapping[val] = uniq[end_idx]
     return [mapping[x] for x in lst]
+
+
+def spg_loss(adv, lower, upper, completion_mask):
+    """facebookresearch/SPG spg/spg_trainer.py SPGTrainer.compute_loss: per_seq_loss = −A·(bound / |o|),
+    loss = Σ(per_seq_loss·|o|) / Σ|o| over the micro-batch; the bound is the ELBO for A >= 0, else the upper."""
+    length = completion_mask.double().sum(1)
+    bound = torch.stack([lower[i] if adv[i] >= 0 else upper[i] for i in range(len(adv))])
+    return (-adv * bound / length * length).sum() / length.sum()
+
+
+def gradient_accumulation(loss_of, parts):
+    """HF Trainer's gradient accumulation over equal micro-batches: each micro-batch's loss divided by
+    the number of accumulation steps, summed (the mean of the micro-batch losses)."""
+    return sum(loss_of(p) for p in parts) / len(parts)
+
+
+def espo_loss(s, s_old, s_ref, adv, T, eps=0.2, beta=0.01):
+    """ML-GSAI/ESPO espo/espo_trainer.py ESPOTrainer.compute_loss (kl_scale outside): sequence ratio
+    exp((ELBO − ELBO_old)/T), clip ε, −mean over the micro-batch's rows; + β·mean_i k2(ΔELBO_ref)/T."""
+    coef_1 = torch.exp((s - s_old) / T)
+    coef_2 = torch.clamp(coef_1, 1 - eps, 1 + eps)
+    kl = (s - s_ref) ** 2 / 2.0
+    return -torch.min(coef_1 * adv, coef_2 * adv).mean() + beta * (kl / T).mean()
+
+
+def gdpo_paper_loss(s, s_old, s_ref, adv, length, eps=0.2, beta=0.01):
+    """GDPO (arXiv 2510.08554), the paper's objective (no code could be read): sequence ratio
+    exp(ELBO − ELBO_old), clip ε, k3 KL on the ELBO difference, weight 1/|o|, mean over rows."""
+    rho = torch.exp(s - s_old)
+    sur = torch.min(rho * adv, torch.clamp(rho, 1 - eps, 1 + eps) * adv)
+    kl = torch.exp(s_ref - s) - (s_ref - s) - 1
+    return (-(sur - beta * kl) / length).mean()

@@ -4,8 +4,8 @@
 equal to it; `forward_process` in `main` computes the loss). Read in the fork pixeli99/dLLM-RL;
 the Gen-Verse repository itself is not in the search index. Loss per row r:
 −(1/|K_r|) Σ_{k∈K_r} min(ρA, clip(ρ, 1±ε)A) + β Σ_{k∈K_r} k3(π_old ‖ π_θ)_k, averaged over rows;
-ε = 0.2, β = 0.01, shrink 8. Advantages: z-score with the population std (the issue's reading of
-the reference's reward normalisation; the advantage file is not in the read fork)."""
+ε = 0.2, β = 0.01, shrink 8. Advantages: reward/rl_reward.py `z_score_normalize` over each prompt's
+responses (population std, no eps, 0 when the std is 0)."""
 from __future__ import annotations
 
 import pytest
@@ -13,7 +13,7 @@ import torch
 
 from harness.registry import ALGORITHMS, ESTIMATORS
 from tests.algorithms.conformance.fixture import SEEDS, G, assert_conforms, fixture, target_logp, toy_rollout
-from tests.algorithms.conformance.refs import collapse_k_unique, trace_rl_loss
+from tests.algorithms.conformance.refs import collapse_k_unique, trace_rl_loss, z_score_normalize
 
 N, L = 8, 7
 
@@ -52,8 +52,8 @@ def test_loss_and_gradient_match_rl_llada(seed, shrink):
     pol = type(e)(per_token=torch.where(scored, logp, 0 * logp), sequence=logp.sum(1), draws=e.draws, n=1)
     olds = type(e)(per_token=torch.where(scored, old, 0 * old), sequence=old.sum(1), draws=e.draws, n=1)
     adv = algo.advantages(fx["rewards"], fx["group"])
-    r = fx["rewards"].view(-1, G)
-    want = ((r - r.mean(1, keepdim=True)) / (r.std(1, unbiased=False, keepdim=True) + 1e-4)).reshape(-1)
+    want = torch.tensor([a for grp in fx["rewards"].view(-1, G).tolist() for a in z_score_normalize(grp)],
+                        dtype=torch.float64)
     torch.testing.assert_close(adv, want, rtol=0, atol=1e-12)
     b = {"mask": scored, "completion_mask": scored, "group": fx["group"], "n_seq": N, "n_tok": int(scored.sum()),
          "n_groups": N // G, "length": L}
@@ -85,3 +85,12 @@ def test_default_is_shrink_8_with_rows_and_token_mean_is_an_option():
     assert algo.estimator_params == {"stride": 8, "merge": "ranks", "mask_padding": True}
     assert algo.norm == "trace_rows" and algo.advantage == "zscore_pop" and algo.kl_to == "old"
     assert ALGORITHMS.build("trace_rl", {"norm": "token", "advantage": "zscore"}).norm == "token"
+
+
+def test_advantages_are_z_score_normalize_also_without_spread():
+    """Groups with and without spread (one all-wrong, one all-right): exactly the reference's values."""
+    algo = ALGORITHMS.build("trace_rl")
+    rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0])
+    group = torch.arange(4).repeat_interleave(4)
+    want = [a for grp in rewards.view(4, 4).tolist() for a in z_score_normalize(grp)]
+    assert algo.advantages(rewards, group).tolist() == want  # bit for bit: no eps anywhere

@@ -1,12 +1,14 @@
-"""uni_grpo conforms to the MMaDA-style UniGRPO trainer as released in facebookresearch/igpo
-trainer_igpo.py (IGPOTrainer, "implements the grpo algorithm from the MMaDA paper": compute_loss with
-use_gspo off, grpo_forward_process with d1_masking off, structured_timestep_sampling); the MMaDA
-repository's own trainer is not in the search index. Loss: token ratio exp(ℓ_θ,k − ℓ_old,k) of each
-masked token's raw log-prob, PPO clip, per-token k3 KL to π_ref, Σ over the masked tokens / their
-number (per micro-batch). Likelihood terms: completion tokens masked i.i.d. at the iteration's
-ratio t (t_1, then spaced to 1 over the μ iterations). Differences kept: the harness masks only the
-completion up to its EOS (the reference also masks post-EOS padding) and draws t_1 ~ U(0, 1) (the
-reference draws an integer timestep in [30, T−1))."""
+"""uni_grpo conforms to the authors' implementation, which the MMaDA repository points to:
+Gen-Verse/dLLM-RL train/rl_mmada.py `forward_process` with training.method "random_masking"
+(configs/rl_mmada_v.yaml: eps 0.2, beta 0.01, use_kl_estimator_k3). Loss per row: the PPO-clipped
+surrogate of each masked token's raw log-prob ratio exp(ℓ_θ,k − ℓ_old,k), averaged over the row's
+masked tokens, plus β·Σ k3(π_old ‖ π_θ) over them; rows averaged. Checked at the parameters
+suites/rl.yaml runs. Likelihood terms: completion tokens masked i.i.d. at the iteration's ratio t
+(t_1, then spaced to 1 over the μ iterations). Differences kept: the harness masks only the
+completion up to its EOS and keeps MMaDA's structured t schedule (the reference draws
+t ~ U(0.1, 0.9) per masked copy). The IGPO repository's MMaDA-style trainer (facebookresearch/igpo
+trainer_igpo.py, Σ/Σ over the micro-batch's masked tokens, k3 to π_ref) is the named option
+`norm="batch_token"`, `kl_to="ref"`."""
 from __future__ import annotations
 
 import pytest
@@ -21,10 +23,11 @@ from tests.algorithms.conformance.fixture import (
     batch,
     estimate,
     fixture,
+    suite_params,
     target_logp,
     toy_rollout,
 )
-from tests.algorithms.conformance.refs import d1_loss
+from tests.algorithms.conformance.refs import d1_loss, trace_rl_loss
 
 
 def _masks(fx, seed):
@@ -37,11 +40,24 @@ def _masks(fx, seed):
 @pytest.mark.parametrize("seed", SEEDS)
 def test_loss_and_gradient_match_the_reference(seed):
     fx = fixture(seed)
-    algo = ALGORITHMS.build("uni_grpo", {"eps_low": 0.2, "eps_high": 0.2, "beta": 0.01})
+    algo = ALGORITHMS.build("uni_grpo", suite_params()["uni_grpo"])  # what suites/rl.yaml runs
+    assert (algo.eps_low, algo.eps_high, algo.beta, algo.kl, algo.kl_to) == (0.2, 0.2, 0.01, "k3", "old")
     cm, m = fx["completion_mask"], _masks(fx, seed)
     count = m.sum(1, keepdim=True).double()
     draws = {"masks": m[:, None, :]}
     terms = [estimate(x / count, m, draws) for x in (fx["logp"], fx["old"], fx["ref"])]  # the estimator's ℓ/|M|
+    adv = algo.advantages(fx["rewards"], fx["group"])
+    loss, _ = algo.loss(batch(fx, cm), *terms, adv)
+    rows = [(fx["logp"][i], fx["old"][i], m[i]) for i in range(B)]  # one row per (sequence, mask)
+    assert_conforms(loss, trace_rl_loss(rows, adv, eps=0.2, beta=0.01), fx["logp"])
+
+
+def test_igpo_trainer_reading_is_the_named_option():
+    fx = fixture(2)
+    algo = ALGORITHMS.build("uni_grpo", {"norm": "batch_token", "kl_to": "ref"})
+    cm, m = fx["completion_mask"], _masks(fx, 2)
+    count = m.sum(1, keepdim=True).double()
+    terms = [estimate(x / count, m, {"masks": m[:, None, :]}) for x in (fx["logp"], fx["old"], fx["ref"])]
     adv = algo.advantages(fx["rewards"], fx["group"])
     loss, _ = algo.loss(batch(fx, cm), *terms, adv)
     ref = d1_loss(fx["logp"], fx["old"], fx["ref"], adv, m, eps=0.2, beta=0.01)  # token_mask = masked tokens
@@ -50,7 +66,8 @@ def test_loss_and_gradient_match_the_reference(seed):
 
 def test_scaled_terms_are_the_named_option():
     fx = fixture(3)
-    algo = ALGORITHMS.build("uni_grpo", {"ratio_terms": "scaled", "norm": "sequence", "beta": 0.0})
+    algo = ALGORITHMS.build("uni_grpo", {"ratio_terms": "scaled", "norm": "sequence", "beta": 0.0,
+                                         "eps_low": 0.5, "eps_high": 0.5})
     cm, m = fx["completion_mask"], _masks(fx, 3)
     count = m.sum(1, keepdim=True).double()
     adv = algo.advantages(fx["rewards"], fx["group"])
