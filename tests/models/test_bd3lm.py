@@ -1,0 +1,49 @@
+"""The `bd3lm` model without the reference code: presets, config checks, the explicit-pattern forward."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from harness.models.block_attention import decode_mask, positions
+from harness.registry import MODELS
+from harness.types import HarnessError
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.set_num_threads(1)
+    return MODELS.build("bd3lm", {"preset": "tiny", "device": "cpu", "dtype": "float32"}).load()
+
+
+def test_tiny_preset_is_a_block_model(tiny):
+    assert tiny.block_size == 4 and tiny.mask_id == 127 and tiny.eos_id == 126 and tiny.pad_id == 127
+    x = torch.tensor([tiny.tokenizer.encode("12+34=46")])
+    out = tiny.logits(x)
+    assert out.shape == (1, 8, 128) and torch.isfinite(out).all()
+    again = MODELS.build("bd3lm", {"preset": "tiny", "device": "cpu", "dtype": "float32"}).load().logits(x)
+    assert torch.equal(out, again)  # a seeded init
+    assert out[..., 127].max() < -1e5  # MASK never predicted (subs)
+
+
+def test_pattern_forward_equals_the_plain_forward_on_its_mask(tiny):
+    x = torch.tensor([tiny.tokenizer.encode("1+2=3456789")])
+    B, T = x.shape
+    allowed = decode_mask(None, B, T, tiny.block_size)
+    got = tiny.logits_pattern(x, allowed, positions(None, B, T))
+    assert torch.equal(got, tiny.logits(x))
+
+
+@pytest.mark.parametrize("key,value", [("time_conditioning", True), ("cross_attn", False), ("causal", True)])
+def test_unsupported_config_is_refused_naming_the_key(key, value):
+    from harness.models.native.bd3lm import BD3LMConfig
+
+    cfg = {"model_type": "bd3lm", "block_size": 4, "vocab_size": 128, "model_length": 64, "hidden_dim": 64,
+           "cond_dim": 32, "n_blocks": 2, "n_heads": 4, key: value}
+    with pytest.raises(HarnessError, match=key):
+        BD3LMConfig.from_json(cfg, "x/config.json")
+    assert BD3LMConfig.from_json({**cfg, key: not value}, "x/config.json").block_size == 4
+
+
+def test_too_long_a_sequence_is_refused(tiny):
+    with pytest.raises(HarnessError, match="model_length"):
+        tiny.logits(torch.zeros(1, 129, dtype=torch.long))
