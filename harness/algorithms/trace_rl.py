@@ -38,8 +38,10 @@ to rl_sdar.py), in place of the `trace` estimator:
         ρ = exp(clamp(d, −10, 10)),  surrogate = Σ_{p_mask} min(ρA, clip(ρ, 1±ε)A) / L1,
         loss = −(1/R) Σ_rows surrogate + β (1/R) Σ_rows Σ_{p_mask} (exp(clamp(−d, −10, 10)) − 1 + d) / L1,
     L1 the completion canvas length (not the number of masked tokens), R the rows of the
-    micro-batch (weighted R_mb-free by B_mb/N across micro-batches, as the full-attention rows).
-    A is the rollout's advantage per sequence (dLLM-RL's z_score_normalize: `zscore_pop`).
+    micro-batch (micro-batches weighted B_mb/N, as the full-attention rows above). A is the
+    rollout's advantage per sequence (`advantage`, zscore_pop: the reward normalisation of
+    dLLM-RL's rollouts). `block_shrink` and `post_num` are rl_trado.yaml's shrink (1) and post_num (0);
+    ε = eps_low = eps_high, β = beta. Prompt padding is recognised by the pad id, as the script does.
 """
 from __future__ import annotations
 

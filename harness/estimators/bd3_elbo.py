@@ -29,9 +29,9 @@ Bias: for a token k of block b, the expectation of its term is ∫ (1/t)·t·E[l
 the law of t_ib; the block ELBO integrates over U(0, 1). With BD3-LM's defaults (eps_min 1e-3, eps_max
 1) the interval misses [0, 1e-3), so the estimator is not exactly unbiased for the ELBO:
 `elbo_target` is True only for eps_min <= mc_elbo.T_MIN (1e-6, where t is clamped anyway) and
-eps_max = 1. Per-block t leaves each token's expectation that of a single t per copy (a token's
-logits see only its own block's noise), so with eps (0, 1) the mean equals `mc_elbo`'s and the
-variance is lower: the blocks' terms are independent.
+eps_max = 1. Per-block t leaves each token's expectation what one t per copy gives (a token's
+logits see only its own block's noise), so with eps (0, 1) the mean equals `mc_elbo`'s (iid t-law)
+on the same model; the blocks' terms are then independent, where one t per copy couples them.
 NFE = n per sequence (one [x_t ; x_0] pass of 2T columns per copy for a block model).
 """
 from __future__ import annotations

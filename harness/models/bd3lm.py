@@ -12,9 +12,9 @@ with no remote code; `block_size` comes from the config. Its logits equal the pu
 the scoring pass against its training forward over [x_t ; x_0] (tests/models/test_bd3lm_parity.py
 measures both, fp32 and bf16 weights). BD3-LM computes in float32 whatever its weights' dtype
 (its backbone runs under autocast(float32)); `dtype: bfloat16` stores the weights in bf16 and
-computes as the reference does with bf16 weights. Left-padded rows give the numbers they give
-alone. `preset` builds it randomly initialised: "tiny" for CPU tests (vocab 128, block 4),
-"bd3lm-owt" for GPU throughput (the released 12 x 768 dims, vocab 50258, model_length 1024).
+computes in float32 as the reference does. Left-padded rows give the numbers they give alone.
+`preset` builds it randomly initialised: "tiny" for CPU tests (vocab 128, block 4), "bd3lm-owt" for
+GPU throughput (the released 12 x 768 dims, vocab 50258, model_length 1024).
 
 `impl: remote` runs the checkpoint's own `modeling_bd3lm.py` through trust_remote_code
 (AutoModelForMaskedLM; checkpoints only). That file was written for transformers 4.x: under 5.x it
@@ -30,7 +30,8 @@ start with it: `prompting.add_bos`). The head has 50258 columns, the MASK column
 denoiser applies BD3-LM's `subs` parameterisation to it (mask logit −1e6, `_subs_parameterization`),
 so no distribution the harness reads puts mass on MASK. Logits are not shifted.
 
-Tokenizer: the released checkpoints ship none (BD3-LM uses the hub's `gpt2`). `tokenizer:` names a
+Tokenizer: the released checkpoints ship none (bd3lms `push_to_hf.py` pushes the model only; BD3-LM
+tokenizes with the hub's `gpt2`). `tokenizer:` names a
 directory or hub id; without it, the checkpoint directory's own tokenizer files are used when
 present (the test fixtures ship a small character-level stand-in with GPT-2's special ids), else
 `gpt2` from the hub, with [PAD] added as BD3-LM does.
@@ -175,6 +176,9 @@ class BD3LM(NativeOrRemote):
         if self.impl == "remote" and self.preset is not None:
             raise HarnessError(f"model bd3lm: preset {self.preset!r} builds the native module only; impl remote "
                                "needs a checkpoint path")
+        if self.compile:
+            raise HarnessError("model bd3lm: compile: true is not implemented (its float32 forward runs eagerly); "
+                               "use compile: false")
 
     def native_classes(self):
         from harness.models.native import bd3lm as native
@@ -226,8 +230,9 @@ class BD3LM(NativeOrRemote):
             head_dim = cfg.hidden_dim // cfg.n_heads
             inv = 1.0 / (10000.0 ** (torch.arange(0, head_dim, 2).float() / head_dim))
             module.backbone.rotary_emb.inv_freq.copy_(inv)
-            module.sampling_eps_min.fill_(cfg.sampling_eps_min)
-            module.sampling_eps_max.fill_(cfg.sampling_eps_max)
+            if cfg.var_min:
+                module.sampling_eps_min.fill_(cfg.sampling_eps_min)
+                module.sampling_eps_max.fill_(cfg.sampling_eps_max)
         vocab = cfg.vocab_size
         tok = self._load_tokenizer() if self.tokenizer else char_tokenizer(eos_id=vocab - 2, pad_id=vocab - 2,
                                                                             mask_id=vocab - 1)

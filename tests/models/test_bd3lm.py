@@ -47,3 +47,10 @@ def test_unsupported_config_is_refused_naming_the_key(key, value):
 def test_too_long_a_sequence_is_refused(tiny):
     with pytest.raises(HarnessError, match="model_length"):
         tiny.logits(torch.zeros(1, 129, dtype=torch.long))
+
+
+def test_compile_and_remote_presets_are_refused():
+    with pytest.raises(HarnessError, match="compile"):
+        MODELS.build("bd3lm", {"preset": "tiny", "compile": True})
+    with pytest.raises(HarnessError, match="checkpoint path"):
+        MODELS.build("bd3lm", {"preset": "tiny", "impl": "remote"})

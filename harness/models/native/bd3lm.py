@@ -12,12 +12,13 @@ no t). Tensor names are the checkpoint's (`backbone.*`; the persistent buffers
 `backbone.rotary_emb.inv_freq`, `sampling_eps_min/max` load as buffers and are not read: the rotary
 frequencies are computed at every call).
 
-Numerics: BD3-LM runs its backbone under `autocast(dtype=float32)` (`DITBackbone.precision`), i.e.
-in float32 whatever the weights' dtype. This module does the same: weights may be stored in
-bfloat16 (`dtype: bfloat16` halves their memory) and every matmul runs on float32 activations with
-the weights cast to float32, which is what the reference computes on CUDA with bf16 weights under
-its float32 autocast (on CPU the reference file mixes a float32 LayerNorm output with bf16 weights
-and stops with a dtype error). The logits are float32.
+Numerics: BD3-LM runs its backbone under `autocast(dtype=float32)` (`DITBackbone.precision`, and
+`Diffusion.forward`), i.e. in float32 whatever the weights' dtype. This module does the same: weights
+may be stored in bfloat16 (`dtype: bfloat16` halves their memory) and every matmul runs on float32
+activations with the weights cast to float32; the logits are float32. Its numbers are then the
+reference's with the same bf16-rounded weights held in float32 (up to float32 rounding: the
+matmuls run on fresh float32 copies). The reference file itself does not run with bf16 weights on
+CPU: its float32 LayerNorm output meets a bf16 weight ("mat1 and mat2 must have the same dtype").
 
 Attention (harness/models/block_attention.py): a plain forward attends block-causally (the x_0–x_0
 part of `block_diff_mask`, which the reference's `sample_mode` uses); the scoring pass lays
@@ -28,7 +29,9 @@ The logits are the backbone's raw output (the mask column included); BD3-LM's `s
 parameterisation (mask logit −1e6) is applied by the adapter (harness/models/bd3lm.py).
 
 Config keys read (BD3LMConfig's): block_size, vocab_size, model_length, hidden_dim, cond_dim,
-n_blocks, n_heads, adaln, cross_attn, causal, time_conditioning. `cross_attn: false`, `causal:
+n_blocks, n_heads, adaln, var_min, cross_attn, causal, time_conditioning. `attn_backend` ('flex' in the
+released configs) is not read: flex and sdpa compute the same masked attention (diffusion.py itself
+switches an hf_dit backbone to sdpa); `dropout` is off in evaluation. `cross_attn: false`, `causal:
 true` and `time_conditioning: true` are refused with the key named (use impl: remote).
 """
 from __future__ import annotations
@@ -66,6 +69,7 @@ class BD3LMConfig:
     n_blocks: int
     n_heads: int
     adaln: bool = True
+    var_min: bool = True  # the checkpoint holds the sampling_eps_min/max buffers
     mlp_ratio: int = 4
     sampling_eps_min: float = 1e-3
     sampling_eps_max: float = 0.999
@@ -81,6 +85,7 @@ class BD3LMConfig:
                   model_length=int(must(cfg, "model_length", where)), hidden_dim=int(must(cfg, "hidden_dim", where)),
                   cond_dim=int(must(cfg, "cond_dim", where)), n_blocks=int(must(cfg, "n_blocks", where)),
                   n_heads=int(must(cfg, "n_heads", where)), adaln=bool(cfg.get("adaln", True)),
+                  var_min=bool(cfg.get("var_min", True)),
                   sampling_eps_min=float(cfg.get("sampling_eps_min", 1e-3)),
                   sampling_eps_max=float(cfg.get("sampling_eps_max", 0.999)),
                   initializer_range=float(cfg.get("initializer_range", 0.02)))
@@ -92,7 +97,7 @@ class BD3LMConfig:
     def to_json(self) -> dict:
         out = {k: v for k, v in asdict(self).items() if k not in ("mlp_ratio", "initializer_range")}
         out.update(model_type="bd3lm", architectures=["BD3LM"], cross_attn=True, causal=False,
-                   time_conditioning=False, var_min=True, attn_backend="sdpa")
+                   time_conditioning=False, attn_backend="sdpa")
         return out
 
 
@@ -260,8 +265,9 @@ class BD3LM(nn.Module):
         super().__init__()
         self.config, self.impl = cfg, attn
         self.backbone = DITBackbone(cfg)
-        self.register_buffer("sampling_eps_min", torch.tensor(cfg.sampling_eps_min))
-        self.register_buffer("sampling_eps_max", torch.tensor(cfg.sampling_eps_max))
+        if cfg.var_min:  # loaded by name, not read
+            self.register_buffer("sampling_eps_min", torch.tensor(cfg.sampling_eps_min))
+            self.register_buffer("sampling_eps_max", torch.tensor(cfg.sampling_eps_max))
 
     def get_output_embeddings(self) -> nn.Module:
         return self.backbone.output_layer.linear
