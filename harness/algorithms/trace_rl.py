@@ -253,6 +253,11 @@ class TraceRL(GRPO):
         if not draws or "commit_step" not in draws:
             raise HarnessError("trace_rl on a block model scores along the rollout's commit steps: draws must "
                                "carry 'commit_step' [B, L]")
+        if not hasattr(getattr(denoiser, "inner", denoiser), "logits_pattern"):
+            raise HarnessError(f"trace_rl on the block model {type(getattr(denoiser, 'inner', denoiser)).__name__}: "
+                               "TraceRL's [prompt ; clean ; noisy] rows need the model's logits_pattern (an explicit "
+                               "attention pattern and position ids; harness/models/block_attention.py), which it "
+                               "does not implement")
         return block_trace_terms(denoiser, prompt, completion, completion_mask, draws["commit_step"],
                                  shrink=self.block_shrink, post_num=self.post_num,
                                  max_tokens=int(self.estimator_params.get("max_tokens", 65536)), draws=draws)

@@ -162,3 +162,29 @@ def test_registered_and_declared():
     assert est.nfe_for_batch(3) == 3
     with pytest.raises(ValueError, match="eps_min"):
         BD3Elbo(eps_min=0.5, eps_max=0.4)
+
+
+def test_left_padded_batch_equals_each_row_alone(tiny):
+    """Blocks count from each row's first real token: a left-padded row draws and scores what it does alone."""
+    tok = tiny.tokenizer
+    prompts = [tok.encode("12+34="), tok.encode("7=")]
+    completion = torch.tensor([tok.encode("46;") + [tiny.eos_id], tok.encode("7;;") + [tiny.eos_id]])
+    P = max(map(len, prompts))
+    prompt = torch.full((2, P), tiny.pad_id)
+    pmask = torch.zeros(2, P, dtype=torch.bool)
+    for i, p in enumerate(prompts):
+        prompt[i, P - len(p):] = torch.tensor(p)
+        pmask[i, P - len(p):] = True
+    cmask = torch.ones_like(completion, dtype=torch.bool)
+    est = BD3Elbo(n_mc=4)
+    with torch.no_grad():
+        both = est(tiny, prompt, completion, cmask, prompt_mask=pmask,
+                   generator=[torch.Generator().manual_seed(s) for s in (3, 4)])
+        for i, p in enumerate(prompts):
+            alone = est(tiny, torch.tensor([p]), completion[i:i + 1], cmask[i:i + 1],
+                        generator=[torch.Generator().manual_seed(3 + i)])
+            assert torch.equal(both.draws["masks"][i], alone.draws["masks"][0])
+            torch.testing.assert_close(both.per_token[i], alone.per_token[0], rtol=0, atol=1e-6)
+    # row 0: 6 prompt tokens -> its completion starts at block 1, position 6: blocks {6,7} {8,9}
+    blk, _ = completion_blocks(pmask, P, 4, 2, 4)
+    assert blk.tolist() == [[0, 0, 1, 1], [0, 0, 1, 1]]

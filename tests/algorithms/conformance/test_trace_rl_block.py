@@ -180,3 +180,16 @@ def test_one_rl_step_on_a_block_model_counts_its_passes():
     log, cost = loop.train_step(0)
     assert torch.isfinite(torch.tensor(log["loss"])) and log["trace_rows"] > 0
     assert loop.meters["policy"].cost.nfe >= log["trace_rows"] and cost["nfe"] > 0
+
+
+def test_a_block_model_without_logits_pattern_is_refused_clearly():
+    from harness.types import HarnessError
+
+    class NoPattern:
+        block_size, mask_id, pad_id, eos_id, vocab_size = 4, 9, 8, 7, 10
+
+    algo = ALGORITHMS.build("trace_rl", {})
+    z = torch.zeros(1, 4, dtype=torch.long)
+    with pytest.raises(HarnessError, match="logits_pattern"):
+        algo.terms(NoPattern(), z, z.bool(), z, z.bool(), generator=None, draws={"commit_step": z},
+                   iteration=0, n_iterations=1)
