@@ -71,7 +71,8 @@ class BD3LMDenoiser:
 
     `logits` is the plain block-causal forward, `logits_denoise` the [x_t ; x_0] scoring pass
     (harness/models/block_attention.py), `logits_pattern` a forward with an explicit attention
-    pattern and position ids (TraceRL's training layout; native only)."""
+    pattern and position ids (TraceRL's training layout), `logits_build_cache` / `logits_cached`
+    the exact KV cache of finished blocks for block decoding (the last three: native only)."""
 
     noise: ClassVar[str] = "masked"
     shift_logits = False
@@ -118,6 +119,27 @@ class BD3LMDenoiser:
             raise HarnessError("model bd3lm impl remote: the reference code takes no attention pattern or position "
                                "ids (it builds its own mask); use impl: native")
         return self.subs(self.module.forward_pattern(x, allowed, position_ids).logits)
+
+    # -- the exact cache of finished blocks (native) ------------------------------------------------
+    def logits_build_cache(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None, *, keep):
+        """A plain pass -> (logits, the KV cache of the prefix columns `keep`: finished blocks)."""
+        self._native_only("a KV cache")
+        if isinstance(keep, slice):
+            keep = torch.arange(x.shape[1], device=x.device)[keep]
+        logits, cache = self.module.forward_with_cache(x, attention_mask, keep=keep.to(x.device))
+        return self.subs(logits), cache
+
+    def logits_cached(self, x: torch.Tensor, cache, *, positions: torch.Tensor,
+                      attention_mask: torch.Tensor | None = None, store: bool = False):
+        """Logits of the columns `positions` right after the cache; with `store`, also the extended cache."""
+        self._native_only("a KV cache")
+        out = self.module.forward_cached(x, cache, positions.to(x.device), attention_mask, store=store)
+        return (self.subs(out[0]), out[1]) if store else self.subs(out)
+
+    def _native_only(self, what: str) -> None:
+        if self.remote:
+            raise HarnessError(f"model bd3lm impl remote: {what} needs impl: native (the reference's own cache "
+                               "is allocated on CUDA in bf16 by reset_kv_cache)")
 
     # -- the reference module (impl remote) --------------------------------------------------------
     def _remote(self, x: torch.Tensor, attention_mask: torch.Tensor | None, dual: bool) -> torch.Tensor:

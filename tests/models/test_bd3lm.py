@@ -54,3 +54,31 @@ def test_compile_and_remote_presets_are_refused():
         MODELS.build("bd3lm", {"preset": "tiny", "compile": True})
     with pytest.raises(HarnessError, match="checkpoint path"):
         MODELS.build("bd3lm", {"preset": "tiny", "impl": "remote"})
+
+
+def test_the_cache_of_finished_blocks_gives_the_plain_forward(tiny):
+    """Prefill the first two blocks, run block 2 against the cache, store it, run block 3: the
+    logits equal the plain forward's on those columns (float32 rounding: other matmul shapes), and a
+    left-padded row's cached passes give what it gives alone."""
+    tok = tiny.tokenizer
+    x = torch.tensor([tok.encode("0123456789abcdef"), tok.encode("xyzw9876543210ab")])  # 4 blocks
+    am = torch.ones_like(x, dtype=torch.bool)
+    x[1, :4] = tiny.pad_id
+    am[1, :4] = False  # row 1 left-padded by a block: the cache boundary is a block boundary of both rows
+    with torch.no_grad():
+        full = tiny.logits(x, am)
+        _, cache = tiny.logits_build_cache(x[:, :8], am, keep=torch.arange(8))
+        assert cache.length == 8
+        mid, cache2 = tiny.logits_cached(x[:, 8:12], cache, positions=torch.arange(8, 12), attention_mask=am,
+                                         store=True)
+        last = tiny.logits_cached(x[:, 12:], cache2, positions=torch.arange(12, 16), attention_mask=am)
+        _, direct = tiny.logits_build_cache(x[:, :12], am, keep=torch.arange(12))
+        alone = tiny.logits(x[1:, 4:])
+    assert (mid[0] - full[0, 8:12]).abs().max() < 1e-4 and (last[0] - full[0, 12:]).abs().max() < 1e-4
+    assert (mid[1] - alone[0, 4:8]).abs().max() < 1e-4 and (last[1] - alone[0, 8:]).abs().max() < 1e-4
+    for a, b in zip(cache2.keys + cache2.values, direct.keys + direct.values):
+        assert (a[0] - b[0]).abs().max() < 1e-4 and (a[1, :, 4:] - b[1, :, 4:]).abs().max() < 1e-4
+    with pytest.raises(HarnessError, match="right after the cache"):
+        tiny.logits_cached(x[:, 12:], cache, positions=torch.arange(12, 16), attention_mask=am)
+    with pytest.raises(HarnessError, match="inside a block"):  # [0, 6) holds 6 and 2 real tokens
+        tiny.logits_build_cache(x[:, :6], am, keep=torch.arange(6))
