@@ -157,6 +157,12 @@ class Meter:
         B, T = xt.shape
         return self._run(lambda: self.inner.logits_denoise(xt, x0, attention_mask), B, 2 * T, 2 * T, cached=False)
 
+    def logits_pattern(self, x: torch.Tensor, allowed: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        """A block model's forward with an explicit attention pattern and position ids
+        (harness/models/block_attention.py; TraceRL's training layout): one full pass of S columns."""
+        B, S = x.shape
+        return self._run(lambda: self.inner.logits_pattern(x, allowed, position_ids), B, S, S, cached=False)
+
     def logits_cached(self, x: torch.Tensor, cache, **kwargs) -> torch.Tensor:
         """A pass that reuses cached keys/values: only x's positions are processed, attending to
         the cache as well. Needs an inner model with `logits_cached` (KV-cache samplers)."""

@@ -28,6 +28,7 @@ MODEL_PARAMS = {
     "llada": {"preset": "tiny"},
     "dream": {"preset": "tiny"},
     "diffusion_gemma": {"preset": "tiny"},
+    "bd3lm": {"preset": "tiny"},
     "hf_causal": None,  # needs a saved transformers model: tests/models/test_hf.py covers it with one
     "hf_masked": None,
 }

@@ -28,6 +28,16 @@ A block model (a Denoiser with an integer ``block_size``) implements, besides ``
 the x_t half of the dual-stream pass. `denoise_logits` is what estimators call: it dispatches to
 ``logits_denoise`` for a block model and to ``logits(xt)`` for a full-attention one (whose logits
 of a noised sequence already condition on nothing else).
+
+**An explicit pattern** (`logits_pattern`, optional): layouts that are not the shared convention,
+such as TraceRL's block-model training rows ``[prompt ; clean response ; noisy response]`` (prompt
+blocks aligned to the prompt's end, response blocks from the response start; Gen-Verse/dLLM-RL
+``train/rl_trado.py``, built by harness/algorithms/trace_rl.py), go through
+
+    logits_pattern(x [B, S], allowed [B, 1, S, S] bool (True: attend), position_ids [B, S]) -> [B, S, V]
+
+which applies the pattern and positions as given (a query column that sees nothing attends to
+itself and must not be read). The meter counts it as one full pass of S columns.
 """
 from __future__ import annotations
 
