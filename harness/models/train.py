@@ -268,22 +268,22 @@ over masked tokens / L; prompt never masked) on task `{cfg.task}` with parameter
 def block_card(cfg: TrainConfig, task, metrics: dict, cmd: str, history: list[dict]) -> str:
     """The card of a block-diffusion checkpoint."""
     rows = "\n".join(f"| {h['step']} | {h['loss']} | {h['greedy_accuracy']:.3f} | {h['elapsed_s']} |" for h in history)
-    init = (f"Initialised from the weights of `{cfg.init_from}` (BD3-LM likewise fine-tunes block models from a "
+    init = (f"Initialised from the weights of `{cfg.init_from}` (BD3-LM likewise fine-tunes block models\nfrom a "
             "full-attention MDLM), then trained" if cfg.init_from else "Trained from scratch")
     return f"""# Tiny block-diffusion checkpoint: {cfg.task}, block {cfg.block_size}
 
 A block-diffusion transformer ({metrics['n_params']:,} parameters; d_model {cfg.d_model}, {cfg.n_layers} layers,
-{cfg.n_heads} heads, d_ff {cfg.d_ff}, block_size {cfg.block_size}) with the harness's character tokenizer: attention is
-bidirectional inside a block of {cfg.block_size} positions and causal across blocks, blocks counted from the first real
-token (harness/models/block_attention.py). {init} with BD3-LM's objective (one t per sequence and block, antithetic
-over the batch, in [eps, 1]; completion tokens masked with their block's t; one pass over [x_t ; x_0] scores each noised
-block given the clean earlier blocks; loss (1/t)·CE over masked tokens / L; prompt never masked) on task `{cfg.task}`
-with parameters {dict(cfg.task_params)}.
+{cfg.n_heads} heads, d_ff {cfg.d_ff}, block_size {cfg.block_size}) with the harness's character tokenizer: attention
+is bidirectional inside a block of {cfg.block_size} positions and causal across blocks, blocks counted from the first
+real token (harness/models/block_attention.py). {init} with BD3-LM's objective (one t per sequence
+and block, antithetic over the batch, in [eps, 1]; completion tokens masked with their block's t; one pass over
+[x_t ; x_0] scores each noised block given the clean earlier blocks; loss (1/t)·CE over masked tokens / L; prompt
+never masked) on task `{cfg.task}` with parameters {dict(cfg.task_params)}.
 
 - Training: {cfg.steps} steps at batch {cfg.batch_size}, AdamW lr {cfg.lr} (warmup {cfg.warmup}, cosine to 10%),
   weight decay {cfg.weight_decay}, seed {cfg.seed}, {cfg.threads} CPU threads; took {metrics['train_seconds']} s.
-- Accuracy: greedy low-confidence decoding block by block (blocks of {cfg.block_size}, one token per step, canvas
-  {task.gen_length} tokens) on the first {metrics['eval_items']} test items: **{metrics['greedy_accuracy']:.3f}**
+- Accuracy: greedy low-confidence decoding block by block (blocks of {cfg.block_size}, one token per step,
+  canvas {task.gen_length} tokens) on the first {metrics['eval_items']} test items: **{metrics['greedy_accuracy']:.3f}**
   (exact match of the integer sum).
 - Retrain (bit-identical on the same machine and thread count):
 

@@ -213,6 +213,7 @@ def test_block_training_is_bit_identical_and_writes_a_block_card(tmp_path):
         TrainConfig(block_size=0)
 
 
+@pytest.mark.slow
 def test_builtin_block_checkpoint_reproduces_its_card():
     path = CHECKPOINT_DIR / BLOCK_CKPT
     config = json.loads((path / "config.json").read_text())
