@@ -388,8 +388,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 @MODELS.register("tiny")
 @dataclass(frozen=True, kw_only=True)
 class Tiny:
-    """Built-in tiny transformer MDLM with a character tokenizer (full attention, or block diffusion
-    when the checkpoint's config has a `block_size`, e.g. tiny-addition-c16-block4)."""
+    """Built-in tiny transformer MDLM, character tokenizer (block diffusion if its config sets block_size)."""
 
     checkpoint: str = "tiny-addition"
     device: str = "cpu"
