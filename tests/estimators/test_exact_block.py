@@ -214,6 +214,24 @@ def test_undeclared_estimators_stay_biased_on_a_block_model(blockden):
         assert max(gaps) > 1e-3, (name, gaps)
 
 
+def test_quadrature_is_exact_per_block(blockden):
+    """E[X | t] of a Bernoulli(t) mask is a sum over blocks of polynomials of degree n_b − 1, so
+    Gauss–Legendre with N nodes is unbiased once 2N − 1 >= max_b n_b − 1: one node suffices on this
+    block-2 model (n_b <= 2), while the same network with full attention over the 5 scored tokens
+    needs 3. quadrature_elbo still declares no ELBO target: unbiasedness depends on model and item."""
+    full = sharp_block(None, seed=4)  # the same weights, full attention
+    p, pm, c, cm = ITEMS[0]
+    for den, exact_from in ((blockden, 1), (full, 3)):
+        with torch.no_grad():
+            elbo = float(exact_terms(den, p[None], c[None], cm[None], prompt_mask=pm[None])["elbo"][0])
+        tab = _table(den, 0)
+        for nodes in (1, 2, 3):
+            est = ESTIMATORS.build("quadrature_elbo", {"n_nodes": nodes, "mask_law": "bernoulli"})
+            gap = abs(exact_moments(est, tab).mean - elbo)
+            assert (gap < 1e-9) if nodes >= exact_from else (gap > 1e-3), (den.block_size, nodes, gap)
+            assert not est.elbo_target
+
+
 @pytest.mark.parametrize("name,params", [("mc_elbo", {"t_law": "count", "n_mc": 1}),
                                          ("coupled", {"n_mc": 1, "t_low": 0.2, "t_high": 0.8}),
                                          ("complementary_elbo", {"n_mc": 1})], ids=str)
