@@ -71,7 +71,7 @@ class ItemTable:
         self.n = int(self.completion_mask.sum())
         if (1 << self.n) - 1 > MAX_PASSES:
             raise HarnessError(f"exact moments: the item has {self.n} scored tokens; its table needs "
-                               f"2^{self.n} − 1 forward passes, more than {MAX_PASSES}")
+                               f"2^{self.n} − 1 forward passes (rows, on a block model), more than {MAX_PASSES}")
         if block_size_of(self.denoiser) is not None:  # the block path (module docstring)
             blocks, passes = block_reveal_logprobs(
                 self.denoiser, self.prompt[None], self.completion[None], self.completion_mask[None],
