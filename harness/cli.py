@@ -315,6 +315,10 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument(f"--{name.replace('_', '-')}", dest=name, type=typ, default=None,
                        help=f"{text} (default: the trainer's)")
     s.add_argument("--device", default=None, help="cpu (default) or cuda")
+    s.add_argument("--block-size", dest="block_size", type=int, default=None,
+                   help="train a block-diffusion model with blocks of this size (BD3-LM objective)")
+    s.add_argument("--init-from", dest="init_from", default=None,
+                   help="start from this tiny checkpoint's weights (name or directory)")
     s.add_argument("--overwrite", action="store_true", help="replace the checkpoint in an existing --out directory")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.set_defaults(fn=cmd_train)

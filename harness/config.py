@@ -184,7 +184,9 @@ def _value(tp, value, where):
     args = [a for a in typing.get_args(tp) if a is not type(None)]
     inner = args[0] if len(args) == 1 and dataclasses.is_dataclass(args[0]) else tp
     if dataclasses.is_dataclass(inner):
-        return None if value is None else _from_mapping(inner, value, where)
+        if value is None and type(None) in typing.get_args(tp):  # null only where the field is optional
+            return None
+        return _from_mapping(inner, value, where)
     return coerce(value, tp, where)
 
 

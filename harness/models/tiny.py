@@ -4,6 +4,14 @@ A bidirectional pre-norm transformer: token + learned position embeddings, `n_la
 full self-attention (PyTorch SDPA) and a GELU MLP, a final LayerNorm and an untied output head.
 It is trained with the MDLM objective (METHODS.md §1, `mc_elbo`) by `harness.models.train`.
 A checkpoint is a directory: config.json, tokenizer.json, model.pt (state dict), CARD.md.
+
+With an integer `TinyConfig.block_size` the same network is a block-diffusion model (BD3-LM,
+arXiv 2503.09573): every forward method applies the block-causal mask of
+harness/models/block_attention.py (bidirectional inside a block of `block_size` positions, causal
+across blocks, blocks counted from a row's first real token), so keys of finished blocks never
+depend on later columns and a KV cache of them is exact; `forward_denoise` is the one-pass
+[x_t ; x_0] scoring/training forward (each noised block sees itself and the clean earlier blocks).
+`block_size` None (every checkpoint without the key) is the full-attention model, unchanged.
 """
 from __future__ import annotations
 
@@ -17,6 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from harness.models.block_attention import block_ids, decode_mask, dual_stream_mask, positions
 from harness.registry import MODELS
 from harness.types import ArchInfo, HarnessError
 
@@ -73,6 +82,13 @@ class TinyConfig:
     n_layers: int = 4
     n_heads: int = 4
     d_ff: int = 512
+    block_size: int | None = None  # None: full bidirectional attention; an int: block diffusion
+
+    def __post_init__(self):
+        if self.block_size is not None and (isinstance(self.block_size, bool) or not isinstance(self.block_size, int)
+                                            or self.block_size < 1):
+            raise HarnessError(f"tiny model config block_size: expected null or an integer >= 1, "
+                               f"got {self.block_size!r}")
 
 
 class Block(nn.Module):
@@ -153,7 +169,6 @@ class TinyMDLM(nn.Module):
         B, T = x.shape
         if T > self.cfg.max_len:
             raise HarnessError(f"sequence length {T} exceeds the tiny model's max_len {self.cfg.max_len}")
-        attn = None
         if attention_mask is None:
             h = self.tok(x) + self.pos.weight[:T]  # [B, T, D]
         else:
@@ -161,10 +176,36 @@ class TinyMDLM(nn.Module):
             # as it would alone: batch composition never changes a row's numbers.
             pos = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)  # [B, T]
             h = self.tok(x) + self.pos(pos)
-            attn = attention_mask.bool()[:, None, None, :]  # key padding: True = attend
+        attn = self._full_mask(attention_mask, B, T, x.device)
         for block in self.blocks:
             h = block(h, attn)
         return self.head(self.ln_f(h))  # [B, T, V]
+
+    def _full_mask(self, attention_mask: torch.Tensor | None, B: int, T: int, device) -> torch.Tensor | None:
+        """The attention mask of a pass over all T columns: key padding (full attention) or the
+        block-causal mask (block model); True = attend."""
+        if self.cfg.block_size is not None:
+            return decode_mask(attention_mask, B, T, self.cfg.block_size, device)  # [B, 1, T, T]
+        return None if attention_mask is None else attention_mask.bool()[:, None, None, :]  # key padding
+
+    def forward_denoise(self, xt: torch.Tensor, x0: torch.Tensor,
+                        attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [B, T, V] of the noised canvas xt [B, T], each block conditioned on itself and on
+        the clean earlier blocks of x0 [B, T]: one pass over [x_t ; x_0] with the same position ids
+        in both halves (BD3-LM's and SDAR's training forward). A full-attention model ignores x0."""
+        if self.cfg.block_size is None:
+            return self.forward(xt, attention_mask)
+        B, T = xt.shape
+        if x0.shape != xt.shape:
+            raise HarnessError(f"forward_denoise: x0 {tuple(x0.shape)} and xt {tuple(xt.shape)} differ in shape")
+        if T > self.cfg.max_len:
+            raise HarnessError(f"sequence length {T} exceeds the tiny model's max_len {self.cfg.max_len}")
+        pos = positions(attention_mask, B, T, xt.device)  # [B, T]
+        h = self.tok(torch.cat([xt, x0], 1)) + self.pos(torch.cat([pos, pos], 1))  # [B, 2T, D]
+        attn = dual_stream_mask(attention_mask, B, T, self.cfg.block_size, xt.device)  # [B, 1, 2T, 2T]
+        for block in self.blocks:
+            h = block(h, attn)
+        return self.head(self.ln_f(h[:, :T]))  # the x_t half
 
     def _embed(self, x: torch.Tensor, attention_mask: torch.Tensor | None, columns: torch.Tensor):
         """Embeddings of the canvas columns `columns` (x holds exactly those columns), with the
@@ -182,8 +223,8 @@ class TinyMDLM(nn.Module):
         """A full pass (the same numbers as `forward`) that also keeps the keys/values of the
         canvas columns `keep` [Tc] in every layer: Fast-dLLM's cache-building pass."""
         columns = torch.arange(x.shape[1], device=x.device)
-        h, key_mask = self._embed(x, attention_mask, columns)
-        attn = None if key_mask is None else key_mask[:, None, None, :]
+        h, _ = self._embed(x, attention_mask, columns)
+        attn = self._full_mask(attention_mask, x.shape[0], x.shape[1], x.device)
         keys, values = [], []
         for block in self.blocks:
             h, k, v = block.forward_kv(h, attn)
@@ -200,13 +241,30 @@ class TinyMDLM(nn.Module):
         all_cols = torch.cat([cache.columns, columns])
         order = torch.argsort(all_cols, stable=True)  # keys in canvas order, as in a full pass
         key_cols = all_cols[order]
-        attn = None if key_mask is None else key_mask[:, key_cols][:, None, None, :]
+        if self.cfg.block_size is not None:
+            attn = self._cached_block_mask(attention_mask, columns, key_cols, x.shape[0])
+        else:
+            attn = None if key_mask is None else key_mask[:, key_cols][:, None, None, :]
         j = int((cache.columns < columns[0]).sum())
         if torch.equal(key_cols, torch.cat([cache.columns[:j], columns, cache.columns[j:]])):
             order = j  # the new columns form one run between cached ones: slice instead of gather
         for block, k, v in zip(self.blocks, cache.keys, cache.values):
             h = block.forward_cached(h, k, v, order, attn)
         return self.head(self.ln_f(h))
+
+    def _cached_block_mask(self, attention_mask: torch.Tensor | None, columns: torch.Tensor,
+                           key_cols: torch.Tensor, B: int) -> torch.Tensor:
+        """[B, 1, Tq, Tk] block-causal mask of the query columns `columns` over the key columns
+        `key_cols` (canvas order): the rows of `decode_mask` a full pass would use."""
+        width = attention_mask.shape[1] if attention_mask is not None else int(key_cols.max()) + 1
+        blk = block_ids(attention_mask, 1 if attention_mask is None else B, width, self.cfg.block_size,
+                        key_cols.device)  # [B or 1, W]
+        qb, kb = blk[:, columns], blk[:, key_cols]  # [B, Tq], [B, Tk]
+        allowed = (kb[:, None, :] <= qb[:, :, None]) & (kb >= 0)[:, None, :] & (qb >= 0)[:, :, None]
+        # A pad query (sees no key) attends to itself, as in decode_mask; its output is never read.
+        own = key_cols[None, None, :] == columns[None, :, None]  # [1, Tq, Tk]
+        allowed = allowed | (own & ~allowed.any(-1, keepdim=True))
+        return allowed.expand(B, -1, -1)[:, None]
 
 
 @dataclass
@@ -246,6 +304,16 @@ class TinyDenoiser:
     @property
     def device(self) -> torch.device:
         return next(self.module.parameters()).device
+
+    @property
+    def block_size(self) -> int | None:
+        """Block-diffusion block size (None: full attention); see harness/models/block_attention.py."""
+        return self.module.cfg.block_size
+
+    def logits_denoise(self, xt: torch.Tensor, x0: torch.Tensor,
+                       attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [B, T, V] of xt, each block given the clean earlier blocks of x0 (one pass over [x_t ; x_0])."""
+        return self.module.forward_denoise(xt, x0, attention_mask)
 
     @property
     def arch(self) -> ArchInfo:
@@ -320,7 +388,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 @MODELS.register("tiny")
 @dataclass(frozen=True, kw_only=True)
 class Tiny:
-    """Built-in tiny bidirectional transformer MDLM with a character tokenizer."""
+    """Built-in tiny transformer MDLM, character tokenizer (block diffusion if its config sets block_size)."""
 
     checkpoint: str = "tiny-addition"
     device: str = "cpu"

@@ -5,6 +5,14 @@ completion position (EOS padding included) independently with probability t, and
 E_t[(1/t) Σ_masked CE] / L. The prompt is never masked. Everything random comes from one explicit
 generator seeded by the training config, so a retrain on the same machine is bit-identical.
 
+With `block_size` B the model is a block-diffusion model (harness/models/block_attention.py) trained
+with BD3-LM's objective (arXiv 2503.09573, kuleshov-group/bd3lms `diffusion.py` `_loss`): one t per
+(sequence, block), drawn antithetically over the batch's blocks as BD3-LM's `_sample_t` does and scaled
+into [eps, 1]; each completion position is masked with its block's t; one pass over [x_t ; x_0]
+scores every noised block given the clean earlier blocks; loss = Σ_masked CE/t / L, averaged over
+the batch. `init_from` starts from another tiny checkpoint's weights (BD3-LM fine-tunes its block
+models from a full-attention MDLM the same way).
+
 Every numeric setting is checked (harness/validate.py) before anything is built, and `train` refuses
 to write into an existing directory unless told to overwrite it: a typo in `--out` must not replace
 another checkpoint.
@@ -21,7 +29,16 @@ import torch
 import torch.nn.functional as F
 
 from harness import validate
-from harness.models.tiny import CharTokenizer, TinyConfig, TinyDenoiser, TinyMDLM, save_checkpoint
+from harness.models.block_attention import block_ids
+from harness.models.tiny import (
+    CharTokenizer,
+    TinyConfig,
+    TinyDenoiser,
+    TinyMDLM,
+    load_checkpoint,
+    resolve_checkpoint,
+    save_checkpoint,
+)
 from harness.registry import SAMPLERS, TASKS
 from harness.text import encode_completions, encode_prompts
 from harness.types import HarnessError
@@ -46,6 +63,8 @@ class TrainConfig:
     eval_items: int = 200
     threads: int = 2
     device: str = "cpu"  # "cuda": model and batches on the GPU; every draw still comes from the CPU generator
+    block_size: int | None = None  # block diffusion with blocks of this many positions (None: full attention MDLM)
+    init_from: str | None = None  # a tiny checkpoint (name or directory) whose weights start the training
 
     def __post_init__(self):
         for f in ("steps", "batch_size", "lr", "d_model", "n_layers", "n_heads", "d_ff", "weight_decay", "warmup",
@@ -59,6 +78,9 @@ class TrainConfig:
         if self.d_model % self.n_heads:
             raise HarnessError(f"train --n-heads: must divide --d-model ({self.d_model}), got {self.n_heads}")
         validate.device(self.device, "train --device")
+        if self.block_size is not None and (isinstance(self.block_size, bool) or not isinstance(self.block_size, int)
+                                            or self.block_size < 1):
+            raise HarnessError(f"train --block-size: expected an integer >= 1, got {validate.show(self.block_size)}")
 
 
 def mdlm_loss(denoiser, prompt: torch.Tensor, prompt_mask: torch.Tensor, target: torch.Tensor,
@@ -74,10 +96,38 @@ def mdlm_loss(denoiser, prompt: torch.Tensor, prompt_mask: torch.Tensor, target:
     return ((ce * masked) / t).sum(1).div(L).mean()
 
 
+def block_diffusion_loss(denoiser, prompt: torch.Tensor, prompt_mask: torch.Tensor, target: torch.Tensor,
+                         generator: torch.Generator, eps: float = 1e-3) -> torch.Tensor:
+    """BD3-LM loss of a block model: mean over the batch of Σ_masked CE/t_block / L (module docstring).
+    prompt [B, P] (never masked), target [B, L]."""
+    B, L = target.shape
+    P = prompt.shape[1]
+    attn = torch.cat([prompt_mask.bool(), torch.ones(B, L, dtype=torch.bool, device=prompt.device)], 1)  # [B, T]
+    blk = block_ids(attn, B, P + L, denoiser.block_size)[:, P:].cpu()  # [B, L] block of each completion column
+    n_blocks = int(blk.max()) + 1
+    # BD3-LM `_sample_t` with antithetic sampling: B·n_blocks stratified uniforms, then [eps, 1].
+    u = torch.rand(B, n_blocks, generator=generator)
+    u = (u / (B * n_blocks) + torch.arange(B * n_blocks).view(B, n_blocks) / (B * n_blocks)) % 1
+    t = (eps + (1 - eps) * u).gather(1, blk).to(target.device)  # [B, L] each column's block t
+    masked = torch.rand(B, L, generator=generator).to(target.device) < t  # [B, L]
+    xt = torch.cat([prompt, torch.where(masked, denoiser.mask_id, target)], 1)  # [B, P+L]
+    x0 = torch.cat([prompt, target], 1)
+    logits = denoiser.logits_denoise(xt, x0, attn)[:, P:]  # [B, L, V]
+    ce = F.cross_entropy(logits.reshape(B * L, -1), target.reshape(-1), reduction="none").view(B, L)
+    return ((ce * masked) / t).sum(1).div(L).mean()
+
+
+def eval_sampler(denoiser):
+    """Greedy low-confidence decoding, one token per step; a block model decodes block by block
+    (semi-autoregressive blocks of its block_size)."""
+    block = getattr(denoiser, "block_size", None)
+    return SAMPLERS.build("low_confidence", {"block_length": block} if block else {})
+
+
 @torch.no_grad()
 def greedy_accuracy(denoiser, task, items, batch_size: int = 256) -> float:
     """Greedy low-confidence decoding, one token per step: fraction of items scored correct."""
-    sampler = SAMPLERS.build("low_confidence", {})
+    sampler = eval_sampler(denoiser)
     correct = 0.0
     for i in range(0, len(items), batch_size):
         chunk = items[i:i + batch_size]
@@ -121,7 +171,11 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True, overwrite: bool = 
     g = torch.Generator().manual_seed(cfg.seed)
     module = TinyMDLM(TinyConfig(vocab_size=len(tokenizer), max_len=prompts.shape[1] + task.gen_length,
                                  d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads,
-                                 d_ff=cfg.d_ff), generator=g).to(cfg.device)
+                                 d_ff=cfg.d_ff, block_size=cfg.block_size), generator=g)
+    if cfg.init_from is not None:
+        init_weights(module, tokenizer, cfg.init_from)
+    module = module.to(cfg.device)
+    loss_fn = mdlm_loss if cfg.block_size is None else block_diffusion_loss
     prompts, prompt_mask, targets = prompts.to(cfg.device), prompt_mask.to(cfg.device), targets.to(cfg.device)
     denoiser = TinyDenoiser(module, tokenizer)
     decay = [p for n, p in module.named_parameters() if p.dim() >= 2]
@@ -137,7 +191,7 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True, overwrite: bool = 
         idx = torch.randint(len(train_items), (cfg.batch_size,), generator=g)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
-        loss = mdlm_loss(denoiser, prompts[idx], prompt_mask[idx], targets[idx], g, cfg.eps)
+        loss = loss_fn(denoiser, prompts[idx], prompt_mask[idx], targets[idx], g, cfg.eps)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
@@ -161,13 +215,32 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True, overwrite: bool = 
     return metrics
 
 
+def init_weights(module: TinyMDLM, tokenizer: CharTokenizer, name: str) -> None:
+    """Copy the weights of the tiny checkpoint `name` into `module` (same shapes and tokenizer)."""
+    path = resolve_checkpoint(name)
+    init, init_tok, _ = load_checkpoint(path)
+    if init_tok.to_json() != tokenizer.to_json():
+        raise HarnessError(f"train --init-from {name}: its tokenizer differs from the trainer's")
+    mine = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    theirs = {k: tuple(v.shape) for k, v in init.state_dict().items()}
+    if mine != theirs:
+        diff = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
+        raise HarnessError(f"train --init-from {name}: its weights do not fit this model's shape (--d-model, "
+                           f"--n-layers, --n-heads, --d-ff, task canvas); differing tensors: {', '.join(diff[:4])}")
+    module.load_state_dict(init.state_dict())
+
+
 def card(cfg: TrainConfig, task, metrics: dict, history: list[dict]) -> str:
     """The checkpoint's card: how it was trained, how to retrain it, what it scores."""
     params = " ".join(f"--task-param {k}={v}" for k, v in cfg.task_params)
     cmd = (f"dlm-harness train --task {cfg.task} {params} --steps {cfg.steps} --batch-size {cfg.batch_size} "
            f"--lr {cfg.lr} --d-model {cfg.d_model} --n-layers {cfg.n_layers} --n-heads {cfg.n_heads} "
            f"--d-ff {cfg.d_ff} --seed {cfg.seed} --eval-every {cfg.eval_every} --eval-items {cfg.eval_items} "
-           f"--threads {cfg.threads} --out <dir>")
+           f"--threads {cfg.threads}"
+           + (f" --block-size {cfg.block_size}" if cfg.block_size else "")
+           + (f" --init-from {cfg.init_from}" if cfg.init_from else "") + " --out <dir>")
+    if cfg.block_size:
+        return block_card(cfg, task, metrics, cmd, history)
     rows = "\n".join(f"| {h['step']} | {h['loss']} | {h['greedy_accuracy']:.3f} | {h['elapsed_s']} |" for h in history)
     return f"""# Tiny MDLM checkpoint: {cfg.task}
 
@@ -180,6 +253,38 @@ over masked tokens / L; prompt never masked) on task `{cfg.task}` with parameter
   weight decay {cfg.weight_decay}, seed {cfg.seed}, {cfg.threads} CPU threads; took {metrics['train_seconds']} s.
 - Accuracy: greedy low-confidence decoding (one token per step, canvas {task.gen_length} tokens) on the first
   {metrics['eval_items']} test items: **{metrics['greedy_accuracy']:.3f}** (exact match of the integer sum).
+- Retrain (bit-identical on the same machine and thread count):
+
+```
+{cmd}
+```
+
+| step | loss | greedy accuracy | elapsed s |
+|---|---|---|---|
+{rows}
+"""
+
+
+def block_card(cfg: TrainConfig, task, metrics: dict, cmd: str, history: list[dict]) -> str:
+    """The card of a block-diffusion checkpoint."""
+    rows = "\n".join(f"| {h['step']} | {h['loss']} | {h['greedy_accuracy']:.3f} | {h['elapsed_s']} |" for h in history)
+    init = (f"Initialised from the weights of `{cfg.init_from}` (BD3-LM likewise fine-tunes block models\nfrom a "
+            "full-attention MDLM), then trained" if cfg.init_from else "Trained from scratch")
+    return f"""# Tiny block-diffusion checkpoint: {cfg.task}, block {cfg.block_size}
+
+A block-diffusion transformer ({metrics['n_params']:,} parameters; d_model {cfg.d_model}, {cfg.n_layers} layers,
+{cfg.n_heads} heads, d_ff {cfg.d_ff}, block_size {cfg.block_size}) with the harness's character tokenizer: attention
+is bidirectional inside a block of {cfg.block_size} positions and causal across blocks, blocks counted from the first
+real token (harness/models/block_attention.py). {init} with BD3-LM's objective (one t per sequence
+and block, antithetic over the batch, in [eps, 1]; completion tokens masked with their block's t; one pass over
+[x_t ; x_0] scores each noised block given the clean earlier blocks; loss (1/t)·CE over masked tokens / L; prompt
+never masked) on task `{cfg.task}` with parameters {dict(cfg.task_params)}.
+
+- Training: {cfg.steps} steps at batch {cfg.batch_size}, AdamW lr {cfg.lr} (warmup {cfg.warmup}, cosine to 10%),
+  weight decay {cfg.weight_decay}, seed {cfg.seed}, {cfg.threads} CPU threads; took {metrics['train_seconds']} s.
+- Accuracy: greedy low-confidence decoding block by block (blocks of {cfg.block_size}, one token per step,
+  canvas {task.gen_length} tokens) on the first {metrics['eval_items']} test items: **{metrics['greedy_accuracy']:.3f}**
+  (exact match of the integer sum).
 - Retrain (bit-identical on the same machine and thread count):
 
 ```

@@ -10,6 +10,12 @@ sampler declares it (`speed_reference()`: plain `low_confidence`, LLaDA's genera
 greedy; the one with the most passes). A figure line is a sampler with its parameters away from
 their defaults, except the ones it declares as `budget_knobs` (the x axis). Figures (seaborn, PNG +
 SVG): accuracy against NFE and against wall time per sequence, one line per sampler variant.
+
+Models at matched NFE (`model_pairs`): cells that run the same sampler configuration on the same
+task with different models and the same measured NFE per sequence (e.g. a block-diffusion model and
+its full-attention counterpart) are compared item by item: exact McNemar on the paired 0/1
+outcomes (sign-flip permutation otherwise), Holm-adjusted over the pairs, a Student-t interval on
+the mean paired difference; the summary gets one line naming the test.
 """
 from __future__ import annotations
 
@@ -23,6 +29,7 @@ from harness.report.format import distinct, figure_md, pareto_front, save_figure
 from harness.report.leaderboard import protocol_of
 from harness.report.sections import register_section
 from harness.stats.intervals import mean_interval
+from harness.stats.paired import compare_many
 
 FIGURES = ("samplers_accuracy_vs_nfe", "samplers_accuracy_vs_wall")
 
@@ -128,6 +135,7 @@ def render_samplers_section(run_dir, out_dir, records: list[dict] | None = None)
         ("Accuracy against model wall time per sequence",
          "As above with measured model time on the x axis (log scale): KV caches cut time without cutting "
          "NFE, so a cached sampler can sit on this frontier while dominated on the NFE one."))
+    lines += model_pairs_md(model_pairs(read_records(Path(run_dir)) if records is None else records))
     if out_dir is not None:
         paths = _figures(rows, Path(out_dir))
         for stem, (title, caption) in zip(FIGURES, captions):
@@ -153,10 +161,92 @@ def speedup_headline(rows: list[dict], points: float = 0.01) -> str | None:
             f"with accuracy {best['accuracy'].fmt(3)} vs {base['accuracy'].fmt(3)}.")
 
 
+def _model_label(model: dict) -> str:
+    params = ", ".join(f"{k}={v}" for k, v in sorted((model.get("params") or {}).items()))
+    return f"{model['name']}({params})" if params else model["name"]
+
+
+def model_pairs(records: list[dict], rel_nfe: float = 1e-6, seed: int = 0) -> list[dict]:
+    """Cells with the same task and sampler configuration on two models, at the same measured NFE
+    per sequence, compared on their shared (item, replicate) units (module docstring). The first
+    model to appear in the records is the base; -> one dict per pair, with its Comparison."""
+    import json
+
+    cells: dict[str, list[dict]] = defaultdict(list)
+    for r in records:
+        if r.get("kind") == "generate" and r.get("status") == "ok":
+            cells[r["cell_id"]].append(r)
+    groups: dict[str, list[str]] = defaultdict(list)  # same task and sampler configuration
+    for cell_id, recs in cells.items():
+        groups[json.dumps([recs[0]["task"], recs[0]["component"]], sort_keys=True, default=str)].append(cell_id)
+    found = []
+    for ids in groups.values():
+        for i, a in enumerate(ids):
+            for b in ids[i + 1:]:
+                ra, rb = cells[a], cells[b]
+                if ra[0]["model"] == rb[0]["model"]:
+                    continue
+                nfe_a = sum(r["cost"]["nfe"] for r in ra) / len(ra)
+                nfe_b = sum(r["cost"]["nfe"] for r in rb) / len(rb)
+                if abs(nfe_a - nfe_b) > rel_nfe * max(nfe_a, nfe_b, 1.0):
+                    continue  # not matched: an adaptive sampler spent different budgets
+                va = {(r["item_id"], r["replicate"]): float(r["outcome"]["value"]) for r in ra}
+                vb = {(r["item_id"], r["replicate"]): float(r["outcome"]["value"]) for r in rb}
+                keys = [k for k in va if k in vb]
+                if not keys:
+                    continue
+                found.append({"base": a, "new": b, "base_model": _model_label(ra[0]["model"]),
+                              "new_model": _model_label(rb[0]["model"]), "sampler": ra[0]["component"]["name"],
+                              "knobs": _knobs(ra[0]["component"]["name"], ra[0]["component"]["params"]),
+                              "nfe": nfe_a, "base_acc": sum(va[k] for k in keys) / len(keys),
+                              "new_acc": sum(vb[k] for k in keys) / len(keys),
+                              "diff": [vb[k] - va[k] for k in keys],
+                              "binary": all(v in (0.0, 1.0) for v in [*va.values(), *vb.values()])})
+    if found:
+        tests = compare_many({i: f["diff"] for i, f in enumerate(found)}, binary={i: f["binary"] for i, f in
+                                                                                  enumerate(found)}, seed=seed)
+        for f, c in zip(found, tests):
+            f["comparison"] = c
+    return found
+
+
+def model_pairs_md(pairs: list[dict]) -> list[str]:
+    """The section's table of model pairs at matched NFE."""
+    if not pairs:
+        return []
+    lines = ["### Models at matched NFE\n",
+             "Same sampler configuration and task, two models, equal measured NFE per sequence; paired by "
+             "(item, replicate); p-values Holm-adjusted over the pairs.\n",
+             "| new model (cell) | base model (cell) | sampler (knobs) | NFE/seq | accuracy new vs base | "
+             "difference [95% CI] | test | p (Holm) |", "|---|---|---|---|---|---|---|---|"]
+    for f in pairs:
+        c = f["comparison"]
+        lines.append(f"| {f['new_model']} (`{f['new']}`) | {f['base_model']} (`{f['base']}`) | {f['sampler']} "
+                     f"({f['knobs']}) | {f['nfe']:.2f} | {f['new_acc']:.3f} vs {f['base_acc']:.3f} | "
+                     f"{c.mean_diff:+.3f} [{c.interval.lo:+.3f}, {c.interval.hi:+.3f}] | {c.test} | "
+                     f"{c.p_adjusted:.3g} |")
+    return lines + [""]
+
+
+def model_pairs_headline(pairs: list[dict]) -> str | None:
+    """One summary line over the model pairs at matched NFE (the first model pair found)."""
+    if not pairs:
+        return None
+    first = (pairs[0]["new_model"], pairs[0]["base_model"])
+    same = [f for f in pairs if (f["new_model"], f["base_model"]) == first]
+    parts = [f"{f['sampler']} ({f['knobs']}) at {f['nfe']:.2f} NFE: {f['new_acc']:.3f} vs {f['base_acc']:.3f}, "
+             f"{f['comparison'].mean_diff:+.3f} [{f['comparison'].interval.lo:+.3f}, "
+             f"{f['comparison'].interval.hi:+.3f}], p = {f['comparison'].p_adjusted:.2g}" for f in same]
+    test = "exact McNemar" if all(f["binary"] for f in same) else "paired tests"
+    return (f"Models at matched NFE: {first[0]} vs {first[1]} ({test} paired by item, Holm-adjusted over "
+            f"{len(pairs)} pair{'s' if len(pairs) > 1 else ''}): " + "; ".join(parts) + ".")
+
+
 def _summary(ctx) -> list[str]:
     rows = ctx.memo("samplers", lambda: cell_summaries(ctx.records))
     line = speedup_headline(rows) if rows else None
-    return [line] if line else []
+    pairs = ctx.memo("sampler_model_pairs", lambda: model_pairs(ctx.records))
+    return [x for x in (line, model_pairs_headline(pairs)) if x]
 
 
 def _figures(rows: list[dict], out_dir: Path) -> set[str]:

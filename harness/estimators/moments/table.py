@@ -7,6 +7,11 @@ that also mask prompt tokens (one_step, SPG) need the same passes with each subs
 prompt tokens masked: those are computed on first use, 2^P (full completion mask only) or
 2^P·(2^n − 1) passes, and kept. `item_table` caches tables per (model weights, item, padding
 rule), so every estimator's exact moments on one item reuse one set of passes.
+
+On a block-diffusion model the table is the same function of M, but a scored position's score
+depends on M only inside its own block (harness/estimators/exact.py): the table is filled from
+max_b (2^{n_b} − 1) passes (`block_reveal_logprobs`) and expanded to all 2^n masked sets, so the
+exact moments are those of each estimator as it runs on the block model.
 """
 from __future__ import annotations
 
@@ -18,7 +23,8 @@ import numpy as np
 import torch
 
 from harness.estimators._common import completion_logprobs
-from harness.estimators.exact import reveal_logprobs
+from harness.estimators.exact import block_reveal_logprobs, expand_block_table, reveal_logprobs
+from harness.models.block_attention import block_size_of
 from harness.types import HarnessError
 
 MAX_PROMPT_BITS = 10  # prompt-masking estimators: 2^P prompt subsets are enumerated up to P = 10
@@ -65,11 +71,18 @@ class ItemTable:
         self.n = int(self.completion_mask.sum())
         if (1 << self.n) - 1 > MAX_PASSES:
             raise HarnessError(f"exact moments: the item has {self.n} scored tokens; its table needs "
-                               f"2^{self.n} − 1 forward passes, more than {MAX_PASSES}")
-        lp_r = reveal_logprobs(self.denoiser, self.prompt[None], self.completion[None], self.completion_mask[None],
-                               prompt_mask=self.prompt_mask[None], max_tokens=self.max_tokens,
-                               hide=self.hide[None])[0]
-        self.n_passes += (1 << self.n) - 1
+                               f"2^{self.n} − 1 forward passes (rows, on a block model), more than {MAX_PASSES}")
+        if block_size_of(self.denoiser) is not None:  # the block path (module docstring)
+            blocks, passes = block_reveal_logprobs(
+                self.denoiser, self.prompt[None], self.completion[None], self.completion_mask[None],
+                prompt_mask=self.prompt_mask[None], max_tokens=self.max_tokens, hide=self.hide[None])
+            lp_r = expand_block_table(self.n, blocks[0])
+            self.n_passes += passes
+        else:
+            lp_r = reveal_logprobs(self.denoiser, self.prompt[None], self.completion[None], self.completion_mask[None],
+                                   prompt_mask=self.prompt_mask[None], max_tokens=self.max_tokens,
+                                   hide=self.hide[None])[0]
+            self.n_passes += (1 << self.n) - 1
         self.lp = _by_mask(lp_r, self.n)
         self.size = popcount(self.n)  # [2^n]
         self.A = self._sums(self.lp)  # [2^n]
