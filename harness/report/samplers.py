@@ -74,12 +74,32 @@ def cell_summaries(records: list[dict]) -> list[dict]:
             "replicates": len({r["replicate"] for r in recs}),
             "nfe": mean("nfe"), "nfe_full": mean("nfe_full"), "nfe_cached": mean("nfe_cached"),
             "ms_per_seq": 1000 * wall / n, "tokens_per_s": tokens / wall if wall > 0 else math.nan,
-            "gen_len": tokens / n,
+            "gen_len": tokens / n, "items": _item_means(recs),
             # per-row decoding steps (last commit step + 1): exact per sequence, whereas the
             # per-unit NFE is the batch's meter total shared out over its units
             "steps": sum(max(r["generation"]["commit_step"]) + 1 for r in recs) / n,
         })
     return out
+
+
+def _item_means(recs: list[dict]) -> dict[str, float]:
+    by: dict[str, list[float]] = defaultdict(list)
+    for r in recs:
+        by[r["item_id"]].append(float(r["outcome"]["value"]))
+    return {k: sum(v) / len(v) for k, v in by.items()}
+
+
+def accuracy_difference(base: dict, row: dict):
+    """``row`` minus ``base`` in accuracy on their shared items, with its interval: Newcombe's paired
+    interval for 0/1 outcomes, else the symmetric paired bootstrap-t on per-item differences."""
+    from harness.stats.paired import paired_bootstrap, paired_proportion_difference
+
+    shared = [k for k in base["items"] if k in row["items"]]
+    a = [base["items"][k] for k in shared]
+    b = [row["items"][k] for k in shared]
+    if all(v in (0.0, 1.0) for v in a + b):
+        return paired_proportion_difference(a, b)
+    return paired_bootstrap([y - x for x, y in zip(a, b)], seed=0).interval
 
 
 def _baseline(rows: list[dict]) -> dict | None:
@@ -136,21 +156,37 @@ def render_samplers_section(run_dir, out_dir, records: list[dict] | None = None)
     return "\n".join(lines)
 
 
-def speedup_headline(rows: list[dict], points: float = 0.01) -> str | None:
-    """The fastest configuration whose accuracy is within `points` of the speed reference (`_baseline`)."""
+MARGIN = 0.02  # the sampler study's question: the fastest decoder within 2 accuracy points of the reference
+
+
+def speedup_headline(rows: list[dict], margin: float = MARGIN) -> str | None:
+    """The sampler study's question, answered: the fastest decoder (a sampler with its non-budget
+    knobs, other than the speed reference's own) whose accuracy is non-inferior to the speed reference
+    (`_baseline`) within `margin`: the lower limit of the paired difference's interval (Newcombe's for
+    0/1 outcomes) above -margin. Throughput is measured, not tested, and said so."""
     base = _baseline(rows)
     if base is None or not base["tokens_per_s"] > 0:
         return None
-    ok = [r for r in rows if r["accuracy"].mean >= base["accuracy"].mean - points and r["tokens_per_s"] > 0]
+    question = (f"Samplers (the study's question: the fastest decoder within {margin:g} accuracy of the speed "
+                f"reference `{base['variant']}` ({base['knobs']}), non-inferiority by the paired interval)")
+    others = [r for r in rows if r["variant"] != base["variant"] and r["tokens_per_s"] > 0]
+    if not others:
+        return f"{question}: the run has no other decoder to compare."
+    diffs = {r["cell"]: accuracy_difference(base, r) for r in others}
+    ok = [r for r in others if diffs[r["cell"]].lo > -margin]
+    if not ok:
+        best = max(others, key=lambda r: r["tokens_per_s"])
+        d = diffs[best["cell"]]
+        return (f"{question}: no decoder is shown within the margin; the fastest, `{best['variant']}` "
+                f"({best['knobs']}), differs by {d.mean:+.3f} [{d.lo:+.3f}, {d.hi:+.3f}] ({d.method}, {d.n} items), "
+                f"an interval that reaches below -{margin:g}.")
     best = max(ok, key=lambda r: r["tokens_per_s"])
-    if best is base:
-        return (f"Samplers: no configuration is faster than `{base['variant']}` ({base['knobs']}) "
-                f"({base['accuracy'].fmt(3)}) within {100 * points:.0f} point of its accuracy.")
+    d = diffs[best["cell"]]
     speedup = best["tokens_per_s"] / base["tokens_per_s"]
-    return (f"Samplers: `{best['variant']}` ({best['knobs']}) decodes {speedup:.1f}x "
-            f"as many tokens/s as `{base['variant']}` ({base['knobs']}) at {best['nfe']:.2f} vs {base['nfe']:.2f} "
-            "NFE per sequence, "
-            f"with accuracy {best['accuracy'].fmt(3)} vs {base['accuracy'].fmt(3)}.")
+    return (f"{question}: `{best['variant']}` ({best['knobs']}) at {best['nfe']:.2f} vs {base['nfe']:.2f} NFE per "
+            f"sequence, {speedup:.1f}x the reference's tokens/s (measured in this run, not tested); accuracy "
+            f"difference {d.mean:+.3f} [{d.lo:+.3f}, {d.hi:+.3f}] ({d.method}, {d.n} items), non-inferior within "
+            f"{margin:g}.")
 
 
 def _summary(ctx) -> list[str]:
