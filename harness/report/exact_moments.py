@@ -184,7 +184,7 @@ def figures(a: dict, out_dir: Path) -> list[str]:
         ax.plot(x, 2 * top * x[0] / x, "k--", lw=1, label="1/NFE guide (slope −1, offset x2)")
         ax.set(xscale="log", yscale="log", xlabel="NFE per sequence", ylabel="exact variance (mean over items)",
                title="exact variance vs NFE")
-        ax.legend(fontsize=6, bbox_to_anchor=(1.02, 1), loc="upper left")
+        ax.legend(fontsize=8, bbox_to_anchor=(1.02, 1), loc="upper left", frameon=False)
         made.append(save_figure(fig, out_dir, "estimators_exact_variance_vs_nfe"))
     d = a["x_decomp"]
     if len(d):
@@ -195,9 +195,9 @@ def figures(a: dict, out_dir: Path) -> list[str]:
         ax.barh(y, d["within"] / total, left=d["between"] / total, color=sns.color_palette()[1],
                 label="mask part: E_t Var(X | t)")
         for yi, tot in zip(y, total):
-            ax.text(1.01, yi, f"Var {tot:.3g}", va="center", fontsize=7)
+            ax.text(1.01, yi, f"Var {tot:.3g}", va="center", fontsize=8)
         ax.set(yticks=y, yticklabels=[c.removeprefix("exact-") for c in d["cell_id"]], xlim=(0, 1.2),
                xlabel="share of the exact variance of one draw (mean over items)")
-        ax.legend(fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)
+        ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)
         made.append(save_figure(fig, out_dir, "estimators_exact_decomposition"))
     return made

@@ -142,16 +142,18 @@ def render_samplers_section(run_dir, out_dir, records: list[dict] | None = None)
     lines.append("")
     captions = (
         ("Accuracy against measured NFE per sequence",
-         "Each point is one sampler configuration (95% interval); the line joins the Pareto frontier, the "
-         "configurations that no other one beats on both accuracy and NFE. Grey points are dominated: some "
-         "other configuration is at least as accurate for fewer forward passes."),
+         "Each point is one sampler configuration with its 95% interval, on the full accuracy range."),
         ("Accuracy against model wall time per sequence",
-         "As above with measured model time on the x axis (log scale): KV caches cut time without cutting "
-         "NFE, so a cached sampler can sit on this frontier while dominated on the NFE one."))
+         "As above with measured model time on the x axis (log scale): KV caches cut time without cutting NFE."))
     if out_dir is not None:
-        paths = _figures(rows, Path(out_dir))
+        drawn = _figures(rows, Path(out_dir))
         for stem, (title, caption) in zip(FIGURES, captions):
-            if stem in paths:
+            if stem in drawn:
+                caption += (" The black line is the Pareto frontier, drawn only through steps whose accuracy gain "
+                            "is significant (Newcombe paired 95% interval above 0)." if drawn[stem] else
+                            " No step up the Pareto frontier is a significant accuracy gain (Newcombe paired 95% "
+                            "interval), so no frontier is drawn: the cheaper configurations are as accurate as far "
+                            "as these items can tell.")
                 lines.append(figure_md(stem, title, caption))
     return "\n".join(lines)
 
@@ -195,41 +197,58 @@ def _summary(ctx) -> list[str]:
     return [line] if line else []
 
 
-def _figures(rows: list[dict], out_dir: Path) -> set[str]:
+def significant_front(pts: list[dict], key: str) -> tuple[list[dict], list[dict]]:
+    """The Pareto frontier (cost `key` on x, accuracy on y) and the part of it a paired test backs:
+    each step up the frontier (a costlier point that is more accurate than the one before) counts only
+    when the accuracy difference's interval (`accuracy_difference`) excludes 0. -> (frontier, backed
+    frontier: the first frontier point and each significant step; one point when nothing is)."""
+    front = [pts[i] for i in pareto_front([(r[key], r["accuracy"].mean) for r in pts])]
+    if not front:
+        return [], []
+    backed = [front[0]]
+    for r in front[1:]:
+        d = accuracy_difference(backed[-1], r)
+        if d.lo > 0:
+            backed.append(r)
+    return front, backed
+
+
+def _figures(rows: list[dict], out_dir: Path) -> dict[str, bool]:
+    """Write the two figures; -> {stem: whether a significant frontier was drawn}."""
     import matplotlib.pyplot as plt
     import seaborn as sns
 
     style()
     variants = sorted({r["variant"] for r in rows})
     palette = dict(zip(variants, sns.color_palette("tab20", len(variants))))
-    written = set()
+    written = {}
     for stem, key, label in ((FIGURES[0], "nfe", "measured NFE per sequence"),
                              (FIGURES[1], "ms_per_seq", "model wall time per sequence (ms)")):
         pts = [r for r in rows if math.isfinite(r[key]) and math.isfinite(r["accuracy"].mean)]
         if len(pts) < 2 or distinct(r[key] for r in pts) < 2:
             continue  # every configuration at one x value: nothing to read from a plot
-        front = set(pareto_front([(r[key], r["accuracy"].mean) for r in pts]))
-        fig, ax = plt.subplots(figsize=(7.5, 4.8))
-        for i, r in enumerate(pts):
-            on = i in front
-            color = palette[r["variant"]] if on else "0.7"
-            ax.errorbar([r[key]], [r["accuracy"].mean],
-                        yerr=[[_half(r["accuracy"].mean - r["accuracy"].lo)],
-                              [_half(r["accuracy"].hi - r["accuracy"].mean)]],
-                        marker="o", ms=5 if on else 3.5, capsize=2, lw=1, color=color, zorder=3 if on else 2)
-        fr = sorted((pts[i] for i in front), key=lambda r: r[key])
-        ax.plot([r[key] for r in fr], [r["accuracy"].mean for r in fr], color="k", lw=1.2, zorder=1,
-                label="Pareto frontier")
-        for v in variants:  # legend entries: frontier variants in colour
-            if any(r["variant"] == v for r in fr):
-                ax.plot([], [], marker="o", ls="", color=palette[v], label=v)
-        ax.plot([], [], marker="o", ls="", color="0.7", label="dominated")
+        front, backed = significant_front(pts, key)
+        fig, ax = plt.subplots(figsize=(8, 4.8))
+        for v in variants:
+            mine = [r for r in pts if r["variant"] == v]
+            if not mine:
+                continue
+            iv = [r["accuracy"] for r in mine]
+            ax.errorbar([r[key] for r in mine], [i.mean for i in iv],
+                        yerr=[[_half(i.mean - i.lo) for i in iv], [_half(i.hi - i.mean) for i in iv]],
+                        marker="o", ms=5, capsize=2, lw=0, elinewidth=1, color=palette[v], label=v)
+        if len(backed) > 1:
+            ax.plot([r[key] for r in backed], [r["accuracy"].mean for r in backed], color="k", lw=1.2, zorder=1,
+                    label="frontier (significant steps)")
         ax.set_xlabel(label)
         ax.set_ylabel("accuracy (95% CI)")
+        if all(r["accuracy"].support == (0.0, 1.0) for r in pts):
+            ax.set_ylim(0, 1.02)  # the whole range of a proportion: no zoom that turns noise into a slope
         if key == "ms_per_seq" or max(r[key] for r in pts) / max(min(r[key] for r in pts), 1e-9) > 20:
             ax.set_xscale("log")
-        ax.legend(fontsize=7, loc="lower right", ncol=2)
-        written.add(save_figure(fig, out_dir, stem))
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+        save_figure(fig, out_dir, stem)
+        written[stem] = len(backed) > 1
     return written
 
 
