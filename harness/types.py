@@ -7,9 +7,10 @@ meter reports a `Cost` against a `Budget`. Keep this module free of heavy import
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-import torch
+if TYPE_CHECKING:  # annotations only: `dlm-harness --help` and `list` must not pay for importing torch
+    import torch
 
 
 class HarnessError(Exception):

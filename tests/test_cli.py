@@ -273,3 +273,33 @@ def test_no_subcommand_is_a_usage_error(cli):
     assert r.returncode == 2
     assert "usage: dlm-harness" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_score_prints_lm_eval_table_with_both_filters(tmp_path, capsys):
+    """`score` of an lm-eval samples file prints lm-eval's table: one row per filter (strict-match and
+    flexible-extract), the value with lm-eval's stderr, the 95% interval inside [0, 1], n and protocol;
+    stdout's last line stays the run directory."""
+    import json as _json
+
+    from harness.cli import main
+
+    rows = []
+    for i, (gen, ans) in enumerate([("So 18. #### 18", "... #### 18"), ("The answer is 1,000.", "... #### 1,000"),
+                                    ("no idea", "... #### 3")]):
+        for f in ("strict-match", "flexible-extract"):
+            rows.append({"doc_id": i, "doc": {"question": f"q{i}", "answer": ans}, "target": ans,
+                         "resps": [[gen]], "filtered_resps": ["?"], "filter": f})
+    src = tmp_path / "samples_gsm8k.jsonl"
+    src.write_text("".join(_json.dumps(r) + "\n" for r in rows))
+    assert main(["score", str(src), "--task", "gsm8k", "--protocol", "lm-eval", "--results", str(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    assert Path(out.strip().splitlines()[-1]).is_dir()
+    table = [line for line in err.splitlines() if line.startswith("|")]
+    assert table[0].split("|")[1:6] == ["Tasks", "Version", "Filter          ", "n-shot", "Metric     "]
+    cells = {line.split("|")[3].strip(): [c.strip() for c in line.split("|")] for line in table[2:]}
+    assert set(cells) == {"strict-match", "flexible-extract"}
+    strict, flex = cells["strict-match"], cells["flexible-extract"]
+    assert strict[5] == flex[5] == "exact_match" and strict[7] == "0.3333" and flex[7] == "0.6667"
+    lo, hi = (float(x) for x in flex[10].strip("[]").split(","))
+    assert 0.0 <= lo < 0.6667 < hi <= 1.0
+    assert flex[11] == "3" and flex[13] == "lm-eval"
