@@ -68,10 +68,14 @@ def t_interval(values, level: float = LEVEL) -> Interval:
 
 def within_support(iv: Interval, lo: float, hi: float, what: str = "") -> Interval:
     """``iv`` intersected with ``[lo, hi]``, the range of the true value (coverage is kept: the true
-    value lies in the range, so it lies in the intersection whenever it lies in ``iv``)."""
+    value lies in the range, so it lies in the intersection whenever it lies in ``iv``). The estimate is
+    truncated to the range too (an unbiased estimate of a variance component can fall below 0), and an
+    interval wholly outside the range becomes the nearest end of it."""
+    clip = lambda x: min(hi, max(lo, x)) if not math.isnan(x) else x  # noqa: E731
     if math.isnan(iv.lo):
-        return Interval(iv.mean, iv.lo, iv.hi, iv.n, iv.method, (lo, hi))
-    return Interval(iv.mean, max(lo, iv.lo), min(hi, iv.hi), iv.n, f"{iv.method} ∩ {what or f'[{lo:g}, {hi:g}]'}",
+        return Interval(clip(iv.mean), iv.lo, iv.hi, iv.n, iv.method, (lo, hi))
+    # an interval wholly outside the range (the estimate strayed beyond it) shrinks to the nearest end
+    return Interval(clip(iv.mean), clip(iv.lo), clip(iv.hi), iv.n, f"{iv.method} ∩ {what or f'[{lo:g}, {hi:g}]'}",
                     (lo, hi))
 
 

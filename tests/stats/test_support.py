@@ -100,3 +100,5 @@ def test_chi2_variance_interval_coverage():
 def test_within_support_cuts_and_says_so():
     iv = within_support(t_interval([-0.2, 0.1, 0.4, 0.05]), 0.0, math.inf, "[0, ∞)")
     assert iv.lo == 0.0 and "[0, ∞)" in iv.method and iv.inside_support()
+    below = within_support(t_interval([-0.3, -0.2, -0.25]), 0.0, 1.0)  # the estimate strayed below the range
+    assert (below.mean, below.lo, below.hi) == (0.0, 0.0, 0.0) and below.inside_support()
