@@ -14,7 +14,7 @@ from harness.records import read_manifest, read_records
 from harness.report.format import md_table, save_figure  # noqa: F401  (re-exported)
 from harness.report.leaderboard import protocol_of
 from harness.report.sections import Context, load_sections
-from harness.stats.intervals import mean_interval
+from harness.stats.intervals import ALPHA, LEVEL, mean_interval
 
 
 def _cell_row(cell_id: str, recs: list[dict]) -> dict:
@@ -146,8 +146,10 @@ def render_records(records: list[dict], manifest: dict, run_dir, out_dir: Path |
         title = f"# Suite `{manifest['suite']}`: run `{manifest['run_id']}`\n"
         lead = f"Status: **{manifest.get('status')}**. "
     out = [title,
-           lead + "Every value is a mean with a 95% interval "
-           "(Wilson for 0/1 outcomes; Student-t over item means when items repeat); "
+           lead + f"One level for the whole report: every interval is {100 * LEVEL:g}% and every test is at "
+           f"α = {ALPHA:g}. Every value is a mean with its interval, inside what the quantity can be "
+           "(Wilson for 0/1 outcomes, at the effective sample size when items repeat; chi-square for "
+           "non-negative quantities; Student-t over item means otherwise; docs/methods.md §5); "
            "costs are measured by the meter, per unit (item x replicate).\n"]
     from harness.report.leaderboard import leaderboard_summary, render_leaderboard
 

@@ -120,7 +120,7 @@ def render_samplers_section(run_dir, out_dir, records: list[dict] | None = None)
     base = _baseline(rows)
     lines = [
         "## Samplers\n",
-        "Accuracy is a mean with a 95% interval (Wilson for 0/1 outcomes; Student-t over item means when "
+        "Accuracy is a mean with a 95% interval (Wilson for 0/1 outcomes, at the effective sample size when "
         "replicates repeat items; n = items). NFE is measured by the meter per sequence, split into full "
         "passes and cached passes (KV cache); steps/seq is each sequence's own number of decoding steps "
         "(its last commit step + 1; adaptive samplers vary per sequence). Throughput = generated tokens up "

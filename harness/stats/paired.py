@@ -33,7 +33,7 @@ from typing import Mapping, NamedTuple
 import numpy as np
 from scipy import stats
 
-from harness.stats.intervals import LEVEL, Interval, t_interval, wilson_interval
+from harness.stats.intervals import LEVEL, Interval, t_interval, wilson_interval, within_support
 
 EXACT_MAX_N = 16  # sign-flip test enumerates all 2^n sign vectors up to this n
 VERDICTS = ("worse", "better", "no significant change")
@@ -327,6 +327,8 @@ def compare_paired(diff, *, alpha: float = 0.05, tolerance: float = 0.0, higher_
     p, test = _paired_test(d, binary=binary, seed=seed, n_resamples=n_resamples)
     iv = t_interval(d, level)
     iv = Interval(iv.mean, iv.lo, iv.hi, iv.n, "t (paired differences)")
+    if binary:  # a difference of two 0/1 outcomes lies in [-1, 1]
+        iv = within_support(iv, -1.0, 1.0)
     v = verdict_for(iv.mean, p, alpha=alpha, tolerance=tolerance, higher_is_better=higher_is_better)
     return Comparison(name, len(d), iv.mean, iv, p, p, v, test, alpha, tolerance, higher_is_better)
 
