@@ -1,6 +1,6 @@
 """Suite files: YAML data -> frozen, typed dataclasses -> planned cells.
 
-A suite is data only (DESIGN.md convention 6): no code, no interpolation, no import strings.
+A suite is data only (docs/architecture.md, convention 6): no code, no interpolation, no import strings.
 `sweep:` is the only construct that expands into a grid: a mapping from a dotted key path inside a
 study (`sampler.params.steps`, `estimator.params.n_mc`, `seed`, `model`, `task`) to a list of values;
 the cells of a study are the cartesian product. Every error names the file, the key path and what

@@ -6,7 +6,7 @@ masked position, so it is a (one-step) masked denoiser with BERT's [MASK] as the
 predict the token at k+1 (`shift_logits`), scored exactly by the `autoregressive` estimator.
 
 transformers is imported inside functions only, so that `import harness.models.hf` (which the
-registry does to list the models) stays cheap (DESIGN.md, convention 5).
+registry does to list the models) stays cheap (docs/architecture.md, convention 5).
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Statistics on records (numpy/scipy): intervals, paired tests, variance studies.
 
-Every reported number carries its sample size and an interval (DESIGN.md, "Statistics").
+Every reported number carries its sample size and an interval (docs/architecture.md, "Statistics").
 
 - ``intervals``: closed-form intervals for means (Student-t, Wilson for proportions, t over item
   means when items repeat) and the ``Interval`` record (estimate, limits, n, method).

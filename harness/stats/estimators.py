@@ -1,4 +1,4 @@
-"""Statistics of the estimator study (DESIGN.md, "Statistics"): pure functions of records.
+"""Statistics of the estimator study (docs/architecture.md, "Statistics"): pure functions of records.
 
 Inputs are DataFrames from `records.to_frame` (one row per record). Items are the independent
 units: per (cell, item) we reduce the R replicates to a mean, a variance (ddof=1) and squared

@@ -18,7 +18,7 @@ their per-key differences ``diff = b - a`` (``b`` the new run, ``a`` the base). 
   of two paired proportions, built from the two Wilson intervals and the pairs' correlation; it stays
   in [-1, 1] and keeps a width when every pair agrees (a bootstrap would give [0, 0] there).
 
-:func:`compare_paired` turns one comparison into a verdict for the regression gate (DESIGN.md,
+:func:`compare_paired` turns one comparison into a verdict for the regression gate (docs/architecture.md,
 "Statistics"): "worse" only when the paired test rejects at ``alpha`` *and* the mean difference is
 worse than ``-tolerance`` in the metric's direction; "better" symmetrically; otherwise
 "no significant change". :func:`compare_many` does the same for several metrics with Holm-adjusted
@@ -318,7 +318,7 @@ def compare_paired(diff, *, alpha: float = 0.05, tolerance: float = 0.0, higher_
     """Verdict for one metric from per-key differences ``diff = new - base``.
 
     Test: exact McNemar when ``binary`` (differences in {-1, 0, 1}), else the sign-flip permutation
-    test. Interval: Student-t on the mean difference (closed form for a mean; DESIGN.md). Verdict
+    test. Interval: Student-t on the mean difference (closed form for a mean; docs/architecture.md). Verdict
     by :func:`verdict_for`.
     """
     d = np.asarray(diff, dtype=float).ravel()

@@ -1,5 +1,5 @@
 """gdpo conforms to GDPO (arXiv 2510.08554). The authors' repository is NOT in the search index:
-the reference is written from the paper's objective as recorded in METHODS.md §2: sequence ratio
+the reference is written from the paper's objective as recorded in docs/methods.md §2: sequence ratio
 ρ_i = exp(ELBO_θ,i − ELBO_old,i) of the semi-deterministic quadrature ELBO, PPO clip ε = 0.2,
 weight 1/|o_i|, β = 0.01 k3 KL on the ELBO difference to π_ref, mean over the N sequences. Its
 likelihood: N = 2 Gauss–Legendre nodes t_n on (0, 1), one mask per node with every completion token
