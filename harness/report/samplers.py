@@ -49,6 +49,13 @@ def _variant(name: str, params: dict) -> str:
     return name + (f" ({', '.join(extra)})" if extra else "")
 
 
+def _at(row: dict) -> str:
+    """A configuration as a sentence names it: its variant, and its budget knobs away from their defaults."""
+    knobs = SAMPLERS.get(row["sampler"]).budget_knobs
+    budget = [_show(k, v) for k, v in _changed(row["sampler"], row["params"]) if k in knobs]
+    return f"`{row['variant']}`" + (f" at {', '.join(budget)}" if budget else "")
+
+
 def _knobs(name: str, params: dict) -> str:
     return ", ".join(_show(k, v) for k, v in _changed(name, params)) or "defaults"
 
@@ -170,7 +177,7 @@ def speedup_headline(rows: list[dict], margin: float = MARGIN) -> str | None:
     if base is None or not base["tokens_per_s"] > 0:
         return None
     question = (f"Samplers (the study's question: the fastest decoder within {margin:g} accuracy of the speed "
-                f"reference `{base['variant']}` ({base['knobs']}), non-inferiority by the paired interval)")
+                f"reference {_at(base)}, non-inferiority by the paired interval)")
     others = [r for r in rows if r["variant"] != base["variant"] and r["tokens_per_s"] > 0]
     if not others:
         return f"{question}: the run has no other decoder to compare."
@@ -179,14 +186,14 @@ def speedup_headline(rows: list[dict], margin: float = MARGIN) -> str | None:
     if not ok:
         best = max(others, key=lambda r: r["tokens_per_s"])
         d = diffs[best["cell"]]
-        return (f"{question}: no decoder is shown within the margin; the fastest, `{best['variant']}` "
-                f"({best['knobs']}), differs by {d.mean:+.3f} [{d.lo:+.3f}, {d.hi:+.3f}] ({d.method}, {d.n} items), "
+        return (f"{question}: no decoder is shown within the margin; the fastest, {_at(best)}, differs by "
+                f"{d.mean:+.3f} [{d.lo:+.3f}, {d.hi:+.3f}] ({d.method}, {d.n} items), "
                 f"an interval that reaches below -{margin:g}.")
     best = max(ok, key=lambda r: r["tokens_per_s"])
     d = diffs[best["cell"]]
     speedup = best["tokens_per_s"] / base["tokens_per_s"]
-    return (f"{question}: `{best['variant']}` ({best['knobs']}) at {best['nfe']:.2f} vs {base['nfe']:.2f} NFE per "
-            f"sequence, {speedup:.1f}x the reference's tokens/s (measured in this run, not tested); accuracy "
+    return (f"{question}: {_at(best)}, {best['nfe']:.2f} vs {base['nfe']:.2f} NFE per sequence, "
+            f"{speedup:.1f}x the reference's tokens/s (measured in this run, not tested); accuracy "
             f"difference {d.mean:+.3f} [{d.lo:+.3f}, {d.hi:+.3f}] ({d.method}, {d.n} items), non-inferior within "
             f"{margin:g}.")
 
