@@ -98,7 +98,7 @@ def _cache_file():
     import os
 
     root = Path(__file__).resolve().parent
-    h = hashlib.sha256(sys.version.encode())
+    h = hashlib.sha256(f"{sys.version}\n{root}\n".encode())
     for path in sorted(root.rglob("*.py")):
         st = path.stat()
         h.update(f"{path.relative_to(root)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
