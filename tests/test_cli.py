@@ -303,3 +303,34 @@ def test_score_prints_lm_eval_table_with_both_filters(tmp_path, capsys):
     lo, hi = (float(x) for x in flex[10].strip("[]").split(","))
     assert 0.0 <= lo < 0.6667 < hi <= 1.0
     assert flex[11] == "3" and flex[13] == "lm-eval"
+
+
+FAST = """
+import contextlib, io, json, sys
+from harness.cli import main
+for argv in json.loads(sys.argv[1]):
+    with contextlib.redirect_stdout(io.StringIO()):
+        try:
+            main(argv)
+        except SystemExit:
+            pass
+print(json.dumps(sorted(m for m in ("torch", "numpy", "transformers") if m in sys.modules)))
+"""
+
+
+def test_help_version_list_show_import_no_torch(tmp_path):
+    """`--help` and `--version` never import torch; `list` and `show` read the component index, so once
+    it is built (the first call imports every component) they import none of torch, numpy, transformers.
+    The speed itself is measured by `time python -m harness.cli --help`, not asserted here."""
+    env = {**ENV, "DLM_HARNESS_CACHE": str(tmp_path / "cache")}
+
+    def heavy(argvs):
+        r = subprocess.run([sys.executable, "-c", FAST, json.dumps(argvs)], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout.strip().splitlines()[-1])
+
+    assert heavy([["--help"], ["--version"], ["list", "--help"]]) == []
+    assert "torch" in heavy([["list"]])  # builds the index
+    assert list((tmp_path / "cache").glob("components-*.json"))
+    assert heavy([["list"], ["list", "samplers"], ["show", "estimator", "mc_elbo"], ["show", "model", "tiny"]]) == []
