@@ -334,3 +334,34 @@ def test_help_version_list_show_import_no_torch(tmp_path):
     assert "torch" in heavy([["list"]])  # builds the index
     assert list((tmp_path / "cache").glob("components-*.json"))
     assert heavy([["list"], ["list", "samplers"], ["show", "estimator", "mc_elbo"], ["show", "model", "tiny"]]) == []
+
+
+def test_eval_records_print_one_row_per_filter(tmp_path):
+    """`eval` writes one record per (document, lm-eval filter): the table has a row per filter, with
+    lm-eval's n-shot, and counts a document lm-eval gave no value as not ok."""
+    import json as _json
+
+    from harness.records import RECORDS, make_record
+    from harness.report.markdown import lm_eval_table
+
+    cost = {"nfe": 1, "nfe_full": 1, "nfe_cached": 0, "tokens": 1, "flops": 0.0, "wall_s": 0.0, "peak_mem": 0}
+    lines = []
+    for doc, (strict, flex) in enumerate([(1.0, 1.0), (0.0, 1.0), (0.0, 0.0), (None, None)]):
+        for f, v in (("strict-match", strict), ("flexible-extract", flex)):
+            lines.append(make_record(
+                run_id="r", suite="lm-eval", cell_id=f"gsm8k:{f}", study="lm-eval", kind="lm_eval",
+                point={"task": "gsm8k"}, model={"name": "tiny", "params": {}},
+                component={"kind": "sampler", "name": "low_confidence", "params": {}},
+                task={"name": "gsm8k", "version": "3.0", "split": "test", "params": {}}, item_id=str(doc),
+                item_hash="h", replicate=0, seed=doc, cost=cost,
+                outcome={"metric": "exact_match", "value": v, "protocol": "lm-eval"},
+                generation={"text": "x", "filtered": ["x"], "filter": f}, status="ok" if v is not None else "error",
+                error=None if v is not None else "lm-eval reported no value for exact_match"))
+    (tmp_path / RECORDS).write_text("".join(_json.dumps(r) + "\n" for r in lines))
+    (tmp_path / "lm_eval_results.json").write_text(_json.dumps({"n-shot": {"gsm8k": 5}}))
+    rows = {line.split("|")[3].strip(): [c.strip() for c in line.split("|")]
+            for line in lm_eval_table(tmp_path).splitlines()[2:]}
+    assert set(rows) == {"strict-match", "flexible-extract"}
+    flex, strict = rows["flexible-extract"], rows["strict-match"]
+    assert flex[1] == "gsm8k" and flex[2] == "3.0" and strict[1] == "" and flex[4] == strict[4] == "5"
+    assert flex[7] == "0.6667" and strict[7] == "0.3333" and flex[11] == "3" and flex[12] == "1"
