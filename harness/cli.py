@@ -83,7 +83,8 @@ def _describe(kind: str, name: str) -> dict:
     if kind in ("estimators", "samplers"):
         noise = getattr(cls, "noise", "masked")
         fits = [m for m in MODELS.names() if getattr(MODELS.get(m), "noise", "masked") == noise]
-        applies = f"applies to: {noise}-noise models ({', '.join(fits)})"
+        who = "causal LMs" if noise == "causal" else f"{noise}-noise models"
+        applies = f"applies to: {who} ({', '.join(fits) or 'none registered'}; enforced when a suite is planned)"
     elif kind == "models" and getattr(cls, "applies", ""):
         applies = f"applies: {cls.applies}"
     return {"summary": reg.summary(name), "note": getattr(cls, "applies", "") if kind == "models" else "",

@@ -387,14 +387,16 @@ def _cell(suite: Suite, study: StudySpec, s: dict, point: dict, where: str, quic
 
 def _check_noise(model: str, ckind: str, name: str, where: str) -> None:
     """Masked estimators and samplers need a mask token; uniform-noise models (diffusion_gemma) have
-    none and their own components (`noise = "uniform"`). A mismatch fails here, before any compute."""
+    none and their own components (`noise = "uniform"`), and causal LMs (hf_causal) take only the
+    `autoregressive` estimator (`noise = "causal"`). A component applies to the models of its own
+    noise (`dlm-harness show` lists the same); a mismatch fails here, before any compute."""
     if ckind not in ("estimators", "samplers"):
         return
     model_noise = getattr(MODELS.get(model), "noise", "masked")
     comp_noise = getattr(REGISTRIES[ckind].get(name), "noise", "masked")
-    if (model_noise == "uniform") != (comp_noise == "uniform"):
+    if model_noise != comp_noise:
         fits = [n for n in REGISTRIES[ckind].names()
-                if (getattr(REGISTRIES[ckind].get(n), "noise", "masked") == "uniform") == (model_noise == "uniform")]
+                if getattr(REGISTRIES[ckind].get(n), "noise", "masked") == model_noise] or ["none"]
         raise HarnessError(f"{where}: {ckind[:-1]} {name!r} is for {comp_noise}-noise models, but model {model!r} "
                            f"uses {model_noise} noise (its {ckind}: {', '.join(fits)})")
 

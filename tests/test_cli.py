@@ -365,3 +365,30 @@ def test_eval_records_print_one_row_per_filter(tmp_path):
     flex, strict = rows["flexible-extract"], rows["strict-match"]
     assert flex[1] == "gsm8k" and flex[2] == "3.0" and strict[1] == "" and flex[4] == strict[4] == "5"
     assert flex[7] == "0.6667" and strict[7] == "0.3333" and flex[11] == "3" and flex[12] == "1"
+
+
+def test_show_applicability_is_what_planning_enforces():
+    """`show` lists the models a component applies to by the same declaration (`noise`) that planning
+    checks: the autoregressive estimator applies to causal LMs only, and a suite pairing it with a
+    masked model (or a masked estimator with a causal LM) is refused before any compute."""
+    import contextlib
+    import io
+
+    from harness.cli import _describe
+    from harness.config import parse_suite, plan
+    from harness.registry import ESTIMATORS, MODELS
+    from harness.types import HarnessError
+
+    ar = _describe("estimators", "autoregressive")["applies"]
+    assert ar.startswith("applies to: causal LMs (hf_causal;"), ar
+    assert "hf_causal" not in _describe("estimators", "mc_elbo")["applies"]
+    for model, est in (("tiny", "autoregressive"), ("hf_causal", "mc_elbo")):
+        fits = [m for m in MODELS.names() if getattr(MODELS.get(m), "noise", "masked")
+                == getattr(ESTIMATORS.get(est), "noise", "masked")]
+        assert model not in fits
+        suite = {"suite": "x", "models": {"m": {"name": model, "params": {} if model == "tiny" else {"path": "gpt2"}}},
+                 "tasks": {"t": {"name": "addition", "split": "test", "n_items": 2}},
+                 "studies": [{"id": "a", "kind": "likelihood", "model": "m", "task": "t", "estimator": {"name": est}}]}
+        with pytest.raises(HarnessError, match=f"estimator '{est}' is for .* but model '{model}'"):
+            with contextlib.redirect_stderr(io.StringIO()):
+                plan(parse_suite(suite, "inline"))
