@@ -1,4 +1,4 @@
-"""Time `exact_terms` (METHODS.md §4) on the default-size tiny MDLM, random init, no gradients.
+"""Time `exact_terms` (docs/methods.md §4) on the default-size tiny MDLM, random init, no gradients.
 
 Target (the issue): L = 12 scored tokens (4095 passes) in at most 10 s on 2 CPU cores.
 

@@ -1,6 +1,6 @@
 """How the runner cuts a cell's units into batches: a max-tokens budget and out-of-memory back-off.
 
-Values never depend on how units are batched (one generator per unit, DESIGN.md §9), so both
+Values never depend on how units are batched (one generator per unit, docs/architecture.md, convention 9), so both
 mechanisms only change speed and memory, never a number:
 
 - max-tokens: a cell's `max_tokens` caps units x padded sequence length per batch, where a

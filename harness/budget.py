@@ -1,4 +1,4 @@
-"""The meter: wraps any Denoiser and measures what every call costs (DESIGN.md, "Budgets").
+"""The meter: wraps any Denoiser and measures what every call costs (docs/architecture.md, "Interfaces").
 
 Components never count their own cost: they call `meter.logits(...)` like any denoiser, and the
 meter counts NFE (sequences x forward passes; cached passes apart), tokens processed, FLOPs

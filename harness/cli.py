@@ -6,6 +6,7 @@ Exit status: 0 on success, 1 when a run finished with failed units, 2 on bad usa
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -28,18 +29,133 @@ def _table(rows: list[tuple[str, ...]], indent: str = "") -> str:
     return "\n".join((indent + "".join(c.ljust(w + 2) for c, w in zip(r, widths)) + r[-1]).rstrip() for r in rows)
 
 
-def cmd_list(args) -> int:
+def _field_help(cls) -> dict[str, str]:
+    """Each parameter's help: the comment on its line in the class body (the class that declares it, or
+    a subclass that redeclares it), read from the source with tokenize."""
+    import inspect
+    import io
+    import re
+    import tokenize
+
+    out: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        try:
+            src = inspect.getsource(klass)
+        except (OSError, TypeError):
+            continue
+        comments = {}
+        try:
+            for tok in tokenize.generate_tokens(io.StringIO(src).readline):
+                if tok.type == tokenize.COMMENT:
+                    comments[tok.start[0]] = tok.string.lstrip("#").strip()
+        except (tokenize.TokenError, IndentationError):
+            continue
+        lines = src.splitlines()
+        start = next((i for i, x in enumerate(lines) if x.lstrip().startswith("class ")), 0)
+        body = next((len(x) - len(x.lstrip()) for x in lines[start + 1:] if x.strip()), 4)
+        for i, line in enumerate(lines, 1):
+            m = re.match(rf"^ {{{body}}}(\w+)\s*:", line)
+            if m and i in comments and "ClassVar" not in line:
+                out[m.group(1)] = comments[i]
+    return out
+
+
+def _describe(kind: str, name: str) -> dict:
+    """What `list` and `show` print about one component, from the live registry."""
+    import dataclasses
+    import inspect
+    import re
+    import sys as _sys
+
+    from harness.registry import MODELS, REGISTRIES, type_name
+
+    reg = REGISTRIES[kind]
+    cls = reg.get(name)
+    helps = _field_help(cls)
+    prose = " ".join([inspect.getdoc(_sys.modules[cls.__module__]) or "", cls.__doc__ or ""]).split()
+    sentences = [x.strip() for x in re.split(r"(?<=[.;])\s+", " ".join(prose)) if x.strip()]
+    for f in reg.fields(name):  # no comment on the field: the docstring's first sentence that names it
+        if not helps.get(f):
+            helps[f] = next((x for x in sentences if f"`{f}`" in x), "")
+    fields = [[f, type_name(tp), "required" if d is dataclasses.MISSING else f"default {d!r}", helps.get(f, "")]
+              for f, (tp, d) in reg.fields(name).items()]
+    applies = ""
+    if kind in ("estimators", "samplers"):
+        noise = getattr(cls, "noise", "masked")
+        fits = [m for m in MODELS.names() if getattr(MODELS.get(m), "noise", "masked") == noise]
+        who = "causal LMs" if noise == "causal" else f"{noise}-noise models"
+        applies = f"applies to: {who} ({', '.join(fits) or 'none registered'}; enforced when a suite is planned)"
+    elif kind == "models" and getattr(cls, "applies", ""):
+        applies = f"applies: {cls.applies}"
+    return {"summary": reg.summary(name), "note": getattr(cls, "applies", "") if kind == "models" else "",
+            "where": f"{cls.__module__}.{cls.__qualname__}", "doc": inspect.cleandoc(cls.__doc__ or "(no docstring)"),
+            "module_doc": inspect.getdoc(_sys.modules[cls.__module__]) or "", "fields": fields, "applies": applies}
+
+
+def _cache_file():
+    """Where the component index lives, named by a digest of every harness source file's path, size and
+    mtime: any edit gives a new name, so the index never outlives the code it describes."""
+    import hashlib
+    import os
+
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256(f"{sys.version}\n{root}\n".encode())
+    for path in sorted(root.rglob("*.py")):
+        st = path.stat()
+        h.update(f"{path.relative_to(root)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    base = os.environ.get("DLM_HARNESS_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "dlm-harness")
+    return Path(base) / f"components-{h.hexdigest()[:16]}.json"
+
+
+def component_index() -> dict:
+    """{kind: {name: what list/show print}} for every registered component.
+
+    Building it imports every component module (torch included, seconds); `list` and `show` then read
+    it from a cache file keyed by the source files (see `_cache_file`), so later calls import nothing
+    heavy. A process whose registries are already loaded (a test that registered a component) gets the
+    live registries, never the file."""
+    import json
+
     from harness.registry import REGISTRIES
 
-    kinds = [_kind(args.kind)] if args.kind else list(REGISTRIES)
+    live = any(reg._loaded for reg in REGISTRIES.values())
+    path = None if live else _cache_file()
+    if path is not None and path.is_file():
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            pass  # a torn or foreign file: rebuild
+    index = {kind: {name: _describe(kind, name) for name in reg.names()} for kind, reg in REGISTRIES.items()}
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(index))
+            tmp.replace(path)
+        except OSError:
+            pass  # a read-only home: the index is only a speed-up
+    return index
+
+
+def _lookup(index: dict, kind: str, name: str) -> dict:
+    from harness.registry import _suggest
+
+    entries = index[kind]
+    if name not in entries:
+        known = sorted(entries)
+        raise HarnessError(f"unknown {kind[:-1]} {name!r}{_suggest(name, known)} (known: {', '.join(known)})")
+    return entries[name]
+
+
+def cmd_list(args) -> int:
+    index = component_index()
+    kinds = [_kind(args.kind)] if args.kind else list(index)
     for kind in kinds:
-        reg = REGISTRIES[kind]
         if len(kinds) > 1:
             print(f"{kind}:")
-        rows = []
-        for name in reg.names():
-            note = getattr(reg.get(name), "applies", "")  # models: their noise and which estimators apply
-            rows.append((name, reg.summary(name) + (f"  [{note}]" if note else "")))
+        rows = [(name, e["summary"] + (f"  [{e['note']}]" if e["note"] else ""))
+                for name, e in sorted(index[kind].items())]
         print(_table(rows, indent="  " if len(kinds) > 1 else ""))
     if not args.kind:
         print("\ndetails of one: dlm-harness show KIND NAME")
@@ -47,30 +163,19 @@ def cmd_list(args) -> int:
 
 
 def cmd_show(args) -> int:
-    import dataclasses
-    import inspect
-
-    from harness.registry import MODELS, REGISTRIES, type_name
-
     kind = _kind(args.kind)
-    reg = REGISTRIES[kind]
-    cls = reg.get(args.name)
-    print(f"{kind[:-1]} {args.name}  ({cls.__module__}.{cls.__qualname__})\n")
-    print(inspect.cleandoc(cls.__doc__ or "(no docstring)") + "\n")
-    fields = reg.fields(args.name)
-    if fields:
+    e = _lookup(component_index(), kind, args.name)
+    print(f"{kind[:-1]} {args.name}  ({e['where']})\n")
+    if e["module_doc"]:  # the method, its maths and its source
+        print(e["module_doc"] + "\n")
+    print(e["doc"] + "\n")
+    if e["fields"]:
         print("parameters:")
-        rows = [(name, type_name(tp), "required" if d is dataclasses.MISSING else f"default {d!r}")
-                for name, (tp, d) in fields.items()]
-        print(_table(rows, indent="  "))
+        print(_table([tuple(f) for f in e["fields"]], indent="  "))
     else:
         print("parameters: none")
-    if kind in ("estimators", "samplers"):
-        noise = getattr(cls, "noise", "masked")
-        fits = [m for m in MODELS.names() if getattr(MODELS.get(m), "noise", "masked") == noise]
-        print(f"\napplies to: {noise}-noise models ({', '.join(fits)})")
-    elif kind == "models" and getattr(cls, "applies", ""):
-        print(f"\napplies: {cls.applies}")
+    if e["applies"]:
+        print("\n" + e["applies"])
     return 0
 
 
@@ -162,6 +267,7 @@ def cmd_score(args) -> int:
                                  task_params=dict(_parse_kv(p) for p in args.task_param))
     print(f"rows: {counts['rows']}, scored: {counts['scored']}, bad: {counts['bad']} (status error in the records; "
           f"lines and reasons in the manifest's bad_rows), duplicates: {counts['duplicates']}", file=sys.stderr)
+    _print_scores(run_dir)
     print(run_dir)
     return 0
 
@@ -218,8 +324,18 @@ def cmd_eval(args) -> int:
                         task_source=args.task_source, protocol=args.protocol,
                         apply_chat_template=args.apply_chat_template, fewshot_as_multiturn=args.fewshot_as_multiturn)
         run_dir = run_eval(spec, args.results, argv=argv)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 holds the records
+        _print_scores(run_dir)
     print(run_dir)
     return 0
+
+
+def _print_scores(run_dir) -> None:
+    """The run's results as lm-evaluation-harness prints them (one row per filter, with the interval, n
+    and protocol), on stderr: stdout's last line stays the run directory for scripts."""
+    from harness.report.markdown import lm_eval_table
+
+    print(lm_eval_table(Path(run_dir)), file=sys.stderr)
 
 
 def _parse_kv(text: str, flag: str = "--task-param"):

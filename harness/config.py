@@ -1,6 +1,6 @@
 """Suite files: YAML data -> frozen, typed dataclasses -> planned cells.
 
-A suite is data only (DESIGN.md convention 6): no code, no interpolation, no import strings.
+A suite is data only (docs/architecture.md, convention 6): no code, no interpolation, no import strings.
 `sweep:` is the only construct that expands into a grid: a mapping from a dotted key path inside a
 study (`sampler.params.steps`, `estimator.params.n_mc`, `seed`, `model`, `task`) to a list of values;
 the cells of a study are the cartesian product. Every error names the file, the key path and what
@@ -393,14 +393,16 @@ def _cell(suite: Suite, study: StudySpec, s: dict, point: dict, where: str, quic
 
 def _check_noise(model: str, ckind: str, name: str, where: str) -> None:
     """Masked estimators and samplers need a mask token; uniform-noise models (diffusion_gemma) have
-    none and their own components (`noise = "uniform"`). A mismatch fails here, before any compute."""
+    none and their own components (`noise = "uniform"`), and causal LMs (hf_causal) take only the
+    `autoregressive` estimator (`noise = "causal"`). A component applies to the models of its own
+    noise (`dlm-harness show` lists the same); a mismatch fails here, before any compute."""
     if ckind not in ("estimators", "samplers"):
         return
     model_noise = getattr(MODELS.get(model), "noise", "masked")
     comp_noise = getattr(REGISTRIES[ckind].get(name), "noise", "masked")
-    if (model_noise == "uniform") != (comp_noise == "uniform"):
+    if model_noise != comp_noise:
         fits = [n for n in REGISTRIES[ckind].names()
-                if (getattr(REGISTRIES[ckind].get(n), "noise", "masked") == "uniform") == (model_noise == "uniform")]
+                if getattr(REGISTRIES[ckind].get(n), "noise", "masked") == model_noise] or ["none"]
         raise HarnessError(f"{where}: {ckind[:-1]} {name!r} is for {comp_noise}-noise models, but model {model!r} "
                            f"uses {model_noise} noise (its {ckind}: {', '.join(fits)})")
 

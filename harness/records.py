@@ -1,4 +1,4 @@
-"""Run records: `manifest.json` plus an append-only `records.jsonl` (DESIGN.md, "Records").
+"""Run records: `manifest.json` plus an append-only `records.jsonl` (docs/architecture.md, "Records").
 
 One JSON line per unit of evidence (cell x task x item x replicate). Lines are written whole
 (one write, flushed; fsynced once per batch of units), never rewritten. A run killed mid-write

@@ -29,6 +29,16 @@ def _suggest(word: str, options: list[str]) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
+def first_paragraph(doc: str) -> str:
+    """A docstring's summary: its first paragraph on one line (never cut inside a sentence)."""
+    lines = []
+    for line in doc.strip().splitlines():
+        if not line.strip():
+            break
+        lines.append(line.strip())
+    return " ".join(lines)
+
+
 def type_name(tp: Any) -> str:
     """A readable name for a type annotation, for error messages."""
     origin = typing.get_origin(tp)
@@ -126,8 +136,7 @@ class Registry:
             if name in self._entries and self._entries[name] is not cls:
                 raise TypeError(f"{self.kind} {name!r} registered twice")
             self._entries[name] = cls
-            doc = summary or (cls.__doc__ or "").strip().splitlines()[0:1]
-            self._summaries[name] = doc if isinstance(doc, str) else (doc[0] if doc else "")
+            self._summaries[name] = summary or first_paragraph(cls.__doc__ or "")
             cls.registry_name = name  # type: ignore[attr-defined]
             return cls
 

@@ -1,4 +1,4 @@
-"""Suite -> cells -> resumable execution -> records (DESIGN.md, "The flow of data").
+"""Suite -> cells -> resumable execution -> records (docs/architecture.md, "The flow of data").
 
 Every cell runs its units (item x replicate) in batches. Randomness comes from one generator per
 unit, seeded by derive_seed(suite, cell, item, replicate), so batch composition does not change

@@ -1,7 +1,7 @@
 """Seeds for every stochastic step, derived from where the step sits in a suite.
 
 derive_seed(suite, cell, item, replicate) hashes the four coordinates into a 63-bit integer, so
-seeds come from a wide space (METHODS.md: d1 drew from 4096 values), never collide by accident
+seeds come from a wide space (docs/methods.md: d1 drew from 4096 values), never collide by accident
 between cells, and do not depend on execution order: a resumed or sharded run draws exactly what
 a clean run draws. Generators are local objects; nothing here touches global RNG state.
 """
@@ -32,9 +32,9 @@ def rand(generator, batch: int, *shape: int, dtype=torch.float32, device="cpu") 
 
     `generator` is one torch.Generator for the whole batch, or a sequence of `batch` generators,
     one per row. With per-row generators every row's draws depend only on its own seed, so
-    splitting a batch, reordering it, or resuming half-way gives the same numbers (DESIGN.md §9).
+    splitting a batch, reordering it, or resuming half-way gives the same numbers (docs/architecture.md, convention 9).
     """
-    if generator is None:  # library code never falls back to the global RNG (DESIGN.md §3)
+    if generator is None:  # library code never falls back to the global RNG (docs/architecture.md, convention 3)
         raise ValueError("a stochastic step needs an explicit torch.Generator (or one per row), got None")
     if isinstance(generator, (list, tuple)):
         if len(generator) != batch:

@@ -5,7 +5,7 @@
 The estimator study (statistics in harness/stats/estimators.py):
 `estimator_variance`: one estimator value per (item, replicate) on the reference completion,
     a light record (no per-token list); replicate 0 of each item also replays its own draws.
-`exact_reference`: the exact ELBO and exact log p of each item (METHODS.md §4), one record per item.
+`exact_reference`: the exact ELBO and exact log p of each item (docs/methods.md §4), one record per item.
 `gradient_variance`: per item, the exact ELBO gradient g* and R_g estimator gradients g_r (R_g = the
     study's `replicates`, run inside the unit: one record per item, replicate 0).
 `t_mask_decomposition`: per item, T values of t (the study's `replicates`, inside the unit) and
@@ -117,7 +117,7 @@ def declared(estimator) -> dict:
 def random_orders(completion_mask: torch.Tensor, generators) -> torch.Tensor:
     """[B, L] commit steps of a uniformly random reveal order of each row's scored positions
     (0 = revealed first; −1 off the mask). With these, `trace` at stride 1 scores the any-order
-    chain rule Σ_i log p(o_σi | o_σ<i) / L, whose expectation over orders is ELBO / L (METHODS.md §4)."""
+    chain rule Σ_i log p(o_σi | o_σ<i) / L, whose expectation over orders is ELBO / L (docs/methods.md §4)."""
     valid = completion_mask.bool().cpu()
     B, L = valid.shape
     keys = rand(generators, B, L, dtype=torch.float64)  # [B, L]

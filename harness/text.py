@@ -2,7 +2,7 @@
 
 Prompts are left-padded (so every completion starts at the same column); completions are written
 as the answer, one EOS, then EOS padding up to a fixed length, the layout LLaDA-style SFT uses
-(METHODS.md notation: positions after the first EOS are padding).
+(docs/methods.md notation: positions after the first EOS are padding).
 """
 from __future__ import annotations
 
@@ -48,6 +48,6 @@ def upto_first_eos(tokens: torch.Tensor, eos_id: int) -> torch.Tensor:
 
 
 def completion_mask(tokens: torch.Tensor, eos_id: int) -> torch.Tensor:
-    """[B, L] bool: positions up to and including the first EOS (METHODS.md: later ones are padding)."""
+    """[B, L] bool: positions up to and including the first EOS (docs/methods.md: later ones are padding)."""
     n = upto_first_eos(tokens, eos_id)  # [B]
     return torch.arange(tokens.shape[1], device=tokens.device)[None, :] < n[:, None]

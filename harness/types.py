@@ -1,4 +1,4 @@
-"""Shared vocabulary of the harness (DESIGN.md, "Interfaces").
+"""Shared vocabulary of the harness (docs/architecture.md, "Interfaces").
 
 Everything that crosses a module boundary is one of these types: a model is a `Denoiser`, an
 estimator returns an `Estimate`, a sampler returns a `Generation`, a task yields `Item`s, and the
@@ -7,9 +7,10 @@ meter reports a `Cost` against a `Budget`. Keep this module free of heavy import
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-import torch
+if TYPE_CHECKING:  # annotations only: `dlm-harness --help` and `list` must not pay for importing torch
+    import torch
 
 
 class HarnessError(Exception):
@@ -72,7 +73,7 @@ class Item:
 
 @dataclass(frozen=True, kw_only=True)
 class Estimate:
-    """What a likelihood estimator returns (METHODS.md §1).
+    """What a likelihood estimator returns (docs/methods.md §1).
 
     per_token: [B, L] per-token terms (zero outside the completion mask)
     sequence:  [B] the sequence value
@@ -88,7 +89,7 @@ class Estimate:
 
 @dataclass(frozen=True, kw_only=True)
 class Generation:
-    """What a sampler returns (METHODS.md §3).
+    """What a sampler returns (docs/methods.md §3).
 
     tokens:      [B, L] generated completion tokens (after the first EOS: EOS padding)
     text:        decoded completion up to the first EOS, one string per row
@@ -122,7 +123,7 @@ class Budget:
 
 @dataclass(frozen=True, kw_only=True)
 class Cost:
-    """What the meter measured. NFE = sequences x forward passes (METHODS.md notation)."""
+    """What the meter measured. NFE = sequences x forward passes (docs/methods.md notation)."""
 
     nfe: int = 0
     nfe_full: int = 0

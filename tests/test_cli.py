@@ -273,3 +273,122 @@ def test_no_subcommand_is_a_usage_error(cli):
     assert r.returncode == 2
     assert "usage: dlm-harness" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_score_prints_lm_eval_table_with_both_filters(tmp_path, capsys):
+    """`score` of an lm-eval samples file prints lm-eval's table: one row per filter (strict-match and
+    flexible-extract), the value with lm-eval's stderr, the 95% interval inside [0, 1], n and protocol;
+    stdout's last line stays the run directory."""
+    import json as _json
+
+    from harness.cli import main
+
+    rows = []
+    for i, (gen, ans) in enumerate([("So 18. #### 18", "... #### 18"), ("The answer is 1,000.", "... #### 1,000"),
+                                    ("no idea", "... #### 3")]):
+        for f in ("strict-match", "flexible-extract"):
+            rows.append({"doc_id": i, "doc": {"question": f"q{i}", "answer": ans}, "target": ans,
+                         "resps": [[gen]], "filtered_resps": ["?"], "filter": f})
+    src = tmp_path / "samples_gsm8k.jsonl"
+    src.write_text("".join(_json.dumps(r) + "\n" for r in rows))
+    assert main(["score", str(src), "--task", "gsm8k", "--protocol", "lm-eval", "--results", str(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    assert Path(out.strip().splitlines()[-1]).is_dir()
+    table = [line for line in err.splitlines() if line.startswith("|")]
+    assert table[0].split("|")[1:6] == ["Tasks", "Version", "Filter          ", "n-shot", "Metric     "]
+    cells = {line.split("|")[3].strip(): [c.strip() for c in line.split("|")] for line in table[2:]}
+    assert set(cells) == {"strict-match", "flexible-extract"}
+    strict, flex = cells["strict-match"], cells["flexible-extract"]
+    assert strict[5] == flex[5] == "exact_match" and strict[7] == "0.3333" and flex[7] == "0.6667"
+    lo, hi = (float(x) for x in flex[10].strip("[]").split(","))
+    assert 0.0 <= lo < 0.6667 < hi <= 1.0
+    assert flex[11] == "3" and flex[13] == "lm-eval"
+
+
+FAST = """
+import contextlib, io, json, sys
+from harness.cli import main
+for argv in json.loads(sys.argv[1]):
+    with contextlib.redirect_stdout(io.StringIO()):
+        try:
+            main(argv)
+        except SystemExit:
+            pass
+print(json.dumps(sorted(m for m in ("torch", "numpy", "transformers") if m in sys.modules)))
+"""
+
+
+def test_help_version_list_show_import_no_torch(tmp_path):
+    """`--help` and `--version` never import torch; `list` and `show` read the component index, so once
+    it is built (the first call imports every component) they import none of torch, numpy, transformers.
+    The speed itself is measured by `time python -m harness.cli --help`, not asserted here."""
+    env = {**ENV, "DLM_HARNESS_CACHE": str(tmp_path / "cache")}
+
+    def heavy(argvs):
+        r = subprocess.run([sys.executable, "-c", FAST, json.dumps(argvs)], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout.strip().splitlines()[-1])
+
+    assert heavy([["--help"], ["--version"], ["list", "--help"]]) == []
+    assert "torch" in heavy([["list"]])  # builds the index
+    assert list((tmp_path / "cache").glob("components-*.json"))
+    assert heavy([["list"], ["list", "samplers"], ["show", "estimator", "mc_elbo"], ["show", "model", "tiny"]]) == []
+
+
+def test_eval_records_print_one_row_per_filter(tmp_path):
+    """`eval` writes one record per (document, lm-eval filter): the table has a row per filter, with
+    lm-eval's n-shot, and counts a document lm-eval gave no value as not ok."""
+    import json as _json
+
+    from harness.records import RECORDS, make_record
+    from harness.report.markdown import lm_eval_table
+
+    cost = {"nfe": 1, "nfe_full": 1, "nfe_cached": 0, "tokens": 1, "flops": 0.0, "wall_s": 0.0, "peak_mem": 0}
+    lines = []
+    for doc, (strict, flex) in enumerate([(1.0, 1.0), (0.0, 1.0), (0.0, 0.0), (None, None)]):
+        for f, v in (("strict-match", strict), ("flexible-extract", flex)):
+            lines.append(make_record(
+                run_id="r", suite="lm-eval", cell_id=f"gsm8k:{f}", study="lm-eval", kind="lm_eval",
+                point={"task": "gsm8k"}, model={"name": "tiny", "params": {}},
+                component={"kind": "sampler", "name": "low_confidence", "params": {}},
+                task={"name": "gsm8k", "version": "3.0", "split": "test", "params": {}}, item_id=str(doc),
+                item_hash="h", replicate=0, seed=doc, cost=cost,
+                outcome={"metric": "exact_match", "value": v, "protocol": "lm-eval"},
+                generation={"text": "x", "filtered": ["x"], "filter": f}, status="ok" if v is not None else "error",
+                error=None if v is not None else "lm-eval reported no value for exact_match"))
+    (tmp_path / RECORDS).write_text("".join(_json.dumps(r) + "\n" for r in lines))
+    (tmp_path / "lm_eval_results.json").write_text(_json.dumps({"n-shot": {"gsm8k": 5}}))
+    rows = {line.split("|")[3].strip(): [c.strip() for c in line.split("|")]
+            for line in lm_eval_table(tmp_path).splitlines()[2:]}
+    assert set(rows) == {"strict-match", "flexible-extract"}
+    flex, strict = rows["flexible-extract"], rows["strict-match"]
+    assert flex[1] == "gsm8k" and flex[2] == "3.0" and strict[1] == "" and flex[4] == strict[4] == "5"
+    assert flex[7] == "0.6667" and strict[7] == "0.3333" and flex[11] == "3" and flex[12] == "1"
+
+
+def test_show_applicability_is_what_planning_enforces():
+    """`show` lists the models a component applies to by the same declaration (`noise`) that planning
+    checks: the autoregressive estimator applies to causal LMs only, and a suite pairing it with a
+    masked model (or a masked estimator with a causal LM) is refused before any compute."""
+    import contextlib
+    import io
+
+    from harness.cli import _describe
+    from harness.config import parse_suite, plan
+    from harness.registry import ESTIMATORS, MODELS
+    from harness.types import HarnessError
+
+    ar = _describe("estimators", "autoregressive")["applies"]
+    assert ar.startswith("applies to: causal LMs (hf_causal;"), ar
+    assert "hf_causal" not in _describe("estimators", "mc_elbo")["applies"]
+    for model, est in (("tiny", "autoregressive"), ("hf_causal", "mc_elbo")):
+        fits = [m for m in MODELS.names() if getattr(MODELS.get(m), "noise", "masked")
+                == getattr(ESTIMATORS.get(est), "noise", "masked")]
+        assert model not in fits
+        suite = {"suite": "x", "models": {"m": {"name": model, "params": {} if model == "tiny" else {"path": "gpt2"}}},
+                 "tasks": {"t": {"name": "addition", "split": "test", "n_items": 2}},
+                 "studies": [{"id": "a", "kind": "likelihood", "model": "m", "task": "t", "estimator": {"name": est}}]}
+        with pytest.raises(HarnessError, match=f"estimator '{est}' is for .* but model '{model}'"):
+            with contextlib.redirect_stderr(io.StringIO()):
+                plan(parse_suite(suite, "inline"))

@@ -426,10 +426,10 @@ def test_parse_suite_from_data_uses_where():
 
 
 def test_smoke_suite_plans():
-    suite = load_suite(ROOT / "suites" / "smoke.yaml")
+    suite = load_suite(ROOT / "tests" / "fixtures" / "smoke.yaml")
     cells = plan(suite)
     assert [c.id for c in cells] == ["greedy", "elbo[t_law=iid]", "elbo[t_law=count]"]
-    assert suite.sha256 == hashlib.sha256((ROOT / "suites" / "smoke.yaml").read_bytes()).hexdigest()
+    assert suite.sha256 == hashlib.sha256((ROOT / "tests" / "fixtures" / "smoke.yaml").read_bytes()).hexdigest()
 
 
 @pytest.mark.parametrize("path", sorted(p for p in (ROOT / "suites").glob("*.yaml")

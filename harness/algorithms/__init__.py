@@ -1,4 +1,4 @@
-"""RL algorithms (METHODS.md §2): losses as pure functions plus one shared loop.
+"""RL algorithms (docs/methods.md §2): losses as pure functions plus one shared loop.
 
 Each module registers into ALGORITHMS.
 """

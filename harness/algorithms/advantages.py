@@ -1,4 +1,4 @@
-"""Advantage rules over groups of G completions of one prompt (METHODS.md §2).
+"""Advantage rules over groups of G completions of one prompt (docs/methods.md §2).
 
 rewards [N] with group ids [N] (each group = the G rollouts of one prompt) -> advantages [N]:
   mean    A_i = r_i − mean_g(r)                        (d1 / diffu-GRPO: no std division)

@@ -1,4 +1,4 @@
-"""The Algorithm interface (DESIGN.md, "Interfaces"; METHODS.md §2).
+"""The Algorithm interface (docs/architecture.md, "Interfaces"; docs/methods.md §2).
 
 An algorithm is a frozen keyword-only dataclass registered in ALGORITHMS. It names its likelihood
 estimator (`estimator` + `estimator_params`, an ESTIMATORS entry), its advantage rule, whether it

@@ -1,4 +1,4 @@
-"""GRPO and the likelihood-swapped family built on it (METHODS.md §2).
+"""GRPO and the likelihood-swapped family built on it (docs/methods.md §2).
 
 Pure pieces (hand-computable; shapes in comments):
   kl_estimate(logp, ref, kind)     with d = log π_ref − log π_θ:  k1 = −d,  k2 = d²/2,  k3 = e^d − d − 1

@@ -1,4 +1,4 @@
-"""`igpo`: inpainting-guided policy optimisation (IGPO, arXiv 2509.10396; METHODS.md §2).
+"""`igpo`: inpainting-guided policy optimisation (IGPO, arXiv 2509.10396; docs/methods.md §2).
 
 Objective (the reference run, facebookresearch/igpo run_igpo.sh: use_gspo=true, d1_masking=true;
 trainer_igpo.py IGPOTrainer.compute_loss): the whole completion canvas (T positions, post-EOS

@@ -1,4 +1,4 @@
-"""The shared RL loop (METHODS.md §2): roll out, reward, advantages, μ inner updates.
+"""The shared RL loop (docs/methods.md §2): roll out, reward, advantages, μ inner updates.
 
 Per step k: draw `prompts` train items; roll out G completions each with the configured sampler
 (one generator per row, seeded by (step, row): rollouts never reset and never depend on batch

@@ -1,4 +1,4 @@
-"""`spg`: sandwiched policy gradient (SPG, arXiv 2510.09541; METHODS.md §2).
+"""`spg`: sandwiched policy gradient (SPG, arXiv 2510.09541; docs/methods.md §2).
 
     loss = −(1/Z) Σ_i A_i · B_i,   B_i = ELBO_i (block_elbo) if A_i >= 0, else the upper bound
                                          (EUBO, or mix = ω·EUBO + (1−ω)·ELBO) if A_i < 0

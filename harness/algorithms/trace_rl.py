@@ -1,4 +1,4 @@
-"""`trace_rl`: TraceRL (arXiv 2509.06949; METHODS.md §2).
+"""`trace_rl`: TraceRL (arXiv 2509.06949; docs/methods.md §2).
 
 Likelihood: the `trace` estimator, which scores each rollout along the commit steps its sampler
 recorded (the loop passes `Generation.commit_step` as the draws), steps merged every 8 distinct

@@ -1,4 +1,4 @@
-"""`wd1`: ratio-free weighted policy optimisation (wd1, arXiv 2507.08838; METHODS.md §2).
+"""`wd1`: ratio-free weighted policy optimisation (wd1, arXiv 2507.08838; docs/methods.md §2).
 
 With advantages A (group-mean baseline) and log π(o_i) the policy's one_step sequence value:
   softmax_over="batch" (default; xiaohangt/wd1 wd1/trainers/rev_grpo_trainer.py

@@ -1,1 +1,1 @@
-"""Likelihood estimators (METHODS.md §1). Each module registers into ESTIMATORS."""
+"""Likelihood estimators (docs/methods.md §1). Each module registers into ESTIMATORS."""

@@ -23,7 +23,7 @@ def completion_logprobs(denoiser, prompt: torch.Tensor, prompt_mask: torch.Tenso
     positions = mask) -> [B, n, L]. All B·n copies go through the model in as few passes as
     `max_tokens` allows, lowered for a large vocabulary so the logits fit (batching.logits_capped;
     never one sample at a time). With `shift_logits` (Dream-style models)
-    position k is read from the logits at k-1 (METHODS.md §1, choice 5). Log-probabilities are
+    position k is read from the logits at k-1 (docs/methods.md §1, choice 5). Log-probabilities are
     computed in float32 at least (float64 models keep float64, for exact ground truth).
     """
     B, n, L = noised.shape

@@ -27,6 +27,7 @@ class Autoregressive:
     token_scale: ClassVar[bool] = False
     elbo_target: ClassVar[bool] = False  # exactly log p of a causal model: no masked ELBO to target
     masks: ClassVar[str] = "none"
+    noise: ClassVar[str] = "causal"  # the models it applies to: causal LMs only (plan-time check in config.py)
 
     def nfe_for_batch(self, batch: int) -> int:
         return batch  # one pass per sequence

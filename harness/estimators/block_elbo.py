@@ -3,7 +3,7 @@
 One masking routine (`block_masks`) serves all three; `mix` scores the same m copies once and
 combines both bounds, so its two parts always share their draws.
 
-Masks, per row and per sample i = 1..m (METHODS.md §1, `block_elbo` / `eubo`):
+Masks, per row and per sample i = 1..m (docs/methods.md §1, `block_elbo` / `eubo`):
   * the n scored positions (completion_mask True) are cut, in order, into blocks of
     `block_length` (the last one may be shorter; a row shorter than a block is one block);
   * a block k ~ U{0..n_blocks−1}; earlier blocks stay clean, every later block is fully masked;
@@ -38,7 +38,7 @@ Where this implementation differs from the reference code, on purpose:
     uniform otherwise);
   * positions outside completion_mask (after the first EOS) stay clean, the harness rule; the
     code masks them in every copy (never scoring them): `mask_padding=True` does the same;
-  * prompt masking touches prompt tokens only (METHODS.md, "+ prompt p=0.15"); the code's
+  * prompt masking touches prompt tokens only (docs/methods.md, "+ prompt p=0.15"); the code's
     "prompt" mask (`~is_mask & rand < p`) also hits the clean earlier completion blocks, which
     then count as masked and are scored.
 

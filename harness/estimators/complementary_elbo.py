@@ -1,6 +1,6 @@
 """`complementary_elbo`: ESPO's stratified-count ELBO with complementary masks (arXiv 2512.03759).
 
-Count-law ELBO (METHODS.md §1, §4): with l ~ U{1..L} and M a uniform l-subset of the L scored
+Count-law ELBO (docs/methods.md §1, §4): with l ~ U{1..L} and M a uniform l-subset of the L scored
 positions,  ELBO = E_l E_M[(L/l) Σ_{k∈M} log p(o_k | c, x_M)] = Σ_{l=1..L} h(l)/l,
 h(l) = E_{|M|=l}[Σ_{k∈M} log p(o_k | x_M)].
 

@@ -9,7 +9,7 @@ exactly one pass of each pair. With an optional full-mask pass (all scored posit
            = (1/(1−t_j))·log p(o_k | x_{1−t_j})  otherwise (k masked in the complement)
   per_token_k = 1/(λ+1) · [ log p(o_k | c, all masked) + Σ_j s·pair_j,k ]    include_full=True
               = 1/λ     · Σ_j s·pair_j,k                                      include_full=False
-  sequence = Σ_k per_token_k                                                 (METHODS.md §1)
+  sequence = Σ_k per_token_k                                                 (docs/methods.md §1)
 
 with s = 1 (`scale="paper"`) or s = 1/2 (`scale="elbo"`). λ = 1 with the full pass is the paper's
 and the reference code's setting (`selective_log_softmax`: (p_full + where(mask, p1/t, p2/(1−t)))/2).

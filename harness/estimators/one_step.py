@@ -1,7 +1,7 @@
 """`one_step`: diffu-GRPO's one-step mean-field log-likelihood (d1, arXiv 2504.12216).
 
 per_token_k = (1/n) Σ_{i=1..n} log p(o_k | c'_i, all of o masked),   sequence = Σ_k per_token_k
-                                                                       (METHODS.md §1)
+                                                                       (docs/methods.md §1)
 
 Every completion position is masked, the padding after the first EOS included (`mask_padding=True`,
 the default: d1's `forward_process`, wd1 and IGPO mask the whole completion canvas, so the model

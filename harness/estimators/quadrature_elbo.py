@@ -1,7 +1,7 @@
 """`quadrature_elbo`: GDPO's semi-deterministic Monte Carlo ELBO (arXiv 2510.08554).
 
 ELBO = ∫_0^1 G(t) dt,   G(t) = E_mask[(1/t) Σ_{k masked} log p(o_k | c, x_t)]
-value = Σ_{n=1..N} Σ_{j=1..K} (w_n / (t_n K)) Σ_{k ∈ M_nj} log p(o_k | c, x_{M_nj})   (METHODS.md §1)
+value = Σ_{n=1..N} Σ_{j=1..K} (w_n / (t_n K)) Σ_{k ∈ M_nj} log p(o_k | c, x_{M_nj})   (docs/methods.md §1)
 
 t_n, w_n: the N-point Gauss–Legendre rule mapped from [−1, 1] to (0, 1) (Σ w_n = 1); K mask
 draws per node. `mask_law="count"` (default, METHODS): M_nj is a uniform subset of exactly

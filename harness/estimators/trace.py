@@ -6,7 +6,7 @@ merged into groups of `stride` (the paper's shrink parameter s), and for each gr
 
   input_g   = completion with every scored token committed at a step >= start(g) masked
   per_token[b, j] = log p(o_j | c, input_{g(j)})       for every scored j (its own group g(j))
-  sequence  = Σ_j per_token[b, j] / n_scored              ("mean over scored tokens", METHODS.md §1)
+  sequence  = Σ_j per_token[b, j] / n_scored              ("mean over scored tokens", docs/methods.md §1)
 
 Scored tokens are those with completion_mask True and commit_step >= 0; tokens with commit_step −1
 (given, never masked) are always clean and never scored, and positions outside completion_mask

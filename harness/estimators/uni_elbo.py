@@ -1,6 +1,6 @@
 """`uni_elbo`: UniGRPO's masked-token mean log-likelihood (MMaDA, arXiv 2505.15809).
 
-value = (1/|M|) Σ_{k ∈ M} log p(o_k | c, x_t),   M = the masked scored positions   (METHODS.md §1)
+value = (1/|M|) Σ_{k ∈ M} log p(o_k | c, x_t),   M = the masked scored positions   (docs/methods.md §1)
 per_token_k = 1{k ∈ M} · log p(o_k | c, x_t) / |M|,   so that sequence = Σ_k per_token_k = value
 
 Structured mask ratio over the μ = `n_iterations` inner iterations of one rollout: iteration 0

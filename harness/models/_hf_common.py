@@ -10,7 +10,7 @@
   `save_pretrained_dir`: a saved model directory whose config.json `auto_map` points at the
   stand-in files copied beside it, loadable with trust_remote_code like the real checkpoints.
 
-transformers is imported inside functions only (DESIGN.md convention 5).
+transformers is imported inside functions only (docs/architecture.md, convention 5).
 """
 from __future__ import annotations
 
@@ -268,7 +268,7 @@ class DiffusionModel(abc.ABC):
         dtype = resolve_dtype(self.dtype, dev)
         if self.preset is not None:
             cfg = self.config_class()(**self.resolved_config())
-            # Seeded init that leaves the global RNG as it was (DESIGN.md convention 3).
+            # Seeded init that leaves the global RNG as it was (docs/architecture.md, convention 3).
             with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []), dev:
                 torch.manual_seed(self.seed)
                 module = self.model_class()._from_config(cfg, dtype=dtype, attn_implementation=self.attn)

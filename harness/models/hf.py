@@ -6,7 +6,7 @@ masked position, so it is a (one-step) masked denoiser with BERT's [MASK] as the
 predict the token at k+1 (`shift_logits`), scored exactly by the `autoregressive` estimator.
 
 transformers is imported inside functions only, so that `import harness.models.hf` (which the
-registry does to list the models) stays cheap (DESIGN.md, convention 5).
+registry does to list the models) stays cheap (docs/architecture.md, convention 5).
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import hashlib
 import inspect
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -229,6 +229,11 @@ class HFMasked(HFModel):
 @dataclass(frozen=True, kw_only=True)
 class HFCausal(HFModel):
     """A transformers causal LM (GPT-2, Llama, Qwen, ...): the autoregressive baseline."""
+
+    # No mask token and no noise: only components that declare `noise = "causal"` apply (checked when
+    # a suite is planned, config.py `_check_noise`; `dlm-harness show` lists the same).
+    noise: ClassVar[str] = "causal"
+    applies: ClassVar[str] = "noise: causal (no mask token); estimators: autoregressive only; samplers: none"
 
     def load(self) -> HFCausalDenoiser:
         import transformers

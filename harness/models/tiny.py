@@ -2,7 +2,7 @@
 
 A bidirectional pre-norm transformer: token + learned position embeddings, `n_layers` blocks of
 full self-attention (PyTorch SDPA) and a GELU MLP, a final LayerNorm and an untied output head.
-It is trained with the MDLM objective (METHODS.md §1, `mc_elbo`) by `harness.models.train`.
+It is trained with the MDLM objective (docs/methods.md §1, `mc_elbo`) by `harness.models.train`.
 A checkpoint is a directory: config.json, tokenizer.json, model.pt (state dict), CARD.md.
 
 With an integer `TinyConfig.block_size` the same network is a block-diffusion model (BD3-LM,

@@ -1,6 +1,6 @@
 """Training the tiny MDLM on a synthetic task (`dlm-harness train`).
 
-Objective (MDLM / LLaDA SFT, METHODS.md §1 `mc_elbo`): per sequence draw t ~ U(eps, 1), mask each
+Objective (MDLM / LLaDA SFT, docs/methods.md §1 `mc_elbo`): per sequence draw t ~ U(eps, 1), mask each
 completion position (EOS padding included) independently with probability t, and minimise
 E_t[(1/t) Σ_masked CE] / L. The prompt is never masked. Everything random comes from one explicit
 generator seeded by the training config, so a retrain on the same machine is bit-identical.

@@ -1,7 +1,8 @@
 """The estimator study section of a report: statements, tables and figures from records.
 
 A pure function of a run's records (the kinds in KINDS) through harness.stats.estimators. Every
-statement is generated from the numbers: intervals are 95% (Student-t over items unless stated;
+statement is generated from the numbers: intervals are 95% (Student-t over items for signed
+quantities, chi-square for variances and MSEs, cut to the true range where stated;
 bootstrap where it says so), and each ends with the command that reproduces it. Figures (seaborn,
 matplotlib's Agg backend) are written as PNG and SVG next to index.md.
 """
@@ -30,8 +31,9 @@ CAPTIONS = {
         "line in the left panel and to its left (below log p) in the right one."),
     "estimators_ratio_spread": (
         "Spread of the importance log-ratio at θ = θ_old",
-        "With independent draws for π_θ and π_old the ratio is noisy even though the policies are equal; sharing "
-        "the draws makes it exactly 1 (the dashed line)."),
+        "With independent draws for π_θ and π_old the ratio is noisy even though the policies are equal (95% "
+        "bootstrap intervals); sharing the draws makes Δ exactly 0 and the ratio exactly 1, which a log axis "
+        "cannot show and which is a check, not a finding."),
 }
 SEED = 0  # every bootstrap in this section
 ADAM_LR = 3e-6  # d1's learning rate: the parameter step of the first-order ratio estimate
@@ -138,7 +140,8 @@ def _shared(a: dict) -> str:
     if rep["n"] == 0:
         return "**Shared vs independent draws**: no replay checks recorded."
     exact = rep["max_abs_diff"] == 0
-    head = ("**How much do shared draws cut the ratio variance?** Replaying the recorded draws reproduced ℓ̂ "
+    head = ("**How much do shared draws cut the ratio variance?** (The shared-draw half is a check: replaying "
+            "the same draws must give the same value by construction.) Replaying the recorded draws reproduced ℓ̂ "
             + ("exactly" if exact else f"to within {_f(rep['max_abs_diff'])}")
             + f" in {rep['n']} checks over {rep['cells']} cells, so at θ = θ_old the log-ratio "
               "ℓ̂(θ) − ℓ̂(θ_old) with shared draws is "
@@ -170,7 +173,7 @@ def _decomposition(a: dict) -> str:
         a["decomposition"], "**t vs mask variance**: no t_mask_decomposition cells.",
         "**For the ELBO, does variance from sampling t dominate the mask variance?** One-way ANOVA of "
         "one-sample `mc_elbo` values (T values of t x K masks per t; share = between-t / total, "
-        f"t-interval over items; completions of {_f(L, 1)} scored tokens on average; GDPO reports "
+        f"t-interval over items cut to [0, 1]; completions of {_f(L, 1)} scored tokens on average; GDPO reports "
         "that t dominates):",
         lambda r: f"t-law `{r['t_law']}` (T={r['T']}, K={r['K']}, {r['n_items']} items): between-t "
                   f"{_ci(r, 'between')}, within-t (mask) {_ci(r, 'within')}, share {_ci(r, 'share')}: "
@@ -262,7 +265,7 @@ def _figures(a: dict, out_dir: Path) -> list[str]:
         groups = [(t, g) for t, g in groups if len(g)]
         for name, q, label in (("estimators_variance_vs_nfe", "var", "variance"),
                                ("estimators_mse_vs_nfe", "mse_elbo", "MSE vs exact ELBO")):
-            # error bars: 95% t-interval over items (a lower end <= 0 cannot be drawn on a log axis: omitted)
+            # error bars: the chi-square 95% interval over items (never <= 0, so drawable on a log axis)
             fig, axes = plt.subplots(1, len(groups), figsize=(6.2 * len(groups), 4.8), squeeze=False,
                                      sharey=True)
             for ax, (title, g) in zip(axes[0], groups):
@@ -274,7 +277,7 @@ def _figures(a: dict, out_dir: Path) -> list[str]:
                                 ecolor=palette[fam], alpha=0.35, capsize=2)
                 ax.set(xscale="log", yscale="log", xlabel="measured NFE per sequence", ylabel=label, title=title)
                 if len(d):
-                    sns.move_legend(ax, "lower left", fontsize=6, title=None)
+                    sns.move_legend(ax, "lower left", fontsize=8, title=None)
             save(fig, name)
         top = s.sort_values("nfe").groupby("study", sort=False).tail(1)
         fig, axes = plt.subplots(1, 2, figsize=(11, 0.35 * len(top) + 1.6), sharey=True)
@@ -290,12 +293,14 @@ def _figures(a: dict, out_dir: Path) -> list[str]:
     if len(sp):
         fig, ax = plt.subplots(figsize=(8, 4.8))
         sns.lineplot(data=sp, x="nfe", y="sd_delta", hue="study", marker="o", ax=ax)
-        ax.axhline(0, color="k", ls="--", lw=1.2, label="shared draws (every estimator): 0")
-        ax.set_yscale("symlog", linthresh=1e-2)
-        ax.set(xscale="log", xlabel="measured NFE per sequence", ylabel="std of log-ratio Δ at θ = θ_old",
-               ylim=(-2e-3, max(1.0, float(sp["sd_delta"].max()) * 2)))
-        ax.legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
-        ax.set_title("importance-ratio spread: independent draws (lines) vs shared draws (dashed)")
+        for fam, f in sp.groupby("study"):  # bootstrap 95% intervals (std is never negative)
+            ax.errorbar(f["nfe"], f["sd_delta"], yerr=[(f["sd_delta"] - f["sd_delta_lo"]).clip(lower=0),
+                                                       (f["sd_delta_hi"] - f["sd_delta"]).clip(lower=0)],
+                        fmt="none", ecolor="0.5", alpha=0.5, capsize=2)
+        ax.set(xscale="log", yscale="log", xlabel="measured NFE per sequence",
+               ylabel="std of log-ratio Δ at θ = θ_old")
+        ax.legend(fontsize=8, bbox_to_anchor=(1.02, 1), loc="upper left", frameon=False)
+        ax.set_title("importance-ratio spread with independent draws (shared draws: exactly 0, not drawn)")
         save(fig, "estimators_ratio_spread")
     return made
 
@@ -314,7 +319,8 @@ def render_section(records: list[dict], manifest: dict, run_dir: Path, out_dir: 
     out = ["## Estimator study\n",
            f"Ground truth: exact ELBO and exact log p of {n_items} items by enumerating all reveal sets "
            "(docs/architecture.md, Statistics). Bias, variance (ddof=1) and MSE are per item over R "
-           "replicates, then averaged over items with a 95% Student-t interval over items; NFE is measured "
+           "replicates, then averaged over items with a 95% interval over items (Student-t for biases; "
+           "Satterthwaite chi-square for variances, MSEs and traces, which cannot be negative); NFE is measured "
            "by the meter. Values that are "
            "per-token means (`uni_elbo`, `trace`) are multiplied by L (marked x L). Reproduce every statement "
            f"below with {cmd}.\n",
@@ -382,7 +388,8 @@ def _exact_headline(a: dict) -> list[str]:
         out.append(f"Estimators (exact: every reveal set of {int(lo['n_items'])} items enumerated, no sampling): "
                    "among unbiased ELBO estimators, variance x NFE is "
                    f"{_f(lo['var_x_nfe'])} for `{lo['study']}` and {_f(hi['var_x_nfe'])} for `{hi['study']}` "
-                   f"({hi['var_x_nfe'] / lo['var_x_nfe']:.1f}x as many forward passes for the same variance).")
+                   f"({hi['var_x_nfe'] / lo['var_x_nfe']:.1f}x as many forward passes for the same variance; "
+                   "exact values carry no sampling error, so the comparison needs no test).")
     biased = one[one["bias_elbo"].abs() >= 1e-6]
     if len(biased):
         b = biased.iloc[biased["bias_elbo"].abs().argmax()]
@@ -412,10 +419,34 @@ def _headlines(ctx) -> list[str]:
         return out
     nfe = float(shared.index.max())
     at = elbo[elbo["nfe"] == nfe].sort_values("mse_elbo")
-    best = at.iloc[0]
-    out.append(f"Estimators: at {nfe:.0f} NFE per sequence, `{best['study']}` has the lowest MSE against the exact "
-               f"ELBO among {len(at)} ELBO estimators: {_ci(best, 'mse_elbo')} (nats², 95% CI over items).")
+    out.append(_lowest_mse(a["items"], at, nfe))
     return out
+
+
+def _lowest_mse(items, at, nfe: float) -> str:
+    """The lowest-MSE ELBO estimator at one NFE, claimed only where a paired test backs it: per-item MSE
+    differences against each other estimator on the shared items, sign-flip permutation test, Holm."""
+    from harness.stats.intervals import ALPHA
+    from harness.stats.paired import holm, paired_permutation_test
+
+    best = at.iloc[0]
+    mine = items[items["cell_id"] == best["cell_id"]].set_index("key")["mse_elbo"]
+    tests = []
+    for i, (_, other) in enumerate(at.iloc[1:].iterrows()):
+        theirs = items[items["cell_id"] == other["cell_id"]].set_index("key")["mse_elbo"]
+        keys = [k for k in mine.index if k in theirs.index]
+        diff = theirs.loc[keys].to_numpy(float) - mine.loc[keys].to_numpy(float)
+        tests.append((other["study"], paired_permutation_test(diff, seed=SEED + i) if len(keys) else 1.0, len(keys)))
+    adj = holm([p for _, p, _ in tests], ALPHA)[0] if tests else []
+    beaten = [t for t, p in zip(tests, adj) if p < ALPHA]
+    test = f"sign-flip permutation test on per-item MSE differences, Holm over {len(tests)}, α = {ALPHA:g}"
+    head = (f"Estimators: at {nfe:.0f} NFE per sequence, `{best['study']}` has the smallest mean MSE against the "
+            f"exact ELBO among {len(at)} ELBO estimators, {_ci(best, 'mse_elbo')} (nats², chi-square 95% CI)")
+    if len(beaten) == len(tests):
+        return head + f", significantly below every other ({test})."
+    close = [f"`{t[0]}` (Holm p {p:.2g})" for t, p in zip(tests, adj) if not p < ALPHA]
+    return head + (f"; it is not significantly below {', '.join(close)} ({test}), so no single lowest MSE is "
+                   "established.")
 
 
 SECTION = register_section(

@@ -9,7 +9,10 @@ comparisons of that metric. Pairing: the seeds of two cells differ (they derive 
 so units are paired on the item: each cell's replicates are averaged per item and the shared items
 compared, with exact McNemar when both cells are 0/1 per item and the sign-flip permutation test
 on per-item differences otherwise. Ties chain (a tie with the cell above joins its rank group);
-tied cells share the rank of their group's first cell, written "=k".
+tied cells share the rank of their group's first cell, written "=k". The rendered board shows a rank
+group of tied cells as one row and one line naming its cells, the level at which they are
+indistinguishable and the smallest difference the items could have detected; its knobs column shows
+only the parameters that differ between the board's cells and are away from their defaults.
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from harness.stats.intervals import Interval, mean_interval
+from harness.stats.intervals import ALPHA, Interval, mean_interval
 from harness.stats.paired import holm, mcnemar_exact, paired_permutation_test
 
 DEFAULT_METRICS = {"accuracy": "higher"}
@@ -80,7 +83,7 @@ def board_labels(keys: list[str]) -> dict[str, str]:
     return out
 
 
-def leaderboard(records: list[dict], metrics: dict[str, str] | None = None, *, alpha: float = 0.05,
+def leaderboard(records: list[dict], metrics: dict[str, str] | None = None, *, alpha: float = ALPHA,
                 seed: int = 0) -> list[dict]:
     """One row per (metric, cell), best first within each board: the cells of one metric on one
     task (see `_task_key`).
@@ -105,11 +108,13 @@ def leaderboard(records: list[dict], metrics: dict[str, str] | None = None, *, a
         for cell_id, recs in cells.items():
             iv = mean_interval([r["outcome"]["value"] for r in recs], clusters=[r["item_id"] for r in recs])
             comp = recs[0]["component"]
+            items = _per_item(recs)
             entries.append({"metric": metric, "direction": direction, "cell": cell_id, "study": recs[0]["study"],
                             "component": comp["name"], "component_kind": comp["kind"],
                             "params": comp.get("params") or {}, "interval": iv, "mean": iv.mean, "n": iv.n,
                             "board": board,
-                            "units": len(recs), "_items": _per_item(recs), "protocol": protocol_of(recs)})
+                            "units": len(recs), "_items": items, "protocol": protocol_of(recs),
+                            "sd": float(np.std(list(items.values()), ddof=1)) if len(items) > 1 else math.nan})
         sign = -1.0 if direction == "higher" else 1.0
         entries.sort(key=lambda e: (sign * e["mean"] if not math.isnan(e["mean"]) else math.inf, e["cell"]))
         rngs = np.random.default_rng([seed, *mi]).spawn(max(0, len(entries) - 1))
@@ -141,22 +146,67 @@ def leaderboard(records: list[dict], metrics: dict[str, str] | None = None, *, a
     return rows
 
 
-def _params(params: dict, limit: int = 80) -> str:
-    shown = ", ".join(f"{k}={v}" for k, v in sorted(params.items()) if v is not None)
-    shown = shown.replace("|", "/")
-    return (shown[: limit - 1] + "…") if len(shown) > limit else (shown or "defaults")
+def _defaults(kind: str, name: str) -> dict:
+    """The component's parameter defaults from its registry ({} when it is not registered here)."""
+    from harness.registry import REGISTRIES
+    from harness.types import HarnessError
+
+    reg = REGISTRIES.get(kind if kind.endswith("s") else kind + "s")
+    try:
+        return {k: d for k, (_, d) in reg.fields(name).items()} if reg is not None else {}
+    except HarnessError:
+        return {}
 
 
-def _p(row: dict) -> str:
+def _norm(v):
+    return tuple(v) if isinstance(v, list) else v
+
+
+def knobs(rows: list[dict]) -> dict[str, str]:
+    """Per cell of one board: only its knobs that matter for reading the board, i.e. the parameters set
+    away from the component's default, of those that differ between the board's cells (a knob every
+    cell shares says nothing about the ranking). "defaults" when none."""
+    keys = {k for r in rows for k in r["params"]}
+    varied = {k for k in keys if len({repr(_norm(r["params"].get(k))) for r in rows}) > 1}
+    out = {}
+    for r in rows:
+        d = _defaults(r["component_kind"], r["component"])
+        shown = [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(r["params"].items())
+                 if k in varied and v is not None and (k not in d or _norm(v) != _norm(d[k]))]
+        out[r["cell"]] = ", ".join(shown).replace("|", "/") or "defaults"
+    return out
+
+
+def _groups(mrows: list[dict]) -> list[list[dict]]:
+    """The board's rank groups, best first (cells tied with each other share a group)."""
+    groups: dict[int, list[dict]] = {}
+    for r in mrows:
+        groups.setdefault(r["rank"], []).append(r)
+    return list(groups.values())
+
+
+def detectable(group: list[dict], alpha: float = ALPHA, power: float = 0.8) -> float:
+    """The smallest difference the board's items detect with `power` at `alpha` (two-sided, normal
+    approximation for two independent arms of n items; pairing on items detects less when outcomes
+    agree): from the group's mean for a proportion, from its item-level spread otherwise."""
+    from harness.stats.power import minimum_detectable_effect
+
+    n = min(r["n"] for r in group)
+    if n < 2:
+        return math.nan
+    p = float(np.mean([r["mean"] for r in group]))
+    if all(r["interval"].support == (0.0, 1.0) for r in group):
+        return minimum_detectable_effect(n, p=min(max(p, 1.0 / n), 1 - 1.0 / n), alpha=alpha, power=power,
+                                         paired=False)
+    sd = float(np.mean([r["sd"] for r in group if not math.isnan(r["sd"])] or [math.nan]))
+    return minimum_detectable_effect(n, sd=sd, alpha=alpha, power=power, paired=False) if sd == sd else math.nan
+
+
+def _vs_above(row: dict) -> str:
+    """The paired test that separates a group from the one above it."""
     if row["p"] != row["p"]:  # NaN: the first row, or nothing to pair
         return "-" if not row["test"] else f"n/a ({row['test']})"
-    mark = " (tied)" if row["tied"] else ""
-    reason = ""
-    if row["tied"]:
-        reasons = [x for x, on in (("intervals overlap", row["overlap"]),
-                                   ("not significant", not row["p_holm"] < 0.05)) if on]
-        reason = f"; {' and '.join(reasons)}" if reasons else ""
-    return f"{row['p']:.3g} (Holm {row['p_holm']:.3g}; {row['test']}, {row['n_pairs']} items{reason}){mark}"
+    return f"p {row['p']:.3g} (Holm {row['p_holm']:.3g}; {row['test']}, {row['n_pairs']} items)"
 
 
 def _count(k: int, n: int) -> str:
@@ -191,35 +241,62 @@ def leaderboard_summary(records: list[dict], metrics: dict[str, str] | None = No
         who = (f"`{best['cell']}` ({best['component']})" if len(top) == 1 else
                f"{len(top)} cells tie for first, led by `{best['cell']}` ({best['component']})")
         below = len(mrows) - len(top)
+        test = f"adjacent paired tests (exact McNemar or sign-flip permutation), Holm, α = {ALPHA:g}"
         out.append(f"Best {metric}{on} ({direction} is better): {who} at {best['interval'].fmt(3)} "
-                   f"(n = {best['n']} items), ranked above {_count(below, len(mrows) - 1)} (a rank step is a "
-                   "significant paired difference, Holm-corrected)." if below else
-                   f"Best {metric}{on}: no cell is significantly ahead of the others; `{best['cell']}` "
-                   f"({best['component']}) has the highest mean, {best['interval'].fmt(3)}.")
+                   f"(n = {best['n']} items), ranked above {_count(below, len(mrows) - 1)} ({test})." if below else
+                   f"Best {metric}{on}: no cell is significantly ahead of the other {len(mrows) - 1} ({test}); "
+                   f"`{best['cell']}` ({best['component']}) has the highest mean, {best['interval'].fmt(3)}.")
     return out
 
 
-def render_leaderboard(records: list[dict], metrics: dict[str, str] | None = None, *, alpha: float = 0.05) -> str:
-    """The "Leaderboard" section of the report (markdown)."""
+def render_leaderboard(records: list[dict], metrics: dict[str, str] | None = None, *, alpha: float = ALPHA) -> str:
+    """The "Leaderboard" section of the report (markdown): one row per rank group; a group of tied
+    cells is one row, and one line under the table names its cells and says they are indistinguishable
+    at `alpha` and what difference the items could have detected."""
     metrics = metrics or DEFAULT_METRICS
     rows = leaderboard(records, metrics, alpha=alpha)
-    out = ["## Leaderboard\n",
-           "Cells ranked by each pre-registered metric, separately on each task (mean with a 95% interval, "
-           "clustered by item when replicates repeat items; n = items). A cell is tied with the one above "
-           "(shared rank, \"=k\") when their intervals overlap or the paired test between them (per-item means "
-           "on shared items: exact McNemar for 0/1 outcomes, else a sign-flip permutation test; Holm-corrected "
-           f"across the adjacent comparisons) is not significant at {alpha:g}.\n"]
     if not rows:
         return ""  # no cell reports a pre-registered metric: no empty section
+    out = ["## Leaderboard\n",
+           "Cells ranked by each pre-registered metric, separately on each task (mean with its interval, "
+           "clustered by item when replicates repeat items; n = items). A rank step is a significant paired "
+           "difference between adjacent cells: per-item means on shared items, exact McNemar for 0/1 "
+           "outcomes, else a sign-flip permutation test, Holm-corrected across the adjacent comparisons, "
+           f"at α = {alpha:g}, with non-overlapping intervals; cells without one share a rank group (one row). "
+           "The knobs column shows only the parameters that differ between the board's cells and are set away "
+           "from the component's default.\n"]
     boards = _boards(rows, metrics)
     for metric, direction, label, mrows in boards:
         if len(metrics) > 1 or len(boards) > 1:
             out.append(f"### `{metric}` ({direction} is better)" + (f" on {label}" if label else "") + "\n")
-        lines = [f"| rank | cell | study | {mrows[0]['component_kind']} | params | {metric} [95% CI] | n | "
-                 "p vs the cell above |", "|---|---|---|---|---|---|---|---|"]
-        for r in mrows:
-            label = f" ({r['protocol']})" if r["protocol"] else ""  # the scoring protocol beside every accuracy
-            lines.append(f"| {r['rank_label']} | `{r['cell']}` | {r['study']} | {r['component']} | "
-                         f"{_params(r['params'])} | {r['interval'].fmt(3)}{label} | {r['n']} | {_p(r)} |")
+        shown = knobs(mrows)
+        kind = mrows[0]["component_kind"]
+        lines = [f"| rank | cells | {kind} | knobs | {metric} [95% CI] | n | vs the group above (paired test) |",
+                 "|---|---|---|---|---|---|---|"]
+        notes = []
+        for group in _groups(mrows):
+            first = group[0]
+            proto = f" ({first['protocol']})" if first["protocol"] else ""  # the scoring protocol beside it
+            if len(group) == 1:
+                lines.append(f"| {first['rank']} | `{first['cell']}` | {first['component']} | {shown[first['cell']]} | "
+                             f"{first['interval'].fmt(3)}{proto} | {first['n']} | {_vs_above(first)} |")
+                continue
+            rank = f"{first['rank']}–{first['rank'] + len(group) - 1}"
+            comps = ", ".join(dict.fromkeys(r["component"] for r in group))
+            means = [r["mean"] for r in group]
+            value = (f"{group[0]['interval'].fmt(3)}{proto}" if max(means) == min(means) else
+                     f"{min(means):.3f}–{max(means):.3f} (best {first['interval'].fmt(3)}){proto}")
+            lines.append(f"| {rank} | {len(group)} tied cells | {comps} | see below | {value} | "
+                         f"{min(r['n'] for r in group)} | {_vs_above(first)} |")
+            mde = detectable(group, alpha)
+            members = "; ".join(f"`{r['cell']}` {r['interval'].fmt(3)}" +
+                                (f" ({shown[r['cell']]})" if shown[r["cell"]] != "defaults" else "") for r in group)
+            notes.append(f"- Ranks {rank}, indistinguishable at α = {alpha:g} (no adjacent paired test significant "
+                         "after Holm, or intervals overlap)"
+                         + (f"; with {min(r['n'] for r in group)} items a difference below about {mde:.3f} is "
+                            "unlikely to be detected (power 0.8)" if mde == mde else "")
+                         + f": {members}.")
         out.append("\n".join(lines) + "\n")
+        if notes:
+            out.append("\n".join(notes) + "\n")
     return "\n".join(out)

@@ -14,7 +14,7 @@ from harness.records import read_manifest, read_records
 from harness.report.format import md_table, save_figure  # noqa: F401  (re-exported)
 from harness.report.leaderboard import protocol_of
 from harness.report.sections import Context, load_sections
-from harness.stats.intervals import mean_interval
+from harness.stats.intervals import ALPHA, LEVEL, mean_interval
 
 
 def _cell_row(cell_id: str, recs: list[dict]) -> dict:
@@ -54,6 +54,68 @@ def results_table(run_dir: Path, limit: int = 30) -> str:
     return "\n".join(lines)
 
 
+FILTERS = ("strict-match", "flexible-extract")  # lm-eval's gsm8k filters, recorded beside the value
+
+
+def _filter_rows(records: list[dict]) -> dict[tuple, list[tuple[str, float | None]]]:
+    """(task, version, filter, metric, protocol) -> [(item_id, value or None for a unit not ok)]: one
+    group per lm-eval filter, whether the records are per filter (`eval`) or carry both filters'
+    values in `outcome.extra` (`score` under the lm-eval protocol)."""
+    groups: dict[tuple, list] = defaultdict(list)
+    for r in records:
+        out = r.get("outcome") or {}
+        task = r.get("task") or {}
+        name, version = task.get("name", "?"), str(task.get("version", "-"))
+        metric, protocol = out.get("metric", "-"), out.get("protocol") or "-"
+        ok = r.get("status") == "ok" and out.get("value") is not None
+        extra = out.get("extra") or {}
+        if ok and any(f in extra for f in FILTERS):
+            for f in FILTERS:
+                if f in extra:
+                    groups[(name, version, f, metric, protocol)].append((r["item_id"], float(extra[f])))
+            continue
+        filt = (r.get("generation") or {}).get("filter") or "none"
+        groups[(name, version, filt, metric, protocol)].append((r["item_id"], float(out["value"]) if ok else None))
+    return groups
+
+
+def lm_eval_table(run_dir: Path) -> str:
+    """The results of a `score` or `eval` run in lm-evaluation-harness's table layout (Tasks, Version,
+    Filter, n-shot, Metric, Value ± Stderr), with the 95% interval, the number of items and the scoring
+    protocol beside it; one row per filter (strict-match and flexible-extract both). Stderr is the
+    sample standard error lm-eval prints; the interval is the harness's (Wilson for 0/1 outcomes)."""
+    import math
+
+    run_dir = Path(run_dir)
+    nshot: dict = {}
+    res = run_dir / "lm_eval_results.json"
+    if res.is_file():
+        try:
+            nshot = json.loads(res.read_text()).get("n-shot") or {}
+        except ValueError:
+            nshot = {}
+    header = ("Tasks", "Version", "Filter", "n-shot", "Metric", "", "Value", "", "Stderr", "95% CI", "n",
+              "not ok", "Protocol")
+    rows = [header]
+    last = None
+    for (task, version, filt, metric, protocol), units in sorted(_filter_rows(read_records(run_dir)).items()):
+        vals = [(i, v) for i, v in units if v is not None]
+        iv = mean_interval([v for _, v in vals], clusters=[i for i, _ in vals])
+        n = len(vals)
+        sd = math.sqrt(sum((v - iv.mean) ** 2 for _, v in vals) / (n - 1)) if n > 1 else math.nan
+        ci = f"[{iv.lo:.4f}, {iv.hi:.4f}]" if n and not math.isnan(iv.lo) else "-"
+        rows.append(("" if task == last else task, "" if task == last else version, filt,
+                     str(nshot.get(task, "-")), metric, "↑", f"{iv.mean:.4f}" if n else "n/a", "±",
+                     f"{sd / math.sqrt(n):.4f}" if n > 1 else "n/a", ci, str(iv.n), str(len(units) - n), protocol))
+        last = task
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    right = {1, 3, 6, 8, 10, 11}
+    fmt = lambda r: "|" + "|".join(c.rjust(w) if i in right else c.ljust(w)  # noqa: E731
+                                   for i, (c, w) in enumerate(zip(r, widths))) + "|"
+    rule = "|" + "|".join(("-" * (w - 1) + ":") if i in right else "-" * w for i, w in enumerate(widths)) + "|"
+    return "\n".join([fmt(rows[0]), rule, *(fmt(r) for r in rows[1:])])
+
+
 def _non_finite(record: dict) -> bool:
     """A unit that failed because a model pass or its result held NaN/inf (harness/budget.py, records.py)."""
     return record["status"] == "error" and "non-finite" in str(record.get("error") or "")
@@ -84,8 +146,10 @@ def render_records(records: list[dict], manifest: dict, run_dir, out_dir: Path |
         title = f"# Suite `{manifest['suite']}`: run `{manifest['run_id']}`\n"
         lead = f"Status: **{manifest.get('status')}**. "
     out = [title,
-           lead + "Every value is a mean with a 95% interval "
-           "(Wilson for 0/1 outcomes; Student-t over item means when items repeat); "
+           lead + f"One level for the whole report: every interval is {100 * LEVEL:g}% and every test is at "
+           f"α = {ALPHA:g}. Every value is a mean with its interval, inside what the quantity can be "
+           "(Wilson for 0/1 outcomes, at the effective sample size when items repeat; chi-square for "
+           "non-negative quantities; Student-t over item means otherwise; docs/methods.md §5); "
            "costs are measured by the meter, per unit (item x replicate).\n"]
     from harness.report.leaderboard import leaderboard_summary, render_leaderboard
 

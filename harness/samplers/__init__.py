@@ -1,1 +1,1 @@
-"""Samplers (decoding algorithms, METHODS.md §3). Each module registers into SAMPLERS."""
+"""Samplers (decoding algorithms, docs/methods.md §3). Each module registers into SAMPLERS."""

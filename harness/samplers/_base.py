@@ -1,4 +1,4 @@
-"""The shared loop of the block samplers (LLaDA `generate.py`, METHODS.md §3) and its pure helpers.
+"""The shared loop of the block samplers (LLaDA `generate.py`, docs/methods.md §3) and its pure helpers.
 
 The canvas is the prompt followed by `gen_length` mask tokens, split into semi-autoregressive
 blocks of `block_length`. Inside the current block, each step runs one forward pass, proposes a

@@ -1,4 +1,4 @@
-"""KV caches for the block samplers (Fast-dLLM, arXiv 2505.22618; METHODS.md §3 "cache variants").
+"""KV caches for the block samplers (Fast-dLLM, arXiv 2505.22618; docs/methods.md §3 "cache variants").
 
 A denoiser that supports caching has two methods besides `logits`:
 

@@ -1,4 +1,4 @@
-"""`low_confidence`: LLaDA's remasking sampler (LLaDA `generate.py`, METHODS.md §3).
+"""`low_confidence`: LLaDA's remasking sampler (LLaDA `generate.py`, docs/methods.md §3).
 
 At each step, every masked position in the current semi-autoregressive block gets a proposal
 (argmax of the logits, with Gumbel noise at `temperature` > 0); the k proposals with the highest

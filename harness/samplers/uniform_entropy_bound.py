@@ -132,7 +132,7 @@ def on_device(generator, device: torch.device):
     `device` seeded from it (one draw), so draws happen where generate makes them."""
     if isinstance(generator, (list, tuple)):
         return [on_device(g, device) for g in generator]
-    if generator is None:  # library code never falls back to the global RNG (DESIGN.md §3)
+    if generator is None:  # library code never falls back to the global RNG (docs/architecture.md, convention 3)
         raise ValueError("uniform_entropy_bound needs an explicit torch.Generator (or one per row), got None")
     if generator.device.type == device.type:
         return generator

@@ -1,11 +1,13 @@
-"""Statistics of the estimator study (DESIGN.md, "Statistics"): pure functions of records.
+"""Statistics of the estimator study (docs/architecture.md, "Statistics"): pure functions of records.
 
 Inputs are DataFrames from `records.to_frame` (one row per record). Items are the independent
 units: per (cell, item) we reduce the R replicates to a mean, a variance (ddof=1) and squared
-errors against the item's exact values (the `exact_reference` records), then aggregate over items
-with Student-t intervals. Every resampling function takes a `seed` and draws from
-np.random.default_rng(seed). Cells of one study form a family (one estimator configuration swept
-over its sample count), which is what the 1/NFE regression runs over.
+errors against the item's exact values (the `exact_reference` records), then aggregate over items:
+Student-t intervals for signed quantities (biases), scaled chi-square intervals (Satterthwaite) for
+non-negative ones (variances, MSEs, traces), so that no interval leaves what its quantity can be.
+Every resampling function takes a `seed` and draws from np.random.default_rng(seed). Cells of one
+study form a family (one estimator configuration swept over its sample count),
+which is what the 1/NFE regression runs over.
 
 What a value estimates is declared by its estimator (class attributes the records carry, see
 `declared`), never looked up by name here: values of an estimator with `token_scale` (a per-token
@@ -23,9 +25,10 @@ import math
 import numpy as np
 from scipy import stats
 
-from harness.stats.intervals import t_interval
+from harness.stats.intervals import Interval, nonnegative_mean_interval, t_interval, within_support
 
 QUANTITIES = ("bias_elbo", "bias_log_p", "var", "mse_elbo", "mse_log_p", "var_x_nfe")
+NONNEGATIVE = ("var", "mse_elbo", "mse_log_p", "var_x_nfe")  # chi-square intervals: never below 0
 CLIP_EPS = 0.2  # PPO-style clip range: a ratio outside [1 - ε, 1 + ε] would be clipped
 
 
@@ -257,8 +260,14 @@ def per_item(df):
     return pd.DataFrame(rows)
 
 
+def interval_of(q: str, values) -> Interval:
+    """The interval a per-item quantity gets: chi-square when it cannot be negative, else Student-t."""
+    return nonnegative_mean_interval(values) if q in NONNEGATIVE else t_interval(values)
+
+
 def summarize(items):
-    """Per cell: each of QUANTITIES as mean over items with a t-interval over items (q, q_lo, q_hi)."""
+    """Per cell: each of QUANTITIES as mean over items with an interval over items (q, q_lo, q_hi):
+    chi-square for the non-negative ones (NONNEGATIVE), Student-t for the biases."""
     import pandas as pd
 
     rows = []
@@ -268,7 +277,7 @@ def summarize(items):
                "elbo_target": bool(g["elbo_target"].iloc[0]),
                "nfe": float(g["nfe"].mean()), "n_items": len(g), "R": int(g["R"].min())}
         for q in QUANTITIES:
-            iv = t_interval(g[q].dropna().to_numpy(float))
+            iv = interval_of(q, g[q].dropna().to_numpy(float))
             row.update({q: iv.mean, f"{q}_lo": iv.lo, f"{q}_hi": iv.hi})
         rows.append(row)
     return pd.DataFrame(rows)
@@ -362,9 +371,12 @@ def decomposition(df):
         row = {"cell_id": cell, "study": g["study"].iloc[0], "t_law": g["estimate.t_law"].iloc[0],
                "n_items": len(g), "T": int(g["estimate.T"].min()), "K": int(g["estimate.K"].min())}
         for q in ("within", "between", "total"):
-            iv = t_interval([c[q] for c in comps])
+            # the within part is a mean of variances (>= 0); the ANOVA between part is unbiased but
+            # can be estimated below 0, so its t-interval is cut at 0, where its true value lies
+            iv = (nonnegative_mean_interval([c[q] for c in comps]) if q == "within" else
+                  within_support(t_interval([c[q] for c in comps]), 0.0, math.inf, "[0, ∞)"))
             row.update({q: iv.mean, f"{q}_lo": iv.lo, f"{q}_hi": iv.hi})
-        iv = t_interval([c["between"] / c["total"] for c in comps if c["total"] > 0])
+        iv = within_support(t_interval([c["between"] / c["total"] for c in comps if c["total"] > 0]), 0.0, 1.0)
         row.update(share=iv.mean, share_lo=iv.lo, share_hi=iv.hi)
         row["verdict"] = ("t dominates" if iv.lo > 0.5 else "mask dominates" if iv.hi < 0.5 else "inconclusive")
         rows.append(row)
@@ -373,7 +385,8 @@ def decomposition(df):
 
 def gradient_summary(df):
     """Per gradient_variance cell: trace of the gradient covariance, squared bias, cosines to the
-    exact ELBO gradient (and bias/cosine to the exact ∇ log p), t-intervals over items; the
+    exact ELBO gradient (and bias/cosine to the exact ∇ log p), intervals over items (chi-square for
+    traces and squared biases, Student-t cut to [-1, 1] for cosines); the
     measured NFE per estimator call (the unit's NFE minus the 2^L − 1 exact passes, over R_g)."""
     import pandas as pd
 
@@ -391,7 +404,9 @@ def gradient_summary(df):
                           ("mean_cos", g["estimate.mean_cos"]),
                           ("cos_mean_log_p", g.get("estimate.cos_mean_log_p", g["estimate.cos_mean"] * math.nan)),
                           ("trace_x_nfe", g["estimate.trace_cov"].astype(float) * nfe_call)):
-            iv = t_interval(np.asarray(values, float))
+            x = np.asarray(values, float)
+            iv = (within_support(t_interval(x), -1.0, 1.0) if q.startswith(("cos", "mean_cos")) else
+                  nonnegative_mean_interval(x[~np.isnan(x)]))
             row.update({q: iv.mean, f"{q}_lo": iv.lo, f"{q}_hi": iv.hi})
         row["g_star_norm"] = float(g["estimate.g_star_norm"].mean())
         rows.append(row)

@@ -1,4 +1,4 @@
-"""The regression gate: is a new run significantly worse than a base run? (DESIGN.md, "Statistics")
+"""The regression gate: is a new run significantly worse than a base run? (docs/architecture.md, "Statistics")
 
 Records of the two runs are paired by (cell, item, seed); for each cell and each pre-registered
 metric the per-unit differences (new - base) go through a paired test (exact McNemar for 0/1

@@ -14,8 +14,11 @@ their per-key differences ``diff = b - a`` (``b`` the new run, ``a`` the base). 
 - :func:`mcnemar_exact`: exact McNemar test for paired binary outcomes: under H0 the discordant
   pairs split Binomial(b01 + b10, 1/2) (``scipy.stats.binomtest``, two-sided).
 - :func:`holm`: Holm (1979) step-down adjustment, controlling the family-wise error rate.
+- :func:`paired_proportion_difference`: Newcombe's (1998) square-and-add interval for the difference
+  of two paired proportions, built from the two Wilson intervals and the pairs' correlation; it stays
+  in [-1, 1] and keeps a width when every pair agrees (a bootstrap would give [0, 0] there).
 
-:func:`compare_paired` turns one comparison into a verdict for the regression gate (DESIGN.md,
+:func:`compare_paired` turns one comparison into a verdict for the regression gate (docs/architecture.md,
 "Statistics"): "worse" only when the paired test rejects at ``alpha`` *and* the mean difference is
 worse than ``-tolerance`` in the metric's direction; "better" symmetrically; otherwise
 "no significant change". :func:`compare_many` does the same for several metrics with Holm-adjusted
@@ -30,7 +33,7 @@ from typing import Mapping, NamedTuple
 import numpy as np
 from scipy import stats
 
-from harness.stats.intervals import Interval, t_interval
+from harness.stats.intervals import LEVEL, Interval, t_interval, wilson_interval, within_support
 
 EXACT_MAX_N = 16  # sign-flip test enumerates all 2^n sign vectors up to this n
 VERDICTS = ("worse", "better", "no significant change")
@@ -207,6 +210,33 @@ def mcnemar_exact(a, b) -> dict:
     return {"b01": b01, "b10": b10, "p": p}
 
 
+def paired_proportion_difference(base, new, level: float = LEVEL) -> Interval:
+    """``mean(new) - mean(base)`` of paired 0/1 outcomes with Newcombe's (1998, Stat. Med. 17:2127)
+    square-and-add interval for paired data (without continuity correction).
+
+    With ``(l_i, u_i)`` the Wilson intervals of ``p_new`` and ``p_base`` and ``phi`` the phi coefficient
+    of the 2x2 table of pairs (0 when a margin is empty): ``lo = d - sqrt((p1 - l1)^2 - 2 phi (p1 - l1)
+    (u2 - p2) + (u2 - p2)^2)``, ``hi = d + sqrt((u1 - p1)^2 - 2 phi (u1 - p1)(p2 - l2) + (p2 - l2)^2)``.
+    """
+    a = np.asarray(base).astype(bool).ravel()
+    b = np.asarray(new).astype(bool).ravel()
+    if a.shape != b.shape:
+        raise ValueError(f"paired outcomes differ in length: {a.size} vs {b.size}")
+    n = a.size
+    if n == 0:
+        return Interval(math.nan, math.nan, math.nan, 0, "Newcombe paired", (-1.0, 1.0))
+    both, new_only, base_only, neither = (int((b & a).sum()), int((b & ~a).sum()), int((~b & a).sum()),
+                                          int((~b & ~a).sum()))
+    p1, p2 = b.mean(), a.mean()
+    w1, w2 = wilson_interval(float(b.sum()), n, level), wilson_interval(float(a.sum()), n, level)
+    denom = math.sqrt((both + new_only) * (base_only + neither) * (both + base_only) * (new_only + neither))
+    phi = (both * neither - new_only * base_only) / denom if denom > 0 else 0.0
+    d = float(p1 - p2)
+    lo = d - math.sqrt(max(0.0, (p1 - w1.lo) ** 2 - 2 * phi * (p1 - w1.lo) * (w2.hi - p2) + (w2.hi - p2) ** 2))
+    hi = d + math.sqrt(max(0.0, (w1.hi - p1) ** 2 - 2 * phi * (w1.hi - p1) * (p2 - w2.lo) + (p2 - w2.lo) ** 2))
+    return Interval(d, max(-1.0, lo), min(1.0, hi), n, "Newcombe paired (Wilson square-and-add)", (-1.0, 1.0))
+
+
 # ------------------------------------------------------------------------------------- Holm
 
 
@@ -288,7 +318,7 @@ def compare_paired(diff, *, alpha: float = 0.05, tolerance: float = 0.0, higher_
     """Verdict for one metric from per-key differences ``diff = new - base``.
 
     Test: exact McNemar when ``binary`` (differences in {-1, 0, 1}), else the sign-flip permutation
-    test. Interval: Student-t on the mean difference (closed form for a mean; DESIGN.md). Verdict
+    test. Interval: Student-t on the mean difference (closed form for a mean; docs/architecture.md). Verdict
     by :func:`verdict_for`.
     """
     d = np.asarray(diff, dtype=float).ravel()
@@ -297,6 +327,8 @@ def compare_paired(diff, *, alpha: float = 0.05, tolerance: float = 0.0, higher_
     p, test = _paired_test(d, binary=binary, seed=seed, n_resamples=n_resamples)
     iv = t_interval(d, level)
     iv = Interval(iv.mean, iv.lo, iv.hi, iv.n, "t (paired differences)")
+    if binary:  # a difference of two 0/1 outcomes lies in [-1, 1]
+        iv = within_support(iv, -1.0, 1.0)
     v = verdict_for(iv.mean, p, alpha=alpha, tolerance=tolerance, higher_is_better=higher_is_better)
     return Comparison(name, len(d), iv.mean, iv, p, p, v, test, alpha, tolerance, higher_is_better)
 

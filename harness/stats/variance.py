@@ -8,6 +8,7 @@
   sample independently, or the pairs jointly with ``paired=True`` (estimators evaluated on the same
   draws, whose variances are then correlated). No normality assumption; with few values
   (say n < 50) it tends to under-cover.
+- :func:`chi2_variance_interval`: one sample variance with the classical chi-square interval.
 
 An efficiency ratio ``(var_x · cost_x) / (var_y · cost_y)`` with known costs is this interval scaled
 by ``cost_x / cost_y``.
@@ -42,7 +43,7 @@ def variance_ratio_interval(x, y, *, level: float = 0.95, method: str = "f", see
         raise ValueError(f"paired samples differ in length: {nx} vs {ny}")
     n_units = nx if paired else nx + ny
     if nx < 2 or ny < 2:
-        return Interval(math.nan, math.nan, math.nan, n_units, method)
+        return Interval(math.nan, math.nan, math.nan, n_units, method, (0.0, math.inf))
     with np.errstate(divide="ignore", invalid="ignore"):
         r = float(_ratio(xa, ya))
     if method == "f":
@@ -50,7 +51,7 @@ def variance_ratio_interval(x, y, *, level: float = 0.95, method: str = "f", see
             raise ValueError("the F interval assumes independent samples; use method='bootstrap' with paired=True")
         lo = r / stats.f.ppf((1 + level) / 2, nx - 1, ny - 1)
         hi = r / stats.f.ppf((1 - level) / 2, nx - 1, ny - 1)
-        return Interval(r, float(lo), float(hi), n_units, f"F({nx - 1}, {ny - 1})")
+        return Interval(r, float(lo), float(hi), n_units, f"F({nx - 1}, {ny - 1})", (0.0, math.inf))
     if method == "bootstrap":
         if seed is None:
             raise ValueError("method='bootstrap' needs a seed (reproducible resampling)")
@@ -59,5 +60,19 @@ def variance_ratio_interval(x, y, *, level: float = 0.95, method: str = "f", see
                               rng=np.random.default_rng(seed))
         ci = res.confidence_interval
         return Interval(r, float(ci.low), float(ci.high), n_units,
-                        "BCa bootstrap" + (" (paired)" if paired else ""))
+                        "BCa bootstrap" + (" (paired)" if paired else ""), (0.0, math.inf))
     raise ValueError(f"method must be 'f' or 'bootstrap', got {method!r}")
+
+
+def chi2_variance_interval(values, level: float = 0.95) -> Interval:
+    """Sample variance (ddof=1) of independent normal values with the classical chi-square interval
+    ``[(n-1) s^2 / chi2_{(1+level)/2, n-1}, (n-1) s^2 / chi2_{(1-level)/2, n-1}]`` (never negative;
+    exact under normality, too narrow for heavy tails, where a bootstrap is the safer choice)."""
+    x = np.asarray(values, dtype=float).ravel()
+    n = len(x)
+    if n < 2:
+        return Interval(math.nan, math.nan, math.nan, n, "chi-square", (0.0, math.inf))
+    s2 = float(x.var(ddof=1))
+    lo = (n - 1) * s2 / stats.chi2.ppf((1 + level) / 2, n - 1)
+    hi = (n - 1) * s2 / stats.chi2.ppf((1 - level) / 2, n - 1)
+    return Interval(s2, float(lo), float(hi), n, f"chi-square({n - 1})", (0.0, math.inf))

@@ -1,4 +1,4 @@
-"""What every task shares: splits, item hashing, stop strings, scoring protocols (DESIGN.md, `Task`).
+"""What every task shares: splits, item hashing, stop strings, scoring protocols (docs/architecture.md, "Interfaces").
 
 Scoring protocols. A published accuracy depends on how its answers were read, so every task names
 the conventions its scorer follows (`Task.protocols`, one line each with the source it follows):

@@ -1,4 +1,4 @@
-"""Where the offline copies of benchmark data live (DESIGN.md, "Data and models offline").
+"""Where the offline copies of benchmark data live (docs/architecture.md, "Data and models offline").
 
 The files are never copied into the repository: they are read from `$DLM_HARNESS_DATA` when set,
 else from the `shared/data` folder beside (or inside) an ancestor of the repository root, which is

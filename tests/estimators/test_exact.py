@@ -1,4 +1,4 @@
-"""`exact` (METHODS.md §4): the subset DP and the exact ELBO against values computed by hand,
+"""`exact` (docs/methods.md §4): the subset DP and the exact ELBO against values computed by hand,
 by brute force over orders, on a factorised model where everything is known, and by autograd."""
 from __future__ import annotations
 

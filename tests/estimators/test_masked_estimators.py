@@ -1,4 +1,4 @@
-"""Masked-likelihood estimators (METHODS.md §1): one_step, coupled, uni_elbo, quadrature_elbo,
+"""Masked-likelihood estimators (docs/methods.md §1): one_step, coupled, uni_elbo, quadrature_elbo,
 complementary_elbo (and mc_elbo's t-laws) against exact targets computed from every reveal set.
 
 For one row with n scored tokens, one pass per proper reveal set R gives lp[R, i] =

@@ -190,7 +190,7 @@ def test_dream_caches_on_the_public_checkpoint(cache, dream):
 def test_mc_elbo_on_the_native_model_has_the_exact_elbo_as_expectation(kind, llada, dream):
     """mc_elbo's count law (LLaDA's evaluation estimator: l ~ U{1..L}, l positions masked uniformly,
     weight L/l), replayed over every mask with its probability (1/L)·1/C(L, l), equals the `exact`
-    estimator's ELBO (METHODS.md §4) on the native model: the estimator is unbiased on a real
+    estimator's ELBO (docs/methods.md §4) on the native model: the estimator is unbiased on a real
     architecture, vocabulary and mask id, and Dream's shifted logits are read right."""
     from harness.estimators.exact import exact_terms, reveal_bits
 

@@ -59,7 +59,7 @@ def test_only_preregistered_metrics_and_the_markdown_table():
     assert [r["cell"] for r in leaderboard(records, {"accuracy": "higher"})] == ["x"]
     md = render_leaderboard(records, {"accuracy": "higher"})
     assert md.startswith("## Leaderboard")
-    assert "| rank | cell | study | sampler | params | accuracy [95% CI] | n | p vs the cell above |" in md
+    assert "| rank | cells | sampler | knobs | accuracy [95% CI] | n | vs the group above (paired test) |" in md
     assert "| 1 | `x` |" in md and "`e`" not in md
     assert render_leaderboard(records, {"bleu": "higher"}) == ""  # no empty section
 
@@ -78,3 +78,21 @@ def test_cells_on_different_tasks_are_ranked_on_separate_boards():
     assert x0["rank"] == 1 and x0["n_pairs"] == 0  # alone on its board: compared with nothing
     md = render_leaderboard(records, {"accuracy": "higher"})
     assert "on `addition` (canvas=16)" in md and "on `addition` (canvas=0)" in md
+
+
+def test_tied_cells_collapse_into_one_group_row_with_a_detectable_effect():
+    n = 50
+    same = [1 if i % 3 else 0 for i in range(n)]
+    records = []
+    for c, steps in (("a", 4), ("b", 8), ("c", 16)):
+        for r in recs(c, same):
+            records.append({**r, "component": {"kind": "sampler", "name": "low_confidence",
+                                               "params": {"steps": steps, "temperature": 0.0}}})
+    records += recs("worst", [0] * n)
+    md = render_leaderboard(records, {"accuracy": "higher"})
+    assert "| 1–3 | 3 tied cells | low_confidence | see below |" in md
+    assert md.count("`a`") == 1 and "(steps=4)" in md  # the swept knob, not the shared default temperature
+    assert "temperature" not in md
+    line = next(x for x in md.splitlines() if x.startswith("- Ranks 1–3"))
+    assert "indistinguishable at α = 0.05" in line and "with 50 items a difference below about" in line
+    assert "| 4 | `worst` |" in md and "McNemar" in md

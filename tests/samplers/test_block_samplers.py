@@ -1,4 +1,4 @@
-"""The block samplers on hand-built denoisers whose distributions are known (METHODS.md §3)."""
+"""The block samplers on hand-built denoisers whose distributions are known (docs/methods.md §3)."""
 from __future__ import annotations
 
 import math

@@ -1,5 +1,5 @@
 """Exact moments of the t-law ELBO estimators: mc_elbo, coupled, quadrature_elbo,
-complementary_elbo, uni_elbo (METHODS.md §1), from an item's table of masked-set sums A(M).
+complementary_elbo, uni_elbo (docs/methods.md §1), from an item's table of masked-set sums A(M).
 
 Notation: n scored positions; S1[l] = Σ_{|M|=l} A(M), S2[l] = Σ_{|M|=l} A(M)², Cx[l] =
 Σ_{|M|=l} A(M)·A(S∖M). A Bernoulli(t) mask picks M with probability t^|M| (1 − t)^(n−|M|), so a

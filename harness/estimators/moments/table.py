@@ -1,4 +1,4 @@
-"""Per-item cache of the forward passes every exact moment needs (METHODS.md §4).
+"""Per-item cache of the forward passes every exact moment needs (docs/methods.md §4).
 
 For an item with n scored positions, `ItemTable` holds log p(o_i | x_M) for every nonempty masked
 set M of the scored positions (the 2^n − 1 passes of `exact`, reveal set R = S∖M), indexed by M
@@ -114,7 +114,7 @@ class ItemTable:
         return self.by_size(self.A * self.A[self.full ^ np.arange(1 << self.n)])
 
     def elbo(self) -> float:
-        """The exact ELBO (METHODS.md §4) as Σ_{M≠∅} A(M) / (C(n,|M|)·|M|)."""
+        """The exact ELBO (docs/methods.md §4) as Σ_{M≠∅} A(M) / (C(n,|M|)·|M|)."""
         comb = np.array([math.comb(self.n, k) for k in range(self.n + 1)], dtype=float)
         l = self.size[1:]
         return float((self.A[1:] / (comb[l] * l)).sum())

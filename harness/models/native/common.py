@@ -89,7 +89,7 @@ def rotation(pos: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype)
 
 def seeded_init(module: nn.Module, std: float, seed: int, device: torch.device) -> None:
     """Random weights for a preset: normal(0, std) matrices and embeddings, unit norms, from `seed`,
-    leaving the global RNG as it was (DESIGN.md convention 3)."""
+    leaving the global RNG as it was (docs/architecture.md, convention 3)."""
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
         torch.manual_seed(seed)
         for m in module.modules():
