@@ -62,3 +62,30 @@ def full_pass_with_cache(denoiser, x: torch.Tensor, attention_mask: torch.Tensor
     if not hasattr(denoiser, "logits_build_cache"):
         raise HarnessError(f"{type(denoiser).__name__} cannot build a KV cache (no logits_build_cache)")
     return denoiser.logits_build_cache(x, attention_mask, keep=keep)
+
+
+def supports_store(denoiser) -> bool:
+    """Whether the (possibly metered) model's `logits_cached` takes `store` (block models: extend
+    the cache by the pass's columns, SDAR's store_kv pass)."""
+    import inspect
+
+    model = getattr(denoiser, "inner", denoiser)
+    fn = getattr(type(model), "logits_cached", None)
+    try:
+        return fn is not None and "store" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def store_pass(denoiser, x: torch.Tensor, attention_mask: torch.Tensor | None, lo: int, cache):
+    """A block model's finished block [lo, hi) (x: the canvas up to hi) enters the cache of [0, lo):
+    -> the cache of [0, hi). One pass over the block attending to the cache (counted as cached), as
+    SDAR's `store_kv=True` forward; with no cache yet (no prefill), or a model whose `logits_cached`
+    has no `store`, one full pass over [0, hi) that builds the cache (counted as full)."""
+    hi = x.shape[1]
+    if cache is None or not supports_store(denoiser):
+        _, new = full_pass_with_cache(denoiser, x, attention_mask, torch.arange(hi, device=x.device))
+        return new
+    _, new = denoiser.logits_cached(x[:, lo:], cache, positions=torch.arange(lo, hi, device=x.device),
+                                    attention_mask=attention_mask, store=True)
+    return new
