@@ -48,9 +48,9 @@ from harness.types import HarnessError
 MASK_ID = 151669  # <|MASK|>
 
 # SDAR's decoding/prompting defaults (harness/models/_family.py): block_diffusion_generate's per-block linear
-# schedule and torch.multinomial sampling; <|im_end|> stops; no BOS.
-FAMILY = dict(decode_defaults={"schedule": "linear", "sampling": "multinomial"}, stop_tokens=("<|im_end|>",),
-              add_bos=False)
+# schedule, torch.multinomial sampling and torch.topk's choice among equal confidences; <|im_end|> stops; no BOS.
+FAMILY = dict(decode_defaults={"schedule": "linear", "sampling": "multinomial", "tie_break": "topk"},
+              stop_tokens=("<|im_end|>",), add_bos=False)
 
 _QWEN3 = dict(vocab_size=151936, head_dim=128, rope_theta=1000000.0, rms_norm_eps=1e-6, block_size=4,
               mask_token_id=MASK_ID, eos_token_id=151643, pad_token_id=151643, bos_token_id=151643,

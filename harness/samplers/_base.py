@@ -162,10 +162,20 @@ def finish(denoiser, x: torch.Tensor, prompt_len: int, commit_step: torch.Tensor
     return Generation(tokens=tokens, text=text, commit_step=commit_step, gen_len=gen_len, steps=steps)
 
 
-def select_topk(conf: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """[B, T] scores, [B] counts -> [B, T] bool marking each row's k highest scores.
+def select_topk(conf: torch.Tensor, k: torch.Tensor, ties: str = "position") -> torch.Tensor:
+    """[B, T] scores, [B] counts -> [B, T] bool marking each row's k highest (finite) scores.
 
-    Ties break toward the lower position (a stable sort), so results are reproducible."""
+    ties "position": equal scores break toward the lower position (a stable sort), so results are
+    reproducible; "topk": row by row, the positions `torch.topk(row, k)` returns (SDAR's and
+    dLLM-RL's selection; its order among equal scores is the kernel's, deterministic for a given
+    row length on a given device)."""
+    if ties == "topk":
+        out = torch.zeros_like(conf, dtype=torch.bool)
+        for r in range(conf.shape[0]):
+            n = min(int(k[r]), conf.shape[1])
+            if n > 0:
+                out[r, torch.topk(conf[r], n).indices] = True
+        return out & torch.isfinite(conf)
     order = torch.sort(conf, dim=1, descending=True, stable=True).indices  # [B, T]
     ranks = torch.empty_like(order)
     ranks.scatter_(1, order, torch.arange(conf.shape[1], device=conf.device).expand_as(order))
@@ -211,6 +221,7 @@ class Step:
     step: int  # index of this step within the block
     last: bool  # the block's last allowed step: it must commit every eligible position
     generator: object  # the generator(s) of these rows
+    ties: str = "position"  # how select_topk breaks equal scores (the loop's tie_break)
 
 
 # -- the shared loop ------------------------------------------------------------------------------
@@ -232,6 +243,7 @@ class DecodeLoop(abc.ABC):
     sampling: Literal["auto", "gumbel", "multinomial"] = "auto"  # how proposals are drawn; auto: the model's
     top_k: int = 0  # keep the k most likely tokens before proposing (0: all)
     top_p: float = 1.0  # nucleus filter before proposing (1: all)
+    tie_break: Literal["auto", "position", "topk"] = "auto"  # equal confidences; auto: the model's, else position
 
     adaptive: ClassVar[bool] = False
     # What the report reads (harness/report/samplers.py): the parameters that move a configuration
@@ -266,6 +278,8 @@ class DecodeLoop(abc.ABC):
             raise ValueError(f"top_k must be an integer >= 0, got {self.top_k!r}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.tie_break not in ("auto", "position", "topk"):
+            raise ValueError(f"tie_break must be one of auto, position, topk, got {self.tie_break!r}")
 
     def step_count(self, n0: torch.Tensor, m: torch.Tensor, s: int, steps: int, schedule) -> torch.Tensor | None:
         """[B] tokens to commit at step s of a block (None: an adaptive sampler decides)."""
@@ -280,6 +294,12 @@ class DecodeLoop(abc.ABC):
         if self.sampling != "auto":
             return self.sampling
         return (getattr(denoiser, "decode_defaults", None) or {}).get("sampling", "gumbel")
+
+    def ties_of(self, denoiser) -> str:
+        """"position" or "topk" ("auto": the model family's `decode_defaults`, else position)."""
+        if self.tie_break != "auto":
+            return self.tie_break
+        return (getattr(denoiser, "decode_defaults", None) or {}).get("tie_break", "position")
 
     def step_probs(self, logits: torch.Tensor, denoiser) -> torch.Tensor:
         """[B, n, V] proposal logits -> [B, n, V] the softmax behind the confidences (see the
@@ -404,7 +424,7 @@ class DecodeLoop(abc.ABC):
         eligible = blk == denoiser.mask_id
         k = self.step_count(n0, eligible.sum(1), s, per_block, schedule)
         step = Step(logits=logits, probs=probs, x0=x0, eligible=eligible, k=k, step=s, last=s == per_block - 1,
-                    generator=gen)
+                    generator=gen, ties=self.ties_of(denoiser))
         return self.choose(step) & eligible, x0, step
 
     @staticmethod
@@ -607,13 +627,13 @@ class BlockSampler(DecodeLoop):
         """[B, n, V], [B, n] -> [B, n] score; higher is committed first. Default: p(x0) (LLaDA)."""
         return torch.gather(probs, -1, x0[..., None]).squeeze(-1)
 
-    def select(self, conf: torch.Tensor, k: torch.Tensor, generator) -> torch.Tensor:
-        return select_topk(conf, k)
+    def select(self, conf: torch.Tensor, k: torch.Tensor, generator, ties: str = "position") -> torch.Tensor:
+        return select_topk(conf, k, ties)
 
     def choose(self, s: Step) -> torch.Tensor:
         conf = self.confidence(s.probs, s.x0, s.generator)
         conf = torch.where(s.eligible, conf, torch.full_like(conf, -torch.inf))
-        return self.select(conf, s.k, s.generator)
+        return self.select(conf, s.k, s.generator, s.ties)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -36,5 +36,5 @@ class Threshold(AdaptiveSampler):
             return s.eligible
         conf = torch.gather(s.probs, -1, s.x0[..., None]).squeeze(-1)  # [B', n] p(x0)
         conf = torch.where(s.eligible, conf, torch.full_like(conf, -torch.inf))
-        best = select_topk(conf, torch.ones_like(conf[:, 0], dtype=torch.long))
+        best = select_topk(conf, torch.ones_like(conf[:, 0], dtype=torch.long), s.ties)
         return best | (s.eligible & (conf >= self.tau))
