@@ -45,6 +45,7 @@ import torch.nn.functional as F
 
 from harness.models.block_attention import decode_mask, dual_stream_mask
 from harness.models.native.common import Output, check_config, must, one
+from harness.models.standins import standin_layers
 from harness.types import HarnessError
 
 MASK_ID = 151669  # <|MASK|> of SDAR-*-Chat and TraDo
@@ -117,13 +118,9 @@ class SDARConfig:
         return out
 
 
-class RMSNorm(nn.Module):
-    """flash-attn's rms_norm_fn semantics (what the public file calls): float32 x and weight, then cast."""
-
-    def __init__(self, dim: int, eps: float):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
+class RMSNorm(standin_layers.RMSNorm):
+    """flash-attn's rms_norm_fn semantics (what the public file calls): float32 x and weight, then
+    cast. (A subclass of the shared RMSNorm, so presets initialise it as the other native models'.)"""
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         x = h.float()
