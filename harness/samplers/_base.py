@@ -38,6 +38,48 @@ torch.topk leaves the order of ties unspecified). Neither changed a token in the
 (tests/samplers/test_parity_decode.py: float32/float64 confidences, real model code).
 Fixed-schedule samplers also take `schedule` (harness/samplers/_schedule.py: LLaDA's linear
 counts or Dream's int(m·(1 − s/t)); "auto" is the model family's default).
+
+Sampling options (all samplers): `top_k` / `top_p` filter the logits before proposing; `sampling`
+"gumbel" is LLaDA's rule above, "multinomial" SDAR's `sample_with_temperature_topk_topp` (logits /
+temperature, top-k, top-p, softmax, one `torch.multinomial` draw per block position with the row's
+generator; the confidence is the drawn token's probability under that distribution; the mask
+token keeps its probability there, as in SDAR's code; temperature 0: the argmax); `tie_break`
+"position" (the stable sort above) or "topk" (`torch.topk`'s choice among equal confidences, as
+SDAR's code: greedy top_k 1 or a sharp top-p makes many confidences exactly 1). "auto" takes the
+model family's `decode_defaults` (SDAR/TraDo declare multinomial and topk).
+
+Block models (a denoiser with an integer `block_size`, harness/models/block_attention.py): the
+loop decodes as SDAR's / dLLM-RL's `block_diffusion_generate` (JetAstra/SDAR and Gen-Verse/dLLM-RL
+`generate.py`); the block model is a model property, and every sampler's rule (`choose`) applies
+unchanged:
+- blocks are the model's (`block_length` must be unset or equal) and aligned to absolute
+  positions from the row's first real token: the prompt's last partial block is decoded together
+  with the first completion tokens, and a row's completion has ceil((P + L) / b)·b − P tokens (the
+  reference's output length; L need not be a multiple of b). Rows of a left-padded batch are laid
+  out so that their decode blocks share columns, and give exactly what they give alone;
+- steps: `steps` (fixed schedule) and `max_steps` (adaptive) are per generation, spread over the
+  ceil(L / b) blocks of the generation (denoising_steps per block = steps·b / L); the linear
+  schedule counts the block's length b, not its masked count (get_num_transfer_tokens(block_length,
+  steps)), and a block whose masks are gone stops early (rows leave the batch, as in the adaptive
+  samplers);
+- `cache: prefix` is the reference's exact cache of finished blocks: one full prefill pass over
+  the prompt's whole blocks (rows with P >= b), cached denoising passes over the current block, and
+  after each block one store pass that appends its keys/values (a cached pass; a full pass over
+  [0, hi) for a model whose `logits_cached` has no `store`, and for the first block of a row with
+  no prefill). `cache: none` runs full passes over [0, hi) (exactly the same tokens; later blocks
+  are invisible anyway). NFE is thus the reference's count: prefill + denoising steps + one store
+  per block. `dual`, `refresh` and `cfg_scale` are refused (nothing after the block is visible;
+  the cache is exact; the reference has no guidance);
+- after each block, a row whose completion holds one of the model's stop ids decodes no further
+  block (the reference's stopping_criteria_idx); the completion is then cut at the first stop id;
+- `low_confidence` with steps = L (one token per step: b steps per block) is the reference's
+  low_confidence_static, `threshold` with tau = confidence_threshold its low_confidence_dynamic
+  whenever a block takes b steps (each step commits everything above tau, else the single most
+  confident token: the reference's top-num_transfer with num_transfer = 1). Documented
+  differences: with fewer steps than b per block, dynamic's floor is num_transfer > 1 in the
+  reference, 1 here; when the reference's count exceeds the masks left it overwrites committed or
+  prompt tokens with fresh samples, here the count is capped at the masks left; the reference's
+  tau test is strict (>), the harness's >=. None of these arise at steps = b.
 """
 from __future__ import annotations
 

@@ -26,6 +26,11 @@ It is exact for a one-layer model (layer-1 keys/values depend on a column's own 
 nothing outside the current block changes during the block), and whenever a block takes one step.
 The meter counts a cached pass over its Tq query columns (hi - lo + 1 for a shifted dual cache).
 
+Block models (harness/models/block_attention.py) keep an EXACT cache of finished blocks: their
+mask hides later blocks in every pass, so nothing outside the current block can change a cached
+column. Their `logits_cached` may take `store=True` and then returns (logits, the cache extended
+by the pass's columns): SDAR's `store_kv=True` forward after a block is finished (`store_pass`).
+
 Counting: the block-start pass is a FULL pass and the later ones are CACHED passes. The meter
 counts `logits_cached` as cached; the cache-building pass must be counted as full, so it goes
 through the meter's `logits_build_cache` (see `full_pass_with_cache`).
