@@ -5,7 +5,7 @@ blocks sit in an exact KV cache while the current block is denoised.
 
 `impl: native` (the default) runs the harness's own torch implementation
 (harness/models/native/sdar.py): `path` reads an official checkpoint directory or hub id
-(JetAstra/SDAR-1.7B-Chat, -4B-Chat, -8B-Chat; Gen-Verse/TraDo-4B-Instruct, -8B-Instruct, ...:
+(JetLM/SDAR-1.7B-Chat, -4B-Chat, -8B-Chat; Gen-Verse/TraDo-4B-Instruct, -8B-Instruct, ...:
 config.json + safetensors, sharded or not) by parameter name, with no remote code. Its logits equal
 the public `modeling_sdar.py`'s (both dLLM-RL's and SDAR's copy) given the same block mask, in
 float32 and bf16 (tests/models/test_sdar_parity.py). It has the exact KV cache of finished blocks

@@ -1,4 +1,4 @@
-"""Native SDAR / TraDo (JetAstra/SDAR-*-Chat, Gen-Verse/TraDo-*): torch only, no remote code.
+"""Native SDAR / TraDo (JetLM/SDAR-*-Chat, Gen-Verse/TraDo-*): torch only, no remote code.
 
 Architecture as the public `modeling_sdar.py` computes it (JetAstra/SDAR
 `training/model/SDAR-4B-Chat/modeling_sdar.py`; Gen-Verse/dLLM-RL `models/sdar/modeling_sdar.py`,
