@@ -27,7 +27,8 @@ has none); Chat/Instruct checkpoints apply their (Qwen3) chat template. `block_s
 decodes with another attention block than the config's, as `block_diffusion_generate`'s
 `block_length` argument does. Decoding follows SDAR's `block_diffusion_generate` through the
 shared samplers (harness/samplers/_base.py, "Block models"): the family declares SDAR's sampling
-(`torch.multinomial` after temperature / top-k / top-p) and the linear per-block schedule.
+(`torch.multinomial` after temperature / top-k / top-p), torch.topk's order among equal
+confidences and the linear per-block schedule.
 """
 from __future__ import annotations
 
