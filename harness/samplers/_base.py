@@ -143,21 +143,35 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
     return logits.masked_fill(torch.zeros_like(drop).scatter(-1, order, drop), -torch.inf)
 
 
+def inverse_cdf_draw(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """[B, n, V] probabilities (unnormalised allowed), [B, n] uniforms in [0, 1) -> [B, n] the first
+    index whose cumulative mass exceeds u times the total (float64)."""
+    cdf = probs.double().cumsum(-1)  # [B, n, V]
+    pick = torch.searchsorted(cdf, (u.double() * cdf[..., -1])[..., None], right=True).squeeze(-1)
+    return pick.clamp_max(probs.shape[-1] - 1)
+
+
 def multinomial_rows(probs: torch.Tensor, generator) -> torch.Tensor:
-    """[B, n, V] probabilities -> [B, n] one `torch.multinomial` draw per position, row by row with
-    per-row generators (one call over the whole batch with a shared one), drawn where the generator
-    lives: SDAR's `sample_with_temperature_topk_topp` for a batch of one."""
+    """[B, n, V] probabilities -> [B, n] one draw per position: SDAR's `sample_with_temperature_topk_topp`
+    for a batch of one (`torch.multinomial` row by row with per-row generators, one call over the
+    whole batch with a shared one) when the generator lives on the probabilities' device. A CPU
+    generator with GPU probabilities (the runner's generators) draws by inverse CDF from the
+    generator's uniforms, on the GPU: the same distribution without copying [B, n, V] to the CPU
+    (torch.multinomial there draws one exponential per vocabulary entry; the reference's GPU draws
+    come from the global CUDA RNG and cannot be reproduced anyway)."""
     if generator is None:
         raise ValueError("a stochastic step needs an explicit torch.Generator (or one per row), got None")
     B, n, V = probs.shape
-    if isinstance(generator, (list, tuple)):
-        if len(generator) != B:
-            raise ValueError(f"got {len(generator)} generators for a batch of {B}")
-        rows = [torch.multinomial(probs[r].to(g.device), 1, generator=g).view(n) for r, g in enumerate(generator)]
-        return torch.stack(rows).to(probs.device) if rows else torch.zeros(0, n, dtype=torch.long,
-                                                                           device=probs.device)
-    out = torch.multinomial(probs.reshape(B * n, V).to(generator.device), 1, generator=generator)
-    return out.view(B, n).to(probs.device)
+    gens = list(generator) if isinstance(generator, (list, tuple)) else None
+    if gens is not None and len(gens) != B:
+        raise ValueError(f"got {len(gens)} generators for a batch of {B}")
+    gen_device = (gens[0].device if gens else probs.device) if gens is not None else generator.device
+    if gen_device.type != probs.device.type:
+        return inverse_cdf_draw(probs, rand(generator, B, n, dtype=torch.float64, device=probs.device))
+    if gens is not None:
+        rows = [torch.multinomial(probs[r], 1, generator=g).view(n) for r, g in enumerate(gens)]
+        return torch.stack(rows) if rows else torch.zeros(0, n, dtype=torch.long, device=probs.device)
+    return torch.multinomial(probs.reshape(B * n, V), 1, generator=generator).view(B, n)
 
 
 def guided_logits(denoiser, x, attention_mask, prompt_len: int, cfg_scale: float) -> torch.Tensor:

@@ -9,7 +9,7 @@ import torch
 
 from harness.budget import Meter
 from harness.registry import MODELS, SAMPLERS
-from harness.samplers._base import multinomial_rows, select_topk, top_k_filter, top_p_filter
+from harness.samplers._base import inverse_cdf_draw, multinomial_rows, select_topk, top_k_filter, top_p_filter
 from harness.types import HarnessError
 
 L = 10  # not a multiple of the block: the reference's length rule applies
@@ -185,3 +185,20 @@ def test_sampler_options_are_checked():
                           ({"tie_break": "random"}, "tie_break")]:
         with pytest.raises((ValueError, HarnessError), match=match):
             SAMPLERS.build("low_confidence", params)
+
+
+def test_remdm_refuses_a_block_model(sdar_tiny):
+    ids = torch.tensor([sdar_tiny.tokenizer.encode("12+7=")])
+    with pytest.raises(HarnessError, match="block by block"):
+        SAMPLERS.build("remdm", {"steps": 8})(sdar_tiny, ids, generator=gens([0]), gen_length=8)
+
+
+def test_inverse_cdf_draw_samples_the_distribution():
+    """What multinomial_rows uses for GPU probabilities with the runner's CPU generators."""
+    probs = torch.tensor([0.1, 0.6, 0.0, 0.3]).expand(1, 20000, 4).contiguous()
+    u = torch.rand(1, 20000, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    pick = inverse_cdf_draw(probs, u)
+    freq = torch.bincount(pick.view(-1), minlength=4).double() / 20000
+    assert torch.allclose(freq, torch.tensor([0.1, 0.6, 0.0, 0.3], dtype=torch.float64), atol=0.01)
+    assert inverse_cdf_draw(probs[:, :3], torch.tensor([[0.0, 0.1, 0.7 - 1e-12]])).tolist() == [[0, 1, 1]]
+    assert inverse_cdf_draw(probs[:, :1] * 5, torch.tensor([[0.75]])).tolist() == [[3]]  # unnormalised
