@@ -155,9 +155,11 @@ def test_cache_of_finished_blocks_equals_the_public_store_kv_passes(dtype, sdar_
         full = nat.logits(x)
     assert torch.equal(got, want) and torch.equal(got_s, got)
     assert cache2.length == 12
-    tol = 0 if dtype == "float32" else 0.1  # bf16: another summation order over the keys
-    assert (got.float() - full[:, 8:12].float()).abs().max() <= max(tol, 1e-4)
-    assert (nxt.float() - full[:, 12:16].float()).abs().max() <= max(tol, 1e-4)
+    # an uncached pass sums over the keys in other groupings: measured 1.4e-5 (float32) and 0.0625
+    # (bf16: one ulp of logits in [8, 16); |logits| <= 25) on these weights
+    tol = 1e-4 if dtype == "float32" else 0.125
+    assert (got.float() - full[:, 8:12].float()).abs().max() <= tol
+    assert (nxt.float() - full[:, 12:16].float()).abs().max() <= tol
 
 
 def test_left_padded_batch_equals_single_rows(sdar_ckpts):
