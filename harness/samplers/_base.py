@@ -72,14 +72,16 @@ unchanged:
   the cache is exact; the reference has no guidance);
 - after each block, a row whose completion holds one of the model's stop ids decodes no further
   block (the reference's stopping_criteria_idx); the completion is then cut at the first stop id;
-- `low_confidence` with steps = L (one token per step: b steps per block) is the reference's
-  low_confidence_static, `threshold` with tau = confidence_threshold its low_confidence_dynamic
-  whenever a block takes b steps (each step commits everything above tau, else the single most
-  confident token: the reference's top-num_transfer with num_transfer = 1). Documented
-  differences: with fewer steps than b per block, dynamic's floor is num_transfer > 1 in the
-  reference, 1 here; when the reference's count exceeds the masks left it overwrites committed or
-  prompt tokens with fresh samples, here the count is capped at the masks left; the reference's
-  tau test is strict (>), the harness's >=. None of these arise at steps = b.
+- `low_confidence` with `steps` (denoising_steps per block = steps·b / L) is the reference's
+  low_confidence_static; `threshold` with tau = confidence_threshold is its low_confidence_dynamic
+  when a block takes b steps (each step commits everything above tau, else the single most
+  confident token: the reference's num_transfer is 1), and with `floor: schedule` and `max_steps`
+  = steps for fewer steps per block (at least the schedule's num_transfer per step: everything
+  above tau when that many are, else the num_transfer most confident). Documented differences:
+  when the reference's count exceeds the masks left (fewer steps than b and a prompt ending inside
+  a block, or dynamic leaving fewer masks than num_transfer) it overwrites committed or prompt
+  tokens with fresh samples; here the count is capped at the masks left. The reference's tau test
+  is strict (>), the harness's >= (they differ only for a confidence exactly equal to tau).
 """
 from __future__ import annotations
 
@@ -92,7 +94,7 @@ import torch.nn.functional as F
 
 from harness.models.block_attention import block_size_of
 from harness.samplers._cache import check_cache_support, full_pass_with_cache, store_pass
-from harness.samplers._schedule import SCHEDULES, resolve_schedule
+from harness.samplers._schedule import SCHEDULES, linear_schedule, resolve_schedule
 from harness.seeding import rand
 from harness.text import upto_first_eos
 from harness.types import Generation, HarnessError
@@ -278,6 +280,7 @@ class Step:
     last: bool  # the block's last allowed step: it must commit every eligible position
     generator: object  # the generator(s) of these rows
     ties: str = "position"  # how select_topk breaks equal scores (the loop's tie_break)
+    k_schedule: torch.Tensor | None = None  # [B'] the linear schedule's count at this step (any sampler)
 
 
 # -- the shared loop ------------------------------------------------------------------------------
@@ -480,7 +483,7 @@ class DecodeLoop(abc.ABC):
         eligible = blk == denoiser.mask_id
         k = self.step_count(n0, eligible.sum(1), s, per_block, schedule)
         step = Step(logits=logits, probs=probs, x0=x0, eligible=eligible, k=k, step=s, last=s == per_block - 1,
-                    generator=gen, ties=self.ties_of(denoiser))
+                    generator=gen, ties=self.ties_of(denoiser), k_schedule=linear_schedule(n0, None, s, per_block))
         return self.choose(step) & eligible, x0, step
 
     @staticmethod

@@ -202,3 +202,26 @@ def test_inverse_cdf_draw_samples_the_distribution():
     assert torch.allclose(freq, torch.tensor([0.1, 0.6, 0.0, 0.3], dtype=torch.float64), atol=0.01)
     assert inverse_cdf_draw(probs[:, :3], torch.tensor([[0.0, 0.1, 0.7 - 1e-12]])).tolist() == [[0, 1, 1]]
     assert inverse_cdf_draw(probs[:, :1] * 5, torch.tensor([[0.75]])).tolist() == [[3]]  # unnormalised
+
+
+def test_threshold_floor_schedule_is_sdars_dynamic_rule():
+    """block_diffusion_generate's low_confidence_dynamic: if at least num_transfer confidences pass
+    the threshold commit all of them, else the num_transfer most confident (here num_transfer 2)."""
+    from harness.samplers._base import Step
+
+    probs = torch.tensor([[[0.95, 0.05], [0.5, 0.5], [0.92, 0.08], [0.7, 0.3], [0.99, 0.01]]])  # [1, 5, 2]
+    x0 = torch.zeros(1, 5, dtype=torch.long)
+
+    def step(eligible, k):
+        return Step(logits=probs.log(), probs=probs, x0=x0, eligible=torch.tensor([eligible]), k=None, step=0,
+                    last=False, generator=None, k_schedule=torch.tensor([k]))
+
+    sched = SAMPLERS.build("threshold", {"tau": 0.9, "floor": "schedule"})
+    one = SAMPLERS.build("threshold", {"tau": 0.9})
+    everything = [True] * 5
+    assert sched.choose(step(everything, 2)).tolist() == [[True, False, True, False, True]]  # 3 >= 2 pass
+    assert sched.choose(step([False, True, True, True, False], 2)).tolist() == [[False, False, True, True, False]]
+    assert one.choose(step([False, True, True, True, False], 2)).tolist() == [[False, False, True, False, False]]
+    assert sched.choose(step([False, True, False, True, False], 2)).tolist() == [[False, True, False, True, False]]
+    with pytest.raises(HarnessError, match="floor"):
+        SAMPLERS.build("threshold", {"floor": "two"})
