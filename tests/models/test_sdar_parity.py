@@ -296,3 +296,22 @@ def test_block_8_decoding_with_generation_config_and_greedy_sampling(strategy, s
     P, n = ids.shape[1], int(gen.gen_len[0])
     blocks = -(-(P + n) // 8) - P // 8  # blocks decoded up to the one holding the stop id
     assert cost.nfe - plain_cost.nfe == blocks + int(P >= 8)  # the store passes and the prefill
+
+
+@pytest.mark.parametrize("prompt", ["Q: 3*4?\nA: abcdefg", "12+7=12+7=12+7=1"])  # 18 and 16 tokens
+def test_static_decoding_with_two_tokens_per_step(prompt, real, sdar_ckpts):
+    """block 8 with 4 denoising steps (num_transfer 2 per step) on dLLM-RL's generate.py.
+
+    (The dynamic strategy is not compared at fewer steps than the block: with num_transfer 2 and one
+    mask left, the reference's torch.topk picks an already committed position and overwrites it
+    with a fresh sample -- it did in every run tried, 2-4 times per 24 tokens; the harness's
+    `threshold` with `floor: schedule` caps the count at the masks left.)"""
+    code = "dllm_rl"
+    ref, _ = real[code]
+    den = native(sdar_ckpts[code], block_size=8)
+    ids = torch.tensor([den.tokenizer.encode(prompt)])
+    kw = dict(gen_length=24, block_length=8, denoising_steps=4)
+    for seed in (0, 1):
+        want, passes = reference_decode(code, ref, ids, seed, remasking_strategy="low_confidence_static", **kw)
+        gen, cost = harness_decode(den, ids, seed, strategy="low_confidence_static", confidence_threshold=0.9, **kw)
+        assert agree(want, gen) and cost.nfe == passes
