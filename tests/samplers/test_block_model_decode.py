@@ -225,3 +225,16 @@ def test_threshold_floor_schedule_is_sdars_dynamic_rule():
     assert sched.choose(step([False, True, False, True, False], 2)).tolist() == [[False, True, False, True, False]]
     with pytest.raises(HarnessError, match="floor"):
         SAMPLERS.build("threshold", {"floor": "two"})
+
+
+def test_fixed_tokens_start_committed_on_a_block_model(sdar_tiny):
+    """Inpainting (IGPO's `fixed`): [B, L] tokens >= 0 sit at the completion's positions from the start."""
+    ids, x, m = batch(sdar_tiny, TEXTS[:2])
+    fixed = torch.full((2, L), -1)
+    fixed[:, 1] = 7
+    fixed[0, 6] = 9
+    gen = SAMPLERS.build("low_confidence", {"cache": "prefix", "temperature": 1.0})(
+        sdar_tiny, x, prompt_mask=m, generator=gens([0, 1]), gen_length=L, fixed=fixed)
+    assert gen.tokens[:, 1].tolist() == [7, 7] and int(gen.tokens[0, 6]) == 9
+    assert gen.commit_step[:, 1].tolist() == [-1, -1] and int(gen.commit_step[0, 6]) == -1
+    assert (gen.commit_step[1, :L] >= 0).sum() == L - 1
