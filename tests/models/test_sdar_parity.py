@@ -260,20 +260,17 @@ def test_block_decoding_is_token_identical_with_equal_nfe_at_the_config_defaults
 def test_block_decoding_is_token_identical_at_the_signature_defaults(real, sdar_ckpts):
     """block_diffusion_generate's own defaults (gen_length 128, block_length 8, 8 steps, temperature
     1, dynamic, threshold 0.85) on a block-4 checkpoint decoded with block 8 (the model's
-    `block_size` field, as the function's block_length argument); several seeds differ."""
+    `block_size` field, as the function's block_length argument); another seed gives other tokens."""
     code = "dllm_rl"
     ref, _ = real[code]
     den = native(sdar_ckpts[code], block_size=8)
     ids = torch.tensor([den.tokenizer.encode("Q: 3*4?\nA: abc")])
     defaults = dict(gen_length=128, block_length=8, denoising_steps=8)
-    seen = set()
-    for seed in (0, 1):
-        want, passes = reference_decode(code, ref, ids, seed, **defaults)  # remasking/threshold: the defaults
-        gen, cost = harness_decode(den, ids, seed, strategy="low_confidence_dynamic", confidence_threshold=0.85,
-                                   **defaults)
-        assert agree(want, gen) and cost.nfe == passes
-        seen.add(tuple(want.tolist()))
-    assert len(seen) == 2
+    want, passes = reference_decode(code, ref, ids, 0, **defaults)  # remasking/threshold: the signature's
+    gen, cost = harness_decode(den, ids, 0, strategy="low_confidence_dynamic", confidence_threshold=0.85, **defaults)
+    assert agree(want, gen) and cost.nfe == passes
+    other, _ = harness_decode(den, ids, 1, strategy="low_confidence_dynamic", confidence_threshold=0.85, **defaults)
+    assert not torch.equal(other.tokens, gen.tokens)
 
 
 @pytest.mark.parametrize("sampling", [dict(temperature=0.6, top_k=20, top_p=0.95), dict(top_k=1)],
