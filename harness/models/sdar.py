@@ -18,7 +18,8 @@ throughput suites; `config` overrides take config.json keys.
 and passes the block mask and position ids explicitly (the public file applies no mask of its
 own: without one it would attend bidirectionally over everything). The public file is written for
 transformers 4.52 and needs flash-attn at import; where it does not load the error says so and
-points to `impl: native`. Remote models have no KV cache here (`cache: none`).
+points to `impl: native`. The KV cache of finished blocks (`cache: prefix`) is then the file's own
+(`store_kv` passes into a transformers DynamicCache, as `block_diffusion_generate` drives it).
 
 Ids from the checkpoint: `block_size` and `mask_token_id` from config.json (<|MASK|> 151669),
 EOS `<|endoftext|>` 151643 from the tokenizer, stop ids from generation_config.json
@@ -39,9 +40,9 @@ from typing import ClassVar
 
 import torch
 
+from harness.models import block_attention as ba
 from harness.models._family import declare
 from harness.models._hf_common import ChatTokenizer, DiffusionDenoiser
-from harness.models.block_attention import decode_mask, dual_stream_mask, positions
 from harness.models.native.adapter import NativeOrRemote
 from harness.registry import MODELS
 from harness.types import HarnessError
@@ -97,9 +98,26 @@ class BlockDenoiser(DiffusionDenoiser):
         return self.module.forward_cached(x, cache, positions.to(x.device), attention_mask, store=store)
 
 
+class RemoteCache:
+    """A transformers DynamicCache of the canvas columns [0, length) as the samplers see it
+    (`length`, `take`); SDAR's own file fills it in `store_kv=True` passes."""
+
+    def __init__(self, pkv, length: int):
+        self.pkv, self.length = pkv, int(length)
+
+    def take(self, rows: torch.Tensor) -> "RemoteCache":
+        from transformers.cache_utils import DynamicCache
+
+        new = DynamicCache()
+        for i, layer in enumerate(self.pkv.layers):
+            new.update(layer.keys[rows], layer.values[rows], i)
+        return RemoteCache(new, self.length)
+
+
 class RemoteBlockDenoiser(DiffusionDenoiser):
     """The checkpoint's own modeling file, given the block mask (bool [B, 1, Tq, Tk]) and position ids
-    counting real tokens at every call. No KV cache."""
+    counting real tokens at every call. Its KV cache is the file's own (`store_kv`, a
+    transformers DynamicCache), driven as `block_diffusion_generate` drives it."""
 
     def __init__(self, module, tokenizer, *, block_size: int, **kw):
         super().__init__(module, tokenizer, shift_logits=False, mask_style="4d", **kw)
@@ -110,18 +128,45 @@ class RemoteBlockDenoiser(DiffusionDenoiser):
 
     def logits(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         B, T = x.shape
-        mask = decode_mask(attention_mask, B, T, self.block_size, x.device)
-        pos = positions(attention_mask, B, T, x.device)
+        mask = ba.decode_mask(attention_mask, B, T, self.block_size, x.device)
+        pos = ba.positions(attention_mask, B, T, x.device)
         return self.forward(input_ids=x, attention_mask=mask, position_ids=pos, use_cache=False).logits
 
     def logits_denoise(self, xt: torch.Tensor, x0: torch.Tensor,
                        attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         B, T = xt.shape
-        mask = dual_stream_mask(attention_mask, B, T, self.block_size, xt.device)
-        pos = positions(attention_mask, B, T, xt.device)
+        mask = ba.dual_stream_mask(attention_mask, B, T, self.block_size, xt.device)
+        pos = ba.positions(attention_mask, B, T, xt.device)
         out = self.forward(input_ids=torch.cat([xt, x0], 1), attention_mask=mask, position_ids=torch.cat([pos, pos], 1),
                            use_cache=False).logits
         return out[:, :T]
+
+    def logits_build_cache(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None, *, keep):
+        from transformers.cache_utils import DynamicCache
+
+        B, T = x.shape
+        keep = torch.arange(T, device=x.device)[keep] if isinstance(keep, slice) else keep
+        if not torch.equal(keep.cpu(), torch.arange(T)):
+            raise HarnessError("sdar (remote): a KV cache is built from a pass over exactly the columns it keeps")
+        pkv = DynamicCache()
+        out = self.forward(input_ids=x, attention_mask=ba.decode_mask(attention_mask, B, T, self.block_size, x.device),
+                           position_ids=ba.positions(attention_mask, B, T, x.device), past_key_values=pkv,
+                           use_cache=True, store_kv=True).logits
+        return out, RemoteCache(pkv, T)
+
+    def logits_cached(self, x: torch.Tensor, cache: RemoteCache, *, positions: torch.Tensor,
+                      attention_mask: torch.Tensor | None = None, store: bool = False):
+        B, Tq = x.shape
+        lo, hi = cache.length, cache.length + Tq
+        if positions.numel() != Tq or int(positions[0]) != lo:
+            raise HarnessError(f"sdar (remote): a cached pass runs the columns right after the cache ({lo}...)")
+        am = None if attention_mask is None else attention_mask[:, :hi]
+        mask = ba.decode_mask(am, B, hi, self.block_size, x.device)[:, :, lo:hi]  # [B, 1, Tq, hi]
+        pos = ba.positions(am, B, hi, x.device)[:, lo:hi]
+        pkv = cache.take(torch.arange(B, device=x.device)).pkv if store else cache.pkv  # store_kv extends in place
+        out = self.forward(input_ids=x, attention_mask=mask, position_ids=pos, past_key_values=pkv,
+                           use_cache=True, store_kv=store).logits
+        return (out, RemoteCache(pkv, hi)) if store else out
 
 
 @MODELS.register("sdar")

@@ -312,3 +312,18 @@ def test_static_decoding_with_two_tokens_per_step(prompt, real, sdar_ckpts):
         want, passes = reference_decode(code, ref, ids, seed, remasking_strategy="low_confidence_static", **kw)
         gen, cost = harness_decode(den, ids, seed, strategy="low_confidence_static", confidence_threshold=0.9, **kw)
         assert agree(want, gen) and cost.nfe == passes
+
+
+@pytest.mark.parametrize("code", CODES)
+def test_remote_impl_decodes_with_its_own_cache_as_the_reference(code, real, sdar_ckpts):
+    """impl: remote with cache: prefix drives the file's own DynamicCache (store_kv passes) as
+    block_diffusion_generate does: the reference's tokens and pass count."""
+    path = sdar_ckpts[code]
+    tf5().patch(path, code)
+    remote = native(path, impl="remote")
+    ids = torch.tensor([remote.tokenizer.encode("Q: 3*4?\nA: abc")])
+    for strategy in ("low_confidence_static", "low_confidence_dynamic"):
+        want, passes = reference_decode(code, real[code][0], ids, 4, remasking_strategy=strategy,
+                                        confidence_threshold=0.9, **CONFIG_DEFAULTS)
+        gen, cost = harness_decode(remote, ids, 4, strategy=strategy, confidence_threshold=0.9, **CONFIG_DEFAULTS)
+        assert agree(want, gen) and cost.nfe == passes and cost.nfe_cached == passes - 1
