@@ -533,7 +533,7 @@ class DecodeLoop(abc.ABC):
                 gens = rows_of(generator, rows)
                 fx = None if fixed is None else fixed[rows]
                 parts.append((rows, self._block_rows(denoiser, prompt[rows], pm[rows], gens, L, bs, per_block, fx)))
-        width = max(int(t.shape[1]) for _, (t, _, _, _) in parts)
+        width = max((int(t.shape[1]) for _, (t, _, _, _) in parts), default=L)
         tokens = torch.full((B, width), int(denoiser.eos_id), dtype=prompt.dtype, device=prompt.device)
         commit = torch.full((B, width), -1, dtype=torch.long, device=prompt.device)
         lengths = torch.zeros(B, dtype=torch.long, device=prompt.device)
