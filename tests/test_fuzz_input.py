@@ -38,7 +38,7 @@ def _normalise(data: dict) -> dict:
         m["params"].pop("device", None)
         if m.get("name") == "tiny":
             m["params"]["checkpoint"] = "tiny-addition"
-        if m.get("name") in ("llada", "dream") and "path" in m["params"]:  # a hub id: no hub here
+        if m.get("name") in ("llada", "dream", "sdar") and "path" in m["params"]:  # a hub id: no hub here
             m["params"] = {"preset": "tiny"}
     return data
 

@@ -83,10 +83,11 @@ def resolve_chat_option(chat, path: str | None, hf_tokenizer) -> tuple[bool, str
 
 
 def declare(denoiser, hf_tokenizer, *, path: str | None, decode_defaults: dict, stop_tokens: tuple[str, ...],
-            add_bos: bool, chat="auto"):
-    """Attach the family's declarations to a loaded denoiser; -> the denoiser."""
+            add_bos: bool, chat="auto", stop_ids: tuple[int, ...] = ()):
+    """Attach the family's declarations to a loaded denoiser; -> the denoiser. `stop_ids`: ids the
+    checkpoint itself declares (its generation_config.json `eos_token_id`), added to the named tokens."""
     vocab = hf_tokenizer.get_vocab() if hasattr(hf_tokenizer, "get_vocab") else {}
-    extra = [vocab[t] for t in stop_tokens if t in vocab]
+    extra = [int(i) for i in stop_ids] + [vocab[t] for t in stop_tokens if t in vocab]
     denoiser.decode_defaults = dict(decode_defaults)
     denoiser.stop_ids = tuple(dict.fromkeys([int(denoiser.eos_id), *map(int, extra)]))
     on, why = resolve_chat_option(chat, path, hf_tokenizer)

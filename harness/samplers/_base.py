@@ -38,6 +38,50 @@ torch.topk leaves the order of ties unspecified). Neither changed a token in the
 (tests/samplers/test_parity_decode.py: float32/float64 confidences, real model code).
 Fixed-schedule samplers also take `schedule` (harness/samplers/_schedule.py: LLaDA's linear
 counts or Dream's int(m·(1 − s/t)); "auto" is the model family's default).
+
+Sampling options (all samplers): `top_k` / `top_p` filter the logits before proposing; `sampling`
+"gumbel" is LLaDA's rule above, "multinomial" SDAR's `sample_with_temperature_topk_topp` (logits /
+temperature, top-k, top-p, softmax, one `torch.multinomial` draw per block position with the row's
+generator; the confidence is the drawn token's probability under that distribution; the mask
+token keeps its probability there, as in SDAR's code; temperature 0: the argmax); `tie_break`
+"position" (the stable sort above) or "topk" (`torch.topk`'s choice among equal confidences, as
+SDAR's code: greedy top_k 1 or a sharp top-p makes many confidences exactly 1). "auto" takes the
+model family's `decode_defaults` (SDAR/TraDo declare multinomial and topk).
+
+Block models (a denoiser with an integer `block_size`, harness/models/block_attention.py): the
+loop decodes as SDAR's / dLLM-RL's `block_diffusion_generate` (JetAstra/SDAR and Gen-Verse/dLLM-RL
+`generate.py`); the block model is a model property, and every sampler's rule (`choose`) applies
+unchanged:
+- blocks are the model's (`block_length` must be unset or equal) and aligned to absolute
+  positions from the row's first real token: the prompt's last partial block is decoded together
+  with the first completion tokens, and a row's completion has ceil((P + L) / b)·b − P tokens (the
+  reference's output length; L need not be a multiple of b). Rows of a left-padded batch are laid
+  out so that their decode blocks share columns, and give exactly what they give alone;
+- steps: `steps` (fixed schedule) and `max_steps` (adaptive) are per generation, spread over the
+  ceil(L / b) blocks of the generation (denoising_steps per block = steps·b / L); the linear
+  schedule counts the block's length b, not its masked count (get_num_transfer_tokens(block_length,
+  steps)), and a block whose masks are gone stops early (rows leave the batch, as in the adaptive
+  samplers);
+- `cache: prefix` is the reference's exact cache of finished blocks: one full prefill pass over
+  the prompt's whole blocks (rows with P >= b), cached denoising passes over the current block, and
+  after each block one store pass that appends its keys/values (a cached pass; a full pass over
+  [0, hi) for a model whose `logits_cached` has no `store`, and for the first block of a row with
+  no prefill). `cache: none` runs full passes over [0, hi) (exactly the same tokens; later blocks
+  are invisible anyway). NFE is thus the reference's count: prefill + denoising steps + one store
+  per block. `dual`, `refresh` and `cfg_scale` are refused (nothing after the block is visible;
+  the cache is exact; the reference has no guidance);
+- after each block, a row whose completion holds one of the model's stop ids decodes no further
+  block (the reference's stopping_criteria_idx); the completion is then cut at the first stop id;
+- `low_confidence` with `steps` (denoising_steps per block = steps·b / L) is the reference's
+  low_confidence_static; `threshold` with tau = confidence_threshold is its low_confidence_dynamic
+  when a block takes b steps (each step commits everything above tau, else the single most
+  confident token: the reference's num_transfer is 1), and with `floor: schedule` and `max_steps`
+  = steps for fewer steps per block (at least the schedule's num_transfer per step: everything
+  above tau when that many are, else the num_transfer most confident). Documented differences:
+  when the reference's count exceeds the masks left (fewer steps than b and a prompt ending inside
+  a block, or dynamic leaving fewer masks than num_transfer) it overwrites committed or prompt
+  tokens with fresh samples; here the count is capped at the masks left. The reference's tau test
+  is strict (>), the harness's >= (they differ only for a confidence exactly equal to tau).
 """
 from __future__ import annotations
 
@@ -48,13 +92,15 @@ from typing import ClassVar, Literal
 import torch
 import torch.nn.functional as F
 
-from harness.samplers._cache import check_cache_support, full_pass_with_cache
-from harness.samplers._schedule import SCHEDULES, resolve_schedule
+from harness.models.block_attention import block_size_of
+from harness.samplers._cache import check_cache_support, full_pass_with_cache, store_pass
+from harness.samplers._schedule import SCHEDULES, linear_schedule, resolve_schedule
 from harness.seeding import rand
 from harness.text import upto_first_eos
-from harness.types import Generation
+from harness.types import Generation, HarnessError
 
 CONFIDENCE_DTYPES = {"float32": torch.float32, "float64": torch.float64, "model": None}
+SAMPLINGS = ("auto", "gumbel", "multinomial")
 
 
 # -- pure helpers ---------------------------------------------------------------------------------
@@ -75,6 +121,59 @@ def add_gumbel_noise(logits: torch.Tensor, temperature: float, generator) -> tor
         return logits
     u = rand(generator, logits.shape[0], *logits.shape[1:], dtype=torch.float64, device=logits.device)
     return logits.double().exp() / (-torch.log(u)) ** temperature
+
+
+def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Logits below the k-th largest of their row become -inf (k <= 0: unchanged; ties with the
+    k-th largest are kept), as SDAR's `top_k_logits`."""
+    if k <= 0:
+        return logits
+    kth = torch.topk(logits, min(k, logits.shape[-1])).values[..., -1:]
+    return torch.where(logits < kth, torch.full_like(logits, -torch.inf), logits)
+
+
+def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Nucleus filter (p >= 1: unchanged): sorted descending, a token is dropped when the
+    probability mass strictly before it already exceeds p (the most likely token always stays),
+    as SDAR's `top_p_logits`."""
+    if p >= 1.0:
+        return logits
+    sorted_logits, order = torch.sort(logits, descending=True)
+    over = torch.cumsum(F.softmax(sorted_logits, dim=-1), dim=-1) > p
+    drop = torch.zeros_like(over)
+    drop[..., 1:] = over[..., :-1]
+    return logits.masked_fill(torch.zeros_like(drop).scatter(-1, order, drop), -torch.inf)
+
+
+def inverse_cdf_draw(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """[B, n, V] probabilities (unnormalised allowed), [B, n] uniforms in [0, 1) -> [B, n] the first
+    index whose cumulative mass exceeds u times the total (float64)."""
+    cdf = probs.double().cumsum(-1)  # [B, n, V]
+    pick = torch.searchsorted(cdf, (u.double() * cdf[..., -1])[..., None], right=True).squeeze(-1)
+    return pick.clamp_max(probs.shape[-1] - 1)
+
+
+def multinomial_rows(probs: torch.Tensor, generator) -> torch.Tensor:
+    """[B, n, V] probabilities -> [B, n] one draw per position: SDAR's `sample_with_temperature_topk_topp`
+    for a batch of one (`torch.multinomial` row by row with per-row generators, one call over the
+    whole batch with a shared one) when the generator lives on the probabilities' device. A CPU
+    generator with GPU probabilities (the runner's generators) draws by inverse CDF from the
+    generator's uniforms, on the GPU: the same distribution without copying [B, n, V] to the CPU
+    (torch.multinomial there draws one exponential per vocabulary entry; the reference's GPU draws
+    come from the global CUDA RNG and cannot be reproduced anyway)."""
+    if generator is None:
+        raise ValueError("a stochastic step needs an explicit torch.Generator (or one per row), got None")
+    B, n, V = probs.shape
+    gens = list(generator) if isinstance(generator, (list, tuple)) else None
+    if gens is not None and len(gens) != B:
+        raise ValueError(f"got {len(gens)} generators for a batch of {B}")
+    gen_device = (gens[0].device if gens else probs.device) if gens is not None else generator.device
+    if gen_device.type != probs.device.type:
+        return inverse_cdf_draw(probs, rand(generator, B, n, dtype=torch.float64, device=probs.device))
+    if gens is not None:
+        rows = [torch.multinomial(probs[r], 1, generator=g).view(n) for r, g in enumerate(gens)]
+        return torch.stack(rows) if rows else torch.zeros(0, n, dtype=torch.long, device=probs.device)
+    return torch.multinomial(probs.reshape(B * n, V), 1, generator=generator).view(B, n)
 
 
 def guided_logits(denoiser, x, attention_mask, prompt_len: int, cfg_scale: float) -> torch.Tensor:
@@ -106,20 +205,35 @@ def upto_first_stop(tokens: torch.Tensor, stops: tuple[int, ...]) -> torch.Tenso
     return upto_first_eos(torch.where(is_stop, -1, tokens), -1)
 
 
-def finish(denoiser, x: torch.Tensor, prompt_len: int, commit_step: torch.Tensor, steps: int) -> Generation:
-    """Cut the canvas at the first stop token (later tokens become EOS padding) and decode."""
+def finish(denoiser, x: torch.Tensor, prompt_len: int, commit_step: torch.Tensor, steps: int,
+           lengths: torch.Tensor | None = None) -> Generation:
+    """Cut the canvas at the first stop token (later tokens become EOS padding) and decode.
+    `lengths` [B]: each row's own completion length (block models: rows end at different columns);
+    a row without a stop token ends there."""
     tokens = x[:, prompt_len:].clone()  # [B, L]
     gen_len = upto_first_stop(tokens, stop_ids(denoiser))  # [B]
+    if lengths is not None:
+        gen_len = torch.minimum(gen_len, lengths.to(gen_len.device))
     pos = torch.arange(tokens.shape[1], device=tokens.device)[None, :]
     tokens[pos >= gen_len[:, None]] = denoiser.eos_id
     text = [denoiser.tokenizer.decode(row.tolist()) for row in tokens]
     return Generation(tokens=tokens, text=text, commit_step=commit_step, gen_len=gen_len, steps=steps)
 
 
-def select_topk(conf: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """[B, T] scores, [B] counts -> [B, T] bool marking each row's k highest scores.
+def select_topk(conf: torch.Tensor, k: torch.Tensor, ties: str = "position") -> torch.Tensor:
+    """[B, T] scores, [B] counts -> [B, T] bool marking each row's k highest (finite) scores.
 
-    Ties break toward the lower position (a stable sort), so results are reproducible."""
+    ties "position": equal scores break toward the lower position (a stable sort), so results are
+    reproducible; "topk": row by row, the positions `torch.topk(row, k)` returns (SDAR's and
+    dLLM-RL's selection; its order among equal scores is the kernel's, deterministic for a given
+    row length on a given device)."""
+    if ties == "topk":
+        out = torch.zeros_like(conf, dtype=torch.bool)
+        for r in range(conf.shape[0]):
+            n = min(int(k[r]), conf.shape[1])
+            if n > 0:
+                out[r, torch.topk(conf[r], n).indices] = True
+        return out & torch.isfinite(conf)
     order = torch.sort(conf, dim=1, descending=True, stable=True).indices  # [B, T]
     ranks = torch.empty_like(order)
     ranks.scatter_(1, order, torch.arange(conf.shape[1], device=conf.device).expand_as(order))
@@ -165,15 +279,18 @@ class Step:
     step: int  # index of this step within the block
     last: bool  # the block's last allowed step: it must commit every eligible position
     generator: object  # the generator(s) of these rows
+    ties: str = "position"  # how select_topk breaks equal scores (the loop's tie_break)
+    k_schedule: torch.Tensor | None = None  # [B'] the linear schedule's count at this step (any sampler)
 
 
 # -- the shared loop ------------------------------------------------------------------------------
 @dataclass(frozen=True, kw_only=True)
 class DecodeLoop(abc.ABC):
-    """Shared knobs and loop of the block samplers (LLaDA's generate loop + Fast-dLLM caches)."""
+    """Shared knobs and loop of the block samplers (LLaDA's generate loop + Fast-dLLM caches; on a
+    block model, SDAR's block_diffusion_generate: see the module docstring, "Block models")."""
 
     gen_length: int | None = None  # None: the task's length
-    block_length: int | None = None  # None: a single block
+    block_length: int | None = None  # None: a single block (block models: the model's block_size)
     temperature: float = 0.0
     cfg_scale: float = 0.0
     cache: Literal["none", "prefix", "dual"] = "none"
@@ -182,6 +299,10 @@ class DecodeLoop(abc.ABC):
     logits_eos_inf: bool = False  # LLaDA: EOS is never proposed
     confidence_eos_eot_inf: bool = False  # LLaDA: EOT (and EOS at temperature 0) proposals get confidence 0
     confidence_dtype: Literal["float32", "float64", "model"] = "float32"  # "model": the logits' dtype
+    sampling: Literal["auto", "gumbel", "multinomial"] = "auto"  # how proposals are drawn; auto: the model's
+    top_k: int = 0  # keep the k most likely tokens before proposing (0: all)
+    top_p: float = 1.0  # nucleus filter before proposing (1: all)
+    tie_break: Literal["auto", "position", "topk"] = "auto"  # equal confidences; auto: the model's, else position
 
     adaptive: ClassVar[bool] = False
     # What the report reads (harness/report/samplers.py): the parameters that move a configuration
@@ -210,6 +331,14 @@ class DecodeLoop(abc.ABC):
         if self.confidence_dtype not in CONFIDENCE_DTYPES:
             raise ValueError(f"confidence_dtype must be one of {', '.join(CONFIDENCE_DTYPES)}, "
                              f"got {self.confidence_dtype!r}")
+        if self.sampling not in SAMPLINGS:
+            raise ValueError(f"sampling must be one of {', '.join(SAMPLINGS)}, got {self.sampling!r}")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
+            raise ValueError(f"top_k must be an integer >= 0, got {self.top_k!r}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.tie_break not in ("auto", "position", "topk"):
+            raise ValueError(f"tie_break must be one of auto, position, topk, got {self.tie_break!r}")
 
     def step_count(self, n0: torch.Tensor, m: torch.Tensor, s: int, steps: int, schedule) -> torch.Tensor | None:
         """[B] tokens to commit at step s of a block (None: an adaptive sampler decides)."""
@@ -218,6 +347,18 @@ class DecodeLoop(abc.ABC):
     def schedule_of(self, denoiser):
         """The step schedule function (fixed-schedule samplers only)."""
         return None
+
+    def sampling_of(self, denoiser) -> str:
+        """"gumbel" or "multinomial" ("auto": the model family's `decode_defaults`, else gumbel)."""
+        if self.sampling != "auto":
+            return self.sampling
+        return (getattr(denoiser, "decode_defaults", None) or {}).get("sampling", "gumbel")
+
+    def ties_of(self, denoiser) -> str:
+        """"position" or "topk" ("auto": the model family's `decode_defaults`, else position)."""
+        if self.tie_break != "auto":
+            return self.tie_break
+        return (getattr(denoiser, "decode_defaults", None) or {}).get("tie_break", "position")
 
     def step_probs(self, logits: torch.Tensor, denoiser) -> torch.Tensor:
         """[B, n, V] proposal logits -> [B, n, V] the softmax behind the confidences (see the
@@ -231,6 +372,36 @@ class DecodeLoop(abc.ABC):
                 logits[..., out] = -torch.inf
         return F.softmax(logits.to(dtype), -1)
 
+    def propose(self, logits: torch.Tensor, denoiser, generator, early: torch.Tensor | None,
+                sampling: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """[B', n, V] logits of the block -> (logits as the step sees them, probs, proposals x0 [B', n]).
+
+        gumbel (LLaDA): the mask token ruled out, argmax of the logits with Gumbel noise at
+        `temperature`; probs = the confidence softmax of the (unscaled) logits. multinomial (SDAR's
+        `sample_with_temperature_topk_topp`): logits / temperature, then top-k and top-p, softmax,
+        one `torch.multinomial` draw per position; probs = that distribution (its x0 entry is
+        SDAR's confidence), the mask token keeps its probability as in SDAR's code (a trained model
+        gives it ~0; a drawn mask leaves the position masked); temperature 0 takes the argmax.
+        `early` [B', n]: positions where EOS is suppressed (min_length)."""
+        mask_id = denoiser.mask_id
+        if sampling == "gumbel":
+            logits[..., mask_id] = -torch.inf  # never propose the mask token itself
+        if self.logits_eos_inf:
+            logits[..., denoiser.eos_id] = -torch.inf
+        if early is not None:
+            logits[..., denoiser.eos_id] = torch.where(early, -torch.inf, logits[..., denoiser.eos_id])
+        if sampling == "gumbel":
+            logits = top_p_filter(top_k_filter(logits, self.top_k), self.top_p)
+            x0 = add_gumbel_noise(logits, self.temperature, generator).argmax(-1)  # [B', n]
+            return logits, self.step_probs(logits, denoiser), x0
+        scaled = logits / self.temperature if self.temperature not in (0.0, 1.0) else logits
+        scaled = top_p_filter(top_k_filter(scaled, self.top_k), self.top_p)
+        dtype = scaled.dtype if self.confidence_dtype == "model" else CONFIDENCE_DTYPES[self.confidence_dtype]
+        probs = F.softmax(scaled.to(dtype), -1)  # [B', n, V]
+        x0 = scaled.argmax(-1) if self.temperature == 0 else multinomial_rows(probs, generator)
+        conf_probs = self.step_probs(scaled, denoiser) if self.confidence_eos_eot_inf else probs
+        return scaled, conf_probs, x0
+
     # -- what subclasses define ------------------------------------------------------------------
     @abc.abstractmethod
     def block_steps(self, L: int, n_blocks: int) -> int:
@@ -241,8 +412,16 @@ class DecodeLoop(abc.ABC):
         """-> [B', n] bool: the positions to commit at this step (a subset of s.eligible)."""
 
     # -- planning ----------------------------------------------------------------------------------
-    def plan(self, gen_length: int) -> tuple[int, int, int]:
+    def plan(self, gen_length: int, block_size: int | None = None) -> tuple[int, int, int]:
+        """(L, block, steps per block). With a block model's `block_size` the blocks are the model's
+        (`block_length` must be unset or equal) and L need not be a multiple of it."""
         L = self.gen_length or gen_length
+        if block_size is not None:
+            if self.block_length is not None and self.block_length != block_size:
+                raise HarnessError(f"sampler block_length {self.block_length}: the model is a block-diffusion model "
+                                   f"with block_size {block_size}, which sets the blocks (leave block_length unset, "
+                                   "or set the model's block_size)")
+            return L, block_size, self.block_steps(-(-L // block_size) * block_size, -(-L // block_size))
         block = min(self.block_length or L, L)
         if L % block:
             raise ValueError(f"gen_length {L} is not a multiple of block_length {block}")
@@ -250,7 +429,9 @@ class DecodeLoop(abc.ABC):
 
     def max_nfe_per_sequence(self, gen_length: int) -> int:
         """Forward passes per sequence, known before running (plan-time budget checks); for an
-        adaptive sampler, the most it can take."""
+        adaptive sampler, the most it can take. (A block model may take a few more: one more block
+        when the prompt ends inside a block, and with a cache the prefill and one store pass per
+        block; see "Block models".)"""
         L, block, per_block = self.plan(gen_length)
         return (L // block) * per_block * (2 if self.cfg_scale > 0 else 1)
 
@@ -258,8 +439,12 @@ class DecodeLoop(abc.ABC):
     @torch.no_grad()
     def __call__(self, denoiser, prompt: torch.Tensor, *, generator, prompt_mask: torch.Tensor | None = None,
                  gen_length: int = 32, fixed: torch.Tensor | None = None) -> Generation:
+        if block_size_of(denoiser) is not None:
+            return self._decode_block_model(denoiser, prompt, generator=generator, prompt_mask=prompt_mask,
+                                            gen_length=gen_length, fixed=fixed)
         L, block, per_block = self.plan(gen_length)
         check_cache_support(denoiser, self.cache)
+        sampling = self.sampling_of(denoiser)
         B, P = prompt.shape
         mask_id = denoiser.mask_id
         x = torch.cat([prompt, torch.full((B, L), mask_id, dtype=prompt.dtype, device=prompt.device)], 1)
@@ -283,33 +468,162 @@ class DecodeLoop(abc.ABC):
                 xr = x if rows is None else x[rows]
                 ar = None if attn is None else (attn if rows is None else attn[rows])
                 logits, cache = self._block_logits(denoiser, xr, ar, P, lo, hi, s, cache, rows)
-                logits[..., mask_id] = -torch.inf  # never propose the mask token itself
-                if self.logits_eos_inf:
-                    logits[..., denoiser.eos_id] = -torch.inf
+                early = None
                 if self.min_length > 0:
-                    early = torch.arange(lo - P, hi - P, device=x.device) < self.min_length  # [n]
-                    logits[:, early, denoiser.eos_id] = -torch.inf
-                gen = rows_of(generator, rows)
-                x0 = add_gumbel_noise(logits, self.temperature, gen).argmax(-1)  # [B', n]
-                blk = xr[:, lo:hi]
-                eligible = blk == mask_id
-                k = self.step_count(n0 if rows is None else n0[rows], eligible.sum(1), s, per_block, schedule)
-                step = Step(logits=logits, probs=self.step_probs(logits, denoiser), x0=x0, eligible=eligible,
-                            k=k, step=s, last=s == per_block - 1, generator=gen)
-                commit = self.choose(step) & eligible  # [B', n]
-                new_blk = torch.where(commit, x0, blk)
-                steps_r = row_steps if rows is None else row_steps[rows]
-                cs = commit_step[:, lo - P:hi - P] if rows is None else commit_step[rows, lo - P:hi - P]
-                cs = torch.where(commit, steps_r[:, None].expand_as(cs), cs)
-                if rows is None:
-                    x[:, lo:hi] = new_blk
-                    commit_step[:, lo - P:hi - P] = cs
-                    row_steps += 1
-                else:
-                    x[rows, lo:hi] = new_blk
-                    commit_step[rows, lo - P:hi - P] = cs
-                    row_steps[rows] += 1
+                    early = (torch.arange(lo - P, hi - P, device=x.device) < self.min_length)[None].expand(
+                        logits.shape[:2])  # [B', n]
+                commit, x0, _ = self._step(denoiser, logits, xr[:, lo:hi], n0 if rows is None else n0[rows], s,
+                                           per_block, schedule, rows_of(generator, rows), early, sampling)
+                self._apply(x, commit_step, row_steps, rows, commit, x0, lo, hi, P)
         return finish(denoiser, x, P, commit_step, int(row_steps.max()) if B else 0)
+
+    def _step(self, denoiser, logits, blk, n0, s: int, per_block: int, schedule, gen, early, sampling):
+        """One step on the current block's columns: -> (commit [B', n] bool, proposals x0 [B', n], Step)."""
+        logits, probs, x0 = self.propose(logits, denoiser, gen, early, sampling)
+        eligible = blk == denoiser.mask_id
+        k = self.step_count(n0, eligible.sum(1), s, per_block, schedule)
+        step = Step(logits=logits, probs=probs, x0=x0, eligible=eligible, k=k, step=s, last=s == per_block - 1,
+                    generator=gen, ties=self.ties_of(denoiser), k_schedule=linear_schedule(n0, None, s, per_block))
+        return self.choose(step) & eligible, x0, step
+
+    @staticmethod
+    def _apply(x, commit_step, row_steps, rows, commit, x0, lo: int, hi: int, c0: int) -> None:
+        """Write a step's commits into the canvas x (columns [lo, hi)) and commit_step (canvas column
+        c - c0), and count one pass for the rows (None: all)."""
+        blk = x[:, lo:hi] if rows is None else x[rows, lo:hi]
+        new_blk = torch.where(commit, x0, blk)
+        steps_r = row_steps if rows is None else row_steps[rows]
+        cs = commit_step[:, lo - c0:hi - c0] if rows is None else commit_step[rows, lo - c0:hi - c0]
+        cs = torch.where(commit, steps_r[:, None].expand_as(cs), cs)
+        if rows is None:
+            x[:, lo:hi] = new_blk
+            commit_step[:, lo - c0:hi - c0] = cs
+            row_steps += 1
+        else:
+            x[rows, lo:hi] = new_blk
+            commit_step[rows, lo - c0:hi - c0] = cs
+            row_steps[rows] += 1
+
+    # -- block models (SDAR's block_diffusion_generate) ---------------------------------------------
+    def _decode_block_model(self, denoiser, prompt, *, generator, prompt_mask, gen_length, fixed) -> Generation:
+        """Decode on a block model (see the module docstring, "Block models"): rows are split into
+        the rows whose prompt fills at least one block (they have a prefill) and the others, each
+        part decoded by `_block_rows`; the results are laid side by side in the batch's order."""
+        bs = block_size_of(denoiser)
+        L, _, per_block = self.plan(gen_length, bs)
+        if self.cache == "dual":
+            raise HarnessError("cache 'dual' on a block-diffusion model: later blocks are never visible, so there is "
+                               "nothing after the block to cache; use cache: prefix")
+        if self.refresh:
+            raise HarnessError("refresh on a block-diffusion model: its cache of finished blocks is exact and is "
+                               "never rebuilt; use refresh: 0")
+        if self.cfg_scale > 0:
+            raise HarnessError("cfg_scale > 0 on a block-diffusion model is not supported (block_diffusion_generate "
+                               "has no guidance)")
+        check_cache_support(denoiser, self.cache)
+        B, P = prompt.shape
+        pm = torch.ones_like(prompt, dtype=torch.bool) if prompt_mask is None else prompt_mask.bool()
+        n_real = pm.sum(1)  # [B]
+        if fixed is not None and fixed.shape[1] < L:
+            raise HarnessError(f"fixed tokens: {fixed.shape[1]} columns for a generation of {L}")
+        parts = []
+        for sel in (n_real >= bs, n_real < bs):
+            rows = sel.nonzero().squeeze(1)
+            if rows.numel():
+                gens = rows_of(generator, rows)
+                fx = None if fixed is None else fixed[rows]
+                parts.append((rows, self._block_rows(denoiser, prompt[rows], pm[rows], gens, L, bs, per_block, fx)))
+        width = max((int(t.shape[1]) for _, (t, _, _, _) in parts), default=L)
+        tokens = torch.full((B, width), int(denoiser.eos_id), dtype=prompt.dtype, device=prompt.device)
+        commit = torch.full((B, width), -1, dtype=torch.long, device=prompt.device)
+        lengths = torch.zeros(B, dtype=torch.long, device=prompt.device)
+        steps = torch.zeros(B, dtype=torch.long, device=prompt.device)
+        for rows, (t, c, n, st) in parts:
+            tokens[rows, :t.shape[1]] = t
+            commit[rows, :t.shape[1]] = c
+            lengths[rows] = n
+            steps[rows] = st
+        return finish(denoiser, tokens, 0, commit, int(steps.max()) if B else 0, lengths=lengths)
+
+    def _block_rows(self, denoiser, prompt, pm, generator, L: int, bs: int, per_block: int, fixed):
+        """Rows that all have a prefill (or all have none). Canvas: each row's prompt placed so that
+        its whole blocks end at column C0 (a multiple of bs; left-padded before), its last partial
+        block and the generation from C0 on; the decode blocks [C0 + k bs, C0 + (k + 1) bs) are then
+        the same columns for every row. -> (tokens [g, W'] of each row's completion, commit steps,
+        [g] completion lengths, [g] passes)."""
+        g, P = prompt.shape
+        dev = prompt.device
+        mask_id = denoiser.mask_id
+        n_real = pm.sum(1)  # [g]
+        pre, part = (n_real // bs) * bs, n_real % bs  # whole prompt blocks, the partial block's prompt tokens
+        n_blocks = -(-(part + L) // bs)  # [g] decode blocks of each row (as block_diffusion_generate)
+        C0, NB = int(pre.max()), int(n_blocks.max())
+        W = C0 + NB * bs
+        x = torch.full((g, W), mask_id, dtype=prompt.dtype, device=dev)
+        attn = torch.zeros((g, W), dtype=torch.bool, device=dev)
+        start = C0 + part  # [g] the first completion column of each row
+        for r in range(g):
+            real = prompt[r][pm[r]]
+            lo = C0 - int(pre[r])
+            x[r, lo:lo + real.numel()] = real
+            attn[r, lo:] = True
+            if fixed is not None:  # inpainting: [L] tokens >= 0 start committed
+                f = fixed[r, :L].to(dev)
+                cols = slice(int(start[r]), int(start[r]) + L)
+                x[r, cols] = torch.where(f >= 0, f, x[r, cols])
+        commit_step = torch.full((g, W), -1, dtype=torch.long, device=dev)
+        row_steps = torch.zeros(g, dtype=torch.long, device=dev)
+        sampling = self.sampling_of(denoiser)
+        schedule = self.schedule_of(denoiser)
+        stops = torch.tensor(stop_ids(denoiser), device=dev)
+        cached = self.cache == "prefix"
+        cache, cache_rows = None, None
+        if cached and C0 > 0:  # prefill: the prompt's whole blocks (one full pass)
+            _, cache = full_pass_with_cache(denoiser, x[:, :C0], attn[:, :C0], torch.arange(C0, device=dev))
+            cache_rows = torch.arange(g, device=dev)
+        alive = torch.ones(g, dtype=torch.bool, device=dev)
+        for k in range(NB):
+            lo, hi = C0 + k * bs, C0 + (k + 1) * bs
+            in_block = (alive & (n_blocks > k)).nonzero().squeeze(1)  # rows decoding this block
+            if not in_block.numel():
+                break
+            n0 = torch.full((g,), bs, dtype=torch.long, device=dev)  # the schedule counts the block's length
+            for s in range(per_block):
+                live = in_block[(x[in_block, lo:hi] == mask_id).any(1)]  # rows whose block has a MASK left
+                if not live.numel():
+                    break
+                if not cached:
+                    logits = denoiser.logits(x[live, :hi], attn[live, :hi])[:, lo:hi]
+                elif cache is None:  # no prefill and the first block: the block alone, a full pass
+                    logits = denoiser.logits(x[live, lo:hi], attn[live, lo:hi])
+                else:
+                    part_cache = cache.take(_positions_in(cache_rows, live))
+                    logits = denoiser.logits_cached(x[live, lo:hi], part_cache, attention_mask=attn[live, :hi],
+                                                    positions=torch.arange(lo, hi, device=dev))
+                logits = logits.clone()
+                early = None
+                if self.min_length > 0:
+                    idx = torch.arange(lo, hi, device=dev)[None, :] - start[live][:, None]  # completion index
+                    early = (idx >= 0) & (idx < self.min_length)
+                commit, x0, _ = self._step(denoiser, logits, x[live, lo:hi], n0[live], s, per_block, schedule,
+                                           rows_of(generator, live), early, sampling)
+                self._apply(x, commit_step, row_steps, live, commit, x0, lo, hi, 0)
+            if cached:  # the store pass: the finished block's keys/values join the cache
+                cache = store_pass(denoiser, x[in_block, :hi], attn[in_block, :hi], lo,
+                                   None if cache is None else cache.take(_positions_in(cache_rows, in_block)))
+                cache_rows = in_block
+            gen_cols = torch.arange(C0, hi, device=dev)[None, :] >= start[in_block][:, None]
+            hit = (torch.isin(x[in_block, C0:hi], stops) & gen_cols).any(1)
+            alive[in_block[hit]] = False  # a stop id anywhere in the completion: no more blocks
+        length = n_blocks * bs - part  # [g] each row's completion length (block_diffusion_generate's rule)
+        width = int(length.max())
+        tokens = torch.full((g, width), int(denoiser.eos_id), dtype=prompt.dtype, device=dev)
+        commits = torch.full((g, width), -1, dtype=torch.long, device=dev)
+        for r in range(g):
+            cols = slice(int(start[r]), int(start[r]) + int(length[r]))
+            tokens[r, :int(length[r])] = x[r, cols]
+            commits[r, :int(length[r])] = commit_step[r, cols]
+        return tokens, commits, length, row_steps
 
     def _block_logits(self, denoiser, x, attn, P: int, lo: int, hi: int, s: int, cache, rows):
         """Logits [B', hi - lo, V] of the current block, and the block's KV cache (if any).
@@ -372,13 +686,13 @@ class BlockSampler(DecodeLoop):
         """[B, n, V], [B, n] -> [B, n] score; higher is committed first. Default: p(x0) (LLaDA)."""
         return torch.gather(probs, -1, x0[..., None]).squeeze(-1)
 
-    def select(self, conf: torch.Tensor, k: torch.Tensor, generator) -> torch.Tensor:
-        return select_topk(conf, k)
+    def select(self, conf: torch.Tensor, k: torch.Tensor, generator, ties: str = "position") -> torch.Tensor:
+        return select_topk(conf, k, ties)
 
     def choose(self, s: Step) -> torch.Tensor:
         conf = self.confidence(s.probs, s.x0, s.generator)
         conf = torch.where(s.eligible, conf, torch.full_like(conf, -torch.inf))
-        return self.select(conf, s.k, s.generator)
+        return self.select(conf, s.k, s.generator, s.ties)
 
 
 @dataclass(frozen=True, kw_only=True)

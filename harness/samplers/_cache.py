@@ -26,6 +26,11 @@ It is exact for a one-layer model (layer-1 keys/values depend on a column's own 
 nothing outside the current block changes during the block), and whenever a block takes one step.
 The meter counts a cached pass over its Tq query columns (hi - lo + 1 for a shifted dual cache).
 
+Block models (harness/models/block_attention.py) keep an EXACT cache of finished blocks: their
+mask hides later blocks in every pass, so nothing outside the current block can change a cached
+column. Their `logits_cached` may take `store=True` and then returns (logits, the cache extended
+by the pass's columns): SDAR's `store_kv=True` forward after a block is finished (`store_pass`).
+
 Counting: the block-start pass is a FULL pass and the later ones are CACHED passes. The meter
 counts `logits_cached` as cached; the cache-building pass must be counted as full, so it goes
 through the meter's `logits_build_cache` (see `full_pass_with_cache`).
@@ -62,3 +67,30 @@ def full_pass_with_cache(denoiser, x: torch.Tensor, attention_mask: torch.Tensor
     if not hasattr(denoiser, "logits_build_cache"):
         raise HarnessError(f"{type(denoiser).__name__} cannot build a KV cache (no logits_build_cache)")
     return denoiser.logits_build_cache(x, attention_mask, keep=keep)
+
+
+def supports_store(denoiser) -> bool:
+    """Whether the (possibly metered) model's `logits_cached` takes `store` (block models: extend
+    the cache by the pass's columns, SDAR's store_kv pass)."""
+    import inspect
+
+    model = getattr(denoiser, "inner", denoiser)
+    fn = getattr(type(model), "logits_cached", None)
+    try:
+        return fn is not None and "store" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def store_pass(denoiser, x: torch.Tensor, attention_mask: torch.Tensor | None, lo: int, cache):
+    """A block model's finished block [lo, hi) (x: the canvas up to hi) enters the cache of [0, lo):
+    -> the cache of [0, hi). One pass over the block attending to the cache (counted as cached), as
+    SDAR's `store_kv=True` forward; with no cache yet (no prefill), or a model whose `logits_cached`
+    has no `store`, one full pass over [0, hi) that builds the cache (counted as full)."""
+    hi = x.shape[1]
+    if cache is None or not supports_store(denoiser):
+        _, new = full_pass_with_cache(denoiser, x, attention_mask, torch.arange(hi, device=x.device))
+        return new
+    _, new = denoiser.logits_cached(x[:, lo:], cache, positions=torch.arange(lo, hi, device=x.device),
+                                    attention_mask=attention_mask, store=True)
+    return new

@@ -30,7 +30,7 @@ class Entropy(BlockSampler):
     def confidence(self, probs, x0, generator=None):
         return -token_entropy(probs)
 
-    def select(self, conf, k, generator):
+    def select(self, conf, k, generator, ties="position"):
         if self.alg_temp > 0:
             return gumbel_topk(conf, k, self.alg_temp, generator)
-        return select_topk(conf, k)
+        return select_topk(conf, k, ties)

@@ -31,9 +31,11 @@ from typing import ClassVar, Literal
 import torch
 import torch.nn.functional as F
 
+from harness.models.block_attention import block_size_of
 from harness.registry import SAMPLERS
 from harness.samplers._base import add_gumbel_noise, aligned, finish, select_topk
 from harness.seeding import rand
+from harness.types import HarnessError
 
 
 @SAMPLERS.register("remdm")
@@ -122,6 +124,10 @@ class ReMDM:
     @torch.no_grad()
     def __call__(self, denoiser, prompt: torch.Tensor, *, generator, prompt_mask: torch.Tensor | None = None,
                  gen_length: int = 32):
+        if block_size_of(denoiser) is not None:
+            raise HarnessError("remdm remasks over the whole canvas at once; a block-diffusion model decodes block "
+                               "by block (use low_confidence, threshold, entropy_bound: harness/samplers/_base.py, "
+                               "\"Block models\")")
         L, N = self.n_steps(gen_length)
         B, P = prompt.shape
         mask_id = denoiser.mask_id

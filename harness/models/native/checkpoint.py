@@ -50,6 +50,24 @@ def read_config(path: Path) -> dict:
         raise HarnessError(f"{f}: not valid JSON ({exc})") from None
 
 
+def generation_eos(path: Path) -> tuple[int, ...]:
+    """The stop ids a checkpoint's generation_config.json declares (`eos_token_id`, an id or a list);
+    () when the file or the key is absent."""
+    f = Path(path) / "generation_config.json"
+    if not f.is_file():
+        return ()
+    try:
+        eos = json.loads(f.read_text()).get("eos_token_id")
+    except json.JSONDecodeError as exc:
+        raise HarnessError(f"{f}: not valid JSON ({exc})") from None
+    if eos is None:
+        return ()
+    ids = eos if isinstance(eos, list) else [eos]
+    if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise HarnessError(f"{f}: eos_token_id = {eos!r}, expected an id or a list of ids")
+    return tuple(ids)
+
+
 def weight_files(path: Path) -> list[Path]:
     """The safetensors files of a checkpoint directory (the index's shards, or *.safetensors)."""
     path = Path(path)
