@@ -6,6 +6,7 @@ Exit status: 0 on success, 1 when a run finished with failed units, 2 on bad usa
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -127,7 +128,11 @@ def cmd_run(args) -> int:
     say = runner.dist.main  # under torchrun only rank 0 prints, so the last stdout line stays the run directory
     if say:
         print(f"run directory: {runner.run_dir}", file=sys.stderr)
-    run_dir = runner.run()
+    try:
+        run_dir = runner.run()
+    except KeyboardInterrupt as exc:  # the hint names this run's directory
+        exc.resume = f"dlm-harness run {args.suite} --resume {runner.run_dir}"
+        raise
     status = runner.manifest["status"]
     if say:
         from harness.report.markdown import results_table
@@ -154,7 +159,11 @@ def cmd_report(args) -> int:
 
 
 def cmd_score(args) -> int:
+    from harness.paths import safe_name
     from harness.score import parse_fields, score_file
+
+    if args.suite is not None:  # results/<suite>/<run id>: a name, never a path
+        safe_name(args.suite, "score --suite")
 
     run_dir, counts = score_file(args.file, args.task, protocol=args.protocol, fields=parse_fields(args.fields),
                                  results=args.results, suite=args.suite, system=args.system,
@@ -176,12 +185,12 @@ def cmd_compare(args) -> int:
             name, _, direction = m.partition(":")
             metrics[name] = direction or "higher"
     rows, notes = gate(Path(args.base), Path(args.new), metrics=metrics, alpha=args.alpha,
-                       tolerance=args.tolerance, seed=args.seed)
+                       tolerance=args.tolerance, seed=args.seed, allow_missing=args.allow_missing)
     print(format_table(rows, notes))
     worse = [f"{cell}/{c.name.split('/', 1)[1]}" for cell, c, _, _ in rows if c.verdict == "worse"]
     if worse:
-        print(f"verdict: worse (significantly beyond tolerance {args.tolerance}, more failed units, or a "
-              f"metric without a finite value): {', '.join(worse)}")
+        print(f"verdict: worse (significantly beyond tolerance {args.tolerance}, more failed units, a "
+              f"metric without a finite value, or cells/units of the base run missing): {', '.join(worse)}")
         return 1
     print("verdict: no significant regression")
     return 0
@@ -297,7 +306,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="metric to gate on (repeatable; default: the suite's pre-registered metrics)")
     s.add_argument("--alpha", type=float, default=0.05, help="level of the paired tests, Holm-corrected")
     s.add_argument("--tolerance", type=float, default=0.02, help="changes smaller than this never fail")
-    s.add_argument("--seed", type=int, default=0, help="seed of the permutation tests")
+    s.add_argument("--seed", type=int, default=0, help="seed of the permutation tests (0 <= seed < 2**32)")
+    s.add_argument("--allow-missing", action="store_true",
+                   help="cells or units of the base run absent from the new run are noted, not a regression "
+                        "(default: each is a 'worse' row, so an incomplete new run fails the gate)")
     s.set_defaults(fn=cmd_compare)
 
     s = sub.add_parser("train", help="train the tiny MDLM on a synthetic task",
@@ -365,7 +377,52 @@ def _unsafe_flag(s) -> None:
                         "records then say which weaker level it ran at (README: Sandbox)")
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where the program is so it unwinds like Ctrl-C (SIGINT): a run's
+    manifest is marked `interrupted` and the command exits 128 + the signal's number."""
+
+    def __init__(self, signum: int):
+        import signal
+
+        super().__init__(signum)
+        self.signum = signum
+        self.signal_name = signal.Signals(signum).name
+
+
+def _raise_interrupted(signum, frame):
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def _signals():
+    """SIGTERM and SIGHUP behave like SIGINT while a command runs (handlers restored after; only in
+    the main thread, where Python delivers signals)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {}
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        try:
+            old[sig] = signal.signal(sig, _raise_interrupted)
+        except (ValueError, OSError):  # not settable here
+            pass
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+def _command(args) -> str:
+    return getattr(args, "command", None) or "dlm-harness"
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The one error boundary: bad input and failed file operations exit 2 with `error: ...` (no
+    traceback); SIGINT, SIGTERM and SIGHUP exit 128 + the signal's number with a resume hint."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "allow_unsafe_code", False):
@@ -373,18 +430,33 @@ def main(argv: list[str] | None = None) -> int:
 
         allow_unsafe_code()  # an environment variable: the lm-eval task functions in this process read it too
     try:
-        return args.fn(args)
+        with _signals():
+            return args.fn(args)
     except HarnessError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted; resume with --resume RUN_DIR", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        import signal
+
+        signum = getattr(exc, "signum", signal.SIGINT)
+        name = getattr(exc, "signal_name", "SIGINT")
+        hint = f"; resume with {exc.resume}" if getattr(exc, "resume", None) else \
+            ("; resume with --resume RUN_DIR" if _command(args) == "run" else "")
+        print(f"interrupted ({name}){hint}", file=sys.stderr)
+        return 128 + int(signum)
     except BrokenPipeError:  # `dlm-harness list | head`: the reader left; no traceback
         import os
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as exc:  # a file operation no inner layer named: disk full, permissions, a long name
+        from harness.paths import io_error
+
+        print(f"error: {_command(args)}: {io_error(exc, 'read or write')}", file=sys.stderr)
+        return 2
+    except RecursionError:
+        print(f"error: {_command(args)}: the input nests too deeply to read", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -160,10 +160,11 @@ class ShardWriter(RecordWriter):
 
 
 def read_all(run_dir: Path) -> list[dict]:
-    """records.jsonl then every shard, all attempts, in file order."""
-    out = read_lines(Path(run_dir) / RECORDS)
+    """records.jsonl then every shard, all attempts, in file order; each record checked as the
+    report checks it (records.check_record), so a malformed line is an error naming it."""
+    out = read_lines(Path(run_dir) / RECORDS, check=True)
     for p in shard_paths(run_dir):
-        out += read_lines(p)
+        out += read_lines(p, check=True)
     return out
 
 

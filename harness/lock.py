@@ -105,8 +105,13 @@ class RunLock:
             self._fh.truncate()
             self._fh.write(json.dumps(info) + "\n")
             self._fh.flush()
+        except OSError:  # a full disk: the note is lost, the lock is still released (the kernel drops it)
+            pass
         finally:
-            self._fh.close()  # closing the file releases the flock
+            try:
+                self._fh.close()  # closing the file releases the flock
+            except OSError:
+                pass
             self._fh = None
 
     @property
