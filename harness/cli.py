@@ -204,10 +204,77 @@ def cmd_train(args) -> int:
     fields = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__ and v is not None}
     params = tuple(_parse_kv(p) for p in args.task_param)
     cfg = TrainConfig(**{**fields, "task_params": params})
-    metrics = train(cfg, Path(args.out), progress=not args.no_progress, overwrite=args.overwrite)
+    _check_train_memory(cfg)
+    out = Path(args.out)
+    made = _writable_out(out)  # a read-only or unwritable --out fails now, not after training
+    try:
+        metrics = train(cfg, out, progress=not args.no_progress, overwrite=args.overwrite)
+    except BaseException as exc:
+        if made:  # leave no empty directory of ours behind
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        if isinstance(exc, RuntimeError) and "write" in str(exc).lower():  # torch.save on a full disk
+            raise HarnessError(f"train --out {out}: cannot write the checkpoint ({str(exc)[:300]})") from None
+        raise
     print(json.dumps(metrics))
     print(args.out)
     return 0
+
+
+def _writable_out(out: Path) -> bool:
+    """Make `out` if absent and check that a file can be written in it (-> whether it was made here)."""
+    import os
+    import tempfile
+
+    from harness.paths import guarded
+
+    made = False
+    if not out.exists():
+        with guarded("make the checkpoint directory", out):
+            out.mkdir(parents=True)
+        made = True
+    if not out.is_dir():
+        return made  # train() says what is wrong with it
+    with guarded("write a file in the checkpoint directory", out):
+        fd, probe = tempfile.mkstemp(dir=out, prefix=".write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    return made
+
+
+def _check_train_memory(cfg) -> None:
+    """Refuse a model whose training state cannot fit: parameters, gradients and AdamW's two moments
+    take 16 bytes per parameter (float32), a lower bound on what training needs, against the memory
+    available (MemAvailable on the CPU, free memory on a GPU)."""
+    from harness.models.tiny import CharTokenizer
+
+    vocab, d, ff, layers = len(CharTokenizer()), cfg.d_model, cfg.d_ff, cfg.n_layers
+    max_len = 64  # positions of the tiny tasks (prompt + completion); a lower bound is all this needs
+    n_params = 2 * vocab * d + max_len * d + layers * (4 * d * d + 2 * d * ff + 9 * d + ff)
+    need = 16 * n_params
+    have = _available_memory(cfg.device)
+    if have is not None and need > have:
+        raise HarnessError(f"train: a model of {n_params / 1e9:.2f}B parameters (d_model {d}, n_layers {layers}, "
+                           f"d_ff {ff}) needs at least {need / 2**30:.1f} GiB for its weights, gradients and AdamW "
+                           f"state, but {have / 2**30:.1f} GiB is available on {cfg.device}")
+
+
+def _available_memory(device: str) -> int | None:
+    """Bytes available for training on `device` (None when unknown)."""
+    if str(device).startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            return None
+        return int(torch.cuda.mem_get_info(torch.device(device))[0])
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def cmd_eval(args) -> int:

@@ -390,7 +390,27 @@ def _cell(suite: Suite, study: StudySpec, s: dict, point: dict, where: str, quic
     if ckind == "samplers":
         _check_schedule(cell, built, where)
     _check_budget(cell, built, where)
+    if s["kind"] == "rl":
+        _check_rl_budget(cell, where, n_split)
     return cell
+
+
+def _check_rl_budget(cell: Cell, where: str, n_split: int) -> None:
+    """An rl cell first evaluates its starting checkpoint on the held-out items (greedy, a fixed number
+    of passes per item); a budget.nfe below that is spent before the first check between steps could
+    stop it, so it is refused here, naming what the evaluation alone needs."""
+    if cell.budget.nfe is None:
+        return
+    from harness.algorithms.loop import LoopOptions
+
+    opts = LoopOptions(**{k: v for k, v in cell.options.items() if k in LoopOptions.__dataclass_fields__})
+    n_eval = min(opts.eval_items, cell.task.n_items or opts.eval_items, n_split)
+    per_item = LoopOptions.build_eval_sampler().max_nfe_per_sequence(_gen_length(cell.task))
+    need = n_eval * per_item
+    if cell.budget.nfe < need:
+        raise HarnessError(f"{where}.budget.nfe: cell {cell.id!r} has {cell.budget.nfe} NFE, but the evaluation "
+                           f"of the starting checkpoint alone takes {need} ({n_eval} held-out items x {per_item} "
+                           "greedy passes) before the first RL step")
 
 
 _GEN_LENGTHS: dict = {}
