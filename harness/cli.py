@@ -200,6 +200,7 @@ def cmd_train(args) -> int:
     import json
 
     from harness.models.train import TrainConfig, train
+    from harness.paths import failed_torch_write
 
     fields = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__ and v is not None}
     params = tuple(_parse_kv(p) for p in args.task_param)
@@ -210,11 +211,14 @@ def cmd_train(args) -> int:
     try:
         metrics = train(cfg, out, progress=not args.no_progress, overwrite=args.overwrite)
     except BaseException as exc:
-        if made:  # leave no empty directory of ours behind
-            with contextlib.suppress(OSError):
-                out.rmdir()
-        if isinstance(exc, RuntimeError) and "write" in str(exc).lower():  # torch.save on a full disk
-            raise HarnessError(f"train --out {out}: cannot write the checkpoint ({str(exc)[:300]})") from None
+        if made:  # leave no directory of ours behind (nor a half-written model.pt in it)
+            import shutil
+
+            shutil.rmtree(out, ignore_errors=True)
+        if failed_torch_write(exc):  # torch.save on a full disk or past the file-size limit
+            why = f"{exc.__context__}; {exc}" if exc.__context__ else str(exc)
+            raise HarnessError(f"train --out {out}: cannot write the checkpoint (disk full or a file-size limit? "
+                               f"torch: {why[:300]})") from None
         raise
     print(json.dumps(metrics))
     print(args.out)

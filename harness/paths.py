@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -89,3 +90,32 @@ def guarded(op: str, path: Path | str | None = None):
         if "null" not in str(exc).lower() and "embedded" not in str(exc).lower():
             raise
         raise HarnessError(f"cannot {op} {path!r}: {exc}") from None
+
+
+def write_text_atomic(path: Path | str, text: str, what: str = "write") -> Path:
+    """Write `text` to `path` through a temporary file and a rename: a reader never sees half a file,
+    and a failed write (disk full, a read-only folder) removes the temporary file and raises an
+    IOFailure naming `path`; the file at `path` is then unchanged."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with guarded(what, path):
+            with open(tmp, "w", encoding="utf-8") as fh:
+                fh.write(text)
+            os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    return path
+
+
+def failed_torch_write(exc: BaseException) -> bool:
+    """Whether `exc` is torch.save failing to write (torch reports a full disk or a file-size limit as a
+    RuntimeError from its zip writer, "iostream error" or "unexpected pos", not as an OSError)."""
+    import traceback
+
+    if not isinstance(exc, RuntimeError):
+        return False
+    frames = traceback.extract_tb(exc.__traceback__)
+    return any(f.filename.replace("\\", "/").endswith("torch/serialization.py") for f in frames)

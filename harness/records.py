@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Iterable, TypedDict
 
-from harness.paths import guarded, io_error, safe_name
+from harness.paths import guarded, io_error, safe_name, write_text_atomic
 from harness.types import HarnessError
 
 SCHEMA_VERSION = 1
@@ -130,18 +130,30 @@ def write_json_atomic(path: Path, data: dict) -> None:
     """Write to a temporary file and rename: readers never see a half-written manifest. A failed
     write (disk full, a read-only folder) removes the temporary file and raises an IOFailure naming
     the path; the file at `path` is then unchanged."""
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
     text = json.dumps(_nulled(data), indent=1, sort_keys=True, default=str, allow_nan=False) + "\n"
+    write_text_atomic(path, text)
+
+
+def rewrite_in_place(path: Path, data: dict) -> bool:
+    """The last resort of a run stopped by a full disk: rewrite the manifest inside the blocks its file
+    already has (a new file, as write_json_atomic makes, needs blocks the disk no longer has). Done only
+    when the new text fits in those blocks, so no allocation can fail half-way. -> whether it was done."""
+    path = Path(path)
+    text = (json.dumps(_nulled(data), indent=1, sort_keys=True, default=str, allow_nan=False) + "\n").encode()
     try:
-        with guarded("write", path):
-            with open(tmp, "w", encoding="utf-8") as fh:
-                fh.write(text)
-            os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+        st = path.stat()
+        if len(text) > st.st_blocks * 512:
+            return False
+        fd = os.open(path, os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0))
+        try:
+            os.pwrite(fd, text, 0)
+            os.ftruncate(fd, len(text))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        return False
+    return True
 
 
 # What the readers need of a manifest and of a record (anything else is carried along unchecked).

@@ -40,6 +40,7 @@ from harness.records import (
     first_non_finite,
     make_record,
     read_manifest,
+    rewrite_in_place,
     unit_key,
     write_json_atomic,
 )
@@ -203,7 +204,8 @@ class Runner:
         try:
             write_json_atomic(self.run_dir / MANIFEST, self.manifest)
         except HarnessError as exc:
-            print(f"note: could not mark {self.run_dir / MANIFEST} {status}: {exc}", file=sys.stderr)
+            if not rewrite_in_place(self.run_dir / MANIFEST, self.manifest):
+                print(f"note: could not mark {self.run_dir / MANIFEST} {status}: {exc}", file=sys.stderr)
 
     def _run(self) -> Path:
         every = getattr(self, "_every", None)  # read (and checked) at resume

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from harness import provenance
 from harness.paths import guarded, safe_name
-from harness.records import MANIFEST, SCHEMA_VERSION, RecordWriter, make_record, write_json_atomic
+from harness.records import MANIFEST, SCHEMA_VERSION, RecordWriter, make_record, rewrite_in_place, write_json_atomic
 from harness.registry import TASKS, params_of
 from harness.seeding import derive_seed
 from harness.tasks.base import item_hash
@@ -216,10 +216,13 @@ def _abandon(run_dir: Path, error: str) -> None:
     manifest = run_dir / MANIFEST
     try:
         data = json.loads(manifest.read_text())
-        data.update(status="failed", finished_at=_now(), error=error)
+    except (OSError, ValueError):
+        return
+    data.update(status="failed", finished_at=_now(), error=error)
+    try:
         write_json_atomic(manifest, data)
-    except (OSError, ValueError, HarnessError):
-        pass
+    except HarnessError:
+        rewrite_in_place(manifest, data)  # a full disk: within the file's own blocks, if it fits
 
 
 def _score_rows(run_dir: Path, path: Path, rows, kind: str, sha: str, task, task_name: str, suite: str,

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from harness.budget import Meter
-from harness.paths import IOFailure, describe
+from harness.paths import IOFailure, describe, failed_torch_write
 from harness.prompting import PromptEncoder
 from harness.registry import SAMPLERS
 from harness.seeding import numpy_generator, torch_generator
@@ -255,16 +255,16 @@ class RLLoop:
     # -- checkpoints ------------------------------------------------------------------------------
     def save(self, path: Path, step: int) -> None:
         """Atomically write the state after `step` completed steps."""
-        path.mkdir(parents=True, exist_ok=True)
         state = {"step": step, "policy": self.policy.module.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "ref": None if self.ref is None else self.ref.module.state_dict(), "cum": dict(self.cum)}
         tmp = path / "checkpoint.pt.tmp"
         try:
+            path.mkdir(parents=True, exist_ok=True)
             torch.save(state, tmp)
             os.replace(tmp, path / "checkpoint.pt")
         except (OSError, RuntimeError) as exc:  # disk full: torch reports a failed write as RuntimeError
             tmp.unlink(missing_ok=True)
-            if isinstance(exc, RuntimeError) and "write" not in str(exc).lower():
+            if isinstance(exc, RuntimeError) and not failed_torch_write(exc):
                 raise
             # A HarnessError: the runner stops the run (marked failed) instead of failing the cell's units;
             # a resume retrains from the last checkpoint without re-recording the steps already on record.

@@ -169,12 +169,10 @@ def _combine(run_dirs: list[Path]) -> tuple[list[dict], dict, list[dict], str]:
 
 
 def _write(out_dir: Path, text: str) -> Path:
+    from harness.paths import write_text_atomic
     from harness.report.html import write_html
 
-    path = out_dir / "index.md"
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    path = write_text_atomic(out_dir / "index.md", text)  # no .tmp left behind by a failed write
     write_html(text, out_dir)
     return path
 
