@@ -223,7 +223,7 @@ def parse_suite(data: Any, where: str, sha256: str = "") -> Suite:
     studies = tuple(_from_mapping(StudySpec, s, f"{where}.studies[{i}]") for i, s in enumerate(suite.studies))
     seen: dict[str, int] = {}
     for i, s in enumerate(studies):
-        safe_name(s.id, f"{where}.studies[{i}].id")
+        safe_name(s.id, f"{where}.studies[{i}].id", "a unique name")
         if s.id in seen:
             raise HarnessError(f"{where}.studies[{i}].id: expected a unique name, got {s.id!r} "
                                f"(already the id of studies[{seen[s.id]}])")

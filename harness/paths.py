@@ -26,15 +26,16 @@ MAX_NAME = 100
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
-def safe_name(value: Any, where: str) -> str:
-    """`value` if it is a name that is safe as one path component; HarnessError naming `where` otherwise."""
+def safe_name(value: Any, where: str, what: str = "a name") -> str:
+    """`value` if it is a name that is safe as one path component; HarnessError naming `where` otherwise
+    (`what`: how the message calls it, e.g. "a unique name")."""
     if not isinstance(value, str):
-        raise HarnessError(f"{where}: expected a name (a string), got {type(value).__name__}")
+        raise HarnessError(f"{where}: expected {what} (a string), got {type(value).__name__}")
     if len(value) > MAX_NAME:
-        raise HarnessError(f"{where}: expected a name of at most {MAX_NAME} characters, got {len(value)} "
+        raise HarnessError(f"{where}: expected {what} of at most {MAX_NAME} characters, got {len(value)} "
                            f"characters ({value[:40]!r}...)")
     if not _NAME.fullmatch(value) or ".." in value:
-        raise HarnessError(f"{where}: expected a name of letters, digits, '_', '-', '.' (starting with a letter "
+        raise HarnessError(f"{where}: expected {what} of letters, digits, '_', '-', '.' (starting with a letter "
                            f"or digit, no '..', no path separator), got {value!r}")
     return value
 
