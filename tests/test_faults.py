@@ -433,3 +433,54 @@ def test_eval_refused_after_start_leaves_no_run_directory(tmp_path, monkeypatch)
     rc, err = cli(["eval", "--results", tmp_path / "res", "--tasks", "countdown3", "--task-source", "harness"])
     assert rc == 2 and "no such model" in err, err
     assert list((tmp_path / "res").rglob("manifest.json")) == []
+
+
+RL = """\
+suite: rlsave
+models: {tiny: {name: tiny, params: {checkpoint: tiny-addition}}}
+tasks: {add: {name: addition, params: {n_digits: 3, n_train: 200, n_test: 4}, split: test, n_items: 2}}
+studies:
+  - id: rl
+    kind: rl
+    model: tiny
+    task: add
+    algorithm: {name: diffu_grpo}
+    options: {steps: 3, prompts: 2, group_size: 2, mu: 1, eval_every: 0, eval_items: 2, checkpoint_every: 2}
+"""
+
+
+def test_a_failed_rl_checkpoint_save_stops_the_run_and_resume_records_each_step_once(tmp_path, monkeypatch):
+    import errno
+
+    from harness.algorithms.loop import RLLoop
+
+    real_save = RLLoop.save
+    calls = {"n": 0}
+
+    def full_disk_once(self, path, step):
+        calls["n"] += 1
+        if calls["n"] == 1:  # the save after step 2: torch.save raises, as on a full disk
+            def no_space(*a, **k):
+                raise OSError(errno.ENOSPC, "No space left on device", str(path / "checkpoint.pt.tmp"))
+            monkeypatch.setattr(torch, "save", no_space)
+            try:
+                return real_save(self, path, step)
+            finally:
+                monkeypatch.undo()
+        return real_save(self, path, step)
+
+    monkeypatch.setattr(RLLoop, "save", full_disk_once)
+    path = write_suite(tmp_path, RL)
+    rc, err = cli(["run", path, "--results", tmp_path / "res", "--no-progress"])
+    assert rc == 2 and "cannot write the RL checkpoint" in err and "disk full" in err, err
+    (run_dir,) = (tmp_path / "res" / "rlsave").iterdir()
+    assert read_manifest(run_dir)["status"] == "failed"
+    assert not list(run_dir.rglob("*.tmp"))
+    monkeypatch.setattr(RLLoop, "save", real_save)
+    rc, err = cli(["run", path, "--resume", run_dir, "--no-progress"])
+    assert rc == 0, err
+    recs = [json.loads(line) for line in (run_dir / "records.jsonl").read_text().splitlines()]
+    items = [r["item_id"] for r in recs]
+    assert len(items) == len(set(items)), items  # each start record, step and unit once
+    assert [i for i in items if i.startswith("step-")] == ["step-0001", "step-0002", "step-0003"]
+    assert all(r["status"] == "ok" for r in recs)
