@@ -270,6 +270,7 @@ def _sweep_points(study: StudySpec, where: str) -> list[dict]:
             raise HarnessError(f"{where}.sweep.{key}: can only sweep {', '.join(allowed_roots)} (or paths under them)")
         if not isinstance(values, (list, tuple)) or not values:
             raise HarnessError(f"{where}.sweep.{key}: expected a non-empty list of values, got {values!r}")
+    _check_replaced(study, where)
     keys = list(study.sweep)
     n_points = 1
     for k in keys:
@@ -281,6 +282,25 @@ def _sweep_points(study: StudySpec, where: str) -> list[dict]:
 
 
 PLAN_PROGRESS = 2000  # sweeps of this many points or more report planning progress on stderr
+
+
+def _check_replaced(study: StudySpec, where: str) -> None:
+    """A component parameter that the sweep replaces (`sampler.params.steps` swept while the study
+    also sets `sampler: {params: {steps: ...}}`) is still checked: a bad value is an error even
+    though no cell uses it, so a typo in the study's own value never passes silently."""
+    for key in study.sweep:
+        parts = key.split(".") if isinstance(key, str) else []
+        if len(parts) != 3 or parts[1] != "params" or parts[0] not in ("sampler", "estimator", "algorithm"):
+            continue
+        comp = getattr(study, parts[0])
+        if comp is None or parts[2] not in comp.params:
+            continue
+        reg = REGISTRIES[parts[0] + "s"]
+        fields = reg.fields(comp.name) if comp.name in reg.names() else {}
+        if parts[2] in fields:
+            at = f"{where}.{parts[0]}.params.{parts[2]}"
+            value = coerce(comp.params[parts[2]], fields[parts[2]][0], at)
+            validate.field(reg.get(comp.name), parts[2], value, f"{at} (the value the sweep replaces)")
 
 
 def plan(suite: Suite, quick: bool = False) -> list[Cell]:

@@ -484,3 +484,18 @@ def test_a_failed_rl_checkpoint_save_stops_the_run_and_resume_records_each_step_
     assert len(items) == len(set(items)), items  # each start record, step and unit once
     assert [i for i in items if i.startswith("step-")] == ["step-0001", "step-0002", "step-0003"]
     assert all(r["status"] == "ok" for r in recs)
+
+
+def test_a_parameter_the_sweep_replaces_is_still_checked(tmp_path, planning_only, tiny_ckpt):  # noqa: F811
+    path = write_suite(tmp_path, textwrap.dedent(f"""\
+        suite: swept
+        models: {{tiny: {{name: tiny, params: {{checkpoint: {tiny_ckpt}}}}}}}
+        tasks: {{add: {{name: addition, params: {{n_digits: 3, n_test: 4}}, n_items: 4}}}}
+        studies:
+          - {{id: g, kind: generate, model: tiny, task: add, sampler: {{name: low_confidence, params: {{steps: -5}}}},
+             sweep: {{sampler.params.steps: [1, 5]}}}}
+        """))
+    rc, err = cli(["run", path, "--results", tmp_path / "res"])
+    assert rc == 2 and "sampler.params.steps (the value the sweep replaces)" in err and "-5" in err, err
+    ok = write_suite(tmp_path, path.read_text().replace("steps: -5", "steps: 2"), "ok.yaml")
+    assert cli(["run", ok, "--results", tmp_path / "res"])[0] == "planned"
