@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Literal
 
 from harness import provenance, validate
-from harness.paths import guarded
+from harness.paths import guarded, write_text_atomic
 from harness.prompting import prompting_of, resolve_chat
 from harness.records import MANIFEST, SCHEMA_VERSION, RecordWriter, make_record, write_json_atomic
 from harness.seeding import derive_seed
@@ -221,13 +221,12 @@ def _evaluate(spec: EvalSpec, run_dir: Path, manifest: dict, model_args: dict, m
             lm.engine.costs.update(other)
         _merge_side_records(run_dir, world)
     samples = out.pop("samples", {})
-    (run_dir / "lm_eval_results.json").write_text(json.dumps(out, indent=1, sort_keys=True, default=str) + "\n")
+    write_text_atomic(run_dir / "lm_eval_results.json", json.dumps(out, indent=1, sort_keys=True, default=str) + "\n")
     found = {}
     with RecordWriter(run_dir) as writer:
         for task, rows in samples.items():
-            with open(run_dir / f"samples_{task}.jsonl", "w", encoding="utf-8") as fh:
-                for s in rows:
-                    fh.write(json.dumps(s, sort_keys=True, default=str) + "\n")
+            text = "".join(json.dumps(s, sort_keys=True, default=str) + "\n" for s in rows)
+            write_text_atomic(run_dir / f"samples_{task}.jsonl", text)
             for rec in _records(task, rows, lm, manifest, out):
                 found[rec["outcome"]["metric"]] = out.get("higher_is_better", {}).get(task, {}).get(
                     rec["outcome"]["metric"], True)
