@@ -1,7 +1,8 @@
 """`dlm-harness`: list | run | report | compare | train | eval | score.
 
-Exit status: 0 on success, 1 when a run finished with failed units, 2 on bad usage or bad input
-(the message names the file, key or value; no traceback).
+Exit status: 0 on success, 1 when a run finished with failed units (or `compare` finds a regression),
+2 on bad usage, bad input or a failed file operation (the message names the file, key or value, or
+the operation and the path; no traceback), 128 + the signal's number on SIGINT, SIGTERM or SIGHUP.
 """
 from __future__ import annotations
 

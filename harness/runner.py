@@ -96,7 +96,7 @@ class Runner:
                 manifest = read_manifest(self.run_dir)
                 # Every record is checked before anything is written: a malformed line is an error
                 # naming it, and the manifest (a complete run stays complete) is left as it was.
-                self._every = distributed.read_all(self.run_dir)
+                self._every = distributed.read_all(self.run_dir, check=True)
             except HarnessError:
                 self.close()
                 raise
@@ -210,7 +210,7 @@ class Runner:
     def _run(self) -> Path:
         every = getattr(self, "_every", None)  # read (and checked) at resume
         if every is None:
-            every = distributed.read_all(self.run_dir)  # records.jsonl and any rank shards, every line
+            every = distributed.read_all(self.run_dir, check=True)  # records.jsonl and rank shards, every line
         existing = dedupe(every)
         distributed.barrier(self.dist)  # every rank has read before any rank writes
         done = {unit_key(r) for r in existing if r["status"] == "ok"}

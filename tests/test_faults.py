@@ -87,6 +87,8 @@ def test_gate_fails_a_run_missing_a_whole_cell(tmp_path, base_run):
     rc, out, err = call(["compare", base_run, lost])
     assert rc == 1, out + err
     assert "cell missing" in out and "only in the base run" not in out
+    rc, out, err = call(["report", lost, "--out", tmp_path / "rep"])
+    assert rc == 0 and "**1 of 2 planned cells have no record**" in Path(out.strip()).read_text(), err
 
 
 def test_gate_fails_an_empty_run_marked_complete(tmp_path, base_run):
@@ -95,6 +97,8 @@ def test_gate_fails_an_empty_run_marked_complete(tmp_path, base_run):
         rc, out, err = call(["compare", base_run, empty, *extra])
         assert rc == 1, out + err
         assert "has no records" in out and "'complete'" in out
+    rc, out, err = call(["report", empty, "--out", tmp_path / "rep"])
+    assert rc == 0 and "The run has **no records**" in Path(out.strip()).read_text(), err
 
 
 def test_gate_passes_a_complete_rerun(tmp_path, base_run):

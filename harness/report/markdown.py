@@ -68,6 +68,20 @@ def render(run_dir: Path, out_dir: Path | None = None) -> str:
     return render_records(read_records(run_dir), manifest, run_dir, out_dir)
 
 
+def _missing_note(records: list[dict], manifest: dict) -> str:
+    """What a status cannot say: a run with no records, or planned cells with none (a manifest's
+    "complete" describes how the run ended, not whether its records are all there)."""
+    if not records:
+        return "The run has **no records**: nothing below was measured. "
+    planned = [c.get("id") for c in manifest.get("cells") or [] if isinstance(c, dict)]
+    seen = {r["cell_id"] for r in records}
+    missing = [c for c in planned if c not in seen]
+    if not missing:
+        return ""
+    shown = ", ".join(f"`{c}`" for c in missing[:5]) + (" ..." if len(missing) > 5 else "")
+    return f"**{len(missing)} of {len(planned)} planned cells have no record** ({shown}). "
+
+
 def render_records(records: list[dict], manifest: dict, run_dir, out_dir: Path | None = None,
                    sources: list[dict] | None = None) -> str:
     """The report of `records` (one run, or several runs combined: then `sources` lists their
@@ -82,7 +96,7 @@ def render_records(records: list[dict], manifest: dict, run_dir, out_dir: Path |
                 "more than one run is prefixed by its run id (`<run_id>/<cell>`). ")
     else:
         title = f"# Suite `{manifest['suite']}`: run `{manifest['run_id']}`\n"
-        lead = f"Status: **{manifest.get('status')}**. "
+        lead = f"Status: **{manifest.get('status')}**. " + _missing_note(records, manifest)
     out = [title,
            lead + "Every value is a mean with a 95% interval "
            "(Wilson for 0/1 outcomes; Student-t over item means when items repeat); "
