@@ -261,7 +261,8 @@ class RecordWriter:
         if not data or data.endswith(b"\n"):
             return
         cut = data.rfind(b"\n") + 1
-        with open(self.path.with_name("records.torn"), "ab") as torn:
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)  # never through a link
+        with os.fdopen(os.open(self.path.with_name("records.torn"), flags, 0o644), "ab") as torn:
             torn.write(data[cut:] + b"\n")
         with open(self.path, "r+b") as fh:
             fh.truncate(cut)

@@ -503,3 +503,13 @@ def test_a_parameter_the_sweep_replaces_is_still_checked(tmp_path, planning_only
     assert rc == 2 and "sampler.params.steps (the value the sweep replaces)" in err and "-5" in err, err
     ok = write_suite(tmp_path, path.read_text().replace("steps: -5", "steps: 2"), "ok.yaml")
     assert cli(["run", ok, "--results", tmp_path / "res"])[0] == "planned"
+
+
+def test_a_lock_file_planted_as_a_symbolic_link_is_not_followed(tmp_path, base_run, suite_file):
+    d = _copy(base_run, tmp_path / "run", keep=lambda i, rec: i < 6)
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me\n")
+    (d / ".lock").symlink_to(target)
+    rc, err = cli(["run", suite_file, "--resume", d, "--no-progress"])
+    assert rc == 2 and "lock file" in err, err
+    assert target.read_text() == "keep me\n"
