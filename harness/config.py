@@ -37,7 +37,7 @@ from typing import Any, Literal, Mapping
 
 from harness import validate
 from harness.paths import safe_name
-from harness.registry import MODELS, REGISTRIES, TASKS, _suggest, coerce
+from harness.registry import MODELS, REGISTRIES, TASKS, _suggest, _type_hints, coerce
 from harness.types import Budget, HarnessError
 
 # kind -> the registry its component comes from. The estimator-study kinds are
@@ -160,7 +160,7 @@ def _from_mapping(cls, data: Any, where: str):
     """Build dataclass `cls` from a YAML mapping: unknown keys, missing keys, wrong types are errors."""
     if not isinstance(data, Mapping):
         raise HarnessError(f"{where}: expected a mapping with keys {_keys(cls)}, got {validate.show(data)}")
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in ("path", "sha256")}
     kwargs = {}
     for key, value in data.items():
