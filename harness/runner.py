@@ -237,6 +237,7 @@ class Runner:
             if events:
                 self.manifest.setdefault("oom_backoff", []).extend(events)
             failures = sum(s["failed_units"] for s in summaries)
+            self.manifest.pop("error", None)  # how an earlier attempt stopped (failed, interrupted): resumed since
             self.manifest.update(status="failed" if failures else "complete", finished_at=_now(),
                                  cell_status=summaries)
             write_json_atomic(self.run_dir / MANIFEST, self.manifest)
