@@ -513,3 +513,18 @@ def test_a_lock_file_planted_as_a_symbolic_link_is_not_followed(tmp_path, base_r
     rc, err = cli(["run", suite_file, "--resume", d, "--no-progress"])
     assert rc == 2 and "lock file" in err, err
     assert target.read_text() == "keep me\n"
+
+
+def test_score_refused_after_start_leaves_no_run_directory(tmp_path, monkeypatch):
+    from harness.registry import TASKS
+    from harness.types import HarnessError
+
+    def refuse(self, item, generation, protocol=None):
+        raise HarnessError("gsm8k: the reference cannot be graded here")
+
+    monkeypatch.setattr(TASKS.get("gsm8k"), "grade", refuse)
+    gen = tmp_path / "gen.jsonl"
+    gen.write_text(json.dumps({"question": "1+1", "generation": "2", "answer": "2", "id": "a"}) + "\n")
+    rc, err = cli(["score", gen, "--task", "gsm8k", "--results", tmp_path / "res"])
+    assert rc == 2 and "cannot be graded" in err, err
+    assert list((tmp_path / "res").rglob("*")) == []
