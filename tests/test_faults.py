@@ -267,6 +267,32 @@ def test_disk_full_during_score_report_and_train(tmp_path, base_run):
     assert _no_tmp(tmp_path) == []
 
 
+def _mount_tmpfs(where: Path, options: str) -> bool:
+    """Mount a tmpfs at `where` (root where mounting is permitted); -> whether it was mounted."""
+    if not (hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("mount")):
+        return False
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
+                          capture_output=True).returncode == 0
+
+
+def test_a_truly_full_disk_still_marks_the_manifest_failed(tmp_path, suite_file):
+    """ENOSPC, unlike a file-size limit, also refuses the manifest's new temporary file: the run is then
+    marked failed within the manifest's own blocks (records.rewrite_in_place)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if not _mount_tmpfs(disk, "size=12k"):  # the lock, the manifest, one page of records
+        pytest.skip("no permission to mount a small tmpfs (the RLIMIT_FSIZE tests cover full disks)")
+    try:
+        rc, err = cli(["run", suite_file, "--results", disk, "--no-progress"])
+        assert rc == 2 and "no space left on the device" in err and "Traceback" not in err, err
+        (run_dir,) = (disk / "faults").iterdir()
+        m = read_manifest(run_dir)
+        assert m["status"] == "failed" and "no space left" in m["error"]
+        assert _no_tmp(disk) == []
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
+
+
 @pytest.fixture
 def read_only(tmp_path):
     """A read-only folder: a read-only tmpfs where mounting is allowed, else (not root) mode 0555."""
@@ -274,8 +300,7 @@ def read_only(tmp_path):
     ro.mkdir()
     mounted = False
     if hasattr(os, "geteuid") and os.geteuid() == 0:
-        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(ro)],
-                                 capture_output=True).returncode == 0
+        mounted = _mount_tmpfs(ro, "ro,size=64k")
         if not mounted:
             pytest.skip("running as root without permission to mount: no way to make a read-only folder")
     else:
