@@ -9,7 +9,10 @@ match, not a prefix up to a final newline), nothing a shell or a file system tre
 
 `io_error` turns an OSError (disk full, `ulimit -f`, a read-only or unwritable folder, a file where
 a folder belongs, a name too long) into a HarnessError naming the operation and the path;
-`guarded(op, path)` is the context manager that does it around one file operation.
+`guarded(op, path)` is the context manager that does it around one file operation, and
+`write_text_atomic` the one way a whole file (a manifest, a report page) is written: through a
+temporary file and a rename, the temporary file removed when the write fails. `failed_torch_write`
+recognises torch.save failing on a full disk (torch says so with a RuntimeError, not an OSError).
 """
 from __future__ import annotations
 
@@ -38,14 +41,6 @@ def safe_name(value: Any, where: str, what: str = "a name") -> str:
         raise HarnessError(f"{where}: expected {what} of letters, digits, '_', '-', '.' (starting with a letter "
                            f"or digit, no '..', no path separator), got {value!r}")
     return value
-
-
-def inside(root: Path, path: Path, where: str) -> Path:
-    """`path` if it resolves inside `root` (symbolic links followed); HarnessError otherwise."""
-    r, p = Path(root).resolve(), Path(path).resolve()
-    if p != r and r not in p.parents:
-        raise HarnessError(f"{where}: {path} is outside {root}; refusing to write there")
-    return path
 
 
 # What an errno means to a user, where strerror alone is cryptic.
