@@ -115,8 +115,11 @@ def cmd_docs(args) -> int:
     out = Path(args.out)
     if out.exists() and out.is_dir():
         raise HarnessError(f"docs --out {out}: is a directory, expected a markdown file path")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+    from harness.paths import guarded, write_text_atomic
+
+    with guarded("write the component reference", out):
+        out.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out, text, "write the component reference")
     print(out)
     return 0
 
@@ -145,6 +148,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_report(args) -> int:
+    from harness.paths import guarded
     from harness.report.markdown import write_report
 
     out = Path(args.out)
@@ -155,7 +159,9 @@ def cmd_report(args) -> int:
             raise HarnessError(f"report {d}: not a run directory (expected a directory with manifest.json "
                                "and records.jsonl)")
     # Runs of one suite combine into one report; each report is index.md plus a self-contained index.html.
-    print(*write_report([Path(d) for d in args.run_dirs], out, protocol=args.protocol), sep="\n")
+    with guarded("write the report", out):  # an OSError names the file it touched
+        paths = write_report([Path(d) for d in args.run_dirs], out, protocol=args.protocol)
+    print(*paths, sep="\n")
     return 0
 
 

@@ -95,13 +95,14 @@ def write_text_atomic(path: Path | str, text: str, what: str = "write") -> Path:
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     try:
-        with guarded(what, path):
-            with open(tmp, "w", encoding="utf-8") as fh:
-                fh.write(text)
-            os.replace(tmp, path)
-    except BaseException:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if isinstance(exc, OSError):  # named by the file meant, not by its temporary file
+            raise IOFailure(f"cannot {what} {path}: {describe(exc)}") from None
         raise
     return path
 
