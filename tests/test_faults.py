@@ -290,7 +290,7 @@ def test_a_truly_full_disk_still_marks_the_manifest_failed(tmp_path, suite_file)
         assert m["status"] == "failed" and "no space left" in m["error"]
         assert _no_tmp(disk) == []
     finally:
-        subprocess.run(["umount", str(disk)], capture_output=True)
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
 
 
 @pytest.fixture
@@ -307,7 +307,7 @@ def read_only(tmp_path):
         ro.chmod(0o555)
     yield ro
     if mounted:
-        subprocess.run(["umount", str(ro)], capture_output=True)
+        subprocess.run(["umount", "-l", str(ro)], capture_output=True)
     else:
         ro.chmod(0o755)
 
