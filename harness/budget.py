@@ -38,6 +38,12 @@ def check_finite(t: torch.Tensor, what: str, allow_neg_inf: bool = True) -> None
     bad = torch.isnan(t) | (t == float("inf"))
     if not allow_neg_inf:
         bad = bad | (t == float("-inf"))
+    elif t.dim() >= 1 and t.shape[-1] > 0:  # a position whose every logit is -inf has no distribution at all
+        dead = (t == float("-inf")).all(-1)
+        if bool(dead.any()):
+            first = [int(i) for i in dead.nonzero()[0].tolist()]
+            raise NonFiniteError(f"non-finite {what} {list(t.shape)}: {int(dead.sum())} position(s) with every "
+                                 f"value -inf (no distribution); first at index {first}")
     if not bool(bad.any()):
         return
     first = [int(i) for i in bad.nonzero()[0].tolist()]

@@ -1,11 +1,13 @@
 """`dlm-harness`: list | run | report | compare | train | eval | score.
 
-Exit status: 0 on success, 1 when a run finished with failed units, 2 on bad usage or bad input
-(the message names the file, key or value; no traceback).
+Exit status: 0 on success, 1 when a run finished with failed units (or `compare` finds a regression),
+2 on bad usage, bad input or a failed file operation (the message names the file, key or value, or
+the operation and the path; no traceback), 128 + the signal's number on SIGINT, SIGTERM or SIGHUP.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -218,8 +220,11 @@ def cmd_docs(args) -> int:
     out = Path(args.out)
     if out.exists() and out.is_dir():
         raise HarnessError(f"docs --out {out}: is a directory, expected a markdown file path")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+    from harness.paths import guarded, write_text_atomic
+
+    with guarded("write the component reference", out):
+        out.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out, text, "write the component reference")
     print(out)
     return 0
 
@@ -232,7 +237,11 @@ def cmd_run(args) -> int:
     say = runner.dist.main  # under torchrun only rank 0 prints, so the last stdout line stays the run directory
     if say:
         print(f"run directory: {runner.run_dir}", file=sys.stderr)
-    run_dir = runner.run()
+    try:
+        run_dir = runner.run()
+    except KeyboardInterrupt as exc:  # the hint names this run's directory
+        exc.resume = f"dlm-harness run {args.suite} --resume {runner.run_dir}"
+        raise
     status = runner.manifest["status"]
     if say:
         from harness.report.markdown import results_table
@@ -244,6 +253,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_report(args) -> int:
+    from harness.paths import guarded
     from harness.report.markdown import write_report
 
     out = Path(args.out)
@@ -254,12 +264,18 @@ def cmd_report(args) -> int:
             raise HarnessError(f"report {d}: not a run directory (expected a directory with manifest.json "
                                "and records.jsonl)")
     # Runs of one suite combine into one report; each report is index.md plus a self-contained index.html.
-    print(*write_report([Path(d) for d in args.run_dirs], out, protocol=args.protocol), sep="\n")
+    with guarded("write the report", out):  # an OSError names the file it touched
+        paths = write_report([Path(d) for d in args.run_dirs], out, protocol=args.protocol)
+    print(*paths, sep="\n")
     return 0
 
 
 def cmd_score(args) -> int:
+    from harness.paths import safe_name
     from harness.score import parse_fields, score_file
+
+    if args.suite is not None:  # results/<suite>/<run id>: a name, never a path
+        safe_name(args.suite, "score --suite")
 
     run_dir, counts = score_file(args.file, args.task, protocol=args.protocol, fields=parse_fields(args.fields),
                                  results=args.results, suite=args.suite, system=args.system,
@@ -282,12 +298,12 @@ def cmd_compare(args) -> int:
             name, _, direction = m.partition(":")
             metrics[name] = direction or "higher"
     rows, notes = gate(Path(args.base), Path(args.new), metrics=metrics, alpha=args.alpha,
-                       tolerance=args.tolerance, seed=args.seed)
+                       tolerance=args.tolerance, seed=args.seed, allow_missing=args.allow_missing)
     print(format_table(rows, notes))
     worse = [f"{cell}/{c.name.split('/', 1)[1]}" for cell, c, _, _ in rows if c.verdict == "worse"]
     if worse:
-        print(f"verdict: worse (significantly beyond tolerance {args.tolerance}, more failed units, or a "
-              f"metric without a finite value): {', '.join(worse)}")
+        print(f"verdict: worse (significantly beyond tolerance {args.tolerance}, more failed units, a "
+              f"metric without a finite value, or cells/units of the base run missing): {', '.join(worse)}")
         return 1
     print("verdict: no significant regression")
     return 0
@@ -297,14 +313,85 @@ def cmd_train(args) -> int:
     import json
 
     from harness.models.train import TrainConfig, train
+    from harness.paths import failed_torch_write
 
     fields = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__ and v is not None}
     params = tuple(_parse_kv(p) for p in args.task_param)
     cfg = TrainConfig(**{**fields, "task_params": params})
-    metrics = train(cfg, Path(args.out), progress=not args.no_progress, overwrite=args.overwrite)
+    _check_train_memory(cfg)
+    out = Path(args.out)
+    made = _writable_out(out)  # a read-only or unwritable --out fails now, not after training
+    try:
+        metrics = train(cfg, out, progress=not args.no_progress, overwrite=args.overwrite)
+    except BaseException as exc:
+        if made:  # leave no directory of ours behind (nor a half-written model.pt in it)
+            import shutil
+
+            shutil.rmtree(out, ignore_errors=True)
+        if failed_torch_write(exc):  # torch.save on a full disk or past the file-size limit
+            why = f"{exc.__context__}; {exc}" if exc.__context__ else str(exc)
+            raise HarnessError(f"train --out {out}: cannot write the checkpoint (disk full or a file-size limit? "
+                               f"torch: {why[:300]})") from None
+        raise
     print(json.dumps(metrics))
     print(args.out)
     return 0
+
+
+def _writable_out(out: Path) -> bool:
+    """Make `out` if absent and check that a file can be written in it (-> whether it was made here)."""
+    import os
+    import tempfile
+
+    from harness.paths import guarded
+
+    made = False
+    if not out.exists():
+        with guarded("make the checkpoint directory", out):
+            out.mkdir(parents=True)
+        made = True
+    if not out.is_dir():
+        return made  # train() says what is wrong with it
+    with guarded("write a file in the checkpoint directory", out):
+        fd, probe = tempfile.mkstemp(dir=out, prefix=".write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    return made
+
+
+def _check_train_memory(cfg) -> None:
+    """Refuse a model whose training state cannot fit: parameters, gradients and AdamW's two moments
+    take 16 bytes per parameter (float32), a lower bound on what training needs, against the memory
+    available (MemAvailable on the CPU, free memory on a GPU)."""
+    from harness.models.tiny import CharTokenizer
+
+    vocab, d, ff, layers = len(CharTokenizer()), cfg.d_model, cfg.d_ff, cfg.n_layers
+    max_len = 64  # positions of the tiny tasks (prompt + completion); a lower bound is all this needs
+    n_params = 2 * vocab * d + max_len * d + layers * (4 * d * d + 2 * d * ff + 9 * d + ff)
+    need = 16 * n_params
+    have = _available_memory(cfg.device)
+    if have is not None and need > have:
+        raise HarnessError(f"train: a model of {n_params / 1e9:.2f}B parameters (d_model {d}, n_layers {layers}, "
+                           f"d_ff {ff}) needs at least {need / 2**30:.1f} GiB for its weights, gradients and AdamW "
+                           f"state, but {have / 2**30:.1f} GiB is available on {cfg.device}")
+
+
+def _available_memory(device: str) -> int | None:
+    """Bytes available for training on `device` (None when unknown)."""
+    if str(device).startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            return None
+        return int(torch.cuda.mem_get_info(torch.device(device))[0])
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def cmd_eval(args) -> int:
@@ -413,7 +500,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="metric to gate on (repeatable; default: the suite's pre-registered metrics)")
     s.add_argument("--alpha", type=float, default=0.05, help="level of the paired tests, Holm-corrected")
     s.add_argument("--tolerance", type=float, default=0.02, help="changes smaller than this never fail")
-    s.add_argument("--seed", type=int, default=0, help="seed of the permutation tests")
+    s.add_argument("--seed", type=int, default=0, help="seed of the permutation tests (0 <= seed < 2**32)")
+    s.add_argument("--allow-missing", action="store_true",
+                   help="cells or units of the base run absent from the new run are noted, not a regression "
+                        "(default: each is a 'worse' row, so an incomplete new run fails the gate)")
     s.set_defaults(fn=cmd_compare)
 
     s = sub.add_parser("train", help="train the tiny MDLM on a synthetic task",
@@ -485,7 +575,52 @@ def _unsafe_flag(s) -> None:
                         "records then say which weaker level it ran at (README: Sandbox)")
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where the program is so it unwinds like Ctrl-C (SIGINT): a run's
+    manifest is marked `interrupted` and the command exits 128 + the signal's number."""
+
+    def __init__(self, signum: int):
+        import signal
+
+        super().__init__(signum)
+        self.signum = signum
+        self.signal_name = signal.Signals(signum).name
+
+
+def _raise_interrupted(signum, frame):
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def _signals():
+    """SIGTERM and SIGHUP behave like SIGINT while a command runs (handlers restored after; only in
+    the main thread, where Python delivers signals)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {}
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        try:
+            old[sig] = signal.signal(sig, _raise_interrupted)
+        except (ValueError, OSError):  # not settable here
+            pass
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+def _command(args) -> str:
+    return getattr(args, "command", None) or "dlm-harness"
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The one error boundary: bad input and failed file operations exit 2 with `error: ...` (no
+    traceback); SIGINT, SIGTERM and SIGHUP exit 128 + the signal's number with a resume hint."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "allow_unsafe_code", False):
@@ -493,18 +628,33 @@ def main(argv: list[str] | None = None) -> int:
 
         allow_unsafe_code()  # an environment variable: the lm-eval task functions in this process read it too
     try:
-        return args.fn(args)
+        with _signals():
+            return args.fn(args)
     except HarnessError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted; resume with --resume RUN_DIR", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        import signal
+
+        signum = getattr(exc, "signum", signal.SIGINT)
+        name = getattr(exc, "signal_name", "SIGINT")
+        hint = f"; resume with {exc.resume}" if getattr(exc, "resume", None) else \
+            ("; resume with --resume RUN_DIR" if _command(args) == "run" else "")
+        print(f"interrupted ({name}){hint}", file=sys.stderr)
+        return 128 + int(signum)
     except BrokenPipeError:  # `dlm-harness list | head`: the reader left; no traceback
         import os
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as exc:  # a file operation no inner layer named: disk full, permissions, a long name
+        from harness.paths import io_error
+
+        print(f"error: {_command(args)}: {io_error(exc, 'read or write')}", file=sys.stderr)
+        return 2
+    except RecursionError:
+        print(f"error: {_command(args)}: the input nests too deeply to read", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

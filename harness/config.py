@@ -30,17 +30,16 @@ import copy
 import dataclasses
 import hashlib
 import itertools
-import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
 from harness import validate
-from harness.registry import MODELS, REGISTRIES, TASKS, _suggest, coerce
+from harness.paths import safe_name
+from harness.registry import MODELS, REGISTRIES, TASKS, _suggest, _type_hints, coerce
 from harness.types import Budget, HarnessError
 
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # kind -> the registry its component comes from. The estimator-study kinds are
 # described in harness/studies.py; `options` below lists the study-level keys each one takes.
 STUDY_KINDS = {"generate": "samplers", "likelihood": "estimators",
@@ -161,7 +160,7 @@ def _from_mapping(cls, data: Any, where: str):
     """Build dataclass `cls` from a YAML mapping: unknown keys, missing keys, wrong types are errors."""
     if not isinstance(data, Mapping):
         raise HarnessError(f"{where}: expected a mapping with keys {_keys(cls)}, got {validate.show(data)}")
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in ("path", "sha256")}
     kwargs = {}
     for key, value in data.items():
@@ -205,9 +204,7 @@ def load_suite(path: str | Path) -> Suite:
 
 def parse_suite(data: Any, where: str, sha256: str = "") -> Suite:
     suite = _from_mapping(Suite, data, where)
-    validate.name(suite.suite, f"{where}.suite")
-    if not NAME.match(suite.suite):
-        raise HarnessError(f"{where}.suite: expected a name of letters, digits, '_', '-', '.', got {suite.suite!r}")
+    safe_name(suite.suite, f"{where}.suite")  # results/<suite>/...: never a path
     models = {k: _from_mapping(ComponentSpec, v, f"{where}.models.{k}") for k, v in suite.models.items()}
     tasks = {k: _from_mapping(TaskSpec, v, f"{where}.tasks.{k}") for k, v in suite.tasks.items()}
     tasks = {k: dataclasses.replace(t, n_items=None) if t.n_items == "all" else t for k, t in tasks.items()}
@@ -228,10 +225,7 @@ def parse_suite(data: Any, where: str, sha256: str = "") -> Suite:
     studies = tuple(_from_mapping(StudySpec, s, f"{where}.studies[{i}]") for i, s in enumerate(suite.studies))
     seen: dict[str, int] = {}
     for i, s in enumerate(studies):
-        validate.name(s.id, f"{where}.studies[{i}].id")
-        if not NAME.match(s.id):
-            raise HarnessError(f"{where}.studies[{i}].id: expected a unique name of letters, digits, '_', '-', '.', "
-                               f"got {s.id!r}")
+        safe_name(s.id, f"{where}.studies[{i}].id", "a unique name")
         if s.id in seen:
             raise HarnessError(f"{where}.studies[{i}].id: expected a unique name, got {s.id!r} "
                                f"(already the id of studies[{seen[s.id]}])")
@@ -278,6 +272,7 @@ def _sweep_points(study: StudySpec, where: str) -> list[dict]:
             raise HarnessError(f"{where}.sweep.{key}: can only sweep {', '.join(allowed_roots)} (or paths under them)")
         if not isinstance(values, (list, tuple)) or not values:
             raise HarnessError(f"{where}.sweep.{key}: expected a non-empty list of values, got {values!r}")
+    _check_replaced(study, where)
     keys = list(study.sweep)
     n_points = 1
     for k in keys:
@@ -288,21 +283,52 @@ def _sweep_points(study: StudySpec, where: str) -> list[dict]:
     return [dict(zip(keys, combo)) for combo in itertools.product(*(study.sweep[k] for k in keys))]
 
 
+PLAN_PROGRESS = 2000  # sweeps of this many points or more report planning progress on stderr
+
+
+def _check_replaced(study: StudySpec, where: str) -> None:
+    """A component parameter that the sweep replaces (`sampler.params.steps` swept while the study
+    also sets `sampler: {params: {steps: ...}}`) is still checked: a bad value is an error even
+    though no cell uses it, so a typo in the study's own value never passes silently."""
+    for key in study.sweep:
+        parts = key.split(".") if isinstance(key, str) else []
+        if len(parts) != 3 or parts[1] != "params" or parts[0] not in ("sampler", "estimator", "algorithm"):
+            continue
+        comp = getattr(study, parts[0])
+        if comp is None or parts[2] not in comp.params:
+            continue
+        reg = REGISTRIES[parts[0] + "s"]
+        fields = reg.fields(comp.name) if comp.name in reg.names() else {}
+        if parts[2] in fields:
+            at = f"{where}.{parts[0]}.params.{parts[2]}"
+            value = coerce(comp.params[parts[2]], fields[parts[2]][0], at)
+            validate.field(reg.get(comp.name), parts[2], value, f"{at} (the value the sweep replaces)")
+
+
 def plan(suite: Suite, quick: bool = False) -> list[Cell]:
     """Expand sweeps into cells and validate every component against its registry."""
+    from harness import progress
+
     cells = []
     split_sizes: dict = {}  # (task key, split) -> number of items, computed once per task
     for i, study in enumerate(suite.studies):
         where = f"{suite.path}.studies[{i}]"
         first = len(cells)
-        for point in _sweep_points(study, where):
-            s = dataclasses.asdict(study)
-            s.pop("sweep")
+        points = _sweep_points(study, where)
+        if len(cells) + len(points) > validate.SIZE_LIMITS["cells"]:
+            raise HarnessError(f"{suite.path}: {len(cells) + len(points)} cells (up to {where}); at most "
+                               f"{validate.SIZE_LIMITS['cells']}; split the suite")
+        base = dataclasses.asdict(dataclasses.replace(study, sweep={}))  # once: not the sweep's lists per point
+        base.pop("sweep")
+        # A large sweep says how far planning has got (every cell's components are built and checked).
+        bar = progress.bar(total=len(points), desc=f"planning {study.id}", disable=len(points) < PLAN_PROGRESS)
+        for point in points:
+            s = copy.deepcopy(base)
             for key, value in point.items():
                 _set_path(s, key, copy.deepcopy(value), f"{where}.sweep")
             cells.append(_cell(suite, study, s, point, where, quick, split_sizes))
-            if len(cells) > validate.SIZE_LIMITS["cells"]:
-                raise HarnessError(f"{suite.path}: more than {validate.SIZE_LIMITS['cells']} cells; split the suite")
+            bar.update(1)
+        bar.close()
         if study.kind == "rl":
             _rl_baseline(study, cells[first:], where)
     seen = set()
@@ -387,8 +413,64 @@ def _cell(suite: Suite, study: StudySpec, s: dict, point: dict, where: str, quic
                 component=ComponentSpec(name=comp.name, params=dict(comp.params)),
                 replicates=s["replicates"], seed=s["seed"], batch_size=s["batch_size"], budget=budget,
                 point=point, options=options, max_tokens=s.get("max_tokens"))
+    if ckind == "samplers":
+        _check_schedule(cell, built, where)
     _check_budget(cell, built, where)
+    if s["kind"] == "rl":
+        _check_rl_budget(cell, where, n_split)
     return cell
+
+
+def _check_rl_budget(cell: Cell, where: str, n_split: int) -> None:
+    """An rl cell first evaluates its starting checkpoint on the held-out items (greedy, a fixed number
+    of passes per item); a budget.nfe below that is spent before the first check between steps could
+    stop it, so it is refused here, naming what the evaluation alone needs."""
+    if cell.budget.nfe is None:
+        return
+    from harness.algorithms.loop import LoopOptions
+
+    opts = LoopOptions(**{k: v for k, v in cell.options.items() if k in LoopOptions.__dataclass_fields__})
+    n_eval = min(opts.eval_items, cell.task.n_items or opts.eval_items, n_split)
+    per_item = LoopOptions.build_eval_sampler().max_nfe_per_sequence(_gen_length(cell.task))
+    need = n_eval * per_item
+    if cell.budget.nfe < need:
+        raise HarnessError(f"{where}.budget.nfe: cell {cell.id!r} has {cell.budget.nfe} NFE, but the evaluation "
+                           f"of the starting checkpoint alone takes {need} ({n_eval} held-out items x {per_item} "
+                           "greedy passes) before the first RL step")
+
+
+_GEN_LENGTHS: dict = {}
+
+
+def _gen_length(task: TaskSpec) -> int:
+    """A task's completion length (cached by name and parameters: planning a sweep asks per cell)."""
+    import json
+
+    key = (task.name, json.dumps(task.params, sort_keys=True, default=str))
+    if key not in _GEN_LENGTHS:
+        _GEN_LENGTHS[key] = TASKS.build(task.name, task.params).gen_length
+    return _GEN_LENGTHS[key]
+
+
+def _check_schedule(cell: Cell, sampler, where: str) -> None:
+    """A fixed-schedule sampler (harness/samplers/_base.py BlockSampler) commits the block's masked
+    tokens over its steps; steps beyond the tokens to commit would be passes that commit nothing
+    (LLaDA's schedule gives them k = 0), spent on every sequence. Refused here, at plan time, with
+    the largest useful value, rather than clamped (a clamp would record a configuration other than
+    the one asked for)."""
+    from harness.samplers._base import BlockSampler
+
+    if not isinstance(sampler, BlockSampler):  # adaptive samplers already cap steps at the tokens to commit
+        return
+    gen_length = _gen_length(cell.task)
+    try:
+        L, block, per_block = sampler.plan(gen_length)
+    except ValueError as exc:
+        raise HarnessError(f"{where}.sampler: {exc}") from None
+    if per_block > block:
+        raise HarnessError(f"{where}.sampler.params.steps: cell {cell.id!r} asks for {per_block * (L // block)} "
+                           f"steps but has {L} tokens to commit ({L // block} block(s) of {block}); steps beyond "
+                           f"the tokens would be passes that commit nothing. Use steps <= {L}")
 
 
 def _check_noise(model: str, ckind: str, name: str, where: str) -> None:
@@ -487,8 +569,7 @@ def _check_budget(cell: Cell, component, where: str) -> None:
         return
     try:
         if cell.kind == "generate":
-            task = TASKS.build(cell.task.name, cell.task.params)
-            per_item = component.max_nfe_per_sequence(task.gen_length)  # a sampler: passes per sequence, at most
+            per_item = component.max_nfe_per_sequence(_gen_length(cell.task))  # a sampler: passes per sequence, at most
         else:
             per_item = component.nfe_for_batch(1)  # an estimator: passes for a batch of one
     except ValueError as exc:

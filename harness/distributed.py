@@ -159,11 +159,12 @@ class ShardWriter(RecordWriter):
         self._fh = open(self.path, "a", encoding="utf-8")
 
 
-def read_all(run_dir: Path) -> list[dict]:
-    """records.jsonl then every shard, all attempts, in file order."""
-    out = read_lines(Path(run_dir) / RECORDS)
+def read_all(run_dir: Path, check: bool = False) -> list[dict]:
+    """records.jsonl then every shard, all attempts, in file order; with `check`, each record is
+    checked as the report checks it (records.check_record: a malformed line is an error naming it)."""
+    out = read_lines(Path(run_dir) / RECORDS, check=check)
     for p in shard_paths(run_dir):
-        out += read_lines(p)
+        out += read_lines(p, check=check)
     return out
 
 

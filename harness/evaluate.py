@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Literal
 
 from harness import provenance, validate
+from harness.paths import guarded, write_text_atomic
 from harness.prompting import prompting_of, resolve_chat
 from harness.records import MANIFEST, SCHEMA_VERSION, RecordWriter, make_record, write_json_atomic
 from harness.seeding import derive_seed
@@ -151,7 +152,8 @@ def run_eval(spec: EvalSpec, results: str | Path = "results", suite: str = "lm-e
     rank, world = rank_and_world()
     run_dir = Path(results) / suite / new_run_id(sha)
     if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=False)
+        with guarded("make the run directory", run_dir):
+            run_dir.mkdir(parents=True, exist_ok=False)
     run_dir = Path(share_from_rank0(str(run_dir)))
     side = run_dir / ("side_records.jsonl" if rank == 0 else f"side_records.rank{rank}.jsonl")
     model_args = {"model": spec.model, "sampler": spec.sampler, "estimator": spec.estimator,
@@ -161,15 +163,32 @@ def run_eval(spec: EvalSpec, results: str | Path = "results", suite: str = "lm-e
                 "command": argv or sys.argv, "started_at": _now(), "protocol": asdict(spec), "tasks": mapping,
                 "model_args": {k: v for k, v in model_args.items() if k != "records"}, "world_size": world,
                 "sandbox": sandbox, **provenance.collect()}
-    if rank == 0:
-        write_json_atomic(run_dir / MANIFEST, manifest)
     try:
+        if rank == 0:
+            write_json_atomic(run_dir / MANIFEST, manifest)
         return _evaluate(spec, run_dir, manifest, model_args, mapping, metrics, rank, world)
     except BaseException as exc:
         if rank == 0:
-            manifest.update(status="failed", finished_at=_now(), error=f"{type(exc).__name__}: {str(exc)[-2000:]}")
-            write_json_atomic(run_dir / MANIFEST, manifest)
+            _stopped(run_dir, manifest, exc)
         raise
+
+
+def _stopped(run_dir: Path, manifest: dict, exc: BaseException) -> None:
+    """An eval that stopped: refused (bad input found once the model loaded) before any record, its run
+    directory is removed; otherwise it is marked `failed` (best effort: a full disk may refuse that)."""
+    import shutil
+
+    from harness.records import RECORDS
+
+    records = [p for p in run_dir.glob("*records*.jsonl") if p.stat().st_size > 0]
+    if isinstance(exc, HarnessError) and not records and not (run_dir / RECORDS).exists():
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return
+    manifest.update(status="failed", finished_at=_now(), error=f"{type(exc).__name__}: {str(exc)[-2000:]}")
+    try:
+        write_json_atomic(run_dir / MANIFEST, manifest)
+    except HarnessError:
+        pass
 
 
 def _evaluate(spec: EvalSpec, run_dir: Path, manifest: dict, model_args: dict, mapping: dict, metrics,
@@ -202,13 +221,12 @@ def _evaluate(spec: EvalSpec, run_dir: Path, manifest: dict, model_args: dict, m
             lm.engine.costs.update(other)
         _merge_side_records(run_dir, world)
     samples = out.pop("samples", {})
-    (run_dir / "lm_eval_results.json").write_text(json.dumps(out, indent=1, sort_keys=True, default=str) + "\n")
+    write_text_atomic(run_dir / "lm_eval_results.json", json.dumps(out, indent=1, sort_keys=True, default=str) + "\n")
     found = {}
     with RecordWriter(run_dir) as writer:
         for task, rows in samples.items():
-            with open(run_dir / f"samples_{task}.jsonl", "w", encoding="utf-8") as fh:
-                for s in rows:
-                    fh.write(json.dumps(s, sort_keys=True, default=str) + "\n")
+            text = "".join(json.dumps(s, sort_keys=True, default=str) + "\n" for s in rows)
+            write_text_atomic(run_dir / f"samples_{task}.jsonl", text)
             for rec in _records(task, rows, lm, manifest, out):
                 found[rec["outcome"]["metric"]] = out.get("higher_is_better", {}).get(task, {}).get(
                     rec["outcome"]["metric"], True)
@@ -312,7 +330,8 @@ def _params(component) -> dict:
 
 def load_eval_suite(path: str | Path) -> tuple[str, EvalSpec, dict | None, str]:
     """An lm-eval suite file: `suite`, `description`, `eval` (EvalSpec keys), optional `metrics`."""
-    from harness.config import NAME, _from_mapping
+    from harness.config import _from_mapping
+    from harness.paths import safe_name
 
     p = Path(path)
     try:
@@ -323,9 +342,7 @@ def load_eval_suite(path: str | Path) -> tuple[str, EvalSpec, dict | None, str]:
     if not isinstance(data, dict) or set(data) - {"suite", "description", "eval", "metrics"} or "eval" not in data:
         raise HarnessError(f"{p}: expected a mapping with keys suite, description, eval, metrics (eval required), "
                            f"got {sorted(data) if isinstance(data, dict) else data!r}")
-    suite = str(data.get("suite", "lm-eval"))
-    if not NAME.match(suite):
-        raise HarnessError(f"{p}.suite: expected a name of letters, digits, '_', '-', '.', got {suite!r}")
+    suite = safe_name(data.get("suite", "lm-eval"), f"{p}.suite")  # results/<suite>/...: never a path
     spec = _from_mapping(EvalSpec, data["eval"], f"{p}.eval")
     return suite, spec, data.get("metrics"), hashlib.sha256(raw).hexdigest()
 

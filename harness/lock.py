@@ -58,7 +58,7 @@ class RunLock:
         if not self.run_dir.is_dir():
             raise HarnessError(f"{self.run_dir}: not a run directory (cannot lock it)")
         try:
-            fh = open(self.path, "a+", encoding="utf-8")
+            fh = self._open()
         except OSError as exc:
             raise HarnessError(f"{self.path}: cannot open the run directory's lock file ({exc.strerror})") from None
         try:
@@ -70,7 +70,7 @@ class RunLock:
             if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
                 raise HarnessError(f"{self.path}: cannot lock the run directory ({exc.strerror})") from None
             self._fallback()  # no flock here: the pid in the file decides
-            fh = open(self.path, "a+", encoding="utf-8")
+            fh = self._open()
         previous = holder(self.run_dir)
         if previous.get("pid") and previous.get("released_at") is None:
             self.stale = previous  # we hold the flock, so its writer is gone without releasing
@@ -81,6 +81,12 @@ class RunLock:
         fh.flush()
         self._fh = fh
         return self
+
+    def _open(self):
+        """The lock file, never through a symbolic link (the holder note is written into it, and a link
+        planted in a run directory could point at any file)."""
+        flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+        return os.fdopen(os.open(self.path, flags, 0o644), "a+", encoding="utf-8")
 
     def _fallback(self) -> None:
         info = holder(self.run_dir)
@@ -105,8 +111,13 @@ class RunLock:
             self._fh.truncate()
             self._fh.write(json.dumps(info) + "\n")
             self._fh.flush()
+        except OSError:  # a full disk: the note is lost, the lock is still released (the kernel drops it)
+            pass
         finally:
-            self._fh.close()  # closing the file releases the flock
+            try:
+                self._fh.close()  # closing the file releases the flock
+            except OSError:
+                pass
             self._fh = None
 
     @property

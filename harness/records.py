@@ -13,12 +13,15 @@ NaN are read the same way, so reports count them and the regression gate sees th
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Iterable, TypedDict
 
+from harness.paths import guarded, io_error, safe_name, write_text_atomic
 from harness.types import HarnessError
 
 SCHEMA_VERSION = 1
@@ -124,10 +127,33 @@ def is_non_finite_error(record: dict) -> bool:
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
-    """Write to a temporary file and rename: readers never see a half-written manifest."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(_nulled(data), indent=1, sort_keys=True, default=str, allow_nan=False) + "\n")
-    os.replace(tmp, path)
+    """Write to a temporary file and rename: readers never see a half-written manifest. A failed
+    write (disk full, a read-only folder) removes the temporary file and raises an IOFailure naming
+    the path; the file at `path` is then unchanged."""
+    text = json.dumps(_nulled(data), indent=1, sort_keys=True, default=str, allow_nan=False) + "\n"
+    write_text_atomic(path, text)
+
+
+def rewrite_in_place(path: Path, data: dict) -> bool:
+    """The last resort of a run stopped by a full disk: rewrite the manifest inside the blocks its file
+    already has (a new file, as write_json_atomic makes, needs blocks the disk no longer has). Done only
+    when the new text fits in those blocks, so no allocation can fail half-way. -> whether it was done."""
+    path = Path(path)
+    text = (json.dumps(_nulled(data), indent=1, sort_keys=True, default=str, allow_nan=False) + "\n").encode()
+    try:
+        st = path.stat()
+        if len(text) > st.st_blocks * 512:
+            return False
+        fd = os.open(path, os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0))
+        try:
+            os.pwrite(fd, text, 0)
+            os.ftruncate(fd, len(text))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        return False
+    return True
 
 
 # What the readers need of a manifest and of a record (anything else is carried along unchecked).
@@ -136,7 +162,7 @@ RECORD_FIELDS = {"cell_id": str, "item_id": str, "replicate": int, "seed": int, 
                  "kind": str}
 # Optional manifest keys the report reads: absent or null is fine, anything else must have this form.
 MANIFEST_OPTIONAL = {"command": "a list of str", "metrics": "an object of str", "suite_path": "a str",
-                     "status": "a str", "quick": "a bool"}
+                     "status": "a str", "quick": "a bool", "cells": "a list of objects"}
 
 
 def _form_ok(value, form: str) -> bool:
@@ -146,6 +172,8 @@ def _form_ok(value, form: str) -> bool:
         return isinstance(value, list) and all(isinstance(v, str) for v in value)
     if form == "an object of str":
         return isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
+    if form == "a list of objects":
+        return isinstance(value, list) and all(isinstance(v, dict) for v in value)
     return isinstance(value, {"a str": str, "a bool": bool}[form])
 
 
@@ -166,6 +194,8 @@ def read_manifest(run_dir: Path) -> dict:
     for key, form in MANIFEST_OPTIONAL.items():
         if not _form_ok(data.get(key), form):
             raise HarnessError(f"{path}: key {key!r} must be {form}, got {data.get(key)!r:.80}")
+    for key in MANIFEST_FIELDS:  # both become path components of reports and results
+        safe_name(data[key], f"{path}: key {key!r}")
     return data
 
 
@@ -208,12 +238,21 @@ def _number(v) -> bool:
 
 
 class RecordWriter:
-    """Appends records to `run_dir/records.jsonl`, repairing a torn tail first."""
+    """Appends records to `run_dir/records.jsonl`, repairing a torn tail first.
+
+    The file is opened without following a symbolic link (a link planted in a run directory could
+    point anywhere); every failed write raises an IOFailure naming the file."""
 
     def __init__(self, run_dir: Path):
         self.path = Path(run_dir) / RECORDS
-        self._repair()
-        self._fh = open(self.path, "a", encoding="utf-8")
+        if self.path.is_symlink():
+            raise HarnessError(f"{self.path}: is a symbolic link; a run's records must be a regular file "
+                               "inside its run directory")
+        with guarded("repair the torn last line of", self.path):
+            self._repair()
+        with guarded("open for appending", self.path):
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+            self._fh = os.fdopen(fd, "a", encoding="utf-8")
 
     def _repair(self) -> None:
         if not self.path.exists():
@@ -222,7 +261,8 @@ class RecordWriter:
         if not data or data.endswith(b"\n"):
             return
         cut = data.rfind(b"\n") + 1
-        with open(self.path.with_name("records.torn"), "ab") as torn:
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)  # never through a link
+        with os.fdopen(os.open(self.path.with_name("records.torn"), flags, 0o644), "ab") as torn:
             torn.write(data[cut:] + b"\n")
         with open(self.path, "r+b") as fh:
             fh.truncate(cut)
@@ -231,24 +271,52 @@ class RecordWriter:
         """Append one whole line and flush it to the OS (a killed process loses nothing written)."""
         line = json.dumps(guard_finite(record), sort_keys=True, separators=(",", ":"), default=str,
                           allow_nan=False) + "\n"
-        self._fh.write(line)
-        self._fh.flush()
+        try:
+            self._fh.write(line)
+            self._fh.flush()
+        except OSError as exc:
+            self._abandon()
+            raise io_error(exc, "append a record to", self.path) from None
+
+    def _abandon(self) -> None:
+        """After a failed write: drop what is buffered (it cannot be written) and close the file;
+        the torn tail on disk, if any, is repaired by the next writer."""
+        fh, self._fh = self._fh, None
+        if fh is not None:
+            with contextlib.suppress(OSError):
+                os.close(fh.fileno())
+            with contextlib.suppress(OSError, ValueError):
+                fh.close()
 
     def sync(self) -> None:
         """fsync: what was written survives a machine crash too. The runner calls it once per batch
         (an fsync per record cost ~2 ms each, minutes over a study's 10^5 records)."""
-        os.fsync(self._fh.fileno())
+        if self._fh is None:
+            return
+        with guarded("sync", self.path):
+            os.fsync(self._fh.fileno())
 
     def close(self) -> None:
-        if not self._fh.closed:
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
-        self._fh.close()
+        if self._fh is None:
+            return
+        try:
+            if not self._fh.closed:
+                self._fh.flush()
+                os.fsync(self._fh.fileno())
+            self._fh.close()
+        except OSError as exc:
+            self._abandon()
+            raise io_error(exc, "close", self.path) from None
+        self._fh = None
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
+        if exc[0] is not None:  # already failing: closing must not hide that error
+            with contextlib.suppress(HarnessError):
+                self.close()
+            return
         self.close()
 
 
@@ -258,7 +326,14 @@ def read_records(run_dir: Path, latest: bool = True) -> list[dict]:
     if not path.is_file():
         raise HarnessError(f"{path}: no records file; expected a run directory made by `dlm-harness run`")
     out = read_lines(path, check=True)
-    return dedupe(out) if latest else out
+    if not latest:
+        return out
+    clash = conflicts(out)
+    if clash:
+        cell, item, rep = clash[0]
+        print(f"note: {path}: {len(clash)} unit(s) have two 'ok' records with different outcomes (a conflicting "
+              f"duplicate, e.g. {cell}/{item} replicate {rep}); the last record of each is used", file=sys.stderr)
+    return dedupe(out)
 
 
 def read_lines(path: Path, check: bool = False) -> list[dict]:
@@ -287,6 +362,22 @@ def read_lines(path: Path, check: bool = False) -> list[dict]:
             got = rec.get("schema_version") if isinstance(rec, dict) else type(rec).__name__
             raise HarnessError(f"{path}:{n}: schema_version {got!r}, this harness reads {SCHEMA_VERSION}")
         out.append(check_record(rec, f"{path}:{n}") if check else guard_finite(rec))
+    return out
+
+
+def conflicts(records: Iterable[dict]) -> list[tuple]:
+    """Unit keys with two records of status ok whose outcomes differ (a resumed run rewrites a unit
+    only when it had failed, so such a pair means two writers or an edited file)."""
+    seen: dict[tuple, dict] = {}
+    out = []
+    for rec in records:
+        if rec.get("status") != "ok":
+            continue
+        key = unit_key(rec)
+        prev = seen.get(key)
+        if prev is not None and prev.get("outcome") != rec.get("outcome") and key not in out:
+            out.append(key)
+        seen[key] = rec
     return out
 
 

@@ -179,7 +179,7 @@ class Registry:
     def fields(self, name: str) -> dict[str, tuple[Any, Any]]:
         """name -> (type annotation, default or dataclasses.MISSING) for each parameter."""
         cls = self.get(name)
-        hints = typing.get_type_hints(cls)
+        hints = _type_hints(cls)
         out = {}
         for f in dataclasses.fields(cls):
             if not f.init:
@@ -222,6 +222,17 @@ class Registry:
             return cls(**clean)
         except (ValueError, TypeError) as exc:  # __post_init__ checks speak about values
             raise HarnessError(f"{where}: {exc}") from None
+
+
+_HINTS: dict[type, dict] = {}
+
+
+def _type_hints(cls: type) -> dict:
+    """typing.get_type_hints(cls), once per class (it evaluates every annotation: planning a sweep of
+    thousands of cells asked for it thousands of times)."""
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
 
 
 MODELS = Registry("models", "harness.models")

@@ -58,7 +58,13 @@ def train(runner, cell, model, task, algorithm, writer):
     ckpt = checkpoint_dir(runner, cell)
     ledger = getattr(runner, "ledgers", {}).get(cell.id)
     first = loop.resume(ckpt)
-    if first == 0:  # the starting checkpoint on the held-out items (greedy, deterministic)
+    # Records already written for this cell: after a checkpoint was lost (a failed save), the steps
+    # past the last checkpoint are retrained (the same seeds give the same state) but not recorded or
+    # counted again, so records.jsonl holds each step once and the ledger counts it once.
+    recorded = {r["item_id"] for r in getattr(runner, "existing", ()) if r["cell_id"] == cell.id
+                and r["status"] == "ok"}
+    started = all(f"{START}{it.id}" in recorded for it in loop.test_items)
+    if first == 0 and not started:  # the starting checkpoint on the held-out items (greedy, deterministic)
         before = loop.meters["eval"].cost
         scores = loop.evaluate(loop.test_items)
         spent, n = loop.meters["eval"].cost.minus(before), len(scores)
@@ -76,6 +82,10 @@ def train(runner, cell, model, task, algorithm, writer):
         log, cost = loop.train_step(step)
         log = _strict_log(log, step + 1)
         last = step + 1 == steps
+        if f"step-{step + 1:04d}" in recorded:  # retrained after a lost checkpoint: on record (and in the ledger)
+            if (step + 1) % opts.checkpoint_every == 0 or last:
+                loop.save(ckpt, step + 1)
+            continue
         if opts.eval_every and ((step + 1) % opts.eval_every == 0 or last):
             log["heldout_accuracy"] = sum(loop.evaluate(loop.test_items)) / len(loop.test_items)
             log["heldout_items"] = len(loop.test_items)

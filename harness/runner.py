@@ -31,6 +31,7 @@ from harness.batching import Backoff, free_memory, is_oom, logits_capped, plan_b
 from harness.budget import Ledger, Meter, NonFiniteError
 from harness.config import Cell, cell_to_dict, load_suite, plan
 from harness.lock import RunLock
+from harness.paths import guarded
 from harness.records import (
     MANIFEST,
     SCHEMA_VERSION,
@@ -39,6 +40,7 @@ from harness.records import (
     first_non_finite,
     make_record,
     read_manifest,
+    rewrite_in_place,
     unit_key,
     write_json_atomic,
 )
@@ -92,6 +94,9 @@ class Runner:
                 self.lock = RunLock(self.run_dir, command).acquire()
             try:
                 manifest = read_manifest(self.run_dir)
+                # Every record is checked before anything is written: a malformed line is an error
+                # naming it, and the manifest (a complete run stays complete) is left as it was.
+                self._every = distributed.read_all(self.run_dir, check=True)
             except HarnessError:
                 self.close()
                 raise
@@ -112,10 +117,8 @@ class Runner:
             run_id = new_run_id(self.suite.sha256)
             self.manifest = self._new_manifest(run_id, argv)  # checks every model and task: no empty run dirs
             self.run_dir = Path(results) / self.suite.suite / run_id
-            try:
+            with guarded("make the run directory", self.run_dir):
                 self.run_dir.mkdir(parents=True, exist_ok=False)
-            except OSError as exc:
-                raise HarnessError(f"{self.run_dir}: cannot make the run directory ({exc.strerror or exc})") from None
             self.lock = RunLock(self.run_dir, command).acquire()
         if self.lock is not None and self.lock.stale:
             st = self.lock.stale
@@ -125,7 +128,13 @@ class Runner:
         if self.dist.main:
             self.manifest["distributed"] = {"world_size": self.dist.world_size, "backend": self.dist.backend,
                                             "ranks": ranks}
-            write_json_atomic(self.run_dir / MANIFEST, self.manifest)
+            try:
+                write_json_atomic(self.run_dir / MANIFEST, self.manifest)
+            except HarnessError:
+                self.close()
+                if resume is None:  # nothing was run: leave no run directory without a manifest behind
+                    _remove_empty_run_dir(self.run_dir)
+                raise
         if resume is None:  # the run directory rank 0 made, on every rank
             self.run_dir, self.manifest = distributed.broadcast(self.dist, (getattr(self, "run_dir", None),
                                                                             getattr(self, "manifest", None)))
@@ -176,17 +185,32 @@ class Runner:
     def run(self) -> Path:
         try:
             return self._run()
+        except KeyboardInterrupt as exc:  # SIGINT, SIGTERM, SIGHUP (harness/cli.py): `interrupted`, resumable
+            self._mark("interrupted", f"interrupted ({getattr(exc, 'signal_name', None) or 'SIGINT'}); "
+                                      f"resume with --resume {self.run_dir}")
+            raise
         except Exception as exc:  # a run that stops on an error is `failed`, not left `running`
-            if self.dist.main:
-                self.manifest.update(status="failed", finished_at=_now(),
-                                     error=f"{type(exc).__name__}: {str(exc)[-2000:]}")
-                write_json_atomic(self.run_dir / MANIFEST, self.manifest)
+            self._mark("failed", f"{type(exc).__name__}: {str(exc)[-2000:]}")
             raise
         finally:
             self.close()
 
+    def _mark(self, status: str, error: str) -> None:
+        """Record how the run ended in its manifest, if the manifest can still be written (on a full
+        disk it may not: the error that stopped the run is what the user sees either way)."""
+        if not self.dist.main:
+            return
+        self.manifest.update(status=status, finished_at=_now(), error=error)
+        try:
+            write_json_atomic(self.run_dir / MANIFEST, self.manifest)
+        except HarnessError as exc:
+            if not rewrite_in_place(self.run_dir / MANIFEST, self.manifest):
+                print(f"note: could not mark {self.run_dir / MANIFEST} {status}: {exc}", file=sys.stderr)
+
     def _run(self) -> Path:
-        every = distributed.read_all(self.run_dir)  # records.jsonl and any rank shards, every line
+        every = getattr(self, "_every", None)  # read (and checked) at resume
+        if every is None:
+            every = distributed.read_all(self.run_dir, check=True)  # records.jsonl and rank shards, every line
         existing = dedupe(every)
         distributed.barrier(self.dist)  # every rank has read before any rank writes
         done = {unit_key(r) for r in existing if r["status"] == "ok"}
@@ -213,6 +237,7 @@ class Runner:
             if events:
                 self.manifest.setdefault("oom_backoff", []).extend(events)
             failures = sum(s["failed_units"] for s in summaries)
+            self.manifest.pop("error", None)  # how an earlier attempt stopped (failed, interrupted): resumed since
             self.manifest.update(status="failed" if failures else "complete", finished_at=_now(),
                                  cell_status=summaries)
             write_json_atomic(self.run_dir / MANIFEST, self.manifest)
@@ -385,6 +410,19 @@ def _short(params: dict) -> str:
 def _short_tb(exc: Exception) -> str:
     tb = traceback.format_exception(type(exc), exc, exc.__traceback__)
     return "".join(tb[-3:])[-2000:]
+
+
+def _remove_empty_run_dir(run_dir: Path) -> None:
+    """Remove a run directory that holds nothing but its lock file (and a stray manifest .tmp)."""
+    try:
+        for p in run_dir.iterdir():
+            if p.name not in (".lock", MANIFEST + ".tmp"):
+                return
+        for p in run_dir.iterdir():
+            p.unlink()
+        run_dir.rmdir()
+    except OSError:
+        pass
 
 
 def _now() -> str:

@@ -28,7 +28,8 @@ import sys
 from pathlib import Path
 
 from harness import provenance
-from harness.records import MANIFEST, SCHEMA_VERSION, RecordWriter, make_record, write_json_atomic
+from harness.paths import guarded, safe_name
+from harness.records import MANIFEST, SCHEMA_VERSION, RecordWriter, make_record, rewrite_in_place, write_json_atomic
 from harness.registry import TASKS, params_of
 from harness.seeding import derive_seed
 from harness.tasks.base import item_hash
@@ -73,6 +74,8 @@ def read_rows(path: Path) -> tuple[str, list[tuple[int, dict]]]:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise HarnessError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+        except RecursionError:
+            raise HarnessError(f"{path}: the JSON nests too deeply to read") from None
         rows = data.get("generations") if isinstance(data, dict) else data
         if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
             raise HarnessError(f"{path}: expected a list of objects or d1's {{\"generations\": [...]}}")
@@ -85,6 +88,8 @@ def read_rows(path: Path) -> tuple[str, list[tuple[int, dict]]]:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
             raise HarnessError(f"{path}:{n}: not a JSON line ({exc.msg} at column {exc.colno})") from None
+        except RecursionError:
+            raise HarnessError(f"{path}:{n}: the JSON line nests too deeply to read") from None
         if not isinstance(row, dict):
             raise HarnessError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
         rows.append((n, row))
@@ -181,10 +186,48 @@ def score_file(path, task_name: str, protocol: str | None = None, fields: dict |
     protocol = task.default_protocol
     kind, rows = read_rows(path)
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
-    suite = suite or f"score-{task_name}"
+    suite = safe_name(suite or f"score-{task_name}", "score --suite")  # results/<suite>/...: never a path
     system = system or path.stem
     run_dir = Path(results) / suite / new_run_id(sha)
-    run_dir.mkdir(parents=True, exist_ok=False)
+    with guarded("make the run directory", run_dir):
+        run_dir.mkdir(parents=True, exist_ok=False)
+    try:
+        return _score_rows(run_dir, path, rows, kind, sha, task, task_name, suite, system, fields, sandbox, argv)
+    except BaseException as exc:  # a refusal, a failed write, an interrupt
+        _abandon(run_dir, f"{type(exc).__name__}: {str(exc)[-2000:]}")
+        raise
+
+
+def _abandon(run_dir: Path, error: str) -> None:
+    """A score that stopped: a run directory holding no record is removed (a refusal or a failed
+    write leaves nothing behind); one with records is marked `failed` (best effort: on a full disk
+    the manifest may not be writable)."""
+    import contextlib
+    import shutil
+
+    from harness.records import RECORDS
+
+    rec = run_dir / RECORDS
+    if not rec.exists() or rec.stat().st_size == 0:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            run_dir.parent.rmdir()  # the suite folder, if this run made it and it is empty
+        return
+    manifest = run_dir / MANIFEST
+    try:
+        data = json.loads(manifest.read_text())
+    except (OSError, ValueError):
+        return
+    data.update(status="failed", finished_at=_now(), error=error)
+    try:
+        write_json_atomic(manifest, data)
+    except HarnessError:
+        rewrite_in_place(manifest, data)  # a full disk: within the file's own blocks, if it fits
+
+
+def _score_rows(run_dir: Path, path: Path, rows, kind: str, sha: str, task, task_name: str, suite: str,
+                system: str, fields: dict, sandbox, argv) -> tuple[Path, dict]:
+    protocol = task.default_protocol
     cell = f"{task_name}[protocol={protocol}]"
     source = {"path": str(path), "sha256": sha, "format": kind}
     manifest = {"schema_version": SCHEMA_VERSION, "run_id": run_dir.name, "suite": suite, "suite_path": str(path),

@@ -17,6 +17,7 @@ import reprlib
 from dataclasses import dataclass
 from typing import Any
 
+from harness.paths import MAX_NAME, safe_name
 from harness.types import HarnessError
 
 _repr = reprlib.Repr()
@@ -110,7 +111,7 @@ CLASS_RANGES: dict[tuple[str, str], Range] = {
 }
 
 # Products that would not finish (units of one cell, cells of one suite).
-SIZE_LIMITS = {"units_per_cell": BIG, "cells": 10**5, "name_length": 100}
+SIZE_LIMITS = {"units_per_cell": BIG, "cells": 10**5, "name_length": MAX_NAME}
 
 
 def finite(value: Any, where: str) -> Any:
@@ -157,11 +158,8 @@ def fields(obj, where: str, names: tuple[str, ...] | None = None) -> None:
 
 
 def name(value: Any, where: str) -> str:
-    """A name used in paths (suite, study id): bounded length."""
-    if isinstance(value, str) and len(value) > SIZE_LIMITS["name_length"]:
-        raise HarnessError(f"{where}: expected a name of at most {SIZE_LIMITS['name_length']} characters, "
-                           f"got {len(value)} characters ({show(value)})")
-    return value
+    """A name used in paths (suite, study id): harness.paths.safe_name, the one check of such names."""
+    return safe_name(value, where)
 
 
 def device(value: str, where: str, present: bool = True) -> str:

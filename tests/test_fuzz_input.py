@@ -26,7 +26,7 @@ SHIPPED = sorted(p for p in (ROOT / "suites").glob("*.yaml") if not p.name.start
 N_SUITE_MUTATIONS = 180
 N_RUN_MUTATIONS = 120
 HOSTILE = [math.nan, math.inf, -math.inf, -1, 0, 10**12, 1.5, -0.5, "", "x" * 300, None, [], {}, True, "all",
-           [1, 2], {"a": 1}, 2**63, "1e9", "../../etc"]
+           [1, 2], {"a": 1}, 2**63, "1e9", "../../etc", "name\n", "/abs/path", "a/b"]
 
 
 def _normalise(data: dict) -> dict:
@@ -191,12 +191,18 @@ def test_fuzz_records_and_manifest(tmp_path, base_run):
         (d / "records.jsonl").write_text("\n".join(lines) + "\n")
         (d / "manifest.json").write_bytes(man.encode("utf-8", "surrogateescape") if isinstance(man, str)
                                           else json.dumps(man).encode())
+        outside = set(tmp_path.parent.iterdir())
         for argv in (["report", d, "--out", tmp_path / "reports"], ["compare", base_run, d]):
             rc, _, err = call(argv)
             assert rc in counts, f"{what}: {argv[0]} exit {rc}: {err}"
             counts[rc] += 1
             if broken:
                 assert rc == 2 and str(d) in err, f"{what}: {argv[0]} exit {rc}: {err}"
+        # nothing written beside the output folder (a manifest's suite or run_id is never a path)
+        assert {p for p in tmp_path.iterdir() if p.name not in ("reports", d.name)} <= \
+            {tmp_path / f"run{j}" for j in range(i)} | {tmp_path / "f", tmp_path / "dirs"}, what
+        assert set(tmp_path.parent.iterdir()) == outside, what
+        assert not Path("/abs").exists(), what
     # a file where a directory belongs, a directory where a file belongs
     (tmp_path / "f").write_text("x")
     assert call(["report", base_run, "--out", tmp_path / "f"])[0] == 2

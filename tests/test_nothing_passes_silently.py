@@ -353,12 +353,14 @@ def test_eval_failing_after_start_is_marked_failed(tmp_path, monkeypatch):
     from harness import evaluate
     from harness.bridge import lm_eval as bridge
 
-    def boom(**kw):
-        raise HarnessError("model args: no such model")
+    def boom(**kw):  # a failure once running (a refusal, a HarnessError, leaves no run directory: test_faults.py)
+        raise RuntimeError("model args: no such model")
 
     monkeypatch.setattr(bridge, "DLMHarnessLM", boom)
-    bad_input(["eval", "--results", tmp_path / "res", "--tasks", "countdown3", "--task-source", "harness"],
-              "no such model")
+    from harness.cli import main as cli_main
+
+    with pytest.raises(RuntimeError, match="no such model"):
+        cli_main(["eval", "--results", str(tmp_path / "res"), "--tasks", "countdown3", "--task-source", "harness"])
     (run_dir,) = (tmp_path / "res").glob("*/*")
     assert read_manifest(run_dir)["status"] == "failed" and "no such model" in read_manifest(run_dir)["error"]
     assert evaluate  # the module under test

@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 from harness.budget import Meter
+from harness.paths import IOFailure, describe, failed_torch_write
 from harness.prompting import PromptEncoder
 from harness.registry import SAMPLERS
 from harness.seeding import numpy_generator, torch_generator
@@ -90,6 +91,12 @@ class LoopOptions:
     def build_sampler(self):
         return SAMPLERS.build(self.sampler["name"], self.sampler.get("params") or {}, "options.sampler")
 
+    @staticmethod
+    def build_eval_sampler():
+        """The held-out evaluations' sampler: greedy, one token per step (its NFE is known in advance,
+        so a plan can check that a budget covers the starting evaluation, harness/config.py)."""
+        return SAMPLERS.build("low_confidence", {})
+
 
 def _detached(terms):
     return dataclasses.replace(terms, per_token=terms.per_token.detach(), sequence=terms.sequence.detach())
@@ -143,7 +150,7 @@ class RLLoop:
         self.train_items, self.test_items = train_items, test_items
         micro_batches(algorithm, options.micro_groups, 1, options.group_size)  # a whole number of rows, or say so
         self.sampler = options.build_sampler()
-        self.eval_sampler = SAMPLERS.build("low_confidence", {})  # greedy, one token per step
+        self.eval_sampler = LoopOptions.build_eval_sampler()  # greedy, one token per step
         self.ref = copy.deepcopy(policy) if algorithm.needs_ref else None
         self.per_micro = options.optimizer_step == "micro_batch"  # π_θ moves between micro-batches
         self.old = copy.deepcopy(policy) if algorithm.needs_old and (options.mu > 1 or self.per_micro) else None
@@ -295,12 +302,22 @@ class RLLoop:
     # -- checkpoints ------------------------------------------------------------------------------
     def save(self, path: Path, step: int) -> None:
         """Atomically write the state after `step` completed steps."""
-        path.mkdir(parents=True, exist_ok=True)
         state = {"step": step, "policy": self.policy.module.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "ref": None if self.ref is None else self.ref.module.state_dict(), "cum": dict(self.cum)}
         tmp = path / "checkpoint.pt.tmp"
-        torch.save(state, tmp)
-        os.replace(tmp, path / "checkpoint.pt")
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            torch.save(state, tmp)
+            os.replace(tmp, path / "checkpoint.pt")
+        except (OSError, RuntimeError) as exc:  # disk full: torch reports a failed write as RuntimeError
+            tmp.unlink(missing_ok=True)
+            if isinstance(exc, RuntimeError) and not failed_torch_write(exc):
+                raise
+            # A HarnessError: the runner stops the run (marked failed) instead of failing the cell's units;
+            # a resume retrains from the last checkpoint without re-recording the steps already on record.
+            reason = describe(exc) if isinstance(exc, OSError) else str(exc)
+            raise IOFailure(f"cannot write the RL checkpoint {path / 'checkpoint.pt'} after step {step}: "
+                            f"{reason}") from None
 
     def resume(self, path: Path) -> int:
         """Load the checkpoint under `path` if there is one; -> steps already done (0 if none)."""

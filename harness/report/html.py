@@ -88,8 +88,6 @@ def write_html(markdown_text: str, out_dir: Path) -> Path:
     """Write `out_dir/index.html` (atomically) from the report's markdown; returns its path."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "index.html"
-    tmp = path.with_suffix(".html.tmp")
-    tmp.write_text(to_html(markdown_text, out_dir), encoding="utf-8")
-    tmp.replace(path)
-    return path
+    from harness.paths import write_text_atomic
+
+    return write_text_atomic(out_dir / "index.html", to_html(markdown_text, out_dir))

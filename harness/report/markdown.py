@@ -130,6 +130,20 @@ def render(run_dir: Path, out_dir: Path | None = None) -> str:
     return render_records(read_records(run_dir), manifest, run_dir, out_dir)
 
 
+def _missing_note(records: list[dict], manifest: dict) -> str:
+    """What a status cannot say: a run with no records, or planned cells with none (a manifest's
+    "complete" describes how the run ended, not whether its records are all there)."""
+    if not records:
+        return "The run has **no records**: nothing below was measured. "
+    planned = [c.get("id") for c in manifest.get("cells") or [] if isinstance(c, dict)]
+    seen = {r["cell_id"] for r in records}
+    missing = [c for c in planned if c not in seen]
+    if not missing:
+        return ""
+    shown = ", ".join(f"`{c}`" for c in missing[:5]) + (" ..." if len(missing) > 5 else "")
+    return f"**{len(missing)} of {len(planned)} planned cells have no record** ({shown}). "
+
+
 def render_records(records: list[dict], manifest: dict, run_dir, out_dir: Path | None = None,
                    sources: list[dict] | None = None) -> str:
     """The report of `records` (one run, or several runs combined: then `sources` lists their
@@ -144,7 +158,7 @@ def render_records(records: list[dict], manifest: dict, run_dir, out_dir: Path |
                 "more than one run is prefixed by its run id (`<run_id>/<cell>`). ")
     else:
         title = f"# Suite `{manifest['suite']}`: run `{manifest['run_id']}`\n"
-        lead = f"Status: **{manifest.get('status')}**. "
+        lead = f"Status: **{manifest.get('status')}**. " + _missing_note(records, manifest)
     out = [title,
            lead + f"One level for the whole report: every interval is {100 * LEVEL:g}% and every test is at "
            f"α = {ALPHA:g}. Every value is a mean with its interval, inside what the quantity can be "
@@ -233,12 +247,10 @@ def _combine(run_dirs: list[Path]) -> tuple[list[dict], dict, list[dict], str]:
 
 
 def _write(out_dir: Path, text: str) -> Path:
+    from harness.paths import write_text_atomic
     from harness.report.html import write_html
 
-    path = out_dir / "index.md"
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    path = write_text_atomic(out_dir / "index.md", text)  # no .tmp left behind by a failed write
     write_html(text, out_dir)
     return path
 

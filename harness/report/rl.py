@@ -239,6 +239,8 @@ def _figures(curves: list[dict], out_dir: Path) -> list[tuple[str, str]]:
     import pandas as pd
     import seaborn as sns
 
+    if not curves:  # rl cells with no step record yet (a run stopped after the start evaluation)
+        return []
     style()
     df = pd.DataFrame(curves)
     made = []

@@ -41,6 +41,19 @@ class Addition(Task):
             raise ValueError("n_test must be >= 1 and n_train >= 0")
         if self.canvas and self.canvas < self.n_digits + 2:
             raise ValueError(f"canvas must be 0 or >= n_digits + 2 = {self.n_digits + 2}, got {self.canvas}")
+        # Test pairs are distinct and train pairs avoid them: asking for more than exist would never finish.
+        distinct = self.distinct_pairs()
+        if self.n_test > distinct:
+            raise ValueError(f"n_test {self.n_test} exceeds the {distinct} distinct problems with "
+                             f"{self.min_digits} to {self.n_digits} digits")
+        if self.n_train and self.n_test == distinct:
+            raise ValueError(f"n_test {self.n_test} takes all {distinct} distinct problems, none is left for the "
+                             f"train split (n_train {self.n_train}); lower n_test or set n_train: 0")
+
+    def distinct_pairs(self) -> int:
+        """How many distinct (a, b) pairs the operand range allows."""
+        lo = 0 if self.min_digits == 1 else 10 ** (self.min_digits - 1)
+        return (10**self.n_digits - lo) ** 2
 
     @property
     def gen_length(self) -> int:
