@@ -69,7 +69,7 @@ def render(run_dir: Path, out_dir: Path | None = None) -> str:
 
 
 def render_records(records: list[dict], manifest: dict, run_dir, out_dir: Path | None = None,
-                   sources: list[dict] | None = None) -> str:
+                   sources: list[dict] | None = None, exclude_errors: bool = False) -> str:
     """The report of `records` (one run, or several runs combined: then `sources` lists their
     manifests and `manifest` is the first one's, with `run_id` naming the combination)."""
     by_study: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
@@ -92,14 +92,15 @@ def render_records(records: list[dict], manifest: dict, run_dir, out_dir: Path |
     ctx = Context(records, manifest, run_dir, out_dir)
     sections = [sec for sec in load_sections() if sec.applies(records)]
     covered = {k for sec in sections for k in sec.kinds}  # their sections state better headlines
-    headlines = leaderboard_summary([r for r in records if r.get("kind") not in covered], manifest.get("metrics"))
+    headlines = leaderboard_summary([r for r in records if r.get("kind") not in covered], manifest.get("metrics"),
+                                    exclude_errors=exclude_errors)
     for sec in sections:
         if sec.summary is not None:
             headlines += sec.summary(ctx)
     if headlines:
         out.append("## Summary\n")
         out.append("\n".join(f"- {h}" for h in headlines) + "\n")
-    board = render_leaderboard(records, manifest.get("metrics"))
+    board = render_leaderboard(records, manifest.get("metrics"), exclude_errors=exclude_errors)
     if board:
         out.append(board)
     for sec in sections:
@@ -189,7 +190,8 @@ def _rescored(records: list[dict], manifest: dict, protocol: str | None) -> tupl
     return records, {**manifest, "metrics": {**(manifest.get("metrics") or {}), **metrics}}
 
 
-def write_report(run_dirs, reports: Path = Path("reports"), protocol: str | None = None):
+def write_report(run_dirs, reports: Path = Path("reports"), protocol: str | None = None,
+                 exclude_errors: bool = False):
     """Write reports/<suite>/<run_id>/index.md and index.html for each run directory.
 
     `run_dirs` is one run directory (returns the index.md path) or a list of them (returns a list
@@ -210,12 +212,14 @@ def write_report(run_dirs, reports: Path = Path("reports"), protocol: str | None
             out_dir = Path(reports) / suite / (manifest["run_id"] + (f"-{protocol}" if protocol else ""))
             out_dir.mkdir(parents=True, exist_ok=True)
             records, manifest = _rescored(read_records(group[0]), manifest, protocol)
-            paths.append(_write(out_dir, render_records(records, manifest, group[0], out_dir)))
+            paths.append(_write(out_dir, render_records(records, manifest, group[0], out_dir,
+                                                        exclude_errors=exclude_errors)))
         else:
             records, manifest, sources, combined_id = _combine(group)
             records, manifest = _rescored(records, manifest, protocol)
             out_dir = Path(reports) / suite / (combined_id + (f"-{protocol}" if protocol else ""))
             out_dir.mkdir(parents=True, exist_ok=True)
-            text = render_records(records, manifest, " ".join(str(d) for d in group), out_dir, sources=sources)
+            text = render_records(records, manifest, " ".join(str(d) for d in group), out_dir, sources=sources,
+                                  exclude_errors=exclude_errors)
             paths.append(_write(out_dir, text))
     return paths[0] if single else paths
