@@ -141,8 +141,8 @@ def test_memory_is_capped_for_the_whole_run_not_per_process(sandbox_level):
                "libc = ctypes.CDLL(None)\nr, w = os.pipe()\nkids = []\nfor _ in range(3):\n    pid = libc.fork()\n"
                "    if pid == 0:\n        b = bytearray(300 << 20)\n"
                "        b[::4096] = b'\\x01' * len(range(0, len(b), 4096))\n"
-               "        os.write(w, b'1')\n        time.sleep(3)\n        libc._exit(0)\n    kids.append(pid)\n"
-               "time.sleep(5)\nos.close(w)\nprint(len(os.read(r, 100)))\n")
+               "        os.write(w, b'1')\n        time.sleep(1.5)\n        libc._exit(0)\n    kids.append(pid)\n"
+               "time.sleep(2.5)\nos.close(w)\nprint(len(os.read(r, 100)))\n")
     res = sandbox.run_program(program, timeout_s=20, memory_mb=512, level=sandbox_level)
     assert res.passed, res
     assert int(res.stdout.split()[-1]) < 3, res.stdout
