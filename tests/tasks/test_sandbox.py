@@ -249,8 +249,27 @@ out = {"level": level}
 if level != "refused":
     res = sandbox.run_program("import os\\nprint(os.getuid(), len([p for p in os.listdir('/proc') if p.isdigit()]))")
     out.update(passed=res.passed, uid_and_procs=res.stdout)
+    marker = os.environ.get("DLMH_LADDER_MARKER")
+    if marker:  # files in /tmp and /dev/shm and a daemon: none may outlive the run
+        import time
+        res = sandbox.run_program(os.environ["DLMH_LADDER_PROGRAM"], timeout_s=20)
+        time.sleep(3)
+        me = f"Uid:\\t{os.getuid()}\\t"
+        mine = [p for p in os.listdir("/proc") if p.isdigit() and int(p) != os.getpid()
+                and me in (open(f"/proc/{p}/status").read() if os.path.exists(f"/proc/{p}/status") else "")]
+        left = [f"{d}/{n}" for d in ("/tmp", "/dev/shm") for n in os.listdir(d) if n.startswith(marker)]
+        out.update(left_passed=res.passed, left_files=left, left_procs=mine)
 print(json.dumps(out))
 """
+
+
+def _leftovers(marker: str) -> str:
+    """Files in /tmp and /dev/shm and a detached daemon that writes one more later."""
+    return ("import _io, sys, time\nfor d in ('/tmp', '/dev/shm'):\n    for i in range(200):\n"
+            f"        _io.open(d + '/{marker}_%d' % i, 'w').close()\n"
+            "del sys.modules['ctypes'], sys.modules['_ctypes']\nimport ctypes\nlibc = ctypes.CDLL(None)\n"
+            "if libc.fork() == 0:\n    libc.setsid()\n    time.sleep(2)\n"
+            f"    _io.open('/tmp/{marker}_daemon', 'w').close()\n    libc._exit(0)\n")
 
 
 def _ladder(prefix: list[str], **env) -> dict:
@@ -268,7 +287,8 @@ def _ladder(prefix: list[str], **env) -> dict:
 def test_the_ladder_on_weaker_machines(monkeypatch):
     """Real (not mocked) weaker machines: root without CAP_SYS_ADMIN (as in a default container)
     falls back to user namespaces, still as a fresh uid with a fresh /proc; a normal user gets user
-    namespaces as that user. (A machine with no namespaces at all is simulated by
+    namespaces as that user, and nothing the program writes or starts outlives the run. (A machine
+    with no namespaces at all is simulated by
     test_without_namespaces_generated_code_is_refused_unless_allowed.)"""
     monkeypatch.delenv(sandbox.ALLOW_ENV, raising=False)
     setpriv = shutil.which("setpriv")
@@ -278,8 +298,12 @@ def test_the_ladder_on_weaker_machines(monkeypatch):
     uid, procs = out["uid_and_procs"].split()
     assert out["level"] == "user-ns" and out["passed"] and int(uid) >= FIRST_UID and procs == "2", out
     user = FIRST_UID - 2
-    out = _ladder([setpriv, f"--reuid={user}", f"--regid={user}", "--clear-groups", "--"])
+    marker = f"dlmh_ladder_{os.getpid()}"
+    out = _ladder([setpriv, f"--reuid={user}", f"--regid={user}", "--clear-groups", "--"], DLMH_LADDER_MARKER=marker,
+                  DLMH_LADDER_PROGRAM=_leftovers(marker))
     assert out["level"] == "user-ns" and out["passed"] and out["uid_and_procs"] == f"{user} 2", out
+    # As a normal user too, files in /tmp and /dev/shm and a detached daemon do not outlive the run.
+    assert out["left_passed"] and out["left_files"] == [] and out["left_procs"] == [], out
 
 
 def test_score_files_of_code_tasks_name_the_level_and_are_refused_without_namespaces(tmp_path, monkeypatch):
