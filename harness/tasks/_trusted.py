@@ -145,12 +145,15 @@ def humaneval_check(prompt: str, solution: str, test: str, entry_point: str,
 
 def mbpp_names(tests: list[str], setup: str = "", reference: str | None = None) -> list[str]:
     """MBPP's functions under test, from the dataset alone: the names the asserts call that the
-    reference solution defines (MBPP 126's is called `sum`); without a reference, the names they
-    call that neither the setup code, the builtins nor the standard library provide."""
+    reference solution defines (MBPP 126's is called `sum`); without a reference that defines any,
+    the names they call that neither the setup code, the builtins nor the standard library provide."""
     called = {n.func.id for n in ast.walk(_parse("\n".join(tests)))
               if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
-    if reference is not None:
-        return sorted(called & _bound_names(reference, imports=False))
+    declared = called & _bound_names(reference, imports=False) if reference else set()
+    if declared:
+        return sorted(declared)
+    # No reference (or one that defines none of them): still nothing from the completion; a name
+    # the builtins provide is then not replayed, so a program cannot pass by defining it.
     return sorted(called - _bound_names(setup) - set(dir(builtins)) - set(sys.stdlib_module_names))
 
 
