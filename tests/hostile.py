@@ -135,7 +135,8 @@ def code_families(entry: str, *, data_file: str, records_file: str, marker: str,
             RAW + "for base in ('.', '/tmp'):\n    os.chdir(base)\n"
             f"    mkdir({marker!r} + '_deep')\n    os.chdir({marker!r} + '_deep')\n"
             "    for i in range(1400):\n        mkdir('d')\n        os.chdir('d')\n"
-            "    open('f', 'w').write('x') if base == '.' else None\n    chmod('.', 0)\n" + wrong),
+            "    open('f', 'w').write('x') if base == '.' else None\n    chmod('.', 0)\n    print('deep', base)\n"
+            + wrong),
         "deep_expression_3000": f"def {entry}(*args):\n    return " + "-" * 3000 + "1\n",
         "deep_expression_8000": f"def {entry}(*args):\n    return " + "-" * 8000 + "1\n",
         "deep_sum_100000": f"def {entry}(*args):\n    return " + "1+" * 100_000 + "1\n",
@@ -152,8 +153,9 @@ def code_families(entry: str, *, data_file: str, records_file: str, marker: str,
             "        _io.open(p, 'a').write('\\nraise SystemExit(0)\\n')\n        errs.append('wrote ' + p)\n"
             "    except OSError as e:\n        errs.append(e.errno)\nprint(json.dumps(errs))\n" + wrong),
         "files_left_behind": (
-            RAW + f"for d in ('/tmp', '/dev/shm', {ww_dir!r}):\n    for i in range(2000 if d != {ww_dir!r} else 1):\n"
+            RAW + f"made = []\nfor d in ('/tmp', '/dev/shm', {ww_dir!r}):\n    made.append(0)\n"
+            f"    for i in range(2000 if d != {ww_dir!r} else 1):\n"
             f"        try:\n            _io.open(os.path.join(d, {marker!r} + '_%d' % i), 'w').close()\n"
-            "        except OSError:\n            break\n" + wrong),
+            "            made[-1] += 1\n        except OSError:\n            break\nprint(made)\n" + wrong),
         "token_then_exit": FORGE + FORGE_END,
     }

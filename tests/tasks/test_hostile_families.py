@@ -91,6 +91,11 @@ def test_every_family_fails_and_leaves_no_trace(sandbox_level, tmp_path):
         # without a view, the kernel's permissions refuse a fresh uid (EACCES, 13).
         new_file, existing = json.loads(results["stdlib_patching"].stdout.splitlines()[0])
         assert new_file == (13 if viewless else 30) and existing in (13, 30), (new_file, existing)
+        # It did write its files (in the view: its private /tmp and /dev/shm; the folder below /tmp
+        # does not exist there), and none is left.
+        made = results["files_left_behind"].stdout.splitlines()[0]
+        assert made == ("[2000, 2000, 1]" if viewless else "[2000, 2000, 0]"), made
+        assert results["deep_dirs"].stdout.splitlines()[:2] == ["deep .", "deep /tmp"], results["deep_dirs"]
         later = sandbox.run_program("import dlmh_patched", timeout_s=20, level=sandbox_level)
         assert not later.passed and "ModuleNotFoundError" in later.stderr
         # Nothing is left: no file in /tmp, /dev/shm or the world-writable folder, no deep chain,
