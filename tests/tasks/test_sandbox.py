@@ -241,6 +241,9 @@ studies:
 LADDER_SCRIPT = """
 import json, os
 from harness.tasks import sandbox
+if os.environ.get("DLMH_LADDER_NO_NS"):  # a machine without namespaces, simulated
+    real = sandbox.probe
+    sandbox.probe = lambda lv: None if lv in sandbox.LEVELS else real(lv)
 try:
     level = sandbox.isolation().level
 except sandbox.UnsafeCodeRefused:
@@ -304,6 +307,12 @@ def test_the_ladder_on_weaker_machines(monkeypatch):
     assert out["level"] == "user-ns" and out["passed"] and out["uid_and_procs"] == f"{user} 2", out
     # As a normal user too, files in /tmp and /dev/shm and a detached daemon do not outlive the run.
     assert out["left_passed"] and out["left_files"] == [] and out["left_procs"] == [], out
+    # Without namespaces a normal user is refused, then runs at "unsafe" as that user once allowed.
+    as_user = [setpriv, f"--reuid={user}", f"--regid={user}", "--clear-groups", "--"]
+    assert _ladder(as_user, DLMH_LADDER_NO_NS="1") == {"level": "refused"}
+    out = _ladder(as_user, DLMH_LADDER_NO_NS="1", **{sandbox.ALLOW_ENV: "1"})
+    uid, procs = out["uid_and_procs"].split()
+    assert out["level"] == "unsafe" and out["passed"] and int(uid) == user and int(procs) > 2, out
 
 
 def test_score_files_of_code_tasks_name_the_level_and_are_refused_without_namespaces(tmp_path, monkeypatch):
