@@ -14,15 +14,18 @@ from harness.records import read_manifest, read_records
 from harness.report.format import md_table, save_figure  # noqa: F401  (re-exported)
 from harness.report.leaderboard import protocol_of
 from harness.report.sections import Context, load_sections
+from harness.stats.denominator import counted
 from harness.stats.intervals import mean_interval
 
 
-def _cell_row(cell_id: str, recs: list[dict]) -> dict:
+def _cell_row(cell_id: str, recs: list[dict], metrics: dict | None = None, exclude_errors: bool = False) -> dict:
     ok = [r for r in recs if r["status"] == "ok"]
     metric = ok[0]["outcome"]["metric"] if ok else "-"
+    # error units count as failures of a declared higher-is-better metric (harness/stats/denominator.py)
+    units, _ = counted(recs, metric, (metrics or {"accuracy": "higher"}).get(metric, ""), exclude_errors=exclude_errors)
     if ok and (protocol := protocol_of(ok)):
         metric = f"{metric} ({protocol})"  # which scoring protocol made the number
-    iv = mean_interval([r["outcome"]["value"] for r in ok], clusters=[r["item_id"] for r in ok])
+    iv = mean_interval([v for _, v in units], clusters=[r["item_id"] for r, _ in units])
     n_units = len(ok)
     mean = lambda key: sum(r["cost"][key] for r in ok) / max(1, n_units)  # noqa: E731
     total_wall = sum(r["cost"]["wall_s"] for r in ok)
@@ -113,7 +116,8 @@ def render_records(records: list[dict], manifest: dict, run_dir, out_dir: Path |
         kind = next(iter(cells.values()))[0]["kind"]
         comp = next(iter(cells.values()))[0]["component"]
         out.append(f"### Study `{study}` ({kind}, {comp['kind']} `{comp['name']}`)\n")
-        out.append(md_table([_cell_row(cid, recs) for cid, recs in cells.items()]))
+        out.append(md_table([_cell_row(cid, recs, manifest.get("metrics"), exclude_errors)
+                             for cid, recs in cells.items()]))
         errors = [r for recs in cells.values() for r in recs if r["status"] != "ok"]
         bad = [r for r in errors if _non_finite(r)]
         if bad:

@@ -55,3 +55,14 @@ def test_an_unbounded_metric_has_no_failing_value():
     recs = [rec("a", "0", 7.0, "reward"), rec("a", "1", None, "reward", status="error")]
     assert accuracy(recs, "reward", "higher") == (7.0, 1, 1)
     assert math.isnan(accuracy([rec("a", "0", None, status="error")], exclude_errors=True)[0])
+
+
+def test_the_cells_table_counts_errors_too():
+    from harness.report.markdown import _cell_row
+
+    cost = {"nfe": 0, "tokens": 0, "flops": 0.0, "wall_s": 0.0}
+    recs = [{**rec("a", "0", 1.0), "cost": cost}] + [{**rec("a", str(i), None, status="error"), "cost": cost}
+                                                     for i in (1, 2)]
+    row = _cell_row("a", recs)
+    assert row["value [95% CI]"].startswith("0.333") and row["n items"] == 3 and row["not ok"] == 2
+    assert _cell_row("a", recs, exclude_errors=True)["value [95% CI]"].startswith("1.000")
