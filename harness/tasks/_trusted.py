@@ -272,13 +272,13 @@ def _plan(planner: str, timeout_s: float, level: str | None) -> tuple[tuple[dict
     from harness.tasks.sandbox import run_program
 
     res = run_program(planner, timeout_s=max(timeout_s, 30), channel=True, level=level)
-    calls = []
-    for line in res.channel.splitlines():
-        if line.strip():
-            rec = json.loads(line)
-            if "x" in rec:
-                return (), f"the test calls {rec['n']} with {rec['x']}"
-            calls.append(rec)
+    try:
+        calls = [json.loads(line) for line in res.channel.splitlines() if line.strip()]
+    except ValueError:  # cut off mid-line (a timeout)
+        calls = []
+    for rec in calls:
+        if "x" in rec:
+            return (), f"the test calls {rec['n']} with {rec['x']}"
     if not res.passed:
         return (), f"the test's planning run (reference solution) did not finish: {res.status}: {res.stderr[-500:]}"
     return tuple(calls), None

@@ -239,3 +239,12 @@ def test_a_failed_program_is_never_an_exception():
         assert not res.passed and res.status == "failed", res
     assert not run_check(check, timeout_s=20).passed  # the prompt's stub alone returns None
 
+
+
+def test_a_test_that_cannot_be_planned_is_an_error_not_an_exception():
+    """A test whose calls take arguments the format cannot carry (no dataset item does) is the
+    harness's problem, whatever the program: status "error" with the reason, never a raise."""
+    prompt = 'def f(x):\n    """d"""\n'
+    test = "def check(candidate):\n    assert candidate(object()) == 1\n"
+    res = run_check(humaneval_check(prompt, "    return 1\n", test, "f", reference="    return 1\n"), timeout_s=20)
+    assert res.status == "error" and not res.passed and "not plain values" in res.stderr
