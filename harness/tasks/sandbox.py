@@ -612,7 +612,7 @@ def remove_tree(path: str, max_steps: int = 5_000_000) -> bool:
                 os.rmdir(names.pop(), dir_fd=fd)
             except OSError:
                 return False
-    except OSError:
+    except (OSError, ValueError, NotImplementedError):
         return False
     finally:
         try:
@@ -629,8 +629,8 @@ def remove_tree(path: str, max_steps: int = 5_000_000) -> bool:
 def _open_dir(name: str, dir_fd: int | None) -> int:
     try:
         return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
-    except PermissionError:
-        os.chmod(name, 0o700, dir_fd=dir_fd, follow_symlinks=False)
+    except PermissionError:  # a folder the program made unreadable (found as a folder, not a link)
+        os.chmod(name, 0o700, dir_fd=dir_fd)
         return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
 
 

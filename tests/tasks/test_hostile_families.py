@@ -248,3 +248,20 @@ def test_a_test_that_cannot_be_planned_is_an_error_not_an_exception():
     test = "def check(candidate):\n    assert candidate(object()) == 1\n"
     res = run_check(humaneval_check(prompt, "    return 1\n", test, "f", reference="    return 1\n"), timeout_s=20)
     assert res.status == "error" and not res.passed and "not plain values" in res.stderr
+
+
+def test_removal_needs_no_recursion_and_no_long_path(tmp_path):
+    """1,500 nested folders whose full path is far beyond PATH_MAX, some unreadable: gone, no raise."""
+    top = tmp_path / "top"
+    top.mkdir()
+    fd = os.open(top, os.O_RDONLY)
+    for i in range(1500):
+        os.mkdir("d" * 60, dir_fd=fd)
+        child = os.open("d" * 60, os.O_RDONLY, dir_fd=fd)
+        os.close(fd)
+        fd = child
+        if i % 500 == 0:
+            os.chmod(f"/proc/self/fd/{fd}", 0o100)
+    os.close(fd)
+    assert sandbox.remove_tree(str(top)) is True and not top.exists()
+    assert sandbox.remove_tree(str(top)) is True  # already gone
