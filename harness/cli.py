@@ -265,7 +265,8 @@ def cmd_report(args) -> int:
                                "and records.jsonl)")
     # Runs of one suite combine into one report; each report is index.md plus a self-contained index.html.
     with guarded("write the report", out):  # an OSError names the file it touched
-        paths = write_report([Path(d) for d in args.run_dirs], out, protocol=args.protocol)
+        paths = write_report([Path(d) for d in args.run_dirs], out, protocol=args.protocol,
+                             exclude_errors=args.exclude_errors)
     print(*paths, sep="\n")
     return 0
 
@@ -280,10 +281,11 @@ def cmd_score(args) -> int:
     run_dir, counts = score_file(args.file, args.task, protocol=args.protocol, fields=parse_fields(args.fields),
                                  results=args.results, suite=args.suite, system=args.system,
                                  argv=["dlm-harness", *sys.argv[1:]],
-                                 task_params=dict(_parse_kv(p) for p in args.task_param))
+                                 task_params=dict(_parse_kv(p) for p in args.task_param),
+                                 exclude_errors=args.exclude_errors)
     print(f"rows: {counts['rows']}, scored: {counts['scored']}, bad: {counts['bad']} (status error in the records; "
           f"lines and reasons in the manifest's bad_rows), duplicates: {counts['duplicates']}", file=sys.stderr)
-    _print_scores(run_dir)
+    _print_scores(run_dir, args.exclude_errors)
     print(run_dir)
     return 0
 
@@ -400,7 +402,8 @@ def cmd_eval(args) -> int:
     argv = ["dlm-harness", *sys.argv[1:]]
     if args.suite:
         suite, spec, metrics, _ = load_eval_suite(args.suite)
-        run_dir = run_eval(spec, args.results, suite=suite, argv=argv, suite_path=args.suite, metrics=metrics)
+        run_dir = run_eval(spec, args.results, suite=suite, argv=argv, suite_path=args.suite, metrics=metrics,
+                           exclude_errors=args.exclude_errors)
     else:
         if not args.tasks:
             raise HarnessError("eval: give --tasks (e.g. gsm8k,minerva_math500) or --suite FILE")
@@ -410,19 +413,25 @@ def cmd_eval(args) -> int:
                         num_fewshot=args.num_fewshot, batch_size=args.batch_size, seed=args.seed,
                         task_source=args.task_source, protocol=args.protocol,
                         apply_chat_template=args.apply_chat_template, fewshot_as_multiturn=args.fewshot_as_multiturn)
-        run_dir = run_eval(spec, args.results, argv=argv)
+        run_dir = run_eval(spec, args.results, argv=argv, exclude_errors=args.exclude_errors)
     if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 holds the records
-        _print_scores(run_dir)
+        _print_scores(run_dir, args.exclude_errors)
     print(run_dir)
     return 0
 
 
-def _print_scores(run_dir) -> None:
+def _print_scores(run_dir, exclude_errors: bool = False) -> None:
     """The run's results as lm-evaluation-harness prints them (one row per filter, with the interval, n
-    and protocol), on stderr: stdout's last line stays the run directory for scripts."""
+    and protocol), then each cell's accuracy with its error rows counted as failures unless
+    --exclude-errors (harness/stats/denominator.py); on stderr: stdout's last line stays the run
+    directory for scripts."""
+    from harness.records import read_manifest
     from harness.report.markdown import lm_eval_table
+    from harness.stats.denominator import format_summary
 
-    print(lm_eval_table(Path(run_dir)), file=sys.stderr)
+    print(lm_eval_table(Path(run_dir), exclude_errors), file=sys.stderr)
+    for line in format_summary(read_manifest(run_dir).get("accuracy") or []):
+        print(line, file=sys.stderr)
 
 
 def _parse_kv(text: str, flag: str = "--task-param"):
@@ -473,6 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--protocol", choices=("harness", "d1", "lm-eval", "strict"),
                    help="re-score the stored generations under this scoring protocol (nothing is re-generated)")
     _unsafe_flag(s)
+    _errors_flag(s)
     s.set_defaults(fn=cmd_report)
 
     s = sub.add_parser("score", help="score generations made elsewhere (JSONL, lm-eval samples, d1 JSON)",
@@ -489,6 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--suite", default=None, help="suite name of the run (default: score-<task>)")
     s.add_argument("--results", default="results", help="results root (default: results)")
     _unsafe_flag(s)
+    _errors_flag(s)
     s.set_defaults(fn=cmd_score)
 
     s = sub.add_parser("compare", help="regression gate: is NEW_RUN significantly worse than BASE_RUN?",
@@ -553,6 +564,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--suite", help="an lm-eval suite file (suites/lm-eval.yaml); replaces the options above")
     s.add_argument("--results", default="results", help="results root (default: results)")
     _unsafe_flag(s)
+    _errors_flag(s)
     s.set_defaults(fn=cmd_eval)
     return p
 
@@ -567,6 +579,12 @@ def _version() -> str:
 
         text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
         return tomllib.loads(text)["project"]["version"]
+
+
+def _errors_flag(s) -> None:
+    s.add_argument("--exclude-errors", action="store_true",
+                   help="accuracies over the graded units only (default: error rows count as failures, their "
+                        "number shown beside n)")
 
 
 def _unsafe_flag(s) -> None:

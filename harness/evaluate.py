@@ -135,7 +135,7 @@ def _check_known(mapping: dict) -> None:
 
 
 def run_eval(spec: EvalSpec, results: str | Path = "results", suite: str = "lm-eval", argv=None,
-             suite_path: str = "", metrics: dict | None = None) -> Path:
+             suite_path: str = "", metrics: dict | None = None, exclude_errors: bool = False) -> Path:
     """Under torchrun (lm-eval's data parallelism) every rank evaluates its share of the documents;
     rank 0 alone makes the run directory, merges the other ranks' costs and side records, and
     writes the run; every rank returns its path. Bad input fails before the run directory exists;
@@ -162,7 +162,7 @@ def run_eval(spec: EvalSpec, results: str | Path = "results", suite: str = "lm-e
                 "suite_sha256": sha, "quick": False, "kind": "lm_eval", "status": "running",
                 "command": argv or sys.argv, "started_at": _now(), "protocol": asdict(spec), "tasks": mapping,
                 "model_args": {k: v for k, v in model_args.items() if k != "records"}, "world_size": world,
-                "sandbox": sandbox, **provenance.collect()}
+                "sandbox": sandbox, "exclude_errors": exclude_errors, **provenance.collect()}
     try:
         if rank == 0:
             write_json_atomic(run_dir / MANIFEST, manifest)
@@ -231,9 +231,14 @@ def _evaluate(spec: EvalSpec, run_dir: Path, manifest: dict, model_args: dict, m
                 found[rec["outcome"]["metric"]] = out.get("higher_is_better", {}).get(task, {}).get(
                     rec["outcome"]["metric"], True)
                 writer.write(rec)
-    manifest.update(status="complete", finished_at=_now(), n_records=len(read_records(run_dir)),
-                    data_sources=_sources(samples, mapping),
-                    metrics=metrics or {m: ("higher" if hib in (True, None) else "lower") for m, hib in found.items()},
+    from harness.stats.denominator import summarize
+
+    records = read_records(run_dir)
+    metrics = metrics or {m: ("higher" if hib in (True, None) else "lower") for m, hib in found.items()}
+    manifest.update(status="complete", finished_at=_now(), n_records=len(records),
+                    data_sources=_sources(samples, mapping), metrics=metrics,
+                    # samples lm-eval gave no value count as failures (unless exclude_errors)
+                    accuracy=summarize(records, metrics, exclude_errors=manifest["exclude_errors"]),
                     lm_eval_versions=out.get("versions"), lm_eval_configs=out.get("configs"))
     write_json_atomic(run_dir / MANIFEST, manifest)
     return run_dir

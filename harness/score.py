@@ -14,8 +14,10 @@ Input (one file):
 
 Output: results/<suite>/<run_id>/ with manifest.json (input file and sha256, task, protocol, field
 mapping, row counts, every bad row's line and reason) and records.jsonl: one record per row
-(status ok, or error for a bad row: missing field, unreadable answer) with the generation text,
-the reference and the verdict. The cell is `<task>[protocol=P]` and the seed depends only on the
+(status ok, or error for a bad row: missing field, no reference, unreadable answer, a grading that
+failed) with the generation text, the reference and the verdict. A bad row is a failure in every
+accuracy (`harness.stats.denominator`; `--exclude-errors` for the graded rows only), as d1's own
+scorer counts a row it cannot grade. The cell is `<task>[protocol=P]` and the seed depends only on the
 item, so two systems' outputs on the same items pair up in `dlm-harness compare`.
 `rescore` re-grades stored generations under another protocol (`dlm-harness report --protocol`).
 """
@@ -32,6 +34,7 @@ from harness.paths import guarded, safe_name
 from harness.records import MANIFEST, SCHEMA_VERSION, RecordWriter, make_record, rewrite_in_place, write_json_atomic
 from harness.registry import TASKS, params_of
 from harness.seeding import derive_seed
+from harness.stats.denominator import summarize
 from harness.tasks.base import item_hash
 from harness.tasks.sandbox import preflight
 from harness.types import HarnessError, Item
@@ -171,8 +174,10 @@ def _record(run_id: str, suite: str, cell: str, task, task_name: str, system: st
 
 def score_file(path, task_name: str, protocol: str | None = None, fields: dict | None = None,
                results="results", suite: str | None = None, system: str | None = None, argv=None,
-               task_params: dict | None = None) -> tuple[Path, dict]:
-    """Grade every row of `path`; -> (run directory, counts). See the module docstring."""
+               task_params: dict | None = None, exclude_errors: bool = False) -> tuple[Path, dict]:
+    """Grade every row of `path`; -> (run directory, counts). See the module docstring. The
+    manifest's `accuracy` follows `harness.stats.denominator`: bad rows
+    count as failures unless `exclude_errors`."""
     from harness.runner import new_run_id
 
     path, fields = Path(path), dict(fields or {})
@@ -192,7 +197,8 @@ def score_file(path, task_name: str, protocol: str | None = None, fields: dict |
     with guarded("make the run directory", run_dir):
         run_dir.mkdir(parents=True, exist_ok=False)
     try:
-        return _score_rows(run_dir, path, rows, kind, sha, task, task_name, suite, system, fields, sandbox, argv)
+        return _score_rows(run_dir, path, rows, kind, sha, task, task_name, suite, system, fields, sandbox, argv,
+                           exclude_errors)
     except BaseException as exc:  # a refusal, a failed write, an interrupt
         _abandon(run_dir, f"{type(exc).__name__}: {str(exc)[-2000:]}")
         raise
@@ -226,7 +232,7 @@ def _abandon(run_dir: Path, error: str) -> None:
 
 
 def _score_rows(run_dir: Path, path: Path, rows, kind: str, sha: str, task, task_name: str, suite: str,
-                system: str, fields: dict, sandbox, argv) -> tuple[Path, dict]:
+                system: str, fields: dict, sandbox, argv, exclude_errors: bool = False) -> tuple[Path, dict]:
     protocol = task.default_protocol
     cell = f"{task_name}[protocol={protocol}]"
     source = {"path": str(path), "sha256": sha, "format": kind}
@@ -240,8 +246,9 @@ def _score_rows(run_dir: Path, path: Path, rows, kind: str, sha: str, task, task
     lookup = lambda: cache.setdefault("items", _dataset_items(task))  # noqa: E731 - read only when needed
     counts = {"rows": len(rows), "scored": 0, "bad": 0, "duplicates": 0}
     bad, seen, metrics = [], set(), {}
+    written: list[dict] = []
     with RecordWriter(run_dir) as out:
-        writer = _Tagged(out, {"sandbox": sandbox} if sandbox else {})
+        writer = _Tagged(out, {"sandbox": sandbox} if sandbox else {}, written)
         for n, row in rows:
             item = gen = None
             rid = row.get("doc_id") if kind == "lm-eval-samples" else _pick(row, "id", fields)[1]
@@ -254,9 +261,12 @@ def _score_rows(run_dir: Path, path: Path, rows, kind: str, sha: str, task, task
                         continue  # another filter's copy of the same response (counted above)
                     raise ValueError(f"item id {item_id!r} repeats an earlier row")
                 verdict = task.grade(item, gen)
-            except (ValueError, KeyError, TypeError) as exc:
+            except HarnessError:
+                raise  # the harness or machine cannot grade at all (e.g. generated code refused): stop
+            except Exception as exc:  # noqa: BLE001 - a row that cannot be graded is an error row, not a crash
                 counts["bad"] += 1
-                reason = str(exc) or type(exc).__name__
+                reason = str(exc) if isinstance(exc, (ValueError, KeyError, TypeError)) and str(exc) else \
+                    f"{type(exc).__name__}: {exc}"[:500]
                 if len(bad) < MAX_LISTED:
                     bad.append({"line": n, "item_id": item_id, "reason": reason})
                 writer.write(_record(run_dir.name, suite, cell, task, task_name, system, source, n, item_id, item,
@@ -267,8 +277,9 @@ def _score_rows(run_dir: Path, path: Path, rows, kind: str, sha: str, task, task
             metrics[verdict.metric] = "higher"
             writer.write(_record(run_dir.name, suite, cell, task, task_name, system, source, n, item_id, item, gen,
                                  verdict, None))
-    manifest.update(status="complete", finished_at=_now(), counts=counts, bad_rows=bad,
-                    metrics=metrics or {"accuracy": "higher"})
+    metrics = metrics or {"accuracy": "higher"}
+    manifest.update(status="complete", finished_at=_now(), counts=counts, bad_rows=bad, metrics=metrics,
+                    accuracy=summarize(written, metrics, exclude_errors=exclude_errors))
     write_json_atomic(run_dir / MANIFEST, manifest)
     return run_dir, counts
 
@@ -276,11 +287,14 @@ def _score_rows(run_dir: Path, path: Path, rows, kind: str, sha: str, task, task
 class _Tagged:
     """A record writer that adds `extra` (the sandbox level of code tasks) to every record."""
 
-    def __init__(self, writer, extra: dict):
-        self.writer, self.extra = writer, extra
+    def __init__(self, writer, extra: dict, written: list | None = None):
+        self.writer, self.extra, self.written = writer, extra, written
 
     def write(self, record: dict) -> None:
-        self.writer.write({**record, **self.extra})
+        record = {**record, **self.extra}
+        self.writer.write(record)
+        if self.written is not None:
+            self.written.append({k: record[k] for k in ("cell_id", "status", "outcome", "item_id")})
 
 
 def rescore(records: list[dict], protocol: str) -> tuple[list[dict], dict[str, str]]:

@@ -22,16 +22,17 @@ from collections import defaultdict
 
 import numpy as np
 
+from harness.stats.denominator import counted, error_metrics, is_error
 from harness.stats.intervals import ALPHA, Interval, mean_interval
 from harness.stats.paired import holm, mcnemar_exact, paired_permutation_test
 
 DEFAULT_METRICS = {"accuracy": "higher"}
 
 
-def _per_item(recs: list[dict]) -> dict[str, float]:
+def _per_item(units: list[tuple[dict, float]]) -> dict[str, float]:
     vals: dict[str, list[float]] = defaultdict(list)
-    for r in recs:
-        vals[r["item_id"]].append(float(r["outcome"]["value"]))
+    for r, v in units:
+        vals[r["item_id"]].append(v)
     return {k: float(np.mean(v)) for k, v in vals.items()}
 
 
@@ -84,20 +85,28 @@ def board_labels(keys: list[str]) -> dict[str, str]:
 
 
 def leaderboard(records: list[dict], metrics: dict[str, str] | None = None, *, alpha: float = ALPHA,
-                seed: int = 0) -> list[dict]:
+                seed: int = 0, exclude_errors: bool = False) -> list[dict]:
     """One row per (metric, cell), best first within each board: the cells of one metric on one
     task (see `_task_key`).
 
     Row keys: metric, direction, rank (int), rank_label ("1", "=2", ...), cell, study, component,
-    component_kind, params, interval (Interval), mean, n (items), units, tied (with the cell above),
+    component_kind, params, interval (Interval), mean, n (items), units, errors (error records, counted
+    as failures unless `exclude_errors`: `harness.stats.denominator`), tied (with the cell above),
     overlap, test, p and p_holm (vs the cell above; NaN for the first), n_pairs, board (the task key).
     """
     metrics = metrics or DEFAULT_METRICS
     boards: dict[tuple[str, str], dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    reported, has_ok = defaultdict(set), set()
     for r in records:
         out = r.get("outcome")
-        if r.get("status") == "ok" and out and out.get("metric") in metrics and out.get("value") is not None:
+        has_ok.update([r["cell_id"]] if not is_error(r) else [])
+        if not is_error(r) and out and out.get("metric") in metrics and out.get("value") is not None:
             boards[(out["metric"], _task_key(r))][r["cell_id"]].append(r)
+            reported[r["cell_id"]].add(out["metric"])
+    for r in records:  # error records: failures of their cell's metrics
+        if is_error(r) and (reported[r["cell_id"]] or r["cell_id"] not in has_ok):
+            for m in error_metrics(r, reported[r["cell_id"]], metrics):
+                boards[(m, _task_key(r))][r["cell_id"]].append(r)
     rows: list[dict] = []
     order = list(metrics)
     for bi, ((metric, board), cells) in enumerate(sorted(boards.items(), key=lambda kv: (order.index(kv[0][0]),
@@ -106,14 +115,15 @@ def leaderboard(records: list[dict], metrics: dict[str, str] | None = None, *, a
         mi = (order.index(metric), bi)
         entries = []
         for cell_id, recs in cells.items():
-            iv = mean_interval([r["outcome"]["value"] for r in recs], clusters=[r["item_id"] for r in recs])
+            units, n_err = counted(recs, metric, direction, exclude_errors=exclude_errors)
+            iv = mean_interval([v for _, v in units], clusters=[r["item_id"] for r, _ in units])
             comp = recs[0]["component"]
-            items = _per_item(recs)
+            items = _per_item(units)
             entries.append({"metric": metric, "direction": direction, "cell": cell_id, "study": recs[0]["study"],
                             "component": comp["name"], "component_kind": comp["kind"],
                             "params": comp.get("params") or {}, "interval": iv, "mean": iv.mean, "n": iv.n,
                             "board": board,
-                            "units": len(recs), "_items": items, "protocol": protocol_of(recs),
+                            "units": len(units), "errors": n_err, "_items": items, "protocol": protocol_of(recs),
                             "sd": float(np.std(list(items.values()), ddof=1)) if len(items) > 1 else math.nan})
         sign = -1.0 if direction == "higher" else 1.0
         entries.sort(key=lambda e: (sign * e["mean"] if not math.isnan(e["mean"]) else math.inf, e["cell"]))
@@ -209,6 +219,11 @@ def _vs_above(row: dict) -> str:
     return f"p {row['p']:.3g} (Holm {row['p_holm']:.3g}; {row['test']}, {row['n_pairs']} items)"
 
 
+def _n(row: dict) -> str:
+    """n, with the number of error records beside it (counted in n unless excluded)."""
+    return f"{row['n']} ({row['errors']} errors)" if row["errors"] else str(row["n"])
+
+
 def _count(k: int, n: int) -> str:
     if k == n:
         return "the other cell" if n == 1 else f"all {n} other cells"
@@ -227,12 +242,14 @@ def _boards(rows: list[dict], metrics: dict[str, str]):
     return out
 
 
-def leaderboard_summary(records: list[dict], metrics: dict[str, str] | None = None) -> list[str]:
+def leaderboard_summary(records: list[dict], metrics: dict[str, str] | None = None, *,
+                        exclude_errors: bool = False) -> list[str]:
     """Headline sentences: per metric and task, the top cell (or the cells tied at the top) with its
     interval, and how many cells rank below it. Nothing for a board of one cell."""
     metrics = metrics or DEFAULT_METRICS
     out = []
-    for metric, direction, label, mrows in _boards(leaderboard(records, metrics), metrics):
+    for metric, direction, label, mrows in _boards(leaderboard(records, metrics, exclude_errors=exclude_errors),
+                                                   metrics):
         if len(mrows) < 2:
             continue
         on = f" on {label}" if label else ""
@@ -249,12 +266,13 @@ def leaderboard_summary(records: list[dict], metrics: dict[str, str] | None = No
     return out
 
 
-def render_leaderboard(records: list[dict], metrics: dict[str, str] | None = None, *, alpha: float = ALPHA) -> str:
+def render_leaderboard(records: list[dict], metrics: dict[str, str] | None = None, *, alpha: float = ALPHA,
+                       exclude_errors: bool = False) -> str:
     """The "Leaderboard" section of the report (markdown): one row per rank group; a group of tied
     cells is one row, and one line under the table names its cells and says they are indistinguishable
     at `alpha` and what difference the items could have detected."""
     metrics = metrics or DEFAULT_METRICS
-    rows = leaderboard(records, metrics, alpha=alpha)
+    rows = leaderboard(records, metrics, alpha=alpha, exclude_errors=exclude_errors)
     if not rows:
         return ""  # no cell reports a pre-registered metric: no empty section
     out = ["## Leaderboard\n",
@@ -264,7 +282,10 @@ def render_leaderboard(records: list[dict], metrics: dict[str, str] | None = Non
            "outcomes, else a sign-flip permutation test, Holm-corrected across the adjacent comparisons, "
            f"at α = {alpha:g}, with non-overlapping intervals; cells without one share a rank group (one row). "
            "The knobs column shows only the parameters that differ between the board's cells and are set away "
-           "from the component's default.\n"]
+           "from the component's default. "
+           + ("Error records (units the harness could not grade) are left out (--exclude-errors).\n"
+              if exclude_errors else "Error records (units the harness could not grade) count as failures; "
+              "their number is shown beside n.\n")]
     boards = _boards(rows, metrics)
     for metric, direction, label, mrows in boards:
         if len(metrics) > 1 or len(boards) > 1:
@@ -279,7 +300,7 @@ def render_leaderboard(records: list[dict], metrics: dict[str, str] | None = Non
             proto = f" ({first['protocol']})" if first["protocol"] else ""  # the scoring protocol beside it
             if len(group) == 1:
                 lines.append(f"| {first['rank']} | `{first['cell']}` | {first['component']} | {shown[first['cell']]} | "
-                             f"{first['interval'].fmt(3)}{proto} | {first['n']} | {_vs_above(first)} |")
+                             f"{first['interval'].fmt(3)}{proto} | {_n(first)} | {_vs_above(first)} |")
                 continue
             rank = f"{first['rank']}–{first['rank'] + len(group) - 1}"
             comps = ", ".join(dict.fromkeys(r["component"] for r in group))

@@ -14,15 +14,18 @@ from harness.records import read_manifest, read_records
 from harness.report.format import md_table, save_figure  # noqa: F401  (re-exported)
 from harness.report.leaderboard import protocol_of
 from harness.report.sections import Context, load_sections
+from harness.stats.denominator import counted
 from harness.stats.intervals import ALPHA, LEVEL, mean_interval
 
 
-def _cell_row(cell_id: str, recs: list[dict]) -> dict:
+def _cell_row(cell_id: str, recs: list[dict], metrics: dict | None = None, exclude_errors: bool = False) -> dict:
     ok = [r for r in recs if r["status"] == "ok"]
     metric = ok[0]["outcome"]["metric"] if ok else "-"
+    # error units count as failures of a declared higher-is-better metric (harness/stats/denominator.py)
+    units, _ = counted(recs, metric, (metrics or {"accuracy": "higher"}).get(metric, ""), exclude_errors=exclude_errors)
     if ok and (protocol := protocol_of(ok)):
         metric = f"{metric} ({protocol})"  # which scoring protocol made the number
-    iv = mean_interval([r["outcome"]["value"] for r in ok], clusters=[r["item_id"] for r in ok])
+    iv = mean_interval([v for _, v in units], clusters=[r["item_id"] for r, _ in units])
     n_units = len(ok)
     mean = lambda key: sum(r["cost"][key] for r in ok) / max(1, n_units)  # noqa: E731
     total_wall = sum(r["cost"]["wall_s"] for r in ok)
@@ -79,12 +82,16 @@ def _filter_rows(records: list[dict]) -> dict[tuple, list[tuple[str, float | Non
     return groups
 
 
-def lm_eval_table(run_dir: Path) -> str:
+def lm_eval_table(run_dir: Path, exclude_errors: bool = False) -> str:
     """The results of a `score` or `eval` run in lm-evaluation-harness's table layout (Tasks, Version,
     Filter, n-shot, Metric, Value ± Stderr), with the 95% interval, the number of items and the scoring
     protocol beside it; one row per filter (strict-match and flexible-extract both). Stderr is the
-    sample standard error lm-eval prints; the interval is the harness's (Wilson for 0/1 outcomes)."""
+    sample standard error lm-eval prints; the interval is the harness's (Wilson for 0/1 outcomes).
+    A unit that is not ok counts as a failure (harness/stats/denominator.py) unless `exclude_errors`;
+    the "not ok" column says how many there are either way."""
     import math
+
+    from harness.stats.denominator import failure_value
 
     run_dir = Path(run_dir)
     nshot: dict = {}
@@ -100,13 +107,17 @@ def lm_eval_table(run_dir: Path) -> str:
     last = None
     for (task, version, filt, metric, protocol), units in sorted(_filter_rows(read_records(run_dir)).items()):
         vals = [(i, v) for i, v in units if v is not None]
+        fail = failure_value([v for _, v in vals], "higher")
+        if not exclude_errors and fail is not None:
+            vals += [(i, fail) for i, v in units if v is None]
         iv = mean_interval([v for _, v in vals], clusters=[i for i, _ in vals])
         n = len(vals)
         sd = math.sqrt(sum((v - iv.mean) ** 2 for _, v in vals) / (n - 1)) if n > 1 else math.nan
         ci = f"[{iv.lo:.4f}, {iv.hi:.4f}]" if n and not math.isnan(iv.lo) else "-"
         rows.append(("" if task == last else task, "" if task == last else version, filt,
                      str(nshot.get(task, "-")), metric, "↑", f"{iv.mean:.4f}" if n else "n/a", "±",
-                     f"{sd / math.sqrt(n):.4f}" if n > 1 else "n/a", ci, str(iv.n), str(len(units) - n), protocol))
+                     f"{sd / math.sqrt(n):.4f}" if n > 1 else "n/a", ci, str(iv.n),
+                     str(sum(v is None for _, v in units)), protocol))
         last = task
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     right = {1, 3, 6, 8, 10, 11}
@@ -145,7 +156,7 @@ def _missing_note(records: list[dict], manifest: dict) -> str:
 
 
 def render_records(records: list[dict], manifest: dict, run_dir, out_dir: Path | None = None,
-                   sources: list[dict] | None = None) -> str:
+                   sources: list[dict] | None = None, exclude_errors: bool = False) -> str:
     """The report of `records` (one run, or several runs combined: then `sources` lists their
     manifests and `manifest` is the first one's, with `run_id` naming the combination)."""
     by_study: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
@@ -170,14 +181,15 @@ def render_records(records: list[dict], manifest: dict, run_dir, out_dir: Path |
     ctx = Context(records, manifest, run_dir, out_dir)
     sections = [sec for sec in load_sections() if sec.applies(records)]
     covered = {k for sec in sections for k in sec.kinds}  # their sections state better headlines
-    headlines = leaderboard_summary([r for r in records if r.get("kind") not in covered], manifest.get("metrics"))
+    headlines = leaderboard_summary([r for r in records if r.get("kind") not in covered], manifest.get("metrics"),
+                                    exclude_errors=exclude_errors)
     for sec in sections:
         if sec.summary is not None:
             headlines += sec.summary(ctx)
     if headlines:
         out.append("## Summary\n")
         out.append("\n".join(f"- {h}" for h in headlines) + "\n")
-    board = render_leaderboard(records, manifest.get("metrics"))
+    board = render_leaderboard(records, manifest.get("metrics"), exclude_errors=exclude_errors)
     if board:
         out.append(board)
     for sec in sections:
@@ -190,7 +202,8 @@ def render_records(records: list[dict], manifest: dict, run_dir, out_dir: Path |
         kind = next(iter(cells.values()))[0]["kind"]
         comp = next(iter(cells.values()))[0]["component"]
         out.append(f"### Study `{study}` ({kind}, {comp['kind']} `{comp['name']}`)\n")
-        out.append(md_table([_cell_row(cid, recs) for cid, recs in cells.items()]))
+        out.append(md_table([_cell_row(cid, recs, manifest.get("metrics"), exclude_errors)
+                             for cid, recs in cells.items()]))
         errors = [r for recs in cells.values() for r in recs if r["status"] != "ok"]
         bad = [r for r in errors if _non_finite(r)]
         if bad:
@@ -265,7 +278,8 @@ def _rescored(records: list[dict], manifest: dict, protocol: str | None) -> tupl
     return records, {**manifest, "metrics": {**(manifest.get("metrics") or {}), **metrics}}
 
 
-def write_report(run_dirs, reports: Path = Path("reports"), protocol: str | None = None):
+def write_report(run_dirs, reports: Path = Path("reports"), protocol: str | None = None,
+                 exclude_errors: bool = False):
     """Write reports/<suite>/<run_id>/index.md and index.html for each run directory.
 
     `run_dirs` is one run directory (returns the index.md path) or a list of them (returns a list
@@ -286,12 +300,14 @@ def write_report(run_dirs, reports: Path = Path("reports"), protocol: str | None
             out_dir = Path(reports) / suite / (manifest["run_id"] + (f"-{protocol}" if protocol else ""))
             out_dir.mkdir(parents=True, exist_ok=True)
             records, manifest = _rescored(read_records(group[0]), manifest, protocol)
-            paths.append(_write(out_dir, render_records(records, manifest, group[0], out_dir)))
+            paths.append(_write(out_dir, render_records(records, manifest, group[0], out_dir,
+                                                        exclude_errors=exclude_errors)))
         else:
             records, manifest, sources, combined_id = _combine(group)
             records, manifest = _rescored(records, manifest, protocol)
             out_dir = Path(reports) / suite / (combined_id + (f"-{protocol}" if protocol else ""))
             out_dir.mkdir(parents=True, exist_ok=True)
-            text = render_records(records, manifest, " ".join(str(d) for d in group), out_dir, sources=sources)
+            text = render_records(records, manifest, " ".join(str(d) for d in group), out_dir, sources=sources,
+                                  exclude_errors=exclude_errors)
             paths.append(_write(out_dir, text))
     return paths[0] if single else paths

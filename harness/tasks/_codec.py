@@ -13,10 +13,17 @@ defaultdict travel as dicts (Python compares them with dicts by content). Anythi
 own `__eq__`, a generator, an object of the program's own class) is "not a plain value" and the
 call that returned it fails. Decoding builds fresh builtin objects, whose equality is Python's own.
 
-- The recorder (untrusted side) wraps the functions under test: each call made by the test code
-  (not the function's calls to itself) writes one JSON line to fd 3: the function's name, the
-  encoded arguments, and the encoded result, the builtin exception it raised, or why the result
-  could not be encoded.
+- The planner (trusted side, `_dlmh_planning`) runs the test with the functions under test as
+  stubs answering from the dataset's reference solution, and reports every call's arguments.
+- The driver (untrusted side, `_dlmh_drive`) calls the program's functions on those arguments
+  and reports each result; no test code runs with the program, so no expected value the test
+  computes (in asserts or in its own variables) is in its process.
+- The recorder (untrusted side, `_dlmh_recording`; used where the test's arguments are objects
+  built with the program's own classes, e.g. MBPP 367) wraps the functions under test while the
+  test's asserts, reduced to their calls, run: each call made by the test code (not the
+  function's calls to itself) writes one JSON line to fd 3: the function's name, the encoded
+  arguments, and the encoded result, the builtin exception it raised, or why the result could
+  not be encoded.
 - The replay (trusted side) gives the test code stubs that return, for each call, the recorded
   result of the call with the same name and arguments, and its asserts compare with `_dlmh_eq`:
   equal and of the same type, recursively (a tuple is not a list, a str is not bytes), numbers by
@@ -109,24 +116,23 @@ def _dlmh_eq(a, b):
     return a == b
 
 
-def _dlmh_eq_plain(a, b):
-    """`_dlmh_eq` for the one-process fallback, where no value is trusted: both must be plain."""
-    try:
-        _dlmh_encode(a)
-        _dlmh_encode(b)
-    except (_DlmhNotPlain, RecursionError):
-        return False
-    return _dlmh_eq(a, b)
-
-
 # -- untrusted side -------------------------------------------------------------------------------
+def _dlmh_emit(record):
+    import os
+    os.write(3, (_dlmh_json.dumps(record, sort_keys=True) + "\n").encode())
+
+
+def _dlmh_result(record, out):
+    try:
+        record["v"] = _dlmh_encode(out)
+    except (_DlmhNotPlain, RecursionError, ValueError, TypeError) as exc:
+        record["u"] = str(exc)[:200]
+    return record
+
+
 def _dlmh_recording(namespace, names):
     """Rebind each function `names` in `namespace` to a recorder (see the module docstring)."""
-    import os
-    write, busy = os.write, [0]
-
-    def emit(record):
-        write(3, (_dlmh_json.dumps(record, sort_keys=True) + "\n").encode())
+    busy = [0]
 
     def recorder(name, fn):
         def call(*args, **kwargs):
@@ -137,16 +143,11 @@ def _dlmh_recording(namespace, names):
             try:
                 out = fn(*args, **kwargs)
             except Exception as exc:
-                emit({"n": name, "k": key, "r": type(exc).__name__})
+                _dlmh_emit({"n": name, "k": key, "r": type(exc).__name__})
                 raise
             finally:
                 busy[0] -= 1
-            record = {"n": name, "k": key}
-            try:
-                record["v"] = _dlmh_encode(out)
-            except _DlmhNotPlain as exc:
-                record["u"] = str(exc)
-            emit(record)
+            _dlmh_emit(_dlmh_result({"n": name, "k": key}, out))
             return out
         return call
 
@@ -154,6 +155,54 @@ def _dlmh_recording(namespace, names):
         fn = namespace.get(name)
         if callable(fn) and not isinstance(fn, type):
             namespace[name] = recorder(name, fn)
+
+
+def _dlmh_drive(namespace, plan_json):
+    """The untrusted run of a planned check: call the functions under test on the planned
+    arguments, in order, and report each result (or the exception it raised) by its index. No
+    test code runs here, so no expected value is in this process."""
+    for i, line in enumerate(plan_json.splitlines()):
+        rec = _dlmh_json.loads(line)
+        fn = namespace.get(rec["n"])
+        if not callable(fn) or isinstance(fn, type):
+            _dlmh_emit({"i": i, "u": "%s is not a function defined by the program" % rec["n"]})
+            continue
+        args, kwargs = _dlmh_decode(rec["a"])
+        try:
+            out = fn(*args, **{k: v for k, v in kwargs.items()})
+        except Exception as exc:
+            _dlmh_emit({"i": i, "r": type(exc).__name__})
+            continue
+        _dlmh_emit(_dlmh_result({"i": i}, out))
+
+
+# -- trusted side ---------------------------------------------------------------------------------
+def _dlmh_planning(namespace, names, reference):
+    """The trusted planning run: each function `names` becomes a stub that reports its arguments
+    (fd 3) and answers with the dataset's reference solution when there is one (`reference`: that
+    function was defined by it; random state untouched), so the test's own computations run as
+    with a correct program."""
+    import random
+
+    def planner(name, ref):
+        def call(*args, **kwargs):
+            try:
+                _dlmh_emit({"n": name, "k": _dlmh_key(args, kwargs), "a": _dlmh_encode([list(args), kwargs])})
+            except (_DlmhNotPlain, RecursionError) as exc:
+                _dlmh_emit({"n": name, "x": "arguments that are not plain values: %s" % exc})
+                raise SystemExit(5)
+            if ref is None:
+                return None
+            state = random.getstate()
+            try:
+                return ref(*args, **kwargs)
+            finally:
+                random.setstate(state)
+        return call
+
+    for name in names:
+        ref = namespace.get(name) if reference else None
+        namespace[name] = planner(name, ref if callable(ref) else None)
 
 
 # -- trusted side ---------------------------------------------------------------------------------

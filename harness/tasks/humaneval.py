@@ -47,10 +47,11 @@ def build_program(item: Item, completion: str) -> str:
 
 
 def build_check(item: Item, completion: str) -> CodeCheck:
-    """The trusted check of a completion (harness/tasks/_trusted.py): the completion runs on the
-    test's inputs, the test's asserts run in a second program without it."""
+    """The trusted check of a completion (harness/tasks/_trusted.py): the test's calls are planned
+    with the dataset's canonical solution, the completion runs on their inputs alone, the test's
+    asserts run in a third program without it."""
     return humaneval_check(item.prompt, extract(completion, item.meta["entry_point"]), item.meta["test"],
-                           item.meta["entry_point"])
+                           item.meta["entry_point"], reference=item.meta.get("canonical_solution"))
 
 
 @TASKS.register("humaneval")

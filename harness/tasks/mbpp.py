@@ -105,7 +105,9 @@ class MBPP(RealTask):
         """The trusted check (harness/tasks/_trusted.py): the code runs on the asserts' inputs, the
         asserts run in a second program without it."""
         setup = item.meta["test_setup_code"].replace("\r\n", "\n")
-        return mbpp_check(extract(completion), setup, list(item.meta["test_list"]))
+        reference = item.meta.get("code")
+        return mbpp_check(extract(completion), setup, list(item.meta["test_list"]),
+                          reference=reference.replace("\r\n", "\n") if reference is not None else None)
 
     def score(self, item: Item, completion: str) -> float:
         return checked_score(self.check(item, completion), self.timeout_s)

@@ -166,7 +166,8 @@ def test_samplers_caches_are_exact_on_a_block_model():
         den, prompt, generator=None, gen_length=12).tokens for c in ("none", "prefix")]
     assert torch.equal(outs[0], outs[1])
     with pytest.raises(HarnessError, match="dual"):
-        SAMPLERS.build("low_confidence", {"block_length": 4, "cache": "dual"})(den, prompt, generator=None, gen_length=12)
+        SAMPLERS.build("low_confidence", {"block_length": 4, "cache": "dual"})(
+            den, prompt, generator=None, gen_length=12)
 
 
 def test_block_loss_is_bd3lm_objective_on_one_block():

@@ -128,17 +128,21 @@ def test_guard_bypass_family_fails_and_leaves_no_trace(sandbox_level, tmp_path, 
     assert fresh_uid_processes() == []
 
 
-def test_the_one_process_fallback_is_type_strict(sandbox_level):
-    """A problem whose setup uses the completion's own class (MBPP 367) runs in one process with
-    type-strict asserts: values that only claim equality still fail there."""
+def test_setup_with_the_completions_classes_is_checked_by_the_trusted_run(sandbox_level):
+    """A problem whose setup builds objects with the completion's own class (MBPP 367's tree of
+    `Node`) is replayed like every other: the trusted run builds them with the reference's class,
+    so a value that only claims equality, or a program that rebinds the comparison, fails."""
     setup = "box = Box(2)"
     tests = ["assert unbox(box) == 2"]
     honest = "class Box:\n    def __init__(self, v): self.v = v\ndef unbox(b):\n    return b.v\n"
     liar = ("class Box:\n    def __init__(self, v): self.v = v\nclass E(int):\n    def __eq__(self, o): return True\n"
             "    __hash__ = int.__hash__\ndef unbox(b):\n    return E(5)\n")
-    checks = [mbpp_check(honest, setup, tests), mbpp_check(liar, setup, tests)]
-    assert all(c.checker is None for c in checks)
-    assert [r.passed for r in run_checks(checks, workers=2, timeout_s=20, level=sandbox_level)] == [True, False]
+    rebinder = ("class Box:\n    def __init__(self, v): self.v = v\ndef unbox(b):\n    return 5\n"
+                "globals()['_dlmh_eq'] = lambda a, b: True\nimport builtins\nbuiltins.AssertionError = KeyError\n")
+    checks = [mbpp_check(src, setup, tests, reference=honest) for src in (honest, liar, rebinder)]
+    assert all(c.checker for c in checks)
+    results = run_checks(checks, workers=3, timeout_s=20, level=sandbox_level)
+    assert [r.passed for r in results] == [True, False, False]
 
 
 def test_task_scorers_use_the_trusted_check():
@@ -150,7 +154,7 @@ def test_task_scorers_use_the_trusted_check():
     assert TASKS.build("mbpp").score(mb, liar + "\n[DONE]") == 0.0
     assert TASKS.build("humaneval").score(he, "    return a + b\n") == 1.0
     # The trusted run, not the untrusted one, holds the verdict: the untrusted run alone "passes".
-    check = humaneval_check(PROMPT, ALWAYS_EQUAL["int_subclass"], TEST, "add")
+    check = mbpp_check(ALWAYS_EQUAL["int_subclass"], "", MBPP_TESTS)
     from harness.tasks.sandbox import run_program
 
     assert run_program(check.program, timeout_s=20, channel=True).passed

@@ -133,14 +133,14 @@ def test_cpu_limit_kill_is_reported_as_killed():
 
 
 def test_fresh_proc_and_unprivileged_uid(sandbox_level):
-    """In the namespaced levels the program is PID 1 of a fresh /proc (no host process visible);
-    as root every level runs it as a fresh unprivileged uid."""
+    """In the namespaced levels the program sees a fresh /proc holding only the launcher (PID 1)
+    and itself (no host process visible); as root every level runs it as a fresh unprivileged uid."""
     res = run_program("import os\nprint(sorted(p for p in os.listdir('/proc') if p.isdigit()))\nprint(os.getuid())",
                       timeout_s=20, level=sandbox_level)
     assert res.passed and res.level == sandbox_level, res
     pids, uid = res.stdout.splitlines()
     if sandbox_level.endswith("-ns"):
-        assert eval(pids) == ["1"]
+        assert eval(pids) == ["1", "2"]
     else:
         assert len(eval(pids)) > 1  # the unsafe levels see the host's processes: why they need consent
     if os.geteuid() == 0:
@@ -241,6 +241,9 @@ studies:
 LADDER_SCRIPT = """
 import json, os
 from harness.tasks import sandbox
+if os.environ.get("DLMH_LADDER_NO_NS"):  # a machine without namespaces, simulated
+    real = sandbox.probe
+    sandbox.probe = lambda lv: None if lv in sandbox.LEVELS else real(lv)
 try:
     level = sandbox.isolation().level
 except sandbox.UnsafeCodeRefused:
@@ -249,8 +252,27 @@ out = {"level": level}
 if level != "refused":
     res = sandbox.run_program("import os\\nprint(os.getuid(), len([p for p in os.listdir('/proc') if p.isdigit()]))")
     out.update(passed=res.passed, uid_and_procs=res.stdout)
+    marker = os.environ.get("DLMH_LADDER_MARKER")
+    if marker:  # files in /tmp and /dev/shm and a daemon: none may outlive the run
+        import time
+        res = sandbox.run_program(os.environ["DLMH_LADDER_PROGRAM"], timeout_s=20)
+        time.sleep(3)
+        me = f"Uid:\\t{os.getuid()}\\t"
+        mine = [p for p in os.listdir("/proc") if p.isdigit() and int(p) != os.getpid()
+                and me in (open(f"/proc/{p}/status").read() if os.path.exists(f"/proc/{p}/status") else "")]
+        left = [f"{d}/{n}" for d in ("/tmp", "/dev/shm") for n in os.listdir(d) if n.startswith(marker)]
+        out.update(left_passed=res.passed, left_files=left, left_procs=mine)
 print(json.dumps(out))
 """
+
+
+def _leftovers(marker: str) -> str:
+    """Files in /tmp and /dev/shm and a detached daemon that writes one more later."""
+    return ("import _io, sys, time\nfor d in ('/tmp', '/dev/shm'):\n    for i in range(200):\n"
+            f"        _io.open(d + '/{marker}_%d' % i, 'w').close()\n"
+            "del sys.modules['ctypes'], sys.modules['_ctypes']\nimport ctypes\nlibc = ctypes.CDLL(None)\n"
+            "if libc.fork() == 0:\n    libc.setsid()\n    time.sleep(2)\n"
+            f"    _io.open('/tmp/{marker}_daemon', 'w').close()\n    libc._exit(0)\n")
 
 
 def _ladder(prefix: list[str], **env) -> dict:
@@ -263,33 +285,34 @@ def _ladder(prefix: list[str], **env) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.slow  # seven fresh interpreters importing the harness
+@pytest.mark.slow  # fresh interpreters importing the harness
 @pytest.mark.skipif(os.geteuid() != 0 or sandbox.probe("root-ns") is None, reason="needs root with namespaces")
 def test_the_ladder_on_weaker_machines(monkeypatch):
     """Real (not mocked) weaker machines: root without CAP_SYS_ADMIN (as in a default container)
-    falls back to user namespaces, still as a fresh uid with a fresh /proc; without `unshare` on
-    PATH generated code is refused, and runs as a fresh uid once allowed; a normal user gets user
-    namespaces, or without them a refusal and, once allowed, the "unsafe" level as that user."""
+    falls back to user namespaces, still as a fresh uid with a fresh /proc; a normal user gets user
+    namespaces as that user, and nothing the program writes or starts outlives the run. (A machine
+    with no namespaces at all is simulated by
+    test_without_namespaces_generated_code_is_refused_unless_allowed.)"""
     monkeypatch.delenv(sandbox.ALLOW_ENV, raising=False)
     setpriv = shutil.which("setpriv")
-    if setpriv and sandbox.probe("user-ns") is not None:
-        out = _ladder([setpriv, "--bounding-set=-sys_admin", "--inh-caps=-sys_admin", "--"])
-        uid, procs = out["uid_and_procs"].split()
-        assert out["level"] == "user-ns" and out["passed"] and int(uid) >= FIRST_UID and procs == "1", out
-    assert _ladder([], PATH="/nonexistent") == {"level": "refused"}
-    out = _ladder([], PATH="/nonexistent", **{sandbox.ALLOW_ENV: "1"})
+    if not setpriv or sandbox.probe("user-ns") is None:
+        pytest.skip("needs setpriv and user namespaces")
+    out = _ladder([setpriv, "--bounding-set=-sys_admin", "--inh-caps=-sys_admin", "--"])
     uid, procs = out["uid_and_procs"].split()
-    assert out["level"] == "unsafe-uid" and out["passed"] and int(uid) >= FIRST_UID and int(procs) > 1, out
-    if setpriv:  # a normal user: user namespaces as that user; without them, refused, then "unsafe" as that user
-        user = FIRST_UID - 2
-        as_user = [setpriv, f"--reuid={user}", f"--regid={user}", "--clear-groups", "--"]
-        if sandbox.probe("user-ns") is not None:
-            out = _ladder(as_user)
-            assert out["level"] == "user-ns" and out["passed"] and out["uid_and_procs"] == f"{user} 1", out
-        assert _ladder(as_user, PATH="/nonexistent") == {"level": "refused"}
-        out = _ladder(as_user, PATH="/nonexistent", **{sandbox.ALLOW_ENV: "1"})
-        uid, procs = out["uid_and_procs"].split()
-        assert out["level"] == "unsafe" and out["passed"] and int(uid) == user and int(procs) > 1, out
+    assert out["level"] == "user-ns" and out["passed"] and int(uid) >= FIRST_UID and procs == "2", out
+    user = FIRST_UID - 2
+    marker = f"dlmh_ladder_{os.getpid()}"
+    out = _ladder([setpriv, f"--reuid={user}", f"--regid={user}", "--clear-groups", "--"], DLMH_LADDER_MARKER=marker,
+                  DLMH_LADDER_PROGRAM=_leftovers(marker))
+    assert out["level"] == "user-ns" and out["passed"] and out["uid_and_procs"] == f"{user} 2", out
+    # As a normal user too, files in /tmp and /dev/shm and a detached daemon do not outlive the run.
+    assert out["left_passed"] and out["left_files"] == [] and out["left_procs"] == [], out
+    # Without namespaces a normal user is refused, then runs at "unsafe" as that user once allowed.
+    as_user = [setpriv, f"--reuid={user}", f"--regid={user}", "--clear-groups", "--"]
+    assert _ladder(as_user, DLMH_LADDER_NO_NS="1") == {"level": "refused"}
+    out = _ladder(as_user, DLMH_LADDER_NO_NS="1", **{sandbox.ALLOW_ENV: "1"})
+    uid, procs = out["uid_and_procs"].split()
+    assert out["level"] == "unsafe" and out["passed"] and int(uid) == user and int(procs) > 2, out
 
 
 def test_score_files_of_code_tasks_name_the_level_and_are_refused_without_namespaces(tmp_path, monkeypatch):

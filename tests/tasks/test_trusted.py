@@ -9,8 +9,17 @@ from collections import Counter, OrderedDict, defaultdict
 
 import pytest
 
-from harness.tasks._codec import _dlmh_decode, _dlmh_encode, _dlmh_eq, _dlmh_eq_plain, _dlmh_key, _DlmhNotPlain
-from harness.tasks._trusted import mbpp_check, reduce_asserts, strict_asserts, validate_calls
+from harness.tasks._codec import _dlmh_decode, _dlmh_encode, _dlmh_eq, _dlmh_key, _DlmhNotPlain
+from harness.tasks._trusted import (
+    RejectedReport,
+    humaneval_check,
+    mbpp_check,
+    mbpp_names,
+    merge_plan,
+    reduce_asserts,
+    strict_asserts,
+    validate_calls,
+)
 
 
 @pytest.mark.parametrize("value", [None, True, 0, -7, 10**40, 1.5, -0.0, math.inf, "s", b"\x00b", 2 - 3j, [1, [2]],
@@ -59,13 +68,6 @@ def test_type_strict_equality():
     assert not _dlmh_eq(math.nan, math.nan)
     assert _dlmh_eq(Counter("ab"), {"a": 1, "b": 1})  # values the trusted test builds itself: plain ==
 
-    class Liar(int):
-        def __eq__(self, other):
-            return True
-
-    assert _dlmh_eq(Liar(0), 5) and not _dlmh_eq_plain(Liar(0), 5)  # the fallback accepts plain values only
-    assert _dlmh_eq_plain(5, 5) and not _dlmh_eq_plain([1], (1,))
-
 
 def test_call_keys():
     assert _dlmh_key((1, "a"), {}) == _dlmh_key((1, "a"), {}) != _dlmh_key(("1", "a"), {})
@@ -90,23 +92,52 @@ def test_strict_asserts_rewrite_equalities_only_in_asserts():
                                     "assert f(1) < 2\nassert 1 == f(1) == 1")
 
 
-def test_mbpp_functions_under_test():
-    check = mbpp_check("import math\ndef f(x):\n    return g(x)\ndef g(x):\n    return x\n", "",
-                       ["assert f(1) == 1", "assert len(f([1])) == 1", "assert math.floor(f(1.5)) == 1"])
+def test_mbpp_functions_under_test_come_from_the_dataset():
+    tests = ["assert f(1) == 1", "assert len(f([1])) == 1", "assert math.floor(f(1.5)) == 1"]
+    check = mbpp_check("import math\ndef f(x):\n    return g(x)\ndef g(x):\n    return x\n", "", tests,
+                       reference="def f(x):\n    return x\n")
     assert "_dlmh_recording(globals(), ['f'])" in check.program
-    assert "import math\n_dlmh_replay(globals(), ['f']" in check.checker  # math is imported, not replayed
+    assert "import math\n" in check.checker and "_dlmh_replay(globals(), ['f']" in check.checker
     assert "== 1" not in check.program.split("_dlmh_recording(globals()")[-1]  # expected values stay out
-    # A completion that redefines a builtin the asserts call: replayed too.
-    assert "['max']" in mbpp_check("def max(a):\n    return 1\n", "", ["assert max([1]) == 1"]).checker
-    # The setup uses the completion's class: the one-process fallback, with plain-only equality.
-    fallback = mbpp_check("class Node:\n    pass\ndef h(n):\n    return 0\n", "root = Node()", ["assert h(root) == 0"])
-    assert fallback.checker is None and "_dlmh_eq_plain(h(root), 0)" in fallback.program
+    # MBPP 126's function is called `sum`: the reference says so, whatever the completion defines
+    # (here inside `if True:`, which no top-level scan of the completion would see).
+    assert mbpp_names(["assert sum(10, 15) == 6"], "", "def sum(a, b):\n    return 0\n") == ["sum"]
+    assert mbpp_names(["assert max(f([1])) == 1"], "", "def f(x):\n    return x\n") == ["f"]
+    assert mbpp_names(["assert f(1) == 1"], "") == ["f"]  # no reference: called names nothing else provides
+    # The setup uses the completion's class (MBPP 367): the trusted run builds it with the reference's.
+    check = mbpp_check("class Node:\n    pass\ndef h(n):\n    return 0\n", "root = Node()", ["assert h(root) == 0"],
+                       reference="class Node:\n    pass\ndef h(n):\n    return 0\n")
+    assert check.checker and "_dlmh_replay(globals(), ['h']" in check.checker
+
+
+def test_humaneval_checks_are_planned_and_the_program_sees_no_test():
+    test = "def check(candidate):\n    s = 'secret'\n    assert candidate(s[::-1]) == s\n"
+    check = humaneval_check("def rev(s):\n", "    return s[::-1]\n", test, "rev", reference="    return s[::-1]\n")
+    assert "secret" not in check.program and "check(" not in check.program
+    assert "_dlmh_planning(globals(), ['rev'], True)" in check.planner and "_dlmh_replay" in check.checker
 
 
 def test_validate_calls_rejects_malformed_reports():
     ok = '{"n": "f", "k": "[[1], {\\"d\\": []}]", "v": {"t": [1]}}\n\n'
     assert validate_calls(ok) == ok.strip()
     for bad in ("not json", '[1]', '{"n": 1}', '{"n": "f", "zz": 1}', '{"n": "f", "v": {"obj": 1}}',
-                '{"n": "f", "k": [1]}'):
-        with pytest.raises(ValueError):
+                '{"n": "f", "k": [1]}', '{"n": "f", "k": null}', '{"n": "f", "v": 1, "r": "E"}',
+                '{"n": "f", "k": null, "v": {"s": [[1]]}}',  # an unhashable set member
+                '{"n": "f", "k": null, "v": {"c": [' + "9" * 400 + ', 0]}}',  # too large for a float
+                '{"n": "f", "k": null, "v": ' + "9" * 5000 + '}',  # longer than int() reads
+                '{"n": "f", "k": null, "v": ' + "[" * 100_000 + "]" * 100_000 + '}',  # nested too deeply
+                '{"n": "f", "k": null, "r": 5}'):
+        with pytest.raises(RejectedReport):
             validate_calls(bad)
+
+
+def test_merge_plan_takes_names_and_arguments_from_the_plan_only():
+    plan = [{"n": "f", "k": "[[1], {}]", "a": [[1], {}]}, {"n": "f", "k": "[[2], {}]", "a": [[2], {}]}]
+    merged = merge_plan(plan, '{"i": 1, "v": 4}\n{"i": 0, "r": "ValueError"}\n')
+    assert [json.loads(x) for x in merged.splitlines()] == [{"n": "f", "k": "[[1], {}]", "r": "ValueError"},
+                                                           {"n": "f", "k": "[[2], {}]", "v": 4}]
+    assert merge_plan(plan, "") == ""  # nothing reported: every call of the trusted test goes unanswered
+    for bad in ('{"i": 2, "v": 1}', '{"i": 0, "v": 1}\n{"i": 0, "v": 1}', '{"i": "0", "v": 1}', '{"n": "f", "v": 1}',
+                '{"i": 0, "v": {"s": [[1]]}}', '{"i": true, "v": 1}'):
+        with pytest.raises(RejectedReport):
+            merge_plan(plan, bad)
