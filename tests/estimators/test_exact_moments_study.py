@@ -133,7 +133,7 @@ def test_report_shows_exact_values_and_derives_findings_from_them(run, tmp_path)
 
 @pytest.mark.parametrize("estimator,options,match", [
     ("{name: trace}", "", "commit_order"),
-    ("{name: autoregressive}", "", "no exact-moment computation"),
+    ("{name: autoregressive}", "", "is for causal-noise models"),
 ])
 def test_plan_refuses_what_exact_moments_do_not_cover(tmp_path, tiny_ckpt, estimator, options, match):
     text = f"""
