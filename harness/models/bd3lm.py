@@ -219,6 +219,11 @@ class BD3LM(NativeOrRemote):
         return transformers.AutoModelForMaskedLM
 
     # -- building ------------------------------------------------------------------------------------
+    def remote_head(self, module):
+        """BD3-LM's head is the DiT backbone's final adaLN layer (modeling_bd3lm.py DITBackbone.output_layer),
+        which transformers does not know as output embeddings."""
+        return getattr(getattr(module, "backbone", None), "output_layer", None)
+
     def build_module(self):
         if self.impl == "native" and self.preset is not None:
             return self._build_preset()

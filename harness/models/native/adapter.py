@@ -95,6 +95,11 @@ class NativeOrRemote(DiffusionModel):
                                f"impl: remote runs a {name} checkpoint's own code, not another architecture (use the "
                                "model kind of that architecture)")
 
+    def remote_head(self, module):
+        """The output head of a module built by the checkpoint's own code (None: the code built a
+        backbone without one, as when auto_map names the base class)."""
+        return module.get_output_embeddings()
+
     def _build_remote(self):
         import transformers
 
@@ -114,7 +119,7 @@ class NativeOrRemote(DiffusionModel):
                     "impl: native (LLaDA and Dream architectures load without remote code), or a transformers "
                     "version the code was written for") from None
         self._check_family(getattr(module.config, "model_type", None), f"model {self.path or self.preset!r}")
-        if module.get_output_embeddings() is None:
+        if self.remote_head(module) is None:
             raise HarnessError(f"model {self.path or self.preset!r}: the remote code built {type(module).__name__}, "
                                "which has no output head (logits); the checkpoint's auto_map must name its LM class")
         check_rope_buffers(module, self.path or self.preset)
