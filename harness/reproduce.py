@@ -354,12 +354,14 @@ def plan_rows(table: Table, rows: list[Row]) -> list[dict]:
         prompt, why = _prompt_tokens(r)
         gen = r.decoding.get("gen_length") or 0
         canvas = (prompt or 0) + gen
-        est = None
+        est = per = None
         thr = table.throughput
-        if thr and r.items and not math.isnan(hi):
-            est = (r.items * lo * canvas / thr["tokens_per_s"], r.items * hi * canvas / thr["tokens_per_s"])
+        if thr and not math.isnan(hi):
+            per = (lo * canvas / thr["tokens_per_s"], hi * canvas / thr["tokens_per_s"])
+            if r.items:
+                est = (r.items * per[0], r.items * per[1])
         out.append({"row": r.id, "items": r.items, "nfe_lo": lo, "nfe_hi": hi, "nfe_how": how,
-                    "prompt_tokens": prompt, "prompt_how": why, "canvas": canvas, "gpu_s": est,
+                    "prompt_tokens": prompt, "prompt_how": why, "canvas": canvas, "per_item_s": per, "gpu_s": est,
                     "status": r.status()})
     return out
 
@@ -380,23 +382,27 @@ def plan_text(table: Table, plan: list[dict]) -> str:
                      "canvas = prompt tokens + gen_length, the prompt part 0 where the task's data are not at hand.")
     else:
         lines.append("no throughput declared for this table: no GPU estimate")
-    rows = [("row", "items", "NFE/seq", "canvas", "GPU time (estimate)", "status")]
+    rows = [("row", "items", "NFE/seq", "canvas", "GPU s/item (est.)", "GPU time (est.)", "status")]
     total = [0.0, 0.0]
     for p in plan:
         nfe = "?" if math.isnan(p["nfe_hi"]) else (f"{p['nfe_lo']:g}" if p["nfe_lo"] == p["nfe_hi"]
                                                      else f"{p['nfe_lo']:g}-{p['nfe_hi']:g}")
-        gpu = "-"
+        gpu, per = "-", "-"
+        if p["per_item_s"]:
+            lo, hi = p["per_item_s"]
+            per = f"{hi:.2f}" if lo == hi else f"{lo:.2f}-{hi:.2f}"
         if p["gpu_s"]:
             lo, hi = p["gpu_s"]
             gpu = _dur(hi) if lo == hi else f"{_dur(lo)} - {_dur(hi)}"
             total[0] += lo
             total[1] += hi
-        rows.append((p["row"], str(p["items"] or "?"), nfe, f"{p['canvas']:.0f}", gpu, p["status"]))
+        rows.append((p["row"], str(p["items"] or "?"), nfe, f"{p['canvas']:.0f}", per, gpu, p["status"]))
     lines.append(_table(rows))
     for p in plan:
         lines.append(f"  {p['row']}: NFE {p['nfe_how']}; prompt: {p['prompt_how']}")
     if total[1]:
-        lines.append(f"total (estimate): {_dur(total[0])} - {_dur(total[1])} of GPU time")
+        lines.append(f"total (estimate) of the rows whose evaluation size the source states: {_dur(total[0])} - "
+                     f"{_dur(total[1])} of GPU time; the others: GPU s/item times their number of items")
     return "\n".join(lines)
 
 
