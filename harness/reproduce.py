@@ -488,10 +488,12 @@ def report_text(table: Table, results: list[tuple[Row, dict, Path]]) -> str:
 
 
 def _speed(records: list[dict]) -> dict:
-    """NFE per sequence, tokens per forward pass (TPF) and tokens/s of generation records."""
-    ok = [r for r in records if r.get("status") == "ok" and isinstance(r.get("cost"), dict)]
+    """NFE per sequence, tokens per forward pass (TPF: generated positions `generation.gen_len` over
+    forward passes, as d3LLM's AUP counts parallelism) and generated tokens/s of generation records."""
+    ok = [r for r in records if r.get("status") == "ok" and isinstance(r.get("cost"), dict)
+          and isinstance((r.get("generation") or {}).get("gen_len"), int)]
     nfe = sum(r["cost"].get("nfe", 0) for r in ok)
-    tokens = sum(r["cost"].get("tokens", 0) for r in ok)
+    tokens = sum(r["generation"]["gen_len"] for r in ok)
     wall = sum(r["cost"].get("wall_s", 0) for r in ok)
     if not ok or nfe <= 0:
         return {}

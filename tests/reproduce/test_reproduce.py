@@ -54,7 +54,8 @@ def test_rows_the_harness_cannot_express_list_what_is_missing():
     d1 = {r.id: r for r in R.find("d1").rows}["gsm8k-256"]
     assert not d1.runnable and any("prefill" in m for m in d1.missing)
     assert d1.source["kind"] == "secondary"
-    assert base["gsm8k-lm-eval-256"].runnable
+    assert base["humaneval-lm-eval-256"].runnable  # its prompt parity is tested (test_prompt_parity.py)
+    assert not base["gsm8k-lm-eval-256"].runnable  # lm-eval's exemplars differ from the harness's
 
 
 def _write(tmp_path: Path, text: str, name="t.yaml") -> Path:
@@ -171,11 +172,42 @@ def test_suite_of_runnable_rows_is_a_valid_suite():
 
     t = R.find("fast-dllm")
     rows = R.select(t, ["gsm8k-256-llada", "gsm8k-256-fast-dllm"])
-    suite = R.suite_for(t, rows, {"preset": "tiny", "path": None}, n_items=2)
-    assert suite["models"]["GSAI-ML_LLaDA-8B-Instruct-chat_false"]["params"]["chat"] is False  # lm-eval: no template
+    suite = R.suite_for(t, rows, {"dtype": "bfloat16"}, n_items=2)
+    model = suite["models"]["GSAI-ML_LLaDA-8B-Instruct-chat_true"]  # eval_llada.py wraps Instruct prompts
+    assert model["params"] == {"path": "GSAI-ML/LLaDA-8B-Instruct", "chat": True, "dtype": "bfloat16"}
     s = parse_suite(suite, "reproduce")
     assert [st.id for st in s.studies] == ["gsm8k-256-llada", "gsm8k-256-fast-dllm"]
     assert s.studies[1].sampler.name == "threshold" and s.studies[1].sampler.params["cache"] == "prefix"
+    assert s.tasks[s.studies[0].task].params == {"fewshot": 5, "protocol": "lm-eval"}
+
+
+TINY = """table: tiny
+title: a tiny table
+source: {where: "this test"}
+model: none
+family: llada
+throughput: {tokens_per_s: 1000, device: cpu, basis: "a guess for the test"}
+rows:
+  - {id: add, task: addition, items: 4, protocol: {scoring: harness, chat_template: false},
+     harness: {task: {name: addition}}, decoding: {sampler: low_confidence, gen_length: 8, steps: 8},
+     published: {value: 50, metric: accuracy}}
+"""
+
+
+def test_runnable_row_runs_through_the_runner_and_reports(tmp_path, capsys):
+    """A runnable row becomes a suite run by the ordinary runner; the report sets published beside
+    measured with NFE per sequence and tokens per forward pass."""
+    (tmp_path / "tables").mkdir()
+    (tmp_path / "tables" / "tiny.yaml").write_text(TINY)
+    rc = main(["reproduce", "tiny", "--dir", str(tmp_path / "tables"), "--results", str(tmp_path / "res"),
+               "--model-param", "path=null", "--model-param", "preset=tiny", "--model-param", "device=cpu",
+               "--n-items", "4", "--no-progress"])
+    assert rc == 0
+    report = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    d = json.loads(report.with_suffix(".json").read_text())[0]
+    assert d["n"] == 4 and d["published"] == 0.5
+    assert d["speed"]["nfe"] == 8 and math.isclose(d["speed"]["tpf"], 1.0)  # 8 steps commit 8 tokens
+    assert "| add |" in report.read_text() and "8.0, 1.00" in report.read_text()
 
 
 def test_running_a_row_with_something_missing_is_refused(tmp_path):
