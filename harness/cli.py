@@ -276,11 +276,12 @@ def cmd_reproduce(args) -> int:
     from harness import reproduce
 
     root = Path(args.dir) if args.dir else None
+    index = component_index()  # what the registries can express: a row's missing names the rest
     if args.list or not args.name:
-        ts = reproduce.tables(root) if not args.name else [reproduce.find(args.name, root)]
+        ts = reproduce.tables(root, index) if not args.name else [reproduce.find(args.name, root, index)]
         print(reproduce.list_text(ts))
         return 0
-    table = reproduce.find(args.name, root)
+    table = reproduce.find(args.name, root, index)
     rows = [r for part in args.rows for r in part.split(",") if r] if args.rows else None
     argv = ["dlm-harness", *sys.argv[1:]]
     if args.dry_run:

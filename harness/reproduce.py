@@ -228,21 +228,18 @@ def _expressible(row: Row, index: dict) -> None:
                            "reproduce runs generation rows only")
 
 
-def tables(root: Path | None = None, check: bool = True) -> list[Table]:
-    """Every reproduction file under `root` (default: the repository's `reproductions/`)."""
+def tables(root: Path | None = None, index: dict | None = None) -> list[Table]:
+    """Every reproduction file under `root` (default: the repository's `reproductions/`). With `index`
+    (`harness.cli.component_index()`: {kind: {name: {"fields": ...}}}), what the registries cannot
+    express is added to each row's `missing`."""
     root = Path(root) if root else ROOT
     if not root.is_dir():
         raise HarnessError(f"{root}: no reproductions directory")
-    index = None
-    if check:
-        from harness.cli import component_index
-
-        index = component_index()
     return [load_table(p, index) for p in sorted(root.glob("*.yaml"))]
 
 
-def find(name: str, root: Path | None = None) -> Table:
-    ts = tables(root)
+def find(name: str, root: Path | None = None, index: dict | None = None) -> Table:
+    ts = tables(root, index)
     by = {t.name: t for t in ts}
     if name not in by:
         from harness.registry import _suggest
@@ -285,9 +282,14 @@ def _pub(r: Row) -> str:
     return text
 
 
-def list_text(ts: list[Table]) -> str:
-    from harness.cli import _table
+def _table(rows: list[tuple[str, ...]]) -> str:
+    """Left-aligned columns; the last one runs free."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    return "\n".join("".join(c.ljust(w + 2) for c, w in zip(r, widths)).rstrip() + ("  " if len(r) > 1 else "")
+                     + r[-1] for r in rows)
 
+
+def list_text(ts: list[Table]) -> str:
     out, n, sources = [], 0, set()
     for t in ts:
         out.append(f"{t.name}: {t.title}  ({_src(t.source)})")
@@ -296,11 +298,11 @@ def list_text(ts: list[Table]) -> str:
             rows.append((f"  {r.id}", r.model, r.task + (f" [{r.variant}]" if r.variant else ""), _pub(r),
                          "the table's" if r.source == t.source else _src(r.source), r.status()))
             n += 1
-            sources.add(_src(r.source))
+            sources.add((r.source.get("paper", ""), r.source["where"]))
         out.append(_table(rows))
         out.append("")
     runnable = sum(r.runnable for t in ts for r in t.rows)
-    docs = {s.split(", ")[0] for s in sources}
+    docs = {where.split(", ")[0] for _, where in sources}  # a file or paper, before its table's name
     out.append(f"{n} published rows in {len(ts)} tables from {len(sources)} published tables in {len(docs)} "
                f"documents; {runnable} runnable as written, the others list what is missing")
     return "\n".join(out)
@@ -371,8 +373,6 @@ def _dur(s: float) -> str:
 
 
 def plan_text(table: Table, plan: list[dict]) -> str:
-    from harness.cli import _table
-
     thr = table.throughput
     lines = [f"reproduce {table.name}: plan of {len(plan)} rows (nothing run)"]
     if thr:

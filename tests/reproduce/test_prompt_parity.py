@@ -31,6 +31,7 @@ from pathlib import Path
 import pytest
 
 from harness import reproduce as R
+from harness.cli import component_index
 from harness.prompting import prompt_ids
 from harness.registry import MODELS, TASKS
 from tests.models import _real_code
@@ -40,6 +41,12 @@ GSM_SYSTEM_PROMPT = ("You are a math expert. You will be given a question to sol
                      "final answer in a \\boxed{}. \nRespond in the following format:\n<reasoning>\nYour reasoning "
                      "here\n</reasoning>\n<answer>\n\\boxed{...}\n</answer>")
 BOS = 126080
+
+INDEX = component_index()  # the registries' fields: what a row can express
+
+
+def _find(name: str):
+    return R.find(name, index=INDEX)
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +60,7 @@ def llada(tmp_path_factory):
 
 
 def _rows(table: str) -> dict:
-    return {r.id: r for r in R.find(table).rows}
+    return {r.id: r for r in _find(table).rows}
 
 
 def _items(row) -> list:
@@ -104,7 +111,7 @@ def test_llada_opencompass_chat_prompt_is_the_harness_prompt_with_a_second_bos(l
         assert source[:2] == [BOS, BOS] and ours[0] == BOS and ours[1] != BOS
         assert source == [BOS, *ours]
     for table in ("llada-8b-instruct", "llada-1.5"):
-        for r in R.find(table).rows:
+        for r in _find(table).rows:
             if r.protocol.get("chat_template") and r.protocol["scoring"] != "internal":
                 assert _declares(r, "two BOS"), f"{table}/{r.id}"
 
@@ -123,7 +130,7 @@ def test_d1_eval_prompt_differs_from_the_harness_d1_format_and_the_row_says_so(l
         ours_text = tok.decode(ours)  # the harness d1 format: the question, then d1's RL-training instruction
         assert "Respond in the following format" in ours_text and "You are a math expert" not in ours_text
         assert ours_text.index("Respond in the following format") > ours_text.index("user<|end_header_id|>")
-    for r in R.find("d1").rows:
+    for r in _find("d1").rows:
         assert not r.runnable and _declares(r, "prefill")
 
 
@@ -158,7 +165,7 @@ def test_fast_dllm_gsm8k_five_shot_context_through_lm_eval(llada):
     first_five = "\n\n".join(f"Question: {d['question']}\nAnswer: {d['answer']}" for d in docs["train"][:5])
     assert items[0].prompt.startswith(first_five)
     for table in ("fast-dllm", "llada-8b-base", "d3llm-aup"):
-        for r in R.find(table).rows:
+        for r in _find(table).rows:
             if r.harness_task and r.harness_task["name"] == "gsm8k" and r.protocol.get("shots") == 5:
                 assert _declares(r, "exemplars"), f"{table}/{r.id}"
 

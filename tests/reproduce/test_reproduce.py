@@ -10,15 +10,21 @@ from pathlib import Path
 import pytest
 
 from harness import reproduce as R
-from harness.cli import main
+from harness.cli import component_index, main
 from harness.types import HarnessError
 
 HERE = Path(__file__).resolve().parent
 D1_FILE = HERE / "gsm8k_d1-llada_256_128_0_generations.json"
 
+INDEX = component_index()  # the registries' fields: what a row can express
+
+
+def _find(name: str):
+    return R.find(name, index=INDEX)
+
 
 def test_every_table_loads_with_enough_sourced_rows():
-    ts = R.tables()
+    ts = R.tables(index=INDEX)
     rows = [r for t in ts for r in t.rows]
     assert len(rows) >= 40
     assert len({(r.source.get("paper"), r.source["where"]) for r in rows}) >= 6
@@ -31,27 +37,27 @@ def test_every_table_loads_with_enough_sourced_rows():
 
 def test_published_numbers_transcribed_from_their_sources():
     """Spot checks against the source files (LLaDA EVAL.md, Fast-dLLM README, d3LLM data_llada.yaml)."""
-    inst = {r.id: r for r in R.find("llada-8b-instruct").rows}
+    inst = {r.id: r for r in _find("llada-8b-instruct").rows}
     assert inst["gsm8k-opencompass"].published["value"] == 68.8
     assert inst["gsm8k-opencompass"].decoding == {"sampler": "low_confidence", "gen_length": 512, "steps": 512,
                                                   "block_length": 512, "confidence_eos_eot_inf": True}
     assert inst["humaneval-internal"].decoding["logits_eos_inf"] is True
     assert inst["gsm8k-semiar-internal"].published["value"] == 78.6
-    fast = {r.id: r for r in R.find("fast-dllm").rows}
+    fast = {r.id: r for r in _find("fast-dllm").rows}
     assert fast["gsm8k-512-fast-dllm"].published == {"value": 77.2, "metric": "accuracy", "tokens_per_s": 35.3,
                                                      "speedup": 11.0, "speedup_over": "gsm8k-512-llada"}
-    base = {r.id: r for r in R.find("llada-8b-base").rows}
+    base = {r.id: r for r in _find("llada-8b-base").rows}
     assert base["gsm8k-lm-eval-1024"].published["value"] == 70.3
     assert base["truthfulqa-ppl-cfg"].decoding["cfg"] == 2.0
 
 
 def test_rows_the_harness_cannot_express_list_what_is_missing():
-    base = {r.id: r for r in R.find("llada-8b-base").rows}
+    base = {r.id: r for r in _find("llada-8b-base").rows}
     bbh = base["bbh-lm-eval-1024"]
     assert not bbh.runnable and any("'bbh' has no harness task" in m for m in bbh.missing)
     ppl = base["arc-c-ppl-cfg"]  # mc_num and cfg are not mc_elbo parameters: said, not dropped
     assert any("decoding mc_num=128" in m for m in ppl.missing) and any("cfg=0.5" in m for m in ppl.missing)
-    d1 = {r.id: r for r in R.find("d1").rows}["gsm8k-256"]
+    d1 = {r.id: r for r in _find("d1").rows}["gsm8k-256"]
     assert not d1.runnable and any("prefill" in m for m in d1.missing)
     assert d1.source["kind"] == "secondary"
     assert base["humaneval-lm-eval-256"].runnable  # its prompt parity is tested (test_prompt_parity.py)
@@ -77,9 +83,8 @@ rows:
 
 
 def test_unknown_sampler_parameter_becomes_missing(tmp_path):
-    from harness.cli import component_index
 
-    t = R.load_table(_write(tmp_path, GOOD), component_index())
+    t = R.load_table(_write(tmp_path, GOOD), INDEX)
     assert t.rows[0].missing == ["decoding not_a_knob=3: sampler low_confidence has no such parameter"]
 
 
@@ -101,7 +106,7 @@ def test_schema_errors_name_file_row_and_key(tmp_path, edit, needle):
 def test_dry_run_plans_every_row_with_a_gpu_estimate(capsys):
     assert main(["reproduce", "llada-8b-instruct", "--dry-run"]) == 0
     out = capsys.readouterr().out
-    t = R.find("llada-8b-instruct")
+    t = _find("llada-8b-instruct")
     plan = R.plan_rows(t, t.rows)
     assert len(plan) == len(t.rows) == 22
     for p in plan:
@@ -114,7 +119,7 @@ def test_dry_run_plans_every_row_with_a_gpu_estimate(capsys):
 
 
 def test_adaptive_rows_plan_a_range_of_forward_passes():
-    fast = {r.id: r for r in R.find("fast-dllm").rows}
+    fast = {r.id: r for r in _find("fast-dllm").rows}
     lo, hi, how = R.forward_passes(fast["gsm8k-256-fast-dllm"])
     assert (lo, hi) == (8, 256) and "adaptive" in how  # one pass per block of 32 at best, one per token at worst
 
@@ -122,7 +127,7 @@ def test_adaptive_rows_plan_a_range_of_forward_passes():
 def test_list_shows_every_row_with_status_and_source(capsys):
     assert main(["reproduce", "--list"]) == 0
     out = capsys.readouterr().out
-    n = sum(len(t.rows) for t in R.tables())
+    n = sum(len(t.rows) for t in R.tables(index=INDEX))
     assert f"{n} published rows" in out
     assert "ML-GSAI/LLaDA EVAL.md" in out and "NVlabs/Fast-dLLM README.md" in out
     assert "missing: " in out and "runnable" in out
@@ -150,7 +155,7 @@ def test_generations_file_of_an_unknown_row_is_refused(tmp_path):
     other = tmp_path / "gsm8k_x_1024_512_0_generations.json"
     other.write_text(D1_FILE.read_text().replace('"gen_length": 256', '"gen_length": 1024'))
     with pytest.raises(HarnessError, match="cannot tell which row"):
-        R.score_generations(R.find("d1"), None, other, results=tmp_path)
+        R.score_generations(_find("d1"), None, other, results=tmp_path)
 
 
 def test_compare_is_newcombes_interval():
@@ -170,7 +175,7 @@ def test_compare_is_newcombes_interval():
 def test_suite_of_runnable_rows_is_a_valid_suite():
     from harness.config import parse_suite
 
-    t = R.find("fast-dllm")
+    t = _find("fast-dllm")
     rows = R.select(t, ["gsm8k-256-llada", "gsm8k-256-fast-dllm"])
     suite = R.suite_for(t, rows, {"dtype": "bfloat16"}, n_items=2)
     model = suite["models"]["GSAI-ML_LLaDA-8B-Instruct-chat_true"]  # eval_llada.py wraps Instruct prompts
@@ -212,4 +217,4 @@ def test_runnable_row_runs_through_the_runner_and_reports(tmp_path, capsys):
 
 def test_running_a_row_with_something_missing_is_refused(tmp_path):
     with pytest.raises(HarnessError, match="not runnable as published: gsm8k-256"):
-        R.run_rows(R.find("d1"), ["gsm8k-256"], results=tmp_path)
+        R.run_rows(_find("d1"), ["gsm8k-256"], results=tmp_path)
