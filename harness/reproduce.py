@@ -453,7 +453,9 @@ def protocol_text(r: Row) -> str:
     return "; ".join(parts) + f"; decoding {dec}"
 
 
-def report_text(table: Table, results: list[tuple[Row, dict, Path]]) -> str:
+def report_text(table: Table, results: list[tuple[Row, dict, Path]], scored: bool = False) -> str:
+    """The report; `scored`: the measured values grade a file of given generations (a row's missing
+    settings then concern only a run of the harness, not the grading)."""
     lines = [f"# Reproduction: {table.title}", "",
              f"Source: {_src(table.source)}. Measured values carry a 95% Wilson interval; the difference "
              "carries Newcombe's hybrid score interval (the published value read as a proportion over the "
@@ -479,8 +481,9 @@ def report_text(table: Table, results: list[tuple[Row, dict, Path]]) -> str:
             speed += f", {r.published['speedup']:g}x)" if r.published.get("speedup") is not None else ")"
         lines.append(f"| {r.id} | {r.model} | {r.task} | {pub} | {meas} | {c['n']} | {diff} | {sig} | {speed} | "
                      f"{protocol_text(r)} | {run_dir} |")
-    notes = [f"- {r.id}: not exactly the published setting: {'; '.join(r.missing)}" for r, _, _ in results
-             if r.missing]
+    what = ("generations given, graded under the row's protocol; a harness run of this row would lack"
+            if scored else "not exactly the published setting")
+    notes = [f"- {r.id}: {what}: {'; '.join(r.missing)}" for r, _, _ in results if r.missing]
     notes += [f"- {r.id}: unstated in the source: {'; '.join(r.unstated)}" for r, _, _ in results if r.unstated]
     if notes:
         lines += ["", *notes]
@@ -509,10 +512,10 @@ def _values(records: list[dict]) -> list[float]:
     return vals
 
 
-def write_report(out_dir: Path, table: Table, results: list[tuple[Row, dict, Path]]) -> Path:
+def write_report(out_dir: Path, table: Table, results: list[tuple[Row, dict, Path]], scored: bool = False) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"reproduce-{table.name}.md"
-    path.write_text(report_text(table, results))
+    path.write_text(report_text(table, results, scored))
     data = [{"row": r.id, "model": r.model, "task": r.task, "protocol": r.protocol, "decoding": r.decoding,
              "source": r.source, "missing": r.missing, "unstated": r.unstated, "run": str(d), **c}
             for r, c, d in results]
@@ -572,7 +575,7 @@ def score_generations(table: Table, rows: list[str] | None, path, results="resul
     records = [x for x in read_records(run_dir) if x.get("kind") == "score"]
     c = compare(r.published, _values(records), r.items)
     c["counts"] = counts
-    return write_report(run_dir, table, [(r, c, run_dir)])
+    return write_report(run_dir, table, [(r, c, run_dir)], scored=True)
 
 
 # -- running ------------------------------------------------------------------------------------------

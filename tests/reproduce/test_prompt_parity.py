@@ -76,7 +76,17 @@ def _declares(row, word: str) -> bool:
     return any(m.startswith("prompt:") and word in m for m in row.missing)
 
 
-def _lm_eval_task(name: str, docs: dict):
+_INDEX: dict = {}
+
+
+def _task_index(manager) -> dict:
+    """lm-eval's task index, built once (indexing every task YAML takes seconds)."""
+    if "index" not in _INDEX:
+        _INDEX["index"] = manager().task_index
+    return _INDEX["index"]
+
+
+def _lm_eval_task(name: str, docs: dict, fewshot_samples: list[dict] | None = None):
     """lm-eval's own task from its installed YAML, on local documents (no hub access)."""
     import datasets
     from lm_eval.api.task import ConfigurableTask
@@ -85,9 +95,11 @@ def _lm_eval_task(name: str, docs: dict):
 
     # lm-eval's own loader; the metric and filter functions (humaneval's load the code_eval metric) are
     # not part of the prompt and are left unresolved and dropped
-    cfg = load_yaml(TaskManager().task_index[name].yaml_path, resolve_func=False)
+    cfg = load_yaml(_task_index(TaskManager)[name].yaml_path, resolve_func=False)
     cfg = {k: v for k, v in cfg.items() if k not in ("metric_list", "filter_list", "tag", "unsafe_code")}
     cfg["custom_dataset"] = lambda **_: {s: datasets.Dataset.from_list(d) for s, d in docs.items()}
+    if fewshot_samples is not None:  # a `samples: !function ...` left unresolved above
+        cfg["fewshot_config"] = {**cfg["fewshot_config"], "samples": fewshot_samples}
     task = ConfigurableTask(config=cfg)
     task.set_fewshot_seed(1234)
     return task
@@ -182,7 +194,41 @@ def test_lm_eval_humaneval_zero_shot_prompt_is_the_harness_prompt(llada):
     task = _lm_eval_task("humaneval", {"test": docs})
     for doc, item in zip(docs, items):
         ctx = task.fewshot_context(doc, num_fewshot=0)
+        assert ctx == item.prompt  # the text itself (the fixture tokenizer maps \r and non-ASCII to one id)
         source = tok(ctx)["input_ids"]  # LLaDA eval_llada.py generate_until: self.tokenizer(question), no chat
         assert source == prompt_ids(model, item.prompt, chat=False)
     assert row.runnable
 
+
+
+def _lm_eval_mbpp_fewshot() -> list[dict]:
+    """lm-eval's `tasks/mbpp/utils.py` `list_fewshot_samples()`: its return value is a literal, read with
+    `ast` (importing the module loads the code_eval metric, which needs the network)."""
+    import ast
+
+    import lm_eval
+
+    src = (Path(lm_eval.__file__).parent / "tasks" / "mbpp" / "utils.py").read_text()
+    fn = next(n for n in ast.parse(src).body if isinstance(n, ast.FunctionDef) and n.name == "list_fewshot_samples")
+    ret = next(n for n in ast.walk(fn) if isinstance(n, ast.Return))
+    return ast.literal_eval(ret.value)
+
+
+def test_lm_eval_mbpp_three_shot_prompt_is_the_harness_prompt(llada):
+    """LLaDA-8B-Base's lm-eval MBPP rows (3-shot, exemplars task ids 2-4 by lm-eval's first_n sampler over
+    `list_fewshot_samples`, no chat template, the tokenizer's BOS): parity holds."""
+    from harness.tasks.data import data_dir
+
+    model, tok = llada
+    row = _rows("llada-8b-base")["mbpp-lm-eval-256"]
+    items = _items(row)
+    by_id = {int(d["task_id"]): d for d in _jsonl(data_dir() / "mbpp" / "mbpp.jsonl")}
+    docs = [by_id[int(it.id.split("/")[1])] for it in items]
+    shots = _lm_eval_mbpp_fewshot()
+    task = _lm_eval_task("mbpp", {"test": docs}, fewshot_samples=shots)
+    assert [s["task_id"] for s in shots] == [2, 3, 4]
+    for doc, item in zip(docs, items):
+        ctx = task.fewshot_context(doc, num_fewshot=3)
+        assert ctx == item.prompt  # the text itself (the fixture tokenizer maps \r and non-ASCII to one id)
+        assert tok(ctx)["input_ids"] == prompt_ids(model, item.prompt, chat=False)
+    assert row.runnable
