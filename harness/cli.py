@@ -1,4 +1,4 @@
-"""`dlm-harness`: list | run | report | compare | train | eval | score | reproduce.
+"""`dlm-harness`: list | run | report | compare | train | eval | score | reproduce | show-sample.
 
 Exit status: 0 on success, 1 when a run finished with failed units, 2 on bad usage or bad input
 (the message names the file, key or value; no traceback).
@@ -298,6 +298,15 @@ def cmd_reproduce(args) -> int:
     return 0
 
 
+def cmd_show_sample(args) -> int:
+    from harness.traces import sample_records, sample_text
+
+    if not Path(args.run_dir).is_dir():
+        raise HarnessError(f"show-sample {args.run_dir}: not a run directory")
+    print("\n\n".join(sample_text(r) for r in sample_records(Path(args.run_dir), args.item, args.cell)))
+    return 0
+
+
 def cmd_compare(args) -> int:
     from harness.stats.gate import format_table, gate
 
@@ -449,6 +458,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
     _unsafe_flag(s)
     s.set_defaults(fn=cmd_reproduce)
+
+    s = sub.add_parser("show-sample", help="one item's decoding trace: the step each token was committed",
+                       description="Print an item's generate records from a run: outcome, text, the positions "
+                                   "committed at each step and the commit step of every position.")
+    s.add_argument("run_dir", metavar="RUN", help="a run directory")
+    s.add_argument("item", metavar="ITEM", help="an item id (e.g. gsm8k-0)")
+    s.add_argument("--cell", default=None, help="only this cell (default: every cell with the item)")
+    s.set_defaults(fn=cmd_show_sample)
 
     s = sub.add_parser("compare", help="regression gate: is NEW_RUN significantly worse than BASE_RUN?",
                        description="Pair records by (cell, item, seed) and test each pre-registered metric; "
