@@ -485,9 +485,29 @@ def report_text(table: Table, results: list[tuple[Row, dict, Path]], scored: boo
             if scored else "not exactly the published setting")
     notes = [f"- {r.id}: {what}: {'; '.join(r.missing)}" for r, _, _ in results if r.missing]
     notes += [f"- {r.id}: unstated in the source: {'; '.join(r.unstated)}" for r, _, _ in results if r.unstated]
+    notes += speedup_lines(results)
     if notes:
         lines += ["", *notes]
     return "\n".join(lines) + "\n"
+
+
+def speedup_lines(results: list[tuple[Row, dict, Path]]) -> list[str]:
+    """Each row's speed-up over the row it names (`published.speedup_over`), when both ran: the published
+    one (tokens/s on the authors' machine) beside the measured tokens/s ratio (this machine) and the NFE
+    ratio (no machine in it)."""
+    by = {r.id: c for r, c, _ in results}
+    out = []
+    for r, c, _ in results:
+        ref = by.get(r.published.get("speedup_over") or "")
+        a, b = c.get("speed") or {}, (ref or {}).get("speed") or {}
+        if not a.get("nfe") or not b.get("nfe") or r.published.get("speedup_over") == r.id:
+            continue
+        tps = (f"{a['tokens_per_s'] / b['tokens_per_s']:.2f}x tokens/s here"
+               if a.get("tokens_per_s") and b.get("tokens_per_s") else "tokens/s not measured")
+        pub = f"{r.published['speedup']:g}x published" if r.published.get("speedup") is not None else "none published"
+        out.append(f"- {r.id} over {r.published['speedup_over']}: {pub}; {tps}; {b['nfe'] / a['nfe']:.2f}x fewer "
+                   "forward passes per sequence (machine-independent)")
+    return out
 
 
 def _speed(records: list[dict]) -> dict:

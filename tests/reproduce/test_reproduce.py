@@ -213,6 +213,19 @@ def test_runnable_row_runs_through_the_runner_and_reports(tmp_path, capsys):
     assert d["n"] == 4 and d["published"] == 0.5
     assert d["speed"]["nfe"] == 8 and math.isclose(d["speed"]["tpf"], 1.0)  # 8 steps commit 8 tokens
     assert "| add |" in report.read_text() and "8.0, 1.00" in report.read_text()
+    recs = [json.loads(x) for x in (report.parent / "records.jsonl").read_text().splitlines()]
+    gens = [r["generation"] for r in recs if r["kind"] == "generate"]
+    assert len(gens) == 4 and all(g["nfe"] == 8 and g["tpf"] == g["gen_len"] / 8 for g in gens)  # in every record
+
+
+def test_speedups_state_both_kinds():
+    t = _find("fast-dllm")
+    base, fast = R.select(t, ["gsm8k-256-llada", "gsm8k-256-fast-dllm"])
+    res = [(base, {"speed": {"nfe": 256.0, "tpf": 1.0, "tokens_per_s": 10.0}}, Path("a")),
+           (fast, {"speed": {"nfe": 32.0, "tpf": 8.0, "tokens_per_s": 50.0}}, Path("a"))]
+    (line,) = R.speedup_lines(res)
+    assert line == ("- gsm8k-256-fast-dllm over gsm8k-256-llada: 8.1x published; 5.00x tokens/s here; 8.00x fewer "
+                    "forward passes per sequence (machine-independent)")
 
 
 def test_running_a_row_with_something_missing_is_refused(tmp_path):
