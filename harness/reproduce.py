@@ -285,8 +285,7 @@ def _pub(r: Row) -> str:
 def _table(rows: list[tuple[str, ...]]) -> str:
     """Left-aligned columns; the last one runs free."""
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
-    return "\n".join("".join(c.ljust(w + 2) for c, w in zip(r, widths)).rstrip() + ("  " if len(r) > 1 else "")
-                     + r[-1] for r in rows)
+    return "\n".join(("".join(c.ljust(w + 2) for c, w in zip(r, widths)) + r[-1]).rstrip() for r in rows)
 
 
 def list_text(ts: list[Table]) -> str:
@@ -296,7 +295,8 @@ def list_text(ts: list[Table]) -> str:
         rows = [("  row", "model", "task", "published", "source", "status")]
         for r in t.rows:
             rows.append((f"  {r.id}", r.model, r.task + (f" [{r.variant}]" if r.variant else ""), _pub(r),
-                         "the table's" if r.source == t.source else _src(r.source), r.status()))
+                         r.source["where"] + (" [secondary]" if r.source.get("kind") == "secondary" else ""),
+                         r.status()))
             n += 1
             sources.add((r.source.get("paper", ""), r.source["where"]))
         out.append(_table(rows))

@@ -131,6 +131,13 @@ def test_list_shows_every_row_with_status_and_source(capsys):
     assert f"{n} published rows" in out
     assert "ML-GSAI/LLaDA EVAL.md" in out and "NVlabs/Fast-dLLM README.md" in out
     assert "missing: " in out and "runnable" in out
+    blocks = {b.split(":", 1)[0]: b for b in out.split("\n\n")}
+    for t in R.tables(index=INDEX):  # every row's line names its source
+        for r in t.rows:
+            line = next(x for x in blocks[t.name].splitlines() if x.startswith(f"  {r.id} "))
+            assert r.source["where"] in line and f"{r.published['value']:g}%" in line
+    assert main(["reproduce", "no-such-table"]) == 2
+    assert "no such table" in capsys.readouterr().err
 
 
 def test_d1_generations_scored_under_d1_protocol(tmp_path, capsys):
