@@ -292,7 +292,7 @@ def cmd_reproduce(args) -> int:
     else:
         model_params = dict(_parse_kv(p, "--model-param") for p in args.model_param)
         path = reproduce.run_rows(table, rows, results=args.results, model_params=model_params, n_items=args.n_items,
-                                  progress=not args.no_progress, argv=argv)
+                                  progress=not args.no_progress, argv=argv, resume=args.resume)
     print(path.read_text(), file=sys.stderr)
     print(path)
     return 0
@@ -453,6 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model-param", action="append", default=[], metavar="KEY=VALUE",
                    help="model parameter for running rows (dtype=bfloat16, device=cuda, path=DIR; repeatable)")
     s.add_argument("--n-items", type=int, default=None, help="run the first N items of each task (default: all)")
+    s.add_argument("--resume", metavar="RUN_DIR", help="continue a killed reproduction run (same rows and options)")
     s.add_argument("--dir", default=None, help="reproductions directory (default: the repository's reproductions/)")
     s.add_argument("--results", default="results", help="results root (default: results)")
     s.add_argument("--no-progress", action="store_true", help="no progress bars")

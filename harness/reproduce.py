@@ -621,7 +621,7 @@ def suite_for(table: Table, rows: list[Row], model_params: dict, n_items: int | 
 
 
 def run_rows(table: Table, rows: list[str] | None, results="results", model_params: dict | None = None,
-             n_items: int | None = None, progress: bool = True, argv=None) -> Path:
+             n_items: int | None = None, progress: bool = True, argv=None, resume=None) -> Path:
     import yaml
 
     from harness.records import read_records
@@ -638,7 +638,7 @@ def run_rows(table: Table, rows: list[str] | None, results="results", model_para
     suite_dir.mkdir(parents=True, exist_ok=True)
     path = suite_dir / "suite.yaml"
     path.write_text(yaml.safe_dump(suite, sort_keys=False))
-    runner = Runner(path, results=results, progress=progress, argv=argv)
+    runner = Runner(path, results=results, resume=resume, progress=progress, argv=argv)
     run_dir = runner.run()
     records = read_records(run_dir)
     out = []

@@ -223,6 +223,12 @@ def test_runnable_row_runs_through_the_runner_and_reports(tmp_path, capsys):
     recs = [json.loads(x) for x in (report.parent / "records.jsonl").read_text().splitlines()]
     gens = [r["generation"] for r in recs if r["kind"] == "generate"]
     assert len(gens) == 4 and all(g["nfe"] == 8 and g["tpf"] == g["gen_len"] / 8 for g in gens)  # in every record
+    # the same rows and options resume the run (the suite file is rewritten identically): nothing is redone
+    assert main(["reproduce", "tiny", "--dir", str(tmp_path / "tables"), "--results", str(tmp_path / "res"),
+                 "--model-param", "path=null", "--model-param", "preset=tiny", "--model-param", "device=cpu",
+                 "--n-items", "4", "--no-progress", "--resume", str(report.parent)]) == 0
+    again = [json.loads(x) for x in (report.parent / "records.jsonl").read_text().splitlines()]
+    assert len([r for r in again if r["kind"] == "generate"]) == 4
 
 
 def test_speedups_state_both_kinds():
