@@ -1,4 +1,4 @@
-"""`dlm-harness`: list | run | report | compare | train | eval | score.
+"""`dlm-harness`: list | run | report | compare | train | eval | score | reproduce | show-sample.
 
 Exit status: 0 on success, 1 when a run finished with failed units (or `compare` finds a regression),
 2 on bad usage, bad input or a failed file operation (the message names the file, key or value, or
@@ -290,6 +290,41 @@ def cmd_score(args) -> int:
     return 0
 
 
+def cmd_reproduce(args) -> int:
+    from harness import reproduce
+
+    root = Path(args.dir) if args.dir else None
+    index = component_index()  # what the registries can express: a row's missing names the rest
+    if args.list or not args.name:
+        ts = reproduce.tables(root, index) if not args.name else [reproduce.find(args.name, root, index)]
+        print(reproduce.list_text(ts))
+        return 0
+    table = reproduce.find(args.name, root, index)
+    rows = [r for part in args.rows for r in part.split(",") if r] if args.rows else None
+    argv = ["dlm-harness", *sys.argv[1:]]
+    if args.dry_run:
+        print(reproduce.plan_text(table, reproduce.plan_rows(table, reproduce.select(table, rows))))
+        return 0
+    if args.generations:
+        path = reproduce.score_generations(table, rows, args.generations, results=args.results, argv=argv)
+    else:
+        model_params = dict(_parse_kv(p, "--model-param") for p in args.model_param)
+        path = reproduce.run_rows(table, rows, results=args.results, model_params=model_params, n_items=args.n_items,
+                                  progress=not args.no_progress, argv=argv, resume=args.resume)
+    print(path.read_text(), file=sys.stderr)
+    print(path)
+    return 0
+
+
+def cmd_show_sample(args) -> int:
+    from harness.traces import sample_records, sample_text
+
+    if not Path(args.run_dir).is_dir():
+        raise HarnessError(f"show-sample {args.run_dir}: not a run directory")
+    print("\n\n".join(sample_text(r) for r in sample_records(Path(args.run_dir), args.item, args.cell)))
+    return 0
+
+
 def cmd_compare(args) -> int:
     from harness.stats.gate import format_table, gate
 
@@ -501,6 +536,35 @@ def build_parser() -> argparse.ArgumentParser:
     _unsafe_flag(s)
     _errors_flag(s)
     s.set_defaults(fn=cmd_score)
+
+    s = sub.add_parser("reproduce", help="published numbers: list, plan, run, or re-score their generations",
+                       description="Reproduce a published table (reproductions/NAME.yaml): --list shows every row "
+                                   "and its status, --dry-run plans rows with a GPU-time estimate, --generations "
+                                   "scores published generations under the paper's protocol; otherwise the runnable "
+                                   "rows run as one suite. The report sets published beside measured (95% interval).")
+    s.add_argument("name", nargs="?", help="a table (the file stem under reproductions/); omitted: list all")
+    s.add_argument("--list", action="store_true", help="list rows with their source and status; nothing runs")
+    s.add_argument("--rows", action="append", default=[], metavar="ID[,ID...]", help="only these rows (repeatable)")
+    s.add_argument("--dry-run", action="store_true", help="plan the rows (items, NFE, estimated GPU time); no model")
+    s.add_argument("--generations", metavar="FILE", help="score this file of generations (d1 JSON, lm-eval samples, "
+                                                          "JSONL) under the row's protocol")
+    s.add_argument("--model-param", action="append", default=[], metavar="KEY=VALUE",
+                   help="model parameter for running rows (dtype=bfloat16, device=cuda, path=DIR; repeatable)")
+    s.add_argument("--n-items", type=int, default=None, help="run the first N items of each task (default: all)")
+    s.add_argument("--resume", metavar="RUN_DIR", help="continue a killed reproduction run (same rows and options)")
+    s.add_argument("--dir", default=None, help="reproductions directory (default: the repository's reproductions/)")
+    s.add_argument("--results", default="results", help="results root (default: results)")
+    s.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _unsafe_flag(s)
+    s.set_defaults(fn=cmd_reproduce)
+
+    s = sub.add_parser("show-sample", help="one item's decoding trace: the step each token was committed",
+                       description="Print an item's generate records from a run: outcome, text, the positions "
+                                   "committed at each step and the commit step of every position.")
+    s.add_argument("run_dir", metavar="RUN", help="a run directory")
+    s.add_argument("item", metavar="ITEM", help="an item id (e.g. gsm8k-0)")
+    s.add_argument("--cell", default=None, help="only this cell (default: every cell with the item)")
+    s.set_defaults(fn=cmd_show_sample)
 
     s = sub.add_parser("compare", help="regression gate: is NEW_RUN significantly worse than BASE_RUN?",
                        description="Pair records by (cell, item, seed) and test each pre-registered metric; "

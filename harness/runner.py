@@ -356,6 +356,10 @@ class Runner:
         return torch_generator(seed(replicate))
 
     def record(self, cell, component, task, item, replicate, result, cost, status, error) -> dict:
+        gen = result.get("generation")
+        if gen and isinstance(gen.get("gen_len"), int) and (cost or {}).get("nfe", 0) > 0:
+            # speed that does not depend on the machine: NFE per sequence and generated tokens per forward pass
+            gen = {**gen, "nfe": cost["nfe"], "tpf": gen["gen_len"] / cost["nfe"]}
         return make_record(
             run_id=self.manifest["run_id"], suite=self.suite.suite,
             cell_id=cell.id, study=cell.study, kind=cell.kind, point=cell.point,
@@ -367,7 +371,7 @@ class Runner:
             item_id=item.id, item_hash=item_hash(item), replicate=replicate,
             seed=derive_seed(self.suite.suite, cell.id, item.id, replicate, str(cell.seed)),
             outcome=result.get("outcome"), estimate=result.get("estimate"),
-            generation=result.get("generation"), cost=cost, status=status, error=error,
+            generation=gen, cost=cost, status=status, error=error,
             sandbox=self.sandbox if getattr(task, "runs_code", False) else None)
 
 

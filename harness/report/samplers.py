@@ -81,6 +81,7 @@ def cell_summaries(records: list[dict]) -> list[dict]:
         mean = lambda key: sum(r["cost"][key] for r in recs) / n  # noqa: E731
         wall = sum(r["cost"]["wall_s"] for r in recs)
         tokens = sum(r["generation"]["gen_len"] for r in recs)
+        nfe_total = sum(r["cost"]["nfe"] for r in recs)
         out.append({
             "cell": cell_id, "study": recs[0]["study"], "sampler": comp["name"], "params": comp["params"],
             "variant": _variant(comp["name"], comp["params"]), "knobs": _knobs(comp["name"], comp["params"]),
@@ -89,6 +90,9 @@ def cell_summaries(records: list[dict]) -> list[dict]:
             "nfe": mean("nfe"), "nfe_full": mean("nfe_full"), "nfe_cached": mean("nfe_cached"),
             "ms_per_seq": 1000 * wall / n, "tokens_per_s": tokens / wall if wall > 0 else math.nan,
             "gen_len": tokens / n, "items": _item_means(recs),
+            "tpf": tokens / nfe_total if nfe_total > 0 else math.nan,  # tokens per forward pass
+            "group": ((recs[0].get("task") or {}).get("name", "?"),
+                      _model_label(recs[0].get("model") or {"name": "?"})),
             # per-row decoding steps (last commit step + 1): exact per sequence, whereas the
             # per-unit NFE is the batch's meter total shared out over its units
             "steps": sum(max(r["generation"]["commit_step"]) + 1 for r in recs) / n,
@@ -141,19 +145,23 @@ def render_samplers_section(run_dir, out_dir, records: list[dict] | None = None)
         "to and including the first EOS per second of model wall time (the meter's; sampler bookkeeping "
         "excluded); wall times on a shared CPU are noisy, so compare speeds within one run."
         + (f" Speed-up is against `{base['cell']}` ({base['tokens_per_s']:.0f} tokens/s)." if base else "") + "\n",
-        "| sampler | cell | knobs | accuracy [95% CI] | n items | units | NFE/seq (full + cached) | steps/seq | "
+        "TPF (tokens per forward pass) = generated tokens / NFE: parallelism that does not depend on the machine."
+        "\n",
+        "| sampler | cell | knobs | accuracy [95% CI] | n items | units | NFE/seq (full + cached) | TPF | steps/seq | "
         "ms/seq | tokens/s | speed-up |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         speed = f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}x" if base else "-"
         label = f" ({r['protocol']})" if r["protocol"] else ""  # the scoring protocol beside the accuracy
         lines.append(
             f"| {r['variant']} | `{r['cell']}` | {r['knobs']} | {r['accuracy'].fmt(3)}{label} | {r['accuracy'].n} | "
-            f"{r['units']} | {r['nfe']:.2f} ({r['nfe_full']:.2f} + {r['nfe_cached']:.2f}) | {r['steps']:.2f} | "
+            f"{r['units']} | {r['nfe']:.2f} ({r['nfe_full']:.2f} + {r['nfe_cached']:.2f}) | {r['tpf']:.2f} | "
+            f"{r['steps']:.2f} | "
             f"{r['ms_per_seq']:.2f} | "
             f"{r['tokens_per_s']:.0f} | {speed} |")
     lines.append("")
+    lines += aup_md(rows)
     captions = (
         ("Accuracy against measured NFE per sequence",
          "Each point is one sampler configuration with its 95% interval, on the full accuracy range."),
@@ -171,6 +179,35 @@ def render_samplers_section(run_dir, out_dir, records: list[dict] | None = None)
                             "as these items can tell.")
                 lines.append(figure_md(stem, title, caption))
     return "\n".join(lines)
+
+
+def aup_md(rows: list[dict]) -> list[str]:
+    """AUP (harness/stats/aup.py, d3LLM's definition) per sampler variant over its configurations, for
+    each (task, model) with a sweep: TPF against accuracy in percent, y_max the best accuracy of the
+    (task, model) group."""
+    from harness.stats.aup import aup
+
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        if r["tpf"] > 0:
+            groups[r["group"]].append(r)
+    out = []
+    for (task, model), rs in groups.items():
+        variants: dict[str, list[dict]] = defaultdict(list)
+        for r in rs:
+            variants[r["variant"]].append(r)
+        if len(rs) < 2:
+            continue
+        y_max = 100 * max(r["accuracy"].mean for r in rs)
+        parts = []
+        for v, vr in sorted(variants.items()):
+            score, dropped = aup([(r["tpf"], 100 * r["accuracy"].mean) for r in vr], y_max)
+            parts.append(f"`{v}` {score:.1f} ({len(vr)} point{'s' if len(vr) > 1 else ''}"
+                         + (f", {dropped} more than 5 points below its lowest-TPF accuracy dropped" if dropped else "")
+                         + ")")
+        out.append(f"AUP on {task} ({model}), accuracy under parallelism as d3LLM defines it (TPF x accuracy %, "
+                   f"weighted by min(exp(-3 (1 - y / {y_max:.1f})), 1)): " + "; ".join(parts) + ".\n")
+    return out
 
 
 MARGIN = 0.02  # the sampler study's question: the fastest decoder within 2 accuracy points of the reference

@@ -1,0 +1,246 @@
+"""`dlm-harness reproduce`: the published tables load and validate, rows the harness cannot express say
+so, the plan runs on a CPU with a GPU estimate, a d1 generation file is scored under d1's protocol, and
+the published-vs-measured comparison is the interval it claims."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from harness import reproduce as R
+from harness.cli import component_index, main
+from harness.types import HarnessError
+
+HERE = Path(__file__).resolve().parent
+D1_FILE = HERE / "gsm8k_d1-llada_256_128_0_generations.json"
+
+INDEX = component_index()  # the registries' fields: what a row can express
+
+
+def _find(name: str):
+    return R.find(name, index=INDEX)
+
+
+def test_every_table_loads_with_enough_sourced_rows():
+    ts = R.tables(index=INDEX)
+    rows = [r for t in ts for r in t.rows]
+    assert len(rows) >= 40
+    assert len({(r.source.get("paper"), r.source["where"]) for r in rows}) >= 6
+    for r in rows:
+        assert r.source["where"] and r.published["metric"]
+        assert 0 <= r.published["value"] <= 100
+    # each named table is present, and each row of a family's table names that family
+    assert {"llada-8b-base", "llada-8b-instruct", "llada-1.5", "fast-dllm", "d1", "d3llm-aup"} <= {t.name for t in ts}
+
+
+def test_published_numbers_transcribed_from_their_sources():
+    """Spot checks against the source files (LLaDA EVAL.md, Fast-dLLM README, d3LLM data_llada.yaml)."""
+    inst = {r.id: r for r in _find("llada-8b-instruct").rows}
+    assert inst["gsm8k-opencompass"].published["value"] == 68.8
+    assert inst["gsm8k-opencompass"].decoding == {"sampler": "low_confidence", "gen_length": 512, "steps": 512,
+                                                  "block_length": 512, "confidence_eos_eot_inf": True}
+    assert inst["humaneval-internal"].decoding["logits_eos_inf"] is True
+    assert inst["gsm8k-semiar-internal"].published["value"] == 78.6
+    fast = {r.id: r for r in _find("fast-dllm").rows}
+    assert fast["gsm8k-512-fast-dllm"].published == {"value": 77.2, "metric": "accuracy", "tokens_per_s": 35.3,
+                                                     "speedup": 11.0, "speedup_over": "gsm8k-512-llada"}
+    base = {r.id: r for r in _find("llada-8b-base").rows}
+    assert base["gsm8k-lm-eval-1024"].published["value"] == 70.3
+    assert base["truthfulqa-ppl-cfg"].decoding["cfg"] == 2.0
+
+
+def test_rows_the_harness_cannot_express_list_what_is_missing():
+    base = {r.id: r for r in _find("llada-8b-base").rows}
+    bbh = base["bbh-lm-eval-1024"]
+    assert not bbh.runnable and any("'bbh' has no harness task" in m for m in bbh.missing)
+    ppl = base["arc-c-ppl-cfg"]  # mc_num and cfg are not mc_elbo parameters: said, not dropped
+    assert any("decoding mc_num=128" in m for m in ppl.missing) and any("cfg=0.5" in m for m in ppl.missing)
+    d1 = {r.id: r for r in _find("d1").rows}["gsm8k-256"]
+    assert not d1.runnable and any("prefill" in m for m in d1.missing)
+    assert d1.source["kind"] == "secondary"
+    assert base["humaneval-lm-eval-256"].runnable  # its prompt parity is tested (test_prompt_parity.py)
+    assert not base["gsm8k-lm-eval-256"].runnable  # lm-eval's exemplars differ from the harness's
+
+
+def _write(tmp_path: Path, text: str, name="t.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+GOOD = """table: t
+title: T
+source: {where: "somewhere"}
+model: GSAI-ML/LLaDA-8B-Instruct
+family: llada
+rows:
+  - {id: a, task: gsm8k, protocol: {scoring: harness}, harness: {task: {name: gsm8k}},
+     decoding: {sampler: low_confidence, gen_length: 64, steps: 64, not_a_knob: 3},
+     published: {value: 50, metric: accuracy}}
+"""
+
+
+def test_unknown_sampler_parameter_becomes_missing(tmp_path):
+
+    t = R.load_table(_write(tmp_path, GOOD), INDEX)
+    assert t.rows[0].missing == ["decoding not_a_knob=3: sampler low_confidence has no such parameter"]
+
+
+@pytest.mark.parametrize("edit,needle", [
+    (("published: {value: 50,", "published: {value: 150,"), "row 'a'.published.value: 150 is outside [0, 100]"),
+    (("protocol: {scoring: harness}", "protocol: {scoring: harness, shots: 1, shot: 2}"),
+     "row 'a'.protocol: unknown key 'shot'"),
+    (("decoding: {sampler: low_confidence,", "decoding: {"), "row 'a'.decoding: expected a mapping with 'sampler'"),
+    (("table: t", "table: other"), ".table: expected the file's stem 't'"),
+    (("source: {where: \"somewhere\"}", "source: {paper: x}"), ".source: key 'where' is required"),
+])
+def test_schema_errors_name_file_row_and_key(tmp_path, edit, needle):
+    path = _write(tmp_path, GOOD.replace(*edit))
+    with pytest.raises(HarnessError) as exc:
+        R.load_table(path)
+    assert str(path) in str(exc.value) and needle in str(exc.value)
+
+
+def test_dry_run_plans_every_row_with_a_gpu_estimate(capsys):
+    assert main(["reproduce", "llada-8b-instruct", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    t = _find("llada-8b-instruct")
+    plan = R.plan_rows(t, t.rows)
+    assert len(plan) == len(t.rows) == 22
+    for p in plan:
+        assert p["per_item_s"] is not None and p["per_item_s"][1] >= p["per_item_s"][0] >= 0
+        assert p["row"] in out
+    g = next(p for p in plan if p["row"] == "gsm8k-semiar-opencompass")
+    assert g["nfe_lo"] == g["nfe_hi"] == 256  # LLaDA: steps passes per sequence
+    assert math.isclose(g["per_item_s"][1], 256 * g["canvas"] / 30000)
+    assert "ESTIMATE" in out and "30000 tokens/s" in out
+
+
+def test_adaptive_rows_plan_a_range_of_forward_passes():
+    fast = {r.id: r for r in _find("fast-dllm").rows}
+    lo, hi, how = R.forward_passes(fast["gsm8k-256-fast-dllm"])
+    assert (lo, hi) == (8, 256) and "adaptive" in how  # one pass per block of 32 at best, one per token at worst
+
+
+def test_list_shows_every_row_with_status_and_source(capsys):
+    assert main(["reproduce", "--list"]) == 0
+    out = capsys.readouterr().out
+    n = sum(len(t.rows) for t in R.tables(index=INDEX))
+    assert f"{n} published rows" in out
+    assert "ML-GSAI/LLaDA EVAL.md" in out and "NVlabs/Fast-dLLM README.md" in out
+    assert "missing: " in out and "runnable" in out
+    blocks = {b.split(":", 1)[0]: b for b in out.split("\n\n")}
+    for t in R.tables(index=INDEX):  # every row's line names its source
+        for r in t.rows:
+            line = next(x for x in blocks[t.name].splitlines() if x.startswith(f"  {r.id} "))
+            assert r.source["where"] in line and f"{r.published['value']:g}%" in line
+    assert main(["reproduce", "no-such-table"]) == 2
+    assert "no such table" in capsys.readouterr().err
+
+
+def test_d1_generations_scored_under_d1_protocol(tmp_path, capsys):
+    """The file names its row (d1's `<task>_<model>_<gen_length>_<steps>_<rank>_generations.json` and its
+    header): gsm8k at 256 tokens. d1's parser gives 2 of 6 where the harness parser gives 6 of 6."""
+    rc = main(["reproduce", "d1", "--generations", str(D1_FILE), "--results", str(tmp_path)])
+    assert rc == 0
+    report = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    data = json.loads(report.with_suffix(".json").read_text())
+    assert [d["row"] for d in data] == ["gsm8k-256"]
+    d = data[0]
+    assert d["n"] == 6 and math.isclose(d["measured"], 2 / 6)
+    assert d["published"] == pytest.approx(0.811)
+    assert d["significant"] is True  # 33% against 81.1% on 6 items: the interval excludes 0
+    text = report.read_text()
+    assert "scoring d1" in text and "prefill '<reasoning>'" in text and "| gsm8k-256 |" in text
+    recs = [json.loads(x) for x in (report.parent / "records.jsonl").read_text().splitlines()]
+    assert {r["outcome"]["protocol"] for r in recs} == {"d1"}
+
+
+def test_generations_file_of_an_unknown_row_is_refused(tmp_path):
+    other = tmp_path / "gsm8k_x_1024_512_0_generations.json"
+    other.write_text(D1_FILE.read_text().replace('"gen_length": 256', '"gen_length": 1024'))
+    with pytest.raises(HarnessError, match="cannot tell which row"):
+        R.score_generations(_find("d1"), None, other, results=tmp_path)
+
+
+def test_compare_is_newcombes_interval():
+    from harness.stats.intervals import wilson_interval
+
+    vals = [1.0] * 70 + [0.0] * 30
+    c = R.compare({"value": 60.0, "metric": "accuracy"}, vals, 500)
+    m, p = wilson_interval(70, 100), wilson_interval(300, 500)
+    assert math.isclose(c["diff"], 0.1)
+    assert math.isclose(c["diff_lo"], 0.1 - math.sqrt((0.7 - m.lo) ** 2 + (p.hi - 0.6) ** 2))
+    assert math.isclose(c["diff_hi"], 0.1 + math.sqrt((m.hi - 0.7) ** 2 + (0.6 - p.lo) ** 2))
+    assert c["significant"] == (c["diff_lo"] > 0)
+    same = R.compare({"value": 70.0, "metric": "accuracy"}, vals, 500)
+    assert same["significant"] is False and same["diff_lo"] < 0 < same["diff_hi"]
+
+
+def test_suite_of_runnable_rows_is_a_valid_suite():
+    from harness.config import parse_suite
+
+    t = _find("fast-dllm")
+    rows = R.select(t, ["gsm8k-256-llada", "gsm8k-256-fast-dllm"])
+    suite = R.suite_for(t, rows, {"dtype": "bfloat16"}, n_items=2)
+    model = suite["models"]["GSAI-ML_LLaDA-8B-Instruct-chat_true"]  # eval_llada.py wraps Instruct prompts
+    assert model["params"] == {"path": "GSAI-ML/LLaDA-8B-Instruct", "chat": True, "dtype": "bfloat16"}
+    s = parse_suite(suite, "reproduce")
+    assert [st.id for st in s.studies] == ["gsm8k-256-llada", "gsm8k-256-fast-dllm"]
+    assert s.studies[1].sampler.name == "threshold" and s.studies[1].sampler.params["cache"] == "prefix"
+    assert s.tasks[s.studies[0].task].params == {"fewshot": 5, "protocol": "lm-eval"}
+
+
+TINY = """table: tiny
+title: a tiny table
+source: {where: "this test"}
+model: none
+family: llada
+throughput: {tokens_per_s: 1000, device: cpu, basis: "a guess for the test"}
+rows:
+  - {id: add, task: addition, items: 4, protocol: {scoring: harness, chat_template: false},
+     harness: {task: {name: addition}}, decoding: {sampler: low_confidence, gen_length: 8, steps: 8},
+     published: {value: 50, metric: accuracy}}
+"""
+
+
+def test_runnable_row_runs_through_the_runner_and_reports(tmp_path, capsys):
+    """A runnable row becomes a suite run by the ordinary runner; the report sets published beside
+    measured with NFE per sequence and tokens per forward pass."""
+    (tmp_path / "tables").mkdir()
+    (tmp_path / "tables" / "tiny.yaml").write_text(TINY)
+    rc = main(["reproduce", "tiny", "--dir", str(tmp_path / "tables"), "--results", str(tmp_path / "res"),
+               "--model-param", "path=null", "--model-param", "preset=tiny", "--model-param", "device=cpu",
+               "--n-items", "4", "--no-progress"])
+    assert rc == 0
+    report = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    d = json.loads(report.with_suffix(".json").read_text())[0]
+    assert d["n"] == 4 and d["published"] == 0.5
+    assert d["speed"]["nfe"] == 8 and math.isclose(d["speed"]["tpf"], 1.0)  # 8 steps commit 8 tokens
+    assert "| add |" in report.read_text() and "8.0, 1.00" in report.read_text()
+    recs = [json.loads(x) for x in (report.parent / "records.jsonl").read_text().splitlines()]
+    gens = [r["generation"] for r in recs if r["kind"] == "generate"]
+    assert len(gens) == 4 and all(g["nfe"] == 8 and g["tpf"] == g["gen_len"] / 8 for g in gens)  # in every record
+    # the same rows and options resume the run (the suite file is rewritten identically): nothing is redone
+    assert main(["reproduce", "tiny", "--dir", str(tmp_path / "tables"), "--results", str(tmp_path / "res"),
+                 "--model-param", "path=null", "--model-param", "preset=tiny", "--model-param", "device=cpu",
+                 "--n-items", "4", "--no-progress", "--resume", str(report.parent)]) == 0
+    again = [json.loads(x) for x in (report.parent / "records.jsonl").read_text().splitlines()]
+    assert len([r for r in again if r["kind"] == "generate"]) == 4
+
+
+def test_speedups_state_both_kinds():
+    t = _find("fast-dllm")
+    base, fast = R.select(t, ["gsm8k-256-llada", "gsm8k-256-fast-dllm"])
+    res = [(base, {"speed": {"nfe": 256.0, "tpf": 1.0, "tokens_per_s": 10.0}}, Path("a")),
+           (fast, {"speed": {"nfe": 32.0, "tpf": 8.0, "tokens_per_s": 50.0}}, Path("a"))]
+    (line,) = R.speedup_lines(res)
+    assert line == ("- gsm8k-256-fast-dllm over gsm8k-256-llada: 8.1x published; 5.00x tokens/s here; 8.00x fewer "
+                    "forward passes per sequence (machine-independent)")
+
+
+def test_running_a_row_with_something_missing_is_refused(tmp_path):
+    with pytest.raises(HarnessError, match="not runnable as published: gsm8k-256"):
+        R.run_rows(_find("d1"), ["gsm8k-256"], results=tmp_path)
