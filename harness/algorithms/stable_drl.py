@@ -66,6 +66,8 @@ class StableDRL(SPG):
         super().__post_init__()
         if not self.clip > 0:
             raise ValueError(f"clip (the cap on an importance weight) must be > 0, got {self.clip}")
+        if self.norm != "token":  # spg's field: the self-normalised weights replace its normaliser
+            raise ValueError(f"stable_drl normalises by its weights; spg's norm does not apply (got {self.norm!r})")
 
     @property
     def needs_old(self) -> bool:
