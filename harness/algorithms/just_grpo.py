@@ -17,8 +17,10 @@ Kept differences: the reference SUMS the groups' gradients over its 8 accumulati
 constant factor 8 on the gradient, which Adam all but ignores but the gradient-norm clip does
 not) and, across devices, divides by the device-mean of n_valid; the harness takes the mean over
 groups. With μ > 1 inner iterations the ratio is to π_old (the reference runs μ = 1, ratio 1).
-The rollouts are whatever the study's sampler draws; the likelihood is exact for them when the
-sampler decodes left to right (low_confidence with block_length 1), as the reference rolls out.
+Rollouts (`rollout="left_to_right"`, default): the study's sampler with blocks of one token, so
+one token is decoded per step in position order, as the reference's `sample` calls generate with
+block_length 1 (with one step per block the rollout NFE is unchanged); the likelihood is then the
+exact likelihood of the rollouts. `rollout="study"` keeps the study's sampler as it is.
 """
 from __future__ import annotations
 
@@ -57,6 +59,9 @@ class JustGRPO(Algorithm):
     advantage: Literal["mean", "zscore", "zscore_pop", "loo"] = "zscore"
     eps: float = 0.2
     score_over: Literal["canvas", "completion"] = "canvas"
+    # "left_to_right": roll out with the study's sampler at block_length 1, so the likelihood is exact for
+    # the rollouts (the reference's generate(..., block_length=1)); "study": the study's sampler unchanged
+    rollout: Literal["left_to_right", "study"] = "left_to_right"
     # train.py: batch_size_per_device 1 prompt × (num_generations 8 × repeat_times 2) rows, the loss
     # normalised by that group's count of rows with a nonzero advantage: one group per micro-batch
     micro_batch: float = 1.0
@@ -69,6 +74,12 @@ class JustGRPO(Algorithm):
     @property
     def needs_old(self) -> bool:
         return True
+
+    def rollout_sampler(self, sampler):
+        if self.rollout == "study":
+            return sampler
+        # the study's sampler and knobs with blocks of one token: one token per step in position order
+        return {**sampler, "params": {**(sampler.get("params") or {}), "block_length": 1}}
 
     def loss_tokens(self, rollout):
         if self.score_over == "completion":

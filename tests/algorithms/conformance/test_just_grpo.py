@@ -92,3 +92,16 @@ def test_the_likelihood_is_the_reference_left_to_right_loop():
             ref[:, t] = log_prob.gather(-1, completion[:, t:t + 1]).squeeze(-1)
     torch.testing.assert_close(got, ref, rtol=0, atol=1e-10)
     assert float(ref.abs().sum()) > 0
+
+
+def test_rollouts_decode_left_to_right_as_the_reference_samples():
+    """grpo.py `sample`: generate(..., block_length=1): the loop rolls just_grpo out with the study's
+    sampler at one-token blocks, so token t is committed at step t and the likelihood is exact for it."""
+    from tests.algorithms.toy import make_loop
+
+    loop = make_loop(ALGORITHMS.build("just_grpo"), steps=1, prompts=2, group_size=2, mu=1)
+    buf = loop.rollout(0)
+    L = buf["tokens"].shape[1]
+    assert torch.equal(buf["commit_step"], torch.arange(L).expand_as(buf["commit_step"]))
+    study = make_loop(ALGORITHMS.build("just_grpo", {"rollout": "study"}), steps=1, prompts=2, group_size=2, mu=1)
+    assert study.sampler.block_length is None and loop.sampler.block_length == 1
