@@ -56,7 +56,6 @@ class StepMerge:
 
     # What the statistics read (harness/stats/estimators.py, `token_scale` / `elbo_target` / `masks`):
     token_scale: ClassVar[bool] = False
-    elbo_target: ClassVar[bool] = False  # one decoding trajectory's (merged) likelihood, not the ELBO
     masks: ClassVar[str] = "order"
     n_segments: int = 8  # N (bash_scripts/gsm8k_d2stepmerge.sh: --N 8)
     # the rollout's decoding steps (the reference: diffusion_steps 128); 0: each row's last commit step + 1,
@@ -71,6 +70,14 @@ class StepMerge:
             raise ValueError(f"need n_segments >= 1 and steps >= 0, got {self.n_segments}, {self.steps}")
         if not 0 <= self.p_prompt < 1:
             raise ValueError(f"p_prompt must be in [0, 1), got {self.p_prompt}")
+
+    @property
+    def elbo_target(self) -> bool:
+        """Along uniformly random orders (the estimator study's `commit_order: random`), with no prompt
+        masking and every step its own segment (n_segments >= steps > 0), it is the any-order chain
+        rule summed, whose mean over orders is the ELBO; merged steps, prompt masks or steps inferred
+        per row (steps 0, whose segments depend on the item's length) are not declared unbiased."""
+        return self.p_prompt == 0 and 0 < self.steps <= self.n_segments
 
     def nfe_for_batch(self, batch: int) -> int:
         return self.n_segments * batch
