@@ -97,7 +97,7 @@ def test_estimator_contract(name, masked, uniform):
     prompt, completion, cmask = _batch(den)
     meter = Meter(den)
     draws = None
-    if name == "trace":  # scores along a sampler's recorded order: give it one
+    if name in ("trace", "step_merge"):  # score along a sampler's recorded order: give them one
         draws = {"commit_step": torch.arange(completion.shape[1]).repeat(2, 1)}
     kwargs = {"draws": draws} if draws is not None else {}
     out = est(meter, prompt, completion, cmask, generator=torch.Generator().manual_seed(1), **kwargs)

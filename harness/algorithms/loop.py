@@ -149,7 +149,8 @@ class RLLoop:
         self.policy, self.algorithm, self.task, self.opts, self.seed = policy, algorithm, task, options, seed
         self.train_items, self.test_items = train_items, test_items
         micro_batches(algorithm, options.micro_groups, 1, options.group_size)  # a whole number of rows, or say so
-        self.sampler = options.build_sampler()
+        spec = algorithm.rollout_sampler(options.sampler)  # an algorithm may fix its rollout order (JustGRPO)
+        self.sampler = SAMPLERS.build(spec["name"], spec.get("params") or {}, "options.sampler")
         self.eval_sampler = LoopOptions.build_eval_sampler()  # greedy, one token per step
         self.ref = copy.deepcopy(policy) if algorithm.needs_ref else None
         self.per_micro = options.optimizer_step == "micro_batch"  # π_θ moves between micro-batches

@@ -6,7 +6,7 @@ whether it diverges without the estimator's clamp of t. Per-family code: elbo.py
 estimators), other.py (prompt masks, SPG blocks, random orders, exact); the forward passes come
 from one cached table per item (table.py); integrals over t are closed-form (tlaw.py).
 """
-from harness.estimators.moments import elbo, other  # noqa: F401  (register the families)
+from harness.estimators.moments import elbo, orders, other  # noqa: F401  (register the families)
 from harness.estimators.moments.core import MOMENTS, Moments, check_covered, exact_moments
 from harness.estimators.moments.table import clear_cache, item_table
 
