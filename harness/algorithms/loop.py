@@ -88,9 +88,6 @@ class LoopOptions:
         if not isinstance(self.sampler, dict) or "name" not in self.sampler:
             raise ValueError(f"sampler must be a mapping {{name: ..., params: ...}}, got {self.sampler!r}")
 
-    def build_sampler(self):
-        return SAMPLERS.build(self.sampler["name"], self.sampler.get("params") or {}, "options.sampler")
-
     @staticmethod
     def build_eval_sampler():
         """The held-out evaluations' sampler: greedy, one token per step (its NFE is known in advance,
