@@ -9,7 +9,8 @@ blocks sit in an exact KV cache while the current block is denoised.
 config.json + safetensors, sharded or not) by parameter name, with no remote code. Its logits equal
 the public `modeling_sdar.py`'s (both dLLM-RL's and SDAR's copy) given the same block mask, in
 float32 and bf16 (tests/models/test_sdar_parity.py). It has the exact KV cache of finished blocks
-(`cache: prefix` of the samplers), the [x_t ; x_0] scoring pass (`logits_denoise`), SDPA or eager
+(`cache: prefix` of the samplers), the [x_t ; x_0] scoring pass (`logits_denoise`), an explicit
+attention pattern with position ids (`logits_pattern`: TraceRL's training rows), SDPA or eager
 attention, bf16; left-padded rows give the numbers they give alone. `preset` builds it randomly
 initialised: "tiny" for CPU tests, "sdar-1.7b" / "sdar-4b" (the released dimensions) for GPU
 throughput suites; `config` overrides take config.json keys.
@@ -70,8 +71,9 @@ PRESETS = {
 
 class BlockDenoiser(DiffusionDenoiser):
     """A block-diffusion LM as a Denoiser (block_attention.py's protocol): `logits` (block-causal),
-    `logits_denoise` ([x_t ; x_0]), and the exact cache of finished blocks (`logits_build_cache`,
-    `logits_cached` with `store`). No autocast: the module runs in its own dtype, as SDAR's code."""
+    `logits_denoise` ([x_t ; x_0]), `logits_pattern` (an explicit pattern and position ids), and the
+    exact cache of finished blocks (`logits_build_cache`, `logits_cached` with `store`). No autocast:
+    the module runs in its own dtype, as SDAR's code."""
 
     def __init__(self, module, tokenizer, *, block_size: int, **kw):
         super().__init__(module, tokenizer, shift_logits=False, mask_style="2d", **kw)
@@ -87,6 +89,11 @@ class BlockDenoiser(DiffusionDenoiser):
     def logits_denoise(self, xt: torch.Tensor, x0: torch.Tensor,
                        attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.module.forward_denoise(xt, x0, attention_mask)
+
+    def logits_pattern(self, x: torch.Tensor, allowed: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        """Logits [B, S, V] under an explicit pattern [B, 1, S, S] (True: attend) and position ids [B, S]
+        (block_attention.py, "An explicit pattern")."""
+        return self.module.forward_pattern(x, allowed, position_ids).logits
 
     def logits_build_cache(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None, *, keep):
         if isinstance(keep, slice):
@@ -140,6 +147,13 @@ class RemoteBlockDenoiser(DiffusionDenoiser):
         out = self.forward(input_ids=torch.cat([xt, x0], 1), attention_mask=mask, position_ids=torch.cat([pos, pos], 1),
                            use_cache=False).logits
         return out[:, :T]
+
+    def logits_pattern(self, x: torch.Tensor, allowed: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        """The checkpoint's own file under an explicit pattern [B, 1, S, S] bool and position ids [B, S],
+        as rl_trado.py's forward_process calls it (a query that sees nothing attends to itself)."""
+        eye = torch.eye(allowed.shape[-1], dtype=torch.bool, device=allowed.device)
+        allowed = allowed.bool() | (~allowed.bool().any(-1, keepdim=True) & eye)
+        return self.forward(input_ids=x, attention_mask=allowed, position_ids=position_ids, use_cache=False).logits
 
     def logits_build_cache(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None, *, keep):
         from transformers.cache_utils import DynamicCache
