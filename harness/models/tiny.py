@@ -406,6 +406,8 @@ def load_checkpoint(path: Path, device: str = "cpu", dtype: torch.dtype = torch.
     return module, tokenizer, config
 
 
+_PLANNED: dict = {}  # (config.json, mtime) -> block_size: planning reads each checkpoint once
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
           "float64": torch.float64}
 
@@ -427,6 +429,19 @@ class Tiny:
         path = resolve_checkpoint(self.checkpoint)
         module, tokenizer, config = load_checkpoint(path, self.device, DTYPES[self.dtype])
         return TinyDenoiser(module, tokenizer, card=config)
+
+    def planned_block_size(self) -> int | None:
+        """The checkpoint's block size (config.json `model.block_size`) read before loading, for
+        plan-time budgets (harness/config.py); None for a full-attention checkpoint or one not found
+        (loading then says why)."""
+        try:
+            path = resolve_checkpoint(self.checkpoint) / "config.json"
+            key = (str(path), path.stat().st_mtime_ns)
+            if key not in _PLANNED:
+                _PLANNED[key] = json.loads(path.read_text()).get("model", {}).get("block_size")
+        except (HarnessError, OSError, ValueError, AttributeError):
+            return None
+        return _PLANNED[key]
 
     def provenance(self) -> dict:
         path = resolve_checkpoint(self.checkpoint)

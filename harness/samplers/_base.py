@@ -427,11 +427,22 @@ class DecodeLoop(abc.ABC):
             raise ValueError(f"gen_length {L} is not a multiple of block_length {block}")
         return L, block, self.block_steps(L, L // block)
 
-    def max_nfe_per_sequence(self, gen_length: int) -> int:
+    def max_nfe_per_sequence(self, gen_length: int, block_size: int | None = None) -> int:
         """Forward passes per sequence, known before running (plan-time budget checks); for an
-        adaptive sampler, the most it can take. (A block model may take a few more: one more block
-        when the prompt ends inside a block, and with a cache the prefill and one store pass per
-        block; see "Block models".)"""
+        adaptive sampler, the most it can take.
+
+        `block_size`: the model's, when it is a block-diffusion model (known at plan time from its
+        spec: harness/config.py). The bound then covers every prompt length: the prompt's last
+        partial block is decoded with the generation, so up to ceil((L + b - 1) / b) blocks of at
+        most `steps per block` passes each, and with `cache: prefix` one prefill pass plus one store
+        pass per block (see "Block models"). A row that stops early takes fewer."""
+        if block_size is not None:
+            L, block, per_block = self.plan(gen_length, block_size)
+            if self.cache == "dual" or self.refresh or self.cfg_scale > 0:
+                raise ValueError(f"a block-diffusion model (block_size {block_size}) decodes with cache 'none' or "
+                                 "'prefix', refresh 0 and cfg_scale 0")
+            n_blocks = -(-(L + block - 1) // block)
+            return n_blocks * per_block + (1 + n_blocks if self.cache == "prefix" else 0)
         L, block, per_block = self.plan(gen_length)
         return (L // block) * per_block * (2 if self.cfg_scale > 0 else 1)
 

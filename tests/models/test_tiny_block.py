@@ -266,3 +266,27 @@ def test_builtin_block_checkpoint_reproduces_its_card():
     items = task.items("test")[: config["metrics"]["eval_items"]]
     assert greedy_accuracy(den, task, items) == pytest.approx(stated, abs=0.004)  # ≤ 2 items of 500
     assert (path / "model.pt").stat().st_size < 5 * 2**20
+
+
+@pytest.mark.parametrize("params, gen", [({"steps": 2}, 5), ({"steps": 2}, 8), ({"steps": 2, "cache": "prefix"}, 5),
+                                         ({"steps": 8, "cache": "prefix"}, 8), ({"tau": 0.9}, 6)])
+def test_plan_time_nfe_bounds_every_prompt_length_on_a_block_model(params, gen):
+    """max_nfe_per_sequence(L, block_size) bounds the passes of every row whatever its prompt length
+    (a partial last prompt block adds one decode block; the prefix cache a prefill and a store pass
+    per block), and at one pass per block the bound is reached."""
+    from harness.budget import Meter
+
+    name = "threshold" if "tau" in params else "low_confidence"
+    sampler = SAMPLERS.build(name, {**params, "temperature": 0.0})
+    bound = sampler.max_nfe_per_sequence(gen, block_size=4)
+    if gen % 4 == 0 or params.get("cache"):  # the full-attention count undercounts the block model
+        assert bound > sampler.max_nfe_per_sequence(gen)
+    den = make_tiny_block(4, scale=4.0)
+    seen = []
+    for n in range(1, 9):  # prompts ending at every offset of a block, with and without a prefill
+        m = Meter(den)
+        sampler(m, _tokens(1, n, seed=n), generator=None, gen_length=gen)
+        seen.append(m.cost.nfe)
+    assert max(seen) <= bound, (seen, bound)
+    if params.get("steps") == 2:  # one pass per block (and its store pass): no early stop
+        assert max(seen) == bound, (seen, bound)
