@@ -1,10 +1,10 @@
-"""`exact`: ground truth for short completions by enumerating every reveal set (METHODS.md §4).
+"""`exact`: ground truth for short completions by enumerating every reveal set (docs/methods.md §4).
 
 For the scored positions S of a row (completion_mask True, |S| = n) and every reveal set R ⊊ S,
 one forward pass on the input with S∖R masked gives log p(o_j | o_R, c) for every j ∉ R. From
 these 2^n − 1 passes (R = S scores nothing, so it is never run) both quantities are exact:
 
-  log p(o)  of the random-order, one-token-at-a-time process (METHODS.md §4):
+  log p(o)  of the random-order, one-token-at-a-time process (docs/methods.md §4):
       g(∅) = 1,   g(S') = Σ_{j∈S'} g(S'∖{j}) · p(o_j | o_{S'∖{j}}, c),   log p(o) = log g(S) − log n!
   ELBO (the expectation over random orders of the any-order chain rule):
       ELBO = Σ_{R ⊊ S} [1 / (C(n,|R|)·(n−|R|))] Σ_{j∉R} log p(o_j | o_R, c)           ≤ log p(o)
@@ -107,7 +107,7 @@ def subset_log_p_rows(lp: torch.Tensor) -> torch.Tensor:
 
 
 def subset_log_p(lp: torch.Tensor) -> torch.Tensor:
-    """log p(o) by the subset DP (METHODS.md §4) for one row.
+    """log p(o) by the subset DP (docs/methods.md §4) for one row.
 
     lp [2^n − 1, n] float64: lp[R, i] = log p(o_{S_i} | o_R, c) for every proper reveal set R
     (bitmask order); entries with bit i in R are never read. -> scalar log g(S) − log n!.
@@ -124,14 +124,14 @@ def _elbo_weights_cpu(n: int, dtype: torch.dtype) -> torch.Tensor:
 
 
 def elbo_weights(n: int, dtype=torch.float64, device=None) -> torch.Tensor:
-    """[2^n − 1, n] weights w[R, i] = 1{i ∉ R} / (C(n,|R|)·(n−|R|)) of the exact ELBO (METHODS.md §4)."""
+    """[2^n − 1, n] weights w[R, i] = 1{i ∉ R} / (C(n,|R|)·(n−|R|)) of the exact ELBO (docs/methods.md §4)."""
     return _elbo_weights_cpu(n, dtype).to(device)
 
 
 def reveal_logprobs(denoiser, prompt: torch.Tensor, completion: torch.Tensor, completion_mask: torch.Tensor,
                     *, prompt_mask: torch.Tensor | None = None, max_tokens: int = 65536,
                     hide: torch.Tensor | None = None) -> list[torch.Tensor]:
-    """The forward passes of METHODS.md §4: for each row b with n_b scored positions, one pass per
+    """The forward passes of docs/methods.md §4: for each row b with n_b scored positions, one pass per
     proper reveal set R (bitmask order over the row's scored positions) with the other scored
     positions masked. -> per row, lp [2^{n_b} − 1, n_b] float64: lp[R, i] = log p(o_{S_i} | o_R, c)
     (also read at revealed i, where no caller uses it). `hide` [B, L] bool: completion positions
@@ -249,7 +249,7 @@ def expand_block_table(n: int, blocks: list[tuple]) -> torch.Tensor:
 def exact_terms(denoiser, prompt: torch.Tensor, completion: torch.Tensor, completion_mask: torch.Tensor,
                 *, prompt_mask: torch.Tensor | None = None, max_len: int = 16,
                 max_tokens: int = 65536, by_block: bool | None = None) -> dict:
-    """Exact log p(o) and exact ELBO of each row by enumerating all reveal sets (METHODS.md §4).
+    """Exact log p(o) and exact ELBO of each row by enumerating all reveal sets (docs/methods.md §4).
 
     `by_block` (None: whether the model has a block_size) sums per-block terms over each block's
     own reveal sets (module docstring); False enumerates every reveal set of the whole completion

@@ -1,6 +1,6 @@
 """`mc_elbo`: the Monte Carlo ELBO of a masked diffusion LM (LLaDA eval; VRPO, arXiv 2505.19223).
 
-ELBO(o) = E_t E_{mask ~ t} [ (1/t) Σ_{k masked} log p(o_k | c, x_t) ]   (METHODS.md §1)
+ELBO(o) = E_t E_{mask ~ t} [ (1/t) Σ_{k masked} log p(o_k | c, x_t) ]   (docs/methods.md §1)
 
 t-laws for the n samples of each sequence:
   iid         t_i ~ U(0, 1)
