@@ -566,7 +566,9 @@ def _check_kind(kind: str, comp: ComponentSpec, built, replicates: int, options:
 def _block_size(cell: Cell) -> int | None:
     """The cell's model's block size when the spec knows it before loading (`planned_block_size`:
     a block-diffusion model's block_size from its field, preset or local config.json); None for
-    full-attention models and for specs that cannot say without loading (a hub id not yet on disk)."""
+    full-attention models and for specs that cannot say without loading (a hub id not yet on disk):
+    their plan-time bound is then the full-attention count, which can undercount a block model, and
+    the meter's runtime check (every pass counted before it runs, harness/budget.py) is the exact one."""
     spec = MODELS.build(cell.model.name, cell.model.params, cell.id)
     known = getattr(spec, "planned_block_size", None)
     return known() if callable(known) else None
