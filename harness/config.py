@@ -433,7 +433,7 @@ def _check_rl_budget(cell: Cell, where: str, n_split: int) -> None:
     n_eval = min(opts.eval_items, cell.task.n_items or opts.eval_items, n_split)
     try:
         per_item = _sampler_max_nfe(LoopOptions.build_eval_sampler(), _gen_length(cell.task), _block_size(cell))
-    except ValueError as exc:
+    except (ValueError, HarnessError) as exc:
         raise HarnessError(f"{where}: the greedy evaluation of the starting checkpoint: {exc}") from None
     need = n_eval * per_item
     if cell.budget.nfe < need:
@@ -596,7 +596,7 @@ def _check_budget(cell: Cell, component, where: str) -> None:
             per_item = _sampler_max_nfe(component, _gen_length(cell.task), _block_size(cell))
         else:
             per_item = component.nfe_for_batch(1)  # an estimator: passes for a batch of one
-    except ValueError as exc:
+    except (ValueError, HarnessError) as exc:  # HarnessError: a sampler's blocks that are not the block model's
         raise HarnessError(f"{where}.{cell.component_kind[:-1]}: {exc}") from None
     if per_item is None:  # known only once the model loads (a knob left to its generation_config.json)
         return

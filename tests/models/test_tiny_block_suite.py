@@ -122,3 +122,11 @@ def test_plan_time_budget_counts_a_block_models_passes(model, tmp_path):
     with pytest.raises(HarnessError, match=r"needs 22 NFE \(11 per item"):
         plan(load_suite(write_suite(tmp_path, PLAN.format(model=model, nfe=21), f"{model}.yaml")))
     assert len(plan(load_suite(write_suite(tmp_path, PLAN.format(model=model, nfe=22), f"{model}2.yaml")))) == 1
+
+
+def test_a_samplers_blocks_that_are_not_the_block_models_are_refused_at_plan_time(tmp_path):
+    from harness.types import HarnessError
+
+    text = PLAN.format(model="block", nfe=100).replace("block_length: 4", "block_length: 8")
+    with pytest.raises(HarnessError, match=r"studies\[0\].*sampler block_length 8: the model is a block-diffusion"):
+        plan(load_suite(write_suite(tmp_path, text)))
