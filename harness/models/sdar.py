@@ -51,8 +51,10 @@ from harness.types import HarnessError
 MASK_ID = 151669  # <|MASK|>
 
 # SDAR's decoding/prompting defaults (harness/models/_family.py): block_diffusion_generate's per-block linear
-# schedule, torch.multinomial sampling and torch.topk's choice among equal confidences; <|im_end|> stops; no BOS.
-FAMILY = dict(decode_defaults={"schedule": "linear", "sampling": "multinomial", "tie_break": "topk"},
+# schedule, torch.multinomial sampling and torch.topk's choice among equal confidences; <|im_end|> stops, and a
+# row stops decoding after the block that holds a stop id (stopping_criteria_idx, as dLLM-RL's evaluation); no BOS.
+FAMILY = dict(decode_defaults={"schedule": "linear", "sampling": "multinomial", "tie_break": "topk",
+                               "stop_after_block": True},
               stop_tokens=("<|im_end|>",), add_bos=False)
 
 _QWEN3 = dict(vocab_size=151936, head_dim=128, rope_theta=1000000.0, rms_norm_eps=1e-6, block_size=4,

@@ -17,8 +17,7 @@ the logits first (1: the reference), 0 takes the argmax; `top_k` / `top_p` filte
 samplers (BD3-LM's `nucleus_p` < 1 keeps a slightly different set and is not reproduced).
 
 Not reproduced: the reference's DDPM update (`first_hitting: false`), its 1024-token sliding context
-window, and its stop conditions for sequences beyond 256 tokens (entropy, variable length); the
-shared loop stops a row after a block that holds a stop id, as for every block model.
+window, and its stop conditions for sequences beyond 256 tokens (entropy, variable length).
 """
 from __future__ import annotations
 
