@@ -431,7 +431,10 @@ def _check_rl_budget(cell: Cell, where: str, n_split: int) -> None:
 
     opts = LoopOptions(**{k: v for k, v in cell.options.items() if k in LoopOptions.__dataclass_fields__})
     n_eval = min(opts.eval_items, cell.task.n_items or opts.eval_items, n_split)
-    per_item = LoopOptions.build_eval_sampler().max_nfe_per_sequence(_gen_length(cell.task))
+    try:
+        per_item = _sampler_max_nfe(LoopOptions.build_eval_sampler(), _gen_length(cell.task), _block_size(cell))
+    except (ValueError, HarnessError) as exc:
+        raise HarnessError(f"{where}: the greedy evaluation of the starting checkpoint: {exc}") from None
     need = n_eval * per_item
     if cell.budget.nfe < need:
         raise HarnessError(f"{where}.budget.nfe: cell {cell.id!r} has {cell.budget.nfe} NFE, but the evaluation "
@@ -560,6 +563,27 @@ def _check_kind(kind: str, comp: ComponentSpec, built, replicates: int, options:
                            "with no sampler in this study set options: {commit_order: random}")
 
 
+def _block_size(cell: Cell) -> int | None:
+    """The cell's model's block size when the spec knows it before loading (`planned_block_size`:
+    a block-diffusion model's block_size from its field, preset or local config.json); None for
+    full-attention models and for specs that cannot say without loading (a hub id not yet on disk):
+    their plan-time bound is then the full-attention count, which can undercount a block model, and
+    the meter's runtime check (every pass counted before it runs, harness/budget.py) is the exact one."""
+    spec = MODELS.build(cell.model.name, cell.model.params, cell.id)
+    known = getattr(spec, "planned_block_size", None)
+    return known() if callable(known) else None
+
+
+def _sampler_max_nfe(sampler, gen_length: int, block_size: int | None):
+    """A sampler's plan-time bound on passes per sequence, on a block model when the block size is
+    known and the sampler decodes block models (its bound takes `block_size`)."""
+    import inspect
+
+    if block_size is not None and "block_size" in inspect.signature(sampler.max_nfe_per_sequence).parameters:
+        return sampler.max_nfe_per_sequence(gen_length, block_size=block_size)
+    return sampler.max_nfe_per_sequence(gen_length)
+
+
 def _check_budget(cell: Cell, component, where: str) -> None:
     """Fail at plan time when a cell's NFE is known in advance and exceeds its budget.
 
@@ -568,11 +592,11 @@ def _check_budget(cell: Cell, component, where: str) -> None:
     if not hasattr(component, "max_nfe_per_sequence") and not hasattr(component, "nfe_for_batch"):
         return
     try:
-        if cell.kind == "generate":
-            per_item = component.max_nfe_per_sequence(_gen_length(cell.task))  # a sampler: passes per sequence, at most
+        if cell.kind == "generate":  # a sampler: passes per sequence, at most
+            per_item = _sampler_max_nfe(component, _gen_length(cell.task), _block_size(cell))
         else:
             per_item = component.nfe_for_batch(1)  # an estimator: passes for a batch of one
-    except ValueError as exc:
+    except (ValueError, HarnessError) as exc:  # HarnessError: a sampler's blocks that are not the block model's
         raise HarnessError(f"{where}.{cell.component_kind[:-1]}: {exc}") from None
     if per_item is None:  # known only once the model loads (a knob left to its generation_config.json)
         return

@@ -218,6 +218,24 @@ class BD3LM(NativeOrRemote):
 
         return transformers.AutoModelForMaskedLM
 
+    def planned_block_size(self) -> int | None:
+        """The block size known before loading, for plan-time budgets (harness/config.py): the
+        `block_size` field, else the preset's (with `config` overrides), else a local checkpoint
+        directory's config.json; None when only loading can tell (a hub id)."""
+        if getattr(self, "block_size", None):
+            return int(self.block_size)
+        try:
+            if self.preset is not None:
+                return self.native_config_dict().get("block_size")
+            p = Path(self.path).expanduser() if self.path else None
+            if p is None or not (p / "config.json").is_file():
+                return None
+            from harness.models.native.checkpoint import read_config
+
+            return read_config(p).get("block_size")
+        except (HarnessError, OSError, ValueError):
+            return None
+
     # -- building ------------------------------------------------------------------------------------
     def remote_head(self, module):
         """BD3-LM's head is the DiT backbone's final adaLN layer (modeling_bd3lm.py DITBackbone.output_layer),

@@ -9,7 +9,8 @@ blocks sit in an exact KV cache while the current block is denoised.
 config.json + safetensors, sharded or not) by parameter name, with no remote code. Its logits equal
 the public `modeling_sdar.py`'s (both dLLM-RL's and SDAR's copy) given the same block mask, in
 float32 and bf16 (tests/models/test_sdar_parity.py). It has the exact KV cache of finished blocks
-(`cache: prefix` of the samplers), the [x_t ; x_0] scoring pass (`logits_denoise`), SDPA or eager
+(`cache: prefix` of the samplers), the [x_t ; x_0] scoring pass (`logits_denoise`), an explicit
+attention pattern with position ids (`logits_pattern`: TraceRL's training rows), SDPA or eager
 attention, bf16; left-padded rows give the numbers they give alone. `preset` builds it randomly
 initialised: "tiny" for CPU tests, "sdar-1.7b" / "sdar-4b" (the released dimensions) for GPU
 throughput suites; `config` overrides take config.json keys.
@@ -50,8 +51,10 @@ from harness.types import HarnessError
 MASK_ID = 151669  # <|MASK|>
 
 # SDAR's decoding/prompting defaults (harness/models/_family.py): block_diffusion_generate's per-block linear
-# schedule, torch.multinomial sampling and torch.topk's choice among equal confidences; <|im_end|> stops; no BOS.
-FAMILY = dict(decode_defaults={"schedule": "linear", "sampling": "multinomial", "tie_break": "topk"},
+# schedule, torch.multinomial sampling and torch.topk's choice among equal confidences; <|im_end|> stops, and a
+# row stops decoding after the block that holds a stop id (stopping_criteria_idx, as dLLM-RL's evaluation); no BOS.
+FAMILY = dict(decode_defaults={"schedule": "linear", "sampling": "multinomial", "tie_break": "topk",
+                               "stop_after_block": True},
               stop_tokens=("<|im_end|>",), add_bos=False)
 
 _QWEN3 = dict(vocab_size=151936, head_dim=128, rope_theta=1000000.0, rms_norm_eps=1e-6, block_size=4,
@@ -70,8 +73,9 @@ PRESETS = {
 
 class BlockDenoiser(DiffusionDenoiser):
     """A block-diffusion LM as a Denoiser (block_attention.py's protocol): `logits` (block-causal),
-    `logits_denoise` ([x_t ; x_0]), and the exact cache of finished blocks (`logits_build_cache`,
-    `logits_cached` with `store`). No autocast: the module runs in its own dtype, as SDAR's code."""
+    `logits_denoise` ([x_t ; x_0]), `logits_pattern` (an explicit pattern and position ids), and the
+    exact cache of finished blocks (`logits_build_cache`, `logits_cached` with `store`). No autocast:
+    the module runs in its own dtype, as SDAR's code."""
 
     def __init__(self, module, tokenizer, *, block_size: int, **kw):
         super().__init__(module, tokenizer, shift_logits=False, mask_style="2d", **kw)
@@ -87,6 +91,11 @@ class BlockDenoiser(DiffusionDenoiser):
     def logits_denoise(self, xt: torch.Tensor, x0: torch.Tensor,
                        attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.module.forward_denoise(xt, x0, attention_mask)
+
+    def logits_pattern(self, x: torch.Tensor, allowed: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        """Logits [B, S, V] under an explicit pattern [B, 1, S, S] (True: attend) and position ids [B, S]
+        (block_attention.py, "An explicit pattern")."""
+        return self.module.forward_pattern(x, allowed, position_ids).logits
 
     def logits_build_cache(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None, *, keep):
         if isinstance(keep, slice):
@@ -140,6 +149,13 @@ class RemoteBlockDenoiser(DiffusionDenoiser):
         out = self.forward(input_ids=torch.cat([xt, x0], 1), attention_mask=mask, position_ids=torch.cat([pos, pos], 1),
                            use_cache=False).logits
         return out[:, :T]
+
+    def logits_pattern(self, x: torch.Tensor, allowed: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        """The checkpoint's own file under an explicit pattern [B, 1, S, S] bool and position ids [B, S],
+        as rl_trado.py's forward_process calls it (a query that sees nothing attends to itself)."""
+        eye = torch.eye(allowed.shape[-1], dtype=torch.bool, device=allowed.device)
+        allowed = allowed.bool() | (~allowed.bool().any(-1, keepdim=True) & eye)
+        return self.forward(input_ids=x, attention_mask=allowed, position_ids=position_ids, use_cache=False).logits
 
     def logits_build_cache(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None, *, keep):
         from transformers.cache_utils import DynamicCache
@@ -228,6 +244,24 @@ class SDAR(NativeOrRemote):
         den = cls(module, ChatTokenizer(tok, eos), block_size=block, mask_id=mask, eos_id=eos, pad_id=pad,
                   compile=self.compile)
         return declare(den, tok, path=self.path, chat=self.chat, stop_ids=self._stop_ids(), **FAMILY)
+
+    def planned_block_size(self) -> int | None:
+        """The block size known before loading, for plan-time budgets (harness/config.py): the
+        `block_size` field, else the preset's (with `config` overrides), else a local checkpoint
+        directory's config.json; None when only loading can tell (a hub id)."""
+        if getattr(self, "block_size", None):
+            return int(self.block_size)
+        try:
+            if self.preset is not None:
+                return self.native_config_dict().get("block_size")
+            p = Path(self.path).expanduser() if self.path else None
+            if p is None or not (p / "config.json").is_file():
+                return None
+            from harness.models.native.checkpoint import read_config
+
+            return read_config(p).get("block_size")
+        except (HarnessError, OSError, ValueError):
+            return None
 
     def provenance(self) -> dict:
         return {**super().provenance(), "block_size": self.block_size}

@@ -10,7 +10,8 @@ arXiv 2503.09573): every forward method applies the block-causal mask of
 harness/models/block_attention.py (bidirectional inside a block of `block_size` positions, causal
 across blocks, blocks counted from a row's first real token), so keys of finished blocks never
 depend on later columns and a KV cache of them is exact; `forward_denoise` is the one-pass
-[x_t ; x_0] scoring/training forward (each noised block sees itself and the clean earlier blocks).
+[x_t ; x_0] scoring/training forward (each noised block sees itself and the clean earlier blocks);
+`forward_pattern` applies an explicit pattern and position ids (TraceRL's training rows).
 `block_size` None (every checkpoint without the key) is the full-attention model, unchanged.
 """
 from __future__ import annotations
@@ -207,6 +208,25 @@ class TinyMDLM(nn.Module):
             h = block(h, attn)
         return self.head(self.ln_f(h[:, :T]))  # the x_t half
 
+    def forward_pattern(self, x: torch.Tensor, allowed: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        """Logits [B, S, V] of a pass with an explicit attention pattern `allowed` [B, 1, S, S] bool (True:
+        attend) and position ids [B, S], applied as given (TraceRL's [prompt ; clean ; noisy] training
+        rows, harness/algorithms/trace_rl.py). A query that sees nothing attends to itself; it must not
+        be read. The position ids index the learned position table, so they must be < max_len."""
+        B, S = x.shape
+        if tuple(allowed.shape) != (B, 1, S, S) or tuple(position_ids.shape) != (B, S):
+            raise HarnessError(f"forward_pattern: expected allowed [{B}, 1, {S}, {S}] and position_ids [{B}, {S}], "
+                               f"got {tuple(allowed.shape)} and {tuple(position_ids.shape)}")
+        if S and int(position_ids.max()) >= self.cfg.max_len:
+            raise HarnessError(f"position {int(position_ids.max())} exceeds the tiny model's max_len "
+                               f"{self.cfg.max_len}")
+        eye = torch.eye(S, dtype=torch.bool, device=allowed.device)
+        attn = allowed.bool() | (~allowed.bool().any(-1, keepdim=True) & eye)
+        h = self.tok(x) + self.pos(position_ids)
+        for block in self.blocks:
+            h = block(h, attn)
+        return self.head(self.ln_f(h))
+
     def _embed(self, x: torch.Tensor, attention_mask: torch.Tensor | None, columns: torch.Tensor):
         """Embeddings of the canvas columns `columns` (x holds exactly those columns), with the
         same positions a full pass gives them; the key-padding mask of the whole canvas."""
@@ -315,6 +335,11 @@ class TinyDenoiser:
         """Logits [B, T, V] of xt, each block given the clean earlier blocks of x0 (one pass over [x_t ; x_0])."""
         return self.module.forward_denoise(xt, x0, attention_mask)
 
+    def logits_pattern(self, x: torch.Tensor, allowed: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        """Logits [B, S, V] under an explicit pattern [B, 1, S, S] (True: attend) and position ids [B, S]
+        (harness/models/block_attention.py, "An explicit pattern")."""
+        return self.module.forward_pattern(x, allowed, position_ids)
+
     @property
     def arch(self) -> ArchInfo:
         cfg = self.module.cfg
@@ -381,6 +406,8 @@ def load_checkpoint(path: Path, device: str = "cpu", dtype: torch.dtype = torch.
     return module, tokenizer, config
 
 
+_PLANNED: dict = {}  # (config.json, mtime) -> block_size: planning reads each checkpoint once
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
           "float64": torch.float64}
 
@@ -402,6 +429,19 @@ class Tiny:
         path = resolve_checkpoint(self.checkpoint)
         module, tokenizer, config = load_checkpoint(path, self.device, DTYPES[self.dtype])
         return TinyDenoiser(module, tokenizer, card=config)
+
+    def planned_block_size(self) -> int | None:
+        """The checkpoint's block size (config.json `model.block_size`) read before loading, for
+        plan-time budgets (harness/config.py); None for a full-attention checkpoint or one not found
+        (loading then says why)."""
+        try:
+            path = resolve_checkpoint(self.checkpoint) / "config.json"
+            key = (str(path), path.stat().st_mtime_ns)
+            if key not in _PLANNED:
+                _PLANNED[key] = json.loads(path.read_text()).get("model", {}).get("block_size")
+        except (HarnessError, OSError, ValueError, AttributeError):
+            return None
+        return _PLANNED[key]
 
     def provenance(self) -> dict:
         path = resolve_checkpoint(self.checkpoint)

@@ -71,7 +71,11 @@ unchanged:
   per block. `dual`, `refresh` and `cfg_scale` are refused (nothing after the block is visible;
   the cache is exact; the reference has no guidance);
 - after each block, a row whose completion holds one of the model's stop ids decodes no further
-  block (the reference's stopping_criteria_idx); the completion is then cut at the first stop id;
+  block when the model family declares `decode_defaults["stop_after_block"]` (SDAR/TraDo: the
+  reference's stopping_criteria_idx, which their evaluation passes); other block models decode
+  every block, as BD3-LM's fixed-length sampler and LLaDA's semi-autoregressive loop do (so a block
+  model and a full-attention one spend the same passes at the same steps). The completion is cut
+  at the first stop id either way;
 - `low_confidence` with `steps` (denoising_steps per block = steps·b / L) is the reference's
   low_confidence_static; `threshold` with tau = confidence_threshold is its low_confidence_dynamic
   when a block takes b steps (each step commits everything above tau, else the single most
@@ -427,11 +431,22 @@ class DecodeLoop(abc.ABC):
             raise ValueError(f"gen_length {L} is not a multiple of block_length {block}")
         return L, block, self.block_steps(L, L // block)
 
-    def max_nfe_per_sequence(self, gen_length: int) -> int:
+    def max_nfe_per_sequence(self, gen_length: int, block_size: int | None = None) -> int:
         """Forward passes per sequence, known before running (plan-time budget checks); for an
-        adaptive sampler, the most it can take. (A block model may take a few more: one more block
-        when the prompt ends inside a block, and with a cache the prefill and one store pass per
-        block; see "Block models".)"""
+        adaptive sampler, the most it can take.
+
+        `block_size`: the model's, when it is a block-diffusion model (known at plan time from its
+        spec: harness/config.py). The bound then covers every prompt length: the prompt's last
+        partial block is decoded with the generation, so up to ceil((L + b - 1) / b) blocks of at
+        most `steps per block` passes each, and with `cache: prefix` one prefill pass plus one store
+        pass per block (see "Block models"). A row that stops early takes fewer."""
+        if block_size is not None:
+            L, block, per_block = self.plan(gen_length, block_size)
+            if self.cache == "dual" or self.refresh or self.cfg_scale > 0:
+                raise ValueError(f"a block-diffusion model (block_size {block_size}) decodes with cache 'none' or "
+                                 "'prefix', refresh 0 and cfg_scale 0")
+            n_blocks = -(-(L + block - 1) // block)
+            return n_blocks * per_block + (1 + n_blocks if self.cache == "prefix" else 0)
         L, block, per_block = self.plan(gen_length)
         return (L // block) * per_block * (2 if self.cfg_scale > 0 else 1)
 
@@ -576,6 +591,7 @@ class DecodeLoop(abc.ABC):
         sampling = self.sampling_of(denoiser)
         schedule = self.schedule_of(denoiser)
         stops = torch.tensor(stop_ids(denoiser), device=dev)
+        stop_after_block = bool((getattr(denoiser, "decode_defaults", None) or {}).get("stop_after_block", False))
         cached = self.cache == "prefix"
         cache, cache_rows = None, None
         if cached and C0 > 0:  # prefill: the prompt's whole blocks (one full pass)
@@ -612,9 +628,10 @@ class DecodeLoop(abc.ABC):
                 cache = store_pass(denoiser, x[in_block, :hi], attn[in_block, :hi], lo,
                                    None if cache is None else cache.take(_positions_in(cache_rows, in_block)))
                 cache_rows = in_block
-            gen_cols = torch.arange(C0, hi, device=dev)[None, :] >= start[in_block][:, None]
-            hit = (torch.isin(x[in_block, C0:hi], stops) & gen_cols).any(1)
-            alive[in_block[hit]] = False  # a stop id anywhere in the completion: no more blocks
+            if stop_after_block:
+                gen_cols = torch.arange(C0, hi, device=dev)[None, :] >= start[in_block][:, None]
+                hit = (torch.isin(x[in_block, C0:hi], stops) & gen_cols).any(1)
+                alive[in_block[hit]] = False  # a stop id anywhere in the completion: no more blocks
         length = n_blocks * bs - part  # [g] each row's completion length (block_diffusion_generate's rule)
         width = int(length.max())
         tokens = torch.full((g, width), int(denoiser.eos_id), dtype=prompt.dtype, device=dev)

@@ -35,7 +35,8 @@ def test_a_saved_checkpoint_loads_by_name_with_its_ids(saved):
         assert torch.equal(again.logits(x), den.logits(x))
     assert again.block_size == 4 and again.mask_id == 127 and again.eos_id == 126
     assert again.stop_ids == (126, 125)  # the EOS, then generation_config.json's other id
-    assert again.decode_defaults == {"schedule": "linear", "sampling": "multinomial", "tie_break": "topk"}
+    assert again.decode_defaults == {"schedule": "linear", "sampling": "multinomial", "tie_break": "topk",
+                                     "stop_after_block": True}
     assert again.prompting["add_bos"] is False
 
 

@@ -192,6 +192,14 @@ def test_remote_impl_passes_the_block_mask(sdar_ckpts):
         assert torch.equal(remote.logits_denoise(x, x0), nat.logits_denoise(x, x0))
         # padded rows: the public file sums over the masked pad keys too (rounding only)
         assert (remote.logits(x, am)[1, 4:] - nat.logits(x[1:, 4:])[0]).abs().max() < 1e-4
+        # an explicit pattern (TraceRL's [prompt ; clean ; noisy] rows, a left-padded prompt): the same logits
+        from harness.algorithms.trace_rl import training_pattern
+
+        ids = torch.cat([x[:, :7], x[:, 7:15], torch.full((2, 8), MASK)], 1)
+        ids[1, :2] = EOS  # left pads (pad = EOS)
+        allowed, pos = training_pattern(ids, 7, 8, 4, EOS)
+        seen = allowed[:, 0].any(-1)
+        assert torch.equal(remote.logits_pattern(ids, allowed, pos)[seen], nat.logits_pattern(ids, allowed, pos)[seen])
     assert remote.stop_ids == nat.stop_ids == (EOS, IM_END) and remote.block_size == 4
 
 

@@ -107,6 +107,41 @@ def test_denoise_logits_dispatches_on_block_size():
     torch.testing.assert_close(got[:, :4], den.logits(xt)[:, :4], rtol=1e-5, atol=1e-5)
 
 
+def test_an_explicit_pattern_reproduces_the_plain_and_dual_passes_and_trace_rl_rows():
+    """`logits_pattern` applies the pattern and positions given: with decode_mask / dual_stream_mask it is
+    the plain / [x_t ; x_0] pass; with TraceRL's [prompt ; clean ; noisy] rows each noisy block's logits
+    equal a dual-stream pass of [prompt ; response] whose blocks start at the response (the prompt
+    length is a multiple of the block here, so the two layouts coincide)."""
+    from harness.algorithms.trace_rl import training_pattern
+    from harness.models.block_attention import decode_mask, dual_stream_mask, positions
+
+    den = make_tiny_block(4)
+    x = _tokens(2, 10, seed=4)
+    am = torch.ones(2, 10, dtype=torch.bool)
+    am[0, :3] = False
+    x[0, :3] = den.pad_id
+    with torch.no_grad():
+        got = den.logits_pattern(x, decode_mask(am, 2, 10, 4), positions(am, 2, 10))
+        torch.testing.assert_close(got[0, 3:], den.logits(x, am)[0, 3:], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got[1], den.logits(x, am)[1], rtol=1e-5, atol=1e-5)
+        xt = x.clone()
+        xt[:, 5:8] = den.mask_id
+        pos = positions(am, 2, 10)
+        got = den.logits_pattern(torch.cat([xt, x], 1), dual_stream_mask(am, 2, 10, 4), torch.cat([pos, pos], 1))
+        torch.testing.assert_close(got[1, :10], den.logits_denoise(xt, x, am)[1], rtol=1e-5, atol=1e-5)
+        prompt, resp = _tokens(1, 8, seed=5), _tokens(1, 8, seed=6)
+        noisy = resp.clone()
+        noisy[:, [1, 2, 6]] = den.mask_id
+        ids = torch.cat([prompt, resp, noisy], 1)
+        allowed, pos = training_pattern(ids, 8, 8, 4, den.pad_id)
+        got = den.logits_pattern(ids, allowed, pos)[:, 16:]
+        clean = torch.cat([prompt, resp], 1)
+        want = den.logits_denoise(torch.cat([prompt, noisy], 1), clean)[:, 8:]
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(HarnessError, match="max_len"):
+        den.logits_pattern(ids, allowed, pos + 20)
+
+
 @pytest.mark.parametrize("pad", [1, 3, 4])
 def test_left_padding_gives_each_row_its_numbers_alone(pad):
     den = make_tiny_block(4)
@@ -231,3 +266,27 @@ def test_builtin_block_checkpoint_reproduces_its_card():
     items = task.items("test")[: config["metrics"]["eval_items"]]
     assert greedy_accuracy(den, task, items) == pytest.approx(stated, abs=0.004)  # ≤ 2 items of 500
     assert (path / "model.pt").stat().st_size < 5 * 2**20
+
+
+@pytest.mark.parametrize("params, gen", [({"steps": 2}, 5), ({"steps": 2}, 8), ({"steps": 2, "cache": "prefix"}, 5),
+                                         ({"steps": 8, "cache": "prefix"}, 8), ({"tau": 0.9}, 6)])
+def test_plan_time_nfe_bounds_every_prompt_length_on_a_block_model(params, gen):
+    """max_nfe_per_sequence(L, block_size) bounds the passes of every row whatever its prompt length
+    (a partial last prompt block adds one decode block; the prefix cache a prefill and a store pass
+    per block), and at one pass per block the bound is reached."""
+    from harness.budget import Meter
+
+    name = "threshold" if "tau" in params else "low_confidence"
+    sampler = SAMPLERS.build(name, {**params, "temperature": 0.0})
+    bound = sampler.max_nfe_per_sequence(gen, block_size=4)
+    if gen % 4 == 0 or params.get("cache"):  # the full-attention count undercounts the block model
+        assert bound > sampler.max_nfe_per_sequence(gen)
+    den = make_tiny_block(4, scale=4.0)
+    seen = []
+    for n in range(1, 9):  # prompts ending at every offset of a block, with and without a prefill
+        m = Meter(den)
+        sampler(m, _tokens(1, n, seed=n), generator=None, gen_length=gen)
+        seen.append(m.cost.nfe)
+    assert max(seen) <= bound, (seen, bound)
+    if params.get("steps") == 2:  # one pass per block (and its store pass): no early stop
+        assert max(seen) == bound, (seen, bound)

@@ -94,3 +94,39 @@ def test_shipped_suites_compare_block_and_full_attention_at_matched_nfe(name):
     shared = by_model["tiny-addition-c16-block4"] & by_model["tiny-addition-c16"]
     assert len(shared) >= 2
     assert all("block_length" in key[1] for key in shared)
+
+
+PLAN = """
+suite: block-budget
+models:
+  full: {{name: tiny, params: {{checkpoint: tiny-addition-c16}}}}
+  block: {{name: tiny, params: {{checkpoint: tiny-addition-c16-block4}}}}
+  sdar: {{name: sdar, params: {{preset: tiny}}}}
+tasks:
+  addition16: {{name: addition, params: {{n_digits: 3, canvas: 16}}, split: test, n_items: 2}}
+studies:
+  - {{id: lc, kind: generate, model: {model}, task: addition16, batch_size: 2, budget: {{nfe: {nfe}}},
+     sampler: {{name: low_confidence, params: {{block_length: 4, steps: 4, cache: prefix}}}}}}
+"""
+
+
+@pytest.mark.parametrize("model", ["block", "sdar"])
+def test_plan_time_budget_counts_a_block_models_passes(model, tmp_path):
+    """Planning knows the model's block size (the tiny checkpoint's config.json, the sdar preset): a
+    budget the full-attention count fits (4 passes per item) but the block model's decoding does not
+    (up to 5 blocks of 16 + 3 tokens, one pass each, a prefill and 5 store passes: 11) is refused."""
+    from harness.types import HarnessError
+
+    ok = load_suite(write_suite(tmp_path, PLAN.format(model="full", nfe=8), "full.yaml"))
+    assert len(plan(ok)) == 1
+    with pytest.raises(HarnessError, match=r"needs 22 NFE \(11 per item"):
+        plan(load_suite(write_suite(tmp_path, PLAN.format(model=model, nfe=21), f"{model}.yaml")))
+    assert len(plan(load_suite(write_suite(tmp_path, PLAN.format(model=model, nfe=22), f"{model}2.yaml")))) == 1
+
+
+def test_a_samplers_blocks_that_are_not_the_block_models_are_refused_at_plan_time(tmp_path):
+    from harness.types import HarnessError
+
+    text = PLAN.format(model="block", nfe=100).replace("block_length: 4", "block_length: 8")
+    with pytest.raises(HarnessError, match=r"studies\[0\].*sampler block_length 8: the model is a block-diffusion"):
+        plan(load_suite(write_suite(tmp_path, text)))

@@ -18,6 +18,8 @@ harness/models/block_attention.py with `block_size` from config.json:
 
 - `forward` (a plain pass): query i sees key j iff block(j) <= block(i) (`decode_mask`);
 - `forward_denoise`: one pass over [x_t ; x_0] (`dual_stream_mask`), logits of the x_t half;
+- `forward_pattern`: an explicit [B, 1, S, S] pattern and position ids, applied as given (TraceRL's
+  [prompt ; clean ; noisy] training rows, harness/algorithms/trace_rl.py);
 - `forward_with_cache` / `forward_cached`: the KV cache of finished blocks that SDAR's
   `block_diffusion_generate` keeps (keys after q/k norm and rotary); a cached pass runs the query
   columns only, attending to the cache and themselves, and with `store=True` also returns the cache
@@ -365,6 +367,20 @@ class SDAR(nn.Module):
             return logits
         return logits, BlockKVCache([torch.cat([a, b], 2) for a, b in zip(cache.keys, k)],
                                     [torch.cat([a, b], 2) for a, b in zip(cache.values, v)])
+
+    def forward_pattern(self, input_ids: torch.Tensor, allowed: torch.Tensor, position_ids: torch.Tensor) -> Output:
+        """A forward with an explicit attention pattern `allowed` [B, 1, S, S] bool (True: attend) and
+        position ids [B, S], applied as given (as dLLM-RL's rl_trado.py passes its 4-D mask and
+        position ids to the public file); a query column that sees nothing attends to itself and
+        must not be read."""
+        B, S = input_ids.shape
+        if tuple(allowed.shape) != (B, 1, S, S) or tuple(position_ids.shape) != (B, S):
+            raise HarnessError(f"SDAR forward_pattern: expected allowed [{B}, 1, {S}, {S}] and position_ids "
+                               f"[{B}, {S}], got {tuple(allowed.shape)} and {tuple(position_ids.shape)}")
+        eye = torch.eye(S, dtype=torch.bool, device=allowed.device)
+        allowed = allowed.bool() | (~allowed.bool().any(-1, keepdim=True) & eye)
+        h, _ = self._run(self.model.embed_tokens(input_ids), position_ids, [(None, None, None, allowed)])
+        return Output(self._head(h))
 
     def forward_denoise(self, xt: torch.Tensor, x0: torch.Tensor, attention_mask=None) -> torch.Tensor:
         """Logits [B, T, V] of x_t from one pass over [x_t ; x_0] (block_attention.dual_stream_mask):

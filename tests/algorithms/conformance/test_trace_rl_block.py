@@ -13,6 +13,11 @@ as forward_process does), so equality is a statement about the data construction
     reference's (eval mode, bit for bit);
   * the loss and its gradient on the model's parameters equal forward_process's, off-policy
     (π_old = the reference's old log-probs plus noise) and on-policy (−mean_rows(A·|p_mask|/L1)).
+
+The harness's own SDAR (`sdar` impl native, harness/models/native/sdar.py) loaded from the same
+checkpoint is then put in the real model's place: its `logits_pattern` equals the real model's
+forward under the same pattern and position ids, and its trace_rl log-probs, loss and gradients
+(parameter by parameter, by checkpoint name) equal forward_process's on the real model.
 """
 from __future__ import annotations
 
@@ -57,7 +62,7 @@ def real(tmp_path_factory):
     model, _ = tf5_sdar.load(out, "dllm_rl")
     model.config.fuse_cross_entropy = False  # rl_trado.py L171: train-mode forwards return logits
     tok = transformers.AutoTokenizer.from_pretrained(str(out))
-    return model, tok
+    return model, tok, out
 
 
 class RealSDAR:
@@ -84,7 +89,7 @@ class RealSDAR:
 def _setup(real, shrink, seed):
     from tracerl_reference import TraceRL
 
-    model, tok = real
+    model, tok, _ = real
     g = torch.Generator().manual_seed(seed)
     lengths = [len(tok(r)["input_ids"]) for r in RESPONSES]
     # a rollout's step maps: several tokens may share a step (dynamic decoding commits many at once)
@@ -103,7 +108,7 @@ def _setup(real, shrink, seed):
 
 @pytest.mark.parametrize("shrink, seed", [(1, 0), (2, 1)])
 def test_rows_logprobs_loss_and_gradient_match_rl_trado(real, shrink, seed):
-    model, tok = real
+    model, tok, _ = real
     ref, batch, prompt, completion, cmask, commit, L0, L1 = _setup(real, shrink, seed)
     algo = ALGORITHMS.build("trace_rl", {"block_shrink": shrink})
     den = Meter(RealSDAR(model, tok))
@@ -160,6 +165,69 @@ def test_rows_logprobs_loss_and_gradient_match_rl_trado(real, shrink, seed):
     sizes = torch.tensor([float((rounds[b] == r).sum()) for b, r in keys], dtype=torch.float64)
     torch.testing.assert_close(loss_h.double(), -(a * sizes / L1).mean() + 0 * loss_h.double(), rtol=1e-6, atol=1e-7)
     model.eval()
+
+
+def test_native_sdar_logits_pattern_logprobs_loss_and_gradients_equal_rl_trado(real):
+    from harness.algorithms.trace_rl import training_pattern
+    from harness.registry import MODELS
+
+    model, tok, out = real
+    ref, batch, prompt, completion, cmask, commit, L0, L1 = _setup(real, 1, 3)
+    nat = MODELS.build("sdar", {"path": str(out), "device": "cpu", "dtype": "float32"}).load()
+    assert nat.block_size == 4 and nat.pad_id == tok.pad_token_id and nat.mask_id == tok.mask_token_id
+    algo = ALGORITHMS.build("trace_rl", {})
+    pmask = prompt != tok.pad_token_id
+    model.eval()
+    with torch.no_grad():
+        # the explicit pattern itself: TraceRL's rows, every sequence at its first round's noisy copy
+        noisy = torch.where(torch.arange(L1)[None] >= 1, nat.mask_id, completion)
+        ids = torch.cat([prompt, completion, noisy], 1)
+        allowed, pos = training_pattern(ids, L0, L1, 4, nat.pad_id)
+        got = nat.logits_pattern(ids, allowed, pos)
+        want = model(input_ids=ids, attention_mask=allowed.long(), position_ids=pos).logits
+        real_rows = allowed[:, 0].any(-1)  # [R, N] (columns that see nothing are never read)
+        print(f"native vs dLLM-RL SDAR logits_pattern max|diff| {(got - want)[real_rows].abs().max():.2e}")
+        assert torch.equal(got[real_rows], want[real_rows])
+        pol0 = algo.terms(Meter(nat), prompt, pmask, completion, cmask, generator=None,
+                          draws={"commit_step": commit}, iteration=0, n_iterations=1)
+        old_ref = ref.logp_old(batch)
+    rounds = pol0.draws["round"]
+    keys = sorted({(b, int(rounds[b, k])) for b, k in (rounds >= 0).nonzero().tolist()})
+    assert len(keys) == batch["p_mask"].shape[0]
+    for j, (b, r) in enumerate(keys):
+        own = rounds[b] == r
+        assert torch.equal(batch["p_mask"][j, L0:], own)
+        assert torch.equal(pol0.per_token[b][own], old_ref[j, L0:][own]), (j, b, r)
+    g = torch.Generator().manual_seed(13)
+    old_noisy = old_ref + 0.3 * torch.randn(old_ref.shape, generator=g)
+    old_tok = torch.zeros(completion.shape)
+    for j, (b, r) in enumerate(keys):
+        own = rounds[b] == r
+        old_tok[b, own] = old_noisy[j, L0:][own]
+    olds = Estimate(per_token=old_tok, sequence=old_tok.sum(1), draws=pol0.draws, n=1)
+    hb = {"mask": cmask, "completion_mask": cmask, "group": torch.zeros(3, dtype=torch.long), "n_seq": 3,
+          "n_tok": int(cmask.sum()), "n_groups": 1, "length": L1}
+    nat.module.train()
+    pol = algo.terms(Meter(nat), prompt, pmask, completion, cmask, generator=None, draws=pol0.draws,
+                     iteration=0, n_iterations=1)
+    loss_h, _ = algo.loss(hb, pol, olds, None, torch.tensor(ADV, dtype=torch.float64))
+    loss_r = ref.loss(batch, old_noisy)
+    print(f"native SDAR trace_rl loss {loss_h.item():.8f} rl_trado {loss_r.item():.8f}")
+    torch.testing.assert_close(loss_h.float(), loss_r, rtol=1e-6, atol=1e-7)
+    names = dict(model.named_parameters())
+    mine = [(n, p) for n, p in nat.module.named_parameters() if n in names]
+    assert len(mine) == len(names)  # every parameter of the real model has its namesake here
+    g_h = torch.autograd.grad(loss_h, [p for _, p in mine], allow_unused=True)
+    g_r = torch.autograd.grad(loss_r, [names[n] for n, _ in mine], allow_unused=True)
+    worst = 0.0
+    for (n, p), a, b in zip(mine, g_h, g_r):
+        a = torch.zeros_like(p) if a is None else a
+        b = torch.zeros_like(p) if b is None else b
+        worst = max(worst, float((a - b).abs().max()))
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7, msg=n)
+    print(f"native SDAR vs rl_trado max|grad diff| {worst:.2e}")
+    assert sum(float(p.abs().sum()) for p in g_r if p is not None) > 0
+    nat.module.eval()
 
 
 def test_one_rl_step_on_a_block_model_counts_its_passes():
