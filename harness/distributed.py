@@ -333,3 +333,28 @@ def place(cells: list, studies: dict, world_size: int, quick: bool = False) -> d
     out = {c.id: None for c in cells}
     out.update({c.id: o for c, o in zip(whole, owner)})
     return out
+
+
+class PeerProgress:
+    """Rank 0's view of the other ranks' work on one cell, for its progress bar: the new lines that
+    name the cell in their record files, counted from where the last look stopped (files on the run
+    directory's shared file system; a torn last line waits for the next look)."""
+
+    def __init__(self, run_dir: Path, part: str | None, dist: Dist, cell_id: str):
+        self.paths = [shard_path(run_dir, k, part) for k in range(1, dist.world_size)] if dist.active else []
+        self.offsets = {p: (p.stat().st_size if p.exists() else 0) for p in self.paths}
+        self.needle = ('"cell_id":' + json.dumps(cell_id)).encode()
+
+    def poll(self) -> int:
+        n = 0
+        for p in self.paths:
+            try:
+                with open(p, "rb") as fh:
+                    fh.seek(self.offsets[p])
+                    data = fh.read()
+            except OSError:
+                continue
+            cut = data.rfind(b"\n") + 1
+            self.offsets[p] += cut
+            n += sum(self.needle in line for line in data[:cut].splitlines())
+        return n

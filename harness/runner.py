@@ -426,7 +426,11 @@ class Runner:
         queue = deque(units[b.start:b.stop] for b in plan_batches(lengths, cell.batch_size, cap))
         backoff = Backoff(cap=cell.batch_size)
         failed = 0
-        bar = progress.bar(total=len(units), desc=cell.id, leave=False, disable=not self.progress)
+        # Rank 0's bar counts every rank's units of a split cell (read from their record files).
+        split_cell = owner is None and self.dist.active and self.progress
+        total = sum((cell.id, it.id, r) not in done for r, it in planned) if split_cell else len(units)
+        bar = progress.bar(total=total, desc=cell.id, leave=False, disable=not self.progress)
+        peers = distributed.PeerProgress(self.run_dir, self.part, self.dist, cell.id) if split_cell else None
         while queue:
             batch = queue.popleft()
             if len(batch) > backoff.cap:  # a smaller cap since an out-of-memory error in this cell
@@ -454,7 +458,7 @@ class Runner:
                     rec["oom_backoff"] = {"batch_size": len(batch), "planned_batch_size": cell.batch_size}
                 writer.write(rec)
             writer.sync()
-            bar.update(len(batch))
+            bar.update(len(batch) + (peers.poll() if peers else 0))
             if status == "budget_exceeded":
                 break
             failed += len(batch) if status == "error" else 0
