@@ -307,6 +307,9 @@ class Runner:
             else RecordWriter(self.run_dir)
         self.owner = distributed.place(self.mine, STUDIES, self.dist.world_size, self.quick)
         mine = [c for c in self.mine if self.owner[c.id] in (None, self.dist.rank)]  # cells this rank runs
+        whole = {k: v for k, v in self.owner.items() if v is not None}
+        if self.dist.active and self.part is None:
+            self.manifest.setdefault("distributed", {})["whole_cells"] = whole  # cell -> the rank that ran it
         last_use = {self._model_key(c): i for i, c in enumerate(mine)}
         with writer:
             for cell in progress.bar(self.mine, desc="cells", disable=not self.progress):
@@ -353,6 +356,8 @@ class Runner:
             failures = sum(s["failed_units"] for s in summaries)
             part = manifest.setdefault("parts", {}).setdefault(self.part, {})
             part.update(status="failed" if failures else "complete", finished_at=_now(), cell_status=summaries)
+            if self.dist.active:
+                part["whole_cells"] = {k: v for k, v in self.owner.items() if v is not None}
             if events:
                 manifest.setdefault("oom_backoff", []).extend(events)
             states = cell_states(manifest, distributed.read_all(self.run_dir), running)
