@@ -31,7 +31,7 @@ TORCHRUN = Path(sys.executable).with_name("torchrun")
 
 CELLS = """
 suite: scale-cells
-models: {{tiny: {{name: tiny, params: {{checkpoint: tiny-addition}}}}}}
+models: {{tiny: {{name: tiny, params: {{checkpoint: {ckpt}}}}}}}
 tasks: {{add: {{name: addition, params: {{n_digits: 3}}, split: test, n_items: {items}}}}}
 studies:
   - id: gen
@@ -45,7 +45,7 @@ studies:
 
 RL = """
 suite: scale-rl
-models: {{tiny: {{name: tiny, params: {{checkpoint: tiny-addition}}}}}}
+models: {{tiny: {{name: tiny, params: {{checkpoint: {ckpt}}}}}}}
 tasks: {{add: {{name: addition, params: {{n_digits: 3, n_train: 2000}}, split: test, n_items: 4}}}}
 studies:
   - id: rl
@@ -56,6 +56,24 @@ studies:
     options: {{steps: {steps}, prompts: {prompts}, group_size: 4, mu: 1, eval_every: 0, eval_items: 4,
                checkpoint_every: 100}}
 """
+
+
+def wide_checkpoint(path: Path, width: int) -> Path:
+    """A randomly initialised tiny MDLM shaped like tiny-addition but `width` wide (4 layers, d_ff 4 x
+    width): the shipped 32-wide model is so small that per-pass Python overhead, the same for any
+    batch size, hides what splitting rows over ranks saves; a wider model is compute-bound as real
+    checkpoints are."""
+    import json
+
+    import torch
+
+    from harness.models.tiny import CharTokenizer, TinyConfig, TinyMDLM, resolve_checkpoint, save_checkpoint
+
+    base = json.loads((resolve_checkpoint("tiny-addition") / "config.json").read_text())
+    cfg = TinyConfig(**{**base["model"], "d_model": width, "d_ff": 4 * width, "n_layers": 4, "n_heads": 4})
+    extra = {k: v for k, v in base.items() if k not in ("model", "history")}
+    save_checkpoint(path, TinyMDLM(cfg, generator=torch.Generator().manual_seed(0)).eval(), CharTokenizer(), extra)
+    return path
 
 
 def _env() -> dict:
@@ -111,24 +129,26 @@ def measure(name: str, suite: Path, work: Path, reps: int, shards: bool) -> list
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes, one repetition")
+    ap.add_argument("--width", type=int, default=256, help="d_model of the random tiny model measured (default 256)")
     ap.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)  # SUITE RESULTS [key value ...]
     args = ap.parse_args(argv)
     if args.worker:
         return worker(args.worker[0], args.worker[1], args.worker[2:])
     reps = 1 if args.quick else 2
     cells, items = (8, 16) if args.quick else (16, 32)
-    steps, prompts = (4, 8) if args.quick else (8, 16)
+    steps, prompts = (6, 16) if args.quick else (8, 32)
     rows = []
     with tempfile.TemporaryDirectory(prefix="scale-bench-") as tmp:
         work = Path(tmp)
+        ckpt = wide_checkpoint(work / "wide", args.width)
         s1 = work / "cells.yaml"
-        s1.write_text(CELLS.format(items=items, seeds=list(range(cells))))
+        s1.write_text(CELLS.format(items=items, seeds=list(range(cells)), ckpt=ckpt))
         s2 = work / "rl.yaml"
-        s2.write_text(RL.format(steps=steps, prompts=prompts))
+        s2.write_text(RL.format(steps=steps, prompts=prompts, ckpt=ckpt))
         rows += measure(f"{cells} small generate cells x {items} items", s1, work, reps, shards=True)
         rows += measure(f"1 RL cell, {steps} steps x {prompts} prompts x G 4", s2, work, reps, shards=False)
-    print(f"cores: {os.cpu_count()}; best of {reps}; 'command': whole commands, start-up included; "
-          "'run': inside Runner.run(), the slowest process")
+    print(f"model: random tiny MDLM, d_model {args.width}, 4 layers; cores: {os.cpu_count()}; best of {reps}")
+    print("'command': whole commands, start-up included; 'run': inside Runner.run(), the slowest process")
     print(f"{'measurement':<60} {'command 1p/2p s':>16} {'speed-up':>8} {'run 1p/2p s':>12} {'speed-up':>8}"
           "  load avg (1 min)")
     for name, (c1, r1), (c2, r2), (l0, l1) in rows:
