@@ -128,7 +128,7 @@ def test_concurrent_jobs_and_a_dead_one_resumed(tmp_path, suite, single, capsys)
     assert read_manifest(run_dir)["status"] == "complete" and not list(run_dir.glob("records.*.jsonl"))
 
 
-def test_one_part_at_a_time_and_no_whole_resume_while_parts_run(tmp_path, suite):
+def test_one_part_at_a_time_and_no_whole_resume_while_parts_run(tmp_path, suite, capsys):
     r = Runner(suite, results=tmp_path / "p", progress=False, cells="gen", run_id="x")
     run_dir = r.run()
     assert r.part_status == "complete" and r.manifest["status"] == "incomplete"
@@ -139,6 +139,14 @@ def test_one_part_at_a_time_and_no_whole_resume_while_parts_run(tmp_path, suite)
             Runner(suite, results=tmp_path / "p", progress=False, cells="gen", run_id="x")
         with pytest.raises(HarnessError, match="parts of this run are running"):
             Runner(suite, results=tmp_path / "p", progress=False, resume=run_dir)
+    # status: a part whose lock is held shows its cells running; cells no part has are missing
+    m = read_manifest(run_dir)
+    m["parts"]["other"] = {"cells": ["ll[t_law=iid]"], "status": "running"}
+    (run_dir / "manifest.json").write_text(json.dumps(m))
+    with RunLock(run_dir, "test", part="other"):
+        assert main(["status", str(run_dir)]) == 1
+    rows = {line.split()[0]: line.split()[1] for line in capsys.readouterr().out.splitlines()[1:4]}
+    assert rows == {"gen": "done", "ll[t_law=iid]": "running", "ll[t_law=antithetic]": "missing"}
     # the whole run resumed later runs only the cells no part ran
     whole = Runner(suite, results=tmp_path / "p", progress=False, resume=run_dir)
     whole.run()
