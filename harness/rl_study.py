@@ -75,9 +75,8 @@ def train(runner, cell, model, task, algorithm, writer):
                 and r["status"] == "ok"}
     started = all(f"{START}{it.id}" in recorded for it in loop.test_items)
     if first == 0 and not started:  # the starting checkpoint on the held-out items (greedy, deterministic)
-        before = loop.meters["eval"].cost
-        scores = loop.evaluate(loop.test_items)
-        spent, n = loop.meters["eval"].cost.minus(before), len(scores)
+        scores, spent = loop.evaluate_counted(loop.test_items)  # every rank's share, data-parallel
+        n = len(scores)
         cost = {"nfe": spent.nfe / n, "nfe_full": spent.nfe / n, "nfe_cached": 0, "tokens": spent.tokens / n,
                 "flops": spent.flops / n, "wall_s": spent.wall_s / n, "peak_mem": spent.peak_mem}  # per item
         for it, score in zip(loop.test_items, scores):

@@ -159,7 +159,7 @@ studies:
     model: tiny
     task: add
     algorithm: {{name: diffu_grpo}}
-    options: {{steps: 3, prompts: {prompts}, group_size: 2, mu: 2, eval_every: 2, eval_items: 4, checkpoint_every: 1}}
+    options: {{steps: 2, prompts: {prompts}, group_size: 2, mu: 2, eval_every: 2, eval_items: 4, checkpoint_every: 1}}
 """
 TIMINGS = ("step_wall_s", "forward_s", "backward_s")
 
@@ -186,7 +186,7 @@ def test_rl_data_parallel_matches_one_process(tmp_path, prompts):
     two = _rl_views(read_records(run_dir, latest=False))
     m = read_manifest(run_dir)
     assert m["status"] == "complete" and m["distributed"]["world_size"] == 2
-    assert [v[:2] for v in two] == [v[:2] for v in one] and len(one) == 4 + 3 + 5  # start, steps, units
+    assert [v[:2] for v in two] == [v[:2] for v in one] and len(one) == 4 + 2 + 5  # start, steps, units
     if prompts == 2:
         assert two == one
         return

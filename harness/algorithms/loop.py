@@ -53,7 +53,7 @@ from harness.registry import SAMPLERS
 from harness.seeding import numpy_generator, torch_generator
 from harness.tasks.base import reward
 from harness.text import completion_mask, encode_prompts
-from harness.types import HarnessError
+from harness.types import Cost, HarnessError
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -141,6 +141,15 @@ def _sum_costs(dist, spent: dict, edit: dict) -> dict:
             tokens=edit[k].tokens + sum(p.tokens for p in parts), flops=edit[k].flops + sum(p.flops for p in parts),
             wall_s=max(p.wall_s for p in parts), peak_mem=max(p.peak_mem for p in parts))
     return out
+
+
+def _add(parts: list) -> Cost:
+    """The costs of (scores, cost) pairs from every rank, summed (wall time and peak memory: the most)."""
+    costs = [c for _, c in parts]
+    return Cost(nfe=sum(c.nfe for c in costs), nfe_full=sum(c.nfe_full for c in costs),
+                nfe_cached=sum(c.nfe_cached for c in costs), tokens=sum(c.tokens for c in costs),
+                flops=sum(c.flops for c in costs), wall_s=max(c.wall_s for c in costs),
+                peak_mem=max(c.peak_mem for c in costs))
 
 
 def _detached(terms):
@@ -350,12 +359,27 @@ class RLLoop:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
-    @torch.no_grad()
     def evaluate(self, items) -> list[float]:
         """Greedy held-out scores (one per item), counted on the eval meter only."""
+        return self.evaluate_counted(items)[0]
+
+    @torch.no_grad()
+    def evaluate_counted(self, items) -> tuple[list[float], Cost]:
+        """-> (greedy held-out scores, one per item; the cost of their passes). Data-parallel, each
+        rank decodes its share of the items (padded as the whole batch) and the cost is summed."""
+        before = self.meters["eval"].cost
         prompt, pmask = self.encode(items)
-        gen = self.sample(prompt, pmask, None, meter="eval", sampler=self.eval_sampler)
-        return [reward(self.task, it, t) for it, t in zip(items, gen.text)]
+        lo, hi = 0, len(items)
+        if self.dist is not None and len(items) >= self.dist.world_size:
+            share = _share(len(items), self.dist)
+            lo, hi = share.start, share.stop
+        gen = self.sample(prompt[lo:hi], pmask[lo:hi], None, meter="eval", sampler=self.eval_sampler)
+        scores = [reward(self.task, it, t) for it, t in zip(items[lo:hi], gen.text)]
+        spent = self.meters["eval"].cost.minus(before)
+        if (lo, hi) == (0, len(items)):
+            return scores, spent
+        parts = _all_gather(self.dist, (scores, spent))
+        return [x for p in parts for x in p[0]], _add(parts)
 
     def train_step(self, step: int) -> tuple[dict, dict]:
         """One RL step -> (log, cost of its rollout + likelihood passes as a dict)."""
