@@ -198,3 +198,22 @@ def test_rl_data_parallel_matches_one_process(tmp_path, prompts):
             assert a[3][k] == b[3][k], k
         for k, v in a[3].items():
             assert b[3][k] == pytest.approx(v, rel=1e-4, abs=1e-6), k
+
+
+def test_rank_zero_counts_the_other_ranks_units(tmp_path):
+    from harness.distributed import PeerProgress
+
+    peers = PeerProgress(tmp_path, None, Dist(rank=0, world_size=3), "c[a=1]")
+    assert peers.poll() == 0  # no files yet
+    with ShardWriter(tmp_path, 1) as w:
+        w.write(_rec("c[a=1]", "i0", 0))
+        w.write(_rec("other", "i0", 0))  # another cell's line: not counted
+    with ShardWriter(tmp_path, 2) as w:
+        w.write(_rec("c[a=1]", "i1", 0))
+    assert peers.poll() == 2 and peers.poll() == 0  # counted once
+    line = json.dumps(_rec("c[a=1]", "i2", 0), sort_keys=True, separators=(",", ":"))  # as the writer writes
+    shard_path(tmp_path, 2).write_text(shard_path(tmp_path, 2).read_text() + line[:60])
+    assert peers.poll() == 0  # a torn line waits until it is whole
+    with open(shard_path(tmp_path, 2), "a") as fh:
+        fh.write(line[60:] + "\n")
+    assert peers.poll() == 1
