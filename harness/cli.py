@@ -280,6 +280,8 @@ def cmd_status(args) -> int:
           ", ".join(f"{v} {k}" for k, v in count.items()))
     for name, part in sorted((manifest.get("parts") or {}).items()):
         live = "running" if name in running else part.get("status", "?")
+        if live == "running" and name not in running:
+            live = "stopped without finishing (its process is gone; run it again to finish its cells)"
         print(f"part {name}: {live} ({len(part.get('cells', []))} cells)")
     missing = [s["cell"] for s in states if s["state"] in ("missing", "failed")]
     if missing and not running and not whole:

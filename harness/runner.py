@@ -585,10 +585,10 @@ def _short_tb(exc: Exception) -> str:
 
 
 def _remove_empty_run_dir(run_dir: Path) -> None:
-    """Remove a run directory that holds nothing but its lock file (and a stray manifest .tmp)."""
+    """Remove a run directory that holds nothing but its lock files (and a stray manifest .tmp)."""
     try:
         for p in run_dir.iterdir():
-            if p.name not in (".lock", MANIFEST + ".tmp"):
+            if p.name not in (".lock", MANIFEST + ".tmp") and not p.name.startswith(".lock.part-"):
                 return
         for p in run_dir.iterdir():
             p.unlink()

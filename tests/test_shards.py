@@ -119,6 +119,7 @@ def test_concurrent_jobs_and_a_dead_one_resumed(tmp_path, suite, single, capsys)
     assert main(["status", str(run_dir)]) == 1
     out = capsys.readouterr().out
     assert "gen " in out and "missing" in out.split("gen", 1)[1].splitlines()[0]
+    assert "part shard-0-of-2: stopped without finishing" in out and "part shard-1-of-2: complete" in out
     # the dead job, run again, finishes only what is missing
     again = _job(["run", str(suite), "--results", res, "--run-id", "arr", "--shard", "0/2", "--no-progress"])
     _, err = again.communicate(timeout=120)
