@@ -241,7 +241,8 @@ def cmd_run(args) -> int:
     try:
         run_dir = runner.run()
     except KeyboardInterrupt as exc:  # the hint names this run's directory
-        exc.resume = f"dlm-harness run {args.suite} --resume {runner.run_dir}"
+        part = (f" --shard {args.shard}" if args.shard else "") + (f" --cells '{args.cells}'" if args.cells else "")
+        exc.resume = f"dlm-harness run {args.suite} --resume {runner.run_dir}{part}"
         raise
     status = runner.manifest["status"]
     if runner.part is not None:  # a part succeeds when its own cells are done; `status RUN` shows the rest
