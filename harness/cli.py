@@ -233,16 +233,24 @@ def cmd_run(args) -> int:
     from harness.runner import Runner
 
     runner = Runner(args.suite, results=args.results, resume=args.resume, quick=args.quick,
-                    progress=not args.no_progress, argv=["dlm-harness", *sys.argv[1:]])
+                    progress=not args.no_progress, argv=["dlm-harness", *sys.argv[1:]],
+                    shard=args.shard, cells=args.cells, run_id=args.run_id)
     say = runner.dist.main  # under torchrun only rank 0 prints, so the last stdout line stays the run directory
     if say:
         print(f"run directory: {runner.run_dir}", file=sys.stderr)
     try:
         run_dir = runner.run()
     except KeyboardInterrupt as exc:  # the hint names this run's directory
-        exc.resume = f"dlm-harness run {args.suite} --resume {runner.run_dir}"
+        part = (f" --shard {args.shard}" if args.shard else "") + (f" --cells '{args.cells}'" if args.cells else "")
+        exc.resume = f"dlm-harness run {args.suite} --resume {runner.run_dir}{part}"
         raise
     status = runner.manifest["status"]
+    if runner.part is not None:  # a part succeeds when its own cells are done; `status RUN` shows the rest
+        if say:
+            print(f"part {runner.part}: {runner.part_status}; run: {status}; "
+                  f"what is done, running and missing: dlm-harness status {run_dir}", file=sys.stderr)
+            print(run_dir)
+        return 0 if runner.part_status == "complete" else 1
     if say:
         from harness.report.markdown import results_table
 
@@ -250,6 +258,36 @@ def cmd_run(args) -> int:
         print(f"status: {status}; full report: dlm-harness report {run_dir}", file=sys.stderr)
         print(run_dir)
     return 0 if status == "complete" else 1
+
+
+def cmd_status(args) -> int:
+    """What a run has done, is running and lacks, per cell (read-only: takes no lock)."""
+    from harness import distributed
+    from harness.lock import is_held, running_parts
+    from harness.records import read_manifest
+    from harness.runner import cell_states
+
+    run_dir = Path(args.run_dir)
+    manifest = read_manifest(run_dir)
+    running = running_parts(run_dir)
+    whole = is_held(run_dir)  # a whole run, or a part starting or merging
+    whole_running = whole and not manifest.get("parts")
+    states = cell_states(manifest, distributed.read_all(run_dir, check=True), running, whole_running)
+    rows = [("cell", "state", "units ok", "failed", "planned")]
+    rows += [(s["cell"], s["state"], str(s["ok"]), str(s["failed"]), str(s["planned"])) for s in states]
+    print(_table(rows))
+    count = {k: sum(s["state"] == k for s in states) for k in ("done", "running", "failed", "missing")}
+    print(f"\n{run_dir}: manifest status {manifest.get('status')!r}; cells: " +
+          ", ".join(f"{v} {k}" for k, v in count.items()))
+    for name, part in sorted((manifest.get("parts") or {}).items()):
+        live = "running" if name in running else part.get("status", "?")
+        if live == "running" and name not in running:
+            live = "stopped without finishing (its process is gone; run it again to finish its cells)"
+        print(f"part {name}: {live} ({len(part.get('cells', []))} cells)")
+    missing = [s["cell"] for s in states if s["state"] in ("missing", "failed")]
+    if missing and not running and not whole:
+        print(f"missing: resume with `dlm-harness run SUITE --resume {run_dir}` (or the same --shard/--run-id)")
+    return 0 if all(s["state"] == "done" for s in states) else 1
 
 
 def cmd_report(args) -> int:
@@ -507,8 +545,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run in RUN_DIR")
     s.add_argument("--quick", action="store_true", help="the suite's quick variant (fewer items and replicates)")
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
+    s.add_argument("--shard", metavar="I/N", default=None,
+                   help="run the I-th of N balanced shares of the suite's cells (by planned cost; 0 <= I < N); "
+                        "the N jobs share one run directory: give them the same --run-id")
+    s.add_argument("--cells", metavar="PATTERN[,PATTERN]", default=None,
+                   help="run only the cells whose id matches a shell pattern (e.g. 'gen*,ll-*')")
+    s.add_argument("--run-id", dest="run_id", metavar="ID", default=None,
+                   help="the run directory RESULTS/SUITE/ID: made by the first job (or part) to start, "
+                        "joined by the others (e.g. $SLURM_ARRAY_JOB_ID)")
     _unsafe_flag(s)
     s.set_defaults(fn=cmd_run)
+
+    s = sub.add_parser("status", help="what a run has done, is running and lacks, per cell",
+                       description="Per cell of a run directory: done, running, failed or missing, with unit counts; "
+                                   "exit 0 only when every cell is done.")
+    s.add_argument("run_dir", metavar="RUN_DIR", help="a run directory")
+    s.set_defaults(fn=cmd_status)
 
     s = sub.add_parser("report", help="write a report from run directories",
                        description="Write index.md and index.html under reports/<suite>/ (runs of one suite combined).")

@@ -1,8 +1,10 @@
 """Progress on stderr: a tqdm bar on a terminal, plain lines elsewhere (CI logs, files, pipes).
 
 A bar redrawn with carriage returns turns a log file into one unreadable line, so when stderr is
-not a terminal the same calls print `desc: k/n (p%) elapsed` lines, at most one every `every`
-seconds plus the last one.
+not a terminal the same calls print `desc: k/n (p%) elapsed, eta left [postfix]` lines, at most
+one every `every` seconds plus the last one. The time left is the mean time per unit so far times
+the units left (tqdm's estimate too). Under torchrun only rank 0 draws bars; the runner feeds them
+every rank's units (read from the other ranks' record files), so they count the whole job's work.
 """
 from __future__ import annotations
 
@@ -23,12 +25,19 @@ class PlainProgress:
         self.t0 = self._last = time.monotonic()
         self._closed = False
         self._printed = -1
+        self.postfix = ""
 
     def _line(self) -> None:
         self._printed = self.n
         elapsed = time.monotonic() - self.t0
         of = f"/{self.total} ({100 * self.n / self.total:.0f}%)" if self.total else ""
-        print(f"{self.desc}: {self.n}{of} {elapsed:.0f}s", file=self.stream, flush=True)
+        eta = f", eta {elapsed / self.n * (self.total - self.n):.0f}s" if self.total and self.n else ""
+        post = f" {self.postfix}" if self.postfix else ""
+        print(f"{self.desc}: {self.n}{of} {elapsed:.0f}s{eta}{post}", file=self.stream, flush=True)
+
+    def set_postfix(self, **values) -> None:
+        """Shown after the counts (tqdm's set_postfix): e.g. the last RL step's mean reward."""
+        self.postfix = ", ".join(f"{k}={v}" for k, v in values.items())
 
     def update(self, n: int = 1) -> None:
         self.n += n

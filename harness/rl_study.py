@@ -19,6 +19,11 @@ spent, over every resume): the step that takes it past a limit is recorded with 
 whose log holds NaN or infinity stops training with NonFiniteError (the cell's units fail); NaN in
 `kl` / `clip_frac` only means the algorithm has none, and is recorded as null. `verify` checks on
 resume that the step records a checkpoint (or a finished cell) implies are all in records.jsonl.
+
+Under torchrun a cell the runner does not place on one rank trains data-parallel on every rank
+(harness/algorithms/loop.py): every rank computes the same steps and costs, rank 0 alone writes
+the step records and the checkpoint. On a terminal, a progress bar counts the steps and shows the
+last step's mean reward and the time left.
 """
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ import dataclasses
 import math
 import re
 
+from harness import progress
 from harness.algorithms.loop import LoopOptions, RLLoop
 from harness.budget import NonFiniteError
 from harness.seeding import derive_seed
@@ -54,7 +60,11 @@ def train(runner, cell, model, task, algorithm, writer):
 
     test = task.items("test")
     n_eval = min(opts.eval_items, cell.task.n_items or opts.eval_items)  # never more than the cell's units
-    loop = RLLoop(copy.deepcopy(model), algorithm, task, opts, seed, task.items("train"), test[:n_eval])
+    dist = getattr(runner, "dist", None)
+    parallel = dist is not None and dist.active and getattr(runner, "owner", {}).get(cell.id) is None
+    loop = RLLoop(copy.deepcopy(model), algorithm, task, opts, seed, task.items("train"), test[:n_eval],
+                  dist=dist if parallel else None)
+    main = not parallel or dist.main  # the one rank that writes records and checkpoints
     ckpt = checkpoint_dir(runner, cell)
     ledger = getattr(runner, "ledgers", {}).get(cell.id)
     first = loop.resume(ckpt)
@@ -65,25 +75,30 @@ def train(runner, cell, model, task, algorithm, writer):
                 and r["status"] == "ok"}
     started = all(f"{START}{it.id}" in recorded for it in loop.test_items)
     if first == 0 and not started:  # the starting checkpoint on the held-out items (greedy, deterministic)
-        before = loop.meters["eval"].cost
-        scores = loop.evaluate(loop.test_items)
-        spent, n = loop.meters["eval"].cost.minus(before), len(scores)
+        scores, spent = loop.evaluate_counted(loop.test_items)  # every rank's share, data-parallel
+        n = len(scores)
         cost = {"nfe": spent.nfe / n, "nfe_full": spent.nfe / n, "nfe_cached": 0, "tokens": spent.tokens / n,
                 "flops": spent.flops / n, "wall_s": spent.wall_s / n, "peak_mem": spent.peak_mem}  # per item
         for it, score in zip(loop.test_items, scores):
             item = Item(id=f"{START}{it.id}", prompt=it.prompt, reference=it.reference)  # not a unit's id
             rec = runner.record(cell, algorithm, task, item, 0, {"outcome": {"metric": "start_accuracy",
                                  "value": float(score)}}, cost, "ok", None)
-            writer.write({**rec, "study": f"{cell.study}.start"})
+            if main:
+                writer.write({**rec, "study": f"{cell.study}.start"})
             if ledger is not None:
                 ledger.add(cost)
-        writer.sync()
+        if main:
+            writer.sync()
+    bar = progress.bar(total=steps - first, desc=f"{cell.id} steps", leave=False,
+                       disable=not (getattr(runner, "progress", False) and main))
     for step in range(first, steps):
         log, cost = loop.train_step(step)
         log = _strict_log(log, step + 1)
+        bar.set_postfix(reward=f"{log['reward_mean']:.3f}")
+        bar.update(1)
         last = step + 1 == steps
         if f"step-{step + 1:04d}" in recorded:  # retrained after a lost checkpoint: on record (and in the ledger)
-            if (step + 1) % opts.checkpoint_every == 0 or last:
+            if main and ((step + 1) % opts.checkpoint_every == 0 or last):
                 loop.save(ckpt, step + 1)
             continue
         if opts.eval_every and ((step + 1) % opts.eval_every == 0 or last):
@@ -97,12 +112,15 @@ def train(runner, cell, model, task, algorithm, writer):
         rec = runner.record(cell, algorithm, task, item, 0, {"outcome": {"metric": "train_reward",
                              "value": log["reward_mean"]}, "estimate": log}, cost,
                              "ok" if over is None else "budget_exceeded", None if over is None else str(over))
-        writer.write({**rec, "study": f"{cell.study}.steps"})
-        writer.sync()
+        if main:
+            writer.write({**rec, "study": f"{cell.study}.steps"})
+            writer.sync()
         if over is not None:
+            bar.close()
             raise over
-        if (step + 1) % opts.checkpoint_every == 0 or last:
+        if main and ((step + 1) % opts.checkpoint_every == 0 or last):
             loop.save(ckpt, step + 1)
+    bar.close()
     return loop.policy
 
 

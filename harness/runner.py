@@ -19,6 +19,7 @@ suite is planned and the manifest assembled, and a run that fails is marked `fai
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import sys
@@ -30,8 +31,8 @@ from harness import distributed, progress, provenance, validate
 from harness.batching import Backoff, free_memory, is_oom, logits_capped, plan_batches, reset_peak, split, unit_length
 from harness.budget import Ledger, Meter, NonFiniteError
 from harness.config import Cell, cell_to_dict, load_suite, plan
-from harness.lock import RunLock
-from harness.paths import guarded
+from harness.lock import RunLock, running_parts
+from harness.paths import guarded, safe_name
 from harness.records import (
     MANIFEST,
     SCHEMA_VERSION,
@@ -50,6 +51,8 @@ from harness.studies import STUDIES, Batch, StudyKind
 from harness.tasks.base import item_hash
 from harness.tasks.sandbox import preflight
 from harness.types import Budget, BudgetExceeded, Cost, HarnessError
+
+PART_WAIT_S = 1800.0  # how long a part waits for the run's lock (held by other parts only to start and merge)
 
 
 def new_run_id(sha256: str) -> str:
@@ -72,11 +75,17 @@ def _spent(records: list[dict]) -> Cost:
 
 class Runner:
     def __init__(self, suite_path: str | Path, results: str | Path = "results", resume: str | Path | None = None,
-                 quick: bool = False, progress: bool = True, argv: list[str] | None = None):
+                 quick: bool = False, progress: bool = True, argv: list[str] | None = None,
+                 shard: str | tuple[int, int] | None = None, cells: str | None = None, run_id: str | None = None):
         self.suite = load_suite(suite_path)
         self.cells = plan(self.suite, quick=quick)  # every error surfaces here, before compute
-        # Generated code runs only in a sandbox with namespaces unless --allow-unsafe-code: refused here.
-        self.sandbox = preflight(any(getattr(TASKS.get(c.task.name), "runs_code", False) for c in self.cells))
+        # A part of the run (--shard, --cells) runs some cells; the run's order and manifest cover all.
+        if isinstance(shard, str):
+            shard = distributed.parse_shard(shard)
+        self.mine = distributed.select(self.cells, STUDIES, shard, cells, quick)
+        self.part = distributed.part_name(shard, cells)
+        self.part_lock: RunLock | None = None
+        self.sandbox = preflight(any(getattr(TASKS.get(c.task.name), "runs_code", False) for c in self.mine))
         for key, m in self.suite.models.items():  # the devices asked for exist on this machine
             if isinstance(m.params.get("device"), str):
                 validate.device(m.params["device"], f"{self.suite.path}.models.{key}.params.device")
@@ -88,33 +97,40 @@ class Runner:
         self.ledgers: dict[str, Ledger] = {}  # cell id -> what it has spent (all records, this run included)
         self.lock: RunLock | None = None
         command = " ".join(argv or sys.argv)
-        if resume is not None:
-            self.run_dir = Path(resume)
+        if run_id is not None and resume is not None:
+            raise HarnessError("--run-id and --resume both name the run directory; give one of them")
+        target = Path(resume) if resume is not None else None
+        if run_id is not None:
+            target = Path(results) / self.suite.suite / safe_name(run_id, "--run-id", "a run id")
+        joining = resume is not None or (target is not None and (target / MANIFEST).is_file())
+        if self.part is not None:
+            if self.dist.main:
+                self._start_part(target, results, argv, command, must_exist=resume is not None)
+            self.run_dir, self.manifest = distributed.broadcast(self.dist, (self.run_dir if self.dist.main else None,
+                                                                            getattr(self, "manifest", None)))
+            return
+        if joining:
+            self.run_dir = target
             if self.dist.main:  # one writer per run directory; the lock is held until run() ends
                 self.lock = RunLock(self.run_dir, command).acquire()
+                running = running_parts(self.run_dir)
+                if running:
+                    self.close()
+                    raise HarnessError(f"{self.run_dir}: parts of this run are running ({', '.join(running)}); "
+                                       "resume the whole run once they have ended, or run the missing cells as "
+                                       "parts (--shard / --cells)")
             try:
-                manifest = read_manifest(self.run_dir)
+                manifest = self._joined_manifest(suite_path, quick)
                 # Every record is checked before anything is written: a malformed line is an error
                 # naming it, and the manifest (a complete run stays complete) is left as it was.
                 self._every = distributed.read_all(self.run_dir, check=True)
             except HarnessError:
                 self.close()
                 raise
-            if manifest.get("suite_sha256") != self.suite.sha256:
-                self.close()
-                raise HarnessError(
-                    f"{self.run_dir}: made from a different version of {suite_path} "
-                    f"(sha256 {manifest.get('suite_sha256', '?')[:12]} vs {self.suite.sha256[:12]}); "
-                    "start a new run instead of resuming"
-                )
-            if bool(manifest.get("quick")) != quick:
-                self.close()
-                raise HarnessError(
-                    f"{self.run_dir}: was run with quick={manifest.get('quick')}; resume it the same way")
             self.manifest = manifest
             self.manifest.setdefault("resumed_at", []).append(_now())
         elif self.dist.main:
-            run_id = new_run_id(self.suite.sha256)
+            run_id = target.name if target is not None else new_run_id(self.suite.sha256)
             self.manifest = self._new_manifest(run_id, argv)  # checks every model and task: no empty run dirs
             self.run_dir = Path(results) / self.suite.suite / run_id
             with guarded("make the run directory", self.run_dir):
@@ -132,12 +148,57 @@ class Runner:
                 write_json_atomic(self.run_dir / MANIFEST, self.manifest)
             except HarnessError:
                 self.close()
-                if resume is None:  # nothing was run: leave no run directory without a manifest behind
+                if not joining:  # nothing was run: leave no run directory without a manifest behind
                     _remove_empty_run_dir(self.run_dir)
                 raise
-        if resume is None:  # the run directory rank 0 made, on every rank
+        if not joining:  # the run directory rank 0 made, on every rank
             self.run_dir, self.manifest = distributed.broadcast(self.dist, (getattr(self, "run_dir", None),
                                                                             getattr(self, "manifest", None)))
+
+    def _joined_manifest(self, suite_path, quick: bool) -> dict:
+        """The manifest of an existing run directory, checked to be this suite's, run the same way."""
+        manifest = read_manifest(self.run_dir)
+        if manifest.get("suite_sha256") != self.suite.sha256:
+            raise HarnessError(
+                f"{self.run_dir}: made from a different version of {suite_path} "
+                f"(sha256 {manifest.get('suite_sha256', '?')[:12]} vs {self.suite.sha256[:12]}); "
+                "start a new run instead of resuming")
+        if bool(manifest.get("quick")) != quick:
+            raise HarnessError(f"{self.run_dir}: was run with quick={manifest.get('quick')}; resume it the same way")
+        return manifest
+
+    def _start_part(self, target: Path | None, results, argv, command: str, must_exist: bool) -> None:
+        """Rank 0 of a part: make or join the run directory under the run's lock (held until every
+        rank has read the records, in _run), take the part's own lock, note the part in the manifest."""
+        fresh = target is None
+        if fresh:
+            target = Path(results) / self.suite.suite / new_run_id(self.suite.sha256)
+        self.run_dir = target
+        if must_exist and not (target / MANIFEST).is_file():
+            raise HarnessError(f"{target}: no {MANIFEST}; expected a run directory made by `dlm-harness run`")
+        manifest = None if (target / MANIFEST).is_file() else self._new_manifest(target.name, argv)
+        with guarded("make the run directory", target):
+            target.mkdir(parents=True, exist_ok=True)
+        self.lock = RunLock(target, command, wait=PART_WAIT_S).acquire()
+        try:
+            self.part_lock = RunLock(target, command, part=self.part).acquire()
+            if (target / MANIFEST).is_file():  # made by another part meanwhile, or joined
+                manifest = self._joined_manifest(self.suite.path, self.quick)
+            self._every = distributed.read_all(target, check=True)
+            manifest.setdefault("planned_units", {c.id: distributed.planned_units(c, STUDIES[c.kind])
+                                                  for c in self.cells})
+            manifest.setdefault("parts", {})[self.part] = {
+                "cells": [c.id for c in self.mine], "status": "running", "started_at": _now(),
+                "command": argv or sys.argv, "world_size": self.dist.world_size, "backend": self.dist.backend}
+            manifest["status"] = "running"
+            manifest.pop("error", None)
+            self.manifest = manifest
+            write_json_atomic(target / MANIFEST, manifest)
+        except BaseException:
+            self.close()
+            if fresh:
+                _remove_empty_run_dir(target)
+            raise
 
     def _new_manifest(self, run_id: str, argv) -> dict:
         models = {c.model.name + ":" + _short(c.model.params): c.model for c in self.cells}
@@ -148,6 +209,7 @@ class Runner:
             "metrics": self.suite.metrics,
             "command": argv or sys.argv, "started_at": _now(), "status": "running",
             "cells": [cell_to_dict(c) for c in self.cells], "sandbox": self.sandbox,
+            "planned_units": {c.id: distributed.planned_units(c, STUDIES[c.kind]) for c in self.cells},
             "seeds": sorted({c.seed for c in self.cells}),
             "models": {k: {"name": m.name, "params": m.params,
                            **self._checked(lambda m=m: MODELS.build(m.name, m.params).provenance(), "models", m)}
@@ -171,16 +233,22 @@ class Runner:
             raise HarnessError(f"{self.suite.path}.{table}.{key}: cannot read {exc.filename or ''} "
                                f"({exc.strerror or exc})") from None
 
+    @staticmethod
+    def _model_key(cell: Cell) -> tuple:
+        return (cell.model.name, repr(sorted(cell.model.params.items())))
+
     def model(self, cell: Cell):
-        key = (cell.model.name, repr(sorted(cell.model.params.items())))
+        key = self._model_key(cell)
         if key not in self._models:
             self._models[key] = MODELS.build(cell.model.name, cell.model.params).load()
         return self._models[key]
 
     def close(self) -> None:
-        """Release the run directory's lock (run() does this when it ends)."""
+        """Release the run directory's locks (run() does this when it ends)."""
         if self.lock is not None:
             self.lock.release()
+        if self.part_lock is not None:
+            self.part_lock.release()
 
     def run(self) -> Path:
         try:
@@ -200,6 +268,9 @@ class Runner:
         disk it may not: the error that stopped the run is what the user sees either way)."""
         if not self.dist.main:
             return
+        if self.part is not None:  # a part marks itself only: the other parts may still be running
+            self._mark_part(status, error)
+            return
         self.manifest.update(status=status, finished_at=_now(), error=error)
         try:
             write_json_atomic(self.run_dir / MANIFEST, self.manifest)
@@ -207,19 +278,41 @@ class Runner:
             if not rewrite_in_place(self.run_dir / MANIFEST, self.manifest):
                 print(f"note: could not mark {self.run_dir / MANIFEST} {status}: {exc}", file=sys.stderr)
 
+    def _mark_part(self, status: str, error: str) -> None:
+        try:
+            held = self.lock is not None and self.lock.held
+            with contextlib.nullcontext() if held else RunLock(self.run_dir, "", wait=60.0):
+                manifest = read_manifest(self.run_dir)
+                manifest.setdefault("parts", {}).setdefault(self.part, {}).update(
+                    status=status, finished_at=_now(), error=error)
+                write_json_atomic(self.run_dir / MANIFEST, manifest)
+                self.manifest = manifest
+        except HarnessError as exc:
+            print(f"note: could not mark part {self.part} of {self.run_dir} {status}: {exc}", file=sys.stderr)
+
     def _run(self) -> Path:
         every = getattr(self, "_every", None)  # read (and checked) at resume
         if every is None:
             every = distributed.read_all(self.run_dir, check=True)  # records.jsonl and rank shards, every line
         existing = dedupe(every)
         distributed.barrier(self.dist)  # every rank has read before any rank writes
+        if self.part is not None and self.lock is not None:
+            self.lock.release()  # a part holds the run's lock only to start and to merge; its own lock stays
+            self.lock = None
         done = {unit_key(r) for r in existing if r["status"] == "ok"}
         self.existing = existing
         summaries = []
-        writer = distributed.ShardWriter(self.run_dir, self.dist.rank) if self.dist.active \
+        rank = self.dist.rank if self.dist.active else None
+        writer = distributed.ShardWriter(self.run_dir, rank, self.part) if rank is not None or self.part \
             else RecordWriter(self.run_dir)
+        self.owner = distributed.place(self.mine, STUDIES, self.dist.world_size, self.quick)
+        mine = [c for c in self.mine if self.owner[c.id] in (None, self.dist.rank)]  # cells this rank runs
+        whole = {k: v for k, v in self.owner.items() if v is not None}
+        if self.dist.active and self.part is None:
+            self.manifest.setdefault("distributed", {})["whole_cells"] = whole  # cell -> the rank that ran it
+        last_use = {self._model_key(c): i for i, c in enumerate(mine)}
         with writer:
-            for cell in progress.bar(self.cells, desc="cells", disable=not self.progress):
+            for cell in progress.bar(self.mine, desc="cells", disable=not self.progress):
                 # The ledger: every line ever written for the cell (stopped and failed units too)
                 # counts against its budget.
                 self.ledgers[cell.id] = Ledger(cell.budget, [r for r in every if r["cell_id"] == cell.id])
@@ -228,8 +321,12 @@ class Runner:
                     continue  # stopped by its budget: done, never re-spent
                 status, n_failed = self._run_cell(cell, done, self.ledgers[cell.id].as_cost(), writer)
                 summaries.append({"cell": cell.id, "status": status, "failed_units": n_failed})
+                if cell in mine and last_use[self._model_key(cell)] == mine.index(cell):
+                    self._models.pop(self._model_key(cell), None)  # no later cell of this rank needs it
         per_rank = distributed.gather(self.dist, (summaries, self.backoff_events))  # also a barrier
-        if self.dist.main:
+        if self.dist.main and self.part is not None:
+            self._end_part(_combine([s for s, _ in per_rank]), [e for _, ev in per_rank for e in ev])
+        elif self.dist.main:
             if distributed.shard_paths(self.run_dir):
                 distributed.merge(self.run_dir, self._canonical_order())
             summaries = _combine([s for s, _ in per_rank])
@@ -241,9 +338,43 @@ class Runner:
             self.manifest.update(status="failed" if failures else "complete", finished_at=_now(),
                                  cell_status=summaries)
             write_json_atomic(self.run_dir / MANIFEST, self.manifest)
-        self.manifest = distributed.broadcast(self.dist, self.manifest)
+        self.manifest, self.part_status = distributed.broadcast(
+            self.dist, (self.manifest, getattr(self, "part_status", None)))
         distributed.close(self.dist)
         return self.run_dir
+
+    def _end_part(self, summaries: list[dict], events: list[dict]) -> None:
+        """Rank 0 of a part, at its end, under the run's lock: merge every part no longer running
+        (this one, and any whose process died) into records.jsonl; note the part's status, and the
+        run's: complete or failed once every cell is done and no part runs, else running or incomplete."""
+        lock = RunLock(self.run_dir, self.part_lock.command if self.part_lock else "", wait=PART_WAIT_S).acquire()
+        try:
+            running = running_parts(self.run_dir, mine=self.part)
+            free = {distributed.part_of(p) for p in distributed.shard_paths(self.run_dir)} - set(running)
+            distributed.merge(self.run_dir, self._canonical_order(), parts=free)
+            manifest = read_manifest(self.run_dir)  # other parts may have written it since this one started
+            failures = sum(s["failed_units"] for s in summaries)
+            part = manifest.setdefault("parts", {}).setdefault(self.part, {})
+            part.update(status="failed" if failures else "complete", finished_at=_now(), cell_status=summaries)
+            if self.dist.active:
+                part["whole_cells"] = {k: v for k, v in self.owner.items() if v is not None}
+            if events:
+                manifest.setdefault("oom_backoff", []).extend(events)
+            states = cell_states(manifest, distributed.read_all(self.run_dir), running)
+            if running:
+                manifest["status"] = "running"
+            elif all(s["state"] in ("done", "failed") for s in states):
+                manifest["status"] = "failed" if any(s["state"] == "failed" for s in states) else "complete"
+                manifest["finished_at"] = _now()
+            else:
+                manifest["status"] = "incomplete"  # a part died or was never started: run the missing cells
+            manifest["cell_status"] = [{"cell": s["cell"], "status": s["state"], "failed_units": s["failed"]}
+                                       for s in states]
+            write_json_atomic(self.run_dir / MANIFEST, manifest)
+            self.manifest = manifest
+            self.part_status = part["status"]
+        finally:
+            lock.release()
 
     def _canonical_order(self) -> dict:
         """Unit key -> its position in a single-process run's records (the merge order); a cell's
@@ -262,13 +393,19 @@ class Runner:
         component = REGISTRIES[cell.component_kind].build(cell.component.name, cell.component.params)
         study = STUDIES[cell.kind]
         planned = _units(cell, items, study, set())  # the single-process order; this rank's slice of it
-        # A cell that trains first (rl) runs whole on rank 0: one policy, one checkpoint, one set of step records.
-        mine = distributed.my_slice(len(planned), self.dist) if study.train is None \
-            else range(len(planned) if self.dist.main else 0)
+        owner = getattr(self, "owner", {}).get(cell.id)
+        # A cell placed on one rank runs whole there; else its units are sliced over the ranks (an rl
+        # cell trains data-parallel on every rank, then each rank evaluates its slice).
+        mine = distributed.my_slice(len(planned), self.dist) if owner is None \
+            else range(len(planned) if owner == self.dist.rank else 0)
         units = [u for u in (planned[i] for i in mine) if (cell.id, u[1].id, u[0]) not in done]
-        if getattr(study, "verify", None) is not None and self.dist.main:
+        if getattr(study, "verify", None) is not None and (self.dist.main if owner is None else bool(mine)):
             study.verify(self, cell)  # the records a finished (or checkpointed) cell implies are all there
-        if not units:
+        if study.train is not None and owner is None and self.dist.active:
+            # data-parallel training: every rank trains while any rank has held-out units left
+            if not any(distributed.gather(self.dist, bool(units))):
+                return "complete", 0
+        elif not units:
             return "complete", 0
         model = self.model(cell)
         if study.train is not None:  # an rl cell trains a copy of the model first (resumably)
@@ -286,7 +423,7 @@ class Runner:
                 writer.sync()
                 return "failed", len(units)
             spent = self.ledgers[cell.id].as_cost()  # the training steps count against the cell's budget
-        ranks = self.dist.world_size if study.train is None else 1  # how many ranks share the cell's budget
+        ranks = self.dist.world_size if owner is None else 1  # how many ranks share the cell's budget
         meter = Meter(model, distributed.share_budget(_remaining(cell.budget, spent), ranks))
         lengths = [unit_length(model, it.prompt, task.gen_length) for _, it in units] \
             if cell.max_tokens else [0] * len(units)
@@ -294,7 +431,11 @@ class Runner:
         queue = deque(units[b.start:b.stop] for b in plan_batches(lengths, cell.batch_size, cap))
         backoff = Backoff(cap=cell.batch_size)
         failed = 0
-        bar = progress.bar(total=len(units), desc=cell.id, leave=False, disable=not self.progress)
+        # Rank 0's bar counts every rank's units of a split cell (read from their record files).
+        split_cell = owner is None and self.dist.active and self.progress
+        total = sum((cell.id, it.id, r) not in done for r, it in planned) if split_cell else len(units)
+        bar = progress.bar(total=total, desc=cell.id, leave=False, disable=not self.progress)
+        peers = distributed.PeerProgress(self.run_dir, self.part, self.dist, cell.id) if split_cell else None
         while queue:
             batch = queue.popleft()
             if len(batch) > backoff.cap:  # a smaller cap since an out-of-memory error in this cell
@@ -322,7 +463,7 @@ class Runner:
                     rec["oom_backoff"] = {"batch_size": len(batch), "planned_batch_size": cell.batch_size}
                 writer.write(rec)
             writer.sync()
-            bar.update(len(batch))
+            bar.update(len(batch) + (peers.poll() if peers else 0))
             if status == "budget_exceeded":
                 break
             failed += len(batch) if status == "error" else 0
@@ -375,6 +516,37 @@ class Runner:
             sandbox=self.sandbox if getattr(task, "runs_code", False) else None)
 
 
+def cell_states(manifest: dict, records: list[dict], running: list[str], whole_running: bool = False) -> list[dict]:
+    """Per planned cell of a run: its state (done: every planned unit ok, or stopped by its budget;
+    running: a running part (or the running whole run) has it; failed: every unit recorded, some
+    not ok; missing: neither), with counts of units ok, failed and planned."""
+    latest = dedupe(records)
+    parts = manifest.get("parts") or {}
+    busy = {c for p in running for c in (parts.get(p) or {}).get("cells", [])}
+    planned = manifest.get("planned_units") or {}
+    out = []
+    for c in manifest.get("cells", []):
+        units = [r for r in latest if r.get("cell_id") == c["id"] and r.get("study") == c["study"]]
+        n_ok = sum(r["status"] == "ok" for r in units)
+        n_bad = sum(r["status"] not in ("ok", "budget_exceeded") for r in units)
+        stopped = any(r.get("cell_id") == c["id"] and r["status"] == "budget_exceeded" for r in latest)
+        study = STUDIES.get(c["kind"])
+        n = planned.get(c["id"])
+        if n is None:  # a manifest from before planned_units was recorded
+            per = 1 if study is None or study.inner_replicates or study.train is not None else c["replicates"]
+            n = (c["task"].get("n_items") or 0) * per
+        if stopped or (n and n_ok >= n):
+            state = "done"
+        elif whole_running or c["id"] in busy:
+            state = "running"
+        elif n and n_ok + n_bad >= n:
+            state = "failed"
+        else:
+            state = "missing"
+        out.append({"cell": c["id"], "state": state, "ok": n_ok, "failed": n_bad, "planned": n})
+    return out
+
+
 def _units(cell: Cell, items: list, study: StudyKind, done: set) -> list[tuple]:
     """The (replicate, item) units still to run, in execution order. Values never depend on the
     order (one generator per unit); the order only decides which units share a batch."""
@@ -417,10 +589,10 @@ def _short_tb(exc: Exception) -> str:
 
 
 def _remove_empty_run_dir(run_dir: Path) -> None:
-    """Remove a run directory that holds nothing but its lock file (and a stray manifest .tmp)."""
+    """Remove a run directory that holds nothing but its lock files (and a stray manifest .tmp)."""
     try:
         for p in run_dir.iterdir():
-            if p.name not in (".lock", MANIFEST + ".tmp"):
+            if p.name not in (".lock", MANIFEST + ".tmp") and not p.name.startswith(".lock.part-"):
                 return
         for p in run_dir.iterdir():
             p.unlink()

@@ -125,6 +125,9 @@ def test_two_gloo_ranks_merge_into_the_single_process_records(tmp_path, dist_sui
     assert m["distributed"]["world_size"] == 2 and m["distributed"]["backend"] == "gloo"
     assert [r["rank"] for r in m["distributed"]["ranks"]] == [0, 1]
     assert all(r["device"] == "cpu" for r in m["distributed"]["ranks"])
+    # gen (14 units, batch 3) is split over both ranks; each small likelihood cell (7 units, batch 4) runs
+    # whole on its own rank
+    assert sorted(m["distributed"]["whole_cells"].values()) == [0, 1] and "gen" not in m["distributed"]["whole_cells"]
 
 
 @pytest.mark.slow
@@ -144,3 +147,73 @@ def test_a_killed_rank_resumes_from_its_shard(tmp_path, dist_suite):
     assert (run_dir / "records.torn").exists()
     m = read_manifest(run_dir)
     assert m["status"] == "complete" and len(m["resumed_at"]) == 1 and not list(run_dir.glob("records.rank*"))
+
+
+RL_SUITE = """
+suite: rl-dp
+models: {{tiny: {{name: tiny, params: {{checkpoint: tiny-addition}}}}}}
+tasks: {{add: {{name: addition, params: {{n_digits: 3, n_train: 500}}, split: test, n_items: 5}}}}
+studies:
+  - id: rl
+    kind: rl
+    model: tiny
+    task: add
+    algorithm: {{name: diffu_grpo}}
+    options: {{steps: 2, prompts: {prompts}, group_size: 2, mu: 2, eval_every: 2, eval_items: 4, checkpoint_every: 1}}
+"""
+TIMINGS = ("step_wall_s", "forward_s", "backward_s")
+
+
+def _rl_views(records):
+    """(cell, item, outcome, step log without timings, cost without timings) per record, in file order."""
+    return [(r["cell_id"], r["item_id"], r["outcome"], {k: v for k, v in (r["estimate"] or {}).items()
+                                                        if k not in TIMINGS},
+             {k: v for k, v in r["cost"].items() if k not in ("wall_s", "peak_mem")}) for r in records]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("prompts", [2, 4])
+def test_rl_data_parallel_matches_one_process(tmp_path, prompts):
+    """diffu_grpo's micro-batch is one group: prompts=2 gives one micro-batch per rank per pass, so
+    the all-reduced gradient is a + b, exactly one process's running sum: bit-identical records.
+    prompts=4 gives two per rank: (a + b) + (c + d) instead of ((a + b) + c) + d, equal to rounding:
+    the first step's log (computed before any update), every reward and cost still bit-identical."""
+    path = write_suite(tmp_path, RL_SUITE.format(prompts=prompts), "rl.yaml")
+    one = _rl_views(read_records(Runner(path, results=tmp_path / "one", progress=False).run(), latest=False))
+    out = torchrun(["run", str(path), "--results", str(tmp_path / "two"), "--no-progress"])
+    assert out.returncode == 0, out.stderr[-6000:]
+    run_dir = Path(out.stdout.strip().splitlines()[-1])
+    two = _rl_views(read_records(run_dir, latest=False))
+    m = read_manifest(run_dir)
+    assert m["status"] == "complete" and m["distributed"]["world_size"] == 2
+    assert [v[:2] for v in two] == [v[:2] for v in one] and len(one) == 4 + 2 + 5  # start, steps, units
+    if prompts == 2:
+        assert two == one
+        return
+    steps = [(a, b) for a, b in zip(one, two) if a[1].startswith("step-")]
+    assert steps[0][0] == steps[0][1]
+    for a, b in steps:
+        assert a[4] == b[4]  # NFE, tokens, FLOPs summed over ranks: the one-process count
+        for k in ("reward_mean", "reward_std", "zero_spread_frac", "completion_len", "cum_nfe"):
+            assert a[3][k] == b[3][k], k
+        for k, v in a[3].items():
+            assert b[3][k] == pytest.approx(v, rel=1e-4, abs=1e-6), k
+
+
+def test_rank_zero_counts_the_other_ranks_units(tmp_path):
+    from harness.distributed import PeerProgress
+
+    peers = PeerProgress(tmp_path, None, Dist(rank=0, world_size=3), "c[a=1]")
+    assert peers.poll() == 0  # no files yet
+    with ShardWriter(tmp_path, 1) as w:
+        w.write(_rec("c[a=1]", "i0", 0))
+        w.write(_rec("other", "i0", 0))  # another cell's line: not counted
+    with ShardWriter(tmp_path, 2) as w:
+        w.write(_rec("c[a=1]", "i1", 0))
+    assert peers.poll() == 2 and peers.poll() == 0  # counted once
+    line = json.dumps(_rec("c[a=1]", "i2", 0), sort_keys=True, separators=(",", ":"))  # as the writer writes
+    shard_path(tmp_path, 2).write_text(shard_path(tmp_path, 2).read_text() + line[:60])
+    assert peers.poll() == 0  # a torn line waits until it is whole
+    with open(shard_path(tmp_path, 2), "a") as fh:
+        fh.write(line[60:] + "\n")
+    assert peers.poll() == 1

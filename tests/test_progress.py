@@ -32,3 +32,13 @@ def test_throttled_and_disabled():
 def test_bar_is_plain_when_stderr_is_not_a_tty(monkeypatch):
     monkeypatch.setattr("sys.stderr", io.StringIO())
     assert isinstance(progress.bar(total=3, desc="z"), progress.PlainProgress)
+
+
+def test_plain_lines_show_time_left_and_postfix():
+    buf = io.StringIO()
+    bar = progress.PlainProgress(total=4, desc="rl steps", every=0.0, stream=buf)
+    bar.t0 -= 10.0  # 10 s spent on the first 2 steps: 10 s left for the other 2
+    bar.set_postfix(reward="0.250")
+    bar.update(2)
+    line = buf.getvalue().splitlines()[-1]
+    assert line.startswith("rl steps: 2/4 (50%) 10s, eta 10s reward=0.250"), line

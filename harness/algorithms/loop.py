@@ -18,6 +18,19 @@ advances once per pass over the buffer. At iteration 0 θ = θ_old, so π_old's 
 policy's own terms, detached (ratio exactly 1). π_ref is a frozen copy, refreshed every
 `ref_refresh` steps when > 0.
 
+Data-parallel (`dist`, a process group of `world_size` ranks, e.g. under torchrun): every rank
+draws the same prompts and pads them alike; rank k rolls out its contiguous share of the groups
+(each row keeps its own (step, row) generator) and the buffer is all-gathered, so every rank holds
+the single-process buffer; each rank runs its contiguous share of the micro-batches (the same
+micro-batches, draws and normalisers as one process) and the gradients are summed over ranks
+(all-reduce) before the one optimizer step, which every rank takes alike; logged metrics are
+re-accumulated in the single-process order and costs summed over ranks. The exact equivalence:
+every rollout, reward, advantage and micro-batch loss is what one process computes; the summed
+gradient differs from one process's running sum only in float summation order, so it is
+bit-identical when each rank holds at most one micro-batch per pass on two ranks (a + b = b + a),
+and equal to rounding otherwise. `optimizer_step="micro_batch"` (sequential steps) has no
+data-parallel form: such a loop runs whole on one rank (harness/distributed.py `place`).
+
 Four meters count NFE apart: rollouts, the policy's likelihood passes (with gradients), π_old and
 π_ref passes; held-out evaluation has its own. Checkpoints (policy, ref, optimizer, counters) make
 a killed run resume to the same numbers: everything random is derived from (step, row, stream).
@@ -40,7 +53,7 @@ from harness.registry import SAMPLERS
 from harness.seeding import numpy_generator, torch_generator
 from harness.tasks.base import reward
 from harness.text import completion_mask, encode_prompts
-from harness.types import HarnessError
+from harness.types import Cost, HarnessError
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -95,6 +108,47 @@ class LoopOptions:
         return SAMPLERS.build("low_confidence", {})
 
 
+def _share(n: int, dist) -> range:
+    """Rank k's contiguous share of n things (sizes differ by at most one)."""
+    base, extra = divmod(n, dist.world_size)
+    lo = dist.rank * base + min(dist.rank, extra)
+    return range(lo, lo + base + (dist.rank < extra))
+
+
+def _all_gather(dist, obj) -> list:
+    import torch.distributed as td
+
+    out = [None] * dist.world_size
+    td.all_gather_object(out, obj)
+    return out
+
+
+def _sum_costs(dist, spent: dict, edit: dict) -> dict:
+    """Per meter: every rank's spending summed, except `edit` (the same passes on every rank), once."""
+    own = {k: dataclasses.replace(c, nfe=c.nfe - edit[k].nfe, nfe_full=c.nfe_full - edit[k].nfe_full,
+                                  nfe_cached=c.nfe_cached - edit[k].nfe_cached, tokens=c.tokens - edit[k].tokens,
+                                  flops=c.flops - edit[k].flops) for k, c in spent.items()}
+    ranks = _all_gather(dist, own)
+    out = {}
+    for k, c in spent.items():
+        parts = [r[k] for r in ranks]
+        out[k] = dataclasses.replace(
+            c, nfe=edit[k].nfe + sum(p.nfe for p in parts), nfe_full=edit[k].nfe_full + sum(p.nfe_full for p in parts),
+            nfe_cached=edit[k].nfe_cached + sum(p.nfe_cached for p in parts),
+            tokens=edit[k].tokens + sum(p.tokens for p in parts), flops=edit[k].flops + sum(p.flops for p in parts),
+            wall_s=max(p.wall_s for p in parts), peak_mem=max(p.peak_mem for p in parts))
+    return out
+
+
+def _add(parts: list) -> Cost:
+    """The costs of (scores, cost) pairs from every rank, summed (wall time and peak memory: the most)."""
+    costs = [c for _, c in parts]
+    return Cost(nfe=sum(c.nfe for c in costs), nfe_full=sum(c.nfe_full for c in costs),
+                nfe_cached=sum(c.nfe_cached for c in costs), tokens=sum(c.tokens for c in costs),
+                flops=sum(c.flops for c in costs), wall_s=max(c.wall_s for c in costs),
+                peak_mem=max(c.peak_mem for c in costs))
+
+
 def _detached(terms):
     return dataclasses.replace(terms, per_token=terms.per_token.detach(), sequence=terms.sequence.detach())
 
@@ -142,8 +196,10 @@ def micro_batch_loss(algorithm, batch: dict, totals: dict, local: bool, policy_t
 class RLLoop:
     """One training run. `seed(item, replicate, stream) -> int` derives every seed (derive_seed)."""
 
-    def __init__(self, policy, algorithm, task, options: LoopOptions, seed, train_items, test_items):
+    def __init__(self, policy, algorithm, task, options: LoopOptions, seed, train_items, test_items, dist=None):
         self.policy, self.algorithm, self.task, self.opts, self.seed = policy, algorithm, task, options, seed
+        # data-parallel over a process group (`dist`: .rank, .world_size); None or one rank: one process
+        self.dist = dist if dist is not None and dist.world_size > 1 and options.optimizer_step == "pass" else None
         self.train_items, self.test_items = train_items, test_items
         micro_batches(algorithm, options.micro_groups, 1, options.group_size)  # a whole number of rows, or say so
         spec = algorithm.rollout_sampler(options.sampler)  # an algorithm may fix its rollout order (JustGRPO)
@@ -179,12 +235,24 @@ class RLLoop:
         rng = numpy_generator(self.seed(f"step-{step}", 0, "prompts"))
         picked = [self.train_items[i] for i in rng.integers(0, len(self.train_items), self.opts.prompts).tolist()]
         items = [it for it in picked for _ in range(G)]  # row = group·G + j
-        prompt, pmask = self.encode(items)
-        gen = self.sample(prompt, pmask, self.generators(step, range(len(items)), "rollout"))
-        cmask = completion_mask(gen.tokens, self.policy.eos_id)
-        rewards = [reward(self.task, it, t) for it, t in zip(items, gen.text)]  # stop strings cut
-        return {"items": items, "prompt": prompt, "prompt_mask": pmask, "tokens": gen.tokens,
-                "commit_step": gen.commit_step, "completion_mask": cmask, "loss_mask": cmask.clone(),
+        prompt, pmask = self.encode(items)  # every rank pads the whole batch alike
+        lo, hi = 0, len(items)
+        if self.dist is not None and len(picked) >= self.dist.world_size:  # this rank's share of the groups
+            g = _share(len(picked), self.dist)
+            lo, hi = g.start * G, g.stop * G
+        rows = range(lo, hi)
+        self._split = (lo, hi) != (0, len(items))
+        gen = self.sample(prompt[lo:hi], pmask[lo:hi], self.generators(step, rows, "rollout"))
+        rewards = [reward(self.task, it, t) for it, t in zip(items[lo:hi], gen.text)]  # stop strings cut
+        tokens, commit = gen.tokens, gen.commit_step
+        if self._split:  # the whole buffer on every rank, rows in order
+            parts = _all_gather(self.dist, (tokens.cpu(), None if commit is None else commit.cpu(), rewards))
+            tokens = torch.cat([p[0] for p in parts]).to(gen.tokens.device)
+            commit = None if commit is None else torch.cat([p[1] for p in parts]).to(gen.commit_step.device)
+            rewards = [r for p in parts for r in p[2]]
+        cmask = completion_mask(tokens, self.policy.eos_id)
+        return {"items": items, "prompt": prompt, "prompt_mask": pmask, "tokens": tokens,
+                "commit_step": commit, "completion_mask": cmask, "loss_mask": cmask.clone(),
                 "rewards": torch.tensor(rewards, dtype=torch.float64),
                 "group": torch.arange(len(picked)).repeat_interleave(G), "row": torch.arange(len(items))}
 
@@ -211,8 +279,12 @@ class RLLoop:
         first: dict[int, dict] = {}
         sums: dict[str, float] = {}
         parts, local = self.micro_batches(n_groups)
+        mine = range(len(parts)) if self.dist is None else _share(len(parts), self.dist)
         for i in range(mu):
+            adds = []  # (loss part, {metric: part}) of this rank's micro-batches, in order
             for m, idx in enumerate(parts):
+                if m not in mine:
+                    continue
                 mb = _rows(buf, idx)
                 gens = self.generators(step, mb["row"], f"lik-{i}")
                 draws = algo.draws_for(mb, first.get(m), i)
@@ -238,16 +310,46 @@ class RLLoop:
                 if self.per_micro:
                     self._step()
                 share /= mu
-                out["loss"] += float(loss.detach()) / mu
-                for k, v in {**metrics, "entropy": float(-(pol.per_token.detach() * mb["loss_tokens"]).sum()
-                                                          / mb["loss_tokens"].sum().clamp_min(1))}.items():
+                metrics = {**metrics, "entropy": float(-(pol.per_token.detach() * mb["loss_tokens"]).sum()
+                                                       / mb["loss_tokens"].sum().clamp_min(1))}
+                adds.append((float(loss.detach()) / mu, {k: None if v is None else v * share
+                                                         for k, v in metrics.items()}))
+            if self.dist is not None:  # every rank's parts, in micro-batch order: the single-process sums
+                adds = [a for rank_adds in _all_gather(self.dist, adds) for a in rank_adds]
+                self._all_reduce_grads()
+            for loss_part, metric_parts in adds:
+                out["loss"] += loss_part
+                for k, v in metric_parts.items():
                     if v is None:  # not applicable (no reference model, no ratio): stays None
                         sums.setdefault(k, None)
                     else:
-                        sums[k] = (sums.get(k) or 0.0) + v * share
+                        sums[k] = (sums.get(k) or 0.0) + v
             if not self.per_micro:
                 self._step()
         return {**out, **sums}
+
+    def _all_reduce_grads(self) -> None:
+        """Sum every parameter's gradient over the ranks (one flat all-reduce per dtype); a parameter
+        with no gradient on any rank keeps none, as in one process (Adam skips it)."""
+        import torch.distributed as td
+
+        params = [p for p in self.policy.module.parameters() if p.requires_grad]
+        if not params:
+            return
+        dev = params[0].device
+        has = torch.tensor([float(p.grad is not None) for p in params], device=dev)
+        td.all_reduce(has)
+        for dtype in sorted({p.dtype for p in params}, key=str):
+            group = [p for p, h in zip(params, has.tolist()) if p.dtype == dtype and h > 0]
+            if not group:
+                continue
+            flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in group])
+            td.all_reduce(flat)
+            at = 0
+            for p in group:
+                n = p.numel()
+                p.grad = flat[at:at + n].view_as(p).clone()
+                at += n
 
     def _step(self) -> None:
         if self.opts.grad_clip > 0:
@@ -255,19 +357,37 @@ class RLLoop:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
-    @torch.no_grad()
     def evaluate(self, items) -> list[float]:
         """Greedy held-out scores (one per item), counted on the eval meter only."""
+        return self.evaluate_counted(items)[0]
+
+    @torch.no_grad()
+    def evaluate_counted(self, items) -> tuple[list[float], Cost]:
+        """-> (greedy held-out scores, one per item; the cost of their passes). Data-parallel, each
+        rank decodes its share of the items (padded as the whole batch) and the cost is summed."""
+        before = self.meters["eval"].cost
         prompt, pmask = self.encode(items)
-        gen = self.sample(prompt, pmask, None, meter="eval", sampler=self.eval_sampler)
-        return [reward(self.task, it, t) for it, t in zip(items, gen.text)]
+        lo, hi = 0, len(items)
+        if self.dist is not None and len(items) >= self.dist.world_size:
+            share = _share(len(items), self.dist)
+            lo, hi = share.start, share.stop
+        gen = self.sample(prompt[lo:hi], pmask[lo:hi], None, meter="eval", sampler=self.eval_sampler)
+        scores = [reward(self.task, it, t) for it, t in zip(items[lo:hi], gen.text)]
+        spent = self.meters["eval"].cost.minus(before)
+        if (lo, hi) == (0, len(items)):
+            return scores, spent
+        parts = _all_gather(self.dist, (scores, spent))
+        return [x for p in parts for x in p[0]], _add(parts)
 
     def train_step(self, step: int) -> tuple[dict, dict]:
         """One RL step -> (log, cost of its rollout + likelihood passes as a dict)."""
         t0 = time.perf_counter()
         before = {k: m.cost for k, m in self.meters.items()}
         back0 = self.backward_s
-        buf = self.algorithm.after_rollout(self, self.rollout(step), step)
+        buf = self.rollout(step)
+        mid = {k: m.cost for k, m in self.meters.items()} if getattr(self, "_split", False) else before
+        buf = self.algorithm.after_rollout(self, buf, step)  # on the whole buffer: every rank alike
+        edit = {k: m.cost.minus(mid[k]) for k, m in self.meters.items()}  # passes every rank ran alike
         r = buf["rewards"].view(-1, self.opts.group_size)
         log = {"step": step + 1, "reward_mean": float(r.mean()), "reward_std": float(buf["rewards"].std()),
                "zero_spread_frac": float((r.max(1).values == r.min(1).values).double().mean()),
@@ -277,6 +397,8 @@ class RLLoop:
         if self.ref is not None and self.opts.ref_refresh and (step + 1) % self.opts.ref_refresh == 0:
             self.ref.module.load_state_dict(self.policy.module.state_dict())
         spent = {k: m.cost.minus(before[k]) for k, m in self.meters.items()}
+        if self.dist is not None:  # the split passes summed over ranks; the redundant edit counted once
+            spent = _sum_costs(self.dist, spent, edit)
         lik = [spent[k] for k in ("policy", "old", "ref")]
         log.update(rollout_nfe=spent["rollout"].nfe, likelihood_nfe=sum(c.nfe for c in lik),
                    policy_nfe=spent["policy"].nfe, old_nfe=spent["old"].nfe, ref_nfe=spent["ref"].nfe,
