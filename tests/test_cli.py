@@ -338,7 +338,8 @@ def test_help_version_list_show_import_no_torch(tmp_path):
 
 def test_eval_records_print_one_row_per_filter(tmp_path):
     """`eval` writes one record per (document, lm-eval filter): the table has a row per filter, with
-    lm-eval's n-shot, and counts a document lm-eval gave no value as not ok."""
+    lm-eval's n-shot, and counts a document lm-eval gave no value as not ok and, unless
+    --exclude-errors, as a failure."""
     import json as _json
 
     from harness.records import RECORDS, make_record
@@ -364,6 +365,11 @@ def test_eval_records_print_one_row_per_filter(tmp_path):
     assert set(rows) == {"strict-match", "flexible-extract"}
     flex, strict = rows["flexible-extract"], rows["strict-match"]
     assert flex[1] == "gsm8k" and flex[2] == "3.0" and strict[1] == "" and flex[4] == strict[4] == "5"
+    # the document with no value counts as a failure (harness/stats/denominator.py) and is shown as not ok
+    assert flex[7] == "0.5000" and strict[7] == "0.2500" and flex[11] == "4" and flex[12] == "1"
+    rows = {line.split("|")[3].strip(): [c.strip() for c in line.split("|")]
+            for line in lm_eval_table(tmp_path, exclude_errors=True).splitlines()[2:]}
+    flex, strict = rows["flexible-extract"], rows["strict-match"]
     assert flex[7] == "0.6667" and strict[7] == "0.3333" and flex[11] == "3" and flex[12] == "1"
 
 

@@ -30,6 +30,7 @@ MODEL_PARAMS = {
     "dream": {"preset": "tiny"},
     "diffusion_gemma": {"preset": "tiny"},
     "bd3lm": {"preset": "tiny"},
+    "sdar": {"preset": "tiny"},
     "hf_causal": None,  # needs a saved transformers model: tests/models/test_hf.py covers it with one
     "hf_masked": None,
 }

@@ -307,10 +307,12 @@ def render_leaderboard(records: list[dict], metrics: dict[str, str] | None = Non
             means = [r["mean"] for r in group]
             value = (f"{group[0]['interval'].fmt(3)}{proto}" if max(means) == min(means) else
                      f"{min(means):.3f}–{max(means):.3f} (best {first['interval'].fmt(3)}){proto}")
+            errs = sum(r["errors"] for r in group)
             lines.append(f"| {rank} | {len(group)} tied cells | {comps} | see below | {value} | "
-                         f"{min(r['n'] for r in group)} | {_vs_above(first)} |")
+                         f"{min(r['n'] for r in group)}{f' ({errs} errors)' if errs else ''} | {_vs_above(first)} |")
             mde = detectable(group, alpha)
             members = "; ".join(f"`{r['cell']}` {r['interval'].fmt(3)}" +
+                                (f" (n {_n(r)})" if r["errors"] else "") +
                                 (f" ({shown[r['cell']]})" if shown[r["cell"]] != "defaults" else "") for r in group)
             notes.append(f"- Ranks {rank}, indistinguishable at α = {alpha:g} (no adjacent paired test significant "
                          "after Holm, or intervals overlap)"
