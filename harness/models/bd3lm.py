@@ -47,7 +47,7 @@ import torch
 from harness.models._family import declare
 from harness.models._hf_common import ChatTokenizer, _Where, char_tokenizer, resolve_device, resolve_dtype
 from harness.models.hf import _pretrained
-from harness.models.native.adapter import NativeOrRemote
+from harness.models.native.adapter import NativeOrRemote, config_block_size
 from harness.registry import MODELS
 from harness.types import ArchInfo, HarnessError
 
@@ -219,22 +219,7 @@ class BD3LM(NativeOrRemote):
         return transformers.AutoModelForMaskedLM
 
     def planned_block_size(self) -> int | None:
-        """The block size known before loading, for plan-time budgets (harness/config.py): the
-        `block_size` field, else the preset's (with `config` overrides), else a local checkpoint
-        directory's config.json; None when only loading can tell (a hub id)."""
-        if getattr(self, "block_size", None):
-            return int(self.block_size)
-        try:
-            if self.preset is not None:
-                return self.native_config_dict().get("block_size")
-            p = Path(self.path).expanduser() if self.path else None
-            if p is None or not (p / "config.json").is_file():
-                return None
-            from harness.models.native.checkpoint import read_config
-
-            return read_config(p).get("block_size")
-        except (HarnessError, OSError, ValueError):
-            return None
+        return config_block_size(self)
 
     # -- building ------------------------------------------------------------------------------------
     def remote_head(self, module):

@@ -44,7 +44,7 @@ import torch
 from harness.models import block_attention as ba
 from harness.models._family import declare
 from harness.models._hf_common import ChatTokenizer, DiffusionDenoiser
-from harness.models.native.adapter import NativeOrRemote
+from harness.models.native.adapter import NativeOrRemote, config_block_size
 from harness.registry import MODELS
 from harness.types import HarnessError
 
@@ -246,22 +246,7 @@ class SDAR(NativeOrRemote):
         return declare(den, tok, path=self.path, chat=self.chat, stop_ids=self._stop_ids(), **FAMILY)
 
     def planned_block_size(self) -> int | None:
-        """The block size known before loading, for plan-time budgets (harness/config.py): the
-        `block_size` field, else the preset's (with `config` overrides), else a local checkpoint
-        directory's config.json; None when only loading can tell (a hub id)."""
-        if getattr(self, "block_size", None):
-            return int(self.block_size)
-        try:
-            if self.preset is not None:
-                return self.native_config_dict().get("block_size")
-            p = Path(self.path).expanduser() if self.path else None
-            if p is None or not (p / "config.json").is_file():
-                return None
-            from harness.models.native.checkpoint import read_config
-
-            return read_config(p).get("block_size")
-        except (HarnessError, OSError, ValueError):
-            return None
+        return config_block_size(self)
 
     def provenance(self) -> dict:
         return {**super().provenance(), "block_size": self.block_size}

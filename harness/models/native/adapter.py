@@ -200,3 +200,22 @@ def check_rope_buffers(module, where) -> None:
             raise HarnessError(f"model {where!r}: the remote code's rotary buffer {name}.inv_freq was not initialised "
                                "by this transformers version (logits would be wrong and change per load); use impl: "
                                "native")
+
+
+def config_block_size(spec) -> int | None:
+    """A block-diffusion model spec's block size known before loading, for plan-time budgets
+    (harness/config.py): its `block_size` field, else the preset's (with `config` overrides), else a
+    local checkpoint directory's config.json; None when only loading can tell (a hub id)."""
+    if getattr(spec, "block_size", None):
+        return int(spec.block_size)
+    try:
+        if spec.preset is not None:
+            return spec.native_config_dict().get("block_size")
+        p = Path(spec.path).expanduser() if spec.path else None
+        if p is None or not (p / "config.json").is_file():
+            return None
+        from harness.models.native.checkpoint import read_config
+
+        return read_config(p).get("block_size")
+    except (HarnessError, OSError, ValueError):
+        return None
