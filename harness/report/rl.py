@@ -276,8 +276,8 @@ def _headlines(ctx) -> list[str]:
             p = run_mean_test(gain)
             word = "significant" if p < ALPHA else "not significant"
             out.append(f"RL: `{name}` moves held-out accuracy {start:.3f} → {acc:.3f} over {len(gain)} training runs, "
-                       f"a gain of {_mean_or_runs(gain, sign=True)} ({word} at {ALPHA}: t over runs, p {p:.3g}; "
-                       f"between-run SD {np.std([v['acc'] for v in r.values()], ddof=1):.3f}).")
+                       f"a gain of {_mean_or_runs(gain, sign=True)} ({word} at {ALPHA}: one-sample t-test over runs, "
+                       f"p {p:.3g}; between-run SD {np.std([v['acc'] for v in r.values()], ddof=1):.3f}).")
         else:
             out.append(f"RL: `{name}` gains {_values(gain, sign=True)} over the starting checkpoint in its "
                        f"{len(gain)} training run(s): too few runs (< {MIN_RUNS}) for an interval or a test.")
@@ -294,7 +294,8 @@ def _headlines(ctx) -> list[str]:
         wins = [r["algorithm"] for r in tested if r["verdict"].startswith("beats")]
         losses = [r["algorithm"] for r in tested if r["verdict"].startswith("worse")]
         mde, n, _, _ = _run_mde(analysis)
-        out.append(f"RL against `{baseline}` over training runs (t contrast, Holm): "
+        out.append(f"RL against `{baseline}` over training runs (t-test contrast with the pooled between-run SD, "
+                   "Holm): "
                    + (f"{', '.join(wins)} significantly better" if wins else "none significantly better")
                    + (f"; {', '.join(losses)} significantly worse" if losses else "; none significantly worse")
                    + f"; with {n} runs each the smallest difference detectable is {mde:.3f}.")
