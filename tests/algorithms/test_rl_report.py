@@ -87,7 +87,8 @@ def test_headlines_claim_over_training_runs():
     assert any(h.startswith("RL: `uni_grpo` moves held-out accuracy 0.400 → 0.800 over 3 training runs") for h in heads)
     last = heads[-1]
     assert last.startswith("RL against `diffu_grpo` over training runs (t-test contrast with the pooled "
-                           "between-run SD, Holm): uni_grpo significantly better; none significantly worse; with 3 runs each the smallest difference detectable")
+                           "between-run SD, Holm): uni_grpo significantly better; none significantly worse; "
+                           "with 3 runs each the smallest difference detectable")
 
 
 def test_ranks_over_seeds():
