@@ -80,9 +80,10 @@ class Algorithm(abc.ABC):
         Default: the rollout's loss mask (completion up to the first EOS, minus IGPO's dropped hints)."""
         return rollout["loss_mask"]
 
-    def rollout_sampler(self, sampler: dict) -> dict:
+    def rollout_sampler(self, sampler: dict, policy=None) -> dict:
         """The rollout sampler spec ({name, params}) from the study's `options.sampler`; default: unchanged.
-        An algorithm whose likelihood is exact only for one decoding order (JustGRPO) constrains it here."""
+        An algorithm whose likelihood is exact only for one decoding order (JustGRPO) constrains it here,
+        and refuses a `policy` it cannot roll out in that order (HarnessError)."""
         return sampler
 
     def build_estimator(self, iteration: int, n_iterations: int):

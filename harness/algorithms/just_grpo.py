@@ -31,7 +31,9 @@ import torch
 
 from harness.algorithms.base import Algorithm
 from harness.algorithms.grpo import clipped_surrogate
+from harness.models.block_attention import block_size_of
 from harness.registry import ALGORITHMS
+from harness.types import HarnessError
 
 
 def just_grpo_loss(logp: torch.Tensor, old: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor, *,
@@ -75,9 +77,14 @@ class JustGRPO(Algorithm):
     def needs_old(self) -> bool:
         return True
 
-    def rollout_sampler(self, sampler):
+    def rollout_sampler(self, sampler, policy=None):
         if self.rollout == "study":
             return sampler
+        size = block_size_of(policy)
+        if size is not None and size > 1:
+            raise HarnessError(f"just_grpo rolls out left to right, one token per block of one; this policy is a "
+                               f"block-diffusion model whose blocks are fixed at block_size {size}, so that order is "
+                               "not available: run just_grpo on a full-attention model, or set rollout: study")
         # the study's sampler and knobs with blocks of one token: one token per step in position order
         return {**sampler, "params": {**(sampler.get("params") or {}), "block_length": 1}}
 

@@ -202,7 +202,7 @@ class RLLoop:
         self.dist = dist if dist is not None and dist.world_size > 1 and options.optimizer_step == "pass" else None
         self.train_items, self.test_items = train_items, test_items
         micro_batches(algorithm, options.micro_groups, 1, options.group_size)  # a whole number of rows, or say so
-        spec = algorithm.rollout_sampler(options.sampler)  # an algorithm may fix its rollout order (JustGRPO)
+        spec = algorithm.rollout_sampler(options.sampler, policy)  # an algorithm may fix its rollout order (JustGRPO)
         self.sampler = SAMPLERS.build(spec["name"], spec.get("params") or {}, "options.sampler")
         self.eval_sampler = LoopOptions.build_eval_sampler()  # greedy, one token per step
         self.ref = copy.deepcopy(policy) if algorithm.needs_ref else None
