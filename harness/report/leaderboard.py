@@ -97,6 +97,8 @@ def leaderboard(records: list[dict], metrics: dict[str, str] | None = None, *, a
     metrics = metrics or DEFAULT_METRICS
     boards: dict[tuple[str, str], dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     reported, has_ok = defaultdict(set), set()
+    # an rl cell is one training run: the RL section ranks algorithms over runs (harness/report/rl.py)
+    records = [r for r in records if r.get("kind") != "rl"]
     for r in records:
         out = r.get("outcome")
         has_ok.update([r["cell_id"]] if not is_error(r) else [])
@@ -282,7 +284,8 @@ def render_leaderboard(records: list[dict], metrics: dict[str, str] | None = Non
            "outcomes, else a sign-flip permutation test, Holm-corrected across the adjacent comparisons, "
            f"at α = {alpha:g}, with non-overlapping intervals; cells without one share a rank group (one row). "
            "The knobs column shows only the parameters that differ between the board's cells and are set away "
-           "from the component's default. "
+           "from the component's default. RL cells are single training runs: the RL section ranks their "
+           "algorithms over runs instead. "
            + ("Error records (units the harness could not grade) are left out (--exclude-errors).\n"
               if exclude_errors else "Error records (units the harness could not grade) count as failures; "
               "their number is shown beside n.\n")]

@@ -96,3 +96,15 @@ def test_tied_cells_collapse_into_one_group_row_with_a_detectable_effect():
     line = next(x for x in md.splitlines() if x.startswith("- Ranks 1–3"))
     assert "indistinguishable at α = 0.05" in line and "with 50 items a difference below about" in line
     assert "| 4 | `worst` |" in md and "McNemar" in md
+
+
+def test_rl_training_runs_are_not_ranked_as_cells():
+    """An rl cell is one training run (one seed): ranking seeds would rank noise, so the leaderboard
+    leaves rl records to the RL section, which ranks algorithms over runs."""
+    runs = []
+    for seed in range(3):
+        for r in recs(f"rl[name=a,seed={seed}]", [1, 0, 1, 1]):
+            runs.append({**r, "kind": "rl", "study": "rl"})
+    rows = leaderboard(recs("gen", [1, 1, 0, 1]) + runs, {"accuracy": "higher"})
+    assert [r["cell"] for r in rows] == ["gen"]
+    assert "ranks their algorithms over runs" in render_leaderboard(recs("gen", [1, 1, 0, 1]) + runs)
