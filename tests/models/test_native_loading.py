@@ -270,7 +270,7 @@ def test_remote_with_another_architecture_is_a_harness_error(kind, tmp_path):
     assert main(["run", str(suite), "--results", str(tmp_path / "r")]) == 2  # the CLI's error exit, no traceback
 
 
-@pytest.mark.parametrize("kind", ["llada", "dream"])
+@pytest.mark.parametrize("kind", ["llada", "dream", "sdar"])
 def test_an_absent_key_that_changes_the_logits_is_warned_about(kind, tmp_path):
     """A config.json without rope_theta loads with the reference default (10000) and other logits:
     the load warns, naming the key and the value used; a complete config and a preset do not."""
@@ -283,6 +283,9 @@ def test_an_absent_key_that_changes_the_logits_is_warned_about(kind, tmp_path):
         warnings.simplefilter("error", DefaultedKeyWarning)  # a preset: no warning
         ref = MODELS.build(kind, {"preset": "tiny", "device": "cpu", "dtype": "float32"}).load()
     path = save_pretrained_dir(ref.module, ref.tokenizer.hf, tmp_path / "ckpt")
+    cfg = json.loads((path / "config.json").read_text())
+    if cfg.get("rope_theta") == 10000.0:  # a preset at the default itself: state another value
+        (path / "config.json").write_text(json.dumps({**cfg, "rope_theta": 1e6}))
     with warnings.catch_warnings():
         warnings.simplefilter("error", DefaultedKeyWarning)  # every key stated: no warning
         full = load(path, kind=kind)

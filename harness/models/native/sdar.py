@@ -46,12 +46,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from harness.models.block_attention import decode_mask, dual_stream_mask
-from harness.models.native.common import Output, check_config, must, one
+from harness.models.native.common import Output, check_config, must, one, warn_defaults
 from harness.models.standins import standin_layers
 from harness.types import HarnessError
 
 MASK_ID = 151669  # <|MASK|> of SDAR-*-Chat and TraDo
 MODEL_TYPES = ("sdar",)
+# keys that change the logits but not the tensor shapes (configuration_sdar.py's defaults), warned about when absent
+NUMERIC_DEFAULTS = {"rope_theta": 10000.0, "rms_norm_eps": 1e-6}
 
 SUPPORTED = {
     "hidden_act": ("silu", ("silu",)),
@@ -91,6 +93,7 @@ class SDARConfig:
         if rp.get("rope_type", "default") != "default":
             raise HarnessError(f"{where}: rope_parameters.rope_type = {rp['rope_type']!r} is not implemented by the "
                                "native code (it implements 'default'); use impl: remote")
+        warn_defaults(cfg, NUMERIC_DEFAULTS, where, nested=rp)
         if cfg.get("sliding_window") not in (None, False) and cfg.get("use_sliding_window"):
             raise HarnessError(f"{where}: sliding_window is not implemented by the native code; use impl: remote")
         h = must(cfg, "num_attention_heads", where)
@@ -107,8 +110,8 @@ class SDARConfig:
                    head_dim=cfg.get("head_dim") or d // h, block_size=block, mask_token_id=int(mask),
                    eos_token_id=eos, pad_token_id=cfg.get("pad_token_id"), bos_token_id=cfg.get("bos_token_id"),
                    max_position_embeddings=cfg.get("max_position_embeddings", 32768),
-                   rope_theta=float(cfg.get("rope_theta", rp.get("rope_theta", 10000.0))),
-                   rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+                   rope_theta=float(cfg.get("rope_theta", rp.get("rope_theta", NUMERIC_DEFAULTS["rope_theta"]))),
+                   rms_norm_eps=float(cfg.get("rms_norm_eps", NUMERIC_DEFAULTS["rms_norm_eps"])),
                    attention_bias=bool(cfg.get("attention_bias", False)),
                    tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
                    initializer_range=float(cfg.get("initializer_range", 0.02)))
