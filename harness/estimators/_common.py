@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.batching import logits_capped
-from harness.models.block_attention import block_size_of, denoise_logits
+from harness.models.block_attention import block_size_of
 from harness.seeding import rand
 
 
@@ -36,20 +36,16 @@ def completion_logprobs(denoiser, prompt: torch.Tensor, prompt_mask: torch.Tenso
         attn = attn.reshape(B * n, P + L)
     target = completion[:, None].expand(B, n, L).reshape(B * n, L)  # [Bn, L]
     # A block model scores each noised block given the clean earlier ones: one pass over
-    # [x_t ; x_0] (harness/models/block_attention.py), twice the columns of a plain pass.
-    width = (P + L) * (2 if block_size_of(denoiser) else 1)
-    # x_0 of each copy: its own prompt (masked tokens stay masked) and the clean completion.
-    clean = torch.cat([prompts, completion[:, None].expand(B, n, L)], 2).reshape(B * n, P + L) \
-        if block_size_of(denoiser) else None  # [Bn, T]
-    rows = max(1, logits_capped(max_tokens, getattr(denoiser, "vocab_size", None)) // width)
+    # [x_t ; x_0] (harness/models/block_attention.py), twice the columns of a plain pass. x_0 of each
+    # copy is its own prompt (masked tokens stay masked) and the clean completion.
+    block = block_size_of(denoiser) is not None
+    clean = torch.cat([prompts, completion[:, None].expand(B, n, L)], 2).reshape(B * n, P + L) if block else None
+    rows = max(1, logits_capped(max_tokens, getattr(denoiser, "vocab_size", None)) // ((P + L) * (1 + block)))
     out = []
     for lo in range(0, B * n, rows):
         hi = min(lo + rows, B * n)
         a = None if attn is None else attn[lo:hi]
-        if clean is None:
-            logits = denoiser.logits(x[lo:hi], a)  # [r, T, V]
-        else:
-            logits = denoise_logits(denoiser, x[lo:hi], clean[lo:hi], a)
+        logits = denoiser.logits_denoise(x[lo:hi], clean[lo:hi], a) if block else denoiser.logits(x[lo:hi], a)
         logits = logits[:, P - 1:P + L - 1] if denoiser.shift_logits else logits[:, P:]
         # Upcast inside the kernel (no separate float32 copy of bf16 logits); fp64 stays fp64.
         logp = F.log_softmax(logits, -1, dtype=torch.promote_types(logits.dtype, torch.float32))

@@ -25,9 +25,9 @@ A block model (a Denoiser with an integer ``block_size``) implements, besides ``
 
     logits_denoise(xt [B, T], x0 [B, T], attention_mask [B, T] | None) -> logits [B, T, V]
 
-the x_t half of the dual-stream pass. `denoise_logits` is what estimators call: it dispatches to
-``logits_denoise`` for a block model and to ``logits(xt)`` for a full-attention one (whose logits
-of a noised sequence already condition on nothing else).
+the x_t half of the dual-stream pass, which the masked estimators call for a block model
+(harness/estimators/_common.py `completion_logprobs`); a full-attention model's plain logits of a
+noised sequence already condition on nothing else.
 
 **An explicit pattern** (`logits_pattern`, optional): layouts that are not the shared convention,
 such as TraceRL's block-model training rows ``[prompt ; clean response ; noisy response]`` (prompt
@@ -95,12 +95,3 @@ def dual_stream_mask(attention_mask: torch.Tensor | None, B: int, T: int, block_
     top = torch.cat([xt_xt, xt_x0], 2)
     bottom = torch.cat([x0_xt, x0_x0], 2)
     return _keep_pad_rows_finite(torch.cat([top, bottom], 1))[:, None]
-
-
-def denoise_logits(denoiser, xt: torch.Tensor, x0: torch.Tensor,
-                   attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Logits [B, T, V] of the noised canvas xt, each block conditioned on the clean earlier
-    blocks of x0 (block models) or on xt alone (full-attention models)."""
-    if block_size_of(denoiser) is None:
-        return denoiser.logits(xt, attention_mask)
-    return denoiser.logits_denoise(xt, x0, attention_mask)
