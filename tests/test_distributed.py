@@ -217,3 +217,13 @@ def test_rank_zero_counts_the_other_ranks_units(tmp_path):
     with open(shard_path(tmp_path, 2), "a") as fh:
         fh.write(line[60:] + "\n")
     assert peers.poll() == 1
+
+
+def test_a_torchrun_rank_leaves_with_its_commands_exit_code_and_flushed_output(tmp_path):
+    """Under torchrun (WORLD_SIZE > 1) the entry point leaves with os._exit, skipping interpreter
+    finalization; the exit code and the buffered error message must still come out."""
+    env = {**os.environ, "WORLD_SIZE": "2", "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-m", "harness.cli", "run", str(tmp_path / "absent.yaml")],
+                         capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    assert out.returncode == 2, out.stderr
+    assert "absent.yaml" in out.stderr
