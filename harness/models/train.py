@@ -240,37 +240,9 @@ def card(cfg: TrainConfig, task, metrics: dict, history: list[dict]) -> str:
            + (f" --block-size {cfg.block_size}" if cfg.block_size else "")
            + (f" --init-from {cfg.init_from}" if cfg.init_from else "") + " --out <dir>")
     if cfg.block_size:
-        return block_card(cfg, task, metrics, cmd, history)
-    rows = "\n".join(f"| {h['step']} | {h['loss']} | {h['greedy_accuracy']:.3f} | {h['elapsed_s']} |" for h in history)
-    return f"""# Tiny MDLM checkpoint: {cfg.task}
-
-A bidirectional transformer masked diffusion LM ({metrics['n_params']:,} parameters; d_model {cfg.d_model},
-{cfg.n_layers} layers, {cfg.n_heads} heads, d_ff {cfg.d_ff}) with the harness's character tokenizer, trained from
-scratch with the MDLM objective (t ~ U(eps, 1), completion tokens masked with probability t, loss (1/t)·CE
-over masked tokens / L; prompt never masked) on task `{cfg.task}` with parameters {dict(cfg.task_params)}.
-
-- Training: {cfg.steps} steps at batch {cfg.batch_size}, AdamW lr {cfg.lr} (warmup {cfg.warmup}, cosine to 10%),
-  weight decay {cfg.weight_decay}, seed {cfg.seed}, {cfg.threads} CPU threads; took {metrics['train_seconds']} s.
-- Accuracy: greedy low-confidence decoding (one token per step, canvas {task.gen_length} tokens) on the first
-  {metrics['eval_items']} test items: **{metrics['greedy_accuracy']:.3f}** (exact match of the integer sum).
-- Retrain (bit-identical on the same machine and thread count):
-
-```
-{cmd}
-```
-
-| step | loss | greedy accuracy | elapsed s |
-|---|---|---|---|
-{rows}
-"""
-
-
-def block_card(cfg: TrainConfig, task, metrics: dict, cmd: str, history: list[dict]) -> str:
-    """The card of a block-diffusion checkpoint."""
-    rows = "\n".join(f"| {h['step']} | {h['loss']} | {h['greedy_accuracy']:.3f} | {h['elapsed_s']} |" for h in history)
-    init = (f"Initialised from the weights of `{cfg.init_from}` (BD3-LM likewise fine-tunes block models\nfrom a "
-            "full-attention MDLM), then trained" if cfg.init_from else "Trained from scratch")
-    return f"""# Tiny block-diffusion checkpoint: {cfg.task}, block {cfg.block_size}
+        init = (f"Initialised from the weights of `{cfg.init_from}` (BD3-LM likewise fine-tunes block models\nfrom a "
+                "full-attention MDLM), then trained" if cfg.init_from else "Trained from scratch")
+        head = f"""# Tiny block-diffusion checkpoint: {cfg.task}, block {cfg.block_size}
 
 A block-diffusion transformer ({metrics['n_params']:,} parameters; d_model {cfg.d_model}, {cfg.n_layers} layers,
 {cfg.n_heads} heads, d_ff {cfg.d_ff}, block_size {cfg.block_size}) with the harness's character tokenizer: attention
@@ -279,12 +251,27 @@ real token (harness/models/block_attention.py). {init} with BD3-LM's objective (
 and block, antithetic over the batch, in [eps, 1]; completion tokens masked with their block's t; one pass over
 [x_t ; x_0] scores each noised block given the clean earlier blocks; loss (1/t)·CE over masked tokens / L; prompt
 never masked) on task `{cfg.task}` with parameters {dict(cfg.task_params)}.
+"""
+        decoding = (f"greedy low-confidence decoding block by block (blocks of {cfg.block_size}, one token per "
+                    "step,\n  canvas")
+    else:
+        head = f"""# Tiny MDLM checkpoint: {cfg.task}
 
+A bidirectional transformer masked diffusion LM ({metrics['n_params']:,} parameters; d_model {cfg.d_model},
+{cfg.n_layers} layers, {cfg.n_heads} heads, d_ff {cfg.d_ff}) with the harness's character tokenizer, trained from
+scratch with the MDLM objective (t ~ U(eps, 1), completion tokens masked with probability t, loss (1/t)·CE
+over masked tokens / L; prompt never masked) on task `{cfg.task}` with parameters {dict(cfg.task_params)}.
+"""
+        decoding = "greedy low-confidence decoding (one token per step, canvas"
+    rows = "\n".join(f"| {h['step']} | {h['loss']} | {h['greedy_accuracy']:.3f} | {h['elapsed_s']} |" for h in history)
+    items = f"{metrics['eval_items']} test items: **{metrics['greedy_accuracy']:.3f}**"
+    accuracy = (f"{decoding} {task.gen_length} tokens) on the first {items}\n  (exact match of the integer sum)."
+                if cfg.block_size else
+                f"{decoding} {task.gen_length} tokens) on the first\n  {items} (exact match of the integer sum).")
+    return f"""{head}
 - Training: {cfg.steps} steps at batch {cfg.batch_size}, AdamW lr {cfg.lr} (warmup {cfg.warmup}, cosine to 10%),
   weight decay {cfg.weight_decay}, seed {cfg.seed}, {cfg.threads} CPU threads; took {metrics['train_seconds']} s.
-- Accuracy: greedy low-confidence decoding block by block (blocks of {cfg.block_size}, one token per step,
-  canvas {task.gen_length} tokens) on the first {metrics['eval_items']} test items: **{metrics['greedy_accuracy']:.3f}**
-  (exact match of the integer sum).
+- Accuracy: {accuracy}
 - Retrain (bit-identical on the same machine and thread count):
 
 ```
@@ -295,3 +282,5 @@ never masked) on task `{cfg.task}` with parameters {dict(cfg.task_params)}.
 |---|---|---|---|
 {rows}
 """
+
+
