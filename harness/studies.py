@@ -79,12 +79,17 @@ def generate(denoiser, task, sampler, batch: Batch) -> list[dict]:
     out = []
     for i, (item, text) in enumerate(zip(items, gen.text)):
         v = task.grade(item, text)  # the task's stop strings and scoring protocol; the raw text is kept
-        out.append({
-            "outcome": v.outcome(),
-            "generation": {"text": text, "gen_len": int(gen.gen_len[i]), "steps": gen.steps_of(i),
-                           "commit_step": gen.commit_step[i].tolist(), "prompting": prompting_record(denoiser)},
-        })
+        record = {"text": text, "gen_len": int(gen.gen_len[i]), "steps": gen.steps_of(i),
+                  "commit_step": gen.commit_step[i].tolist(), "prompting": prompting_record(denoiser)}
+        if gen.commit_conf is not None:
+            record["commit_conf"] = confidences(gen.commit_conf[i])
+        out.append({"outcome": v.outcome(), "generation": record})
     return out
+
+
+def confidences(row: torch.Tensor) -> list:
+    """[L] confidences at commit -> a list of 3-decimal floats, None where no step committed the token."""
+    return [None if v != v else round(v, 3) for v in row.tolist()]
 
 
 @torch.no_grad()

@@ -2,12 +2,14 @@
 
 Every `generate` record stores, per generated position, the step at which the sampler committed it
 (`generation.commit_step`, one integer a position, -1 for a position never committed) beside the text,
-the generated length up to the first stop token (`gen_len`) and the NFE (`cost.nfe`). That is the
-decoding order, stored compactly for every run (no flag needed). The confidence at commit is not stored:
-the samplers do not hand it out yet.
+the generated length up to the first stop token (`gen_len`) and the NFE (`cost.nfe`). Samplers built on
+the shared loop also store the confidence at commit (`generation.commit_conf`: the probability the
+committing step gave the token, 3 decimals, null where no step committed it). That is the decoding trace,
+stored compactly for every run (no flag needed); the sampler report draws it for the first item.
 
 `show-sample` prints one item's records (all its cells, or one with `--cell`): the outcome, the text, the
-positions committed at each step, and a grid of commit steps (16 positions a line).
+positions committed at each step with their mean confidence, and grids of commit steps and confidences
+(16 positions a line).
 """
 from __future__ import annotations
 
@@ -54,9 +56,23 @@ def sample_text(rec: dict) -> str:
              f"NFE {nfe}; tokens per step {n / max(len(steps), 1):.2f}",
              "text:", "  " + (gen.get("text") or "").replace("\n", "\n  "),
              "decoding order (step: positions committed):"]
-    lines += [f"  {s:>4}: {', '.join(map(str, ps))}" for s, ps in steps]
+    conf = gen.get("commit_conf")
+    for s, ps in steps:
+        known = [conf[p] for p in ps if conf is not None and p < len(conf) and conf[p] is not None]
+        mean = f"  (mean confidence {sum(known) / len(known):.3f})" if known else ""
+        lines.append(f"  {s:>4}: {', '.join(map(str, ps))}{mean}")
     lines.append(f"commit step per position ({WIDTH} a line; '.' after the first stop):")
-    for lo in range(0, len(cs), WIDTH):
-        cells = [f"{s:>4}" if lo + i < n else "   ." for i, s in enumerate(cs[lo:lo + WIDTH])]
-        lines.append(f"  {lo:>4} |" + "".join(cells))
+    lines += _grid(cs, n, lambda s: f"{s:>4}", 4)
+    if conf is not None:
+        lines.append(f"confidence at commit per position ({WIDTH} a line; '-' never committed):")
+        lines += _grid(conf, n, lambda c: "    -" if c is None else f"{c:>5.2f}", 5)
     return "\n".join(lines)
+
+
+def _grid(values: list, n: int, cell, width: int) -> list[str]:
+    """Lines of WIDTH values each, positions from n on shown as '.'."""
+    out = []
+    for lo in range(0, len(values), WIDTH):
+        cells = [cell(v) if lo + i < n else " " * (width - 1) + "." for i, v in enumerate(values[lo:lo + WIDTH])]
+        out.append(f"  {lo:>4} |" + "".join(cells))
+    return out

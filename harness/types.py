@@ -94,6 +94,8 @@ class Generation:
     tokens:      [B, L] generated completion tokens (after the first EOS: EOS padding)
     text:        decoded completion up to the first EOS, one string per row
     commit_step: [B, L] step at which each token was committed (-1 if never masked)
+    commit_conf: [B, L] float, the probability the committing step gave the committed token (NaN where
+                 no step committed it); None where the sampler does not hand it out
     gen_len:     [B] generated tokens up to and including the first EOS
     steps:       number of denoising steps taken (the batch's)
     row_steps:   [B] each row's own steps, where rows stop at different steps (None: `steps` for all)
@@ -105,6 +107,7 @@ class Generation:
     gen_len: torch.Tensor
     steps: int
     row_steps: torch.Tensor | None = None
+    commit_conf: torch.Tensor | None = None
 
     def steps_of(self, i: int) -> int:
         """Row i's steps: its own where the sampler counts them, else the batch's."""

@@ -32,6 +32,8 @@ from harness.stats.intervals import mean_interval
 from harness.stats.paired import compare_many
 
 FIGURES = ("samplers_accuracy_vs_nfe", "samplers_accuracy_vs_wall")
+ORDER_FIGURE = "samplers_decoding_order"
+ORDER_CELLS = 12  # at most this many cells in the decoding-order figure
 
 
 def _changed(name: str, params: dict) -> list[tuple[str, object]]:
@@ -178,7 +180,60 @@ def render_samplers_section(run_dir, out_dir, records: list[dict] | None = None)
                             "interval), so no frontier is drawn: the cheaper configurations are as accurate as far "
                             "as these items can tell.")
                 lines.append(figure_md(stem, title, caption))
+        item = _order_figure(read_records(Path(run_dir)) if records is None else records, Path(out_dir))
+        if item is not None:
+            lines.append(figure_md(
+                ORDER_FIGURE, f"Decoding order of item {item}",
+                f"One row per cell (first replicate; at most {ORDER_CELLS} cells). Left: when each position "
+                "was committed, as a fraction of that sequence's decoding steps (dark = early, so left-to-right "
+                "decoding is a dark-to-light ramp). Right: the probability the committing step gave the token. "
+                "Blank: after the first stop token, never masked, or (right) a sampler that does not record it. "
+                "`dlm-harness show-sample RUN ITEM` prints the same trace."))
     return "\n".join(lines)
+
+
+def _order_figure(records: list[dict], out_dir: Path) -> str | None:
+    """Draw the commit order and confidence of the first traced item across cells; -> its id (None: no trace)."""
+    traced = [r for r in records if r.get("kind") == "generate"
+              and isinstance((r.get("generation") or {}).get("commit_step"), list)]
+    if not traced:
+        return None
+    item = traced[0]["item_id"]
+    first: dict[str, dict] = {}
+    for r in traced:
+        if r["item_id"] == item and r["cell_id"] not in first:
+            first[r["cell_id"]] = r
+    rows = list(first.values())[:ORDER_CELLS]
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    style()
+    width = max(len(r["generation"]["commit_step"]) for r in rows)
+    order = np.full((len(rows), width), np.nan)
+    conf = np.full((len(rows), width), np.nan)
+    for i, r in enumerate(rows):
+        gen = r["generation"]
+        cs = gen["commit_step"]
+        n = int(gen.get("gen_len", len(cs)))
+        last = max([s for s in cs[:n] if s >= 0], default=0)
+        for j, s in enumerate(cs[:n]):
+            if s >= 0:
+                order[i, j] = s / max(last, 1)
+        for j, c in enumerate((gen.get("commit_conf") or [])[:n]):
+            if c is not None and cs[j] >= 0:
+                conf[i, j] = c
+    fig, axes = plt.subplots(1, 2, figsize=(12, 0.9 + 0.32 * len(rows)), sharey=True)
+    for ax, data, title, cmap in ((axes[0], order, "commit step / steps", "viridis"),
+                                  (axes[1], conf, "confidence at commit", "magma")):
+        im = ax.imshow(np.ma.masked_invalid(data), aspect="auto", cmap=cmap, vmin=0, vmax=1,
+                       interpolation="nearest")
+        ax.set_xlabel("generated position")
+        ax.set_title(title, fontsize=9)
+        ax.grid(False)
+        fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02)
+    axes[0].set_yticks(range(len(rows)), [r["cell_id"] for r in rows], fontsize=7)
+    save_figure(fig, out_dir, ORDER_FIGURE)
+    return str(item)
 
 
 def aup_md(rows: list[dict]) -> list[str]:

@@ -210,10 +210,10 @@ def upto_first_stop(tokens: torch.Tensor, stops: tuple[int, ...]) -> torch.Tenso
 
 
 def finish(denoiser, x: torch.Tensor, prompt_len: int, commit_step: torch.Tensor, steps: int,
-           lengths: torch.Tensor | None = None) -> Generation:
+           lengths: torch.Tensor | None = None, commit_conf: torch.Tensor | None = None) -> Generation:
     """Cut the canvas at the first stop token (later tokens become EOS padding) and decode.
     `lengths` [B]: each row's own completion length (block models: rows end at different columns);
-    a row without a stop token ends there."""
+    a row without a stop token ends there. `commit_conf` [B, L]: each token's probability at commit."""
     tokens = x[:, prompt_len:].clone()  # [B, L]
     gen_len = upto_first_stop(tokens, stop_ids(denoiser))  # [B]
     if lengths is not None:
@@ -221,7 +221,13 @@ def finish(denoiser, x: torch.Tensor, prompt_len: int, commit_step: torch.Tensor
     pos = torch.arange(tokens.shape[1], device=tokens.device)[None, :]
     tokens[pos >= gen_len[:, None]] = denoiser.eos_id
     text = [denoiser.tokenizer.decode(row.tolist()) for row in tokens]
-    return Generation(tokens=tokens, text=text, commit_step=commit_step, gen_len=gen_len, steps=steps)
+    return Generation(tokens=tokens, text=text, commit_step=commit_step, gen_len=gen_len, steps=steps,
+                      commit_conf=commit_conf)
+
+
+def committed_prob(step: "Step") -> torch.Tensor:
+    """[B', n] the probability the step's distribution gives its proposal x0 (a token's confidence)."""
+    return step.probs.gather(-1, step.x0[..., None].to(step.probs.device)).squeeze(-1).float()
 
 
 def select_topk(conf: torch.Tensor, k: torch.Tensor, ties: str = "position") -> torch.Tensor:
@@ -467,6 +473,7 @@ class DecodeLoop(abc.ABC):
             x[:, P:] = torch.where(fixed.to(x.device) >= 0, fixed.to(x.device), x[:, P:])
         attn = None if prompt_mask is None else torch.cat([prompt_mask, torch.ones_like(x[:, P:], dtype=torch.bool)], 1)
         commit_step = torch.full((B, L), -1, dtype=torch.long, device=prompt.device)
+        commit_conf = torch.full((B, L), float("nan"), device=prompt.device)
         row_steps = torch.zeros(B, dtype=torch.long, device=prompt.device)  # passes each row took
         schedule = self.schedule_of(denoiser)
         for b in range(L // block):
@@ -487,10 +494,10 @@ class DecodeLoop(abc.ABC):
                 if self.min_length > 0:
                     early = (torch.arange(lo - P, hi - P, device=x.device) < self.min_length)[None].expand(
                         logits.shape[:2])  # [B', n]
-                commit, x0, _ = self._step(denoiser, logits, xr[:, lo:hi], n0 if rows is None else n0[rows], s,
-                                           per_block, schedule, rows_of(generator, rows), early, sampling)
-                self._apply(x, commit_step, row_steps, rows, commit, x0, lo, hi, P)
-        return finish(denoiser, x, P, commit_step, int(row_steps.max()) if B else 0)
+                commit, x0, st = self._step(denoiser, logits, xr[:, lo:hi], n0 if rows is None else n0[rows], s,
+                                            per_block, schedule, rows_of(generator, rows), early, sampling)
+                self._apply(x, commit_step, row_steps, rows, commit, x0, lo, hi, P, commit_conf, committed_prob(st))
+        return finish(denoiser, x, P, commit_step, int(row_steps.max()) if B else 0, commit_conf=commit_conf)
 
     def _step(self, denoiser, logits, blk, n0, s: int, per_block: int, schedule, gen, early, sampling):
         """One step on the current block's columns: -> (commit [B', n] bool, proposals x0 [B', n], Step)."""
@@ -502,22 +509,21 @@ class DecodeLoop(abc.ABC):
         return self.choose(step) & eligible, x0, step
 
     @staticmethod
-    def _apply(x, commit_step, row_steps, rows, commit, x0, lo: int, hi: int, c0: int) -> None:
-        """Write a step's commits into the canvas x (columns [lo, hi)) and commit_step (canvas column
-        c - c0), and count one pass for the rows (None: all)."""
-        blk = x[:, lo:hi] if rows is None else x[rows, lo:hi]
-        new_blk = torch.where(commit, x0, blk)
-        steps_r = row_steps if rows is None else row_steps[rows]
-        cs = commit_step[:, lo - c0:hi - c0] if rows is None else commit_step[rows, lo - c0:hi - c0]
-        cs = torch.where(commit, steps_r[:, None].expand_as(cs), cs)
-        if rows is None:
-            x[:, lo:hi] = new_blk
-            commit_step[:, lo - c0:hi - c0] = cs
-            row_steps += 1
-        else:
-            x[rows, lo:hi] = new_blk
-            commit_step[rows, lo - c0:hi - c0] = cs
-            row_steps[rows] += 1
+    def _apply(x, commit_step, row_steps, rows, commit, x0, lo: int, hi: int, c0: int,
+               commit_conf: torch.Tensor | None = None, conf: torch.Tensor | None = None) -> None:
+        """Write a step's commits into the canvas x (columns [lo, hi)), commit_step and commit_conf
+        (canvas column c - c0; `conf` [B', n]: the step's confidence in each proposal), and count one
+        pass for the rows (None: all)."""
+        sel = slice(None) if rows is None else rows
+        new_blk = torch.where(commit, x0, x[sel, lo:hi])
+        cs = commit_step[sel, lo - c0:hi - c0]
+        cs = torch.where(commit, row_steps[sel][:, None].expand_as(cs), cs)
+        x[sel, lo:hi] = new_blk
+        commit_step[sel, lo - c0:hi - c0] = cs
+        if commit_conf is not None and conf is not None:
+            cc = commit_conf[sel, lo - c0:hi - c0]
+            commit_conf[sel, lo - c0:hi - c0] = torch.where(commit, conf.to(cc.dtype), cc)
+        row_steps[sel] += 1
 
     # -- block models (SDAR's block_diffusion_generate) ---------------------------------------------
     def _decode_block_model(self, denoiser, prompt, *, generator, prompt_mask, gen_length, fixed) -> Generation:
@@ -548,24 +554,26 @@ class DecodeLoop(abc.ABC):
                 gens = rows_of(generator, rows)
                 fx = None if fixed is None else fixed[rows]
                 parts.append((rows, self._block_rows(denoiser, prompt[rows], pm[rows], gens, L, bs, per_block, fx)))
-        width = max((int(t.shape[1]) for _, (t, _, _, _) in parts), default=L)
+        width = max((int(t.shape[1]) for _, (t, *_) in parts), default=L)
         tokens = torch.full((B, width), int(denoiser.eos_id), dtype=prompt.dtype, device=prompt.device)
         commit = torch.full((B, width), -1, dtype=torch.long, device=prompt.device)
+        conf = torch.full((B, width), float("nan"), device=prompt.device)
         lengths = torch.zeros(B, dtype=torch.long, device=prompt.device)
         steps = torch.zeros(B, dtype=torch.long, device=prompt.device)
-        for rows, (t, c, n, st) in parts:
+        for rows, (t, c, n, st, cf) in parts:
             tokens[rows, :t.shape[1]] = t
             commit[rows, :t.shape[1]] = c
+            conf[rows, :t.shape[1]] = cf
             lengths[rows] = n
             steps[rows] = st
-        return finish(denoiser, tokens, 0, commit, int(steps.max()) if B else 0, lengths=lengths)
+        return finish(denoiser, tokens, 0, commit, int(steps.max()) if B else 0, lengths=lengths, commit_conf=conf)
 
     def _block_rows(self, denoiser, prompt, pm, generator, L: int, bs: int, per_block: int, fixed):
         """Rows that all have a prefill (or all have none). Canvas: each row's prompt placed so that
         its whole blocks end at column C0 (a multiple of bs; left-padded before), its last partial
         block and the generation from C0 on; the decode blocks [C0 + k bs, C0 + (k + 1) bs) are then
         the same columns for every row. -> (tokens [g, W'] of each row's completion, commit steps,
-        [g] completion lengths, [g] passes)."""
+        [g] completion lengths, [g] passes, confidences at commit)."""
         g, P = prompt.shape
         dev = prompt.device
         mask_id = denoiser.mask_id
@@ -587,6 +595,7 @@ class DecodeLoop(abc.ABC):
                 cols = slice(int(start[r]), int(start[r]) + L)
                 x[r, cols] = torch.where(f >= 0, f, x[r, cols])
         commit_step = torch.full((g, W), -1, dtype=torch.long, device=dev)
+        commit_conf = torch.full((g, W), float("nan"), device=dev)
         row_steps = torch.zeros(g, dtype=torch.long, device=dev)
         sampling = self.sampling_of(denoiser)
         schedule = self.schedule_of(denoiser)
@@ -621,9 +630,9 @@ class DecodeLoop(abc.ABC):
                 if self.min_length > 0:
                     idx = torch.arange(lo, hi, device=dev)[None, :] - start[live][:, None]  # completion index
                     early = (idx >= 0) & (idx < self.min_length)
-                commit, x0, _ = self._step(denoiser, logits, x[live, lo:hi], n0[live], s, per_block, schedule,
-                                           rows_of(generator, live), early, sampling)
-                self._apply(x, commit_step, row_steps, live, commit, x0, lo, hi, 0)
+                commit, x0, st = self._step(denoiser, logits, x[live, lo:hi], n0[live], s, per_block, schedule,
+                                            rows_of(generator, live), early, sampling)
+                self._apply(x, commit_step, row_steps, live, commit, x0, lo, hi, 0, commit_conf, committed_prob(st))
             if cached:  # the store pass: the finished block's keys/values join the cache
                 cache = store_pass(denoiser, x[in_block, :hi], attn[in_block, :hi], lo,
                                    None if cache is None else cache.take(_positions_in(cache_rows, in_block)))
@@ -636,11 +645,13 @@ class DecodeLoop(abc.ABC):
         width = int(length.max())
         tokens = torch.full((g, width), int(denoiser.eos_id), dtype=prompt.dtype, device=dev)
         commits = torch.full((g, width), -1, dtype=torch.long, device=dev)
+        confs = torch.full((g, width), float("nan"), device=dev)
         for r in range(g):
             cols = slice(int(start[r]), int(start[r]) + int(length[r]))
             tokens[r, :int(length[r])] = x[r, cols]
             commits[r, :int(length[r])] = commit_step[r, cols]
-        return tokens, commits, length, row_steps
+            confs[r, :int(length[r])] = commit_conf[r, cols]
+        return tokens, commits, length, row_steps, confs
 
     def _block_logits(self, denoiser, x, attn, P: int, lo: int, hi: int, s: int, cache, rows):
         """Logits [B', hi - lo, V] of the current block, and the block's KV cache (if any).

@@ -29,5 +29,8 @@ def test_show_sample_prints_the_decoding_order(tmp_path, capsys):
     assert len(steps) <= 4 and "decoding order" in out
     for s, ps in steps:
         assert f"{s:>4}: {', '.join(map(str, ps))}" in out
+    conf = rec["generation"]["commit_conf"]
+    committed = [c for c, s in zip(conf, rec["generation"]["commit_step"]) if s >= 0]
+    assert committed and all(0 < c <= 1 for c in committed) and "confidence at commit per position" in out
     assert main(["show-sample", str(run_dir), "no-such-item"]) == 2
 

@@ -75,3 +75,26 @@ def test_same_seed_same_output_with_temperature():
     c = sampler(den, prompt, generator=torch.Generator().manual_seed(8), gen_length=6)
     assert torch.equal(a.tokens, b.tokens) and a.text == b.text
     assert not torch.equal(a.tokens, c.tokens)
+
+
+def test_the_confidence_at_commit_is_the_probability_the_step_gave_the_token():
+    """Each position's proposal has a fixed probability, so the trace must carry exactly `conf`."""
+    conf = [0.6, 0.9, 0.7, 0.95, 0.8, 0.65]
+    den = FixedConfidence(conf, prompt_len=2)
+    for params in ({}, {"block_length": 2, "steps": 6}, {"steps": 2}):
+        gen = SAMPLERS.build("low_confidence", params)(den, torch.tensor([[5, 5]]), generator=None, gen_length=6)
+        assert torch.allclose(gen.commit_conf[0], torch.tensor(conf), atol=1e-5), params
+
+
+def test_a_block_model_records_the_confidence_of_every_committed_token():
+    from harness.registry import MODELS, TASKS
+    from harness.text import encode_prompts
+
+    den = MODELS.build("tiny", {"checkpoint": "tiny-addition-c16-block4"}).load()
+    items = TASKS.build("addition", {"n_digits": 3}).items("test")[:3]
+    ids, mask = encode_prompts(den.tokenizer, [it.prompt for it in items], den.pad_id)
+    gen = SAMPLERS.build("low_confidence", {})(den, ids, prompt_mask=mask, generator=None, gen_length=8)
+    done = gen.commit_step >= 0
+    assert done.any() and gen.commit_conf.shape == gen.commit_step.shape
+    assert torch.isfinite(gen.commit_conf[done]).all() and not torch.isfinite(gen.commit_conf[~done]).any()
+    assert ((gen.commit_conf[done] > 0) & (gen.commit_conf[done] <= 1)).all()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from harness.records import read_records
-from harness.report.samplers import FIGURES, cell_summaries, render_samplers_section
+from harness.report.samplers import FIGURES, ORDER_FIGURE, cell_summaries, render_samplers_section
 from harness.runner import Runner
 from tests.helpers import write_suite
 
@@ -47,9 +47,10 @@ def test_section_has_a_row_per_cell_and_writes_the_figures(run_dir, tmp_path):
     for cell in ("plain[steps=2]", "fast[cache=dual]", "rnd"):
         assert f"`{cell}`" in md
     assert "Speed-up is against `plain[steps=5]`" in md and "1.00x" in md
-    for stem in FIGURES:
+    for stem in (*FIGURES, ORDER_FIGURE):
         assert (tmp_path / f"{stem}.png").stat().st_size > 0 and (tmp_path / f"{stem}.svg").stat().st_size > 0
         assert f"({stem}.png)" in md
+    assert "Decoding order of item" in md
 
 
 def test_lines_and_speed_reference_come_from_what_each_sampler_declares(run_dir):
