@@ -5,7 +5,8 @@
   variances, MSEs, traces and standard deviations never below 0.
 - `claim_problems`: every comparative sentence of the summary and the findings names the test (or the
   exactness, or the check) that backs it, and every stated test level is the report's one α.
-- `figure_problems`: every figure holds at least two distinct data points, no panel is empty, and
+- `figure_problems`: every figure holds at least two distinct data points (a heat map's finite cells
+  count), no panel is empty, and
   accuracy error bars stay inside [0, 1].
 
 `capture(monkeypatch)` instruments a report run; the `*_problems` functions return readable
@@ -56,9 +57,12 @@ def _axes_summary(fig) -> list[dict]:
             elif isinstance(col, PathCollection):
                 pts += [tuple(p) for p in np.asarray(col.get_offsets(), dtype=float) if np.isfinite(p).all()]
         pts += [(p.get_x(), p.get_width()) for p in ax.patches if isinstance(p, Rectangle) and p.get_width() > 0]
+        for im in ax.images:  # a heat map: each finite (unmasked) cell is a data point
+            arr = np.ma.masked_invalid(np.ma.asarray(im.get_array(), dtype=float))
+            pts += [(float(i), float(j)) for i, j in zip(*np.nonzero(~np.ma.getmaskarray(arr)))]
         legend_only = all(len(line.get_xydata()) == 0 for line in ax.get_lines())
         out.append({"points": set(pts), "bars": bars, "ylabel": ax.get_ylabel(), "visible": ax.get_visible(),
-                    "empty_legend_only": legend_only and not ax.collections and not ax.patches})
+                    "empty_legend_only": legend_only and not ax.collections and not ax.patches and not ax.images})
     return out
 
 
