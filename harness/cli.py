@@ -792,21 +792,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry() -> None:
-    """The process entry (console script and `python -m harness.cli`). Under torchrun a rank leaves
-    with os._exit once its command has returned (its records written and closed, its process group
-    destroyed by the runner): interpreter finalization would otherwise tear down the process group's
-    C++ threads in an arbitrary order, and a rare race there aborts a rank that has finished its work
-    (SIGABRT, "terminate called without an active exception"), turning a complete run into a failed
-    launch."""
+    """The process entry (console script and `python -m harness.cli`); under torchrun a rank leaves
+    through `distributed.leave` (no interpreter finalization after its command returned)."""
     rc = main()
-    if os.environ.get("WORLD_SIZE", "1").strip() not in ("", "0", "1"):
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError):
-                pass
-        os._exit(rc)
-    sys.exit(rc)
+    if os.environ.get("WORLD_SIZE", "1").strip() in ("", "0", "1"):
+        sys.exit(rc)
+    from harness.distributed import leave
+
+    leave(rc)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ import json
 import os
 import re
 import socket
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,6 +123,33 @@ def close(dist: Dist) -> None:
 
     barrier(dist)
     td.destroy_process_group()
+
+
+def launched() -> bool:
+    """Whether this process is one rank of a multi-process launch (torchrun sets WORLD_SIZE)."""
+    return os.environ.get("WORLD_SIZE", "1").strip() not in ("", "0", "1")
+
+
+def leave(rc: int):
+    """End a rank's process with exit code `rc` once its command has returned (records written and
+    closed): leave the process group if the command did not, flush, and os._exit, skipping interpreter
+    finalization. Finalization tears down the process group's C++ threads in no fixed order, and a
+    rare race there aborts a rank that finished its work (SIGABRT, "terminate called without an
+    active exception"), which torchrun reports as a failed launch. A single process exits normally."""
+    if not launched():
+        sys.exit(rc)
+    import torch.distributed as td
+
+    try:
+        if rc == 0 and td.is_available() and td.is_initialized():  # a failed rank's peers may be mid-collective
+            td.destroy_process_group()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(rc)
 
 
 def rank_info(dist: Dist) -> dict:
