@@ -250,7 +250,7 @@ def test_running_a_row_with_something_missing_is_refused(tmp_path):
 
 # -- the RL, Dream and block-diffusion tables -----------------------------------------------------------------------
 
-NEW_TABLES = ("spg", "wd1", "tracerl", "dream-instruct", "d1-reported")
+NEW_TABLES = ("spg", "wd1", "tracerl", "dream-instruct", "dream-base", "d1-reported")
 
 
 @functools.lru_cache(maxsize=1)
@@ -309,6 +309,10 @@ def test_new_tables_transcribed_from_their_sources():
     assert dream["gsm8k-official"].decoding == {"sampler": "entropy", "gen_length": 256, "steps": 256,
                                                 "temperature": 0.1, "top_p": 0.9, "alg_temp": 0.0}
     assert dream["humaneval-reproduced"].published["value"] == 57.9
+    base = _rows("dream-base")
+    assert len(base) == 26 and base["bbh-official"].published["value"] == 57.9
+    assert base["gsm8k-reproduced"].decoding["temperature"] == 0.0 and base["mmlu-official"].decoding == {
+        "estimator": "mc_elbo", "n_mc": 128}
     d1r = _rows("d1-reported")
     assert d1r["d1-llada-countdown-512"].published["value"] == 42.2 and "d1-llada-gsm8k-256" not in d1r  # in d1.yaml
 
