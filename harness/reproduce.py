@@ -2,7 +2,8 @@
 
 A reproduction is one YAML file under `reproductions/`, one published table. Each row holds what
 decides its number: the checkpoint, the task, the protocol (scoring, shots, chat template, prompt
-template, prefill), every decoding setting, the published value and where it was published. A row
+template, prefill, how the checkpoint was chosen, the evaluation set, responses averaged per item), every
+decoding setting, the published value and where it was published. A row
 says what it runs as in the harness (`harness.task`, `decoding.sampler` and the sampler's own
 parameter names), and what the harness cannot express (`missing`) or what the source never states
 (`unstated`); nothing is approximated silently:
@@ -38,7 +39,8 @@ ROOT = Path(__file__).resolve().parents[1] / "reproductions"
 TABLE_KEYS = {"table", "title", "source", "model", "family", "throughput", "defaults", "rows", "notes"}
 ROW_KEYS = {"id", "model", "family", "task", "variant", "harness", "protocol", "decoding", "source_args", "items",
             "published", "source", "missing", "unstated", "notes"}
-PROTOCOL_KEYS = {"scoring", "shots", "chat_template", "prompt_template", "prefill", "filter", "harness_protocol"}
+PROTOCOL_KEYS = {"scoring", "shots", "chat_template", "prompt_template", "prefill", "filter", "harness_protocol",
+                 "checkpoint", "test_set", "samples"}
 PUBLISHED_KEYS = {"value", "metric", "scale", "tokens_per_s", "speedup", "speedup_over", "tpf"}
 SOURCE_KEYS = {"paper", "where", "url", "kind", "quote"}
 THROUGHPUT_KEYS = {"tokens_per_s", "device", "basis"}
@@ -116,6 +118,20 @@ def _source(d, where: str) -> dict:
     return d
 
 
+def _protocol(p, where: str) -> dict:
+    """The scoring protocol: `checkpoint` (how the source chose the evaluated checkpoint) and `test_set` (the
+    evaluation set as the source defines it) are sentences; `samples` the responses per item the published
+    value averages (TraceRL averages 3), an integer >= 1."""
+    _keys(p, PROTOCOL_KEYS, where, ("scoring",))
+    n = p.get("samples")
+    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+        raise HarnessError(f"{where}.samples: expected an integer >= 1 (responses averaged per item), got {n!r}")
+    for k in ("checkpoint", "test_set"):
+        if k in p and (not isinstance(p[k], str) or not p[k].strip()):
+            raise HarnessError(f"{where}.{k}: expected a sentence, got {validate.show(p[k])}")
+    return p
+
+
 def load_table(path: Path, index: dict | None = None) -> Table:
     """Read and validate one reproduction file; HarnessError names the file, row and key."""
     path = Path(path)
@@ -161,7 +177,7 @@ def _row(table: str, r: dict, where: str, index: dict | None) -> Row:
     for k in ("model", "family", "task", "published", "protocol", "decoding"):
         if r.get(k) in (None, ""):
             raise HarnessError(f"{where}: key {k!r} is required (in the row or the table's defaults)")
-    _keys(r["protocol"], PROTOCOL_KEYS, f"{where}.protocol", ("scoring",))
+    _protocol(r["protocol"], f"{where}.protocol")
     pub = _keys(r["published"], PUBLISHED_KEYS, f"{where}.published", ("value", "metric"))
     if not isinstance(pub["value"], (int, float)) or isinstance(pub["value"], bool) or not math.isfinite(pub["value"]):
         raise HarnessError(f"{where}.published.value: expected a number, got {validate.show(pub['value'])}")
@@ -449,6 +465,12 @@ def protocol_text(r: Row) -> str:
         parts.append(f"prefill {p['prefill']!r}")
     if p.get("filter"):
         parts.append(f"filter {p['filter']}")
+    if p.get("test_set"):
+        parts.append(f"test set {p['test_set']}")
+    if p.get("samples"):
+        parts.append(f"mean of {p['samples']} response{'s' if p['samples'] > 1 else ''} per item")
+    if p.get("checkpoint"):
+        parts.append(f"checkpoint {p['checkpoint']}")
     dec = ", ".join(f"{k}={v}" for k, v in r.decoding.items())
     return "; ".join(parts) + f"; decoding {dec}"
 

@@ -3,8 +3,10 @@ so, the plan runs on a CPU with a GPU estimate, a d1 generation file is scored u
 the published-vs-measured comparison is the interval it claims."""
 from __future__ import annotations
 
+import functools
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -244,3 +246,125 @@ def test_speedups_state_both_kinds():
 def test_running_a_row_with_something_missing_is_refused(tmp_path):
     with pytest.raises(HarnessError, match="not runnable as published: gsm8k-256"):
         R.run_rows(_find("d1"), ["gsm8k-256"], results=tmp_path)
+
+
+# -- the RL, Dream and block-diffusion tables -----------------------------------------------------------------------
+
+NEW_TABLES = ("spg", "wd1", "tracerl", "dream-instruct", "dream-base", "d1-reported")
+
+
+@functools.lru_cache(maxsize=1)
+def _all() -> dict:
+    """Every table, read once for the tests below (they only read them)."""
+    return {t.name: t for t in R.tables(index=INDEX)}
+
+
+def _rows(name: str) -> dict:
+    return {r.id: r for r in _all()[name].rows}
+
+
+def test_list_counts_rows_and_documents_and_every_row_has_a_source(capsys):
+    assert main(["reproduce", "--list"]) == 0
+    out = capsys.readouterr().out
+    m = re.search(r"^(\d+) published rows in (\d+) tables from (\d+) published tables in (\d+) documents", out, re.M)
+    assert m, out[-400:]
+    rows, tables, _, docs = map(int, m.groups())
+    assert rows >= 40 and docs >= 6
+    ts = list(_all().values())
+    assert tables == len(ts) and set(NEW_TABLES) <= {t.name for t in ts}
+    for t in ts:
+        for r in t.rows:
+            assert r.source.get("where", "").strip(), r.key
+            assert r.source.get("kind", "primary") in ("primary", "secondary")
+
+
+def test_new_tables_transcribed_from_their_sources():
+    """Spot checks against the sources' text: SPG Table 1, wd1 Table 1, TraceRL Table 2, the dllm README's Dream
+    table, SPG Table 8's d1 quotes."""
+    spg = _rows("spg")
+    assert len(spg) == 84  # 7 models x 4 tasks x 3 lengths
+    mix = spg["spg-mixture-sudoku-256"]
+    assert mix.published == {"value": 94.0, "metric": "cell accuracy"}
+    assert mix.protocol["shots"] == 3 and "test_sudoku_split_new.csv" in mix.protocol["test_set"]
+    assert mix.variant == "SPG answer split, 3-shot" and any("answer-split" in m for m in mix.missing)
+    base = spg["llada-gsm8k-128"]
+    assert base.published["value"] == 69.5 and base.model == "GSAI-ML/LLaDA-8B-Instruct"
+    assert base.decoding == {"sampler": "low_confidence", "gen_length": 128, "steps": 64, "block_length": 32,
+                             "temperature": 0.0}
+    assert base.protocol["prefill"] == "<reasoning>" and "checkpoint" not in base.protocol
+    assert "checkpoint" in spg["wd1-countdown-256"].protocol and spg["wd1-countdown-256"].published["value"] == 52.3
+    wd1 = _rows("wd1")
+    assert len(wd1) == 32 and wd1["wd1-sudoku-256"].published["value"] == 76.4
+    assert wd1["llada-math500-512"].published["value"] == 36.2
+    tr = _rows("tracerl")
+    assert len(tr) == 40 and {r.family for r in tr.values()} == {"sdar"}
+    dyn = tr["trado-8b-instruct-math500-dynamic"]
+    assert dyn.published["value"] == 75.5 and dyn.model == "Gen-Verse/TraDo-8B-Instruct"
+    assert dyn.decoding["sampler"] == "threshold" and dyn.decoding["tau"] == 0.9 and dyn.decoding["block_length"] == 4
+    assert dyn.protocol["samples"] == 3 and tr["trado-4b-instruct-aime2024-static"].protocol["samples"] == 20
+    boxed = {"name": "math500", "params": {"prompt_format": "boxed"}}  # the text TraDo's template wraps
+    assert tr["trado-4b-instruct-math500-static"].harness_task == boxed
+    dream = _rows("dream-instruct")
+    assert dream["gsm8k-official"].published["value"] == 81.0 and dream["gsm8k-official"].source["kind"] == "secondary"
+    assert dream["gsm8k-official"].decoding == {"sampler": "entropy", "gen_length": 256, "steps": 256,
+                                                "temperature": 0.1, "top_p": 0.9, "alg_temp": 0.0}
+    assert dream["humaneval-reproduced"].published["value"] == 57.9
+    base = _rows("dream-base")
+    assert len(base) == 26 and base["bbh-official"].published["value"] == 57.9
+    assert base["gsm8k-reproduced"].decoding["temperature"] == 0.0 and base["mmlu-official"].decoding == {
+        "estimator": "mc_elbo", "n_mc": 128}
+    d1r = _rows("d1-reported")
+    assert d1r["d1-llada-countdown-512"].published["value"] == 42.2 and "d1-llada-gsm8k-256" not in d1r  # in d1.yaml
+
+
+def test_a_rows_own_source_replaces_the_tables_kind():
+    """A row-level source merges over the table's: dllm's re-run rows say kind primary in a table whose default
+    source (the Dream paper, quoted) is secondary, and must not inherit its quote."""
+    dream = _rows("dream-instruct")
+    rep = dream["gsm8k-reproduced"]
+    assert rep.source["kind"] == "primary" and "Reproduced" in rep.source["where"]
+    assert "quote" not in rep.source and "(secondary)" not in R._src(rep.source)
+
+
+def test_rows_without_public_weights_or_with_other_test_sets_say_so():
+    spg = _rows("spg")
+    assert any(m.startswith("model: ") for m in spg["spg-eubo-gsm8k-512"].missing)
+    assert not any(m.startswith("model: ") for m in spg["llada-1.5-gsm8k-512"].missing)
+    wd1 = _rows("wd1")
+    assert any("256 puzzles drawn from d1's 500" in m for m in wd1["llada-sudoku-256"].missing)
+    tr = _rows("tracerl")
+    assert "task 'aime2024' has no harness task" in tr["sdar-8b-chat-aime2024-static"].missing
+    assert not any(r.runnable for t in NEW_TABLES for r in _all()[t].rows)  # every row here lists what it lacks
+
+
+@pytest.mark.parametrize("name", NEW_TABLES)
+def test_new_tables_plan_on_cpu(name, capsys):
+    assert main(["reproduce", name, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    t = _all()[name]
+    assert f"plan of {len(t.rows)} rows" in out
+    for p in R.plan_rows(t, t.rows):
+        assert p["row"] in out
+        if "estimator" not in next(r for r in t.rows if r.id == p["row"]).decoding:
+            assert p["per_item_s"] is not None and p["per_item_s"][1] >= p["per_item_s"][0] > 0
+
+
+@pytest.mark.parametrize("edit,needle", [
+    ("samples: 0", "protocol.samples: expected an integer >= 1"),
+    ("samples: 2.5", "protocol.samples: expected an integer >= 1"),
+    ("checkpoint: 3", "protocol.checkpoint: expected a sentence"),
+    ("test_set: \"\"", "protocol.test_set: expected a sentence"),
+])
+def test_protocol_samples_checkpoint_and_test_set_are_checked(tmp_path, edit, needle):
+    path = _write(tmp_path, GOOD.replace("protocol: {scoring: harness}", "protocol: {scoring: harness, " + edit + "}"))
+    with pytest.raises(HarnessError) as exc:
+        R.load_table(path)
+    assert str(path) in str(exc.value) and needle in str(exc.value)
+
+
+def test_protocol_text_states_samples_checkpoint_and_test_set(tmp_path):
+    good = GOOD.replace("protocol: {scoring: harness}", "protocol: {scoring: harness, samples: 3, checkpoint: "
+                        "\"best of 5\", test_set: \"first 100\"}")
+    r = R.load_table(_write(tmp_path, good)).rows[0]
+    text = R.protocol_text(r)
+    assert "mean of 3 responses per item" in text and "checkpoint best of 5" in text and "test set first 100" in text
