@@ -8,7 +8,9 @@ parameter names), and what the harness cannot express (`missing`) or what the so
 (`unstated`); nothing is approximated silently:
 
 - a decoding key that is not a parameter of the named sampler, a sampler, task or model family that
-  is not registered, or a row without a harness task, is added to `missing` when the file is read;
+  is not registered, a protocol setting that is a model option the family lacks (`MODEL_OPTIONS`:
+  the chat template, encoding with the tokenizer's special tokens), or a row without a harness task,
+  is added to `missing` when the file is read;
 - a row with anything missing is listed, planned and can score published generations, but is not
   run (running it would measure something else under the paper's name).
 
@@ -38,7 +40,12 @@ ROOT = Path(__file__).resolve().parents[1] / "reproductions"
 TABLE_KEYS = {"table", "title", "source", "model", "family", "throughput", "defaults", "rows", "notes"}
 ROW_KEYS = {"id", "model", "family", "task", "variant", "harness", "protocol", "decoding", "source_args", "items",
             "published", "source", "missing", "unstated", "notes"}
-PROTOCOL_KEYS = {"scoring", "shots", "chat_template", "prompt_template", "prefill", "filter", "harness_protocol"}
+PROTOCOL_KEYS = {"scoring", "shots", "chat_template", "add_special_tokens", "prompt_template", "prefill", "filter",
+                 "harness_protocol"}
+# protocol settings that are model options (harness/prompting.py): protocol key -> the model field. `chat_template`:
+# wrap the prompt as one user turn; `add_special_tokens`: encode the text as `tokenizer(text)` does (after the
+# chat template: LLaDA's two BOS tokens). null: not stated (the model's default).
+MODEL_OPTIONS = {"chat_template": "chat", "add_special_tokens": "add_special_tokens"}
 PUBLISHED_KEYS = {"value", "metric", "scale", "tokens_per_s", "speedup", "speedup_over", "tpf"}
 SOURCE_KEYS = {"paper", "where", "url", "kind", "quote"}
 THROUGHPUT_KEYS = {"tokens_per_s", "device", "basis"}
@@ -162,6 +169,12 @@ def _row(table: str, r: dict, where: str, index: dict | None) -> Row:
         if r.get(k) in (None, ""):
             raise HarnessError(f"{where}: key {k!r} is required (in the row or the table's defaults)")
     _keys(r["protocol"], PROTOCOL_KEYS, f"{where}.protocol", ("scoring",))
+    proto = r["protocol"]
+    for k in MODEL_OPTIONS:
+        if proto.get(k) is not None and not isinstance(proto[k], bool):
+            raise HarnessError(f"{where}.protocol.{k}: expected true, false or null, got {validate.show(proto[k])}")
+    if not isinstance(proto.get("prefill") or "", str):
+        raise HarnessError(f"{where}.protocol.prefill: expected a string, got {validate.show(proto['prefill'])}")
     pub = _keys(r["published"], PUBLISHED_KEYS, f"{where}.published", ("value", "metric"))
     if not isinstance(pub["value"], (int, float)) or isinstance(pub["value"], bool) or not math.isfinite(pub["value"]):
         raise HarnessError(f"{where}.published.value: expected a number, got {validate.show(pub['value'])}")
@@ -204,6 +217,11 @@ def _expressible(row: Row, index: dict) -> None:
     fam = params("models", row.family)
     if fam is None:
         row.missing.append(f"model family {row.family!r} is not registered")
+    else:
+        for key, option in MODEL_OPTIONS.items():
+            if row.protocol.get(key) is not None and option not in fam:
+                row.missing.append(f"protocol {key}={row.protocol[key]!r}: model family {row.family} has no option "
+                                   f"{option}")
     if row.harness_task is None:
         row.missing.append(f"task {row.task!r} has no harness task")
     else:
@@ -443,6 +461,8 @@ def protocol_text(r: Row) -> str:
         parts.append(f"{p['shots']}-shot")
     if p.get("chat_template") is not None:
         parts.append("chat template" if p["chat_template"] else "no chat template")
+    if p.get("add_special_tokens"):
+        parts.append("tokenizer special tokens on")
     if p.get("prompt_template"):
         parts.append(f"prompt {p['prompt_template']}")
     if p.get("prefill"):
@@ -601,13 +621,27 @@ def score_generations(table: Table, rows: list[str] | None, path, results="resul
 # -- running ------------------------------------------------------------------------------------------
 
 
+def row_model_options(r: Row) -> dict:
+    """The model options the row's protocol sets ({model field: value}; `MODEL_OPTIONS`)."""
+    return {option: bool(r.protocol[key]) for key, option in MODEL_OPTIONS.items() if r.protocol.get(key) is not None}
+
+
+def check_prefill(r: Row, task) -> None:
+    """The row's declared prefill must be the one its harness task's prompt format feeds."""
+    want, got = r.protocol.get("prefill") or "", getattr(task, "prefill", "") or ""
+    if want != got:
+        raise HarnessError(f"reproduce {r.key}: the protocol's prefill is {want!r} but harness task "
+                           f"{r.harness_task['name']} {r.harness_task.get('params') or {}} feeds {got!r} "
+                           "(a prompt format with that prefill is needed)")
+
+
 def suite_for(table: Table, rows: list[Row], model_params: dict, n_items: int | None) -> dict:
-    """One suite: a model per checkpoint, a task per (task, params), a generate study per row."""
+    """One suite: a model per (checkpoint, prompt options), a task per (task, params), a generate study per row."""
     models, tasks, studies = {}, {}, []
     for r in rows:
-        chat = r.protocol.get("chat_template")
-        mk = re.sub(r"[^A-Za-z0-9_-]", "_", r.model) + ("" if chat is None else f"-chat_{str(chat).lower()}")
-        params = {"path": r.model, **({} if chat is None else {"chat": bool(chat)}), **model_params}
+        options = row_model_options(r)
+        mk = re.sub(r"[^A-Za-z0-9_-]", "_", r.model) + "".join(f"-{k}_{str(v).lower()}" for k, v in options.items())
+        params = {"path": r.model, **options, **model_params}
         models.setdefault(mk, {"name": r.family, "params": params})
         tp = dict(r.harness_task.get("params") or {})
         tk = r.harness_task["name"] + ("-" + "-".join(f"{k}_{v}" for k, v in sorted(tp.items())) if tp else "")
@@ -633,6 +667,10 @@ def run_rows(table: Table, rows: list[str] | None, results="results", model_para
         raise HarnessError(f"reproduce {table.name}: rows not runnable as published: "
                            + "; ".join(f"{r.id} ({', '.join(r.missing)})" for r in blocked)
                            + " (plan them with --dry-run, score their published generations with --generations)")
+    from harness.registry import TASKS
+
+    for r in chosen:
+        check_prefill(r, TASKS.build(r.harness_task["name"], dict(r.harness_task.get("params") or {})))
     suite = suite_for(table, chosen, dict(model_params or {}), n_items)
     suite_dir = Path(results) / suite["suite"]
     suite_dir.mkdir(parents=True, exist_ok=True)
