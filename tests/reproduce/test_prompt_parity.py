@@ -116,27 +116,34 @@ def _declares(row, word: str) -> bool:
     return any(m.startswith("prompt:") and word in m for m in row.missing)
 
 
-_INDEX: dict = {}
+# lm-eval's task YAMLs used here, under its installed `tasks/` folder (indexing every task YAML with
+# TaskManager takes seconds; the index is the fallback for any other name)
+LM_EVAL_YAML = {"gsm8k": "gsm8k/gsm8k.yaml", "gsm8k_cot_zeroshot": "gsm8k/gsm8k-cot-zeroshot.yaml",
+                "humaneval": "humaneval/humaneval.yaml", "mbpp": "mbpp/mbpp.yaml"}
 
 
-def _task_index(manager) -> dict:
-    """lm-eval's task index, built once (indexing every task YAML takes seconds)."""
-    if "index" not in _INDEX:
-        _INDEX["index"] = manager().task_index
-    return _INDEX["index"]
+def _lm_eval_yaml(name: str) -> Path:
+    import lm_eval
+
+    path = Path(lm_eval.__file__).parent / "tasks" / LM_EVAL_YAML.get(name, "")
+    if name in LM_EVAL_YAML and path.is_file():
+        return path
+    from lm_eval.tasks import TaskManager
+
+    return Path(TaskManager().task_index[name].yaml_path)
 
 
 def _lm_eval_task(name: str, docs: dict, fewshot_samples: list[dict] | None = None):
     """lm-eval's own task from its installed YAML, on local documents (no hub access)."""
     import datasets
     from lm_eval.api.task import ConfigurableTask
-    from lm_eval.tasks import TaskManager
     from lm_eval.tasks._yaml_loader import load_yaml
 
     # lm-eval's own loader; the metric and filter functions (humaneval's load the code_eval metric) are
     # not part of the prompt and are left unresolved and dropped
-    cfg = load_yaml(_task_index(TaskManager)[name].yaml_path, resolve_func=False)
+    cfg = load_yaml(_lm_eval_yaml(name), resolve_func=False)
     cfg = {k: v for k, v in cfg.items() if k not in ("metric_list", "filter_list", "tag", "unsafe_code")}
+    assert cfg["task"] == name
     cfg["custom_dataset"] = lambda **_: {s: datasets.Dataset.from_list(d) for s, d in docs.items()}
     if fewshot_samples is not None:  # a `samples: !function ...` left unresolved above
         cfg["fewshot_config"] = {**cfg["fewshot_config"], "samples": fewshot_samples}
