@@ -216,6 +216,49 @@ def test_d1_eval_prompt_is_the_harness_d1_eval_format(llada, row_model):
         assert [m for m in row.missing if m.startswith("prompt")] == [] and not row.runnable
 
 
+CTD_SYSTEM_PROMPT = (  # d1 eval/countdown.py (transcribed)
+    "Using only the provided numbers, create an arithmetic expression that evaluates to exactly the provided target "
+    "number. You may use the operations +, -, *, and / as needed, but each number must be used exactly once. Think "
+    "step-by-step. After reasoning, provide only your final expression inside \\boxed{} tags without including an "
+    "equals sign or the target number. For example: \\boxed{a + b * c}Respond in the following format:\n<reasoning>\n"
+    "Your reasoning here\n</reasoning>\n<answer>\n\\boxed{...}\n</answer>")
+SUDOKU_SYSTEM_PROMPT = (  # d1 eval/sudoku.py (transcribed)
+    "\nPlease solve the following 4x4 Sudoku puzzle. The puzzle is provided as a 16-character string reading "
+    "left-to-right, top-to-bottom, where '0' represents empty cells.\n\nRules:\n- Fill empty cells with digits 1-4\n"
+    "- Each row must contain digits 1-4 exactly once\n- Each column must contain digits 1-4 exactly once\n"
+    "- Each 2x2 box must contain digits 1-4 exactly once\n\nImportant: Your solution must be a COMPLETE 16-character "
+    "string with only the digits 1-4, representing your final solved grid.\n\nRespond in this exact format:\n"
+    "<reasoning>\nYour step-by-step solving process\n</reasoning>\n<answer>\n[16-character solution string with no "
+    "spaces or separators]\n</answer>\n")
+
+
+def test_d1_eval_countdown_and_sudoku_prompts(llada, row_model):
+    """d1's Countdown and Sudoku prompts (eval/countdown.py `CTDDataset.__getitem__`, eval/sudoku.py
+    `SudokuDataset.__getitem__`, both through `create_prompt` and `collate_fn`) on d1's own test files:
+    the harness countdown3 / sudoku4 `prompt_format: d1-eval` on the model with d1's protocol options."""
+    import csv
+
+    from harness.tasks.data import data_dir
+
+    _, tok = llada
+    model = row_model(_rows("d1")["gsm8k-256"])  # eval.py's layout: chat template, special tokens on
+    rows = _jsonl(data_dir() / "countdown" / "cd3_test.jsonl")[:N_ITEMS]
+    with open(data_dir() / "sudoku" / "4x4_test.csv", newline="") as f:
+        grids = list(csv.DictReader(f))[:N_ITEMS]
+    questions = {
+        "countdown3": [f"Numbers: {[int(n) for n in r['input'].split(',')]}\nTarget: {int(r['output'])}" for r in rows],
+        "sudoku4": [f"Solve the following Sudoku puzzle: {g['Puzzle']}\n" for g in grids],
+    }
+    systems = {"countdown3": CTD_SYSTEM_PROMPT, "sudoku4": SUDOKU_SYSTEM_PROMPT}
+    for name, qs in questions.items():
+        task = TASKS.build(name, {"dataset": "d1", "prompt_format": "d1-eval", "protocol": "d1"})
+        assert task.prefill == "<reasoning>"
+        for q, item in zip(qs, task.items("test")[:N_ITEMS]):
+            source = tok(_chat(tok, systems[name] + "\n\n" + q) + "<reasoning>")["input_ids"]
+            assert source[:2] == [BOS, BOS]
+            assert PromptEncoder(model, prefill=task.prefill).encode(item.prompt) == source, name
+
+
 def test_the_generate_study_feeds_the_task_prefill_and_records_it(llada, row_model):
     """The runner's generate study (harness/studies.py generate) hands the sampler d1's ids for a d1 row
     (prefill included) and its record states the layout; no forward pass (the sampler is a stand-in)."""
