@@ -34,14 +34,14 @@ def logits_capped(max_tokens: int, vocab_size: int | None, budget: int = LOGITS_
     return max(1, min(max_tokens, budget // (4 * int(vocab_size))))
 
 
-def unit_length(model, prompt: str, gen_length: int) -> int:
+def unit_length(model, prompt: str, gen_length: int, prefill: str = "") -> int:
     """Tokens one unit puts through the model per row: its prompt as the studies feed it (the
-    model's chat template and BOS: harness/prompting.py) plus the generation canvas. A bare
-    tokenizer (no `.tokenizer`) counts the raw prompt."""
+    model's chat template, BOS and the task's prefill: harness/prompting.py) plus the generation
+    canvas. A bare tokenizer (no `.tokenizer`) counts the raw prompt."""
     if hasattr(model, "tokenizer"):
         from harness.prompting import prompt_ids
 
-        return len(prompt_ids(model, prompt)) + gen_length
+        return len(prompt_ids(model, prompt, prefill=prefill)) + gen_length
     return len(model.encode(prompt)) + gen_length
 
 

@@ -9,7 +9,9 @@ parameter names), and what the harness cannot express (`missing`) or what the so
 (`unstated`); nothing is approximated silently:
 
 - a decoding key that is not a parameter of the named sampler, a sampler, task or model family that
-  is not registered, or a row without a harness task, is added to `missing` when the file is read;
+  is not registered, a protocol setting that is a model option the family lacks (`MODEL_OPTIONS`:
+  the chat template, encoding with the tokenizer's special tokens), or a row without a harness task,
+  is added to `missing` when the file is read;
 - a row with anything missing is listed, planned and can score published generations, but is not
   run (running it would measure something else under the paper's name).
 
@@ -39,8 +41,12 @@ ROOT = Path(__file__).resolve().parents[1] / "reproductions"
 TABLE_KEYS = {"table", "title", "source", "model", "family", "throughput", "defaults", "rows", "notes"}
 ROW_KEYS = {"id", "model", "family", "task", "variant", "harness", "protocol", "decoding", "source_args", "items",
             "published", "source", "missing", "unstated", "notes"}
-PROTOCOL_KEYS = {"scoring", "shots", "chat_template", "prompt_template", "prefill", "filter", "harness_protocol",
-                 "checkpoint", "test_set", "samples"}
+PROTOCOL_KEYS = {"scoring", "shots", "chat_template", "add_special_tokens", "prompt_template", "prefill", "filter",
+                 "harness_protocol", "checkpoint", "test_set", "samples"}
+# protocol settings that are model options (harness/prompting.py): protocol key -> the model field. `chat_template`:
+# wrap the prompt as one user turn; `add_special_tokens`: encode the text as `tokenizer(text)` does (after the
+# chat template: LLaDA's two BOS tokens). null: not stated (the model's default).
+MODEL_OPTIONS = {"chat_template": "chat", "add_special_tokens": "add_special_tokens"}
 PUBLISHED_KEYS = {"value", "metric", "scale", "tokens_per_s", "speedup", "speedup_over", "tpf"}
 SOURCE_KEYS = {"paper", "where", "url", "kind", "quote"}
 THROUGHPUT_KEYS = {"tokens_per_s", "device", "basis"}
@@ -119,10 +125,16 @@ def _source(d, where: str) -> dict:
 
 
 def _protocol(p, where: str) -> dict:
-    """The scoring protocol: `checkpoint` (how the source chose the evaluated checkpoint) and `test_set` (the
-    evaluation set as the source defines it) are sentences; `samples` the responses per item the published
+    """The scoring protocol: model options (MODEL_OPTIONS) are true, false or null; `prefill` a string;
+    `checkpoint` (how the source chose the evaluated checkpoint) and `test_set` (the evaluation set as the
+    source defines it) are sentences; `samples` the responses per item the published
     value averages (TraceRL averages 3), an integer >= 1."""
     _keys(p, PROTOCOL_KEYS, where, ("scoring",))
+    for k in MODEL_OPTIONS:
+        if p.get(k) is not None and not isinstance(p[k], bool):
+            raise HarnessError(f"{where}.{k}: expected true, false or null, got {validate.show(p[k])}")
+    if not isinstance(p.get("prefill") or "", str):
+        raise HarnessError(f"{where}.prefill: expected a string, got {validate.show(p['prefill'])}")
     n = p.get("samples")
     if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
         raise HarnessError(f"{where}.samples: expected an integer >= 1 (responses averaged per item), got {n!r}")
@@ -220,6 +232,11 @@ def _expressible(row: Row, index: dict) -> None:
     fam = params("models", row.family)
     if fam is None:
         row.missing.append(f"model family {row.family!r} is not registered")
+    else:
+        for key, option in MODEL_OPTIONS.items():
+            if row.protocol.get(key) is not None and option not in fam:
+                row.missing.append(f"protocol {key}={row.protocol[key]!r}: model family {row.family} has no option "
+                                   f"{option}")
     if row.harness_task is None:
         row.missing.append(f"task {row.task!r} has no harness task")
     else:
@@ -459,6 +476,8 @@ def protocol_text(r: Row) -> str:
         parts.append(f"{p['shots']}-shot")
     if p.get("chat_template") is not None:
         parts.append("chat template" if p["chat_template"] else "no chat template")
+    if p.get("add_special_tokens"):
+        parts.append("tokenizer special tokens on")
     if p.get("prompt_template"):
         parts.append(f"prompt {p['prompt_template']}")
     if p.get("prefill"):
@@ -623,13 +642,27 @@ def score_generations(table: Table, rows: list[str] | None, path, results="resul
 # -- running ------------------------------------------------------------------------------------------
 
 
+def row_model_options(r: Row) -> dict:
+    """The model options the row's protocol sets ({model field: value}; `MODEL_OPTIONS`)."""
+    return {option: bool(r.protocol[key]) for key, option in MODEL_OPTIONS.items() if r.protocol.get(key) is not None}
+
+
+def check_prefill(r: Row, task) -> None:
+    """The row's declared prefill must be the one its harness task's prompt format feeds."""
+    want, got = r.protocol.get("prefill") or "", getattr(task, "prefill", "") or ""
+    if want != got:
+        raise HarnessError(f"reproduce {r.key}: the protocol's prefill is {want!r} but harness task "
+                           f"{r.harness_task['name']} {r.harness_task.get('params') or {}} feeds {got!r} "
+                           "(a prompt format with that prefill is needed)")
+
+
 def suite_for(table: Table, rows: list[Row], model_params: dict, n_items: int | None) -> dict:
-    """One suite: a model per checkpoint, a task per (task, params), a generate study per row."""
+    """One suite: a model per (checkpoint, prompt options), a task per (task, params), a generate study per row."""
     models, tasks, studies = {}, {}, []
     for r in rows:
-        chat = r.protocol.get("chat_template")
-        mk = re.sub(r"[^A-Za-z0-9_-]", "_", r.model) + ("" if chat is None else f"-chat_{str(chat).lower()}")
-        params = {"path": r.model, **({} if chat is None else {"chat": bool(chat)}), **model_params}
+        options = row_model_options(r)
+        mk = re.sub(r"[^A-Za-z0-9_-]", "_", r.model) + "".join(f"-{k}_{str(v).lower()}" for k, v in options.items())
+        params = {"path": r.model, **options, **model_params}
         models.setdefault(mk, {"name": r.family, "params": params})
         tp = dict(r.harness_task.get("params") or {})
         tk = r.harness_task["name"] + ("-" + "-".join(f"{k}_{v}" for k, v in sorted(tp.items())) if tp else "")
@@ -655,6 +688,10 @@ def run_rows(table: Table, rows: list[str] | None, results="results", model_para
         raise HarnessError(f"reproduce {table.name}: rows not runnable as published: "
                            + "; ".join(f"{r.id} ({', '.join(r.missing)})" for r in blocked)
                            + " (plan them with --dry-run, score their published generations with --generations)")
+    from harness.registry import TASKS
+
+    for r in chosen:
+        check_prefill(r, TASKS.build(r.harness_task["name"], dict(r.harness_task.get("params") or {})))
     suite = suite_for(table, chosen, dict(model_params or {}), n_items)
     suite_dir = Path(results) / suite["suite"]
     suite_dir.mkdir(parents=True, exist_ok=True)

@@ -425,7 +425,8 @@ class Runner:
             spent = self.ledgers[cell.id].as_cost()  # the training steps count against the cell's budget
         ranks = self.dist.world_size if owner is None else 1  # how many ranks share the cell's budget
         meter = Meter(model, distributed.share_budget(_remaining(cell.budget, spent), ranks))
-        lengths = [unit_length(model, it.prompt, task.gen_length) for _, it in units] \
+        lengths = [unit_length(model, it.prompt, task.gen_length, getattr(task, "prefill", "") or "")
+                   for _, it in units] \
             if cell.max_tokens else [0] * len(units)
         cap = logits_capped(cell.max_tokens, model.vocab_size) if cell.max_tokens else None  # logits must fit too
         queue = deque(units[b.start:b.stop] for b in plan_batches(lengths, cell.batch_size, cap))

@@ -57,15 +57,20 @@ class StudyKind:
     verify: Callable | None = None
 
 
-def _prompts(denoiser, items):
-    # The model's own prompt layout (chat template for Instruct checkpoints, BOS): harness/prompting.py
-    ids, mask = encode_prompts(PromptEncoder(denoiser), [it.prompt for it in items], denoiser.pad_id)
+def _prefill(task) -> str:
+    return getattr(task, "prefill", "") or ""
+
+
+def _prompts(denoiser, items, prefill: str = ""):
+    # The model's own prompt layout (chat template for Instruct checkpoints, BOS, the task's prefill):
+    # harness/prompting.py
+    ids, mask = encode_prompts(PromptEncoder(denoiser, prefill=prefill), [it.prompt for it in items], denoiser.pad_id)
     return ids.to(denoiser.device), mask.to(denoiser.device)
 
 
 def _reference(denoiser, task, items):
     """-> (prompt ids [B, P], prompt mask [B, P], completion [B, L], completion mask [B, L])."""
-    ids, mask = _prompts(denoiser, items)
+    ids, mask = _prompts(denoiser, items, _prefill(task))
     completion = encode_completions(denoiser.tokenizer, [it.reference for it in items], task.gen_length,
                                     denoiser.eos_id).to(denoiser.device)
     return ids, mask, completion, completion_mask(completion, denoiser.eos_id)
@@ -74,13 +79,13 @@ def _reference(denoiser, task, items):
 @torch.no_grad()
 def generate(denoiser, task, sampler, batch: Batch) -> list[dict]:
     items = batch.items
-    ids, mask = _prompts(denoiser, items)
+    ids, mask = _prompts(denoiser, items, _prefill(task))
     gen = sampler(denoiser, ids, generator=batch.generators, prompt_mask=mask, gen_length=task.gen_length)
     out = []
     for i, (item, text) in enumerate(zip(items, gen.text)):
         v = task.grade(item, text)  # the task's stop strings and scoring protocol; the raw text is kept
         record = {"text": text, "gen_len": int(gen.gen_len[i]), "steps": gen.steps_of(i),
-                  "commit_step": gen.commit_step[i].tolist(), "prompting": prompting_record(denoiser)}
+                  "commit_step": gen.commit_step[i].tolist(), "prompting": prompting_record(denoiser, _prefill(task))}
         if gen.commit_conf is not None:
             record["commit_conf"] = confidences(gen.commit_conf[i])
         out.append({"outcome": v.outcome(), "generation": record})
@@ -103,7 +108,7 @@ def likelihood(denoiser, task, estimator, batch: Batch) -> list[dict]:
         out.append({
             "outcome": {"metric": metric, "value": value},
             "estimate": {"value": value, "n": est.n, "length": int(cmask[i].sum()),
-                         "prompting": prompting_record(denoiser),
+                         "prompting": prompting_record(denoiser, _prefill(task)),
                          "per_token": [round(float(v), 6) for v in est.per_token[i][cmask[i]]]},
         })
     return out

@@ -156,7 +156,7 @@ def test_generate_study_cuts_at_stop_strings(monkeypatch):
     task = TASKS.build("gsm8k", {})
     item = task.item_from_answer("x", "q", "42")
     text = "She has 42 left. The answer is 42.\n\nQuestion: Bob has 3 and gets 4. The answer is 7."
-    monkeypatch.setattr(studies, "_prompts", lambda denoiser, items: (torch.zeros(1, 1), torch.ones(1, 1)))
+    monkeypatch.setattr(studies, "_prompts", lambda denoiser, items, prefill="": (torch.zeros(1, 1), torch.ones(1, 1)))
 
     def sampler(denoiser, ids, **kw):
         return Generation(tokens=torch.zeros(1, 2, dtype=torch.long), text=[text],

@@ -222,8 +222,10 @@ class RLLoop:
         return [torch_generator(self.seed(f"step-{step}", int(r), stream)) for r in rows]
 
     def encode(self, items):
-        # the model's own prompt layout (chat template for Instruct checkpoints, BOS): harness/prompting.py
-        return encode_prompts(PromptEncoder(self.policy), [it.prompt for it in items], self.policy.pad_id)
+        # the model's own prompt layout (chat template for Instruct checkpoints, BOS, the task's prefill):
+        # harness/prompting.py
+        return encode_prompts(PromptEncoder(self.policy, prefill=getattr(self.task, "prefill", "") or ""),
+                              [it.prompt for it in items], self.policy.pad_id)
 
     def sample(self, prompt, prompt_mask, generators, meter="rollout", sampler=None, fixed=None):
         kw = {} if fixed is None else {"fixed": fixed}

@@ -194,8 +194,11 @@ class Engine:
 
     def encode_context(self, text: str) -> tuple[list[int], int]:
         """A context's ids as the model's evaluation lays them out: BOS first when declared."""
-        from harness.prompting import with_bos
+        from harness.prompting import prompting_of, with_bos
 
+        if prompting_of(self.denoiser)["add_special_tokens"]:
+            self.warn_once("special_tokens", "the model option add_special_tokens applies to the harness's own "
+                           "studies (harness/prompting.py); lm-eval contexts are laid out with the BOS only")
         ids, dropped = self.encode(text)
         return with_bos(ids, self.denoiser, self.bridge["add_bos"]), dropped
 

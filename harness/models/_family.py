@@ -83,14 +83,16 @@ def resolve_chat_option(chat, path: str | None, hf_tokenizer) -> tuple[bool, str
 
 
 def declare(denoiser, hf_tokenizer, *, path: str | None, decode_defaults: dict, stop_tokens: tuple[str, ...],
-            add_bos: bool, chat="auto", stop_ids: tuple[int, ...] = ()):
+            add_bos: bool, chat="auto", stop_ids: tuple[int, ...] = (), add_special_tokens: bool = False):
     """Attach the family's declarations to a loaded denoiser; -> the denoiser. `stop_ids`: ids the
-    checkpoint itself declares (its generation_config.json `eos_token_id`), added to the named tokens."""
+    checkpoint itself declares (its generation_config.json `eos_token_id`), added to the named tokens;
+    `add_special_tokens`: the model option (harness/prompting.py)."""
     vocab = hf_tokenizer.get_vocab() if hasattr(hf_tokenizer, "get_vocab") else {}
     extra = [int(i) for i in stop_ids] + [vocab[t] for t in stop_tokens if t in vocab]
     denoiser.decode_defaults = dict(decode_defaults)
     denoiser.stop_ids = tuple(dict.fromkeys([int(denoiser.eos_id), *map(int, extra)]))
     on, why = resolve_chat_option(chat, path, hf_tokenizer)
     denoiser.prompting = {"add_bos": add_bos and getattr(hf_tokenizer, "bos_token_id", None) is not None,
-                          "bos_id": getattr(hf_tokenizer, "bos_token_id", None), "chat": on, "chat_source": why}
+                          "bos_id": getattr(hf_tokenizer, "bos_token_id", None), "chat": on, "chat_source": why,
+                          "add_special_tokens": bool(add_special_tokens)}
     return denoiser

@@ -227,6 +227,10 @@ class DiffusionModel(abc.ABC):
     # apply the chat template to prompts in every study, the RL loop and eval (harness/models/_family.py):
     # auto = read from the checkpoint (its tokenizer's template, its own name), off for presets
     chat: Literal["auto"] | bool = "auto"
+    # encode prompts as `tokenizer(text)` does, with the tokenizer's special tokens (after the chat template:
+    # LLaDA then starts with two BOS tokens, as its OpenCompass and Fast-dLLM evaluations feed it;
+    # harness/prompting.py)
+    add_special_tokens: bool = False
 
     presets: ClassVar[dict[str, dict]] = {}
     trust_remote_code: ClassVar[bool] = True

@@ -313,5 +313,5 @@ class BD3LM(NativeOrRemote):
         den = BD3LMDenoiser(module, ChatTokenizer(tok, eos), mask_id=int(mask), eos_id=int(eos), pad_id=int(mask),
                             block_size=int(cfg.block_size), model_length=int(cfg.model_length),
                             remote=self.impl == "remote")
-        return declare(den, tok, path=self.path, **FAMILY)
+        return declare(den, tok, path=self.path, add_special_tokens=self.add_special_tokens, **FAMILY)
 

@@ -256,5 +256,6 @@ class DiffusionGemma(DiffusionModel):
         den.generation_defaults, gen_eos = generation_defaults(module)
         den.stop_ids = gen_eos or (eos,)  # generate stops on the generation config's EOS ids (one or a list)
         on, why = resolve_chat_option(self.chat, self.path, tok)  # the model option chat (harness/models/_family.py)
-        den.prompting = {"chat": on, "chat_source": why, "add_bos": False, "bos_id": None}
+        den.prompting = {"chat": on, "chat_source": why, "add_bos": False, "bos_id": None,
+                         "add_special_tokens": self.add_special_tokens}
         return den

@@ -82,4 +82,5 @@ class Dream(NativeOrRemote):
         # The checkpoint's own code (not the harness's stand-ins, which mask padding as the native code
         # does): a padded batch runs one forward per distinct padding, so batching never changes a number.
         den.padding_by_rows = self.impl == "remote" and cls is DiffusionDenoiser
-        return declare(den, tok, path=self.path, chat=self.chat, **FAMILY)
+        return declare(den, tok, path=self.path, chat=self.chat, add_special_tokens=self.add_special_tokens,
+                       **FAMILY)

@@ -243,7 +243,8 @@ class SDAR(NativeOrRemote):
         cls = RemoteBlockDenoiser if self.impl == "remote" else BlockDenoiser
         den = cls(module, ChatTokenizer(tok, eos), block_size=block, mask_id=mask, eos_id=eos, pad_id=pad,
                   compile=self.compile)
-        return declare(den, tok, path=self.path, chat=self.chat, stop_ids=self._stop_ids(), **FAMILY)
+        return declare(den, tok, path=self.path, chat=self.chat, stop_ids=self._stop_ids(),
+                       add_special_tokens=self.add_special_tokens, **FAMILY)
 
     def planned_block_size(self) -> int | None:
         return config_block_size(self)

@@ -95,6 +95,13 @@ class Task(abc.ABC):
         "strict": "n/a: the harness scorer has no fallback to relax",
     }
 
+    @property
+    def prefill(self) -> str:
+        """Text the prompt format puts after the chat template's generation prompt: the start of the
+        answer, fed with the prompt and not part of the completion (d1's evaluation prefills
+        `<reasoning>`); "" for none. harness/prompting.py places it."""
+        return ""
+
     def items(self, split: str) -> list[Item]:
         if split not in SPLITS:
             raise HarnessError(f"task {self.registry_name!r}: unknown split {split!r} (known: {SPLITS})")

@@ -1,6 +1,11 @@
 """`countdown3`: reach a target with three numbers, each used once, and + - * / ( ).
 
-Prompt `a,b,c:target=` (e.g. `3,5,2:16=`); reference: one compact expression such as `(3+5)*2`.
+Prompt (`prompt_format`): "compact", `a,b,c:target=` (e.g. `3,5,2:16=`); or "d1-eval", the prompt of
+d1's evaluation (dllm-reasoning/d1 `eval/countdown.py` `CTDDataset.__getitem__` through
+`GSM8KDataset.create_prompt`): its system prompt (transcribed, `\\boxed{}` answer, no space before
+"Respond"), a blank line, `Numbers: [a, b, c]\\nTarget: t` as one user turn, the answer prefilled
+with `<reasoning>` (`prefill`, placed after the chat template's generation prompt). Reference: one
+compact expression such as `(3+5)*2`.
 Generated items come from a random expression tree over three numbers in 1..max_number whose exact
 (Fraction) value is a positive integer, so every item is solvable. With `dataset="d1"` the test
 split is d1's `countdown/cd3_test.jsonl` (256 rows, numbers up to 100, no expressions given): its
@@ -39,6 +44,14 @@ from harness.types import HarnessError, Item
 D1_FILE = "countdown/cd3_test.jsonl"
 OPS = "+-*/"
 _PREC = {"+": 1, "-": 1, "*": 2, "/": 2}
+# dllm-reasoning/d1 eval/countdown.py CTD_SYSTEM_PROMPT (a prompt string, transcribed)
+D1_EVAL_SYSTEM_PROMPT = (
+    "Using only the provided numbers, create an arithmetic expression that evaluates to exactly the provided target "
+    "number. You may use the operations +, -, *, and / as needed, but each number must be used exactly once. Think "
+    "step-by-step. After reasoning, provide only your final expression inside \\boxed{} tags without including an "
+    "equals sign or the target number. For example: \\boxed{a + b * c}Respond in the following format:\n<reasoning>\n"
+    "Your reasoning here\n</reasoning>\n<answer>\n\\boxed{...}\n</answer>")
+D1_EVAL_PREFILL = "<reasoning>"  # d1 eval/eval.py: add_reasoning=True, "prefill for all models"
 MAX_EXPR_CHARS = 64  # longer completions are rejected before parsing (bounds recursion depth)
 
 
@@ -179,12 +192,15 @@ class Countdown3(Task):
     n_train: int = 20_000
     n_test: int = 500
     seed: int = 0
+    prompt_format: Literal["compact", "d1-eval"] = "compact"
     protocol: str = "harness"  # a scoring protocol (harness/tasks/base.py PROTOCOLS)
 
     def __post_init__(self):
         self.check_protocol(self.protocol, "countdown3.protocol")
         if self.dataset not in ("generated", "d1"):
             raise ValueError(f"dataset must be 'generated' or 'd1', got {self.dataset!r}")
+        if self.prompt_format not in ("compact", "d1-eval"):
+            raise HarnessError(f"countdown3: prompt_format must be compact or d1-eval, got {self.prompt_format!r}")
         if not 2 <= self.max_number <= 9999:
             raise ValueError(f"max_number must be in 2..9999, got {self.max_number}")
         if self.n_test < 1 or self.n_train < 0:
@@ -208,6 +224,16 @@ class Countdown3(Task):
                     raise HarnessError(f"{path}: line {i + 1}: expected three numbers, got {numbers}")
                 rows.append((numbers, target))
         return rows
+
+    @property
+    def prefill(self) -> str:
+        return D1_EVAL_PREFILL if self.prompt_format == "d1-eval" else ""
+
+    def _prompt(self, numbers: tuple[int, int, int], target: int) -> str:
+        if self.prompt_format == "d1-eval":  # CTDDataset.__getitem__: the numbers as a Python list
+            return D1_EVAL_SYSTEM_PROMPT + "\n\n" + f"Numbers: {list(numbers)}\nTarget: {target}"
+        a, b, c = numbers
+        return f"{a},{b},{c}:{target}="
 
     @property
     def _train_max(self) -> int:
@@ -271,7 +297,7 @@ class Countdown3(Task):
         if split == "train":
             problems, prefix = self._train({self._key(n, t) for n, t, _ in test}), "train"
         return [
-            Item(id=f"{prefix}-{i}", prompt=f"{a},{b},{c}:{t}=", reference=ref,
+            Item(id=f"{prefix}-{i}", prompt=self._prompt((a, b, c), t), reference=ref,
                  meta={"numbers": [a, b, c], "target": t, "solvable": bool(ref)})
             for i, ((a, b, c), t, ref) in enumerate(problems)
         ]

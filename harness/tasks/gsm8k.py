@@ -5,7 +5,20 @@ Formats (`prompt_format`):
   `fewshot` train rows with their full `#### N` answers, except `fewshot=8`, which uses the eight
   chain-of-thought exemplars of Wei et al. (2022) (ending "The answer is N.").
 - "cot": lm-eval's `gsm8k_cot` format, `Q: {q}\\nA:` with the Wei et al. exemplars (at most 8).
-- "d1": zero-shot with the d1 instruction to reason in `<reasoning>` and answer in `<answer>` tags.
+- "d1": zero-shot with the d1 instruction to reason in `<reasoning>` and answer in `<answer>` tags
+  (the question, then the instruction: the prompt of d1's diffu-GRPO training).
+- "d1-eval": the prompt of d1's evaluation (dllm-reasoning/d1 `eval/gsm8k.py`
+  `GSM8KDataset.create_prompt`, zero-shot as `eval/eval.py` runs it): its system prompt (the math
+  expert, `\\boxed{}` inside `<answer>`), a blank line and the question, as one user turn; the
+  answer is prefilled with `<reasoning>` (`prefill`: after the chat template's generation prompt).
+- "cot-zeroshot": lm-eval's `gsm8k_cot_zeroshot`, `Q: {q}\\nA: Let's think step by step.` (zero-shot).
+Few-shot exemplars of the "plain" format (`fewshot_sampler`): "first" takes the first `fewshot`
+train rows (the same for every item); "lm-eval" draws them as lm-eval's default sampler does
+(lm-eval 0.4.x `api/samplers.py` `ContextSampler.sample`: one `random.Random(fewshot_seed)`,
+seeded once per task, `rnd.sample(train, fewshot)` per evaluated document in order; the seed is
+`simple_evaluate`'s `fewshot_random_seed`, 1234 by default). Under data parallelism every rank
+replays the same seeded sequence over its own documents (rank r evaluates documents r, r + W, ...),
+so document i gets draw number i // W: `fewshot_processes` is W (1: one process).
 Reference: the number after `####`. The scorer compares numbers exactly (`18.00` == `18`).
 
 Protocols (`protocol`, see harness/tasks/base.py):
@@ -13,7 +26,7 @@ Protocols (`protocol`, see harness/tasks/base.py):
   `<answer>` content first; thousands commas and `$` read as such), compared exactly.
 - d1: dllm-reasoning/d1 `eval/parse_and_get_acc.py::parse_gsm_answers` (harness/tasks/_d1.py): the
   first numeric box, else the first `<answer>`; float equality; raw text (no stop strings).
-- lm-eval: lm-eval's `gsm8k` task (`gsm8k_cot` for prompt_format "cot"), tasks/gsm8k/gsm8k.yaml
+- lm-eval: lm-eval's `gsm8k` task (`gsm8k_cot` / `gsm8k_cot_zeroshot` for "cot" / "cot-zeroshot"), gsm8k.yaml
   v3.0: filters `strict-match` (`#### (\\-?[0-9\\.\\,]+)`; cot: `The answer is (\\-?[0-9\\.\\,]+).`,
   first match) and `flexible-extract` (`(-?[$0-9.,]{2,})|(-?[0-9]+)`, last match), then
   `exact_match` with ignore_case and regexes_to_ignore `,` `\\$` `(?s).*#### ` `\\.$` on both
@@ -24,7 +37,9 @@ Protocols (`protocol`, see harness/tasks/base.py):
 from __future__ import annotations
 
 import json
+import random
 import re
+import threading
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import ClassVar, Literal
@@ -69,6 +84,28 @@ COT_EXEMPLARS = (
      "left. 23 - 15 is 8.", "8"),
 )
 D1_INSTRUCTION = ("\nRespond in the following format:\n<reasoning>\n...\n</reasoning>\n<answer>\n...\n</answer>")
+# dllm-reasoning/d1 eval/gsm8k.py GSM_SYSTEM_PROMPT (a prompt string, transcribed; its first line ends in a space)
+D1_EVAL_SYSTEM_PROMPT = ("You are a math expert. You will be given a question to solve. Solve it step by step. Wrap "
+                         "the final answer in a \\boxed{}. \nRespond in the following format:\n<reasoning>\nYour "
+                         "reasoning here\n</reasoning>\n<answer>\n\\boxed{...}\n</answer>")
+D1_EVAL_PREFILL = "<reasoning>"  # d1 eval/eval.py: add_reasoning=True, "prefill for all models"
+FORMATS = ("plain", "cot", "d1", "d1-eval", "cot-zeroshot")
+FEWSHOT_SAMPLERS = ("first", "lm-eval")
+
+
+_DRAWS: dict = {}  # (seed, pool size, k) -> (the seeded generator, the draws so far)
+_DRAWS_LOCK = threading.Lock()
+
+
+def lm_eval_fewshot_draw(seed: int, n_pool: int, k: int, draw: int) -> tuple[int, ...]:
+    """The pool indices of lm-eval's few-shot draw number `draw` (0-based): `random.Random(seed)`, then
+    `sample(pool, k)` once per document in order (random.sample picks positions from the pool's length
+    alone, so indices into the train split name the documents lm-eval draws)."""
+    with _DRAWS_LOCK:
+        rnd, got = _DRAWS.setdefault((seed, n_pool, k), (random.Random(seed), []))
+        while len(got) <= draw:
+            got.append(tuple(rnd.sample(range(n_pool), k)))
+        return got[draw]
 
 
 def extract(completion: str) -> str | None:
@@ -78,7 +115,7 @@ def extract(completion: str) -> str | None:
 
 # lm-eval gsm8k.yaml / gsm8k-cot.yaml (v3.0): filters and the exact_match normalisation.
 LM_EVAL_STRICT = {"plain": r"#### (\-?[0-9\.\,]+)", "d1": r"#### (\-?[0-9\.\,]+)",
-                  "cot": r"The answer is (\-?[0-9\.\,]+)."}
+                  "cot": r"The answer is (\-?[0-9\.\,]+).", "cot-zeroshot": r"The answer is (\-?[0-9\.\,]+)."}
 LM_EVAL_FLEXIBLE = r"(-?[$0-9.,]{2,})|(-?[0-9]+)"
 LM_EVAL_IGNORE = (",", "\\$", "(?s).*#### ", "\\.$")
 
@@ -120,7 +157,8 @@ class GSM8K(RealTask):
     hub_config = "main"
     local_file = "gsm8k/test.jsonl"
     splits = ("train", "test")
-    stop_strings: ClassVar[tuple[str, ...]] = ("Question:", "</s>", "<|im_end|>", "\n\nQ:")
+    STOPS: ClassVar[tuple[str, ...]] = ("Question:", "</s>", "<|im_end|>", "\n\nQ:")
+    COT_ZEROSHOT_STOPS: ClassVar[tuple[str, ...]] = ("Q:", "</s>", "<|im_end|>")  # gsm8k-cot-zeroshot.yaml until
     protocols: ClassVar[dict[str, str]] = {
         "harness": "harness/tasks/_extract.py extract_number, exact comparison",
         "d1": "dllm-reasoning/d1 eval/parse_and_get_acc.py parse_gsm_answers",
@@ -128,17 +166,36 @@ class GSM8K(RealTask):
         "strict": "declared answers only, no last-number fallback",
     }
     fewshot: int = 0
-    prompt_format: Literal["plain", "cot", "d1"] = "plain"
+    prompt_format: Literal["plain", "cot", "d1", "d1-eval", "cot-zeroshot"] = "plain"
+    fewshot_sampler: Literal["first", "lm-eval"] = "first"  # how the plain format's exemplars are chosen
+    fewshot_seed: int = 1234  # the lm-eval sampler's seed (lm-eval's fewshot_random_seed)
+    fewshot_processes: int = 1  # the lm-eval sampler: the data-parallel processes lm-eval ran on
     protocol: str = "harness"  # a scoring protocol (harness/tasks/base.py PROTOCOLS)
 
     def __post_init__(self):
         self.check_protocol(self.protocol, "gsm8k.protocol")
-        if self.prompt_format not in ("plain", "cot", "d1"):
-            raise HarnessError(f"gsm8k: prompt_format must be plain, cot or d1, got {self.prompt_format!r}")
+        if self.prompt_format not in FORMATS:
+            raise HarnessError(f"gsm8k: prompt_format must be one of {', '.join(FORMATS)}, got {self.prompt_format!r}")
         if self.fewshot < 0 or (self.prompt_format == "cot" and self.fewshot > 8):
             raise HarnessError(f"gsm8k: fewshot must be >= 0 (at most 8 for cot), got {self.fewshot}")
-        if self.prompt_format == "d1" and self.fewshot:
-            raise HarnessError("gsm8k: the d1 format is zero-shot (fewshot must be 0)")
+        if self.prompt_format in ("d1", "d1-eval", "cot-zeroshot") and self.fewshot:
+            raise HarnessError(f"gsm8k: the {self.prompt_format} format is zero-shot (fewshot must be 0)")
+        if self.fewshot_sampler not in FEWSHOT_SAMPLERS:
+            raise HarnessError(f"gsm8k: fewshot_sampler must be first or lm-eval, got {self.fewshot_sampler!r}")
+        if self.fewshot_sampler == "lm-eval" and self.prompt_format != "plain":
+            raise HarnessError(f"gsm8k: fewshot_sampler lm-eval draws the plain format's train exemplars; the "
+                               f"{self.prompt_format} format has its own (use fewshot_sampler: first)")
+        if isinstance(self.fewshot_processes, bool) or not isinstance(self.fewshot_processes, int) \
+                or self.fewshot_processes < 1:
+            raise HarnessError(f"gsm8k: fewshot_processes must be an integer >= 1, got {self.fewshot_processes!r}")
+
+    @property
+    def stop_strings(self) -> tuple[str, ...]:
+        return self.COT_ZEROSHOT_STOPS if self.prompt_format == "cot-zeroshot" else self.STOPS
+
+    @property
+    def prefill(self) -> str:
+        return D1_EVAL_PREFILL if self.prompt_format == "d1-eval" else ""
 
     @property
     def gen_length(self) -> int:
@@ -150,11 +207,17 @@ class GSM8K(RealTask):
         with open(path) as f:
             return [json.loads(line) for line in f if line.strip()]
 
-    def _exemplars(self) -> str:
+    def _exemplars(self, index: int = 0) -> str:
+        """The few-shot block of test item `index` (the same for every item but under lm-eval's sampler)."""
         if self.fewshot == 0:
             return ""
         if self.prompt_format == "cot":
             shots = [f"Q: {q}\nA: {r} The answer is {a}." for q, r, a in COT_EXEMPLARS[: self.fewshot]]
+        elif self.fewshot_sampler == "lm-eval":
+            train = self.docs("train")
+            draw = index // self.fewshot_processes
+            picks = lm_eval_fewshot_draw(self.fewshot_seed, len(train), self.fewshot, draw)
+            shots = [f"Question: {train[j]['question']}\nAnswer: {train[j]['answer']}" for j in picks]
         elif self.fewshot == 8:
             shots = [f"Question: {q}\nAnswer: {r} The answer is {a}." for q, r, a in COT_EXEMPLARS]
         else:
@@ -168,8 +231,12 @@ class GSM8K(RealTask):
             prompt = f"{self._exemplars()}Q: {q}\nA:"
         elif self.prompt_format == "d1":
             prompt = q + D1_INSTRUCTION
+        elif self.prompt_format == "d1-eval":
+            prompt = D1_EVAL_SYSTEM_PROMPT + "\n\n" + q
+        elif self.prompt_format == "cot-zeroshot":
+            prompt = f"Q: {q}\nA: Let's think step by step."
         else:
-            prompt = f"{self._exemplars()}Question: {q}\nAnswer:"
+            prompt = f"{self._exemplars(index)}Question: {q}\nAnswer:"
         return Item(id=f"gsm8k-{index}", prompt=prompt, reference=final_answer(doc["answer"]),
                     meta={"question": q})
 
@@ -190,7 +257,7 @@ class GSM8K(RealTask):
             return Verdict(float(got is not None and got == truth), None if got is None else repr(got),
                            protocol=protocol)
         if protocol == "lm-eval":
-            strict = lm_eval_filter(text, LM_EVAL_STRICT[self.prompt_format], 0)
+            strict = lm_eval_filter(text, LM_EVAL_STRICT.get(self.prompt_format, LM_EVAL_STRICT["plain"]), 0)
             flexible = lm_eval_filter(text, LM_EVAL_FLEXIBLE, -1)
             flex = float(lm_eval_exact_match(flexible, ref))
             return Verdict(float(lm_eval_exact_match(strict, ref)), strict, metric="exact_match", protocol=protocol,

@@ -2,7 +2,11 @@
 
 Formats: "minerva" (`Problem:\\n{p}\\n\\nSolution:`; with `fewshot=4` the four exemplars of
 Lewkowycz et al. (2022), each ending "Final Answer: The final answer is X. I hope it is
-correct."), and "boxed" (zero-shot: reason step by step, final answer in `\\boxed{}`).
+correct."), "boxed" (zero-shot: reason step by step, final answer in `\\boxed{}`), and "d1-eval"
+(zero-shot, the prompt of d1's evaluation: dllm-reasoning/d1 `eval/math500.py` `MATH500_SYSTEM_PROMPT`
+through `GSM8KDataset.create_prompt`: the system prompt, a blank line and the problem as one user turn,
+the answer prefilled with `<reasoning>` (`prefill`); the system prompt's quirks are kept: no space after
+its first sentence, and a stray `"`, a space and a newline after `</answer>`).
 The answer is the last `\\boxed{}` (or the Minerva final-answer sentence), checked against the
 reference by `_math_equiv.is_equiv` (normalisation, math-verify, sympy).
 
@@ -58,6 +62,12 @@ MINERVA_EXEMPLARS = (
      "Final Answer: The final answer is $-\\frac{2}{3}$. I hope it is correct."),
 )
 BOXED_INSTRUCTION = "\nPlease reason step by step, and put your final answer within \\boxed{}."
+# dllm-reasoning/d1 eval/math500.py MATH500_SYSTEM_PROMPT (a prompt string, transcribed with its quirks)
+D1_EVAL_SYSTEM_PROMPT = ("You are a math expert. You will be given a question to solve. Solve it step by step. Wrap "
+                         "the final answer in a \\boxed{}.\nRespond in the following format:\n<reasoning>\nYour "
+                         "reasoning here\n</reasoning>\n<answer>\n\\boxed{...}\n</answer>\" \n")
+D1_EVAL_PREFILL = "<reasoning>"  # d1 eval/eval.py: add_reasoning=True, "prefill for all models"
+FORMATS = ("minerva", "boxed", "d1-eval")
 
 
 def extract(completion: str) -> str | None:
@@ -112,15 +122,20 @@ class MATH500(RealTask):
         "strict": "closed boxes (agreeing), Minerva final-answer sentence or <answer> only",
     }
     fewshot: int = 0
-    prompt_format: Literal["minerva", "boxed"] = "minerva"
+    prompt_format: Literal["minerva", "boxed", "d1-eval"] = "minerva"
     protocol: str = "harness"  # a scoring protocol (harness/tasks/base.py PROTOCOLS)
 
     def __post_init__(self):
         self.check_protocol(self.protocol, "math500.protocol")
-        if self.prompt_format not in ("minerva", "boxed"):
-            raise HarnessError(f"math500: prompt_format must be minerva or boxed, got {self.prompt_format!r}")
-        if not 0 <= self.fewshot <= 4 or (self.prompt_format == "boxed" and self.fewshot):
-            raise HarnessError(f"math500: fewshot must be 0..4 (0 for boxed), got {self.fewshot}")
+        if self.prompt_format not in FORMATS:
+            raise HarnessError(f"math500: prompt_format must be one of {', '.join(FORMATS)}, "
+                               f"got {self.prompt_format!r}")
+        if not 0 <= self.fewshot <= 4 or (self.prompt_format != "minerva" and self.fewshot):
+            raise HarnessError(f"math500: fewshot must be 0..4 (0 for {self.prompt_format}), got {self.fewshot}")
+
+    @property
+    def prefill(self) -> str:
+        return D1_EVAL_PREFILL if self.prompt_format == "d1-eval" else ""
 
     @property
     def gen_length(self) -> int:
@@ -135,6 +150,8 @@ class MATH500(RealTask):
         problem = doc["problem"]
         if self.prompt_format == "boxed":
             prompt = problem + BOXED_INSTRUCTION
+        elif self.prompt_format == "d1-eval":
+            prompt = D1_EVAL_SYSTEM_PROMPT + "\n\n" + problem
         else:
             shots = "".join(f"Problem:\n{p}\n\nSolution: {s}\n\n" for p, s in MINERVA_EXEMPLARS[: self.fewshot])
             prompt = f"{shots}Problem:\n{problem}\n\nSolution:"

@@ -1,6 +1,12 @@
 """`sudoku4`: 4x4 Sudoku (digits 1-4, 0 = blank), generated from a seed or d1's test set.
 
-Prompt: the 16-character puzzle read row by row, then `=` (e.g. `1030040000203401=`); reference:
+Prompt (`prompt_format`): "compact", the 16-character puzzle read row by row, then `=` (e.g.
+`1030040000203401=`); or "d1-eval", the prompt of d1's evaluation (dllm-reasoning/d1 `eval/sudoku.py`
+`SudokuDataset.__getitem__` through `GSM8KDataset.create_prompt`): its system prompt (transcribed; it
+starts and ends with a newline), a blank line, `Solve the following Sudoku puzzle: <16 digits>\\n` as
+one user turn, the answer prefilled with `<reasoning>` (`prefill`). d1's eval.py evaluates a random
+256 of the 500 puzzles (`np.random.choice` after its global seed 42); the harness items are all 500 in
+file order. Reference:
 the 16-character solution. Generated puzzles blank `n_blanks` cells of a grid drawn uniformly from
 all 288 valid 4x4 grids. With `dataset="d1"` the test split is the exact d1 test set
 (`sudoku/4x4_test.csv`, 500 puzzles with 8 blanks each); train is still generated, minus those
@@ -37,6 +43,17 @@ from harness.tasks._extract import answer_span, clean
 from harness.tasks.base import Task, Verdict
 from harness.tasks.data import data_file, sha256_file
 from harness.types import HarnessError, Item
+
+# dllm-reasoning/d1 eval/sudoku.py SUDOKU_SYSTEM_PROMPT (a prompt string, transcribed)
+D1_EVAL_SYSTEM_PROMPT = (
+    "\nPlease solve the following 4x4 Sudoku puzzle. The puzzle is provided as a 16-character string reading "
+    "left-to-right, top-to-bottom, where '0' represents empty cells.\n\nRules:\n- Fill empty cells with digits 1-4\n"
+    "- Each row must contain digits 1-4 exactly once\n- Each column must contain digits 1-4 exactly once\n"
+    "- Each 2x2 box must contain digits 1-4 exactly once\n\nImportant: Your solution must be a COMPLETE 16-character "
+    "string with only the digits 1-4, representing your final solved grid.\n\nRespond in this exact format:\n"
+    "<reasoning>\nYour step-by-step solving process\n</reasoning>\n<answer>\n[16-character solution string with no "
+    "spaces or separators]\n</answer>\n")
+D1_EVAL_PREFILL = "<reasoning>"  # d1 eval/eval.py: add_reasoning=True, "prefill for all models"
 
 D1_FILE = "sudoku/4x4_test.csv"
 N_GRIDS = 288  # valid complete 4x4 Sudoku grids
@@ -101,12 +118,15 @@ class Sudoku4(Task):
     n_train: int = 20_000
     n_test: int = 500
     seed: int = 0
+    prompt_format: Literal["compact", "d1-eval"] = "compact"
     protocol: str = "harness"  # a scoring protocol (harness/tasks/base.py PROTOCOLS)
 
     def __post_init__(self):
         self.check_protocol(self.protocol, "sudoku4.protocol")
         if self.dataset not in ("generated", "d1"):
             raise ValueError(f"dataset must be 'generated' or 'd1', got {self.dataset!r}")
+        if self.prompt_format not in ("compact", "d1-eval"):
+            raise HarnessError(f"sudoku4: prompt_format must be compact or d1-eval, got {self.prompt_format!r}")
         if not 1 <= self.n_blanks <= 12:
             raise ValueError(f"n_blanks must be in 1..12, got {self.n_blanks}")
         if self.n_test < 1 or self.n_train < 0:
@@ -115,6 +135,15 @@ class Sudoku4(Task):
         # thousand distinct puzzles (288 grids x 16 cells for one blank).
         if self.n_test > N_GRIDS * comb(16, self.n_blanks) // 4:
             raise ValueError(f"n_test={self.n_test} is too many distinct puzzles for n_blanks={self.n_blanks}")
+
+    @property
+    def prefill(self) -> str:
+        return D1_EVAL_PREFILL if self.prompt_format == "d1-eval" else ""
+
+    def _prompt(self, puzzle: str) -> str:
+        if self.prompt_format == "d1-eval":
+            return D1_EVAL_SYSTEM_PROMPT + "\n\n" + f"Solve the following Sudoku puzzle: {puzzle}\n"
+        return f"{puzzle}="
 
     @property
     def gen_length(self) -> int:
@@ -173,7 +202,7 @@ class Sudoku4(Task):
         else:
             pairs, prefix = self._train({p for p, _ in test}), "train"
         return [
-            Item(id=f"{prefix}-{i}", prompt=f"{p}=", reference=s, meta={"puzzle": p, "solution": s})
+            Item(id=f"{prefix}-{i}", prompt=self._prompt(p), reference=s, meta={"puzzle": p, "solution": s})
             for i, (p, s) in enumerate(pairs)
         ]
 

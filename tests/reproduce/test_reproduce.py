@@ -60,10 +60,11 @@ def test_rows_the_harness_cannot_express_list_what_is_missing():
     ppl = base["arc-c-ppl-cfg"]  # mc_num and cfg are not mc_elbo parameters: said, not dropped
     assert any("decoding mc_num=128" in m for m in ppl.missing) and any("cfg=0.5" in m for m in ppl.missing)
     d1 = {r.id: r for r in _find("d1").rows}["gsm8k-256"]
-    assert not d1.runnable and any("prefill" in m for m in d1.missing)
+    assert not d1.runnable and d1.missing == [
+        "model: the d1-LLaDA weights are not a hub checkpoint the table can name (give a path to run)"]
     assert d1.source["kind"] == "secondary"
-    assert base["humaneval-lm-eval-256"].runnable  # its prompt parity is tested (test_prompt_parity.py)
-    assert not base["gsm8k-lm-eval-256"].runnable  # lm-eval's exemplars differ from the harness's
+    # their prompt parity is tested (test_prompt_parity.py)
+    assert base["humaneval-lm-eval-256"].runnable and base["gsm8k-lm-eval-256"].runnable
 
 
 def _write(tmp_path: Path, text: str, name="t.yaml") -> Path:
@@ -88,6 +89,34 @@ def test_unknown_sampler_parameter_becomes_missing(tmp_path):
 
     t = R.load_table(_write(tmp_path, GOOD), INDEX)
     assert t.rows[0].missing == ["decoding not_a_knob=3: sampler low_confidence has no such parameter"]
+
+
+def test_protocol_model_options_reach_the_model_or_become_missing(tmp_path):
+    """`chat_template` and `add_special_tokens` are model options: a family without them is listed as
+    missing; the suite passes them to the model; a value other than true/false/null is an error."""
+    text = GOOD.replace(", not_a_knob: 3", "").replace("protocol: {scoring: harness}",
+                                                       "protocol: {scoring: harness, add_special_tokens: true}")
+    row = R.load_table(_write(tmp_path, text), INDEX).rows[0]
+    assert row.runnable and R.row_model_options(row) == {"add_special_tokens": True}
+    suite = R.suite_for(R.load_table(_write(tmp_path, text), INDEX), [row], {}, n_items=1)
+    assert suite["models"]["GSAI-ML_LLaDA-8B-Instruct-add_special_tokens_true"]["params"] == {
+        "path": "GSAI-ML/LLaDA-8B-Instruct", "add_special_tokens": True}
+    other = R.load_table(_write(tmp_path, text.replace("family: llada", "family: hf_causal")), INDEX).rows[0]
+    assert "protocol add_special_tokens=True: model family hf_causal has no option add_special_tokens" in other.missing
+    path = _write(tmp_path, text.replace("add_special_tokens: true", "add_special_tokens: 2"))
+    with pytest.raises(HarnessError, match=r"protocol.add_special_tokens: expected true, false or null, got 2"):
+        R.load_table(path)
+
+
+def test_a_row_whose_prefill_its_task_does_not_feed_is_refused(tmp_path):
+    from harness.registry import TASKS
+
+    text = GOOD.replace(", not_a_knob: 3", "").replace("protocol: {scoring: harness}",
+                                                       "protocol: {scoring: harness, prefill: <reasoning>}")
+    t = R.load_table(_write(tmp_path, text), INDEX)
+    with pytest.raises(HarnessError, match="the protocol's prefill is '<reasoning>' but harness task gsm8k"):
+        R.run_rows(t, None, results=tmp_path / "res")
+    R.check_prefill(t.rows[0], TASKS.build("gsm8k", {"prompt_format": "d1-eval"}))  # the d1-eval format feeds it
 
 
 @pytest.mark.parametrize("edit,needle", [
@@ -187,12 +216,14 @@ def test_suite_of_runnable_rows_is_a_valid_suite():
     t = _find("fast-dllm")
     rows = R.select(t, ["gsm8k-256-llada", "gsm8k-256-fast-dllm"])
     suite = R.suite_for(t, rows, {"dtype": "bfloat16"}, n_items=2)
-    model = suite["models"]["GSAI-ML_LLaDA-8B-Instruct-chat_true"]  # eval_llada.py wraps Instruct prompts
-    assert model["params"] == {"path": "GSAI-ML/LLaDA-8B-Instruct", "chat": True, "dtype": "bfloat16"}
+    # eval_llada.py wraps Instruct prompts and encodes them with special tokens on (the protocol's model options)
+    model = suite["models"]["GSAI-ML_LLaDA-8B-Instruct-chat_true-add_special_tokens_true"]
+    assert model["params"] == {"path": "GSAI-ML/LLaDA-8B-Instruct", "chat": True, "add_special_tokens": True,
+                               "dtype": "bfloat16"}
     s = parse_suite(suite, "reproduce")
     assert [st.id for st in s.studies] == ["gsm8k-256-llada", "gsm8k-256-fast-dllm"]
     assert s.studies[1].sampler.name == "threshold" and s.studies[1].sampler.params["cache"] == "prefix"
-    assert s.tasks[s.studies[0].task].params == {"fewshot": 5, "protocol": "lm-eval"}
+    assert s.tasks[s.studies[0].task].params == {"fewshot": 5, "fewshot_sampler": "lm-eval", "protocol": "lm-eval"}
 
 
 TINY = """table: tiny

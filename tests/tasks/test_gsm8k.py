@@ -91,6 +91,18 @@ def test_gsm8k_parameters_are_checked():
     with pytest.raises(HarnessError, match="fewshot"):
         TASKS.build("gsm8k", {"prompt_format": "cot", "fewshot": 9})
     assert TASKS.build("gsm8k").gen_length == 256
+    with pytest.raises(HarnessError, match="the d1-eval format is zero-shot"):
+        TASKS.build("gsm8k", {"prompt_format": "d1-eval", "fewshot": 2})
+    with pytest.raises(HarnessError, match="fewshot_sampler lm-eval draws the plain format's train exemplars"):
+        TASKS.build("gsm8k", {"prompt_format": "cot", "fewshot": 4, "fewshot_sampler": "lm-eval"})
+    with pytest.raises(HarnessError, match="fewshot_processes must be an integer >= 1, got 0"):
+        TASKS.build("gsm8k", {"fewshot": 5, "fewshot_sampler": "lm-eval", "fewshot_processes": 0})
+    with pytest.raises(HarnessError, match="fewshot_sampler: expected one of .first., .lm-eval."):
+        TASKS.build("gsm8k", {"fewshot_sampler": "random"})
+    assert TASKS.build("gsm8k", {"prompt_format": "d1-eval"}).prefill == "<reasoning>"
+    assert TASKS.build("gsm8k").prefill == "" and TASKS.build("math500", {"prompt_format": "d1-eval"}).prefill
+    with pytest.raises(HarnessError, match=r"fewshot must be 0..4 \(0 for d1-eval\)"):
+        TASKS.build("math500", {"prompt_format": "d1-eval", "fewshot": 1})
 
 
 @pytest.mark.skipif(not HAVE_DATA, reason="offline data directory (../shared/data) absent")
