@@ -94,7 +94,6 @@ class Wino:
     first_remask_cap: int = 30  # the previous step's commit count assumed at a block start (caps re-masking)
     min_length: int = 0  # EOS is never proposed at completion positions < min_length
 
-    adaptive: ClassVar[bool] = True
     budget_knobs: ClassVar[tuple[str, ...]] = ("threshold",)  # a lower threshold commits more per pass
 
     def speed_reference(self) -> bool:

@@ -181,6 +181,17 @@ def test_batch_rows_decode_as_alone_and_nfe_counts_each_rows_passes(c16):
     assert meter.cost.tokens == int(gen.row_steps.sum()) * (prompt.shape[1] + 16 + 8)
 
 
+def test_min_length_keeps_eos_out_of_the_first_positions(c16):
+    """The trained model ends its answer with EOS padding; with min_length EOS is never proposed
+    before that position, while the default run does end early."""
+    den, prompts = c16
+    plain = SAMPLERS.build("wino", {"block_length": 8})(den, prompts[0], generator=None, gen_length=16)
+    assert int(plain.gen_len[0]) < 10
+    gen = SAMPLERS.build("wino", {"block_length": 8, "min_length": 10})(den, prompts[0], generator=None,
+                                                                           gen_length=16)
+    assert int(gen.gen_len[0]) > 10 and (gen.tokens[0, :10] != den.eos_id).all()
+
+
 def test_sampled_decoding_is_reproducible_and_bounded():
     """temperature > 0 on a random tiny model: the row generators make it reproducible, no mask is
     left, and the passes stay within the declared bound (one per token)."""
