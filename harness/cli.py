@@ -83,9 +83,14 @@ def _describe(kind: str, name: str) -> dict:
               for f, (tp, d) in reg.fields(name).items()]
     applies = ""
     if kind in ("estimators", "samplers"):
+        from harness.config import missing_capabilities
+
         noise = getattr(cls, "noise", "masked")
-        fits = [m for m in MODELS.names() if getattr(MODELS.get(m), "noise", "masked") == noise]
+        fits = [m for m in MODELS.names() if getattr(MODELS.get(m), "noise", "masked") == noise
+                and not missing_capabilities(MODELS.get(m), cls)]
         who = "causal LMs" if noise == "causal" else f"{noise}-noise models"
+        if getattr(cls, "requires", ()):
+            who += f" that provide {', '.join(cls.requires)}"
         applies = f"applies to: {who} ({', '.join(fits) or 'none registered'}; enforced when a suite is planned)"
     elif kind == "models" and getattr(cls, "applies", ""):
         applies = f"applies: {cls.applies}"

@@ -382,11 +382,11 @@ def _cell(suite: Suite, study: StudySpec, s: dict, point: dict, where: str, quic
             defined = ", ".join(table) or "none"
             raise HarnessError(f"{where}.{key}: {s[key]!r} is not defined under {key}s: (defined: {defined})")
     model, task = suite.models[s["model"]], suite.tasks[s["task"]]
-    MODELS.build(model.name, model.params, f"{suite.path}.models.{s['model']}")  # a spec only; nothing loads
+    mspec = MODELS.build(model.name, model.params, f"{suite.path}.models.{s['model']}")  # a spec only; nothing loads
     TASKS.build(task.name, task.params, f"{suite.path}.tasks.{s['task']}")
     comp = _from_mapping(ComponentSpec, s[ckey], f"{where}.{ckey}")
     built = REGISTRIES[ckind].build(comp.name, comp.params, f"{where}.{ckey}")
-    _check_noise(model.name, ckind, comp.name, where)
+    _check_noise(model.name, ckind, comp.name, where, mspec)
     for key in ("replicates", "batch_size"):  # swept values were not parsed with the study
         s[key] = validate.field(StudySpec, key, coerce(s[key], int, f"{where}.{key}"), f"{where}.{key}")
     s["seed"] = coerce(s["seed"], int, f"{where}.seed")
@@ -476,11 +476,12 @@ def _check_schedule(cell: Cell, sampler, where: str) -> None:
                            f"the tokens would be passes that commit nothing. Use steps <= {L}")
 
 
-def _check_noise(model: str, ckind: str, name: str, where: str) -> None:
+def _check_noise(model: str, ckind: str, name: str, where: str, spec=None) -> None:
     """Masked estimators and samplers need a mask token; uniform-noise models (diffusion_gemma) have
     none and their own components (`noise = "uniform"`), and causal LMs (hf_causal) take only the
     `autoregressive` estimator (`noise = "causal"`). A component applies to the models of its own
-    noise (`dlm-harness show` lists the same); a mismatch fails here, before any compute."""
+    noise that provide what it `requires` (`dlm-harness show` lists the same); a mismatch fails here,
+    before any compute. `spec`: the built model spec (its checkpoint can tell a block model)."""
     if ckind not in ("estimators", "samplers"):
         return
     model_noise = getattr(MODELS.get(model), "noise", "masked")
@@ -490,6 +491,27 @@ def _check_noise(model: str, ckind: str, name: str, where: str) -> None:
                 if getattr(REGISTRIES[ckind].get(n), "noise", "masked") == model_noise] or ["none"]
         raise HarnessError(f"{where}: {ckind[:-1]} {name!r} is for {comp_noise}-noise models, but model {model!r} "
                            f"uses {model_noise} noise (its {ckind}: {', '.join(fits)})")
+    lacking = missing_capabilities(spec if spec is not None else MODELS.get(model), REGISTRIES[ckind].get(name))
+    if lacking:
+        able = [m for m in MODELS.names() if not missing_capabilities(MODELS.get(m), REGISTRIES[ckind].get(name))]
+        raise HarnessError(f"{where}: {ckind[:-1]} {name!r} needs the model's {', '.join(lacking)}, which model "
+                           f"{model!r} does not provide (models that do: {', '.join(able) or 'none'})")
+
+
+CAPABILITIES = {"logits_pattern": "an explicit attention pattern with position ids (a `logits_pattern` method)",
+                "full_attention": "bidirectional attention over the whole sequence (not a block-diffusion model)"}
+
+
+def missing_capabilities(model, component_cls) -> list[str]:
+    """The denoiser capabilities (CAPABILITIES) a component `requires` that a model family (class) or
+    spec (instance) does not declare in `provides`; a spec whose checkpoint is a block model
+    (`planned_block_size()`, read before loading) lacks full_attention whatever its family declares.
+    A test checks every family's declaration against its loaded denoiser."""
+    provides = set(getattr(model, "provides", ()))
+    if "full_attention" in provides and not isinstance(model, type) and hasattr(model, "planned_block_size"):
+        if model.planned_block_size() is not None:
+            provides.discard("full_attention")
+    return [c for c in getattr(component_cls, "requires", ()) if c not in provides]
 
 
 def _options(kind: str, raw, where: str) -> dict:

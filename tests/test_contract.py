@@ -84,6 +84,47 @@ def test_model_contract(name):
     assert isinstance(den.eos_id, int) and isinstance(den.shift_logits, bool)
 
 
+@pytest.mark.parametrize("name", sorted(MODEL_PARAMS))
+def test_a_model_provides_exactly_the_capabilities_its_denoiser_has(name):
+    """`provides` is a claim the plan-time check trusts: each declared capability is a method of the
+    loaded denoiser (remote and native alike), and each capability the denoiser has is declared."""
+    params = MODEL_PARAMS[name]
+    if params is None:
+        pytest.skip(f"{name} needs a saved transformers model")
+    from harness.config import CAPABILITIES
+    from harness.models.block_attention import block_size_of
+
+    den = MODELS.build(name, params).load()
+    declared = set(getattr(MODELS.get(name), "provides", ()))
+    assert declared <= set(CAPABILITIES), f"{name} declares an unknown capability"
+    has = {"logits_pattern"} if callable(getattr(den, "logits_pattern", None)) else set()
+    if block_size_of(den) is None and getattr(MODELS.get(name), "noise", "masked") != "causal":
+        has.add("full_attention")
+    assert declared == has, f"{name}: declares {sorted(declared)}, its denoiser has {sorted(has)}"
+
+
+def test_a_component_that_needs_a_capability_is_refused_at_plan_time_by_a_model_without_it(tmp_path):
+    from harness.config import load_suite, plan
+    from harness.types import HarnessError
+    from tests.helpers import write_suite
+
+    required = [n for n in SAMPLERS.names() if getattr(SAMPLERS.get(n), "requires", ())]
+    assert "wino" in required
+    suite = """
+suite: caps
+models: {m: {name: llada, params: {preset: tiny}}}
+tasks: {t: {name: addition, params: {n_digits: 2}, split: test, n_items: 2}}
+studies:
+  - {id: g, kind: generate, model: m, task: t, sampler: {name: wino}}
+"""
+    with pytest.raises(HarnessError, match="needs the model's logits_pattern.*models that do: tiny\\)"):
+        plan(load_suite(write_suite(tmp_path, suite)))
+    block = suite.replace("{name: llada, params: {preset: tiny}}",
+                          "{name: tiny, params: {checkpoint: tiny-addition-c16-block4}}")
+    with pytest.raises(HarnessError, match="needs the model's full_attention"):  # a block checkpoint of tiny
+        plan(load_suite(write_suite(tmp_path, block, "block.yaml")))
+
+
 @pytest.mark.parametrize("name", ESTIMATORS.names())
 def test_estimator_contract(name, masked, uniform):
     est = ESTIMATORS.build(name, {})

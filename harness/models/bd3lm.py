@@ -187,6 +187,7 @@ class BD3LM(NativeOrRemote):
 
     presets: ClassVar[dict] = PRESETS
     noise: ClassVar[str] = "masked"
+    provides: ClassVar[tuple[str, ...]] = ("logits_pattern",)  # denoiser capabilities components may require
     preset_base: ClassVar[dict] = dict(model_type="bd3lm", adaln=True, cross_attn=True, causal=False,
                                        time_conditioning=False)
     known_mask: ClassVar[int] = MASK_ID

@@ -224,6 +224,7 @@ class DiffusionGemma(DiffusionModel):
     presets: ClassVar[dict] = PRESETS
     trust_remote_code: ClassVar[bool] = False
     noise: ClassVar[str] = "uniform"
+    provides: ClassVar[tuple[str, ...]] = ("full_attention",)  # denoiser capabilities components may require
     applies: ClassVar[str] = ("noise: uniform; estimators: uniform_x0 only (no mask token: the masked "
                               "estimators do not apply); samplers: uniform_entropy_bound only")
 

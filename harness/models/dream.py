@@ -54,6 +54,7 @@ class Dream(NativeOrRemote):
 
     presets: ClassVar[dict] = PRESETS
     noise: ClassVar[str] = "masked"
+    provides: ClassVar[tuple[str, ...]] = ("full_attention",)  # denoiser capabilities components may require
     preset_base: ClassVar[dict] = dict(model_type="Dream", rope_theta=1000000.0)
     known_mask: ClassVar[int] = MASK_ID
     model_types: ClassVar[tuple[str, ...]] = ("Dream", "dream")

@@ -56,6 +56,7 @@ class LLaDA(NativeOrRemote):
 
     presets: ClassVar[dict] = PRESETS
     noise: ClassVar[str] = "masked"
+    provides: ClassVar[tuple[str, ...]] = ("full_attention",)  # denoiser capabilities components may require
     preset_base: ClassVar[dict] = dict(model_type="llada", block_type="llama", activation_type="silu",
                                        layer_norm_type="rms", rope=True, weight_tying=False, rope_theta=500000.0)
     known_mask: ClassVar[int] = MASK_ID

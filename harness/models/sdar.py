@@ -194,6 +194,7 @@ class SDAR(NativeOrRemote):
 
     presets: ClassVar[dict] = PRESETS
     noise: ClassVar[str] = "masked"
+    provides: ClassVar[tuple[str, ...]] = ("logits_pattern",)  # denoiser capabilities components may require
     preset_base: ClassVar[dict] = dict(model_type="sdar")
     known_mask: ClassVar[int] = MASK_ID
     applies: ClassVar[str] = ("noise: masked; a block-diffusion model (block_size); estimators: the masked ones, "

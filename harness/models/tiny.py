@@ -21,6 +21,7 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
@@ -420,6 +421,10 @@ class Tiny:
     checkpoint: str = "tiny-addition"
     device: str = "cpu"
     dtype: str = "float32"
+
+    # denoiser capabilities components may require (full_attention: not for a block checkpoint, which
+    # `planned_block_size` tells before loading)
+    provides: ClassVar[tuple[str, ...]] = ("logits_pattern", "full_attention")
 
     def __post_init__(self):
         if self.dtype not in DTYPES:

@@ -95,6 +95,8 @@ class Wino:
     min_length: int = 0  # EOS is never proposed at completion positions < min_length
 
     budget_knobs: ClassVar[tuple[str, ...]] = ("threshold",)  # a lower threshold commits more per pass
+    # checked against the model's `provides` at plan time (harness/config.py)
+    requires: ClassVar[tuple[str, ...]] = ("logits_pattern", "full_attention")
 
     def speed_reference(self) -> bool:
         return False
