@@ -471,7 +471,11 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 @MODELS.register("tiny")
 @dataclass(frozen=True, kw_only=True)
 class Tiny:
-    """Built-in tiny transformer MDLM, character tokenizer (block diffusion if its config sets block_size)."""
+    """Built-in tiny transformer MDLM, character tokenizer (block diffusion if its config sets block_size).
+
+    The full-attention model supports every `cache:` of the block samplers: Fast-dLLM's prefix and
+    dual KV caches and, through its layer-by-layer view (`TinyLayers`), the approximate dKV-Cache
+    and dLLM-Cache (harness/samplers/_approx_cache.py)."""
 
     checkpoint: str = "tiny-addition"
     device: str = "cpu"

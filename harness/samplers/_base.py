@@ -15,7 +15,10 @@ never eligible. Which positions a step commits is the sampler's only variation (
 
 Options shared by all: classifier-free guidance (`cfg_scale`), KV caches (`cache`, see _cache.py;
 rebuilt at each block start and, with `refresh` > 0, every `refresh` steps inside a block; for a
-shifted-logit model the query columns start one column earlier, at lo - 1), and
+shifted-logit model the query columns start one column earlier, at lo - 1), approximate caches
+that change the output (`cache: dkv`, dKV-Cache-Decode, horseee/dKV-Cache, `refresh` its
+cache_reloading_step; `cache: dllm_cache`, dLLM-Cache, maomaocun/dLLM-cache, `prompt_refresh` Kp,
+`refresh` Kr, `refresh_ratio` rho; see _approx_cache.py, on models with a layer-by-layer view), and
 `min_length` (EOS is suppressed at completion positions < min_length). After decoding, the canvas
 is cut at the first stop token (the model's `stop_ids`, e.g. LLaDA's EOS 126081 and EOT 126348;
 EOS alone when the model declares none); later tokens become EOS padding.
@@ -114,6 +117,7 @@ from harness.types import Generation, HarnessError
 
 CONFIDENCE_DTYPES = {"float32": torch.float32, "float64": torch.float64, "model": None}
 SAMPLINGS = ("auto", "gumbel", "multinomial")
+CacheKind = Literal["none", "prefix", "dual", "dkv", "dllm_cache"]
 
 
 # -- pure helpers ---------------------------------------------------------------------------------
@@ -306,11 +310,10 @@ class DecodeLoop(abc.ABC):
     block_length: int | None = None  # None: a single block (block models: the model's block_size)
     temperature: float = 0.0
     cfg_scale: float = 0.0
-    cache: Literal["none", "prefix", "dual", "dkv", "dllm_cache"] = "none"  # dkv, dllm_cache: _approx_cache.py
-    refresh: int = 0  # with a cache: also rebuild it every `refresh` steps inside a block (0: block start only);
-    # dkv: its cache_reloading_step; dllm_cache: the response's interval Kr (counted over the generation)
-    prompt_refresh: int | None = None  # dllm_cache only: the prompt's interval Kp (None: 50)
-    refresh_ratio: float | None = None  # dllm_cache only: rho, the response share updated in between (None: 0.25)
+    cache: CacheKind = "none"  # prefix, dual: Fast-dLLM; approximate: dkv (horseee/dKV-Cache), dllm_cache (dLLM-Cache)
+    refresh: int = 0  # refresh interval: prefix/dual inside a block (0: never); dkv cache_reloading_step; dllm_cache Kr
+    prompt_refresh: int | None = None  # dllm_cache only: Kp, the prompt's refresh interval in passes (None: 50)
+    refresh_ratio: float | None = None  # dllm_cache only: rho, response share recomputed in between (None: 0.25)
     min_length: int = 0  # EOS suppressed at completion positions < min_length
     logits_eos_inf: bool = False  # LLaDA: EOS is never proposed
     confidence_eos_eot_inf: bool = False  # LLaDA: EOT (and EOS at temperature 0) proposals get confidence 0
