@@ -16,8 +16,14 @@ configuration in the table within 1 point (every configuration is printed). A th
 measures the cache mechanism on a random-init model with a 128-token canvas in blocks of 32 (speed
 and agreement with no cache only: a random model has no accuracy).
 
+The approximate caches (`cache: dkv`, dKV-Cache-Decode; `cache: dllm_cache`, dLLM-Cache; they
+change the output) are in the 16-token table at the baseline's 16 passes and in the mechanism
+table; after each table one line per policy prints its measured speed-up over the uncached run,
+with its accuracy (or token agreement) beside it.
+
     python benchmarks/samplers.py            # 500 items, 5 rounds
     python benchmarks/samplers.py --quick    # 200 items, 3 rounds, a smaller mechanism canvas
+    python benchmarks/samplers.py --quick --configs "cache=d"   # the baseline and the cached configurations
 """
 from __future__ import annotations
 
@@ -71,7 +77,16 @@ LONG_CONFIGS = [  # the 16-token canvas
     ("entropy_bound bound=0.1 cache=dual", "entropy_bound", {"bound": 0.1, "cache": "dual"}),
     ("entropy_bound bound=1", "entropy_bound", {"bound": 1.0}),
     ("remdm cap steps=32", "remdm", {"steps": 32}),
+    # approximate caches (harness/samplers/_approx_cache.py) at the baseline's 16 passes
+    ("low_confidence cache=dkv", "low_confidence", {"cache": "dkv"}),
+    ("low_confidence cache=dkv refresh=4", "low_confidence", {"cache": "dkv", "refresh": 4}),
+    ("low_confidence cache=dllm_cache refresh=2", "low_confidence", {"cache": "dllm_cache", "refresh": 2}),
+    ("low_confidence cache=dllm_cache refresh=8", "low_confidence", {"cache": "dllm_cache", "refresh": 8}),
 ]
+APPROX = ("cache=dkv", "cache=dllm_cache")  # labels of the approximate-cache policies
+MECHANISM = {"none": {}, "prefix": {"cache": "prefix"}, "dual": {"cache": "dual"}, "dkv": {"cache": "dkv"},
+             "dkv refresh=4": {"cache": "dkv", "refresh": 4},
+             "dllm_cache refresh=4": {"cache": "dllm_cache", "refresh": 4}}
 LONG = ("tiny-addition-c16", {"n_digits": 3, "canvas": 16}, LONG_CONFIGS)
 SHORT = ("tiny-addition", {"n_digits": 3}, SHORT_CONFIGS)
 
@@ -141,7 +156,7 @@ def mechanism_table(gen_length: int, block: int, batch: int, rounds: int) -> dic
     outs = {}
 
     def run(cache):
-        sampler = SAMPLERS.build("low_confidence", {"block_length": block, "cache": cache})
+        sampler = SAMPLERS.build("low_confidence", {"block_length": block, **MECHANISM[cache]})
         meter = Meter(den)
         start = time.perf_counter()
         g = sampler(meter, prompt, generator=None, gen_length=gen_length)
@@ -151,7 +166,7 @@ def mechanism_table(gen_length: int, block: int, batch: int, rounds: int) -> dic
         return {"wall_s": wall, "model_s": c.wall_s, "tokens": batch * gen_length, "accuracy": float("nan"),
                 "nfe": c.nfe / batch, "nfe_full": c.nfe_full / batch, "nfe_cached": c.nfe_cached / batch}
 
-    rows = interleaved({c: (lambda c=c: run(c)) for c in ("none", "prefix", "dual")}, rounds)
+    rows = interleaved({c: (lambda c=c: run(c)) for c in MECHANISM}, rounds)
     for cache, row in rows.items():
         row["speedup"] = row["tokens_per_s"] / rows["none"]["tokens_per_s"]
         row["model_speedup"] = row["model_tokens_per_s"] / rows["none"]["model_tokens_per_s"]
@@ -173,6 +188,20 @@ def print_table(rows: dict, extra: str | None = None) -> None:
         if extra:
             line += f" {r[extra]:.3f} |"
         print(line)
+
+
+def policy_speedups(rows: dict, base_label: str, what: str) -> str:
+    """One line per approximate-cache configuration: its measured speed-up over `base_label`."""
+    out = []
+    for label, r in rows.items():
+        if any(p in label for p in APPROX) or label.split()[0] in ("dkv", "dllm_cache"):
+            acc = "" if r["accuracy"] != r["accuracy"] else \
+                f", accuracy {r['accuracy']:.3f} ({r['d_points']:+.1f} points)"
+            agree = f", token agreement {r['agreement']:.3f}" if "agreement" in r else ""
+            out.append(f"approximate cache `{label}` ({what}): {r['speedup']:.2f}x tokens/s of `{base_label}` end to "
+                       f"end, {r['model_speedup']:.2f}x model time, NFE/seq {r['nfe']:.2f} ({r['nfe_cached']:.2f} "
+                       f"cached){acc}{agree}")
+    return "\n".join(out)
 
 
 def within(row: dict, base: dict) -> bool:
@@ -210,6 +239,8 @@ def main() -> None:
                     help="torch threads (default 1: on a shared CPU, 2 threads measured up to 13x run-to-run spread)")
     ap.add_argument("--no-mechanism", action="store_true", help="skip the long-canvas cache table")
     ap.add_argument("--json", default=None, help="also write the measurements to this file")
+    ap.add_argument("--configs", default=None,
+                    help="only the configurations whose label contains this text (the baseline always runs)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     n_items = args.items or (200 if args.quick else 500)
@@ -217,6 +248,10 @@ def main() -> None:
 
     results = {}
     for ckpt, task_params, configs in (LONG, SHORT):
+        if args.configs:
+            configs = [c for c in configs if c[0] == BASELINE or args.configs in c[0]]
+            if len(configs) == 1:
+                continue
         canvas = task_params.get("canvas", 5)
         print(f"## Samplers on {ckpt} (3-digit addition, {canvas}-token canvas): {n_items} items, batch "
               f"{args.batch}, fastest of {rounds} interleaved rounds, {args.threads} threads\n")
@@ -225,6 +260,9 @@ def main() -> None:
         print()
         print(verdict(rows))
         print()
+        if any(any(p in label for p in APPROX) for label in rows):
+            print(policy_speedups(rows, BASELINE, f"{ckpt}, {args.threads} CPU thread(s)"))
+            print()
         results[ckpt] = rows
     if not args.no_mechanism:
         L, block, batch = (64, 16, 16) if args.quick else (128, 32, 32)
@@ -233,6 +271,8 @@ def main() -> None:
               f"(speed and agreement with no cache only)\n")
         mech = mechanism_table(L, block, batch, min(rounds, 3))
         print_table(mech, extra="agreement")
+        print()
+        print(policy_speedups(mech, "none", f"mechanism canvas {L}, {args.threads} CPU thread(s)"))
         results["mechanism"] = mech
     if args.json:
         with open(args.json, "w") as fh:

@@ -181,3 +181,37 @@ class Meter:
         cached samplers): counted as a FULL pass, since every position is processed."""
         B, T = x.shape
         return self._run(lambda: self.inner.logits_build_cache(x, attention_mask, keep=keep), B, T, T, cached=False)
+
+    def logits_layerwise(self, run, *, batch: int, layer_tokens, t_key: int, full: bool,
+                         extra_flops: float = 0.0):
+        """A pass of an approximate cache (harness/samplers/_approx_cache.py) that recomputes some
+        columns of some layers: `layer_tokens` [n_layers] the query columns each layer computes per
+        sequence, attending to `t_key` keys. Tokens count the layer-averaged columns (a full pass
+        over T columns counts T), FLOPs 2·params·that plus each layer's attention, plus
+        `extra_flops` (the pass's other work, e.g. value projections for a similarity test).
+        `full`: whether every column of every layer is computed (counted as a full pass)."""
+        lt = [int(n) for n in layer_tokens]
+        if len(lt) != self.arch.n_layers:
+            raise ValueError(f"layer_tokens has {len(lt)} entries for a model of {self.arch.n_layers} layers")
+        tokens = int(round(batch * sum(lt) / len(lt)))
+        flops = 2.0 * self.arch.n_params * batch * sum(lt) / len(lt) + extra_flops + sum(
+            attention_flops(1, self.arch.d_model, batch, n, t_key) for n in lt)
+        self._check(batch, tokens, flops)
+        sync = self.inner.device.type == "cuda"
+        if sync:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        out = self.inner.logits_layerwise(run, batch=batch, layer_tokens=lt, t_key=t_key, full=full,
+                                          extra_flops=extra_flops)
+        if sync:
+            torch.cuda.synchronize()
+        self._wall += time.perf_counter() - start
+        if full:
+            self._nfe_full += batch
+        else:
+            self._nfe_cached += batch
+        self._tokens += tokens
+        self._flops += flops
+        check_finite(out[0] if isinstance(out, tuple) else out, f"logits of a {'full' if full else 'cached'} "
+                     "layer-wise pass")
+        return out

@@ -308,6 +308,57 @@ class TinyKVCache:
                            columns=self.columns)
 
 
+class TinyLayers:
+    """A full-attention TinyMDLM layer by layer: the view the approximate caches run on
+    (harness/samplers/_approx_cache.py: dKV-Cache, dLLM-Cache), which recompute some columns of
+    some layers and reuse cached keys/values or layer outputs for the rest. Running every layer
+    over every column with these pieces is exactly `TinyMDLM.forward` (the same operations in the
+    same order)."""
+
+    def __init__(self, module: "TinyMDLM"):
+        if module.cfg.block_size is not None:
+            raise HarnessError("approximate KV caches need a full-attention model; this tiny model is a "
+                               f"block-diffusion model (block_size {module.cfg.block_size})")
+        self.module = module
+        self.n_layers = len(module.blocks)
+
+    def embed(self, x: torch.Tensor, attention_mask: torch.Tensor | None):
+        """The canvas x [B, T] -> (h [B, T, D], key mask [B, 1, 1, T] or None), as `forward`."""
+        B, T = x.shape
+        if T > self.module.cfg.max_len:
+            raise HarnessError(f"sequence length {T} exceeds the tiny model's max_len {self.module.cfg.max_len}")
+        if attention_mask is None:
+            return self.module.tok(x) + self.module.pos.weight[:T], None
+        pos = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+        return self.module.tok(x) + self.module.pos(pos), attention_mask.bool()[:, None, None, :]
+
+    def qkv(self, i: int, h: torch.Tensor):
+        """h [B, n, D] -> q, k, v [B, H, n, Dh] of layer i."""
+        return self.module.blocks[i]._qkv(h)
+
+    def value(self, i: int, h: torch.Tensor) -> torch.Tensor:
+        """h [B, n, D] -> v [B, H, n, Dh] of layer i alone (the value slice of its fused projection)."""
+        blk = self.module.blocks[i]
+        B, n, D = h.shape
+        v = F.linear(blk.ln1(h), blk.qkv.weight[2 * D:], blk.qkv.bias[2 * D:])
+        return v.view(B, n, blk.n_heads, D // blk.n_heads).transpose(1, 2)
+
+    def attend(self, i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask) -> torch.Tensor:
+        """Layer i's attention branch: queries [B, H, n, Dh] over keys/values [B, H, m, Dh] ->
+        [B, n, D], the output projection applied (what the residual adds)."""
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
+        B, H, n, Dh = a.shape
+        return self.module.blocks[i].proj(a.transpose(1, 2).reshape(B, n, H * Dh))
+
+    def mlp(self, i: int, h: torch.Tensor) -> torch.Tensor:
+        """Layer i's MLP branch on h [B, n, D] (what the residual adds)."""
+        blk = self.module.blocks[i]
+        return blk.fc2(F.gelu(blk.fc1(blk.ln2(h))))
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        return self.module.head(self.module.ln_f(h))
+
+
 class TinyDenoiser:
     """The Denoiser adapter of a TinyMDLM (no logit shift; mask id from the tokenizer)."""
 
@@ -365,6 +416,11 @@ class TinyDenoiser:
         reusing `cache` for the cached columns. attention_mask: the whole canvas's [B, T] mask."""
         return self.module.forward_cached(x, cache, positions.to(x.device), attention_mask)
 
+    def logits_layerwise(self, run, **work):
+        """Run `run(layers)` on the model's layer-by-layer view (`TinyLayers`) and return what it
+        returns (logits first). `work` describes the pass for the meter (harness/budget.py)."""
+        return run(TinyLayers(self.module))
+
 
 def save_checkpoint(path: Path, module: TinyMDLM, tokenizer: CharTokenizer, extra: dict) -> None:
     """Write a checkpoint directory; `extra` (training config, metrics) goes into config.json."""
@@ -416,7 +472,11 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 @MODELS.register("tiny")
 @dataclass(frozen=True, kw_only=True)
 class Tiny:
-    """Built-in tiny transformer MDLM, character tokenizer (block diffusion if its config sets block_size)."""
+    """Built-in tiny transformer MDLM, character tokenizer (block diffusion if its config sets block_size).
+
+    The full-attention model supports every `cache:` of the block samplers: Fast-dLLM's prefix and
+    dual KV caches and, through its layer-by-layer view (`TinyLayers`), the approximate dKV-Cache
+    and dLLM-Cache (harness/samplers/_approx_cache.py)."""
 
     checkpoint: str = "tiny-addition"
     device: str = "cpu"

@@ -15,7 +15,10 @@ never eligible. Which positions a step commits is the sampler's only variation (
 
 Options shared by all: classifier-free guidance (`cfg_scale`), KV caches (`cache`, see _cache.py;
 rebuilt at each block start and, with `refresh` > 0, every `refresh` steps inside a block; for a
-shifted-logit model the query columns start one column earlier, at lo - 1), and
+shifted-logit model the query columns start one column earlier, at lo - 1), approximate caches
+that change the output (`cache: dkv`, dKV-Cache-Decode, horseee/dKV-Cache, `refresh` its
+cache_reloading_step; `cache: dllm_cache`, dLLM-Cache, maomaocun/dLLM-cache, `prompt_refresh` Kp,
+`refresh` Kr, `refresh_ratio` rho; see _approx_cache.py, on models with a layer-by-layer view), and
 `min_length` (EOS is suppressed at completion positions < min_length). After decoding, the canvas
 is cut at the first stop token (the model's `stop_ids`, e.g. LLaDA's EOS 126081 and EOT 126348;
 EOS alone when the model declares none); later tokens become EOS padding.
@@ -97,6 +100,15 @@ import torch
 import torch.nn.functional as F
 
 from harness.models.block_attention import block_size_of
+from harness.samplers._approx_cache import (
+    APPROX_CACHES,
+    DLLM_PROMPT_REFRESH,
+    DLLM_REFRESH_RATIO,
+    DLLMState,
+    check_layerwise_support,
+    dkv_logits,
+    dllm_logits,
+)
 from harness.samplers._cache import check_cache_support, full_pass_with_cache, store_pass
 from harness.samplers._schedule import SCHEDULES, linear_schedule, resolve_schedule
 from harness.seeding import rand
@@ -105,6 +117,7 @@ from harness.types import Generation, HarnessError
 
 CONFIDENCE_DTYPES = {"float32": torch.float32, "float64": torch.float64, "model": None}
 SAMPLINGS = ("auto", "gumbel", "multinomial")
+CacheKind = Literal["none", "prefix", "dual", "dkv", "dllm_cache"]
 
 
 # -- pure helpers ---------------------------------------------------------------------------------
@@ -303,8 +316,10 @@ class DecodeLoop(abc.ABC):
     block_length: int | None = None  # None: a single block (block models: the model's block_size)
     temperature: float = 0.0
     cfg_scale: float = 0.0
-    cache: Literal["none", "prefix", "dual"] = "none"
-    refresh: int = 0  # with a cache: also rebuild it every `refresh` steps inside a block (0: block start only)
+    cache: CacheKind = "none"  # prefix, dual: Fast-dLLM; approximate: dkv (horseee/dKV-Cache), dllm_cache (dLLM-Cache)
+    refresh: int = 0  # refresh interval: prefix/dual inside a block (0: never); dkv cache_reloading_step; dllm_cache Kr
+    prompt_refresh: int | None = None  # dllm_cache only: Kp, the prompt's refresh interval in passes (None: 50)
+    refresh_ratio: float | None = None  # dllm_cache only: rho, response share recomputed in between (None: 0.25)
     min_length: int = 0  # EOS suppressed at completion positions < min_length
     logits_eos_inf: bool = False  # LLaDA: EOS is never proposed
     confidence_eos_eot_inf: bool = False  # LLaDA: EOT (and EOS at temperature 0) proposals get confidence 0
@@ -332,10 +347,19 @@ class DecodeLoop(abc.ABC):
             raise ValueError("temperature and cfg_scale must be >= 0")
         if self.min_length < 0:
             raise ValueError(f"min_length must be >= 0, got {self.min_length}")
-        if self.cache not in ("none", "prefix", "dual"):
-            raise ValueError(f"cache must be one of 'none', 'prefix', 'dual', got {self.cache!r}")
+        if self.cache not in ("none", "prefix", "dual", *APPROX_CACHES):
+            raise ValueError(f"cache must be one of 'none', 'prefix', 'dual', 'dkv', 'dllm_cache', got {self.cache!r}")
         if self.refresh < 0:
             raise ValueError(f"refresh must be >= 0, got {self.refresh}")
+        if self.cache == "dllm_cache" and self.refresh < 1:
+            raise ValueError("cache 'dllm_cache' needs refresh >= 1 (Kr: the response is recomputed every `refresh` "
+                             f"passes), got {self.refresh}")
+        if self.cache != "dllm_cache" and (self.prompt_refresh is not None or self.refresh_ratio is not None):
+            raise ValueError(f"prompt_refresh and refresh_ratio are dllm_cache settings; cache is {self.cache!r}")
+        if self.prompt_refresh is not None and self.prompt_refresh < 1:
+            raise ValueError(f"prompt_refresh must be >= 1, got {self.prompt_refresh}")
+        if self.refresh_ratio is not None and not 0 <= self.refresh_ratio <= 1:
+            raise ValueError(f"refresh_ratio must be in [0, 1], got {self.refresh_ratio}")
         if self.cache != "none" and self.cfg_scale > 0:
             raise ValueError("KV caches are not supported with classifier-free guidance (cfg_scale > 0)")
         if self.confidence_dtype not in CONFIDENCE_DTYPES:
@@ -448,7 +472,7 @@ class DecodeLoop(abc.ABC):
         pass per block (see "Block models"). A row that stops early takes fewer."""
         if block_size is not None:
             L, block, per_block = self.plan(gen_length, block_size)
-            if self.cache == "dual" or self.refresh or self.cfg_scale > 0:
+            if self.cache in ("dual", *APPROX_CACHES) or self.refresh or self.cfg_scale > 0:
                 raise ValueError(f"a block-diffusion model (block_size {block_size}) decodes with cache 'none' or "
                                  "'prefix', refresh 0 and cfg_scale 0")
             n_blocks = -(-(L + block - 1) // block)
@@ -464,7 +488,10 @@ class DecodeLoop(abc.ABC):
             return self._decode_block_model(denoiser, prompt, generator=generator, prompt_mask=prompt_mask,
                                             gen_length=gen_length, fixed=fixed)
         L, block, per_block = self.plan(gen_length)
-        check_cache_support(denoiser, self.cache)
+        if self.cache in APPROX_CACHES:
+            check_layerwise_support(denoiser, self.cache)
+        check_cache_support(denoiser, "prefix" if self.cache == "dkv" else
+                            "none" if self.cache == "dllm_cache" else self.cache)  # dkv's full passes build a cache
         sampling = self.sampling_of(denoiser)
         B, P = prompt.shape
         mask_id = denoiser.mask_id
@@ -476,10 +503,12 @@ class DecodeLoop(abc.ABC):
         commit_conf = torch.full((B, L), float("nan"), device=prompt.device)
         row_steps = torch.zeros(B, dtype=torch.long, device=prompt.device)  # passes each row took
         schedule = self.schedule_of(denoiser)
+        cache = None
         for b in range(L // block):
             lo, hi = P + b * block, P + (b + 1) * block
             n0 = (x[:, lo:hi] == mask_id).sum(1)  # [B] the block's masked count at its start
-            cache = None
+            # dLLM-Cache's features and pass count live for the whole generation, the others per block
+            cache = (cache or DLLMState(B)) if self.cache == "dllm_cache" else None
             for s in range(per_block):
                 rows = None
                 if self.adaptive:  # rows whose block is done leave the batch
@@ -535,6 +564,9 @@ class DecodeLoop(abc.ABC):
         if self.cache == "dual":
             raise HarnessError("cache 'dual' on a block-diffusion model: later blocks are never visible, so there is "
                                "nothing after the block to cache; use cache: prefix")
+        if self.cache in APPROX_CACHES:
+            raise HarnessError(f"cache {self.cache!r} on a block-diffusion model: its exact cache of finished blocks "
+                               "leaves nothing to approximate; use cache: prefix")
         if self.refresh:
             raise HarnessError("refresh on a block-diffusion model: its cache of finished blocks is exact and is "
                                "never rebuilt; use refresh: 0")
@@ -662,6 +694,12 @@ class DecodeLoop(abc.ABC):
         lo - 1 (a committed column, recomputed) and the cache keeps [0, lo - 1) (see _cache.py)."""
         T = x.shape[1]
         dev = x.device
+        if self.cache == "dkv":
+            return dkv_logits(denoiser, x, attn, lo, hi, s, cache, rows, self.refresh, denoiser.mask_id)
+        if self.cache == "dllm_cache":
+            kp = DLLM_PROMPT_REFRESH if self.prompt_refresh is None else self.prompt_refresh
+            rho = DLLM_REFRESH_RATIO if self.refresh_ratio is None else self.refresh_ratio
+            return dllm_logits(denoiser, x, attn, P, lo, hi, cache, rows, kp, self.refresh, rho), cache
         shift = bool(getattr(denoiser, "shift_logits", False))
         if self.cache == "none":
             logits = guided_logits(denoiser, x, attn, P, self.cfg_scale)

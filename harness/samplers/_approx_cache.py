@@ -1,0 +1,281 @@
+"""Approximate caches of the block samplers' loop: dKV-Cache and dLLM-Cache (`cache: dkv`, `cache: dllm_cache`).
+
+Unlike the prefix/dual caches (_cache.py), which reuse keys/values of columns outside the block,
+these reuse per-column state that a full pass would recompute, so they change the output; how
+much is the accuracy cost the sampler study reports beside the speed-up. Both run on a model's
+layer-by-layer view (`denoiser.logits_layerwise(run, **work)`, e.g. harness/models/tiny.py
+`TinyLayers`: embed, qkv, value, attend, mlp, head), and the meter counts each pass by the columns
+each layer really computes (`Meter.logits_layerwise`).
+
+dKV-Cache-Decode (Ma et al., arXiv 2505.15781; horseee/dKV-Cache
+generation_utils/llada_dkv_cache_decode.py `generate`, models/modeling_llada_dkv_cache_decode.py
+`LLaDABlock.forward`): delayed caching of decoded tokens' keys/values. Per block, step i is a full
+pass when i = 0, i = 1 or i % refresh == 0 (`refresh` is the reference's cache_reloading_step;
+0: only steps 0 and 1); any other step recomputes only the columns that were still masked at the
+INPUT of step i - 1 (the reference's ~prv_transfer_idx: the masks left plus the tokens committed
+at step i - 1, whose keys/values are computed here, one step after they were decoded) and every
+other column's keys/values come from the last pass that computed them. Columns of later blocks
+are masked, so they are always recomputed.
+
+dLLM-Cache (Liu et al., arXiv 2506.06295; maomaocun/dLLM-cache dllm_cache/hooks/cache_hook_LLaDA.py
+`cache_hook_feature`, dllm_cache/cache/Cache.py `dLLMCache`): a feature cache per layer of the
+prompt's and the response's keys/values, attention outputs and MLP outputs. Passes are counted
+over the whole generation (g = 0, 1, ...; not reset at block starts): the prompt part is
+recomputed when g % prompt_refresh == 0 (Kp), the response part (every column after the prompt,
+later blocks included) when g % refresh == 0 (Kr); layer 0 is always recomputed in full. Between
+response refreshes, with 0 < refresh_ratio <= 1 (rho), each layer computes the response's values,
+picks the int(G·rho) response columns whose new value is least cosine-similar to the cached one
+(`refresh_index`), recomputes their queries/keys, attention and MLP, and keeps the fresh values of
+all response columns (the reference's adaptive partial update). Residuals always carry the
+current hidden state: a cached column adds its cached attention and MLP outputs.
+
+Differences from the references, documented: the harness keeps its key-padding mask in every
+attention (dLLM-Cache's hooked attention drops LLaDA's attention bias, so left padding is attended
+there); a batch whose rows need different numbers of recomputed columns (adaptive samplers,
+inpainting) pads every row to the most and counts the padding as computed (the references need
+equal counts per row); a row that has no cached state yet (it skipped the generation's first
+pass) makes that dLLM-Cache pass a full one.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from harness.samplers._cache import full_pass_with_cache
+from harness.types import HarnessError
+
+APPROX_CACHES = ("dkv", "dllm_cache")
+DLLM_PROMPT_REFRESH = 50  # Kp: d2Cache's docs/kv_caching.md default; dLLM-cache's LLaDA GSM8K script uses 50
+DLLM_REFRESH_RATIO = 0.25  # rho: dLLM-cache's demo_LLaDA.py and d2Cache's configs/cache/dllm.yaml
+
+
+def supports_layerwise(denoiser) -> bool:
+    """Whether the (possibly metered) model exposes its layer-by-layer view (`logits_layerwise`)."""
+    model = getattr(denoiser, "inner", denoiser)
+    return callable(getattr(type(model), "logits_layerwise", None))
+
+
+def check_layerwise_support(denoiser, cache: str) -> None:
+    if bool(getattr(denoiser, "shift_logits", False)):
+        raise HarnessError(f"cache={cache!r} is implemented for models without a logit shift; this model predicts "
+                           "column k at k - 1 (shift_logits)")
+    if not supports_layerwise(denoiser):
+        model = getattr(denoiser, "inner", denoiser)
+        raise HarnessError(f"cache={cache!r} needs a model with a layer-by-layer view (logits_layerwise, e.g. the "
+                           f"tiny model); {type(model).__name__} has none: use cache none, prefix or dual")
+
+
+def _rows(t: torch.Tensor, pick: torch.Tensor | None) -> torch.Tensor:
+    return t if pick is None else t[pick]
+
+
+# -- dKV-Cache-Decode ----------------------------------------------------------------------------
+def dkv_full_step(s: int, refresh: int) -> bool:
+    """Whether step s of a block is a full pass (llada_dkv_cache_decode.py `generate`: a cached
+    pass needs `i % cache_reloading_step != 0 and i > 1`); refresh 0: never again after step 1."""
+    return s <= 1 or (refresh > 0 and s % refresh == 0)
+
+
+@dataclass
+class DKVState:
+    """What a dKV pass leaves for the next one, for the batch rows `rows` (None: all)."""
+
+    keys: list | None  # per layer [B', H, T, Dh]: each column's keys as last computed (None after step 0)
+    values: list | None
+    masked: torch.Tensor  # [B', T] the columns masked at the input of this pass
+    rows: torch.Tensor | None
+
+
+def query_columns(want: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, T] bool -> (cols [B, Tq], valid [B, Tq]): each row's wanted columns in canvas order,
+    padded to the most any row wants with its first unwanted columns (valid False)."""
+    n = want.sum(1)
+    order = torch.sort((~want).to(torch.int8), dim=1, stable=True).indices  # wanted columns first
+    tq = int(n.max()) if want.shape[0] else 0
+    cols = order[:, :tq]
+    return cols, torch.arange(tq, device=want.device)[None, :] < n[:, None]
+
+
+def dkv_logits(denoiser, x, attn, lo: int, hi: int, s: int, state: DKVState | None, rows, refresh: int,
+               mask_id: int):
+    """Logits [B', hi - lo, V] of the block at step s, and the state for the next step."""
+    T = x.shape[1]
+    masked = x == mask_id  # [B', T]
+    if state is None or dkv_full_step(s, refresh):
+        if s == 0 or state is None:  # the reference's first pass of a block caches nothing
+            logits = denoiser.logits(x, attn)
+            return logits[:, lo:hi].clone(), DKVState(None, None, masked, rows)
+        full, kv = full_pass_with_cache(denoiser, x, attn, torch.arange(T, device=x.device))
+        return full[:, lo:hi].clone(), DKVState(list(kv.keys), list(kv.values), masked, rows)
+    pick = None  # where this pass's rows sit among the previous pass's (rows only leave a block)
+    if rows is not None:
+        pick = rows if state.rows is None else torch.searchsorted(state.rows, rows)
+    keys = [_rows(k, pick) for k in state.keys]
+    values = [_rows(v, pick) for v in state.values]
+    cols, valid = query_columns(_rows(state.masked, pick))  # masked at the input of the previous step
+    B, tq = cols.shape
+
+    def run(layers):
+        h_all, key_mask = layers.embed(x, attn)
+        h = h_all.gather(1, cols[..., None].expand(-1, -1, h_all.shape[-1]))
+        new_k, new_v = [], []
+        for i in range(layers.n_layers):
+            q, k, v = layers.qkv(i, h)
+            idx = cols[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3])
+            keep = valid[:, None, :, None]
+            K = keys[i].scatter(2, idx, torch.where(keep, k, keys[i].gather(2, idx)))
+            V = values[i].scatter(2, idx, torch.where(keep, v, values[i].gather(2, idx)))
+            h = h + layers.attend(i, q, K, V, key_mask)
+            h = h + layers.mlp(i, h)
+            new_k.append(K)
+            new_v.append(V)
+        return layers.head(h), new_k, new_v
+
+    out, new_k, new_v = denoiser.logits_layerwise(run, batch=B, layer_tokens=[tq] * len(keys), t_key=T, full=False)
+    blk = out.new_zeros(B, hi - lo, out.shape[-1])  # committed columns outside the query set: never eligible
+    sel = valid & (cols >= lo) & (cols < hi)
+    b_idx, j_idx = sel.nonzero(as_tuple=True)
+    blk[b_idx, cols[b_idx, j_idx] - lo] = out[b_idx, j_idx]
+    return blk, DKVState(new_k, new_v, masked, rows)
+
+
+# -- dLLM-Cache -----------------------------------------------------------------------------------
+def refresh_index(new_v: torch.Tensor, cached_v: torch.Tensor, ratio: float) -> torch.Tensor:
+    """[B, G, D] new and cached response values -> [B, int(G·ratio)] the columns to recompute: the
+    least cosine-similar (cache_hook_LLaDA.py `refresh_index`)."""
+    n = int(new_v.shape[1] * ratio)
+    cos = F.cosine_similarity(new_v, cached_v, dim=-1)  # [B, G]
+    return torch.topk(cos, k=n, largest=False).indices
+
+
+def _flat(v: torch.Tensor) -> torch.Tensor:
+    """[B, H, n, Dh] -> [B, n, H·Dh] (the projection's output before the head split)."""
+    B, H, n, Dh = v.shape
+    return v.transpose(1, 2).reshape(B, n, H * Dh)
+
+
+@dataclass
+class DLLMState:
+    """dLLM-Cache's per-layer features for the whole batch (rows written back after each pass)."""
+
+    batch: int
+    step: int = 0  # passes so far in this generation
+    seen: torch.Tensor | None = None  # [B] rows with cached features
+    layers: list = field(default_factory=list)  # per layer: dict name -> [B, ...] tensor
+
+
+def dllm_plan(state: DLLMState, P: int, T: int, n_layers: int, prompt_refresh: int, refresh: int, ratio: float,
+              live_seen: bool) -> tuple[bool, bool, list[int], int]:
+    """(refresh prompt, refresh response, query columns per layer, response columns picked) of the
+    pass at state.step: Cache.py `refresh_prompt` / `refresh_gen` ((current_step - 1) % interval
+    == 0, current_step counting passes from 1) and layer 0 always in full."""
+    g = state.step
+    rp = g % prompt_refresh == 0 or not live_seen
+    rg = g % refresh == 0 or not live_seen
+    G = T - P
+    n_sel = int(G * ratio) if 0 < ratio <= 1 else 0
+    rest = (P if rp else 0) + (G if rg else n_sel)
+    return rp, rg, [T] + [rest] * (n_layers - 1), n_sel
+
+
+_NAMES = ("kp", "vp", "kg", "vg", "ap", "ag", "mp", "mg")
+
+
+def dllm_logits(denoiser, x, attn, P: int, lo: int, hi: int, state: DLLMState, rows, prompt_refresh: int,
+                refresh: int, ratio: float):
+    """Logits [B', hi - lo, V] of the block from one dLLM-Cache pass; the state is updated in place."""
+    B, T = x.shape
+    r = torch.arange(B, device=x.device) if rows is None else rows
+    if state.seen is None:
+        state.seen = torch.zeros(state.batch, dtype=torch.bool, device=x.device)
+    n_layers = int(getattr(denoiser, "arch").n_layers)
+    rp, rg, layer_tokens, n_sel = dllm_plan(state, P, T, n_layers, prompt_refresh, refresh, ratio,
+                                            bool(state.seen[r].all()))
+    transfer = n_sel > 0 and not rg
+    G = T - P
+    d = int(getattr(denoiser, "arch").d_model)
+    # value projections of every response column in each layer after the first (the similarity test)
+    extra = 2.0 * d * d * B * G * (n_layers - 1) if transfer else 0.0
+
+    def put(i: int, name: str, t: torch.Tensor):
+        store = state.layers[i]
+        if name not in store:
+            store[name] = t.new_zeros((state.batch, *t.shape[1:]))
+        store[name][r] = t
+
+    def get(i: int, name: str) -> torch.Tensor:
+        return state.layers[i][name][r]
+
+    def run(layers):
+        while len(state.layers) < layers.n_layers:
+            state.layers.append({})
+        h, key_mask = layers.embed(x, attn)
+        for i in range(layers.n_layers):
+            if i == 0 or (rp and rg):
+                q, k, v = layers.qkv(i, h)
+                for name, t in (("kp", k[:, :, :P]), ("vp", v[:, :, :P]), ("kg", k[:, :, P:]), ("vg", v[:, :, P:])):
+                    put(i, name, t)
+                att = layers.attend(i, q, k, v, key_mask)
+                put(i, "ap", att[:, :P])
+                put(i, "ag", att[:, P:])
+                h = h + att
+                m = layers.mlp(i, h)
+                put(i, "mp", m[:, :P])
+                put(i, "mg", m[:, P:])
+                h = h + m
+                continue
+            if rg:  # the response recomputed, the prompt's features reused
+                q, kg, vg = layers.qkv(i, h[:, P:])
+                put(i, "kg", kg)
+                put(i, "vg", vg)
+                att_g = layers.attend(i, q, torch.cat([get(i, "kp"), kg], 2), torch.cat([get(i, "vp"), vg], 2),
+                                      key_mask)
+                put(i, "ag", att_g)
+                h = h + torch.cat([get(i, "ap"), att_g], 1)
+                m_g = layers.mlp(i, h[:, P:])
+                put(i, "mg", m_g)
+                h = h + torch.cat([get(i, "mp"), m_g], 1)
+                continue
+            idx = None
+            if transfer:  # adaptive partial update of the response
+                vg_new = layers.value(i, h[:, P:])  # [B', H, G, Dh]
+                idx = refresh_index(_flat(vg_new), _flat(get(i, "vg")), ratio)  # [B', n_sel]
+                h_sel = h[:, P:].gather(1, idx[..., None].expand(-1, -1, h.shape[-1]))
+                q_sel, k_sel, _ = layers.qkv(i, h_sel)
+                kidx = idx[:, None, :, None].expand(-1, k_sel.shape[1], -1, k_sel.shape[3])
+                put(i, "kg", get(i, "kg").scatter(2, kidx, k_sel))
+                put(i, "vg", vg_new)
+            if rp:
+                qp, kp, vp = layers.qkv(i, h[:, :P])
+                put(i, "kp", kp)
+                put(i, "vp", vp)
+            K = torch.cat([get(i, "kp"), get(i, "kg")], 2)
+            V = torch.cat([get(i, "vp"), get(i, "vg")], 2)
+            queries = ([qp] if rp else []) + ([q_sel] if transfer else [])
+            if queries:
+                att_q = layers.attend(i, torch.cat(queries, 2), K, V, key_mask)
+                if rp:
+                    put(i, "ap", att_q[:, :P])
+                if transfer:
+                    aidx = idx[..., None].expand(-1, -1, att_q.shape[-1])
+                    put(i, "ag", get(i, "ag").scatter(1, aidx, att_q[:, P if rp else 0:]))
+            h = h + torch.cat([get(i, "ap"), get(i, "ag")], 1)
+            parts = ([h[:, :P]] if rp else []) + ([h[:, P:].gather(1, idx[..., None].expand(-1, -1, h.shape[-1]))]
+                                                  if transfer else [])
+            if parts:
+                m = layers.mlp(i, torch.cat(parts, 1))
+                if rp:
+                    put(i, "mp", m[:, :P])
+                if transfer:
+                    put(i, "mg", get(i, "mg").scatter(1, idx[..., None].expand(-1, -1, m.shape[-1]),
+                                                      m[:, P if rp else 0:]))
+            h = h + torch.cat([get(i, "mp"), get(i, "mg")], 1)
+        return layers.head(h)
+
+    out = denoiser.logits_layerwise(run, batch=B, layer_tokens=layer_tokens, t_key=T, full=rp and rg,
+                                    extra_flops=extra)
+    state.step += 1
+    state.seen[r] = True
+    return out[:, lo:hi].clone()
