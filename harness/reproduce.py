@@ -5,8 +5,10 @@ decides its number: the checkpoint, the task, the protocol (scoring, shots, chat
 template, prefill, how the checkpoint was chosen, the evaluation set, responses averaged per item), every
 decoding setting, the published value and where it was published. A row
 says what it runs as in the harness (`harness.task`, `decoding.sampler` and the sampler's own
-parameter names), and what the harness cannot express (`missing`) or what the source never states
-(`unstated`); nothing is approximated silently:
+parameter names), and what the harness cannot express (`missing`), what the source never states
+(`unstated`), or how a runnable row knowingly differs from the source's run in a way that can move
+the number (`differs`: printed with the row's status and beside its result); nothing is approximated
+silently:
 
 - a decoding key that is not a parameter of the named sampler, a sampler, task or model family that
   is not registered, a protocol setting that is a model option the family lacks (`MODEL_OPTIONS`:
@@ -40,7 +42,7 @@ from harness.types import HarnessError
 ROOT = Path(__file__).resolve().parents[1] / "reproductions"
 TABLE_KEYS = {"table", "title", "source", "model", "family", "throughput", "defaults", "rows", "notes"}
 ROW_KEYS = {"id", "model", "family", "task", "variant", "harness", "protocol", "decoding", "source_args", "items",
-            "published", "source", "missing", "unstated", "notes"}
+            "published", "source", "missing", "unstated", "differs", "notes"}
 PROTOCOL_KEYS = {"scoring", "shots", "chat_template", "add_special_tokens", "prompt_template", "prefill", "filter",
                  "harness_protocol", "checkpoint", "test_set", "samples"}
 # protocol settings that are model options (harness/prompting.py): protocol key -> the model field. `chat_template`:
@@ -69,6 +71,7 @@ class Row:
     harness_task: dict | None
     missing: list[str] = field(default_factory=list)
     unstated: list[str] = field(default_factory=list)
+    differs: list[str] = field(default_factory=list)  # known, declared differences of a runnable row from the source
     variant: str = ""
     source_args: str = ""
     notes: str = ""
@@ -84,7 +87,8 @@ class Row:
     def status(self) -> str:
         if self.missing:
             return "missing: " + "; ".join(self.missing)
-        return "runnable" + (f" (unstated in the source: {'; '.join(self.unstated)})" if self.unstated else "")
+        out = "runnable" + (f" (unstated in the source: {'; '.join(self.unstated)})" if self.unstated else "")
+        return out + (f"; differs from the source: {'; '.join(self.differs)}" if self.differs else "")
 
 
 @dataclass
@@ -205,7 +209,7 @@ def _row(table: str, r: dict, where: str, index: dict | None) -> Row:
     items = r.get("items")
     if items is not None and (not isinstance(items, int) or isinstance(items, bool) or items < 1):
         raise HarnessError(f"{where}.items: expected an integer >= 1 (the source's evaluation set), got {items!r}")
-    for k in ("missing", "unstated"):
+    for k in ("missing", "unstated", "differs"):
         if not isinstance(r.get(k) or [], list) or not all(isinstance(x, str) for x in r.get(k) or []):
             raise HarnessError(f"{where}.{k}: expected a list of sentences")
     ht = r.get("harness")
@@ -215,6 +219,7 @@ def _row(table: str, r: dict, where: str, index: dict | None) -> Row:
     row = Row(table=table, id=str(r["id"]), model=str(r["model"]), family=str(r["family"]), task=str(r["task"]),
               protocol=r["protocol"], decoding=dict(dec), published=pub, source=r["source"], items=items,
               harness_task=ht, missing=list(r.get("missing") or []), unstated=list(r.get("unstated") or []),
+              differs=list(r.get("differs") or []),
               variant=str(r.get("variant") or ""), source_args=str(r.get("source_args") or ""),
               notes=str(r.get("notes") or ""))
     if index is not None:
@@ -335,9 +340,11 @@ def list_text(ts: list[Table]) -> str:
         out.append(_table(rows))
         out.append("")
     runnable = sum(r.runnable for t in ts for r in t.rows)
+    differs = sum(r.runnable and bool(r.differs) for t in ts for r in t.rows)
     docs = {where.split(", ")[0] for _, where in sources}  # a file or paper, before its table's name
     out.append(f"{n} published rows in {len(ts)} tables from {len(sources)} published tables in {len(docs)} "
-               f"documents; {runnable} runnable as written, the others list what is missing")
+               f"documents; {runnable} runnable as written ({differs} of them with a declared difference from "
+               "the source's run), the others list what is missing")
     return "\n".join(out)
 
 
@@ -526,6 +533,7 @@ def report_text(table: Table, results: list[tuple[Row, dict, Path]], scored: boo
             if scored else "not exactly the published setting")
     notes = [f"- {r.id}: {what}: {'; '.join(r.missing)}" for r, _, _ in results if r.missing]
     notes += [f"- {r.id}: unstated in the source: {'; '.join(r.unstated)}" for r, _, _ in results if r.unstated]
+    notes += [f"- {r.id}: differs from the source: {'; '.join(r.differs)}" for r, _, _ in results if r.differs]
     notes += speedup_lines(results)
     if notes:
         lines += ["", *notes]

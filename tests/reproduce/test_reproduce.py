@@ -125,6 +125,7 @@ def test_a_row_whose_prefill_its_task_does_not_feed_is_refused(tmp_path):
      "row 'a'.protocol: unknown key 'shot'"),
     (("decoding: {sampler: low_confidence,", "decoding: {"), "row 'a'.decoding: expected a mapping with 'sampler'"),
     (("table: t", "table: other"), ".table: expected the file's stem 't'"),
+    (("published: {value: 50,", "differs: padding, published: {value: 50,"), "row 'a'.differs: expected a list"),
     (("source: {where: \"somewhere\"}", "source: {paper: x}"), ".source: key 'where' is required"),
 ])
 def test_schema_errors_name_file_row_and_key(tmp_path, edit, needle):
@@ -405,3 +406,14 @@ def test_protocol_text_states_samples_checkpoint_and_test_set(tmp_path):
     r = R.load_table(_write(tmp_path, good)).rows[0]
     text = R.protocol_text(r)
     assert "mean of 3 responses per item" in text and "checkpoint best of 5" in text and "test set first 100" in text
+
+
+def test_a_declared_difference_keeps_a_row_runnable_and_is_printed_with_its_status_and_result(tmp_path):
+    text = GOOD.replace("not_a_knob: 3}", "block_length: 64}").replace(
+        "published: {value: 50,", "differs: [\"padding: attended in the source\"], published: {value: 50,")
+    (row,) = R.load_table(_write(tmp_path, text), INDEX).rows
+    assert row.runnable and row.status().endswith("differs from the source: padding: attended in the source")
+    table = R.load_table(_write(tmp_path, text), INDEX)
+    result = R.compare(row.published, [1.0, 0.0, 1.0, 1.0], row.items)
+    assert "- a: differs from the source: padding: attended in the source" in R.report_text(
+        table, [(row, result, tmp_path)])
