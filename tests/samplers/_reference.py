@@ -27,15 +27,16 @@ class ContextDenoiser:
     """A hand-built masked denoiser whose predictions depend strongly on the rest of the canvas (one
     random attention layer over token and position embeddings), with spread-out, untied
     confidences and no probability on the mask token: a setting where committing, re-masking and
-    re-deciding tokens changes what later steps propose. Vocabulary 24 (pad 0, mask 1, EOS 2)."""
+    re-deciding tokens changes what later steps propose. Pad 0, EOS 2; vocabulary 24 and mask 1
+    unless given (a reference that hard-codes LLaDA's mask id 126336 needs LLaDA's vocabulary)."""
 
-    mask_id, eos_id, pad_id, shift_logits = 1, 2, 0, False
-    vocab_size = 24
+    eos_id, pad_id, shift_logits = 2, 0, False
     device = torch.device("cpu")
     arch = ArchInfo(n_params=1, n_layers=1, d_model=16)
     tokenizer = _Tok()
 
-    def __init__(self, seed: int = 0, max_len: int = 64, scale: float = 2.5):
+    def __init__(self, seed: int = 0, max_len: int = 64, scale: float = 2.5, vocab_size: int = 24, mask_id: int = 1):
+        self.vocab_size, self.mask_id = vocab_size, mask_id
         g = torch.Generator().manual_seed(seed)
         d = 16
         self.tok = torch.randn(self.vocab_size, d, generator=g)
