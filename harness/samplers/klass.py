@@ -79,15 +79,15 @@ class KLASS:
     gen_length: int | None = None  # None: the task's length
     block_length: int | None = None  # None: one block
     steps: int | None = None  # most passes per sequence; None: one per token
-    temperature: float = 0.0
+    temperature: float = 0.0  # > 0: the reference's Gumbel-noised scores (exp(l) / (-log u)^T) replace the logits
     conf_threshold: float = 0.9  # ready: p(x0) > conf_threshold
     kl_threshold: float = 0.01  # ready: KL < kl_threshold at each of the last history_length passes
-    history_length: int = 2
-    unmask_strategy: Literal["all", "max_conf", "min_kl"] = "all"
+    history_length: int = 2  # passes whose KL must all be below kl_threshold (tested from the block's step H - 1)
+    unmask_strategy: Literal["all", "max_conf", "min_kl"] = "all"  # commit every ready token, or only the best one
 
     adaptive: ClassVar[bool] = True
-    # Lower thresholds' strictness commits more per pass; steps caps the passes.
-    budget_knobs: ClassVar[tuple[str, ...]] = ("conf_threshold", "kl_threshold", "steps")
+    # Looser thresholds and a shorter history commit more per pass; steps caps the passes.
+    budget_knobs: ClassVar[tuple[str, ...]] = ("conf_threshold", "kl_threshold", "history_length", "steps")
 
     def speed_reference(self) -> bool:
         return False

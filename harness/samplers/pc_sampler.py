@@ -16,11 +16,13 @@ left-to-right (0: none); the calibration -log f rewards informative tokens; α c
 "p_baseline_dict": {"<token id>": count, ...}}` (NEUIR/PC-Sampler `data/baseline/reference_corpus_*.json`,
 counted with the model's tokenizer by its `utils/calculate_p_baseline.py`, whose output key
 `token_frequency_dict` is accepted too): f(v) = count_v / N, and 1 / N for a token the file does not
-list (the reference's `load_baseline`). The table spans the model's vocabulary (the reference's has
+list (the reference's `load_baseline`); a relative path is read from the working directory, else
+from the repository root (as suites name `suites/data/...`). The table spans the model's vocabulary (the reference's has
 LLaDA's 126464 entries); an id at or past the vocabulary is an error. With no `baseline` (the default,
 so the sampler runs on any model) f is uniform, 1 / V: the calibration is the constant log V and the
 score reduces to position-weighted confidence, min(α, p log V)·exp(-λi); that is not the paper's
 calibrated sampler, which needs the corpus counts of the model's tokenizer.
+`scripts/pc_sampler_counts.py` writes such a file for a registered model and task (`token_counts`).
 
 Defaults λ = 0.25 and α = 10 are the reference's command-line defaults (`scripts/eval.py`) and what
 its scripts and README recommend for most tasks (`generate_with_pc_sampler`'s own keyword defaults are
@@ -42,6 +44,7 @@ from harness.registry import SAMPLERS
 from harness.samplers._base import BlockSampler
 from harness.types import HarnessError
 
+REPO = Path(__file__).resolve().parents[2]  # a relative baseline not found from the working directory: from here
 _BACKGROUNDS: dict[tuple[str, int], torch.Tensor] = {}  # (resolved path, vocabulary size) -> table
 
 
@@ -77,6 +80,25 @@ def load_background(path: str | Path, vocab_size: int) -> torch.Tensor:
     return freq
 
 
+def token_counts(tokenizer, texts, eos_id: int | None = None, canvas: int = 0) -> dict:
+    """A count file's content in the reference's format from `texts` (pairs (prompt, completion), or
+    strings) tokenized with the model's tokenizer, as `utils/calculate_p_baseline.py` counts a corpus.
+    With `eos_id` and `canvas`, each completion is followed by EOS padding up to `canvas` tokens, the
+    completion canvas a masked model is trained to fill (its EOS tail is part of what it emits)."""
+    counts: dict[int, int] = {}
+    total = 0
+    for text in texts:
+        prompt, completion = text if isinstance(text, tuple) else ("", text)
+        ids = list(tokenizer.encode(prompt)) if prompt else []
+        done = list(tokenizer.encode(completion))
+        if eos_id is not None and canvas > len(done):
+            done += [int(eos_id)] * (canvas - len(done))
+        for t in ids + done:
+            counts[int(t)] = counts.get(int(t), 0) + 1
+        total += len(ids) + len(done)
+    return {"num_token": total, "p_baseline_dict": {str(k): v for k, v in sorted(counts.items())}}
+
+
 def pc_scores(p: torch.Tensor, x0: torch.Tensor, freq: torch.Tensor, lambd: float, alpha: float) -> torch.Tensor:
     """[B, n] proposal probabilities and tokens of one block, [V] background -> [B, n] PC-Sampler scores
     (position 0 = the block's first column)."""
@@ -105,9 +127,12 @@ class PCSampler(BlockSampler):
         """[V] f(v): the baseline file's frequencies (read once per file and vocabulary size), else uniform."""
         if self.baseline is None:
             return torch.full((vocab_size,), 1.0 / vocab_size)
-        key = (str(Path(self.baseline).resolve()), vocab_size)
+        path = Path(self.baseline).expanduser()
+        if not path.is_absolute() and not path.exists() and (REPO / path).exists():
+            path = REPO / path  # a suite's relative path, run from another directory
+        key = (str(path.resolve()), vocab_size)
         if key not in _BACKGROUNDS:
-            _BACKGROUNDS[key] = load_background(self.baseline, vocab_size)
+            _BACKGROUNDS[key] = load_background(path, vocab_size)
         return _BACKGROUNDS[key]
 
     def confidence(self, probs, x0, generator=None):

@@ -100,7 +100,7 @@ class RunningConfidenceRemasking:
     gen_length: int | None = None  # None: the task's length
     block_length: int | None = None  # None: one block
     steps: int | None = None  # passes per sequence; None: one per token
-    temperature: float = 0.0
+    temperature: float = 0.0  # > 0: proposals drawn from softmax(logits / temperature) (top_p, top_k applied)
     top_p: float = 1.0  # nucleus filter (applied before top_k, as the reference)
     top_k: int = 0  # 0: no top-k filter
     mode: str = "linear"  # MaskGIT mask-ratio schedule: linear, cosine, pow<k>

@@ -209,3 +209,24 @@ def test_frequent_tokens_wait_and_the_uniform_default_is_confidence_by_position(
 def test_bad_options_are_refused(params):
     with pytest.raises(HarnessError):
         SAMPLERS.build("pc_sampler", params)
+
+
+def test_token_counts_by_hand_and_the_suite_file():
+    """`token_counts` (scripts/pc_sampler_counts.py) in the reference's format; the count file the sampler
+    study names loads for its checkpoint's vocabulary, with EOS (the canvas padding) the most frequent."""
+    from pathlib import Path
+
+    from harness.registry import MODELS
+    from harness.samplers.pc_sampler import token_counts
+
+    class Tok:
+        @staticmethod
+        def encode(text):
+            return [ord(c) - 96 for c in text]
+
+    data = token_counts(Tok(), [("ab", "a"), "bc"], eos_id=9, canvas=3)
+    assert data == {"num_token": 2 + 3 + 3, "p_baseline_dict": {"1": 2, "2": 2, "3": 1, "9": 3}}
+    den = MODELS.build("tiny", {"checkpoint": "tiny-addition-c16"}).load()
+    path = Path(__file__).resolve().parents[2] / "suites" / "data" / "tiny-addition-c16-counts.json"
+    freq = load_background(path, den.vocab_size)
+    assert int(freq.argmax()) == den.eos_id and freq.sum().item() == pytest.approx(1.0, abs=1e-3)
