@@ -213,3 +213,11 @@ def test_helpers_by_hand():
 def test_bad_options_are_refused(params):
     with pytest.raises(HarnessError):
         SAMPLERS.build("klass", params)
+
+
+def test_refuses_a_block_model():
+    class Block(ContextDenoiser):
+        block_size = 4
+
+    with pytest.raises(HarnessError, match="block-diffusion"):
+        SAMPLERS.build("klass", {})(Block(), prompts(1), generator=None, gen_length=8)

@@ -230,3 +230,23 @@ def test_token_counts_by_hand_and_the_suite_file():
     path = Path(__file__).resolve().parents[2] / "suites" / "data" / "tiny-addition-c16-counts.json"
     freq = load_background(path, den.vocab_size)
     assert int(freq.argmax()) == den.eos_id and freq.sum().item() == pytest.approx(1.0, abs=1e-3)
+
+
+@pytest.mark.parametrize("model", ["context", "sdar"])
+def test_flat_background_and_no_decay_is_low_confidence(model):
+    """lambda 0, a uniform background and a clip above p·log V: the score is a monotone function of
+    p(x0), so pc_sampler commits what low_confidence commits, step for step, on a plain model and on a
+    block-diffusion one (SDAR's block loop)."""
+    from harness.registry import MODELS
+
+    if model == "sdar":
+        den = MODELS.build("sdar", {"preset": "tiny", "device": "cpu", "dtype": "float32", "seed": 3}).load()
+        ids = torch.tensor([den.tokenizer.encode("12+7=")] * 2)
+    else:
+        den, ids = ContextDenoiser(seed=1), prompts()
+    params = {"steps": 8, "tie_break": "position"}
+    pc = SAMPLERS.build("pc_sampler", dict(params, lambd=0.0, alpha=1e6))(den, ids, generator=None, gen_length=8)
+    low = SAMPLERS.build("low_confidence", params)(den, ids, generator=None, gen_length=8)
+    assert torch.equal(pc.tokens, low.tokens) and torch.equal(pc.commit_step, low.commit_step)
+    decayed = SAMPLERS.build("pc_sampler", dict(params, lambd=3.0))(den, ids, generator=None, gen_length=8)
+    assert not torch.equal(decayed.commit_step, low.commit_step)  # a strong decay reorders towards the left

@@ -249,3 +249,11 @@ def test_steps_must_split_over_the_blocks():
         SAMPLERS.build("rcr", {"steps": 6, "block_length": 4}).max_nfe_per_sequence(16)
     assert SAMPLERS.build("rcr", {"steps": 8, "block_length": 4}).max_nfe_per_sequence(16) == 8
     assert SAMPLERS.build("rcr", {}).max_nfe_per_sequence(16) == 16
+
+
+def test_refuses_a_block_model():
+    class Block(ContextDenoiser):
+        block_size = 4
+
+    with pytest.raises(HarnessError, match="block-diffusion"):
+        harness_rcr(Block(), prompts(1), 8, steps=8)
