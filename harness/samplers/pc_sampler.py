@@ -1,4 +1,4 @@
-"""`pc_sampler`: position-aware, frequency-calibrated confidence (PC-Sampler, Huang et al. 2025, arXiv
+"""`pc_sampler`: position-aware, frequency-calibrated confidence (PC-Sampler, arXiv
 2508.13021; NEUIR/PC-Sampler `src/generate.py`, `generate_with_pc_sampler` and `pc_sampler_function`).
 
 Uncertainty samplers decode a sequence's ends first (a U-shaped order) and prefer trivial, frequent

@@ -1,4 +1,4 @@
-"""`rcr`: Running Confidence Remasking, the training-free sampler of MDPO (He et al. 2025, arXiv
+"""`rcr`: Running Confidence Remasking, the training-free sampler of MDPO (arXiv
 2508.13148; autonomousvision/mdpo `src/mdlm_generation_utils.py`, `diffusion_generate` with `rcr=True`).
 
 Low-confidence decoding commits a token once and for all, with the confidence it had at that step;
