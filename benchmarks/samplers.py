@@ -71,6 +71,9 @@ LONG_CONFIGS = [  # the 16-token canvas
     ("entropy_bound bound=0.1 cache=dual", "entropy_bound", {"bound": 0.1, "cache": "dual"}),
     ("entropy_bound bound=1", "entropy_bound", {"bound": 1.0}),
     ("remdm cap steps=32", "remdm", {"steps": 32}),
+    ("rcr steps=8", "rcr", {"steps": 8}),
+    ("pc_sampler steps=8", "pc_sampler", {"steps": 8, "baseline": "suites/data/tiny-addition-c16-counts.json"}),
+    ("klass", "klass", {}),
 ]
 LONG = ("tiny-addition-c16", {"n_digits": 3, "canvas": 16}, LONG_CONFIGS)
 SHORT = ("tiny-addition", {"n_digits": 3}, SHORT_CONFIGS)
