@@ -82,6 +82,9 @@ LONG_CONFIGS = [  # the 16-token canvas
     ("low_confidence cache=dkv refresh=4", "low_confidence", {"cache": "dkv", "refresh": 4}),
     ("low_confidence cache=dllm_cache refresh=2", "low_confidence", {"cache": "dllm_cache", "refresh": 2}),
     ("low_confidence cache=dllm_cache refresh=8", "low_confidence", {"cache": "dllm_cache", "refresh": 8}),
+    ("rcr steps=8", "rcr", {"steps": 8}),
+    ("pc_sampler steps=8", "pc_sampler", {"steps": 8, "baseline": "suites/data/tiny-addition-c16-counts.json"}),
+    ("klass", "klass", {}),
 ]
 APPROX = ("cache=dkv", "cache=dllm_cache")  # labels of the approximate-cache policies
 MECHANISM = {"none": {}, "prefix": {"cache": "prefix"}, "dual": {"cache": "dual"}, "dkv": {"cache": "dkv"},

@@ -47,7 +47,9 @@ class Shifted:
 
 
 @pytest.mark.parametrize("name, params", [("low_confidence", {"block_length": 4}), ("threshold", {"tau": 0.2}),
-                                          ("entropy", {}), ("remdm", {"steps": 12})])
+                                          ("entropy", {}), ("remdm", {"steps": 12}),
+                                          ("rcr", {"steps": 4, "block_length": 4}), ("pc_sampler", {"block_length": 4}),
+                                          ("klass", {"block_length": 4, "conf_threshold": 0.05, "kl_threshold": 0.5})])
 def test_shifted_model_decodes_like_the_unshifted_one(name, params):
     den = make_tiny(max_len=24)
     ids, mask = encode_prompts(den.tokenizer, ["12+34=", "5+6=", "123+4="], den.pad_id)
