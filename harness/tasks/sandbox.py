@@ -451,7 +451,7 @@ def _run(iso: Isolation, source: str, *, timeout_s: float, memory_mb: int, cpu_s
          max_output_mb: int, channel: bool, uid: int) -> SandboxResult:
     nproc = max_procs if iso.fresh_uid else _tasks_of(uid) + max_procs
     token = secrets.token_hex(16)
-    work = tempfile.mkdtemp(prefix="dlm-sandbox-")
+    work = tempfile.mkdtemp(prefix=f"dlm-sandbox-{os.getpid()}-")  # the pid: a process can check its own are gone
     cgroups = _cgroup_create(os.path.basename(work), memory_mb + 64, max_procs + 2) if iso.fresh_uid else []
     start = time.perf_counter()
     rc, timed_out = None, False

@@ -88,7 +88,8 @@ def test_hostile_corpus_is_contained(tmp_path, monkeypatch, sandbox_level):
     git = ["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=all"]
     tree_before = subprocess.run(git, capture_output=True, text=True).stdout
     readme_before = (REPO_ROOT / "README.md").read_bytes()
-    tmp_before = set(glob.glob(os.path.join(tempfile.gettempdir(), "dlm-sandbox-*")))
+    mine = os.path.join(tempfile.gettempdir(), f"dlm-sandbox-{os.getpid()}-*")  # other processes' come and go
+    tmp_before = set(glob.glob(mine))
 
     corpus = hostile(str(canary), str(canary_dir), parent)
     results = run_many(list(corpus.values()), workers=4, timeout_s=4, cpu_s=2, memory_mb=512, max_output_mb=4,
@@ -106,7 +107,7 @@ def test_hostile_corpus_is_contained(tmp_path, monkeypatch, sandbox_level):
     assert not os.path.exists("/tmp/dlm_sandbox_pwned")
     assert (REPO_ROOT / "README.md").read_bytes() == readme_before
     assert subprocess.run(git, capture_output=True, text=True).stdout == tree_before
-    assert set(glob.glob(os.path.join(tempfile.gettempdir(), "dlm-sandbox-*"))) <= tmp_before  # folders removed
+    assert set(glob.glob(mine)) <= tmp_before  # folders removed
     if sandbox_level != "unsafe":  # every process the corpus started is gone (SIGKILL lands within ~1 s)
         for _ in range(50):
             left = fresh_uid_processes()
