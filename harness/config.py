@@ -499,18 +499,29 @@ def _check_noise(model: str, ckind: str, name: str, where: str, spec=None) -> No
 
 
 CAPABILITIES = {"logits_pattern": "an explicit attention pattern with position ids (a `logits_pattern` method)",
-                "full_attention": "bidirectional attention over the whole sequence (not a block-diffusion model)"}
+                "full_attention": "bidirectional attention over the whole sequence (not a block-diffusion model)",
+                "logits_layerwise": "a layer-by-layer view for the approximate caches (a `logits_layerwise` method)"}
+
+
+def declared_capabilities(model) -> set[str]:
+    """The denoiser capabilities a model family (class: its `provides`) or spec (instance: its
+    `capabilities()` when it has one, e.g. LLaDA's impl remote lacks what the native code has; else
+    `provides`) declares. A spec whose checkpoint is a block model (`planned_block_size()`, read
+    before loading) lacks full_attention and the layer view (a full-attention one) whatever its
+    family declares. A test checks every declaration against the loaded denoiser."""
+    instance = not isinstance(model, type)
+    own = getattr(model, "capabilities", None) if instance else None
+    provides = set(own() if callable(own) else getattr(model, "provides", ()))
+    if instance and hasattr(model, "planned_block_size") and provides & {"full_attention", "logits_layerwise"}:
+        if model.planned_block_size() is not None:
+            provides -= {"full_attention", "logits_layerwise"}
+    return provides
 
 
 def missing_capabilities(model, component_cls) -> list[str]:
     """The denoiser capabilities (CAPABILITIES) a component `requires` that a model family (class) or
-    spec (instance) does not declare in `provides`; a spec whose checkpoint is a block model
-    (`planned_block_size()`, read before loading) lacks full_attention whatever its family declares.
-    A test checks every family's declaration against its loaded denoiser."""
-    provides = set(getattr(model, "provides", ()))
-    if "full_attention" in provides and not isinstance(model, type) and hasattr(model, "planned_block_size"):
-        if model.planned_block_size() is not None:
-            provides.discard("full_attention")
+    spec (instance) does not declare (`declared_capabilities`)."""
+    provides = declared_capabilities(model)
     return [c for c in getattr(component_cls, "requires", ()) if c not in provides]
 
 
