@@ -168,3 +168,29 @@ def test_a_real_interval_computes_fewer_columns_and_the_meter_counts_them(den, p
         assert [seen["mlp"].get(i, 0) for i in range(len(lt))] == lt
     assert meter.cost.nfe == base.cost.nfe and meter.cost.nfe_cached > 0
     assert meter.cost.tokens < base.cost.tokens
+
+
+@pytest.mark.parametrize("cache", ["dkv", "dllm_cache"])
+def test_the_approximate_caches_are_refused_at_plan_time_without_a_layer_view(tmp_path, cache):
+    """The plan asks the model spec for `logits_layerwise` when a sampler's cache needs it: LLaDA's
+    public file (impl remote), Dream (no layer view) and a block checkpoint fail before any compute;
+    the native LLaDA and the tiny model plan."""
+    from harness.config import load_suite, plan
+    from harness.types import HarnessError
+    from tests.helpers import write_suite
+
+    def suite(model: str, name: str) -> str:
+        return (f"suite: caps\nmodels: {{m: {model}}}\n"
+                "tasks: {t: {name: addition, params: {n_digits: 2}, split: test, n_items: 2}}\n"
+                "studies:\n  - {id: g, kind: generate, model: m, task: t, sampler: {name: low_confidence, "
+                f"params: {{steps: 4, cache: {cache}, refresh: 2}}}}}}\n")
+
+    for i, model in enumerate(["{name: llada, params: {preset: tiny}}", "{name: tiny, params: {}}"]):
+        assert plan(load_suite(write_suite(tmp_path, suite(model, cache), f"ok{i}.yaml")))
+    for i, model in enumerate(["{name: llada, params: {preset: tiny, impl: remote}}",
+                               "{name: dream, params: {preset: tiny}}",
+                               "{name: tiny, params: {checkpoint: tiny-addition-c16-block4}}"]):
+        with pytest.raises(HarnessError, match="needs the model's logits_layerwise.*models that do: .*llada.*tiny"):
+            plan(load_suite(write_suite(tmp_path, suite(model, cache), f"no{i}.yaml")))
+    plain = suite("{name: dream, params: {preset: tiny}}", cache).replace(f"cache: {cache}, refresh: 2", "cache: dual")
+    assert plan(load_suite(write_suite(tmp_path, plain, "dual.yaml")))  # the exact caches need no layer view
