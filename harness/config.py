@@ -386,7 +386,7 @@ def _cell(suite: Suite, study: StudySpec, s: dict, point: dict, where: str, quic
     TASKS.build(task.name, task.params, f"{suite.path}.tasks.{s['task']}")
     comp = _from_mapping(ComponentSpec, s[ckey], f"{where}.{ckey}")
     built = REGISTRIES[ckind].build(comp.name, comp.params, f"{where}.{ckey}")
-    _check_noise(model.name, ckind, comp.name, where, mspec)
+    _check_noise(model.name, ckind, comp.name, where, mspec, built)
     for key in ("replicates", "batch_size"):  # swept values were not parsed with the study
         s[key] = validate.field(StudySpec, key, coerce(s[key], int, f"{where}.{key}"), f"{where}.{key}")
     s["seed"] = coerce(s["seed"], int, f"{where}.seed")
@@ -476,12 +476,13 @@ def _check_schedule(cell: Cell, sampler, where: str) -> None:
                            f"the tokens would be passes that commit nothing. Use steps <= {L}")
 
 
-def _check_noise(model: str, ckind: str, name: str, where: str, spec=None) -> None:
+def _check_noise(model: str, ckind: str, name: str, where: str, spec=None, component=None) -> None:
     """Masked estimators and samplers need a mask token; uniform-noise models (diffusion_gemma) have
     none and their own components (`noise = "uniform"`), and causal LMs (hf_causal) take only the
     `autoregressive` estimator (`noise = "causal"`). A component applies to the models of its own
     noise that provide what it `requires` (`dlm-harness show` lists the same); a mismatch fails here,
-    before any compute. `spec`: the built model spec (its checkpoint can tell a block model)."""
+    before any compute. `spec`: the built model spec (its checkpoint can tell a block model);
+    `component`: the built component (its settings can need more, e.g. a sampler's approximate cache)."""
     if ckind not in ("estimators", "samplers"):
         return
     model_noise = getattr(MODELS.get(model), "noise", "masked")
@@ -491,27 +492,43 @@ def _check_noise(model: str, ckind: str, name: str, where: str, spec=None) -> No
                 if getattr(REGISTRIES[ckind].get(n), "noise", "masked") == model_noise] or ["none"]
         raise HarnessError(f"{where}: {ckind[:-1]} {name!r} is for {comp_noise}-noise models, but model {model!r} "
                            f"uses {model_noise} noise (its {ckind}: {', '.join(fits)})")
-    lacking = missing_capabilities(spec if spec is not None else MODELS.get(model), REGISTRIES[ckind].get(name))
+    comp = component if component is not None else REGISTRIES[ckind].get(name)
+    lacking = missing_capabilities(spec if spec is not None else MODELS.get(model), comp)
     if lacking:
-        able = [m for m in MODELS.names() if not missing_capabilities(MODELS.get(m), REGISTRIES[ckind].get(name))]
+        able = [m for m in MODELS.names() if not missing_capabilities(MODELS.get(m), comp)]
         raise HarnessError(f"{where}: {ckind[:-1]} {name!r} needs the model's {', '.join(lacking)}, which model "
                            f"{model!r} does not provide (models that do: {', '.join(able) or 'none'})")
 
 
 CAPABILITIES = {"logits_pattern": "an explicit attention pattern with position ids (a `logits_pattern` method)",
-                "full_attention": "bidirectional attention over the whole sequence (not a block-diffusion model)"}
+                "full_attention": "bidirectional attention over the whole sequence (not a block-diffusion model)",
+                "logits_layerwise": "a layer-by-layer view for the approximate caches (a `logits_layerwise` method)"}
 
 
-def missing_capabilities(model, component_cls) -> list[str]:
-    """The denoiser capabilities (CAPABILITIES) a component `requires` that a model family (class) or
-    spec (instance) does not declare in `provides`; a spec whose checkpoint is a block model
-    (`planned_block_size()`, read before loading) lacks full_attention whatever its family declares.
-    A test checks every family's declaration against its loaded denoiser."""
-    provides = set(getattr(model, "provides", ()))
-    if "full_attention" in provides and not isinstance(model, type) and hasattr(model, "planned_block_size"):
+def declared_capabilities(model) -> set[str]:
+    """The denoiser capabilities a model family (class: its `provides`) or spec (instance: its
+    `capabilities()` when it has one, e.g. LLaDA's impl remote lacks what the native code has; else
+    `provides`) declares. A spec whose checkpoint is a block model (`planned_block_size()`, read
+    before loading) lacks full_attention and the layer view (a full-attention one) whatever its
+    family declares. A test checks every declaration against the loaded denoiser."""
+    instance = not isinstance(model, type)
+    own = getattr(model, "capabilities", None) if instance else None
+    provides = set(own() if callable(own) else getattr(model, "provides", ()))
+    if instance and hasattr(model, "planned_block_size") and provides & {"full_attention", "logits_layerwise"}:
         if model.planned_block_size() is not None:
-            provides.discard("full_attention")
-    return [c for c in getattr(component_cls, "requires", ()) if c not in provides]
+            provides -= {"full_attention", "logits_layerwise"}
+    return provides
+
+
+def missing_capabilities(model, component) -> list[str]:
+    """The denoiser capabilities (CAPABILITIES) a component needs that a model family (class) or spec
+    (instance) does not declare (`declared_capabilities`). A component class needs its `requires`; a
+    built one its `required_capabilities()` when it has one (a sampler with an approximate cache
+    needs the layer view too)."""
+    provides = declared_capabilities(model)
+    own = None if isinstance(component, type) else getattr(component, "required_capabilities", None)
+    needs = own() if callable(own) else getattr(component, "requires", ())
+    return [c for c in needs if c not in provides]
 
 
 def _options(kind: str, raw, where: str) -> dict:

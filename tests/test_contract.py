@@ -84,23 +84,34 @@ def test_model_contract(name):
     assert isinstance(den.eos_id, int) and isinstance(den.shift_logits, bool)
 
 
-@pytest.mark.parametrize("name", sorted(MODEL_PARAMS))
-def test_a_model_provides_exactly_the_capabilities_its_denoiser_has(name):
-    """`provides` is a claim the plan-time check trusts: each declared capability is a method of the
-    loaded denoiser (remote and native alike), and each capability the denoiser has is declared."""
-    params = MODEL_PARAMS[name]
+# Specs whose capabilities differ from their family's default (the impl decides): each is checked too.
+CAPABILITY_SPECS = [(name, params) for name, params in sorted(MODEL_PARAMS.items())] + [
+    ("llada", {"preset": "tiny", "impl": "remote"}), ("dream", {"preset": "tiny", "impl": "remote"})]
+
+
+@pytest.mark.parametrize("name, params", CAPABILITY_SPECS, ids=[f"{n}-{(p or {}).get('impl', 'default')}"
+                                                               for n, p in CAPABILITY_SPECS])
+def test_a_model_provides_exactly_the_capabilities_its_denoiser_has(name, params):
+    """`provides` (or a spec's `capabilities()`) is a claim the plan-time check trusts: each declared
+    capability is a method of the loaded denoiser (remote and native alike), and each capability the
+    denoiser has is declared. The family's class-level claim is the default spec's."""
     if params is None:
         pytest.skip(f"{name} needs a saved transformers model")
-    from harness.config import CAPABILITIES
+    from harness.config import CAPABILITIES, declared_capabilities
     from harness.models.block_attention import block_size_of
 
-    den = MODELS.build(name, params).load()
-    declared = set(getattr(MODELS.get(name), "provides", ()))
+    spec = MODELS.build(name, params)
+    den = spec.load()
+    declared = declared_capabilities(spec)
     assert declared <= set(CAPABILITIES), f"{name} declares an unknown capability"
     has = {"logits_pattern"} if callable(getattr(den, "logits_pattern", None)) else set()
     if block_size_of(den) is None and getattr(MODELS.get(name), "noise", "masked") != "causal":
         has.add("full_attention")
-    assert declared == has, f"{name}: declares {sorted(declared)}, its denoiser has {sorted(has)}"
+        if callable(getattr(den, "logits_layerwise", None)):  # the approximate caches' view: full attention only
+            has.add("logits_layerwise")
+    assert declared == has, f"{name} {params}: declares {sorted(declared)}, its denoiser has {sorted(has)}"
+    if "impl" not in params:
+        assert declared_capabilities(MODELS.get(name)) == has, f"{name}: the family's claim is not its default's"
 
 
 def test_a_component_that_needs_a_capability_is_refused_at_plan_time_by_a_model_without_it(tmp_path):
@@ -117,8 +128,10 @@ tasks: {t: {name: addition, params: {n_digits: 2}, split: test, n_items: 2}}
 studies:
   - {id: g, kind: generate, model: m, task: t, sampler: {name: wino}}
 """
-    with pytest.raises(HarnessError, match="needs the model's logits_pattern.*models that do: tiny\\)"):
-        plan(load_suite(write_suite(tmp_path, suite)))
+    plan(load_suite(write_suite(tmp_path, suite)))  # the native LLaDA takes the shadow block's pattern
+    remote = suite.replace("{preset: tiny}", "{preset: tiny, impl: remote}")
+    with pytest.raises(HarnessError, match="needs the model's logits_pattern.*models that do: .*llada"):
+        plan(load_suite(write_suite(tmp_path, remote, "remote.yaml")))
     block = suite.replace("{name: llada, params: {preset: tiny}}",
                           "{name: tiny, params: {checkpoint: tiny-addition-c16-block4}}")
     with pytest.raises(HarnessError, match="needs the model's full_attention"):  # a block checkpoint of tiny

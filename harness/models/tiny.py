@@ -336,6 +336,12 @@ class TinyLayers:
         """h [B, n, D] -> q, k, v [B, H, n, Dh] of layer i."""
         return self.module.blocks[i]._qkv(h)
 
+    def qkv_at(self, i: int, h: torch.Tensor, columns: torch.Tensor):
+        """q, k, v of the canvas columns `columns` ([n] or [B, n]) whose hidden states are h [B, n, D]:
+        `qkv`, since this model's positions enter at `embed` (a rotary model's view rotates q and k
+        at the columns' positions here)."""
+        return self.qkv(i, h)
+
     def value(self, i: int, h: torch.Tensor) -> torch.Tensor:
         """h [B, n, D] -> v [B, H, n, Dh] of layer i alone (the value slice of its fused projection)."""
         blk = self.module.blocks[i]
@@ -482,9 +488,9 @@ class Tiny:
     device: str = "cpu"
     dtype: str = "float32"
 
-    # denoiser capabilities components may require (full_attention: not for a block checkpoint, which
-    # `planned_block_size` tells before loading)
-    provides: ClassVar[tuple[str, ...]] = ("logits_pattern", "full_attention")
+    # denoiser capabilities components may require (full_attention and the layer view: not for a block
+    # checkpoint, which `planned_block_size` tells before loading)
+    provides: ClassVar[tuple[str, ...]] = ("logits_pattern", "full_attention", "logits_layerwise")
 
     def __post_init__(self):
         if self.dtype not in DTYPES:

@@ -4,8 +4,10 @@ Unlike the prefix/dual caches (_cache.py), which reuse keys/values of columns ou
 these reuse per-column state that a full pass would recompute, so they change the output; how
 much is the accuracy cost the sampler study reports beside the speed-up. Both run on a model's
 layer-by-layer view (`denoiser.logits_layerwise(run, **work)`, e.g. harness/models/tiny.py
-`TinyLayers`: embed, qkv, value, attend, mlp, head), and the meter counts each pass by the columns
-each layer really computes (`Meter.logits_layerwise`).
+`TinyLayers`, harness/models/native/llada.py `LLaDALayers`: embed, qkv, qkv_at, value, attend, mlp,
+head), and the meter counts each pass by the columns each layer really computes
+(`Meter.logits_layerwise`). `qkv` takes the whole canvas; `qkv_at` takes some of its columns and
+their canvas indices, so a rotary model rotates each at its own position.
 
 dKV-Cache-Decode (Ma et al., arXiv 2505.15781; horseee/dKV-Cache
 generation_utils/llada_dkv_cache_decode.py `generate`, models/modeling_llada_dkv_cache_decode.py
@@ -122,7 +124,7 @@ def dkv_logits(denoiser, x, attn, lo: int, hi: int, s: int, state: DKVState | No
         h = h_all.gather(1, cols[..., None].expand(-1, -1, h_all.shape[-1]))
         new_k, new_v = [], []
         for i in range(layers.n_layers):
-            q, k, v = layers.qkv(i, h)
+            q, k, v = layers.qkv_at(i, h, cols)
             idx = cols[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3])
             keep = valid[:, None, :, None]
             K = keys[i].scatter(2, idx, torch.where(keep, k, keys[i].gather(2, idx)))
@@ -208,6 +210,8 @@ def dllm_logits(denoiser, x, attn, P: int, lo: int, hi: int, state: DLLMState, r
     def get(i: int, name: str) -> torch.Tensor:
         return state.layers[i][name][r]
 
+    prompt_cols, response = torch.arange(P, device=x.device), torch.arange(P, T, device=x.device)  # canvas columns
+
     def run(layers):
         while len(state.layers) < layers.n_layers:
             state.layers.append({})
@@ -227,7 +231,7 @@ def dllm_logits(denoiser, x, attn, P: int, lo: int, hi: int, state: DLLMState, r
                 h = h + m
                 continue
             if rg:  # the response recomputed, the prompt's features reused
-                q, kg, vg = layers.qkv(i, h[:, P:])
+                q, kg, vg = layers.qkv_at(i, h[:, P:], response)
                 put(i, "kg", kg)
                 put(i, "vg", vg)
                 att_g = layers.attend(i, q, torch.cat([get(i, "kp"), kg], 2), torch.cat([get(i, "vp"), vg], 2),
@@ -243,12 +247,12 @@ def dllm_logits(denoiser, x, attn, P: int, lo: int, hi: int, state: DLLMState, r
                 vg_new = layers.value(i, h[:, P:])  # [B', H, G, Dh]
                 idx = refresh_index(_flat(vg_new), _flat(get(i, "vg")), ratio)  # [B', n_sel]
                 h_sel = h[:, P:].gather(1, idx[..., None].expand(-1, -1, h.shape[-1]))
-                q_sel, k_sel, _ = layers.qkv(i, h_sel)
+                q_sel, k_sel, _ = layers.qkv_at(i, h_sel, idx + P)
                 kidx = idx[:, None, :, None].expand(-1, k_sel.shape[1], -1, k_sel.shape[3])
                 put(i, "kg", get(i, "kg").scatter(2, kidx, k_sel))
                 put(i, "vg", vg_new)
             if rp:
-                qp, kp, vp = layers.qkv(i, h[:, :P])
+                qp, kp, vp = layers.qkv_at(i, h[:, :P], prompt_cols)
                 put(i, "kp", kp)
                 put(i, "vp", vp)
             K = torch.cat([get(i, "kp"), get(i, "kg")], 2)

@@ -338,6 +338,13 @@ class DecodeLoop(abc.ABC):
         """Whether speed-ups are measured against this configuration (see LowConfidence)."""
         return False
 
+    def required_capabilities(self) -> tuple[str, ...]:
+        """What this configuration needs of the model, checked at plan time (harness/config.py
+        `missing_capabilities`): the class's `requires`, plus the layer-by-layer view for the
+        approximate caches."""
+        return tuple(getattr(type(self), "requires", ())) + (("logits_layerwise",) if self.cache in APPROX_CACHES
+                                                              else ())
+
     def __post_init__(self):
         for name in ("gen_length", "block_length"):
             v = getattr(self, name)

@@ -35,9 +35,9 @@ passes and the tokens/FLOPs columns include the shadow block. Rows whose block i
 batch, so each row is charged only its own passes.
 
 Needs a denoiser with `logits_pattern` (an explicit attention pattern and position ids,
-harness/models/block_attention.py), full attention and unshifted logits: the tiny MDLM here. The
-reference runs on its own copy of LLaDA's modeling file, which takes position ids; the public
-LLaDA file does not, and the harness's LLaDA adapter does not declare `logits_pattern`.
+harness/models/block_attention.py), full attention and unshifted logits: the tiny MDLM and the
+native LLaDA (`impl: native`). The reference runs on its own copy of LLaDA's modeling file, which
+takes position ids; the public LLaDA file does not, so LLaDA's `impl: remote` is refused at plan time.
 
 Defaults are `decoding_wino`'s (threshold 0.6, threshold_back 0.9, block_length 128); the
 reference's evaluation configs (`LLaDA/configs/*.yaml`) keep threshold_back 0.9 and block_length

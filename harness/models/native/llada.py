@@ -9,6 +9,15 @@ checkpoint's (`model.transformer.{wte, blocks.N.*, ln_f, ff_out}`), so the offic
 load by name. With the same weights and unpadded input, the logits equal the reference
 file's exactly (tests/models/test_native_parity.py).
 
+Besides the plain forward and the Fast-dLLM KV caches, two views the harness's decoders use:
+`forward_pattern` applies an explicit [B, 1, S, S] attention pattern and position ids as given
+(harness/models/block_attention.py, "An explicit pattern": WINO's shadow block), and
+`LLaDALayers` runs the model layer by layer (embed, q/k/v of chosen columns at their rotary
+positions, attention, MLP, head) for the approximate caches (harness/samplers/_approx_cache.py).
+With the full-attention pattern and the plain positions, `forward_pattern` gives the forward's
+numbers exactly, and every layer over every column of `LLaDALayers` gives the forward's logits at
+the real columns exactly (tests/models/test_llada_views.py).
+
 Deliberate differences from the reference file, both for padded batches only: the reference builds
 a padding mask but calls attention with `attn_mask=None` (left padding leaks into every row) and
 numbers positions 0..T-1 over the padding. Here padded keys are masked and positions count real
@@ -36,6 +45,7 @@ from harness.models.native.common import (
     Output,
     check_config,
     key_padding,
+    left_padding,
     must,
     one,
     padded_stack,
@@ -43,7 +53,18 @@ from harness.models.native.common import (
     rotation,
     warn_defaults,
 )
-from harness.models.standins.standin_layers import KVCache, LLaDABlock, LLaDANames, RMSNorm, key_order, padding_mask
+from harness.models.standins.standin_layers import (
+    KVCache,
+    LLaDABlock,
+    LLaDANames,
+    RMSNorm,
+    attend,
+    heads,
+    key_order,
+    merge_heads,
+    padding_mask,
+    swiglu,
+)
 from harness.types import HarnessError
 
 MASK_ID = 126336  # <|mdm_mask|> of every LLaDA-8B checkpoint
@@ -200,3 +221,91 @@ class LLaDA(nn.Module):
         h, _ = padded_stack(self.model.transformer.blocks, h, cos, sin, padding_mask(m, key_cols), self.impl,
                              cache=cache, order=order)
         return self._head(h)
+
+    # -- an explicit attention pattern (WINO's shadow block) -------------------------------------
+    def forward_pattern(self, input_ids: torch.Tensor, allowed: torch.Tensor, position_ids: torch.Tensor) -> Output:
+        """Logits [B, S, V] of a pass with the attention pattern `allowed` [B, 1, S, S] bool (True:
+        attend) and the rotary positions `position_ids` [B, S], applied as given. A query that sees
+        nothing attends to itself (it must not be read). A pattern that is key padding alone (every
+        query of a row sees the same keys; left padding) runs as `forward` runs it, so the plain
+        pattern with the plain positions gives `forward`'s numbers exactly."""
+        B, S = input_ids.shape
+        if tuple(allowed.shape) != (B, 1, S, S) or tuple(position_ids.shape) != (B, S):
+            raise HarnessError(f"LLaDA forward_pattern: expected allowed [{B}, 1, {S}, {S}] and position_ids "
+                               f"[{B}, {S}], got {tuple(allowed.shape)} and {tuple(position_ids.shape)}")
+        allowed = allowed.to(device=input_ids.device, dtype=torch.bool)
+        eye = torch.eye(S, dtype=torch.bool, device=allowed.device)
+        mask = allowed | (~allowed.any(-1, keepdim=True) & eye)
+        h = self._embed(input_ids)
+        cos, sin = self._rotation(position_ids.to(input_ids.device), h.dtype)
+        h, _ = padded_stack(self.model.transformer.blocks, h, cos, sin, None if bool(mask.all()) else mask, self.impl)
+        return Output(self._head(h))
+
+
+class LLaDALayers:
+    """A native LLaDA layer by layer: the view the approximate caches run on
+    (harness/samplers/_approx_cache.py: dKV-Cache, dLLM-Cache), which recompute some columns of
+    some layers and reuse cached keys/values or layer outputs for the rest.
+
+    `embed` reads the canvas and its padding once per pass: the rotary positions count real tokens
+    (as `forward`), and left-padded rows attend, group by group, over their real keys only. `qkv`
+    takes the whole canvas, `qkv_at` any columns of it (q and k rotated at those columns'
+    positions). Running every layer over every column with these pieces gives `forward`'s logits at
+    every real column exactly; a left-padding column's own output differs (`forward` leaves its
+    attention output zero, here it attends to the real keys) and is never read."""
+
+    def __init__(self, module: LLaDA):
+        self.module = module
+        self.blocks = module.model.transformer.blocks
+        self.n_layers = len(self.blocks)
+        self._cos = self._sin = None
+
+    def embed(self, x: torch.Tensor, attention_mask: torch.Tensor | None):
+        """The canvas x [B, T] -> (h [B, T, D], the pass's key-padding plan, which `attend` takes)."""
+        m = key_padding(attention_mask)
+        h = self.module._embed(x)
+        self._cos, self._sin = self.module._rotation(positions(m, x.shape[1], x.device), h.dtype)  # [1|B, 1, T, Dh]
+        return h, left_padding(padding_mask(m))
+
+    def qkv(self, i: int, h: torch.Tensor):
+        """h [B, T, D] of the whole canvas -> q [B, H, T, Dh], k/v [B, Hkv, T, Dh] of layer i."""
+        return self.blocks[i].qkv(h, self._cos, self._sin)
+
+    def qkv_at(self, i: int, h: torch.Tensor, columns: torch.Tensor):
+        """h [B, n, D] of the canvas columns `columns` ([n], or [B, n] per row) -> layer i's q, k, v of
+        those columns, rotated at their positions."""
+        B, n = h.shape[:2]
+        cols = columns.to(h.device)
+        cos, sin = self._cos.expand(B, -1, -1, -1), self._sin.expand(B, -1, -1, -1)
+        if cols.dim() == 1:
+            cos, sin = cos[:, :, cols], sin[:, :, cols]
+        else:
+            idx = cols[:, None, :, None].expand(B, 1, n, cos.shape[-1])
+            cos, sin = cos.gather(2, idx), sin.gather(2, idx)
+        return self.blocks[i].qkv(h, cos, sin)
+
+    def value(self, i: int, h: torch.Tensor) -> torch.Tensor:
+        """h [B, n, D] -> v [B, Hkv, n, Dh] of layer i alone (no rotary on values)."""
+        blk = self.blocks[i]
+        return heads(blk.v_proj(blk.attn_norm(h)), blk.n_kv)
+
+    def attend(self, i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask) -> torch.Tensor:
+        """Layer i's attention branch: queries [B, H, n, Dh] (any canvas columns) over the canvas's
+        keys/values [B, Hkv, T, Dh] -> [B, n, D], `attn_out` applied (what the residual adds).
+        `key_mask`: `embed`'s plan (left-padded rows attend over their real keys [p, T) only)."""
+        impl = self.module.impl
+        if key_mask is None or isinstance(key_mask, torch.Tensor):
+            a = attend(q, k, v, key_mask, impl)
+        else:
+            a = q.new_zeros(*q.shape[:3], v.shape[-1])  # [B, H, n, Dh]
+            for p, rows in key_mask:
+                a[rows] = attend(q[rows], k[rows, :, p:], v[rows, :, p:], None, impl)
+        return self.blocks[i].attn_out(merge_heads(a))
+
+    def mlp(self, i: int, h: torch.Tensor) -> torch.Tensor:
+        """Layer i's MLP branch on h [B, n, D] (what the residual adds)."""
+        blk = self.blocks[i]
+        return swiglu(blk.ff_norm(h), blk.ff_proj, blk.up_proj, blk.ff_out)
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        return self.module._head(h)
