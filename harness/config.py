@@ -496,8 +496,10 @@ def _check_noise(model: str, ckind: str, name: str, where: str, spec=None, compo
     lacking = missing_capabilities(spec if spec is not None else MODELS.get(model), comp)
     if lacking:
         able = [m for m in MODELS.names() if not missing_capabilities(MODELS.get(m), comp)]
-        raise HarnessError(f"{where}: {ckind[:-1]} {name!r} needs the model's {', '.join(lacking)}, which model "
-                           f"{model!r} does not provide (models that do: {', '.join(able) or 'none'})")
+        what = "this configuration of model" if model in able else "model"
+        raise HarnessError(f"{where}: {ckind[:-1]} {name!r} needs the model's {', '.join(lacking)}, which {what} "
+                           f"{model!r} does not provide (models that do, as configured by default: "
+                           f"{', '.join(able) or 'none'})")
 
 
 CAPABILITIES = {"logits_pattern": "an explicit attention pattern with position ids (a `logits_pattern` method)",

@@ -130,7 +130,8 @@ studies:
 """
     plan(load_suite(write_suite(tmp_path, suite)))  # the native LLaDA takes the shadow block's pattern
     remote = suite.replace("{preset: tiny}", "{preset: tiny, impl: remote}")
-    with pytest.raises(HarnessError, match="needs the model's logits_pattern.*models that do: .*llada"):
+    with pytest.raises(HarnessError, match="needs the model's logits_pattern, which this configuration "
+                       "of model .llada. does not provide.*models that do, as configured by default: .*llada"):
         plan(load_suite(write_suite(tmp_path, remote, "remote.yaml")))
     block = suite.replace("{name: llada, params: {preset: tiny}}",
                           "{name: tiny, params: {checkpoint: tiny-addition-c16-block4}}")

@@ -190,7 +190,8 @@ def test_the_approximate_caches_are_refused_at_plan_time_without_a_layer_view(tm
     for i, model in enumerate(["{name: llada, params: {preset: tiny, impl: remote}}",
                                "{name: dream, params: {preset: tiny}}",
                                "{name: tiny, params: {checkpoint: tiny-addition-c16-block4}}"]):
-        with pytest.raises(HarnessError, match="needs the model's logits_layerwise.*models that do: .*llada.*tiny"):
+        with pytest.raises(HarnessError, match="needs the model's logits_layerwise.*models "
+                           "that do, as configured by default: .*llada.*tiny"):
             plan(load_suite(write_suite(tmp_path, suite(model, cache), f"no{i}.yaml")))
     plain = suite("{name: dream, params: {preset: tiny}}", cache).replace(f"cache: {cache}, refresh: 2", "cache: dual")
     assert plan(load_suite(write_suite(tmp_path, plain, "dual.yaml")))  # the exact caches need no layer view
