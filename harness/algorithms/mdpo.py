@@ -143,7 +143,7 @@ def mdpo_loss(logp, old, ref, adv, masked, conf, *, eps: float, beta: float, len
     clipped = (ratio.detach() != clipped_ratio.detach()) & masked
     return loss, {"clip_frac": float(clipped.sum() / cnt),
                   "kl": None if kl is None else float((kl.detach() * m).sum() / cnt),
-                  "ratio": float((ratio.detach() * m).sum() / cnt), "mdpo_steps": float(masked.any(-1).sum())}
+                  "ratio": float((ratio.detach() * m).sum() / cnt), "trained_states": float(masked.any(-1).sum())}
 
 
 @ALGORITHMS.register("mdpo")

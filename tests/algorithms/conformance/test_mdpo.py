@@ -267,3 +267,22 @@ def test_only_a_trajectory_algorithm_asks_for_the_trajectory(name):
         assert buf["mdpo_states"].shape == (4, min(16, T_steps), buf["tokens"].shape[1])
         assert algo.loss_tokens(buf).shape == (4, buf["mdpo_states"][0].numel())
         assert buf["mdpo_temperature"] == 1.0  # the rollout sampler's temperature
+
+
+@pytest.mark.slow
+def test_data_parallel_mdpo_matches_one_process(tmp_path):
+    """Two gloo ranks roll out their halves with their trajectories, all-gathered: the records (step logs
+    with the per-step rewards' advantages, costs, evaluations) are those of one process."""
+    from harness.records import read_records
+    from harness.runner import Runner
+    from tests.helpers import write_suite
+    from tests.test_distributed import RL_SUITE, _rl_views, torchrun
+
+    path = write_suite(tmp_path, RL_SUITE.format(prompts=2).replace("name: diffu_grpo", "name: mdpo"), "rl.yaml")
+    one = _rl_views(read_records(Runner(path, results=tmp_path / "one", progress=False).run(), latest=False))
+    out = torchrun(["run", str(path), "--results", str(tmp_path / "two"), "--no-progress"])
+    assert out.returncode == 0, out.stderr[-6000:]
+    from pathlib import Path
+
+    two = _rl_views(read_records(Path(out.stdout.strip().splitlines()[-1]), latest=False))
+    assert two == one and any(v[1].startswith("step-") and v[3].get("trained_states") for v in one)
