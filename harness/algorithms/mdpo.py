@@ -32,19 +32,19 @@ over rows (`micro_batch` 0). With μ = 1 (the reference's only working setting: 
 reads `old_per_token_logps` for μ > 1, which nothing sets) ρ = 1; with μ > 1 the harness takes π_old's
 log-probs on the same states and targets.
 
-Kept differences: the reference normalises each device's row by the statistics of every group
-gathered, broadcasting [1, T] against [groups, T], which is well-formed only when the devices hold one
-group between them (config_demo.yaml: per_device_train_batch_size 1, num_generations 4); the harness
-normalises each row by its own group's statistics, what that setting computes. It selects S by the
-|A| summed over the device's local rows (one row in config_demo.yaml, so per row, as here), and with
-torch.topk's order among equal |A|; the harness breaks ties toward the earlier step. K > T is an error there and min(K, T) here. Step predictions
-are decoded to text as the rollout's own (cut at the first stop token), where the reference decodes
-the whole canvas with special tokens skipped. The probabilities c_t are the rollout sampler's
-confidence in its proposals: the reference's softmax(logits / τ) of its categorical draw, which the
-harness's `sampling: multinomial` reproduces (the default Gumbel rule scores the untempered softmax).
-Only single-block, fixed-schedule samplers on full-attention models record a trajectory (the
-reference config decodes one block of 512); Running Confidence Remasking's running confidences (the
-reference's `rcr` option, off in config_demo.yaml) are not offered.
+Kept differences: the reference normalises each device's row by the statistics of every group gathered,
+broadcasting [1, T] against [groups, T], which is well-formed only when the devices hold one group
+between them (config_demo.yaml: per_device_train_batch_size 1, num_generations 4); the harness
+normalises each row by its own group's statistics, what that setting computes. It selects S by the |A|
+summed over the device's local rows (one row in config_demo.yaml, so per row, as here), and with
+torch.topk's order among equal |A|; the harness breaks ties toward the earlier step. K > T is an error
+there and min(K, T) here. Step predictions are decoded to text as the rollout's own (cut at the first
+stop token), where the reference decodes the whole canvas with special tokens skipped. The probabilities
+c_t are the rollout sampler's confidence in its proposals: the reference's softmax(logits / τ) of its
+categorical draw, which the harness's `sampling: multinomial` reproduces (the default Gumbel rule scores
+the untempered softmax). Only single-block, fixed-schedule samplers on full-attention models record a
+trajectory (the reference config decodes one block of 512); Running Confidence Remasking's running
+confidences (the reference's `rcr` option, off in config_demo.yaml) are not offered.
 
 Not part of the loss: the reference's optional "incremental training" (`incremental_training`,
 `od_path`; off in config_demo.yaml) is a data curriculum. Before each epoch it decodes every
