@@ -99,6 +99,11 @@ class Generation:
     gen_len:     [B] generated tokens up to and including the first EOS
     steps:       number of denoising steps taken (the batch's)
     row_steps:   [B] each row's own steps, where rows stop at different steps (None: `steps` for all)
+    trajectory:  the denoising trajectory, where the caller asked the sampler to record it (`record_steps`;
+                 None otherwise): {"states": [B, T, L] the completion canvas before each of the T steps
+                 (mask id where still masked), "preds": [B, T, L] that step's full prediction (its
+                 proposal at every masked position, the canvas elsewhere), "conf": [B, T, L] float, the
+                 probability the step gave each proposal (NaN where it proposed none)}
     """
 
     tokens: torch.Tensor
@@ -108,6 +113,7 @@ class Generation:
     steps: int
     row_steps: torch.Tensor | None = None
     commit_conf: torch.Tensor | None = None
+    trajectory: dict | None = None
 
     def steps_of(self, i: int) -> int:
         """Row i's steps: its own where the sampler counts them, else the batch's."""

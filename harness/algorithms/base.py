@@ -49,6 +49,10 @@ class Algorithm(abc.ABC):
     micro_batch: float = 0.0  # groups per micro-batch as the reference config runs it; 0: the whole buffer
 
     uses_commit_steps: ClassVar[bool] = False  # the estimator scores along the rollout's decode order
+    # The rollout records its denoising trajectory (`Generation.trajectory`: every step's canvas, full
+    # prediction and probabilities), which the loop hands over as the buffer's `trajectory` (MDPO rewards
+    # intermediate predictions). Off for every other algorithm: their rollouts and buffers are unchanged.
+    uses_trajectory: ClassVar[bool] = False
 
     def __post_init__(self):
         ESTIMATORS.validate(self.estimator, self.estimator_params, f"algorithm.params.estimator={self.estimator}")

@@ -227,8 +227,10 @@ class RLLoop:
         return encode_prompts(PromptEncoder(self.policy, prefill=getattr(self.task, "prefill", "") or ""),
                               [it.prompt for it in items], self.policy.pad_id)
 
-    def sample(self, prompt, prompt_mask, generators, meter="rollout", sampler=None, fixed=None):
+    def sample(self, prompt, prompt_mask, generators, meter="rollout", sampler=None, fixed=None, record_steps=False):
         kw = {} if fixed is None else {"fixed": fixed}
+        if record_steps:  # only asked for by an algorithm that declares `uses_trajectory`
+            kw["record_steps"] = True
         return (sampler or self.sampler)(self.meters[meter], prompt, generator=generators, prompt_mask=prompt_mask,
                                          gen_length=self.task.gen_length, **kw)
 
@@ -244,19 +246,29 @@ class RLLoop:
             lo, hi = g.start * G, g.stop * G
         rows = range(lo, hi)
         self._split = (lo, hi) != (0, len(items))
-        gen = self.sample(prompt[lo:hi], pmask[lo:hi], self.generators(step, rows, "rollout"))
+        record = self.algorithm.uses_trajectory
+        gen = self.sample(prompt[lo:hi], pmask[lo:hi], self.generators(step, rows, "rollout"), record_steps=record)
+        if record and gen.trajectory is None:
+            raise HarnessError(f"algorithm {self.algorithm.registry_name!r} trains on the rollout's denoising "
+                               f"trajectory, which options.sampler {self.opts.sampler.get('name')!r} did not record")
         rewards = [reward(self.task, it, t) for it, t in zip(items[lo:hi], gen.text)]  # stop strings cut
-        tokens, commit = gen.tokens, gen.commit_step
+        tokens, commit, traj = gen.tokens, gen.commit_step, gen.trajectory
         if self._split:  # the whole buffer on every rank, rows in order
-            parts = _all_gather(self.dist, (tokens.cpu(), None if commit is None else commit.cpu(), rewards))
+            parts = _all_gather(self.dist, (tokens.cpu(), None if commit is None else commit.cpu(), rewards,
+                                            None if traj is None else {k: v.cpu() for k, v in traj.items()}))
             tokens = torch.cat([p[0] for p in parts]).to(gen.tokens.device)
             commit = None if commit is None else torch.cat([p[1] for p in parts]).to(gen.commit_step.device)
             rewards = [r for p in parts for r in p[2]]
+            if traj is not None:
+                traj = {k: torch.cat([p[3][k] for p in parts]).to(v.device) for k, v in traj.items()}
         cmask = completion_mask(tokens, self.policy.eos_id)
-        return {"items": items, "prompt": prompt, "prompt_mask": pmask, "tokens": tokens,
-                "commit_step": commit, "completion_mask": cmask, "loss_mask": cmask.clone(),
-                "rewards": torch.tensor(rewards, dtype=torch.float64),
-                "group": torch.arange(len(picked)).repeat_interleave(G), "row": torch.arange(len(items))}
+        buf = {"items": items, "prompt": prompt, "prompt_mask": pmask, "tokens": tokens,
+               "commit_step": commit, "completion_mask": cmask, "loss_mask": cmask.clone(),
+               "rewards": torch.tensor(rewards, dtype=torch.float64),
+               "group": torch.arange(len(picked)).repeat_interleave(G), "row": torch.arange(len(items))}
+        if record:  # [N, T, L] each: rows slice with the buffer
+            buf.update({f"trajectory_{k}": v for k, v in traj.items()})
+        return buf
 
     def micro_batches(self, n_groups: int) -> tuple[list[torch.Tensor], bool]:
         """-> (row indices of each micro-batch, whether each one's loss is normalised within it)."""

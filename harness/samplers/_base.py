@@ -93,6 +93,7 @@ unchanged:
 from __future__ import annotations
 
 import abc
+import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -490,7 +491,14 @@ class DecodeLoop(abc.ABC):
     # -- the loop ------------------------------------------------------------------------------------
     @torch.no_grad()
     def __call__(self, denoiser, prompt: torch.Tensor, *, generator, prompt_mask: torch.Tensor | None = None,
-                 gen_length: int = 32, fixed: torch.Tensor | None = None) -> Generation:
+                 gen_length: int = 32, fixed: torch.Tensor | None = None, record_steps: bool = False) -> Generation:
+        """Decode; `record_steps`: also hand out the trajectory (`Generation.trajectory`: every step's
+        canvas, full prediction and its probabilities), for objectives that reward intermediate
+        predictions (MDPO). Recording draws nothing: the tokens and commit steps are those of a plain call.
+        It is offered where every step predicts the whole completion: one block, a fixed schedule, no
+        block model (else HarnessError)."""
+        if record_steps:
+            self._check_recordable(denoiser, gen_length)
         if block_size_of(denoiser) is not None:
             return self._decode_block_model(denoiser, prompt, generator=generator, prompt_mask=prompt_mask,
                                             gen_length=gen_length, fixed=fixed)
@@ -511,6 +519,7 @@ class DecodeLoop(abc.ABC):
         row_steps = torch.zeros(B, dtype=torch.long, device=prompt.device)  # passes each row took
         schedule = self.schedule_of(denoiser)
         cache = None
+        states, preds, confs = [], [], []  # the trajectory (record_steps)
         for b in range(L // block):
             lo, hi = P + b * block, P + (b + 1) * block
             n0 = (x[:, lo:hi] == mask_id).sum(1)  # [B] the block's masked count at its start
@@ -532,8 +541,32 @@ class DecodeLoop(abc.ABC):
                         logits.shape[:2])  # [B', n]
                 commit, x0, st = self._step(denoiser, logits, xr[:, lo:hi], n0 if rows is None else n0[rows], s,
                                             per_block, schedule, rows_of(generator, rows), early, sampling)
-                self._apply(x, commit_step, row_steps, rows, commit, x0, lo, hi, P, commit_conf, committed_prob(st))
-        return finish(denoiser, x, P, commit_step, int(row_steps.max()) if B else 0, commit_conf=commit_conf)
+                conf = committed_prob(st)
+                if record_steps:  # one block, fixed schedule: every row steps, the block is the completion
+                    states.append(x[:, P:].clone())
+                    preds.append(torch.where(st.eligible, x0, x[:, lo:hi]))
+                    confs.append(torch.where(st.eligible, conf, torch.full_like(conf, float("nan"))))
+                self._apply(x, commit_step, row_steps, rows, commit, x0, lo, hi, P, commit_conf, conf)
+        gen = finish(denoiser, x, P, commit_step, int(row_steps.max()) if B else 0, commit_conf=commit_conf)
+        if not record_steps:
+            return gen
+        return dataclasses.replace(gen, trajectory={"states": torch.stack(states, 1), "preds": torch.stack(preds, 1),
+                                                    "confs": torch.stack(confs, 1)})
+
+    def _check_recordable(self, denoiser, gen_length: int) -> None:
+        """Refuse `record_steps` where a step does not predict the whole completion (HarnessError)."""
+        name = getattr(self, "registry_name", type(self).__name__)
+        if block_size_of(denoiser) is not None:
+            raise HarnessError(f"sampler {name!r}: record_steps (the denoising trajectory) is not offered on a "
+                               "block-diffusion model, whose steps predict one block at a time")
+        if self.adaptive:
+            raise HarnessError(f"sampler {name!r}: record_steps needs a fixed schedule (every row takes the same "
+                               "steps); an adaptive sampler's rows stop at different steps")
+        L, block, _ = self.plan(gen_length)
+        if block != L:
+            raise HarnessError(f"sampler {name!r}: record_steps needs one block (block_length unset or equal to "
+                               f"gen_length {L}), got block_length {block}: a step proposes tokens for its own "
+                               "block only, not the whole completion")
 
     def _step(self, denoiser, logits, blk, n0, s: int, per_block: int, schedule, gen, early, sampling):
         """One step on the current block's columns: -> (commit [B', n] bool, proposals x0 [B', n], Step)."""
