@@ -244,6 +244,19 @@ def committed_prob(step: "Step") -> torch.Tensor:
     return step.probs.gather(-1, step.x0[..., None].to(step.probs.device)).squeeze(-1).float()
 
 
+def steps_plan(L: int, block_length: int | None, steps: int | None) -> tuple[int, int, int]:
+    """(L, block, steps per block) of a sampler with its own loop that spends `steps` passes (None: one
+    per token) spread evenly over blocks of `block_length` (None: one block); ValueError when they do
+    not divide."""
+    block = min(block_length or L, L)
+    if L % block:
+        raise ValueError(f"gen_length {L} is not a multiple of block_length {block}")
+    steps = steps or L
+    if steps % (L // block):
+        raise ValueError(f"steps {steps} is not a multiple of the number of blocks {L // block}")
+    return L, block, steps // (L // block)
+
+
 def select_topk(conf: torch.Tensor, k: torch.Tensor, ties: str = "position") -> torch.Tensor:
     """[B, T] scores, [B] counts -> [B, T] bool marking each row's k highest (finite) scores.
 

@@ -52,7 +52,15 @@ import torch.nn.functional as F
 
 from harness.models.block_attention import block_size_of
 from harness.registry import SAMPLERS
-from harness.samplers._base import aligned, finish, multinomial_rows, select_topk, top_k_filter, top_p_filter
+from harness.samplers._base import (
+    aligned,
+    finish,
+    multinomial_rows,
+    select_topk,
+    steps_plan,
+    top_k_filter,
+    top_p_filter,
+)
 from harness.types import HarnessError
 
 CONFIDENCES = ("probability", "margin", "entropy")
@@ -129,14 +137,7 @@ class RunningConfidenceRemasking:
 
     def plan(self, gen_length: int) -> tuple[int, int, int]:
         """(L, block, steps per block)."""
-        L = self.gen_length or gen_length
-        block = min(self.block_length or L, L)
-        if L % block:
-            raise ValueError(f"gen_length {L} is not a multiple of block_length {block}")
-        steps = self.steps or L
-        if steps % (L // block):
-            raise ValueError(f"steps {steps} is not a multiple of the number of blocks {L // block}")
-        return L, block, steps // (L // block)
+        return steps_plan(self.gen_length or gen_length, self.block_length, self.steps)
 
     def max_nfe_per_sequence(self, gen_length: int) -> int:
         L, block, per_block = self.plan(gen_length)
