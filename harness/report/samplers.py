@@ -184,10 +184,11 @@ def render_samplers_section(run_dir, out_dir, records: list[dict] | None = None)
         if item is not None:
             lines.append(figure_md(
                 ORDER_FIGURE, f"Decoding order of item {item}",
-                f"One row per cell (first replicate; at most {ORDER_CELLS} cells). Left: when each position "
-                "was committed, as a fraction of that sequence's decoding steps (dark = early, so left-to-right "
+                f"One row per cell (first replicate; a cell of every study first, at most {ORDER_CELLS} cells), "
+                "positions up to the first stop token. Left: when each position was committed, as a fraction of "
+                "that sequence's decoding steps (dark = early, so left-to-right "
                 "decoding is a dark-to-light ramp). Right: the probability the committing step gave the token. "
-                "Blank: after the first stop token, never masked, or (right) a sampler that does not record it. "
+                "Blank: after the row's first stop token, never masked, or (right) a sampler that does not record it. "
                 "`dlm-harness show-sample RUN ITEM` prints the same trace."))
     return "\n".join(lines)
 
@@ -203,19 +204,24 @@ def _order_figure(records: list[dict], out_dir: Path) -> str | None:
     for r in traced:
         if r["item_id"] == item and r["cell_id"] not in first:
             first[r["cell_id"]] = r
-    rows = list(first.values())[:ORDER_CELLS]
+    by_study: dict[str, list[dict]] = defaultdict(list)  # one cell of every study first, then the rest
+    for cell, r in first.items():
+        by_study[cell.split("[")[0]].append(r)
+    rows = [rs[k] for k in range(max(map(len, by_study.values()))) for rs in by_study.values() if k < len(rs)]
+    rows = rows[:ORDER_CELLS]
     import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.ticker import MaxNLocator
 
     style()
-    width = max(len(r["generation"]["commit_step"]) for r in rows)
-    order = np.full((len(rows), width), np.nan)
-    conf = np.full((len(rows), width), np.nan)
+    width = max(int(r["generation"].get("gen_len", len(r["generation"]["commit_step"]))) for r in rows)
+    order = np.full((len(rows), max(width, 1)), np.nan)
+    conf = np.full((len(rows), max(width, 1)), np.nan)
     for i, r in enumerate(rows):
         gen = r["generation"]
         cs = gen["commit_step"]
         n = int(gen.get("gen_len", len(cs)))
-        last = max([s for s in cs[:n] if s >= 0], default=0)
+        last = max(int(gen.get("steps") or 0) - 1, max(cs, default=0))  # the sequence's last step (any position)
         for j, s in enumerate(cs[:n]):
             if s >= 0:
                 order[i, j] = s / max(last, 1)
@@ -228,6 +234,7 @@ def _order_figure(records: list[dict], out_dir: Path) -> str | None:
         im = ax.imshow(np.ma.masked_invalid(data), aspect="auto", cmap=cmap, vmin=0, vmax=1,
                        interpolation="nearest")
         ax.set_xlabel("generated position")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(title, fontsize=9)
         ax.grid(False)
         fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02)
