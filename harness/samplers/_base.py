@@ -244,6 +244,16 @@ def committed_prob(step: "Step") -> torch.Tensor:
     return step.probs.gather(-1, step.x0[..., None].to(step.probs.device)).squeeze(-1).float()
 
 
+def masked_canvas(prompt: torch.Tensor, prompt_mask: torch.Tensor | None, L: int,
+                  mask_id: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The decoding canvas [B, P + L]: the prompt, then L mask tokens; and its attention mask (the
+    prompt's padding mask, completion columns real), None when the prompt has none."""
+    B, P = prompt.shape
+    x = torch.cat([prompt, torch.full((B, L), mask_id, dtype=prompt.dtype, device=prompt.device)], 1)
+    attn = None if prompt_mask is None else torch.cat([prompt_mask, torch.ones_like(x[:, P:], dtype=torch.bool)], 1)
+    return x, attn
+
+
 def steps_plan(L: int, block_length: int | None, steps: int | None) -> tuple[int, int, int]:
     """(L, block, steps per block) of a sampler with its own loop that spends `steps` passes (None: one
     per token) spread evenly over blocks of `block_length` (None: one block); ValueError when they do
@@ -523,10 +533,9 @@ class DecodeLoop(abc.ABC):
         sampling = self.sampling_of(denoiser)
         B, P = prompt.shape
         mask_id = denoiser.mask_id
-        x = torch.cat([prompt, torch.full((B, L), mask_id, dtype=prompt.dtype, device=prompt.device)], 1)
+        x, attn = masked_canvas(prompt, prompt_mask, L, mask_id)
         if fixed is not None:  # inpainting (IGPO): [B, L] tokens >= 0 start committed (commit step -1)
             x[:, P:] = torch.where(fixed.to(x.device) >= 0, fixed.to(x.device), x[:, P:])
-        attn = None if prompt_mask is None else torch.cat([prompt_mask, torch.ones_like(x[:, P:], dtype=torch.bool)], 1)
         commit_step = torch.full((B, L), -1, dtype=torch.long, device=prompt.device)
         commit_conf = torch.full((B, L), float("nan"), device=prompt.device)
         row_steps = torch.zeros(B, dtype=torch.long, device=prompt.device)  # passes each row took

@@ -52,6 +52,7 @@ from harness.samplers._base import (
     add_gumbel_noise,
     aligned,
     finish,
+    masked_canvas,
     rows_of,
     select_topk,
     steps_plan,
@@ -138,8 +139,7 @@ class KLASS:
         B, P = prompt.shape
         mask_id = denoiser.mask_id
         dev = prompt.device
-        x = torch.cat([prompt, torch.full((B, L), mask_id, dtype=prompt.dtype, device=dev)], 1)
-        attn = None if prompt_mask is None else torch.cat([prompt_mask, torch.ones_like(x[:, P:], dtype=torch.bool)], 1)
+        x, attn = masked_canvas(prompt, prompt_mask, L, mask_id)
         commit_step = torch.full((B, L), -1, dtype=torch.long, device=dev)
         row_steps = torch.zeros(B, dtype=torch.long, device=dev)
         shift = bool(getattr(denoiser, "shift_logits", False))

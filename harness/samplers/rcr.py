@@ -55,6 +55,7 @@ from harness.registry import SAMPLERS
 from harness.samplers._base import (
     aligned,
     finish,
+    masked_canvas,
     multinomial_rows,
     select_topk,
     steps_plan,
@@ -163,8 +164,7 @@ class RunningConfidenceRemasking:
         B, P = prompt.shape
         mask_id = denoiser.mask_id
         dev = prompt.device
-        x = torch.cat([prompt, torch.full((B, L), mask_id, dtype=prompt.dtype, device=dev)], 1)
-        attn = None if prompt_mask is None else torch.cat([prompt_mask, torch.ones_like(x[:, P:], dtype=torch.bool)], 1)
+        x, attn = masked_canvas(prompt, prompt_mask, L, mask_id)
         commit_step = torch.full((B, L), -1, dtype=torch.long, device=dev)
         running = torch.zeros(B, L, dtype=torch.float32, device=dev)  # confidence at the last commit
         shift = bool(getattr(denoiser, "shift_logits", False))

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from harness.models.block_attention import block_size_of
 from harness.registry import SAMPLERS
-from harness.samplers._base import add_gumbel_noise, aligned, finish, select_topk
+from harness.samplers._base import add_gumbel_noise, aligned, finish, masked_canvas, select_topk
 from harness.seeding import rand
 from harness.types import HarnessError
 
@@ -131,8 +131,7 @@ class ReMDM:
         L, N = self.n_steps(gen_length)
         B, P = prompt.shape
         mask_id = denoiser.mask_id
-        x = torch.cat([prompt, torch.full((B, L), mask_id, dtype=prompt.dtype, device=prompt.device)], 1)
-        attn = None if prompt_mask is None else torch.cat([prompt_mask, torch.ones_like(x[:, P:], dtype=torch.bool)], 1)
+        x, attn = masked_canvas(prompt, prompt_mask, L, mask_id)
         commit_step = torch.full((B, L), -1, dtype=torch.long, device=prompt.device)
         psi = torch.zeros(B, L, device=prompt.device)  # probability at the last commit
         early = torch.arange(L, device=prompt.device) < self.min_length

@@ -61,7 +61,7 @@ import torch.nn.functional as F
 
 from harness.models.block_attention import block_size_of, positions
 from harness.registry import SAMPLERS
-from harness.samplers._base import add_gumbel_noise, finish, rows_of, select_topk
+from harness.samplers._base import add_gumbel_noise, finish, masked_canvas, rows_of, select_topk
 from harness.types import HarnessError
 
 
@@ -147,7 +147,7 @@ class Wino:
         dev = prompt.device
         mask_id = denoiser.mask_id
         T = P + L
-        x = torch.cat([prompt, torch.full((B, L), mask_id, dtype=prompt.dtype, device=dev)], 1)
+        x, _ = masked_canvas(prompt, None, L, mask_id)
         real = torch.ones(B, T, dtype=torch.bool, device=dev)
         if prompt_mask is not None:
             real[:, :P] = prompt_mask.bool().to(dev)
