@@ -133,7 +133,8 @@ def render_samplers_section(run_dir, out_dir, records: list[dict] | None = None)
     """Markdown for the sampler study of `run_dir` (or of `records` when given, e.g. several runs
     combined); figures are written into `out_dir` and linked by file name (the markdown is meant
     to live in `out_dir`)."""
-    rows = cell_summaries(read_records(Path(run_dir)) if records is None else records)
+    records = read_records(Path(run_dir)) if records is None else records  # read once for every part
+    rows = cell_summaries(records)
     if not rows:
         return "## Samplers\n\n_no generate records in this run_\n"
     rows.sort(key=lambda r: (r["variant"], r["nfe"], r["cell"]))
@@ -169,7 +170,7 @@ def render_samplers_section(run_dir, out_dir, records: list[dict] | None = None)
          "Each point is one sampler configuration with its 95% interval, on the full accuracy range."),
         ("Accuracy against model wall time per sequence",
          "As above with measured model time on the x axis (log scale): KV caches cut time without cutting NFE."))
-    lines += model_pairs_md(model_pairs(read_records(Path(run_dir)) if records is None else records))
+    lines += model_pairs_md(model_pairs(records))
     if out_dir is not None:
         drawn = _figures(rows, Path(out_dir))
         for stem, (title, caption) in zip(FIGURES, captions):
@@ -180,7 +181,7 @@ def render_samplers_section(run_dir, out_dir, records: list[dict] | None = None)
                             "interval), so no frontier is drawn: the cheaper configurations are as accurate as far "
                             "as these items can tell.")
                 lines.append(figure_md(stem, title, caption))
-        item = _order_figure(read_records(Path(run_dir)) if records is None else records, Path(out_dir))
+        item = _order_figure(records, Path(out_dir))
         if item is not None:
             lines.append(figure_md(
                 ORDER_FIGURE, f"Decoding order of item {item}",
