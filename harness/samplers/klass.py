@@ -141,6 +141,7 @@ class KLASS:
         dev = prompt.device
         x, attn = masked_canvas(prompt, prompt_mask, L, mask_id)
         commit_step = torch.full((B, L), -1, dtype=torch.long, device=dev)
+        commit_conf = torch.full((B, L), float("nan"), device=dev)
         row_steps = torch.zeros(B, dtype=torch.long, device=dev)
         shift = bool(getattr(denoiser, "shift_logits", False))
         H = self.history_length
@@ -186,5 +187,7 @@ class KLASS:
                 x[live, lo:hi] = torch.where(commit, x0, x[live, lo:hi])
                 cs = commit_step[live, lo - P:hi - P]
                 commit_step[live, lo - P:hi - P] = torch.where(commit, row_steps[live, None].expand_as(cs), cs)
+                cc = commit_conf[live, lo - P:hi - P]
+                commit_conf[live, lo - P:hi - P] = torch.where(commit, conf.float(), cc)
                 row_steps[live] += 1
-        return finish(denoiser, x, P, commit_step, int(row_steps.max()) if B else 0)
+        return finish(denoiser, x, P, commit_step, int(row_steps.max()) if B else 0, commit_conf=commit_conf)

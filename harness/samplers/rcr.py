@@ -144,15 +144,17 @@ class RunningConfidenceRemasking:
         L, block, per_block = self.plan(gen_length)
         return (L // block) * per_block
 
-    def propose(self, logits: torch.Tensor, mask_id: int, generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """[B, n, V] logits -> (proposals [B, n], their confidence [B, n])."""
+    def propose(self, logits: torch.Tensor, mask_id: int,
+                generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """[B, n, V] logits -> (proposals [B, n], their confidence score [B, n], their probability [B, n])."""
         logits[..., mask_id] = -torch.inf
         if self.temperature > 0:
             logits = logits / self.temperature
         logits = top_k_filter(top_p_filter(logits, self.top_p), self.top_k)
         probs = F.softmax(logits.float(), -1)  # [B, n, V]
         x0 = probs.argmax(-1) if self.temperature == 0 else multinomial_rows(probs, generator)
-        return x0, step_confidence(probs, x0, self.confidence)
+        prob = torch.gather(probs, -1, x0[..., None]).squeeze(-1)
+        return x0, step_confidence(probs, x0, self.confidence), prob
 
     @torch.no_grad()
     def __call__(self, denoiser, prompt: torch.Tensor, *, generator, prompt_mask: torch.Tensor | None = None,
@@ -167,6 +169,7 @@ class RunningConfidenceRemasking:
         x, attn = masked_canvas(prompt, prompt_mask, L, mask_id)
         commit_step = torch.full((B, L), -1, dtype=torch.long, device=dev)
         running = torch.zeros(B, L, dtype=torch.float32, device=dev)  # confidence at the last commit
+        commit_conf = torch.full((B, L), float("nan"), device=dev)  # probability at the last commit, NaN if masked
         shift = bool(getattr(denoiser, "shift_logits", False))
         n = 0  # passes so far
         for b in range(L // block):
@@ -175,18 +178,20 @@ class RunningConfidenceRemasking:
             counts = maskgit_counts(n0, per_block, self.mode)  # [B, S]
             for s in range(per_block):
                 logits = aligned(denoiser.logits(x, attn), P, P + hi, shift).clone()  # [B, hi, V]
-                x0, conf = self.propose(logits, mask_id, generator)
+                x0, conf, prob = self.propose(logits, mask_id, generator)
                 canvas = x[:, P:P + hi]
                 masked = canvas == mask_id
                 canvas = torch.where(masked, x0, canvas)
                 running[:, :hi] = torch.where(masked, conf.float(), running[:, :hi])
                 commit_step[:, :hi] = torch.where(masked, n, commit_step[:, :hi])
+                commit_conf[:, :hi] = torch.where(masked, prob.float(), commit_conf[:, :hi])
                 if s < per_block - 1:
                     r = counts[:, s + 1:].sum(1)  # [B] what the schedule still commits after this step
                     score = torch.where(running[:, :hi] == 0, 1.0, running[:, :hi])  # the reference's 0 -> 1.0
                     remask = select_topk(-score, r)  # the r lowest running confidences
                     canvas = torch.where(remask, mask_id, canvas)
                     commit_step[:, :hi] = torch.where(remask, -1, commit_step[:, :hi])
+                    commit_conf[:, :hi] = torch.where(remask, float("nan"), commit_conf[:, :hi])
                 x[:, P:P + hi] = canvas
                 n += 1
-        return finish(denoiser, x, P, commit_step, n)
+        return finish(denoiser, x, P, commit_step, n, commit_conf=commit_conf)

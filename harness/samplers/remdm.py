@@ -134,6 +134,7 @@ class ReMDM:
         x, attn = masked_canvas(prompt, prompt_mask, L, mask_id)
         commit_step = torch.full((B, L), -1, dtype=torch.long, device=prompt.device)
         psi = torch.zeros(B, L, device=prompt.device)  # probability at the last commit
+        commit_conf = torch.full((B, L), float("nan"), device=prompt.device)  # the same, NaN while masked
         early = torch.arange(L, device=prompt.device) < self.min_length
         for i in range(N):
             t, s = 1 - i / N, 1 - (i + 1) / N
@@ -154,7 +155,8 @@ class ReMDM:
             commit_step = torch.where(commit, torch.full_like(commit_step, i), commit_step)
             commit_step = torch.where(remask, torch.full_like(commit_step, -1), commit_step)
             psi = torch.where(commit, conf, psi)
-        return finish(denoiser, x, P, commit_step, N)
+            commit_conf = torch.where(commit, conf.float(), torch.where(remask, float("nan"), commit_conf))
+        return finish(denoiser, x, P, commit_step, N, commit_conf=commit_conf)
 
     def _remask(self, committed, psi, sigma: float, r_max: int, generator) -> torch.Tensor:
         """[B, L] bool: committed tokens to re-mask, each with its probability σ_i, at most r_max

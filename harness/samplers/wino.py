@@ -153,6 +153,7 @@ class Wino:
             real[:, :P] = prompt_mask.bool().to(dev)
         pos = positions(None if prompt_mask is None else real, B, T, dev)  # [B, T] counting real tokens
         commit_step = torch.full((B, L), -1, dtype=torch.long, device=dev)
+        commit_conf = torch.full((B, L), float("nan"), device=dev)  # probability at the last commit, NaN if masked
         row_steps = torch.zeros(B, dtype=torch.long, device=dev)
         early = torch.arange(L, device=dev) < self.min_length  # [L]
         for b in range(L // n):
@@ -168,25 +169,28 @@ class Wino:
                 rows = live.nonzero().squeeze(1)
                 ext = torch.cat([x[rows], torch.full((len(rows), n), mask_id, dtype=x.dtype, device=dev)], 1)
                 logits = denoiser.logits_pattern(ext, allowed[rows], pos_ext[rows])  # [B', T + n, V]
-                commit, remask, x0, accept = self._step(logits[:, lo:hi], logits[:, T:], x[rows, lo:hi],
+                commit, remask, x0, accept, conf = self._step(logits[:, lo:hi], logits[:, T:], x[rows, lo:hi],
                                                         decided[rows], last_accept[rows], early[lo - P:hi - P],
                                                         mask_id, denoiser.eos_id, rows_of(generator, rows))
                 blk = torch.where(commit, x0, x[rows, lo:hi])
                 x[rows, lo:hi] = torch.where(remask, torch.full_like(blk, mask_id), blk)
                 cs = torch.where(commit, row_steps[rows, None], commit_step[rows, lo - P:hi - P])
                 commit_step[rows, lo - P:hi - P] = torch.where(remask, torch.full_like(cs, -1), cs)
+                cc = torch.where(commit, conf.float(), commit_conf[rows, lo - P:hi - P])
+                commit_conf[rows, lo - P:hi - P] = torch.where(remask, float("nan"), cc)
                 decided[rows] = (decided[rows] | commit) & ~remask
                 last_accept[rows] = accept
                 row_steps[rows] += 1
             if (x[:, lo:hi] == mask_id).any():  # cannot happen (the bound above); never return masks silently
                 raise RuntimeError(f"wino: block {b} still has masks after {n} passes")
-        gen = finish(denoiser, x, P, commit_step, int(row_steps.max()) if B else 0)
+        gen = finish(denoiser, x, P, commit_step, int(row_steps.max()) if B else 0, commit_conf=commit_conf)
         return dataclasses.replace(gen, row_steps=row_steps)
 
     def _step(self, main, shadow, blk, decided, last_accept, early, mask_id: int, eos_id: int, generator):
         """One step from the block's logits `main` [B', n, V] and the shadow block's `shadow` [B', n, V],
         the block's tokens `blk` [B', n] and what was committed before (`decided` [B', n]) ->
-        (commit [B', n], remask [B', n], proposals x0 [B', n], [B'] committed count)."""
+        (commit [B', n], remask [B', n], proposals x0 [B', n], [B'] committed count, the proposals'
+        probabilities [B', n] (−inf at positions committed before))."""
         masked = blk == mask_id
         main = main.clone()
         main[..., mask_id] = -torch.inf  # never propose the mask token itself
@@ -210,4 +214,4 @@ class Wino:
         capped = remask.sum(1) >= last_accept  # re-mask only the last_accept - 1 least confident
         remask = torch.where(capped[:, None], select_topk(-back, (last_accept - 1).clamp_min(0)), remask)
         remask &= (accept > 1)[:, None] & decided
-        return commit & masked, remask, x0, accept
+        return commit & masked, remask, x0, accept, conf
