@@ -158,7 +158,7 @@ CASES = [  # steps, gen_length, conf_threshold, kl_threshold, history_length, un
     (16, 16, 0.5, 0.1, 3, "max_conf", 0.0, 0.9),
     (16, 16, 0.5, 0.1, 1, "min_kl", 0.0, None),
     (16, 16, 0.6, 0.05, 2, "all", 0.2, 0.95),  # the authors' temperature and top_p
-    (16, 16, 0.5, 0.1, 2, "max_conf", 1.0, None),
+    (16, 16, 0.5, 0.1, 2, "max_conf", 2.0, None),
 ]
 SEEDS = (0, 1, 2)
 
@@ -272,6 +272,22 @@ def test_shifted_view_decodes_like_the_unshifted_model():
     b = sampler(Shifted(den), ids, generator=gens(), prompt_mask=mask, gen_length=8)
     assert a.steps < 8  # ready steps happened (several tokens in one pass)
     assert torch.equal(a.tokens, b.tokens) and torch.equal(a.commit_step, b.commit_step)
+
+
+def test_the_confidence_test_is_inclusive():
+    """p(x0) >= conf_threshold (L508; the LLaDA decoder's test is strict): with every proposal at exactly
+    0.5 and context-free predictions (KL 0 from the second pass on), the third pass finds all ready at
+    threshold 0.5 (two fallback passes first: the first pass's KL against the zero distribution is in
+    the history until then), and never at a threshold just above."""
+    from tests.samplers.test_low_confidence import FixedConfidence
+
+    den = FixedConfidence([0.5] * 6, prompt_len=2)
+    prompt = torch.tensor([[5, 5]])
+    at = SAMPLERS.build("klass_dream", {"conf_threshold": 0.5})(den, prompt, generator=None, gen_length=6)
+    above = SAMPLERS.build("klass_dream", {"conf_threshold": 0.5001})(den, prompt, generator=None, gen_length=6)
+    assert at.steps == 3 and sorted(at.commit_step[0].tolist()) == [0, 1, 2, 2, 2, 2]
+    assert above.steps == 6 and sorted(above.commit_step[0].tolist()) == [0, 1, 2, 3, 4, 5]
+    torch.testing.assert_close(at.commit_conf[0], torch.full((6,), 0.5))
 
 
 def test_fallback_scores_by_hand():
