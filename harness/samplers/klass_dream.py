@@ -96,6 +96,9 @@ class KLASSDream:
     adaptive: ClassVar[bool] = True
     # Looser thresholds and a shorter history commit more per pass; steps caps the passes.
     budget_knobs: ClassVar[tuple[str, ...]] = ("conf_threshold", "kl_threshold", "history_length", "steps")
+    # checked against the model's `provides` at plan time (harness/config.py); a block model is refused again
+    # at decode time
+    requires: ClassVar[tuple[str, ...]] = ("full_attention",)
 
     def speed_reference(self) -> bool:
         return False

@@ -329,3 +329,23 @@ def test_refuses_what_it_cannot_decode(dream):
         SAMPLERS.build("klass_dream", {})(dream, torch.zeros(1, 0, dtype=torch.long), generator=None, gen_length=8)
     with pytest.raises(HarnessError, match="Generator"):
         SAMPLERS.build("klass_dream", {"temperature": 0.5})(dream, prompts(1, 0), generator=None, gen_length=8)
+
+
+def test_a_block_model_is_refused_at_plan_time(tmp_path):
+    """`requires: full_attention`: a suite pairing klass_dream with a block checkpoint fails when planned,
+    before any model loads; with the tiny Dream it plans."""
+    from harness.config import load_suite, plan
+    from tests.helpers import write_suite
+
+    suite = """
+suite: caps
+models: {m: {name: dream, params: {preset: tiny, device: cpu}}}
+tasks: {t: {name: addition, params: {n_digits: 2}, split: test, n_items: 2}}
+studies:
+  - {id: g, kind: generate, model: m, task: t, sampler: {name: klass_dream}}
+"""
+    plan(load_suite(write_suite(tmp_path, suite)))
+    block = suite.replace("{name: dream, params: {preset: tiny, device: cpu}}",
+                          "{name: tiny, params: {checkpoint: tiny-addition-c16-block4}}")
+    with pytest.raises(HarnessError, match="klass_dream.*needs the model's full_attention"):
+        plan(load_suite(write_suite(tmp_path, block, "block.yaml")))
