@@ -13,21 +13,23 @@ canvas (no blocks) and
 - when none is ready, commits exactly one masked position: the one whose `sample_tokens` score is
   highest. That score is the probability of the token drawn from softmax(top_k(top_p(logits / T)))
   at temperature T > 0 (one draw per masked position, in position order, through the row's
-  generator: `torch.multinomial`, the draw `dists.Categorical` makes), and the largest probability
-  of softmax(top_k(top_p(logits))) at T = 0. The token written is the proposal (the argmax), not
-  the drawn one: in this decoder temperature, top_p and top_k only move which position a fallback
-  step commits.
+  generator: `torch.multinomial`, the draw `dists.Categorical` makes; GPU probabilities with the
+  runner's CPU generators: an inverse-CDF draw of the same law, `multinomial_rows`), and the largest
+  probability of softmax(top_k(top_p(logits))) at T = 0. The token written is the proposal (the
+  argmax), not the drawn one: in this decoder temperature, top_p and top_k only move which position
+  a fallback step commits.
 
 The loop stops when no mask is left (NFE adapts; at most `steps` passes). The KL is
 KL(p_t || p_{t-1}) = Σ_v p_t (log(p_t + 1e-12) - log(p_{t-1} + 1e-12)) in float64, with p_{t-1} = 0
 before the first pass and a history that starts at zeros and is tested from the first pass on
 (unlike the LLaDA decoder, which tests from step history_length - 1): the first pass's KL against the
-zero distribution (about 27.6 nats minus the entropy) keeps a position unready until it has left the
-history, so the first ready commit comes at the (history_length + 1)-th pass at the earliest unless
-`kl_threshold` is above ~27 - log V. p_t is the softmax of the plain logits (no temperature); the
-proposal is the argmax of the softmax in the logits' own dtype, its confidence read from the float64
-softmax, as the reference computes them. The Dream schedule (timesteps linspace(1, eps, steps + 1))
-is computed by the reference but not used by this branch; no step commits a scheduled count.
+zero distribution (-log 1e-12 ≈ 27.6 nats minus the entropy, so at least 27.6 - log V) keeps a
+position unready until it has left the history, so the first ready commit comes at the
+(history_length + 1)-th pass at the earliest unless `kl_threshold` exceeds that KL. p_t is the
+softmax of the plain logits (no temperature); the proposal is the argmax of the softmax in the
+logits' own dtype, its confidence read from the float64 softmax, as the reference computes them.
+The Dream schedule (timesteps linspace(1, eps, steps + 1)) is computed by the reference but not used
+by this branch; no step commits a scheduled count.
 
 Defaults are `DreamGenerationConfig`'s (dream_klass.py L102-115): conf_threshold 0.9, kl_threshold
 0.01, history_length 2, unmask_strategy all, temperature 0, no top_p / top_k. The authors' scripts
