@@ -44,11 +44,12 @@ mask leaves the position masked there); the last allowed pass commits every mask
 reference leaves them masked in its output (possible only with fewer steps than tokens, since every
 pass commits at least one); NFE is the passes run (the reference's `used_steps` reads 256 whenever
 its loop runs to the end, whatever `steps` is). The reference decodes one sequence at a time (its
-KL history and previous distribution have a batch dimension of 1); here each row of a batch keeps its
-own and leaves the batch when it has no mask left, so a row decodes as it does alone. A shifted-logit
-model (Dream) reads column k's prediction at k - 1, as the reference's shift does. Whole-canvas passes
-only: no KV cache, no guidance, no blocks (the reference has none), no block-diffusion models; the
-"random" strategy (torch's global RNG) and save_steps' traces are not offered.
+KL history and previous distribution have a batch dimension of 1: a batch of two fails at L505);
+here each row of a batch keeps its own and leaves the batch when it has no mask left, so a row
+decodes as it does alone. A shifted-logit model (Dream) reads column k's prediction at k - 1, as the
+reference's shift does. Whole-canvas passes only: no KV cache, no guidance, no blocks (the reference
+has none), no block-diffusion models; the "random" strategy (torch's global RNG) and save_steps'
+traces are not offered.
 """
 from __future__ import annotations
 
@@ -124,7 +125,8 @@ class KLASSDream:
             raise ValueError(f"unmask_strategy must be one of {', '.join(STRATEGIES)}, got {self.unmask_strategy!r}")
 
     def max_nfe_per_sequence(self, gen_length: int) -> int:
-        return self.steps or self.gen_length or gen_length
+        L = self.gen_length or gen_length
+        return min(self.steps or L, L)  # every pass commits at least one token
 
     @torch.no_grad()
     def __call__(self, denoiser, prompt: torch.Tensor, *, generator, prompt_mask: torch.Tensor | None = None,

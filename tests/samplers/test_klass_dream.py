@@ -306,6 +306,9 @@ def test_commit_conf_and_nfe_budget(dream):
     sampler = SAMPLERS.build("klass_dream", {"conf_threshold": 0.6, "kl_threshold": 0.05})
     out = sampler(dream, ids, generator=None, gen_length=16)
     assert sampler.max_nfe_per_sequence(16) == 16 and out.steps <= 16
+    # every pass commits at least one token: more steps than tokens never run
+    assert SAMPLERS.build("klass_dream", {"steps": 32}).max_nfe_per_sequence(16) == 16
+    assert SAMPLERS.build("klass_dream", {"steps": 4}).max_nfe_per_sequence(16) == 4
     assert (out.commit_step >= 0).all() and ((out.commit_conf > 0) & (out.commit_conf <= 1)).all()
 
 
