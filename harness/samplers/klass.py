@@ -36,7 +36,7 @@ them masked in its output (possible only with fewer steps than tokens per block)
 decodes one sequence at a time; here rows of a batch leave it when their block is done, each keeping
 its own history. Whole-canvas passes only (the previous pass must cover the next block): no KV cache,
 no guidance (the reference has none), no block-diffusion models; its "random" strategy (torch's global
-RNG) is not offered.
+RNG) is not offered. KLASS's Dream decoder is another loop (no blocks, a one-token fallback): `klass_dream`.
 """
 from __future__ import annotations
 
