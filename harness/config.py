@@ -482,7 +482,12 @@ def _check_noise(model: str, ckind: str, name: str, where: str, spec=None, compo
     `autoregressive` estimator (`noise = "causal"`). A component applies to the models of its own
     noise that provide what it `requires` (`dlm-harness show` lists the same); a mismatch fails here,
     before any compute. `spec`: the built model spec (its checkpoint can tell a block model);
-    `component`: the built component (its settings can need more, e.g. a sampler's approximate cache)."""
+    `component`: the built component (its settings can need more, e.g. a sampler's approximate cache).
+    An algorithm declares no noise; it is checked for the capabilities it `requires` (d2_any_order: a
+    model trained for its estimator's any-order causal layout)."""
+    if ckind == "algorithms":
+        _check_capabilities(model, ckind, name, where, spec, component)
+        return
     if ckind not in ("estimators", "samplers"):
         return
     model_noise = getattr(MODELS.get(model), "noise", "masked")
@@ -492,6 +497,11 @@ def _check_noise(model: str, ckind: str, name: str, where: str, spec=None, compo
                 if getattr(REGISTRIES[ckind].get(n), "noise", "masked") == model_noise] or ["none"]
         raise HarnessError(f"{where}: {ckind[:-1]} {name!r} is for {comp_noise}-noise models, but model {model!r} "
                            f"uses {model_noise} noise (its {ckind}: {', '.join(fits)})")
+    _check_capabilities(model, ckind, name, where, spec, component)
+
+
+def _check_capabilities(model: str, ckind: str, name: str, where: str, spec=None, component=None) -> None:
+    """A component's `requires` (CAPABILITIES) against what the model spec declares, at plan time."""
     comp = component if component is not None else REGISTRIES[ckind].get(name)
     lacking = missing_capabilities(spec if spec is not None else MODELS.get(model), comp)
     if lacking:
@@ -504,7 +514,9 @@ def _check_noise(model: str, ckind: str, name: str, where: str, spec=None, compo
 
 CAPABILITIES = {"logits_pattern": "an explicit attention pattern with position ids (a `logits_pattern` method)",
                 "full_attention": "bidirectional attention over the whole sequence (not a block-diffusion model)",
-                "logits_layerwise": "a layer-by-layer view for the approximate caches (a `logits_layerwise` method)"}
+                "logits_layerwise": "a layer-by-layer view for the approximate caches (a `logits_layerwise` method)",
+                "any_order_causal": "trained with d2's any-order causal objective (its checkpoint says so), so the "
+                                    "`any_order` layout scores the model's own likelihood"}
 
 
 def declared_capabilities(model) -> set[str]:
