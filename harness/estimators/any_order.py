@@ -53,27 +53,41 @@ from harness.registry import ESTIMATORS
 from harness.types import Estimate, HarnessError
 
 
+class DecodeOrder:
+    """The reference's permuted layout, kept as bookkeeping: for each row, the column every completion
+    position occupies. `generate` moves each step's decoded tokens to the front of the undecoded region
+    one at a time, the token in the lowest current column first (select_index_1 = min of the chosen
+    columns), swapping with whatever sits there; `commit` replays that for one row."""
+
+    def __init__(self, B: int, L: int):
+        self.col_of = [list(range(L)) for _ in range(B)]  # position -> column
+        self.pos_at = [list(range(L)) for _ in range(B)]  # column -> position
+        self.front = [0] * B  # the first undecoded column
+
+    def commit(self, b: int, positions) -> None:
+        col_of, pos_at = self.col_of[b], self.pos_at[b]
+        for i, col in enumerate(sorted(col_of[k] for k in positions)):
+            a = self.front[b] + i  # swap columns a and col
+            pa, pc = pos_at[a], pos_at[col]
+            pos_at[a], pos_at[col] = pc, pa
+            col_of[pc], col_of[pa] = a, col
+        self.front[b] += len(positions)
+
+    def columns(self, device=None) -> torch.Tensor:
+        """[B, L] each position's column (its rank in decoding order, for the decoded ones)."""
+        return torch.tensor(self.col_of, dtype=torch.long, device=device)
+
+
 def decode_slots(commit_step: torch.Tensor) -> torch.Tensor:
     """[B, L] commit steps (−1: given, never masked) -> [B, L] each position's column in decoding
-    order, as the reference's `generate` swaps leave it: groups in step order, each group moved to
-    the front of the undecoded region one token at a time, the token in the lowest current column
-    first (its select_index_1 = min of the two chosen columns). Given positions (−1) come first."""
+    order, as the reference's `generate` swaps leave it (`DecodeOrder`): groups in step order, given
+    positions (−1) first."""
     B, L = commit_step.shape
-    out = torch.empty(B, L, dtype=torch.long)
+    order = DecodeOrder(B, L)
     for b, row in enumerate(commit_step.tolist()):
-        pos_at = list(range(L))  # column -> position
-        col_of = list(range(L))  # position -> column
-        front = 0
         for s in sorted(set(row)):
-            chosen = sorted(col_of[k] for k in range(L) if row[k] == s)
-            for i, col in enumerate(chosen):
-                a, c = front + i, col  # swap columns a and c
-                pa, pc = pos_at[a], pos_at[c]
-                pos_at[a], pos_at[c] = pc, pa
-                col_of[pc], col_of[pa] = a, c
-            front += len(chosen)
-        out[b] = torch.tensor(col_of)
-    return out.to(commit_step.device)
+            order.commit(b, [k for k in range(L) if row[k] == s])
+    return order.columns(commit_step.device)
 
 
 def any_order_pattern(commit_step: torch.Tensor, prompt_real: torch.Tensor) -> torch.Tensor:
