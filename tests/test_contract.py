@@ -84,9 +84,10 @@ def test_model_contract(name):
     assert isinstance(den.eos_id, int) and isinstance(den.shift_logits, bool)
 
 
-# Specs whose capabilities differ from their family's default (the impl decides): each is checked too.
+# Specs whose capabilities differ from their family's default (the impl or checkpoint decides): each is checked too.
 CAPABILITY_SPECS = [(name, params) for name, params in sorted(MODEL_PARAMS.items())] + [
-    ("llada", {"preset": "tiny", "impl": "remote"}), ("dream", {"preset": "tiny", "impl": "remote"})]
+    ("llada", {"preset": "tiny", "impl": "remote"}), ("dream", {"preset": "tiny", "impl": "remote"}),
+    ("tiny", {"checkpoint": "tiny-addition-c16-anyorder"})]  # declares any_order_causal (its training record)
 
 
 @pytest.mark.parametrize("name, params", CAPABILITY_SPECS, ids=[f"{n}-{(p or {}).get('impl', 'default')}"
@@ -113,7 +114,7 @@ def test_a_model_provides_exactly_the_capabilities_its_denoiser_has(name, params
     if card.get("train", {}).get("objective") == "any_order":  # the loaded checkpoint's own training record
         has.add("any_order_causal")  # (that it holds: tests/estimators/test_any_order_checkpoint.py)
     assert declared == has, f"{name} {params}: declares {sorted(declared)}, its denoiser has {sorted(has)}"
-    if "impl" not in params:
+    if params == MODEL_PARAMS[name]:
         assert declared_capabilities(MODELS.get(name)) == has, f"{name}: the family's claim is not its default's"
 
 
