@@ -432,7 +432,8 @@ def _check_rl_budget(cell: Cell, where: str, n_split: int) -> None:
     opts = LoopOptions(**{k: v for k, v in cell.options.items() if k in LoopOptions.__dataclass_fields__})
     n_eval = min(opts.eval_items, cell.task.n_items or opts.eval_items, n_split)
     try:
-        per_item = _sampler_max_nfe(LoopOptions.build_eval_sampler(), _gen_length(cell.task), _block_size(cell))
+        per_item = _sampler_max_nfe(LoopOptions.build_eval_sampler(opts.eval_sampler), _gen_length(cell.task),
+                                    _block_size(cell))
     except (ValueError, HarnessError) as exc:
         raise HarnessError(f"{where}: the greedy evaluation of the starting checkpoint: {exc}") from None
     need = n_eval * per_item
@@ -557,8 +558,9 @@ def _options(kind: str, raw, where: str) -> dict:
             opts = _from_mapping(LoopOptions, raw, where)
         except (ValueError, TypeError) as exc:
             raise HarnessError(f"{where}: {exc}") from None
-        sampler = opts.sampler
-        REGISTRIES["samplers"].build(sampler["name"], sampler.get("params") or {}, f"{where}.sampler")
+        for key in ("sampler", "eval_sampler"):
+            sampler = getattr(opts, key)
+            REGISTRIES["samplers"].build(sampler["name"], sampler.get("params") or {}, f"{where}.{key}")
         return dataclasses.asdict(opts)
     allowed = KIND_OPTIONS.get(kind, ())
     for key in raw:

@@ -102,3 +102,32 @@ studies:
 """
     with pytest.raises(HarnessError, match="algorithm 'd2_any_order' needs the model's any_order_causal"):
         plan(load_suite(write_suite(tmp_path, suite)))
+
+
+def test_the_loop_rolls_out_and_evaluates_with_the_decoders_it_is_given():
+    """A d2_any_order step on a toy loop: rollouts by the any_order sampler (the algorithm's rollout_sampler),
+    the held-out evaluation by `options.eval_sampler`, one group per micro-step, finite loss."""
+    import math
+
+    from tests.algorithms.toy import make_loop
+
+    loop = make_loop(ALGORITHMS.build("d2_any_order"), steps=1, prompts=2, group_size=2, mu=2,
+                     eval_sampler={"name": "any_order", "params": {"block_length": 4}})
+    assert type(loop.sampler).__name__ == "AnyOrder" and loop.sampler.temperature == 1.0
+    assert type(loop.eval_sampler).__name__ == "AnyOrder" and loop.eval_sampler.temperature == 0.0
+    log, cost = loop.train_step(0)
+    assert math.isfinite(log["loss"]) and cost["nfe"] > 0
+    default = make_loop(ALGORITHMS.build("d2_any_order"), steps=1, prompts=2, group_size=2)
+    assert type(default.eval_sampler).__name__ == "LowConfidence"
+
+
+def test_the_any_order_suite_plans_on_its_checkpoint():
+    from pathlib import Path
+
+    from harness.config import load_suite, plan
+
+    path = Path(__file__).resolve().parents[3] / "suites" / "any_order.yaml"
+    cells = plan(load_suite(path), quick=True)
+    rl = [c for c in cells if c.kind == "rl"]
+    assert len(rl) == 3 and {c.component.name for c in rl} == {"d2_any_order"}
+    assert all(c.options["eval_sampler"]["name"] == "any_order" for c in rl)
