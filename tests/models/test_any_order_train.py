@@ -85,3 +85,21 @@ def test_any_order_training_records_its_objective_and_the_spec_declares_it(tmp_p
         TrainConfig(objective="any_order", block_size=4)
     with pytest.raises(HarnessError, match="ao-block-length"):
         TrainConfig(ao_block_length=1)
+
+
+def test_builtin_any_order_checkpoint_reproduces_its_card():
+    from harness.models.tiny import CHECKPOINT_DIR
+    from harness.models.train import greedy_accuracy
+    from harness.registry import TASKS
+
+    path = CHECKPOINT_DIR / "tiny-addition-c16-anyorder"
+    config = json.loads((path / "config.json").read_text())
+    assert config["train"]["objective"] == "any_order" and config["train"]["init_from"] == "tiny-addition-c16"
+    stated = config["metrics"]["greedy_accuracy"]
+    assert f"**{stated:.3f}**" in (path / "CARD.md").read_text()
+    den = MODELS.build("tiny", {"checkpoint": "tiny-addition-c16-anyorder"}).load()
+    task = TASKS.build(config["task"], config["task_params"])
+    items = task.items("test")[: config["metrics"]["eval_items"]]
+    got = greedy_accuracy(den, task, items, objective="any_order", ao_block_length=config["train"]["ao_block_length"])
+    assert got == pytest.approx(stated, abs=0.004)  # ≤ 2 items of 500
+    assert (path / "model.pt").stat().st_size < 5 * 2**20
