@@ -178,3 +178,21 @@ def test_refuses_models_without_a_pattern_and_bad_parameters():
     for bad in ({"remasking": "entropy"}, {"tokens_per_step": 0}, {"tie_break": "random"}):
         with pytest.raises(HarnessError):
             SAMPLERS.build("any_order", bad)
+
+
+def test_token_parity_on_native_llada():
+    """The same parity on the native LLaDA (rotary position ids, the reference's model family; random weights)."""
+    den = MODELS.build("llada", {"preset": "tiny", "dtype": "float32"}).load()
+    g = torch.Generator().manual_seed(0)
+    sampler = SAMPLERS.build("any_order", {"block_length": 4, "temperature": 0.5})
+    for i in range(3):
+        prompt = torch.randint(0, 100, (1, 5), generator=g)
+        noise = harness_noise(i, 5, 8, 4, 0.5, "low_confidence", den.vocab_size)
+        with torch.no_grad():
+            want, pos = reference_generate(den, prompt, 8, 4, 0.5, "low_confidence", den.mask_id, noise)
+        gen = sampler(den, prompt, generator=[torch.Generator().manual_seed(i)], gen_length=8)
+        natural = torch.empty(8, dtype=torch.long)
+        natural[pos[0, 5:] - 5] = want[0, 5:]
+        cut = int(gen.gen_len[0])
+        assert torch.equal(gen.tokens[0, :cut], natural[:cut])
+        assert decode_slots(gen.commit_step)[0].tolist() == torch.argsort(pos[0, 5:] - 5).tolist()
