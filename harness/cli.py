@@ -657,6 +657,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train a block-diffusion model with blocks of this size (BD3-LM objective)")
     s.add_argument("--init-from", dest="init_from", default=None,
                    help="start from this tiny checkpoint's weights (name or directory)")
+    s.add_argument("--objective", default=None, choices=("mdlm", "any_order"),
+                   help="mdlm (default; BD3-LM's with --block-size) or any_order (d2's any-order causal fine-tuning)")
+    s.add_argument("--ao-block-length", dest="ao_block_length", type=int, default=None,
+                   help="any_order: the training order is shuffled inside chunks of this many positions (default 32)")
     s.add_argument("--overwrite", action="store_true", help="replace the checkpoint in an existing --out directory")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.set_defaults(fn=cmd_train)

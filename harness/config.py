@@ -432,7 +432,8 @@ def _check_rl_budget(cell: Cell, where: str, n_split: int) -> None:
     opts = LoopOptions(**{k: v for k, v in cell.options.items() if k in LoopOptions.__dataclass_fields__})
     n_eval = min(opts.eval_items, cell.task.n_items or opts.eval_items, n_split)
     try:
-        per_item = _sampler_max_nfe(LoopOptions.build_eval_sampler(), _gen_length(cell.task), _block_size(cell))
+        per_item = _sampler_max_nfe(LoopOptions.build_eval_sampler(opts.eval_sampler), _gen_length(cell.task),
+                                    _block_size(cell))
     except (ValueError, HarnessError) as exc:
         raise HarnessError(f"{where}: the greedy evaluation of the starting checkpoint: {exc}") from None
     need = n_eval * per_item
@@ -482,7 +483,12 @@ def _check_noise(model: str, ckind: str, name: str, where: str, spec=None, compo
     `autoregressive` estimator (`noise = "causal"`). A component applies to the models of its own
     noise that provide what it `requires` (`dlm-harness show` lists the same); a mismatch fails here,
     before any compute. `spec`: the built model spec (its checkpoint can tell a block model);
-    `component`: the built component (its settings can need more, e.g. a sampler's approximate cache)."""
+    `component`: the built component (its settings can need more, e.g. a sampler's approximate cache).
+    An algorithm declares no noise; it is checked for the capabilities it `requires` (d2_any_order: a
+    model trained for its estimator's any-order causal layout)."""
+    if ckind == "algorithms":
+        _check_capabilities(model, ckind, name, where, spec, component)
+        return
     if ckind not in ("estimators", "samplers"):
         return
     model_noise = getattr(MODELS.get(model), "noise", "masked")
@@ -492,6 +498,11 @@ def _check_noise(model: str, ckind: str, name: str, where: str, spec=None, compo
                 if getattr(REGISTRIES[ckind].get(n), "noise", "masked") == model_noise] or ["none"]
         raise HarnessError(f"{where}: {ckind[:-1]} {name!r} is for {comp_noise}-noise models, but model {model!r} "
                            f"uses {model_noise} noise (its {ckind}: {', '.join(fits)})")
+    _check_capabilities(model, ckind, name, where, spec, component)
+
+
+def _check_capabilities(model: str, ckind: str, name: str, where: str, spec=None, component=None) -> None:
+    """A component's `requires` (CAPABILITIES) against what the model spec declares, at plan time."""
     comp = component if component is not None else REGISTRIES[ckind].get(name)
     lacking = missing_capabilities(spec if spec is not None else MODELS.get(model), comp)
     if lacking:
@@ -504,7 +515,9 @@ def _check_noise(model: str, ckind: str, name: str, where: str, spec=None, compo
 
 CAPABILITIES = {"logits_pattern": "an explicit attention pattern with position ids (a `logits_pattern` method)",
                 "full_attention": "bidirectional attention over the whole sequence (not a block-diffusion model)",
-                "logits_layerwise": "a layer-by-layer view for the approximate caches (a `logits_layerwise` method)"}
+                "logits_layerwise": "a layer-by-layer view for the approximate caches (a `logits_layerwise` method)",
+                "any_order_causal": "trained with d2's any-order causal objective (its checkpoint says so), so the "
+                                    "`any_order` layout scores the model's own likelihood"}
 
 
 def declared_capabilities(model) -> set[str]:
@@ -545,8 +558,9 @@ def _options(kind: str, raw, where: str) -> dict:
             opts = _from_mapping(LoopOptions, raw, where)
         except (ValueError, TypeError) as exc:
             raise HarnessError(f"{where}: {exc}") from None
-        sampler = opts.sampler
-        REGISTRIES["samplers"].build(sampler["name"], sampler.get("params") or {}, f"{where}.sampler")
+        for key in ("sampler", "eval_sampler"):
+            sampler = getattr(opts, key)
+            REGISTRIES["samplers"].build(sampler["name"], sampler.get("params") or {}, f"{where}.{key}")
         return dataclasses.asdict(opts)
     allowed = KIND_OPTIONS.get(kind, ())
     for key in raw:

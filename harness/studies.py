@@ -283,10 +283,11 @@ def t_mask_decomposition(denoiser, task, estimator, batch: Batch) -> list[dict]:
 
 
 def rl_evaluate(denoiser, task, algorithm, batch: Batch) -> list[dict]:
-    """The units of an rl cell: greedy held-out decoding of the trained policy."""
-    from harness.registry import SAMPLERS
+    """The units of an rl cell: greedy held-out decoding of the trained policy, with the decoder of the
+    loop's held-out evaluations (`options.eval_sampler`, greedy low_confidence by default)."""
+    from harness.algorithms.loop import LoopOptions
 
-    return generate(denoiser, task, SAMPLERS.build("low_confidence", {}), batch)
+    return generate(denoiser, task, LoopOptions.build_eval_sampler((batch.options or {}).get("eval_sampler")), batch)
 
 
 @torch.no_grad()

@@ -84,9 +84,10 @@ def test_model_contract(name):
     assert isinstance(den.eos_id, int) and isinstance(den.shift_logits, bool)
 
 
-# Specs whose capabilities differ from their family's default (the impl decides): each is checked too.
+# Specs whose capabilities differ from their family's default (the impl or checkpoint decides): each is checked too.
 CAPABILITY_SPECS = [(name, params) for name, params in sorted(MODEL_PARAMS.items())] + [
-    ("llada", {"preset": "tiny", "impl": "remote"}), ("dream", {"preset": "tiny", "impl": "remote"})]
+    ("llada", {"preset": "tiny", "impl": "remote"}), ("dream", {"preset": "tiny", "impl": "remote"}),
+    ("tiny", {"checkpoint": "tiny-addition-c16-anyorder"})]  # declares any_order_causal (its training record)
 
 
 @pytest.mark.parametrize("name, params", CAPABILITY_SPECS, ids=[f"{n}-{(p or {}).get('impl', 'default')}"
@@ -109,8 +110,11 @@ def test_a_model_provides_exactly_the_capabilities_its_denoiser_has(name, params
         has.add("full_attention")
         if callable(getattr(den, "logits_layerwise", None)):  # the approximate caches' view: full attention only
             has.add("logits_layerwise")
+    card = getattr(den, "card", None) or {}
+    if card.get("train", {}).get("objective") == "any_order":  # the loaded checkpoint's own training record
+        has.add("any_order_causal")  # (that it holds: tests/estimators/test_any_order_checkpoint.py)
     assert declared == has, f"{name} {params}: declares {sorted(declared)}, its denoiser has {sorted(has)}"
-    if "impl" not in params:
+    if params == MODEL_PARAMS[name]:
         assert declared_capabilities(MODELS.get(name)) == has, f"{name}: the family's claim is not its default's"
 
 
@@ -153,7 +157,7 @@ def test_estimator_contract(name, masked, uniform):
     prompt, completion, cmask = _batch(den)
     meter = Meter(den)
     draws = None
-    if name in ("trace", "step_merge"):  # score along a sampler's recorded order: give them one
+    if name in ("trace", "step_merge", "any_order"):  # score along a sampler's recorded order: give them one
         draws = {"commit_step": torch.arange(completion.shape[1]).repeat(2, 1)}
     kwargs = {"draws": draws} if draws is not None else {}
     out = est(meter, prompt, completion, cmask, generator=torch.Generator().manual_seed(1), **kwargs)

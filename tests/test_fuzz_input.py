@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from harness.models.tiny import CHECKPOINT_DIR
 from tests.helpers import ROOT, write_suite
 from tests.hostile import call, cli, planning_only  # noqa: F401
 
@@ -30,13 +31,15 @@ HOSTILE = [math.nan, math.inf, -math.inf, -1, 0, 10**12, 1.5, -0.5, "", "x" * 30
 
 
 def _normalise(data: dict) -> dict:
-    """Make a shipped suite plan on this machine: built-in checkpoint, cpu (smoke and gpu-studies
+    """Make a shipped suite plan on this machine: a built-in checkpoint, cpu (smoke and gpu-studies
     name a checkpoint and a device that exist only where they are run by hand; the real-checkpoint
     GPU suites ask for cuda)."""
     for m in (data.get("models") or {}).values():
         m.setdefault("params", {})
         m["params"].pop("device", None)
-        if m.get("name") == "tiny":
+        ckpt = m["params"].get("checkpoint")
+        built_in = isinstance(ckpt, str) and "/" not in ckpt and (CHECKPOINT_DIR / ckpt / "config.json").is_file()
+        if m.get("name") == "tiny" and not built_in:  # a built-in checkpoint stays (the any-order one)
             m["params"]["checkpoint"] = "tiny-addition"
         if m.get("name") in ("llada", "dream", "sdar") and "path" in m["params"]:  # a hub id: no hub here
             m["params"] = {"preset": "tiny"}

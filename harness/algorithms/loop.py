@@ -72,6 +72,9 @@ class LoopOptions:
     optimizer_step: str = "pass"  # "pass": one step per pass over the buffer; "micro_batch": one per micro-batch
     sampler: dict = field(default_factory=lambda: {"name": "low_confidence", "params": {"temperature": 1.0}})
     eval_every: int = 10  # held-out greedy accuracy every this many steps (and at the end); 0: never
+    # the held-out evaluations' decoder, deterministic: greedy low_confidence, one token per step, unless a
+    # checkpoint trained for another decoder names it (an any-order causal one: {name: any_order})
+    eval_sampler: dict = field(default_factory=lambda: {"name": "low_confidence", "params": {}})
     eval_items: int = 100
     ref_refresh: int = 0  # copy π_θ into π_ref every this many steps; 0: frozen
     checkpoint_every: int = 5
@@ -98,14 +101,18 @@ class LoopOptions:
             raise ValueError(f"optimizer_step must be 'pass' or 'micro_batch', got {self.optimizer_step!r}")
         if self.calibration and (len(self.calibration) != 2 or len(set(self.calibration)) != 2):
             raise ValueError(f"calibration must name two different algorithms, got {self.calibration!r}")
-        if not isinstance(self.sampler, dict) or "name" not in self.sampler:
-            raise ValueError(f"sampler must be a mapping {{name: ..., params: ...}}, got {self.sampler!r}")
+        for key in ("sampler", "eval_sampler"):
+            spec = getattr(self, key)
+            if not isinstance(spec, dict) or "name" not in spec:
+                raise ValueError(f"{key} must be a mapping {{name: ..., params: ...}}, got {spec!r}")
 
     @staticmethod
-    def build_eval_sampler():
-        """The held-out evaluations' sampler: greedy, one token per step (its NFE is known in advance,
-        so a plan can check that a budget covers the starting evaluation, harness/config.py)."""
-        return SAMPLERS.build("low_confidence", {})
+    def build_eval_sampler(spec: dict | None = None):
+        """The held-out evaluations' sampler (`eval_sampler`; None: the default, greedy low_confidence, one
+        token per step). Its NFE is known in advance, so a plan can check that a budget covers the starting
+        evaluation (harness/config.py)."""
+        spec = spec or {"name": "low_confidence"}
+        return SAMPLERS.build(spec["name"], spec.get("params") or {}, "options.eval_sampler")
 
 
 def _share(n: int, dist) -> range:
@@ -204,7 +211,7 @@ class RLLoop:
         micro_batches(algorithm, options.micro_groups, 1, options.group_size)  # a whole number of rows, or say so
         spec = algorithm.rollout_sampler(options.sampler, policy)  # an algorithm may fix its rollout order (JustGRPO)
         self.sampler = SAMPLERS.build(spec["name"], spec.get("params") or {}, "options.sampler")
-        self.eval_sampler = LoopOptions.build_eval_sampler()  # greedy, one token per step
+        self.eval_sampler = LoopOptions.build_eval_sampler(options.eval_sampler)  # greedy
         self.ref = copy.deepcopy(policy) if algorithm.needs_ref else None
         self.per_micro = options.optimizer_step == "micro_batch"  # π_θ moves between micro-batches
         self.old = copy.deepcopy(policy) if algorithm.needs_old and (options.mu > 1 or self.per_micro) else None

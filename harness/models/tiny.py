@@ -501,6 +501,16 @@ class Tiny:
         module, tokenizer, config = load_checkpoint(path, self.device, DTYPES[self.dtype])
         return TinyDenoiser(module, tokenizer, card=config)
 
+    def capabilities(self) -> tuple[str, ...]:
+        """`provides`, plus `any_order_causal` when the checkpoint was trained with the any-order causal
+        objective (config.json `train.objective: any_order`, harness/models/train.py), read before loading."""
+        try:
+            path = resolve_checkpoint(self.checkpoint) / "config.json"
+            objective = json.loads(path.read_text()).get("train", {}).get("objective")
+        except (HarnessError, OSError, ValueError, AttributeError):
+            objective = None
+        return self.provides + (("any_order_causal",) if objective == "any_order" else ())
+
     def planned_block_size(self) -> int | None:
         """The checkpoint's block size (config.json `model.block_size`) read before loading, for
         plan-time budgets (harness/config.py); None for a full-attention checkpoint or one not found

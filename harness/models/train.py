@@ -13,6 +13,17 @@ scores every noised block given the clean earlier blocks; loss = Σ_masked CE/t 
 the batch. `init_from` starts from another tiny checkpoint's weights (BD3-LM fine-tunes its block
 models from a full-attention MDLM the same way).
 
+`objective: any_order` is d2's any-order causal fine-tuning (kuleshov-group/d2 SFT_AO/anyorder_sft_trainer.py:
+`build_block_generation_order` draws a random order of the completion positions, shuffled inside chunks
+of `ao_block_length` (its 32); `dLLMTrainer.compute_loss` runs one pass over [prompt ; completion in that
+order ; L mask queries with the same position ids], the clean tokens causal in the order, mask query i
+attending the prompt, the clean tokens strictly before i and itself, and minimises Σ_i CE(o_i) / L at the
+mask queries (EOS padding included)). The harness keeps natural columns and derives the pattern from
+the order (harness/estimators/any_order.py `any_order_pattern`, each token its own group), through the
+model's `logits_pattern`. Its checkpoint records `train.objective: any_order`, from which the tiny
+model spec declares the `any_order_causal` capability; its greedy evaluation decodes with the
+`any_order` sampler (two tokens per step, blocks of ao_block_length), the decoder it is trained for.
+
 Every numeric setting is checked (harness/validate.py) before anything is built, and `train` refuses
 to write into an existing directory unless told to overwrite it: a typo in `--out` must not replace
 another checkpoint.
@@ -29,7 +40,8 @@ import torch
 import torch.nn.functional as F
 
 from harness import validate
-from harness.models.block_attention import block_ids
+from harness.estimators.any_order import any_order_pattern
+from harness.models.block_attention import block_ids, positions
 from harness.models.tiny import (
     CharTokenizer,
     TinyConfig,
@@ -65,6 +77,8 @@ class TrainConfig:
     device: str = "cpu"  # "cuda": model and batches on the GPU; every draw still comes from the CPU generator
     block_size: int | None = None  # block diffusion with blocks of this many positions (None: full attention MDLM)
     init_from: str | None = None  # a tiny checkpoint (name or directory) whose weights start the training
+    objective: str = "mdlm"  # "mdlm" (block_size: BD3-LM's) or "any_order" (d2's SFT_AO, module docstring)
+    ao_block_length: int = 32  # any_order: the order is shuffled inside chunks of this many positions (SFT_AO 32)
 
     def __post_init__(self):
         for f in ("steps", "batch_size", "lr", "d_model", "n_layers", "n_heads", "d_ff", "weight_decay", "warmup",
@@ -78,6 +92,16 @@ class TrainConfig:
         if self.d_model % self.n_heads:
             raise HarnessError(f"train --n-heads: must divide --d-model ({self.d_model}), got {self.n_heads}")
         validate.device(self.device, "train --device")
+        if self.objective not in ("mdlm", "any_order"):
+            raise HarnessError(f"train --objective: expected 'mdlm' or 'any_order', got "
+                               f"{validate.show(self.objective)}")
+        if self.objective == "any_order" and self.block_size is not None:
+            raise HarnessError("train --objective any_order: the any-order causal model has no diffusion blocks; "
+                               "drop --block-size (--ao-block-length sets its order's chunks)")
+        ao = self.ao_block_length
+        if isinstance(ao, bool) or not isinstance(ao, int) or ao < 2:
+            raise HarnessError(f"train --ao-block-length: expected an integer >= 2, got "
+                               f"{validate.show(self.ao_block_length)}")
         if self.block_size is not None and (isinstance(self.block_size, bool) or not isinstance(self.block_size, int)
                                             or self.block_size < 1):
             raise HarnessError(f"train --block-size: expected an integer >= 1, got {validate.show(self.block_size)}")
@@ -117,17 +141,41 @@ def block_diffusion_loss(denoiser, prompt: torch.Tensor, prompt_mask: torch.Tens
     return ((ce * masked) / t).sum(1).div(L).mean()
 
 
-def eval_sampler(denoiser):
+def any_order_loss(denoiser, prompt: torch.Tensor, prompt_mask: torch.Tensor, target: torch.Tensor,
+                   generator: torch.Generator, block_length: int = 32) -> torch.Tensor:
+    """d2's any-order causal SFT loss (module docstring): mean over the batch of Σ_i CE(o_i) / L at the mask
+    queries, each row's order a random permutation inside chunks of `block_length`. prompt [B, P], target [B, L]."""
+    B, L = target.shape
+    P = prompt.shape[1]
+    dev = target.device
+    chunk = torch.arange(L) // block_length  # [L]
+    keys = chunk[None, :] + torch.rand(B, L, generator=generator)  # shuffle inside each chunk, chunks in order
+    rank = keys.argsort(1).argsort(1).to(dev)  # [B, L] each position's place in the order
+    real = prompt_mask.bool()
+    canvas_real = torch.cat([real, torch.ones(B, L, dtype=torch.bool, device=dev)], 1)
+    pos = positions(canvas_real, B, P + L, dev)
+    pos2 = torch.cat([pos, pos[:, P:]], 1)
+    x = torch.cat([prompt, target, torch.full_like(target, denoiser.mask_id)], 1)
+    logits = denoiser.logits_pattern(x, any_order_pattern(rank, real), pos2)[:, P + L:]  # [B, L, V]
+    ce = F.cross_entropy(logits.reshape(B * L, -1), target.reshape(-1), reduction="none").view(B, L)
+    return ce.sum(1).div(L).mean()
+
+
+def eval_sampler(denoiser, objective: str = "mdlm", ao_block_length: int = 32):
     """Greedy low-confidence decoding, one token per step; a block model decodes block by block
-    (semi-autoregressive blocks of its block_size)."""
+    (semi-autoregressive blocks of its block_size); an any-order causal model with the `any_order`
+    sampler (two tokens per step, blocks of ao_block_length)."""
+    if objective == "any_order":
+        return SAMPLERS.build("any_order", {"block_length": ao_block_length})
     block = getattr(denoiser, "block_size", None)
     return SAMPLERS.build("low_confidence", {"block_length": block} if block else {})
 
 
 @torch.no_grad()
-def greedy_accuracy(denoiser, task, items, batch_size: int = 256) -> float:
-    """Greedy low-confidence decoding, one token per step: fraction of items scored correct."""
-    sampler = eval_sampler(denoiser)
+def greedy_accuracy(denoiser, task, items, batch_size: int = 256, objective: str = "mdlm",
+                    ao_block_length: int = 32) -> float:
+    """Greedy decoding (`eval_sampler`): fraction of items scored correct."""
+    sampler = eval_sampler(denoiser, objective, ao_block_length)
     correct = 0.0
     for i in range(0, len(items), batch_size):
         chunk = items[i:i + batch_size]
@@ -175,7 +223,10 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True, overwrite: bool = 
     if cfg.init_from is not None:
         init_weights(module, tokenizer, cfg.init_from)
     module = module.to(cfg.device)
-    loss_fn = mdlm_loss if cfg.block_size is None else block_diffusion_loss
+    if cfg.objective == "any_order":
+        loss_fn = lambda den, p, pm, tg, gen, _eps: any_order_loss(den, p, pm, tg, gen, cfg.ao_block_length)  # noqa: E731
+    else:
+        loss_fn = mdlm_loss if cfg.block_size is None else block_diffusion_loss
     prompts, prompt_mask, targets = prompts.to(cfg.device), prompt_mask.to(cfg.device), targets.to(cfg.device)
     denoiser = TinyDenoiser(module, tokenizer)
     decay = [p for n, p in module.named_parameters() if p.dim() >= 2]
@@ -199,7 +250,8 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True, overwrite: bool = 
         bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
             module.eval()
-            acc = greedy_accuracy(denoiser, task, eval_items)
+            acc = greedy_accuracy(denoiser, task, eval_items, objective=cfg.objective,
+                                  ao_block_length=cfg.ao_block_length)
             history.append({"step": step + 1, "loss": round(loss.item(), 4), "greedy_accuracy": acc,
                             "elapsed_s": round(time.perf_counter() - t0, 1)})
             bar.write(json.dumps(history[-1]))
@@ -238,8 +290,26 @@ def card(cfg: TrainConfig, task, metrics: dict, history: list[dict]) -> str:
            f"--d-ff {cfg.d_ff} --seed {cfg.seed} --eval-every {cfg.eval_every} --eval-items {cfg.eval_items} "
            f"--threads {cfg.threads}"
            + (f" --block-size {cfg.block_size}" if cfg.block_size else "")
-           + (f" --init-from {cfg.init_from}" if cfg.init_from else "") + " --out <dir>")
-    if cfg.block_size:
+           + (f" --init-from {cfg.init_from}" if cfg.init_from else "")
+           + (f" --objective any_order --ao-block-length {cfg.ao_block_length}" if cfg.objective == "any_order" else "")
+           + " --out <dir>")
+    if cfg.objective == "any_order":
+        init = (f"Initialised from the weights of `{cfg.init_from}` (d2 likewise fine-tunes LLaDA), then trained"
+                if cfg.init_from else "Trained from scratch")
+        head = f"""# Tiny any-order causal checkpoint: {cfg.task}
+
+A transformer ({metrics['n_params']:,} parameters; d_model {cfg.d_model}, {cfg.n_layers} layers, {cfg.n_heads} heads,
+d_ff {cfg.d_ff}) with the harness's character tokenizer, for d2-AnyOrder's any-order causal layout (the
+`any_order` sampler and estimator; its config.json `train.objective: any_order` makes the tiny spec declare
+`any_order_causal`). {init} with d2's any-order causal objective (kuleshov-group/d2
+SFT_AO/anyorder_sft_trainer.py: a random order of the completion, shuffled inside chunks of {cfg.ao_block_length};
+one pass over [prompt ; clean completion ; mask queries], clean tokens causal in the order, each mask query
+seeing the prompt and the clean tokens strictly before it; loss Σ CE / L at the mask queries, EOS padding
+included; prompt never masked) on task `{cfg.task}` with parameters {dict(cfg.task_params)}.
+"""
+        decoding = (f"greedy `any_order` decoding (two tokens per step by confidence, blocks of "
+                    f"{cfg.ao_block_length},\n  canvas")
+    elif cfg.block_size:
         init = (f"Initialised from the weights of `{cfg.init_from}` (BD3-LM likewise fine-tunes block models\nfrom a "
                 "full-attention MDLM), then trained" if cfg.init_from else "Trained from scratch")
         head = f"""# Tiny block-diffusion checkpoint: {cfg.task}, block {cfg.block_size}
@@ -266,7 +336,7 @@ over masked tokens / L; prompt never masked) on task `{cfg.task}` with parameter
     rows = "\n".join(f"| {h['step']} | {h['loss']} | {h['greedy_accuracy']:.3f} | {h['elapsed_s']} |" for h in history)
     items = f"{metrics['eval_items']} test items: **{metrics['greedy_accuracy']:.3f}**"
     accuracy = (f"{decoding} {task.gen_length} tokens) on the first {items}\n  (exact match of the integer sum)."
-                if cfg.block_size else
+                if cfg.block_size or cfg.objective == "any_order" else
                 f"{decoding} {task.gen_length} tokens) on the first\n  {items} (exact match of the integer sum).")
     return f"""{head}
 - Training: {cfg.steps} steps at batch {cfg.batch_size}, AdamW lr {cfg.lr} (warmup {cfg.warmup}, cosine to 10%),
