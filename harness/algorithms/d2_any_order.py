@@ -28,7 +28,9 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from harness.algorithms.grpo import GRPO
+from harness.models.block_attention import block_size_of
 from harness.registry import ALGORITHMS
+from harness.types import HarnessError
 
 
 @ALGORITHMS.register("d2_any_order")
@@ -57,6 +59,11 @@ class D2AnyOrder(GRPO):
                              f"{self.rollout_block_length}, {self.rollout_temperature}")
 
     def rollout_sampler(self, sampler, policy=None):
+        size = block_size_of(policy)
+        if size is not None:
+            raise HarnessError(f"d2_any_order decodes and scores in the any-order causal layout over the whole "
+                               f"completion; this policy is a block-diffusion model (block_size {size}), trained "
+                               "for another pattern: run it on an any-order causal checkpoint")
         if sampler.get("name") == "any_order":
             return sampler
         temperature = (sampler.get("params") or {}).get("temperature", self.rollout_temperature)
