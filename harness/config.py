@@ -504,7 +504,9 @@ def _check_noise(model: str, ckind: str, name: str, where: str, spec=None, compo
 
 CAPABILITIES = {"logits_pattern": "an explicit attention pattern with position ids (a `logits_pattern` method)",
                 "full_attention": "bidirectional attention over the whole sequence (not a block-diffusion model)",
-                "logits_layerwise": "a layer-by-layer view for the approximate caches (a `logits_layerwise` method)"}
+                "logits_layerwise": "a layer-by-layer view for the approximate caches (a `logits_layerwise` method)",
+                "attention_weights": "a layer-by-layer view that also returns each layer's attention weights "
+                                     "(d2Cache's attention rollout; the view's `attention_weights` method)"}
 
 
 def declared_capabilities(model) -> set[str]:
@@ -518,7 +520,7 @@ def declared_capabilities(model) -> set[str]:
     provides = set(own() if callable(own) else getattr(model, "provides", ()))
     if instance and hasattr(model, "planned_block_size") and provides & {"full_attention", "logits_layerwise"}:
         if model.planned_block_size() is not None:
-            provides -= {"full_attention", "logits_layerwise"}
+            provides -= {"full_attention", "logits_layerwise", "attention_weights"}
     return provides
 
 

@@ -18,7 +18,9 @@ rebuilt at each block start and, with `refresh` > 0, every `refresh` steps insid
 shifted-logit model the query columns start one column earlier, at lo - 1), approximate caches
 that change the output (`cache: dkv`, dKV-Cache-Decode, horseee/dKV-Cache, `refresh` its
 cache_reloading_step; `cache: dllm_cache`, dLLM-Cache, maomaocun/dLLM-cache, `prompt_refresh` Kp,
-`refresh` Kr, `refresh_ratio` rho; see _approx_cache.py, on models with a layer-by-layer view), and
+`refresh` Kr, `refresh_ratio` rho; see _approx_cache.py, on models with a layer-by-layer view; `cache: d2cache`,
+d2Cache, Kamichanw/d2Cache, `rollout_p`, `current_k`, `sigma`, `inflate_w`; see _d2cache.py, on models whose
+layer view also gives attention weights), and
 `min_length` (EOS is suppressed at completion positions < min_length). After decoding, the canvas
 is cut at the first stop token (the model's `stop_ids`, e.g. LLaDA's EOS 126081 and EOT 126348;
 EOS alone when the model declares none); later tokens become EOS padding.
@@ -111,6 +113,7 @@ from harness.samplers._approx_cache import (
     dllm_logits,
 )
 from harness.samplers._cache import check_cache_support, full_pass_with_cache, store_pass
+from harness.samplers._d2cache import D2CACHE_DEFAULTS, D2Params, D2State, check_attention_weights, d2_logits
 from harness.samplers._schedule import SCHEDULES, linear_schedule, resolve_schedule
 from harness.seeding import rand
 from harness.text import upto_first_eos
@@ -118,7 +121,7 @@ from harness.types import Generation, HarnessError
 
 CONFIDENCE_DTYPES = {"float32": torch.float32, "float64": torch.float64, "model": None}
 SAMPLINGS = ("auto", "gumbel", "multinomial")
-CacheKind = Literal["none", "prefix", "dual", "dkv", "dllm_cache"]
+CacheKind = Literal["none", "prefix", "dual", "dkv", "dllm_cache", "d2cache"]
 
 
 # -- pure helpers ---------------------------------------------------------------------------------
@@ -344,6 +347,12 @@ class DecodeLoop(abc.ABC):
     refresh: int = 0  # refresh interval: prefix/dual inside a block (0: never); dkv cache_reloading_step; dllm_cache Kr
     prompt_refresh: int | None = None  # dllm_cache only: Kp, the prompt's refresh interval in passes (None: 50)
     refresh_ratio: float | None = None  # dllm_cache only: rho, response share recomputed in between (None: 0.25)
+    # d2cache only (None: configs/cache/d2cache.yaml's 0.1, 32, 10, 0): rollout nucleus mass, masked columns
+    # recomputed per pass, certainty-density kernel width, gap filled between chosen columns
+    rollout_p: float | None = None
+    current_k: int | None = None
+    sigma: float | None = None
+    inflate_w: int | None = None
     min_length: int = 0  # EOS suppressed at completion positions < min_length
     logits_eos_inf: bool = False  # LLaDA: EOS is never proposed
     confidence_eos_eot_inf: bool = False  # LLaDA: EOT (and EOS at temperature 0) proposals get confidence 0
@@ -367,7 +376,8 @@ class DecodeLoop(abc.ABC):
         `missing_capabilities`): the class's `requires`, plus the layer-by-layer view for the
         approximate caches."""
         return tuple(getattr(type(self), "requires", ())) + (("logits_layerwise",) if self.cache in APPROX_CACHES
-                                                              else ())
+                                                              else ()) + (("attention_weights",)
+                                                                          if self.cache == "d2cache" else ())
 
     def __post_init__(self):
         for name in ("gen_length", "block_length"):
@@ -379,7 +389,8 @@ class DecodeLoop(abc.ABC):
         if self.min_length < 0:
             raise ValueError(f"min_length must be >= 0, got {self.min_length}")
         if self.cache not in ("none", "prefix", "dual", *APPROX_CACHES):
-            raise ValueError(f"cache must be one of 'none', 'prefix', 'dual', 'dkv', 'dllm_cache', got {self.cache!r}")
+            raise ValueError("cache must be one of 'none', 'prefix', 'dual', 'dkv', 'dllm_cache', 'd2cache', "
+                             f"got {self.cache!r}")
         if self.refresh < 0:
             raise ValueError(f"refresh must be >= 0, got {self.refresh}")
         if self.cache == "dllm_cache" and self.refresh < 1:
@@ -387,6 +398,20 @@ class DecodeLoop(abc.ABC):
                              f"passes), got {self.refresh}")
         if self.cache != "dllm_cache" and (self.prompt_refresh is not None or self.refresh_ratio is not None):
             raise ValueError(f"prompt_refresh and refresh_ratio are dllm_cache settings; cache is {self.cache!r}")
+        d2 = {k: getattr(self, k) for k in D2CACHE_DEFAULTS if getattr(self, k) is not None}
+        if self.cache != "d2cache" and d2:
+            raise ValueError(f"{', '.join(d2)}: d2cache settings; cache is {self.cache!r}")
+        if self.cache == "d2cache" and self.refresh:
+            raise ValueError(f"cache 'd2cache' has no refresh interval (its first pass is the only full one), got "
+                             f"refresh {self.refresh}")
+        if self.rollout_p is not None and not 0 <= self.rollout_p <= 1:
+            raise ValueError(f"rollout_p must be in [0, 1], got {self.rollout_p}")
+        if self.current_k is not None and (isinstance(self.current_k, bool) or self.current_k < 1):
+            raise ValueError(f"current_k must be an integer >= 1, got {self.current_k!r}")
+        if self.sigma is not None and not self.sigma > 0:
+            raise ValueError(f"sigma must be > 0, got {self.sigma}")
+        if self.inflate_w is not None and (isinstance(self.inflate_w, bool) or self.inflate_w < 0):
+            raise ValueError(f"inflate_w must be an integer >= 0, got {self.inflate_w!r}")
         if self.prompt_refresh is not None and self.prompt_refresh < 1:
             raise ValueError(f"prompt_refresh must be >= 1, got {self.prompt_refresh}")
         if self.refresh_ratio is not None and not 0 <= self.refresh_ratio <= 1:
@@ -404,6 +429,10 @@ class DecodeLoop(abc.ABC):
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.tie_break not in ("auto", "position", "topk"):
             raise ValueError(f"tie_break must be one of auto, position, topk, got {self.tie_break!r}")
+
+    def d2_params(self) -> D2Params:
+        """d2Cache's settings, the reference's defaults where unset."""
+        return D2Params(**{k: d if getattr(self, k) is None else getattr(self, k) for k, d in D2CACHE_DEFAULTS.items()})
 
     def step_count(self, n0: torch.Tensor, m: torch.Tensor, s: int, steps: int, schedule) -> torch.Tensor | None:
         """[B] tokens to commit at step s of a block (None: an adaptive sampler decides)."""
@@ -528,8 +557,11 @@ class DecodeLoop(abc.ABC):
         L, block, per_block = self.plan(gen_length)
         if self.cache in APPROX_CACHES:
             check_layerwise_support(denoiser, self.cache)
+        if self.cache == "d2cache":
+            check_attention_weights(denoiser)
         check_cache_support(denoiser, "prefix" if self.cache == "dkv" else
-                            "none" if self.cache == "dllm_cache" else self.cache)  # dkv's full passes build a cache
+                            "none" if self.cache in ("dllm_cache", "d2cache") else self.cache)  # dkv's full passes
+        # build a cache
         sampling = self.sampling_of(denoiser)
         B, P = prompt.shape
         mask_id = denoiser.mask_id
@@ -545,8 +577,9 @@ class DecodeLoop(abc.ABC):
         for b in range(L // block):
             lo, hi = P + b * block, P + (b + 1) * block
             n0 = (x[:, lo:hi] == mask_id).sum(1)  # [B] the block's masked count at its start
-            # dLLM-Cache's features and pass count live for the whole generation, the others per block
-            cache = (cache or DLLMState(B)) if self.cache == "dllm_cache" else None
+            # dLLM-Cache's and d2Cache's state live for the whole generation, the others' per block
+            cache = ((cache or DLLMState(B)) if self.cache == "dllm_cache" else
+                     (cache or D2State(B)) if self.cache == "d2cache" else None)
             for s in range(per_block):
                 rows = None
                 if self.adaptive:  # rows whose block is done leave the batch
@@ -556,7 +589,10 @@ class DecodeLoop(abc.ABC):
                     rows = None if live.all() else live.nonzero().squeeze(1)
                 xr = x if rows is None else x[rows]
                 ar = None if attn is None else (attn if rows is None else attn[rows])
-                logits, cache = self._block_logits(denoiser, xr, ar, P, lo, hi, s, cache, rows)
+                if self.cache == "d2cache":  # it plans its next pass from the whole canvas after each step
+                    logits = d2_logits(denoiser, x, rows, ar, P, lo, hi, cache, self.d2_params(), mask_id)
+                else:
+                    logits, cache = self._block_logits(denoiser, xr, ar, P, lo, hi, s, cache, rows)
                 early = None
                 if self.min_length > 0:
                     early = (torch.arange(lo - P, hi - P, device=x.device) < self.min_length)[None].expand(
