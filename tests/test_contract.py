@@ -109,6 +109,8 @@ def test_a_model_provides_exactly_the_capabilities_its_denoiser_has(name, params
         has.add("full_attention")
         if callable(getattr(den, "logits_layerwise", None)):  # the approximate caches' view: full attention only
             has.add("logits_layerwise")
+            if den.logits_layerwise(lambda layers: callable(getattr(layers, "attention_weights", None))):
+                has.add("attention_weights")  # d2Cache's rollout reads them from the view
     assert declared == has, f"{name} {params}: declares {sorted(declared)}, its denoiser has {sorted(has)}"
     if "impl" not in params:
         assert declared_capabilities(MODELS.get(name)) == has, f"{name}: the family's claim is not its default's"
