@@ -20,7 +20,8 @@ that change the output (`cache: dkv`, dKV-Cache-Decode, horseee/dKV-Cache, `refr
 cache_reloading_step; `cache: dllm_cache`, dLLM-Cache, maomaocun/dLLM-cache, `prompt_refresh` Kp,
 `refresh` Kr, `refresh_ratio` rho; see _approx_cache.py, on models with a layer-by-layer view; `cache: d2cache`,
 d2Cache, Kamichanw/d2Cache, `rollout_p`, `current_k`, `sigma`, `inflate_w`; see _d2cache.py, on models whose
-layer view also gives attention weights), and
+layer view also gives attention weights), the certainty prior (`prior_sigma`, fixed-schedule samplers: see
+below), and
 `min_length` (EOS is suppressed at completion positions < min_length). After decoding, the canvas
 is cut at the first stop token (the model's `stop_ids`, e.g. LLaDA's EOS 126081 and EOT 126348;
 EOS alone when the model declares none); later tokens become EOS padding.
@@ -42,7 +43,14 @@ model gives it ~0), and equal confidences commit the lower position first (a sta
 torch.topk leaves the order of ties unspecified). Neither changed a token in the parity tests
 (tests/samplers/test_parity_decode.py: float32/float64 confidences, real model code).
 Fixed-schedule samplers also take `schedule` (harness/samplers/_schedule.py: LLaDA's linear
-counts or Dream's int(m·(1 − s/t)); "auto" is the model family's default).
+counts or Dream's int(m·(1 − s/t)); "auto" is the model family's default), and `prior_sigma`, d2Cache's
+certainty-prior guided decoding (Jiang et al., arXiv 2509.23094; Kamichanw/d2Cache
+src/generation/vanilla.py `generate_step`, its `sigma`): each step's scores are the sampler's
+confidences times the certainty density of the completion's decoded/undecoded pattern at the step's
+input (harness/samplers/_d2cache.py `certainty_density`, a Gaussian kernel of width sigma over the whole
+completion, not only the block), so masked columns next to decoded ones come first (smaller sigma:
+closer to left to right). The reference pairs it with `cache: d2cache` (sigma 10, one block) but it
+is a decoding rule of its own, usable with any cache.
 
 Sampling options (all samplers): `top_k` / `top_p` filter the logits before proposing; `sampling`
 "gumbel" is LLaDA's rule above, "multinomial" SDAR's `sample_with_temperature_topk_topp` (logits /
@@ -113,7 +121,14 @@ from harness.samplers._approx_cache import (
     dllm_logits,
 )
 from harness.samplers._cache import check_cache_support, full_pass_with_cache, store_pass
-from harness.samplers._d2cache import D2CACHE_DEFAULTS, D2Params, D2State, check_attention_weights, d2_logits
+from harness.samplers._d2cache import (
+    D2CACHE_DEFAULTS,
+    D2Params,
+    D2State,
+    certainty_density,
+    check_attention_weights,
+    d2_logits,
+)
 from harness.samplers._schedule import SCHEDULES, linear_schedule, resolve_schedule
 from harness.seeding import rand
 from harness.text import upto_first_eos
@@ -331,6 +346,7 @@ class Step:
     generator: object  # the generator(s) of these rows
     ties: str = "position"  # how select_topk breaks equal scores (the loop's tie_break)
     k_schedule: torch.Tensor | None = None  # [B'] the linear schedule's count at this step (any sampler)
+    density: torch.Tensor | None = None  # [B', n] certainty density of the block's columns (prior_sigma), else None
 
 
 # -- the shared loop ------------------------------------------------------------------------------
@@ -361,6 +377,7 @@ class DecodeLoop(abc.ABC):
     top_k: int = 0  # keep the k most likely tokens before proposing (0: all)
     top_p: float = 1.0  # nucleus filter before proposing (1: all)
     tie_break: Literal["auto", "position", "topk"] = "auto"  # equal confidences; auto: the model's, else position
+    prior_sigma: float | None = None  # certainty prior (d2Cache's generation sigma): scores × density; None: off
 
     adaptive: ClassVar[bool] = False
     # What the report reads (harness/report/samplers.py): the parameters that move a configuration
@@ -429,6 +446,13 @@ class DecodeLoop(abc.ABC):
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.tie_break not in ("auto", "position", "topk"):
             raise ValueError(f"tie_break must be one of auto, position, topk, got {self.tie_break!r}")
+        if self.prior_sigma is not None:
+            if not self.prior_sigma > 0:
+                raise ValueError(f"prior_sigma must be > 0, got {self.prior_sigma}")
+            if not isinstance(self, BlockSampler) or type(self).choose is not BlockSampler.choose:
+                raise ValueError("prior_sigma (the certainty prior) weighs the confidences of a fixed-schedule "
+                                 f"sampler that ranks them (low_confidence, margin, entropy, ...); "
+                                 f"{type(self).__name__} chooses by its own rule")
 
     def d2_params(self) -> D2Params:
         """d2Cache's settings, the reference's defaults where unset."""
@@ -597,8 +621,11 @@ class DecodeLoop(abc.ABC):
                 if self.min_length > 0:
                     early = (torch.arange(lo - P, hi - P, device=x.device) < self.min_length)[None].expand(
                         logits.shape[:2])  # [B', n]
+                density = None
+                if self.prior_sigma is not None:  # over the whole completion at the step's input
+                    density = certainty_density(xr[:, P:] != mask_id, self.prior_sigma)[:, lo - P:hi - P]
                 commit, x0, st = self._step(denoiser, logits, xr[:, lo:hi], n0 if rows is None else n0[rows], s,
-                                            per_block, schedule, rows_of(generator, rows), early, sampling)
+                                            per_block, schedule, rows_of(generator, rows), early, sampling, density)
                 conf = committed_prob(st)
                 if record_steps:  # one block, fixed schedule: every row steps, the block is the completion
                     states.append(x[:, P:].clone())
@@ -626,13 +653,15 @@ class DecodeLoop(abc.ABC):
                                f"gen_length {L}), got block_length {block}: a step proposes tokens for its own "
                                "block only, not the whole completion")
 
-    def _step(self, denoiser, logits, blk, n0, s: int, per_block: int, schedule, gen, early, sampling):
-        """One step on the current block's columns: -> (commit [B', n] bool, proposals x0 [B', n], Step)."""
+    def _step(self, denoiser, logits, blk, n0, s: int, per_block: int, schedule, gen, early, sampling, density=None):
+        """One step on the current block's columns: -> (commit [B', n] bool, proposals x0 [B', n], Step).
+        `density` [B', n]: the certainty prior's weights (prior_sigma), else None."""
         logits, probs, x0 = self.propose(logits, denoiser, gen, early, sampling)
         eligible = blk == denoiser.mask_id
         k = self.step_count(n0, eligible.sum(1), s, per_block, schedule)
         step = Step(logits=logits, probs=probs, x0=x0, eligible=eligible, k=k, step=s, last=s == per_block - 1,
-                    generator=gen, ties=self.ties_of(denoiser), k_schedule=linear_schedule(n0, None, s, per_block))
+                    generator=gen, ties=self.ties_of(denoiser), k_schedule=linear_schedule(n0, None, s, per_block),
+                    density=density)
         return self.choose(step) & eligible, x0, step
 
     @staticmethod
@@ -671,6 +700,9 @@ class DecodeLoop(abc.ABC):
         if self.cfg_scale > 0:
             raise HarnessError("cfg_scale > 0 on a block-diffusion model is not supported (block_diffusion_generate "
                                "has no guidance)")
+        if self.prior_sigma is not None:
+            raise HarnessError("prior_sigma on a block-diffusion model is not supported (its blocks are decoded "
+                               "one at a time; the certainty prior reads the whole completion)")
         check_cache_support(denoiser, self.cache)
         B, P = prompt.shape
         pm = torch.ones_like(prompt, dtype=torch.bool) if prompt_mask is None else prompt_mask.bool()
@@ -855,6 +887,8 @@ class BlockSampler(DecodeLoop):
 
     def choose(self, s: Step) -> torch.Tensor:
         conf = self.confidence(s.probs, s.x0, s.generator)
+        if s.density is not None:  # the certainty prior (vanilla.py generate_step: scores = confidence · density)
+            conf = conf * s.density.to(conf.dtype)
         conf = torch.where(s.eligible, conf, torch.full_like(conf, -torch.inf))
         return self.select(conf, s.k, s.generator, s.ties)
 

@@ -194,11 +194,15 @@ class ReferenceD2Cache:
 
 
 @torch.no_grad()
-def reference_generate(den, layers, prompt, L: int, block: int, steps: int, params: dict, record: list):
+def reference_generate(den, layers, prompt, L: int, block: int, steps: int, params: dict, record: list,
+                       sigma: float | None = None, cached: bool = True):
     """`vanilla_generate` with the d2Cache (rows of equal prompt length, no padding), LLaDA's fixed count
     per step (`num_transfer_tokens` = block / steps per block) and the harness's proposal rule (argmax
     without the mask token, float32 confidence, ties to the lower column). `delta.confidence` is the
-    reference's `sample_tokens` confidence (max softmax probability, mask included), -inf where not masked."""
+    reference's `sample_tokens` confidence (max softmax probability, mask included), -inf where not masked.
+    `sigma`: the generation's certainty prior (`generate_step`: scores = confidence · certainty_density(
+    ~remaining_mask, sigma) over the whole completion, then `confidence_unmasking` on the block);
+    `cached` False: no cache (the model's plain forward)."""
     cache = ReferenceD2Cache(mask_id=den.mask_id, **{**D2CACHE_DEFAULTS, **params})
     mask_id = den.mask_id
     B, P = prompt.shape
@@ -214,7 +218,7 @@ def reference_generate(den, layers, prompt, L: int, block: int, steps: int, para
                 break
             cache.active_seq_mask = can_generate
             x = torch.cat([prompt, gen], -1)[can_generate]
-            logits = cache.forward(layers, x, None)
+            logits = cache.forward(layers, x, None) if cached else den.logits(x)
             remaining_mask = gen == mask_id
             transfer_index_mask = remaining_mask.clone()
             if cache.active_q_mask is not None:  # generate_step: logical_and_ on a copy (no effect)
@@ -228,13 +232,17 @@ def reference_generate(den, layers, prompt, L: int, block: int, steps: int, para
             x0 = blk.argmax(-1)
             conf = torch.gather(F.softmax(blk.float(), -1), -1, x0[..., None]).squeeze(-1)
             conf = torch.where(gen[:, b * block:(b + 1) * block] == mask_id, conf, -torch.inf)
+            if sigma is not None and sigma > 0:
+                conf = conf * certainty_density(~remaining_mask, sigma=sigma)[:, b * block:(b + 1) * block]
+                conf = torch.where(gen[:, b * block:(b + 1) * block] == mask_id, conf, -torch.inf)
             transfer_index = []
             new_gen = gen.clone()
             for r in range(B):
                 order = torch.sort(conf[r], descending=True, stable=True).indices[:int(k_sched[r, i])]
                 new_gen[r, b * block + order] = x0[r, order]
                 transfer_index.append(torch.sort(b * block + order).values)
-            cache.on_step_end(block_mask, prompt, gen, new_gen, transfer_index, delta_conf)
+            if cached:
+                cache.on_step_end(block_mask, prompt, gen, new_gen, transfer_index, delta_conf)
             gen = new_gen
     return cut(den, gen)
 
@@ -311,6 +319,38 @@ def test_native_llada_equals_the_transcription(llada, params, block, steps, step
     ref = reference_generate(llada, LLaDALayers(llada.module), ids, 16, block, steps, params, record)
     assert torch.equal(ours.tokens, ref)
     assert_same_steps(steps_seen[-len(record):], record, atol=1e-3)
+
+
+@pytest.mark.parametrize("cached", [True, False])
+@pytest.mark.parametrize("sigma, block, steps", [(10.0, 16, 16), (2.0, 8, 16), (1.0, 16, 8)])
+def test_the_certainty_prior_equals_the_transcription(cached, sigma, block, steps, steps_seen):
+    """`prior_sigma` (the reference's generation sigma), alone and with the d2Cache (sigma 10 over one
+    block: the reference's d2cache configuration), against the transcription; the prior changes the
+    decoding order (commit steps) of the plain loop."""
+    den = tiny()
+    den.stop_ids = (den.mask_id,)
+    ids, _ = encode_prompts(den.tokenizer, ["12+34=", "56+78=", "90+12="], den.pad_id)
+    params = {"steps": steps, "block_length": block, **({"cache": "d2cache"} if cached else {})}
+    plain = SAMPLERS.build("low_confidence", params)(den, ids, generator=None, gen_length=16)
+    ours = SAMPLERS.build("low_confidence", dict(params, prior_sigma=sigma))(den, ids, generator=None, gen_length=16)
+    record: list = []
+    ref = reference_generate(den, TinyLayers(den.module), ids, 16, block, steps, {}, record, sigma=sigma,
+                             cached=cached)
+    assert torch.equal(ours.tokens, ref)
+    assert_same_steps(steps_seen[-len(record):], record)
+    assert not torch.equal(plain.commit_step, ours.commit_step)
+
+
+def test_the_certainty_prior_is_refused_where_it_would_be_ignored():
+    for name, params in [("threshold", {"tau": 0.9}), ("entropy_bound", {})]:
+        with pytest.raises(HarnessError, match="prior_sigma"):
+            SAMPLERS.build(name, dict(params, prior_sigma=10.0))
+    with pytest.raises(HarnessError, match="prior_sigma must be > 0"):
+        SAMPLERS.build("low_confidence", {"prior_sigma": 0.0})
+    den = MODELS.build("tiny", {"checkpoint": "tiny-addition-c16-block4"}).load()
+    ids, _ = encode_prompts(den.tokenizer, ["1+2="], den.pad_id)
+    with pytest.raises(HarnessError, match="prior_sigma on a block-diffusion model"):
+        SAMPLERS.build("low_confidence", {"prior_sigma": 10.0})(den, ids, generator=None, gen_length=8)
 
 
 # -- every column recomputed: the uncached loop ----------------------------------------------------------
