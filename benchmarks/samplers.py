@@ -85,6 +85,8 @@ LONG_CONFIGS = [  # the 16-token canvas
     ("low_confidence cache=dllm_cache refresh=8", "low_confidence", {"cache": "dllm_cache", "refresh": 8}),
     ("low_confidence cache=d2cache", "low_confidence", {"cache": "d2cache"}),
     ("low_confidence cache=d2cache current_k=4", "low_confidence", {"cache": "d2cache", "current_k": 4}),
+    ("low_confidence prior_sigma=10", "low_confidence", {"prior_sigma": 10.0}),  # d2Cache's decoding, uncached
+    ("low_confidence cache=d2cache prior_sigma=10", "low_confidence", {"cache": "d2cache", "prior_sigma": 10.0}),
     ("rcr steps=8", "rcr", {"steps": 8}),
     ("pc_sampler steps=8", "pc_sampler", {"steps": 8, "baseline": "suites/data/tiny-addition-c16-counts.json"}),
     ("klass", "klass", {}),
