@@ -24,11 +24,16 @@ for the same reason. What a generation does:
   R <- (A + I)/rowsum · R. The column sums of the final R are each column's global importance.
 - After each step (`d2Cache.on_step_end`) the query set of the next pass is chosen: (1) the
   masked completion columns with the highest score, at most current_k of them, inside a window
-  from the current block's start to the block boundary after the current_k-th mask left; the
+  from the block's first column to a "block boundary" after the current_k-th mask left; the
   score is the cached confidence times the certainty density (a Gaussian kernel of width sigma
   over the decoded/undecoded pattern, `certainty_density`), plus the batch's highest score on the
-  current block's columns so that they come first; (2) the columns committed at this step; (3) a
-  nucleus of the remaining columns by global importance (mass rollout_p, at least one);
+  block's columns so that they come first. "The block" is the reference's `block_mask` as
+  `on_step_end` receives it: `check_can_generate` narrows vanilla.py's block mask in place
+  (`eligible_mask &= generated_tokens == mask_token_id`) at every step, so it holds the block's
+  columns still masked at the step's input, and its size (the rounding unit of the window's end)
+  and first column change as the block is decoded; the harness follows that code. (2) the
+  columns committed at this step; (3) a nucleus of the remaining columns by global importance
+  (mass rollout_p, at least one);
   (4) with inflate_w > 0, every column in a gap of at most inflate_w between two chosen ones.
   Rows of a pass whose counts differ are topped up to the most any row has (`top_up_mask`):
   completion columns by density score first, then by importance.
@@ -188,13 +193,17 @@ def plan_next(state: D2State, x: torch.Tensor, P: int, p: D2Params, mask_id: int
     remaining = xr[:, P:] == mask_id  # [B', G]
     committed = masked_in[:, P:] & ~remaining  # the step's transfer index
     col = torch.arange(G, device=dev)
-    block = ((col >= lo - P) & (col < hi - P))[None, :].expand(B, -1)
-    size = hi - lo
+    # vanilla.py's block_mask after check_can_generate's in-place `eligible_mask &= ... == mask_token_id`:
+    # the block's columns still masked at the step's input
+    block = ((col >= lo - P) & (col < hi - P))[None, :] & masked_in[:, P:]
+    live = block.any(1)  # a row with no mask left in its block did not step in the reference: its plan stays
+    size = block.sum(1, keepdim=True).clamp_min(1)
+    start = torch.argmax(block.int(), dim=1, keepdim=True)
     meets = remaining.int().cumsum(1) >= p.current_k
     end = torch.argmax(meets.int(), dim=1, keepdim=True)
     end[~meets.any(1, keepdim=True)] = G - 1
-    end = (end // size + 1) * size - 1  # rounded up to the next block boundary
-    window = (col[None, :] >= lo - P) & (col[None, :] <= end)
+    end = (end // size + 1) * size - 1  # "rounded up to the next block boundary" of that size
+    window = (col[None, :] >= start) & (col[None, :] <= end)
     conf = state.conf if rows is None else state.conf[rows]
     scores = conf * certainty_density(~remaining, p.sigma)
     scores = torch.where(block, scores + scores.max(), scores)  # the block's columns first
@@ -204,10 +213,9 @@ def plan_next(state: D2State, x: torch.Tensor, P: int, p: D2Params, mask_id: int
     q_mask |= nucleus_select(importance, p.rollout_p, mask=~q_mask)
     if p.inflate_w > 0:
         q_mask = inflate(q_mask, p.inflate_w)
-    if rows is None:
-        state.q_mask, state.importance, state.density = q_mask, importance, scores
-    else:
-        state.q_mask[rows], state.importance[rows], state.density[rows] = q_mask, importance, scores
+    r = torch.arange(B, device=dev) if rows is None else rows
+    r, q_mask, importance, scores = r[live], q_mask[live], importance[live], scores[live]
+    state.q_mask[r], state.importance[r], state.density[r] = q_mask, importance, scores
 
 
 def _rollout_step(R: torch.Tensor, weights: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:

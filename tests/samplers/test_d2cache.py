@@ -213,7 +213,8 @@ def reference_generate(den, layers, prompt, L: int, block: int, steps: int, para
         block_mask[:, b * block:(b + 1) * block] = True
         k_sched = transfer_schedule((gen[:, b * block:(b + 1) * block] == mask_id).sum(1), steps_b)
         for i in range(steps_b):
-            can_generate = (block_mask & (gen == mask_id)).any(-1)
+            block_mask &= gen == mask_id  # check_can_generate narrows vanilla's block_mask in place
+            can_generate = block_mask.any(-1)
             if not can_generate.any():
                 break
             cache.active_seq_mask = can_generate
