@@ -2,8 +2,9 @@
 the harness token for token and logit for logit (tiny model and native LLaDA at tiny shapes), exact
 equality with the uncached loop when every column is recomputed, honest metering, and refusals.
 
-The reference code cannot run here (its model files need transformers' eager LLaDA/Dream classes and
-its package layout), so its rules are transcribed below with citations, Kamichanw/d2Cache @72feb60:
+The reference's own code runs only from a checkout of it (opt-in: tests/samplers/test_d2cache_reference.py,
+token-identical in 8 settings), so its rules are also transcribed below with citations, Kamichanw/d2Cache
+@72feb60, and this file always runs:
 - src/cache/d2cache.py `d2Cache.model_forward` (query rows and the top-up, lines 41-60),
   `d2Cache.attention` (cache writes through `_active_q_indices`, the rollout reset at layer 0, lines
   62-130), `top_up_mask`, `accumulate_attn_rollout` and `on_step_end` (the query plan);
