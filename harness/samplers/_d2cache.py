@@ -53,8 +53,11 @@ softmax of the logits (the reference filters them with its sampling options and,
 not queries are kept as they are rather than multiplied by the identity (the same numbers; only
 query rows are multiplied, so the FLOP count is 2·Tq·T² per layer and sequence); a pass that
 includes a row with no cached state yet (a row of an adaptive sampler or of inpainting that had no
-mask in the first block) is a full pass; padded prompt columns take part in the rollout as in the
-reference (their keys are masked).
+mask in the first block) is a full pass; a row that steps with no mask left in its block (only
+with inpainting: the fixed-schedule loop steps every row, the reference skips such a row) keeps its
+previous plan, as in the reference; padded prompt columns take part in the rollout as in the
+reference (their keys are masked). The proposal rule is the shared loop's (_base.py: the mask token
+is never proposed, ties go to the lower column).
 
 Checked against the reference's own code (tests/samplers/test_d2cache_reference.py, opt-in: its
 `vanilla_generate` with `d2Cache` on its LLaDA file, eager attention, a random-weight LLaDA-shaped
