@@ -63,7 +63,8 @@ Checked against the reference's own code (tests/samplers/test_d2cache_reference.
 `vanilla_generate` with `d2Cache` on its LLaDA file, eager attention, a random-weight LLaDA-shaped
 checkpoint): the same tokens in every setting tried, the defaults, its evaluation setting (certainty
 prior, one block), current_k below the block's masks, semi-autoregressive blocks with inflation, no
-nucleus; and against a line-by-line transcription on every run (tests/samplers/test_d2cache.py).
+nucleus, parallel decoding with rows leaving the batch (the `threshold` sampler); and against a
+line-by-line transcription on every run (tests/samplers/test_d2cache.py).
 
 The meter counts every pass by the query columns each layer really computes
 (`Meter.logits_layerwise`), plus the rollout's matrix products as extra FLOPs.

@@ -70,8 +70,8 @@ def main(d2cache_dir: str, real_code: str, checkpoint: str, cases_json: str, out
     for name, c in spec["cases"].items():
         cache = partial(d2Cache, **c["cache"]) if c.get("cache") is not None else None
         record = vanilla_generate(model, prompt, block_length=c["block"], gen_length=c["L"],
-                                  num_transfer_tokens=c["n"], sigma=c.get("sigma"), mask_token_id=126336,
-                                  cache_cls=cache)
+                                  num_transfer_tokens=c["n"], sigma=c.get("sigma"), threshold=c.get("threshold"),
+                                  mask_token_id=126336, cache_cls=cache)
         out[name] = record[-1].generated_tokens.tolist()
     with open(out_json, "w") as f:
         json.dump(out, f)

@@ -3,7 +3,7 @@ the harness token for token and logit for logit (tiny model and native LLaDA at 
 equality with the uncached loop when every column is recomputed, honest metering, and refusals.
 
 The reference's own code runs only from a checkout of it (opt-in: tests/samplers/test_d2cache_reference.py,
-token-identical in 8 settings), so its rules are also transcribed below with citations, Kamichanw/d2Cache
+token-identical in 10 settings), so its rules are also transcribed below with citations, Kamichanw/d2Cache
 @72feb60, and this file always runs:
 - src/cache/d2cache.py `d2Cache.model_forward` (query rows and the top-up, lines 41-60),
   `d2Cache.attention` (cache writes through `_active_q_indices`, the rollout reset at layer 0, lines

@@ -8,7 +8,9 @@ never predicts the mask); the harness decodes with `low_confidence` on its nativ
 checkpoint. Every setting below gives the same tokens, three rows decoded together: the reference's
 d2Cache defaults, its evaluation setting (with the certainty prior, one block), a small query budget
 (current_k below the block's masks: non-query masks stay eligible with zero logits), semi-autoregressive
-blocks with inflation, no rollout nucleus, and the certainty prior alone. Skipped without the fixture or
+blocks with inflation, no rollout nucleus, the certainty prior alone, and parallel decoding (the
+reference's `threshold`, the harness's adaptive `threshold` sampler, whose rows leave the batch when
+their block is done). Skipped without the fixture or
 the checkout (tests/samplers/test_d2cache.py holds the always-run transcription).
 """
 from __future__ import annotations
@@ -38,6 +40,10 @@ CASES = {
                                                                     inflate_w=4)},
     "semi_ar_prior": {"L": 32, "block": 8, "n": 1, "sigma": 5.0, "cache": dict(DEFAULT, rollout_p=0.05, current_k=3)},
     "no_nucleus": {"L": 32, "block": 16, "n": 2, "cache": dict(DEFAULT, rollout_p=0.0, current_k=5)},
+    # parallel decoding (the reference's `threshold`; the harness's adaptive `threshold` sampler): rows whose
+    # block is done leave the batch and come back at the next block
+    "threshold": {"L": 32, "block": 8, "n": 1, "threshold": 0.5, "cache": dict(DEFAULT, current_k=6, inflate_w=4)},
+    "threshold_one_block": {"L": 32, "block": 32, "n": 1, "threshold": 0.5, "cache": DEFAULT},
 }
 
 
@@ -69,12 +75,14 @@ def outputs(tmp_path_factory):
 def test_tokens_equal_the_reference_code(outputs, name):
     den, prompt, ref = outputs
     c = CASES[name]
-    params = {"steps": c["L"] // c["n"], "block_length": c["block"]}
+    name_ = "threshold" if "threshold" in c else "low_confidence"
+    params = {"tau": c["threshold"]} if "threshold" in c else {"steps": c["L"] // c["n"]}
+    params["block_length"] = c["block"]
     if "cache" in c:
         params.update(cache="d2cache", **c["cache"])
     if "sigma" in c:
         params["prior_sigma"] = c["sigma"]
-    g = SAMPLERS.build("low_confidence", params)(den, prompt, generator=None, gen_length=c["L"])
+    g = SAMPLERS.build(name_, params)(den, prompt, generator=None, gen_length=c["L"])
     want = torch.tensor(ref[name])
     for r in range(prompt.shape[0]):  # the harness cuts each row at its first stop token
         n = int(g.gen_len[r])
