@@ -221,6 +221,8 @@ def verdict(rows: dict) -> str:
     targets = {k: r for k, r in rows.items() if k.startswith("threshold") and "cache=dual" in k}
     ok = {k: r for k, r in targets.items() if within(r, base)}
     pool = ok or targets
+    if not pool:  # --configs left out every threshold + dual-cache configuration
+        return "target: no threshold + dual-cache configuration in this selection (--configs)"
     best = max(pool, key=lambda k: pool[k]["speedup"])
     t = rows[best]
     ok_speed = t["speedup"] >= TARGET_SPEEDUP
