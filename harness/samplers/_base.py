@@ -359,16 +359,14 @@ class DecodeLoop(abc.ABC):
     block_length: int | None = None  # None: a single block (block models: the model's block_size)
     temperature: float = 0.0
     cfg_scale: float = 0.0
-    cache: CacheKind = "none"  # prefix, dual: Fast-dLLM; approximate: dkv (horseee/dKV-Cache), dllm_cache (dLLM-Cache)
+    cache: CacheKind = "none"  # prefix, dual: Fast-dLLM; approximate (they change outputs): dkv, dllm_cache, d2cache
     refresh: int = 0  # refresh interval: prefix/dual inside a block (0: never); dkv cache_reloading_step; dllm_cache Kr
     prompt_refresh: int | None = None  # dllm_cache only: Kp, the prompt's refresh interval in passes (None: 50)
     refresh_ratio: float | None = None  # dllm_cache only: rho, response share recomputed in between (None: 0.25)
-    # d2cache only (None: configs/cache/d2cache.yaml's 0.1, 32, 10, 0): rollout nucleus mass, masked columns
-    # recomputed per pass, certainty-density kernel width, gap filled between chosen columns
-    rollout_p: float | None = None
-    current_k: int | None = None
-    sigma: float | None = None
-    inflate_w: int | None = None
+    rollout_p: float | None = None  # d2cache only: attention-rollout nucleus mass of extra query columns (None: 0.1)
+    current_k: int | None = None  # d2cache only: most masked columns recomputed per pass (None: 32)
+    sigma: float | None = None  # d2cache only: certainty-density kernel width of its query choice (None: 10)
+    inflate_w: int | None = None  # d2cache only: gap between chosen columns filled in (None: 0, off)
     min_length: int = 0  # EOS suppressed at completion positions < min_length
     logits_eos_inf: bool = False  # LLaDA: EOS is never proposed
     confidence_eos_eot_inf: bool = False  # LLaDA: EOT (and EOS at temperature 0) proposals get confidence 0
