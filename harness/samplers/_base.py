@@ -389,7 +389,7 @@ class DecodeLoop(abc.ABC):
     def required_capabilities(self) -> tuple[str, ...]:
         """What this configuration needs of the model, checked at plan time (harness/config.py
         `missing_capabilities`): the class's `requires`, plus the layer-by-layer view for the
-        approximate caches."""
+        approximate caches (and its attention weights for d2cache)."""
         return tuple(getattr(type(self), "requires", ())) + (("logits_layerwise",) if self.cache in APPROX_CACHES
                                                               else ()) + (("attention_weights",)
                                                                           if self.cache == "d2cache" else ())

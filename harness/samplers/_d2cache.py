@@ -57,7 +57,10 @@ mask in the first block) is a full pass; a row that steps with no mask left in i
 with inpainting: the fixed-schedule loop steps every row, the reference skips such a row) keeps its
 previous plan, as in the reference; padded prompt columns take part in the rollout as in the
 reference (their keys are masked). The proposal rule is the shared loop's (_base.py: the mask token
-is never proposed, ties go to the lower column).
+is never proposed, ties go to the lower column). The attention output is the layer view's own
+(SDPA by default; the reference computes it eagerly from the weights), and the rollout runs in the
+weights' dtype as the reference's does in the model's (bf16 weights on a GPU: bf16), so bf16 runs
+can differ from the reference by rounding; float32 runs match it (below).
 
 Checked against the reference's own code (tests/samplers/test_d2cache_reference.py, opt-in: its
 `vanilla_generate` with `d2Cache` on its LLaDA file, eager attention, a random-weight LLaDA-shaped

@@ -446,6 +446,33 @@ def test_meter_counts_the_query_columns_each_layer_computes(c16):
     assert all(w["extra_flops"] > 0 for w in works) and sum(w["extra_flops"] for w in works) == rollout
 
 
+@pytest.mark.parametrize("model", ["tiny", "llada"])
+def test_attention_weights_are_what_attend_weighs_the_values_by(model, llada):
+    """The view's weights times the values, heads merged and projected, are `attend`'s output (left padding
+    included: zero weight on padding keys), and each row sums to 1."""
+    den, ids, mask = padded_batch(model, llada)
+    x = torch.cat([ids, torch.full((ids.shape[0], 5), den.mask_id, dtype=ids.dtype)], 1)
+    am = torch.cat([mask, torch.ones(ids.shape[0], 5, dtype=torch.bool)], 1)
+
+    def run(layers):
+        h, km = layers.embed(x, am)
+        q, k, v = layers.qkv(0, h)
+        w = layers.attention_weights(0, q, k, km)
+        rep = q.shape[1] // v.shape[1]
+        o = w @ v.repeat_interleave(rep, 1)
+        B, H, n, Dh = o.shape
+        merged = o.transpose(1, 2).reshape(B, n, H * Dh)
+        proj = layers.module.blocks[0].proj if model == "tiny" else layers.blocks[0].attn_out
+        return w, proj(merged), layers.attend(0, q, k, v, km)
+
+    with torch.no_grad():
+        w, ours, want = den.logits_layerwise(run)
+    real = am.bool()
+    assert torch.allclose(ours[real], want[real], atol=1e-5)
+    assert torch.allclose(w.sum(-1), torch.ones(()), atol=1e-5)
+    assert float(w.masked_select(~real[:, None, None, :].expand_as(w)).abs().max()) == 0.0
+
+
 def test_certainty_density_is_its_definition():
     """Against the formula computed directly (extension: L decoded columns left, L right that copy the
     last column's state; kernel mass over offsets [-3L, 3L))."""

@@ -305,8 +305,9 @@ class LLaDALayers:
 
     def attention_weights(self, i: int, q: torch.Tensor, k: torch.Tensor, key_mask) -> torch.Tensor:
         """Layer i's attention probabilities [B, H, n, T] of queries [B, H, n, Dh] over the canvas's keys
-        [B, Hkv, T, Dh] (grouped heads repeated; float32 scores, as the eager attention): what `attend`
-        weighs the values by, 0 on a left-padded row's padding keys (d2Cache's attention rollout)."""
+        [B, Hkv, T, Dh] (grouped heads repeated; a float32 softmax cast back to q's dtype, as the public
+        file's eager attention): what `attend` weighs the values by, 0 on a left-padded row's padding keys
+        (d2Cache's attention rollout)."""
         rep = q.shape[1] // k.shape[1]
         if rep > 1:
             k = k.repeat_interleave(rep, 1)
@@ -316,7 +317,7 @@ class LLaDALayers:
         elif key_mask is not None:  # left padding: row group by group, keys [p, T)
             for p, rows in key_mask:
                 scores[rows, :, :, :p] = -torch.inf
-        return scores.softmax(-1)
+        return scores.softmax(-1).to(q.dtype)
 
     def mlp(self, i: int, h: torch.Tensor) -> torch.Tensor:
         """Layer i's MLP branch on h [B, n, D] (what the residual adds)."""
