@@ -298,9 +298,10 @@ def d2_logits(denoiser, x: torch.Tensor, rows, attn, P: int, lo: int, hi: int, s
         state.keys[i][r] = keys[i]
         state.values[i][r] = values[i]
     masked = xr == mask_id
-    if full:
-        conf = F.softmax(out[:, P:].float(), -1).amax(-1)
-        state.conf[r] = torch.where(masked[:, P:], conf, -torch.inf)
+    if full:  # a row's confidences are those of its first pass (a row seen before keeps its own)
+        conf = torch.where(masked[:, P:], F.softmax(out[:, P:].float(), -1).amax(-1), -torch.inf)
+        new = ~state.seen[r]
+        state.conf[r[new]] = conf[new]
         state.seen[r] = True
         logits = out
     else:

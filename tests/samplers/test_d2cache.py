@@ -395,6 +395,23 @@ def test_recomputing_every_column_equals_the_uncached_loop(name, params, model, 
     assert meter.cost.nfe_full == ids.shape[0]  # the first pass only; the cache is never rebuilt
 
 
+def test_a_row_that_joins_after_the_first_pass_gets_a_full_pass(monkeypatch):
+    """Inpainting fills row 0's first block, so an adaptive sampler leaves it out of the generation's first
+    pass; it joins at the second block, whose pass is then full (it has no cache yet). With every column
+    recomputed the tokens are still the uncached loop's, and the meter counts the two full passes' rows."""
+    den, ids, mask = padded_batch("tiny", None)
+    fixed = torch.full((3, 16), -1)
+    fixed[0, :8] = torch.tensor(den.tokenizer.encode("46++++++"))
+    monkeypatch.setattr(_d2cache, "nucleus_select", lambda scores, top_p, mask=None: mask.clone())
+    params = {"tau": 0.3, "block_length": 8}
+    a = SAMPLERS.build("threshold", params)(den, ids, generator=None, prompt_mask=mask, gen_length=16, fixed=fixed)
+    meter = Meter(den)
+    b = SAMPLERS.build("threshold", dict(params, cache="d2cache"))(meter, ids, generator=None, prompt_mask=mask,
+                                                                    gen_length=16, fixed=fixed)
+    assert torch.equal(a.tokens, b.tokens) and torch.equal(a.commit_step, b.commit_step)
+    assert meter.cost.nfe_full == 2 + 3  # rows 1, 2 at the first pass; all three when row 0 joins
+
+
 @pytest.mark.parametrize("name, params", LOOPS)
 def test_the_widest_settings_decode_as_the_uncached_loop(name, params):
     """The same through the settings alone (rollout_p 1, current_k >= the completion): every masked
