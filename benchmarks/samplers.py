@@ -16,7 +16,8 @@ configuration in the table within 1 point (every configuration is printed). A th
 measures the cache mechanism on a random-init model with a 128-token canvas in blocks of 32 (speed
 and agreement with no cache only: a random model has no accuracy).
 
-The approximate caches (`cache: dkv`, dKV-Cache-Decode; `cache: dllm_cache`, dLLM-Cache; they
+The approximate caches (`cache: dkv`, dKV-Cache-Decode; `cache: dllm_cache`, dLLM-Cache; `cache: d2cache`,
+d2Cache; they
 change the output) are in the 16-token table at the baseline's 16 passes and in the mechanism
 table; after each table one line per policy prints its measured speed-up over the uncached run,
 with its accuracy (or token agreement) beside it.
@@ -82,14 +83,18 @@ LONG_CONFIGS = [  # the 16-token canvas
     ("low_confidence cache=dkv refresh=4", "low_confidence", {"cache": "dkv", "refresh": 4}),
     ("low_confidence cache=dllm_cache refresh=2", "low_confidence", {"cache": "dllm_cache", "refresh": 2}),
     ("low_confidence cache=dllm_cache refresh=8", "low_confidence", {"cache": "dllm_cache", "refresh": 8}),
+    ("low_confidence cache=d2cache", "low_confidence", {"cache": "d2cache"}),
+    ("low_confidence cache=d2cache current_k=4", "low_confidence", {"cache": "d2cache", "current_k": 4}),
+    ("low_confidence prior_sigma=10", "low_confidence", {"prior_sigma": 10.0}),  # d2Cache's decoding, uncached
+    ("low_confidence cache=d2cache prior_sigma=10", "low_confidence", {"cache": "d2cache", "prior_sigma": 10.0}),
     ("rcr steps=8", "rcr", {"steps": 8}),
     ("pc_sampler steps=8", "pc_sampler", {"steps": 8, "baseline": "suites/data/tiny-addition-c16-counts.json"}),
     ("klass", "klass", {}),
 ]
-APPROX = ("cache=dkv", "cache=dllm_cache")  # labels of the approximate-cache policies
+APPROX = ("cache=dkv", "cache=dllm_cache", "cache=d2cache")  # labels of the approximate-cache policies
 MECHANISM = {"none": {}, "prefix": {"cache": "prefix"}, "dual": {"cache": "dual"}, "dkv": {"cache": "dkv"},
              "dkv refresh=4": {"cache": "dkv", "refresh": 4},
-             "dllm_cache refresh=4": {"cache": "dllm_cache", "refresh": 4}}
+             "dllm_cache refresh=4": {"cache": "dllm_cache", "refresh": 4}, "d2cache": {"cache": "d2cache"}}
 LONG = ("tiny-addition-c16", {"n_digits": 3, "canvas": 16}, LONG_CONFIGS)
 SHORT = ("tiny-addition", {"n_digits": 3}, SHORT_CONFIGS)
 
@@ -197,7 +202,7 @@ def policy_speedups(rows: dict, base_label: str, what: str) -> str:
     """One line per approximate-cache configuration: its measured speed-up over `base_label`."""
     out = []
     for label, r in rows.items():
-        if any(p in label for p in APPROX) or label.split()[0] in ("dkv", "dllm_cache"):
+        if any(p in label for p in APPROX) or label.split()[0] in ("dkv", "dllm_cache", "d2cache"):
             acc = "" if r["accuracy"] != r["accuracy"] else \
                 f", accuracy {r['accuracy']:.3f} ({r['d_points']:+.1f} points)"
             agree = f", token agreement {r['agreement']:.3f}" if "agreement" in r else ""
@@ -216,6 +221,8 @@ def verdict(rows: dict) -> str:
     targets = {k: r for k, r in rows.items() if k.startswith("threshold") and "cache=dual" in k}
     ok = {k: r for k, r in targets.items() if within(r, base)}
     pool = ok or targets
+    if not pool:  # --configs left out every threshold + dual-cache configuration
+        return "target: no threshold + dual-cache configuration in this selection (--configs)"
     best = max(pool, key=lambda k: pool[k]["speedup"])
     t = rows[best]
     ok_speed = t["speedup"] >= TARGET_SPEEDUP

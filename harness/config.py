@@ -517,7 +517,9 @@ CAPABILITIES = {"logits_pattern": "an explicit attention pattern with position i
                 "full_attention": "bidirectional attention over the whole sequence (not a block-diffusion model)",
                 "logits_layerwise": "a layer-by-layer view for the approximate caches (a `logits_layerwise` method)",
                 "any_order_causal": "trained with d2's any-order causal objective (its checkpoint says so), so the "
-                                    "`any_order` layout scores the model's own likelihood"}
+                                    "`any_order` layout scores the model's own likelihood",
+                "attention_weights": "a layer-by-layer view that also returns each layer's attention weights "
+                                     "(d2Cache's attention rollout; the view's `attention_weights` method)"}
 
 
 def declared_capabilities(model) -> set[str]:
@@ -531,7 +533,7 @@ def declared_capabilities(model) -> set[str]:
     provides = set(own() if callable(own) else getattr(model, "provides", ()))
     if instance and hasattr(model, "planned_block_size") and provides & {"full_attention", "logits_layerwise"}:
         if model.planned_block_size() is not None:
-            provides -= {"full_attention", "logits_layerwise"}
+            provides -= {"full_attention", "logits_layerwise", "attention_weights"}
     return provides
 
 

@@ -10,7 +10,8 @@ the unpatched file, under 5.24 against the file patched to load). Left padding
 is masked (the public file leaks it) and positions count real tokens, so batching never changes a
 number. It has Fast-dLLM prefix/dual KV caches (`cache:` of the block samplers), an explicit
 attention pattern with position ids (`logits_pattern`: WINO's shadow block), a layer-by-layer view
-(`logits_layerwise`: the approximate caches `cache: dkv` and `cache: dllm_cache`), SDPA or eager
+(`logits_layerwise`: the approximate caches `cache: dkv`, `cache: dllm_cache` and, with its attention
+weights (`attention_weights`), `cache: d2cache`), SDPA or eager
 attention, and runs in bf16 (rotary in float32, as the public file). `preset` builds it randomly
 initialised: "tiny" for CPU tests, "llada-8b" for GPU throughput suites (32 layers, d 4096, FFN
 12288, vocab 126464, 32 heads). `config` overrides take config.json keys.
@@ -84,7 +85,7 @@ class LLaDA(NativeOrRemote):
     noise: ClassVar[str] = "masked"
     # denoiser capabilities components may require: the native code's (the default impl); `capabilities()`
     # answers for a spec, whose impl may be remote
-    provides: ClassVar[tuple[str, ...]] = ("full_attention", "logits_pattern", "logits_layerwise")
+    provides: ClassVar[tuple[str, ...]] = ("full_attention", "logits_pattern", "logits_layerwise", "attention_weights")
     preset_base: ClassVar[dict] = dict(model_type="llada", block_type="llama", activation_type="silu",
                                        layer_norm_type="rms", rope=True, weight_tying=False, rope_theta=500000.0)
     known_mask: ClassVar[int] = MASK_ID

@@ -356,6 +356,14 @@ class TinyLayers:
         B, H, n, Dh = a.shape
         return self.module.blocks[i].proj(a.transpose(1, 2).reshape(B, n, H * Dh))
 
+    def attention_weights(self, i: int, q: torch.Tensor, k: torch.Tensor, key_mask) -> torch.Tensor:
+        """Layer i's attention probabilities [B, H, n, m] of queries [B, H, n, Dh] over keys [B, H, m, Dh]
+        (0 on masked keys): what `attend` weighs the values by (d2Cache's attention rollout)."""
+        scores = (q @ k.transpose(-1, -2)) / q.shape[-1] ** 0.5
+        if key_mask is not None:
+            scores = scores.masked_fill(~key_mask, -torch.inf)
+        return scores.softmax(-1)
+
     def mlp(self, i: int, h: torch.Tensor) -> torch.Tensor:
         """Layer i's MLP branch on h [B, n, D] (what the residual adds)."""
         blk = self.module.blocks[i]
@@ -481,8 +489,9 @@ class Tiny:
     """Built-in tiny transformer MDLM, character tokenizer (block diffusion if its config sets block_size).
 
     The full-attention model supports every `cache:` of the block samplers: Fast-dLLM's prefix and
-    dual KV caches and, through its layer-by-layer view (`TinyLayers`), the approximate dKV-Cache
-    and dLLM-Cache (harness/samplers/_approx_cache.py)."""
+    dual KV caches and, through its layer-by-layer view (`TinyLayers`, which also gives attention
+    weights), the approximate dKV-Cache, dLLM-Cache (harness/samplers/_approx_cache.py) and d2Cache
+    (harness/samplers/_d2cache.py)."""
 
     checkpoint: str = "tiny-addition"
     device: str = "cpu"
@@ -490,7 +499,7 @@ class Tiny:
 
     # denoiser capabilities components may require (full_attention and the layer view: not for a block
     # checkpoint, which `planned_block_size` tells before loading)
-    provides: ClassVar[tuple[str, ...]] = ("logits_pattern", "full_attention", "logits_layerwise")
+    provides: ClassVar[tuple[str, ...]] = ("logits_pattern", "full_attention", "logits_layerwise", "attention_weights")
 
     def __post_init__(self):
         if self.dtype not in DTYPES:

@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from harness.samplers._cache import full_pass_with_cache
 from harness.types import HarnessError
 
-APPROX_CACHES = ("dkv", "dllm_cache")
+APPROX_CACHES = ("dkv", "dllm_cache", "d2cache")  # d2cache: harness/samplers/_d2cache.py
 DLLM_PROMPT_REFRESH = 50  # Kp: d2Cache's docs/kv_caching.md default; dLLM-cache's LLaDA GSM8K script uses 50
 DLLM_REFRESH_RATIO = 0.25  # rho: dLLM-cache's demo_LLaDA.py and d2Cache's configs/cache/dllm.yaml
 

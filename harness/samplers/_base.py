@@ -18,7 +18,10 @@ rebuilt at each block start and, with `refresh` > 0, every `refresh` steps insid
 shifted-logit model the query columns start one column earlier, at lo - 1), approximate caches
 that change the output (`cache: dkv`, dKV-Cache-Decode, horseee/dKV-Cache, `refresh` its
 cache_reloading_step; `cache: dllm_cache`, dLLM-Cache, maomaocun/dLLM-cache, `prompt_refresh` Kp,
-`refresh` Kr, `refresh_ratio` rho; see _approx_cache.py, on models with a layer-by-layer view), and
+`refresh` Kr, `refresh_ratio` rho; see _approx_cache.py, on models with a layer-by-layer view; `cache: d2cache`,
+d2Cache, Kamichanw/d2Cache, `rollout_p`, `current_k`, `sigma`, `inflate_w`; see _d2cache.py, on models whose
+layer view also gives attention weights), the certainty prior (`prior_sigma`, fixed-schedule samplers: see
+below), and
 `min_length` (EOS is suppressed at completion positions < min_length). After decoding, the canvas
 is cut at the first stop token (the model's `stop_ids`, e.g. LLaDA's EOS 126081 and EOT 126348;
 EOS alone when the model declares none); later tokens become EOS padding.
@@ -40,7 +43,14 @@ model gives it ~0), and equal confidences commit the lower position first (a sta
 torch.topk leaves the order of ties unspecified). Neither changed a token in the parity tests
 (tests/samplers/test_parity_decode.py: float32/float64 confidences, real model code).
 Fixed-schedule samplers also take `schedule` (harness/samplers/_schedule.py: LLaDA's linear
-counts or Dream's int(m·(1 − s/t)); "auto" is the model family's default).
+counts or Dream's int(m·(1 − s/t)); "auto" is the model family's default), and `prior_sigma`, d2Cache's
+certainty-prior guided decoding (Jiang et al., arXiv 2509.23094; Kamichanw/d2Cache
+src/generation/vanilla.py `generate_step`, its `sigma`): each step's scores are the sampler's
+confidences times the certainty density of the completion's decoded/undecoded pattern at the step's
+input (harness/samplers/_d2cache.py `certainty_density`, a Gaussian kernel of width sigma over the whole
+completion, not only the block), so masked columns next to decoded ones come first (smaller sigma:
+closer to left to right). The reference pairs it with `cache: d2cache` (sigma 10, one block) but it
+is a decoding rule of its own, usable with any cache.
 
 Sampling options (all samplers): `top_k` / `top_p` filter the logits before proposing; `sampling`
 "gumbel" is LLaDA's rule above, "multinomial" SDAR's `sample_with_temperature_topk_topp` (logits /
@@ -111,6 +121,14 @@ from harness.samplers._approx_cache import (
     dllm_logits,
 )
 from harness.samplers._cache import check_cache_support, full_pass_with_cache, store_pass
+from harness.samplers._d2cache import (
+    D2CACHE_DEFAULTS,
+    D2Params,
+    D2State,
+    certainty_density,
+    check_attention_weights,
+    d2_logits,
+)
 from harness.samplers._schedule import SCHEDULES, linear_schedule, resolve_schedule
 from harness.seeding import rand
 from harness.text import upto_first_eos
@@ -118,7 +136,7 @@ from harness.types import Generation, HarnessError
 
 CONFIDENCE_DTYPES = {"float32": torch.float32, "float64": torch.float64, "model": None}
 SAMPLINGS = ("auto", "gumbel", "multinomial")
-CacheKind = Literal["none", "prefix", "dual", "dkv", "dllm_cache"]
+CacheKind = Literal["none", "prefix", "dual", "dkv", "dllm_cache", "d2cache"]
 
 
 # -- pure helpers ---------------------------------------------------------------------------------
@@ -328,6 +346,7 @@ class Step:
     generator: object  # the generator(s) of these rows
     ties: str = "position"  # how select_topk breaks equal scores (the loop's tie_break)
     k_schedule: torch.Tensor | None = None  # [B'] the linear schedule's count at this step (any sampler)
+    density: torch.Tensor | None = None  # [B', n] certainty density of the block's columns (prior_sigma), else None
 
 
 # -- the shared loop ------------------------------------------------------------------------------
@@ -340,10 +359,14 @@ class DecodeLoop(abc.ABC):
     block_length: int | None = None  # None: a single block (block models: the model's block_size)
     temperature: float = 0.0
     cfg_scale: float = 0.0
-    cache: CacheKind = "none"  # prefix, dual: Fast-dLLM; approximate: dkv (horseee/dKV-Cache), dllm_cache (dLLM-Cache)
+    cache: CacheKind = "none"  # prefix, dual: Fast-dLLM; approximate (they change outputs): dkv, dllm_cache, d2cache
     refresh: int = 0  # refresh interval: prefix/dual inside a block (0: never); dkv cache_reloading_step; dllm_cache Kr
     prompt_refresh: int | None = None  # dllm_cache only: Kp, the prompt's refresh interval in passes (None: 50)
     refresh_ratio: float | None = None  # dllm_cache only: rho, response share recomputed in between (None: 0.25)
+    rollout_p: float | None = None  # d2cache only: attention-rollout nucleus mass of extra query columns (None: 0.1)
+    current_k: int | None = None  # d2cache only: most masked columns recomputed per pass (None: 32)
+    sigma: float | None = None  # d2cache only: certainty-density kernel width of its query choice (None: 10)
+    inflate_w: int | None = None  # d2cache only: gap between chosen columns filled in (None: 0, off)
     min_length: int = 0  # EOS suppressed at completion positions < min_length
     logits_eos_inf: bool = False  # LLaDA: EOS is never proposed
     confidence_eos_eot_inf: bool = False  # LLaDA: EOT (and EOS at temperature 0) proposals get confidence 0
@@ -352,6 +375,7 @@ class DecodeLoop(abc.ABC):
     top_k: int = 0  # keep the k most likely tokens before proposing (0: all)
     top_p: float = 1.0  # nucleus filter before proposing (1: all)
     tie_break: Literal["auto", "position", "topk"] = "auto"  # equal confidences; auto: the model's, else position
+    prior_sigma: float | None = None  # certainty prior (d2Cache's generation sigma): scores × density; None: off
 
     adaptive: ClassVar[bool] = False
     # What the report reads (harness/report/samplers.py): the parameters that move a configuration
@@ -365,9 +389,10 @@ class DecodeLoop(abc.ABC):
     def required_capabilities(self) -> tuple[str, ...]:
         """What this configuration needs of the model, checked at plan time (harness/config.py
         `missing_capabilities`): the class's `requires`, plus the layer-by-layer view for the
-        approximate caches."""
+        approximate caches (and its attention weights for d2cache)."""
         return tuple(getattr(type(self), "requires", ())) + (("logits_layerwise",) if self.cache in APPROX_CACHES
-                                                              else ())
+                                                              else ()) + (("attention_weights",)
+                                                                          if self.cache == "d2cache" else ())
 
     def __post_init__(self):
         for name in ("gen_length", "block_length"):
@@ -379,7 +404,8 @@ class DecodeLoop(abc.ABC):
         if self.min_length < 0:
             raise ValueError(f"min_length must be >= 0, got {self.min_length}")
         if self.cache not in ("none", "prefix", "dual", *APPROX_CACHES):
-            raise ValueError(f"cache must be one of 'none', 'prefix', 'dual', 'dkv', 'dllm_cache', got {self.cache!r}")
+            raise ValueError("cache must be one of 'none', 'prefix', 'dual', 'dkv', 'dllm_cache', 'd2cache', "
+                             f"got {self.cache!r}")
         if self.refresh < 0:
             raise ValueError(f"refresh must be >= 0, got {self.refresh}")
         if self.cache == "dllm_cache" and self.refresh < 1:
@@ -387,6 +413,20 @@ class DecodeLoop(abc.ABC):
                              f"passes), got {self.refresh}")
         if self.cache != "dllm_cache" and (self.prompt_refresh is not None or self.refresh_ratio is not None):
             raise ValueError(f"prompt_refresh and refresh_ratio are dllm_cache settings; cache is {self.cache!r}")
+        d2 = {k: getattr(self, k) for k in D2CACHE_DEFAULTS if getattr(self, k) is not None}
+        if self.cache != "d2cache" and d2:
+            raise ValueError(f"{', '.join(d2)}: d2cache settings; cache is {self.cache!r}")
+        if self.cache == "d2cache" and self.refresh:
+            raise ValueError(f"cache 'd2cache' has no refresh interval (its first pass is the only full one), got "
+                             f"refresh {self.refresh}")
+        if self.rollout_p is not None and not 0 <= self.rollout_p <= 1:
+            raise ValueError(f"rollout_p must be in [0, 1], got {self.rollout_p}")
+        if self.current_k is not None and (isinstance(self.current_k, bool) or self.current_k < 1):
+            raise ValueError(f"current_k must be an integer >= 1, got {self.current_k!r}")
+        if self.sigma is not None and not self.sigma > 0:
+            raise ValueError(f"sigma must be > 0, got {self.sigma}")
+        if self.inflate_w is not None and (isinstance(self.inflate_w, bool) or self.inflate_w < 0):
+            raise ValueError(f"inflate_w must be an integer >= 0, got {self.inflate_w!r}")
         if self.prompt_refresh is not None and self.prompt_refresh < 1:
             raise ValueError(f"prompt_refresh must be >= 1, got {self.prompt_refresh}")
         if self.refresh_ratio is not None and not 0 <= self.refresh_ratio <= 1:
@@ -404,6 +444,17 @@ class DecodeLoop(abc.ABC):
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.tie_break not in ("auto", "position", "topk"):
             raise ValueError(f"tie_break must be one of auto, position, topk, got {self.tie_break!r}")
+        if self.prior_sigma is not None:
+            if not self.prior_sigma > 0:
+                raise ValueError(f"prior_sigma must be > 0, got {self.prior_sigma}")
+            if not isinstance(self, BlockSampler) or type(self).choose is not BlockSampler.choose:
+                raise ValueError("prior_sigma (the certainty prior) weighs the confidences of a fixed-schedule "
+                                 f"sampler that ranks them (low_confidence, margin, entropy, ...); "
+                                 f"{type(self).__name__} chooses by its own rule")
+
+    def d2_params(self) -> D2Params:
+        """d2Cache's settings, the reference's defaults where unset."""
+        return D2Params(**{k: d if getattr(self, k) is None else getattr(self, k) for k, d in D2CACHE_DEFAULTS.items()})
 
     def step_count(self, n0: torch.Tensor, m: torch.Tensor, s: int, steps: int, schedule) -> torch.Tensor | None:
         """[B] tokens to commit at step s of a block (None: an adaptive sampler decides)."""
@@ -528,8 +579,11 @@ class DecodeLoop(abc.ABC):
         L, block, per_block = self.plan(gen_length)
         if self.cache in APPROX_CACHES:
             check_layerwise_support(denoiser, self.cache)
+        if self.cache == "d2cache":
+            check_attention_weights(denoiser)
         check_cache_support(denoiser, "prefix" if self.cache == "dkv" else
-                            "none" if self.cache == "dllm_cache" else self.cache)  # dkv's full passes build a cache
+                            "none" if self.cache in ("dllm_cache", "d2cache") else self.cache)  # dkv's full passes
+        # build a cache
         sampling = self.sampling_of(denoiser)
         B, P = prompt.shape
         mask_id = denoiser.mask_id
@@ -545,8 +599,9 @@ class DecodeLoop(abc.ABC):
         for b in range(L // block):
             lo, hi = P + b * block, P + (b + 1) * block
             n0 = (x[:, lo:hi] == mask_id).sum(1)  # [B] the block's masked count at its start
-            # dLLM-Cache's features and pass count live for the whole generation, the others per block
-            cache = (cache or DLLMState(B)) if self.cache == "dllm_cache" else None
+            # dLLM-Cache's and d2Cache's state live for the whole generation, the others' per block
+            cache = ((cache or DLLMState(B)) if self.cache == "dllm_cache" else
+                     (cache or D2State(B)) if self.cache == "d2cache" else None)
             for s in range(per_block):
                 rows = None
                 if self.adaptive:  # rows whose block is done leave the batch
@@ -556,13 +611,19 @@ class DecodeLoop(abc.ABC):
                     rows = None if live.all() else live.nonzero().squeeze(1)
                 xr = x if rows is None else x[rows]
                 ar = None if attn is None else (attn if rows is None else attn[rows])
-                logits, cache = self._block_logits(denoiser, xr, ar, P, lo, hi, s, cache, rows)
+                if self.cache == "d2cache":  # it plans its next pass from the whole canvas after each step
+                    logits = d2_logits(denoiser, x, rows, ar, P, lo, hi, cache, self.d2_params(), mask_id)
+                else:
+                    logits, cache = self._block_logits(denoiser, xr, ar, P, lo, hi, s, cache, rows)
                 early = None
                 if self.min_length > 0:
                     early = (torch.arange(lo - P, hi - P, device=x.device) < self.min_length)[None].expand(
                         logits.shape[:2])  # [B', n]
+                density = None
+                if self.prior_sigma is not None:  # over the whole completion at the step's input
+                    density = certainty_density(xr[:, P:] != mask_id, self.prior_sigma)[:, lo - P:hi - P]
                 commit, x0, st = self._step(denoiser, logits, xr[:, lo:hi], n0 if rows is None else n0[rows], s,
-                                            per_block, schedule, rows_of(generator, rows), early, sampling)
+                                            per_block, schedule, rows_of(generator, rows), early, sampling, density)
                 conf = committed_prob(st)
                 if record_steps:  # one block, fixed schedule: every row steps, the block is the completion
                     states.append(x[:, P:].clone())
@@ -590,13 +651,15 @@ class DecodeLoop(abc.ABC):
                                f"gen_length {L}), got block_length {block}: a step proposes tokens for its own "
                                "block only, not the whole completion")
 
-    def _step(self, denoiser, logits, blk, n0, s: int, per_block: int, schedule, gen, early, sampling):
-        """One step on the current block's columns: -> (commit [B', n] bool, proposals x0 [B', n], Step)."""
+    def _step(self, denoiser, logits, blk, n0, s: int, per_block: int, schedule, gen, early, sampling, density=None):
+        """One step on the current block's columns: -> (commit [B', n] bool, proposals x0 [B', n], Step).
+        `density` [B', n]: the certainty prior's weights (prior_sigma), else None."""
         logits, probs, x0 = self.propose(logits, denoiser, gen, early, sampling)
         eligible = blk == denoiser.mask_id
         k = self.step_count(n0, eligible.sum(1), s, per_block, schedule)
         step = Step(logits=logits, probs=probs, x0=x0, eligible=eligible, k=k, step=s, last=s == per_block - 1,
-                    generator=gen, ties=self.ties_of(denoiser), k_schedule=linear_schedule(n0, None, s, per_block))
+                    generator=gen, ties=self.ties_of(denoiser), k_schedule=linear_schedule(n0, None, s, per_block),
+                    density=density)
         return self.choose(step) & eligible, x0, step
 
     @staticmethod
@@ -635,6 +698,9 @@ class DecodeLoop(abc.ABC):
         if self.cfg_scale > 0:
             raise HarnessError("cfg_scale > 0 on a block-diffusion model is not supported (block_diffusion_generate "
                                "has no guidance)")
+        if self.prior_sigma is not None:
+            raise HarnessError("prior_sigma on a block-diffusion model is not supported (its blocks are decoded "
+                               "one at a time; the certainty prior reads the whole completion)")
         check_cache_support(denoiser, self.cache)
         B, P = prompt.shape
         pm = torch.ones_like(prompt, dtype=torch.bool) if prompt_mask is None else prompt_mask.bool()
@@ -819,6 +885,8 @@ class BlockSampler(DecodeLoop):
 
     def choose(self, s: Step) -> torch.Tensor:
         conf = self.confidence(s.probs, s.x0, s.generator)
+        if s.density is not None:  # the certainty prior (vanilla.py generate_step: scores = confidence · density)
+            conf = conf * s.density.to(conf.dtype)
         conf = torch.where(s.eligible, conf, torch.full_like(conf, -torch.inf))
         return self.select(conf, s.k, s.generator, s.ties)
 

@@ -244,8 +244,9 @@ class LLaDA(nn.Module):
 
 class LLaDALayers:
     """A native LLaDA layer by layer: the view the approximate caches run on
-    (harness/samplers/_approx_cache.py: dKV-Cache, dLLM-Cache), which recompute some columns of
-    some layers and reuse cached keys/values or layer outputs for the rest.
+    (harness/samplers/_approx_cache.py: dKV-Cache, dLLM-Cache; harness/samplers/_d2cache.py: d2Cache,
+    which also reads each layer's attention weights, `attention_weights`), which recompute some
+    columns of some layers and reuse cached keys/values or layer outputs for the rest.
 
     `embed` reads the canvas and its padding once per pass: the rotary positions count real tokens
     (as `forward`), and left-padded rows attend, group by group, over their real keys only. `qkv`
@@ -301,6 +302,22 @@ class LLaDALayers:
             for p, rows in key_mask:
                 a[rows] = attend(q[rows], k[rows, :, p:], v[rows, :, p:], None, impl)
         return self.blocks[i].attn_out(merge_heads(a))
+
+    def attention_weights(self, i: int, q: torch.Tensor, k: torch.Tensor, key_mask) -> torch.Tensor:
+        """Layer i's attention probabilities [B, H, n, T] of queries [B, H, n, Dh] over the canvas's keys
+        [B, Hkv, T, Dh] (grouped heads repeated; a float32 softmax cast back to q's dtype, as the public
+        file's eager attention): what `attend` weighs the values by, 0 on a left-padded row's padding keys
+        (d2Cache's attention rollout)."""
+        rep = q.shape[1] // k.shape[1]
+        if rep > 1:
+            k = k.repeat_interleave(rep, 1)
+        scores = (q @ k.transpose(-1, -2)).float() / q.shape[-1] ** 0.5  # [B, H, n, T]
+        if isinstance(key_mask, torch.Tensor):
+            scores = scores.masked_fill(~key_mask, -torch.inf)
+        elif key_mask is not None:  # left padding: row group by group, keys [p, T)
+            for p, rows in key_mask:
+                scores[rows, :, :, :p] = -torch.inf
+        return scores.softmax(-1).to(q.dtype)
 
     def mlp(self, i: int, h: torch.Tensor) -> torch.Tensor:
         """Layer i's MLP branch on h [B, n, D] (what the residual adds)."""
