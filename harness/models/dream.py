@@ -99,7 +99,7 @@ class Dream(NativeOrRemote):
     def load(self) -> DiffusionDenoiser:
         module, tok = self.build_module()
         mask, eos, pad = self.special_ids(module, tok, MASK_ID)
-        cls = (NativeDreamDenoiser if self.impl == "native" else
+        cls = (NativeDreamDenoiser if isinstance(module, self.native_classes()[0]) else
                CachedDiffusionDenoiser if hasattr(module, "forward_with_cache") else DiffusionDenoiser)
         den = cls(module, ChatTokenizer(tok, eos), mask_id=mask, eos_id=eos, pad_id=pad, shift_logits=True,
                    mask_style="4d", compile=self.compile)

@@ -214,7 +214,12 @@ _NAMES = ("kp", "vp", "kg", "vg", "ap", "ag", "mp", "mg")
 
 def dllm_logits(denoiser, x, attn, P: int, lo: int, hi: int, state: DLLMState, rows, prompt_refresh: int,
                 refresh: int, ratio: float):
-    """Logits [B', hi - lo, V] of the block from one dLLM-Cache pass; the state is updated in place."""
+    """Logits [B', hi - lo, V] of the block from one dLLM-Cache pass; the state is updated in place.
+
+    A shifted-logit model (Dream, `shift_logits`) runs the same feature cache (cache_hook_Dream.py
+    `decoder_hook` is the LLaDA hook on Qwen2 layers, with the prompt the first P columns) and reads
+    the block's predictions at [lo - 1, hi - 1): the first response token is predicted by the
+    prompt's last column, whose features refresh with the prompt's."""
     B, T = x.shape
     r = torch.arange(B, device=x.device) if rows is None else rows
     if state.seen is None:
@@ -309,4 +314,5 @@ def dllm_logits(denoiser, x, attn, P: int, lo: int, hi: int, state: DLLMState, r
                                     extra_flops=extra)
     state.step += 1
     state.seen[r] = True
-    return out[:, lo:hi].clone()
+    shift = int(bool(getattr(denoiser, "shift_logits", False)))
+    return out[:, lo - shift:hi - shift].clone()
