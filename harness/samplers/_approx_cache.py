@@ -31,9 +31,25 @@ picks the int(G·rho) response columns whose new value is least cosine-similar t
 all response columns (the reference's adaptive partial update). Residuals always carry the
 current hidden state: a cached column adds its cached attention and MLP outputs.
 
+Dream (a shifted-logit model: column k is predicted at k - 1, `shift_logits`) runs both on its
+layer view (harness/models/native/dream.py `DreamLayers`) as the references' Dream variants do.
+dKV-Cache's (generation_utils/dream_generation_utils.py `_sample`, cache_type "decoded", shift_type
+"un"; models/modeling_dream.py) differs from its LLaDA variant beyond reading the block's
+predictions at [lo - 1, hi - 1): the pass at step 0 already caches, so step 1 is a cached pass and
+the full passes are steps 0 and every refresh-th (`dkv_full_step_shifted`); and a column counts as
+decoded for the cache once the token it PREDICTS, at k + 1, is decoded (`dkv_uncached_shifted`):
+the columns a cached pass recomputes are those whose next token was masked at the previous step's
+input. The reference has no blocks (Dream decodes one); the harness applies the rule per block,
+each block starting with its step-0 pass. dLLM-Cache's Dream hook (dllm_cache/hooks/cache_hook_Dream.py
+`decoder_hook`) is its LLaDA hook on Qwen2 layers with the same prompt/response split (the prompt:
+the input's P columns): only the read moves one column left, so the response's first token is
+predicted by the prompt's last column, whose features refresh with the prompt's.
+
 Differences from the references, documented: the harness keeps its key-padding mask in every
-attention (dLLM-Cache's hooked attention drops LLaDA's attention bias, so left padding is attended
-there); a batch whose rows need different numbers of recomputed columns (adaptive samplers,
+attention (dLLM-Cache's hooked attention drops LLaDA's attention bias and Dream's mask, so left
+padding is attended there); the value projections of dLLM-Cache's similarity test are counted as
+d_model x d_model (an overestimate for grouped key/value heads, as Dream's); a batch whose rows
+need different numbers of recomputed columns (adaptive samplers,
 inpainting) pads every row to the most and counts the padding as computed (the references need
 equal counts per row); a row that has no cached state yet (it skipped the generation's first
 pass) makes that dLLM-Cache pass a full one.
