@@ -49,10 +49,9 @@ Differences from the references, documented: the harness keeps its key-padding m
 attention (dLLM-Cache's hooked attention drops LLaDA's attention bias and Dream's mask, so left
 padding is attended there); the value projections of dLLM-Cache's similarity test are counted as
 d_model x d_model (an overestimate for grouped key/value heads, as Dream's); a batch whose rows
-need different numbers of recomputed columns (adaptive samplers,
-inpainting) pads every row to the most and counts the padding as computed (the references need
-equal counts per row); a row that has no cached state yet (it skipped the generation's first
-pass) makes that dLLM-Cache pass a full one.
+need different numbers of recomputed columns (adaptive samplers, inpainting) pads every row to the
+most and counts the padding as computed (the references need equal counts per row); a row that has
+no cached state yet (it skipped the generation's first pass) makes that dLLM-Cache pass a full one.
 """
 from __future__ import annotations
 
