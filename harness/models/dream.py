@@ -9,9 +9,10 @@ forward pass (torch only; transformers loads the tokenizer: tested with 4.57.1 a
 5.24.0). Its logits equal the public `modeling_dream.py`'s on the same weights (fp32 and bf16:
 tolerance 0; under 4.57.1 against the unpatched file; under 5.x the public file leaves its RoPE
 frequencies uninitialised unless patched). It has Fast-dLLM prefix/dual KV caches, a
-layer-by-layer view (`logits_layerwise`: the approximate caches `cache: dkv` and `cache: dllm_cache`
-as their Dream variants read the shifted logits), SDPA or eager attention, bf16. `preset` builds it
-randomly initialised: "tiny" for CPU tests, "dream-7b" for GPU suites; `config` overrides take config.json keys.
+layer-by-layer view (`logits_layerwise`, with attention weights: the approximate caches `cache: dkv`,
+`cache: dllm_cache` and `cache: d2cache` as their Dream variants read the shifted logits), SDPA or
+eager attention, bf16. `preset` builds it randomly initialised: "tiny" for CPU tests, "dream-7b" for
+GPU suites; `config` overrides take config.json keys.
 
 `impl: remote` loads the checkpoint's own code with trust_remote_code (presets: the stand-in,
 harness/models/standins/dream_standin.py); it runs under transformers 4.x (tested: 4.57.1); under
@@ -72,7 +73,7 @@ class Dream(NativeOrRemote):
     noise: ClassVar[str] = "masked"
     # denoiser capabilities components may require: the native code's (the default impl); `capabilities()`
     # answers for a spec, whose impl may be remote
-    provides: ClassVar[tuple[str, ...]] = ("full_attention", "logits_layerwise")
+    provides: ClassVar[tuple[str, ...]] = ("full_attention", "logits_layerwise", "attention_weights")
     preset_base: ClassVar[dict] = dict(model_type="Dream", rope_theta=1000000.0)
     known_mask: ClassVar[int] = MASK_ID
     model_types: ClassVar[tuple[str, ...]] = ("Dream", "dream")

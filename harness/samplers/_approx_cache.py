@@ -74,7 +74,7 @@ def supports_layerwise(denoiser) -> bool:
     return callable(getattr(type(model), "logits_layerwise", None))
 
 
-SHIFTED_CACHES = ("dkv", "dllm_cache")  # those with a shifted-logit (Dream) variant here
+SHIFTED_CACHES = ("dkv", "dllm_cache", "d2cache")  # those with a shifted-logit (Dream) variant here
 
 
 def check_layerwise_support(denoiser, cache: str) -> None:

@@ -68,6 +68,27 @@ def test_the_layer_view_over_every_column_is_the_forward_exactly(den, padded):
             assert torch.equal(got[r, real[r]], alone[0]), r
 
 
+def test_attention_weights_are_what_attend_weighs_the_values_by(den):
+    """The view's weights (d2Cache's rollout) sum to 1 over each real row's keys, give a padding key
+    nothing, and weigh the values (grouped heads repeated) into what `attend` returns."""
+    from harness.models.standins.standin_layers import merge_heads
+
+    x, am = batch(True)
+    real = am.bool()
+
+    def run(layers):
+        h, km = layers.embed(x, am)
+        q, k, v = layers.qkv(0, h)
+        return layers.attention_weights(0, q, k, km), v, layers.attend(0, q, k, v, km)
+
+    w, v, want = den.logits_layerwise(run)
+    assert torch.allclose(w.sum(-1)[real[:, None, :].expand(-1, w.shape[1], -1)], torch.ones(1))
+    assert float(w[1, :, :, :4].abs().max()) == 0.0 and float(w[2, :, :, :1].abs().max()) == 0.0
+    a = w @ v.repeat_interleave(w.shape[1] // v.shape[1], 1)  # [B, H, T, Dh]
+    got = den.module.model.layers[0].self_attn.o_proj(merge_heads(a))
+    torch.testing.assert_close(got[real], want[real], rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("per_row", [False, True])
 def test_qkv_at_rotates_a_column_subset_at_its_positions(den, per_row):
     """A pass that computes only some columns, with every other column's keys/values taken from a full
@@ -125,5 +146,5 @@ def test_value_is_the_layers_value_projection(den):
 def test_capabilities_follow_the_impl():
     native = MODELS.build("dream", {"preset": "tiny"})
     remote = MODELS.build("dream", {"preset": "tiny", "impl": "remote"})
-    assert {"logits_layerwise", "full_attention"} <= declared_capabilities(native)
-    assert "logits_layerwise" not in declared_capabilities(remote)
+    assert {"logits_layerwise", "attention_weights", "full_attention"} <= declared_capabilities(native)
+    assert declared_capabilities(remote) == {"full_attention"}

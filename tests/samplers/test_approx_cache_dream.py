@@ -1,6 +1,7 @@
 """The approximate caches on Dream, whose logits are shifted (column k is predicted at k - 1):
-`cache: dkv` follows dKV-Cache's Dream variant, `cache: dllm_cache` dLLM-Cache's Dream hook. Both
-run on the native Dream's layer view (harness/models/native/dream.py `DreamLayers`).
+`cache: dkv` follows dKV-Cache's Dream variant, `cache: dllm_cache` dLLM-Cache's Dream hook,
+`cache: d2cache` d2Cache's handling of models adapted from an AR model. All run on the native
+Dream's layer view (harness/models/native/dream.py `DreamLayers`).
 
 The reference code cannot run here (it needs the 7B Dream code, transformers 4.46 and CUDA), so
 its rules are transcribed below with line citations, on a tiny random native Dream:
@@ -8,7 +9,9 @@ its rules are transcribed below with line citations, on a tiny random native Dre
   loop, cache_type "decoded", shift_type "un"), models/modeling_dream.py `DreamSdpaAttention.forward`
   and `DreamRotaryEmbedding.forward` (the cached pass), generation_utils/cache_utils.py
   `DynamicCache.update` / `get_transfer_cache` (what the cache keeps);
-- maomaocun/dLLM-cache dllm_cache/hooks/cache_hook_Dream.py (the feature cache on Dream's layers).
+- maomaocun/dLLM-cache dllm_cache/hooks/cache_hook_Dream.py (the feature cache on Dream's layers);
+- Kamichanw/d2Cache src/cache/d2cache.py `d2Cache.on_step_end` and src/generation/utils.py
+  `prepare_logits_for_generation` (the transcription of tests/samplers/test_d2cache.py with them).
 """
 from __future__ import annotations
 
@@ -19,9 +22,10 @@ import torch.nn.functional as F
 from harness.budget import Meter
 from harness.models.native.dream import DreamLayers
 from harness.registry import MODELS, SAMPLERS
+from harness.samplers import _d2cache
 from harness.samplers._approx_cache import dkv_full_step_shifted, dkv_uncached_shifted, refresh_index
 from harness.samplers._base import DecodeLoop
-from harness.types import HarnessError
+from tests.samplers import test_d2cache as td2
 
 torch.set_num_threads(1)
 
@@ -361,11 +365,140 @@ def test_dllm_cache_tokens_and_logits_equal_a_transcription_of_the_reference_hoo
     assert stale > 1e-3
 
 
-def test_d2cache_is_refused_on_dream(den):
+# -- d2Cache on Dream ------------------------------------------------------------------------------------
+class ReferenceD2CacheDream(td2.ReferenceD2Cache):
+    """The transcription of d2Cache's hooks (tests/samplers/test_d2cache.py) with the reference's
+    handling of a model adapted from an AR model (`is_adapted_from_ar`, Kamichanw/d2Cache @72feb60):
+    the logits shift right after the forward (src/generation/utils.py `prepare_logits_for_generation`
+    line 25), and `on_step_end` (src/cache/d2cache.py lines 176-298) queries the column before each
+    selected mask (lines 235-239) and sets the prompt's last column to the first completion
+    column's selection after the nucleus (lines 261-264)."""
+
+    def forward(self, layers, x, attention_mask):
+        logits = super().forward(layers, x, attention_mask)
+        return torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
+
+    def on_step_end(self, block_mask, prompts, generated, new_generated, transfer_index, confidence):
+        B, P = prompts.shape
+        B_active, G = confidence.shape
+        T = G + P
+        block_mask = block_mask[self.active_seq_mask]
+        if self._conf_cache is None:
+            self._conf_cache = confidence
+        remaining_mask = new_generated[self.active_seq_mask] == self.mask_token_id
+        if self.active_q_mask is not None:
+            valid_mask = (self.active_q_mask[:, P:] & generated[self.active_seq_mask] == self.mask_token_id)
+            self._conf_cache[self.active_seq_mask][valid_mask] = confidence[valid_mask]  # a copy: lost
+        block_size = block_mask.sum(dim=1, keepdim=True)
+        meets_target = torch.cumsum(remaining_mask.int(), dim=1) >= self.current_k
+        min_search_end = torch.argmax(meets_target.int(), dim=1, keepdim=True)
+        min_search_end[~meets_target.any(dim=1, keepdim=True)] = G - 1
+        search_end = (((min_search_end // block_size) + 1) * block_size) - 1
+        block_start_indices = torch.argmax(block_mask.int(), dim=1, keepdim=True)
+        col_indices = torch.arange(G)
+        search_mask = (col_indices >= block_start_indices) & (col_indices <= search_end)
+        scores = self._conf_cache[self.active_seq_mask] * td2.certainty_density(~remaining_mask, self.sigma)
+        scores[block_mask] += scores.max()
+        _, indices = torch.topk(torch.where(search_mask & remaining_mask, scores, -torch.inf),
+                                k=min(self.current_k, remaining_mask.size(-1)), dim=-1)
+        selected_mask = torch.zeros_like(remaining_mask, dtype=torch.bool).scatter_(1, indices, True) & remaining_mask
+        response_mask = F.pad(selected_mask[:, 1:], (0, 1), value=False)  # lines 235-237
+        lengths = torch.tensor([ti.numel() for ti in transfer_index if ti.numel() > 0])
+        row_indices = torch.repeat_interleave(torch.arange(B_active), lengths)
+        response_mask[row_indices, torch.cat(transfer_index)] = True
+        q_mask = F.pad(response_mask, (P, 0), value=False)
+        global_importance = self._attn_rollout.sum(dim=1)
+        q_mask |= td2.nucleus_select(global_importance, self.rollout_p, mask=~q_mask)
+        q_mask[:, P - 1] = selected_mask[:, 0]  # lines 261-264
+        if self.inflate_w > 0:
+            arange_t = torch.arange(T).expand(B_active, -1)
+            masked_indices_next = torch.where(q_mask, arange_t, T)
+            next_selected = torch.flip(torch.cummin(torch.flip(masked_indices_next, dims=[-1]), dim=-1).values, [-1])
+            prev_selected = torch.cummax(torch.where(q_mask, arange_t, -1), dim=-1).values
+            gap_len = (next_selected - arange_t) + (arange_t - prev_selected)
+            q_mask |= (gap_len <= self.inflate_w) & (prev_selected >= 0) & (next_selected < T)
+        if self._full_q_mask is None:
+            self._full_q_mask, self._global_importance, self._density_score = q_mask, global_importance, scores
+        else:
+            self._full_q_mask[self.active_seq_mask] = q_mask
+            self._global_importance[self.active_seq_mask] = global_importance
+            self._density_score[self.active_seq_mask] = scores
+
+
+D2_CASES = [({}, 16, 16), ({"current_k": 3, "rollout_p": 0.3, "inflate_w": 2}, 4, 8),
+            ({"current_k": 5, "sigma": 2.0}, 8, 16), ({"current_k": 2, "rollout_p": 0.0}, 16, 8),
+            ({"current_k": 64, "rollout_p": 1.0}, 8, 16)]
+
+
+@pytest.mark.parametrize("params, block, steps", D2_CASES)
+def test_d2cache_tokens_and_logits_equal_a_transcription_of_the_reference(params, block, steps, steps_seen,
+                                                                          monkeypatch):
+    """Three rows decoded together (the batch-wide maxima of the block bias and the top-up), the
+    shared transcription's loop (`reference_generate`: LLaDA's count per step, so the harness runs
+    the linear schedule) with the Dream hooks; the cache is really stale."""
+    den = MODELS.build("dream", {"preset": "tiny", "device": "cpu", "dtype": "float32",
+                                 "config": {"initializer_range": 0.2}}).load()
+    den.stop_ids = (den.mask_id,)  # never proposed: the whole canvas is compared, not cut at an EOS
+    ids = torch.randint(0, 120, (3, 6), generator=torch.Generator().manual_seed(2))
+    base = {"steps": steps, "block_length": block, "schedule": "linear"}
+    SAMPLERS.build("low_confidence", base)(den, ids, generator=None, gen_length=L)
+    plain = list(steps_seen)
+    steps_seen.clear()
+    ours = SAMPLERS.build("low_confidence", dict(base, cache="d2cache", **params))(den, ids, generator=None,
+                                                                                 gen_length=L)
+    record: list = []
+    monkeypatch.setattr(td2, "ReferenceD2Cache", ReferenceD2CacheDream)  # reference_generate builds this class
+    ref = td2.reference_generate(den, DreamLayers(den.module), ids, L, block, steps, params, record)
+    assert torch.equal(ours.tokens, ref)
+    assert_same_steps(steps_seen, record)
+    moved = max((a[e] - b[e]).abs().max().item() for (a, e), (b, _) in zip(plain, record) if e.any())
+    assert moved > 1e-3
+
+
+def test_d2cache_widest_settings_still_drop_the_prompts_last_column(den):
+    """current_k above the canvas and the whole importance mass recompute every column on LLaDA; on
+    Dream the reference's assignment (d2cache.py lines 261-264) drops the prompt's last column once the
+    first completion column is decoded, so its keys go stale: every cached pass computes T - 1 or T
+    columns, and at least one computes T - 1."""
     ids, mask = prompts()
-    with pytest.raises(HarnessError, match="shift_logits"):
-        SAMPLERS.build("low_confidence", {"cache": "d2cache"})(den, ids, generator=None, prompt_mask=mask,
-                                                                gen_length=L)
+    T = ids.shape[1] + L
+    spy = []
+    meter = Meter(den)
+    orig = meter.logits_layerwise
+
+    def record(run, **work):
+        spy.append(work)
+        return orig(run, **work)
+
+    meter.logits_layerwise = record
+    SAMPLERS.build("low_confidence", {"steps": 16, "cache": "d2cache", "rollout_p": 1.0, "current_k": 64})(
+        meter, ids, generator=None, prompt_mask=mask, gen_length=L)
+    widths = [w["layer_tokens"][0] for w in spy if not w["full"]]
+    assert widths and set(widths) <= {T - 1, T} and T - 1 in widths
+
+
+def test_the_shifted_plan_queries_the_column_before_each_chosen_mask():
+    """plan_next with shift: a chosen mask at completion column j is queried at canvas column P + j - 1;
+    the prompt's last column follows the first completion column's choice, even against the nucleus."""
+    P, G = 3, 6
+    mask_id = 9
+    x = torch.tensor([[1, 2, 3, 4, mask_id, 5, mask_id, mask_id, mask_id]])
+    masked_in = x == mask_id
+    masked_in[0, P] = True  # column P was committed at this step
+    importance = torch.zeros(1, P + G)
+    importance[0, P - 1] = 1.0  # the nucleus alone would choose the prompt's last column
+    p = _d2cache.D2Params(rollout_p=0.0, current_k=2, sigma=10.0, inflate_w=0)
+    plans = {}
+    for shift in (False, True):
+        state = _d2cache.D2State(batch=1, q_mask=torch.zeros(1, P + G, dtype=torch.bool),
+                            importance=torch.zeros(1, P + G), density=torch.zeros(1, G),
+                            conf=torch.tensor([[0.0, 0.9, 0.0, 0.8, 0.1, 0.1]]))
+        state.last = (None, masked_in, P, P + G, importance)
+        _d2cache.plan_next(state, x, P, p, mask_id, shift)
+        plans[shift] = state.q_mask[0].nonzero().squeeze(1).tolist()
+    # chosen masks: completion columns 1 and 3 (canvas 4 and 6); committed: canvas 3; nucleus: canvas 2
+    assert plans[False] == [2, 3, 4, 6]
+    assert plans[True] == [3, 5]  # 4 - 1 = 3 (also committed), 6 - 1 = 5; column 2 dropped (first not chosen)
 
 
 @pytest.mark.parametrize("params", [{"cache": "dkv", "refresh": 3},

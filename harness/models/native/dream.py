@@ -194,8 +194,8 @@ class Dream(nn.Module):
 
 class DreamLayers:
     """A native Dream layer by layer: the view the approximate caches run on
-    (harness/samplers/_approx_cache.py: dKV-Cache, dLLM-Cache), the interface of native/llada.py
-    `LLaDALayers` without `attention_weights` (d2Cache is not offered on Dream). The head's
+    (harness/samplers/_approx_cache.py: dKV-Cache, dLLM-Cache; harness/samplers/_d2cache.py reads
+    `attention_weights` too), the same interface as native/llada.py `LLaDALayers`. The head's
     logits are Dream's own, unshifted: column k's output predicts the token at k + 1.
 
     `embed` reads the canvas and its [B, T] padding mask once per pass: the rotary positions count
@@ -254,6 +254,21 @@ class DreamLayers:
             for p, rows in key_mask:
                 a[rows] = attend(q[rows], k[rows, :, p:], v[rows, :, p:], None, impl)
         return self.blocks[i].self_attn.o_proj(merge_heads(a))
+
+    def attention_weights(self, i: int, q: torch.Tensor, k: torch.Tensor, key_mask) -> torch.Tensor:
+        """Layer i's attention probabilities [B, H, n, T] of queries [B, H, n, Dh] over the canvas's keys
+        [B, Hkv, T, Dh] (grouped heads repeated; a float32 softmax cast back to q's dtype, as the public
+        file's eager attention): what `attend` weighs the values by, 0 on a left-padded row's padding keys."""
+        rep = q.shape[1] // k.shape[1]
+        if rep > 1:
+            k = k.repeat_interleave(rep, 1)
+        scores = (q @ k.transpose(-1, -2)).float() / q.shape[-1] ** 0.5  # [B, H, n, T]
+        if isinstance(key_mask, torch.Tensor):
+            scores = scores.masked_fill(~key_mask, -torch.inf)
+        elif key_mask is not None:  # left padding: row group by group, keys [p, T)
+            for p, rows in key_mask:
+                scores[rows, :, :, :p] = -torch.inf
+        return scores.softmax(-1).to(q.dtype)
 
     def mlp(self, i: int, h: torch.Tensor) -> torch.Tensor:
         """Layer i's MLP branch on h [B, n, D] (what the residual adds)."""
