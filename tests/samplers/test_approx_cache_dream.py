@@ -512,3 +512,16 @@ def test_a_left_padded_batch_decodes_each_row_as_alone(den, params):
     for r in range(ids.shape[0]):
         alone = run(den, ids[r][mask[r]][None], generator=None, gen_length=L)
         assert torch.equal(batch.tokens[r], alone.tokens[0]), r
+
+
+def test_a_cache_without_a_dream_variant_is_refused_on_a_shifted_model(den):
+    """Only the caches with a shifted-logit variant pass the check; any other name is refused with the
+    reason (a cache added for unshifted models does not silently run on Dream)."""
+    from harness.samplers._approx_cache import SHIFTED_CACHES, check_layerwise_support
+    from harness.types import HarnessError
+
+    assert set(SHIFTED_CACHES) == {"dkv", "dllm_cache", "d2cache"}
+    for cache in SHIFTED_CACHES:
+        check_layerwise_support(den, cache)
+    with pytest.raises(HarnessError, match="shift_logits"):
+        check_layerwise_support(den, "some_new_cache")
