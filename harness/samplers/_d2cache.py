@@ -110,7 +110,7 @@ def check_attention_weights(denoiser) -> None:
     if not supports_attention_weights(denoiser):
         model = getattr(denoiser, "inner", denoiser)
         raise HarnessError(f"cache='d2cache' needs a layer view that returns attention weights (the attention "
-                           f"rollout; `attention_weights`, e.g. the tiny model or native LLaDA); "
+                           f"rollout; `attention_weights`, e.g. the tiny model, native LLaDA or Dream); "
                            f"{type(model).__name__}'s has none: use cache dkv or dllm_cache")
 
 
