@@ -68,6 +68,15 @@ def test_the_layer_view_over_every_column_is_the_forward_exactly(den, padded):
             assert torch.equal(got[r, real[r]], alone[0]), r
 
 
+@pytest.mark.parametrize("dtype, attn", [("bfloat16", "sdpa"), ("float32", "eager"), ("bfloat16", "eager")])
+def test_the_layer_view_is_the_forward_exactly_in_bf16_and_eager(dtype, attn):
+    d = MODELS.build("dream", {"preset": "tiny", "device": "cpu", "dtype": dtype, "attn": attn,
+                               "config": {"initializer_range": 0.2}}).load()
+    x, am = batch(True)
+    real = am.bool()
+    assert torch.equal(d.logits_layerwise(full_run(x, am))[real], d.logits(x, am)[real])
+
+
 def test_attention_weights_are_what_attend_weighs_the_values_by(den):
     """The view's weights (d2Cache's rollout) sum to 1 over each real row's keys, give a padding key
     nothing, and weigh the values (grouped heads repeated) into what `attend` returns."""
