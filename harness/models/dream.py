@@ -8,15 +8,18 @@ safetensors, sharded or not) by parameter name, with no remote code and no trans
 forward pass (torch only; transformers loads the tokenizer: tested with 4.57.1 and the pinned
 5.24.0). Its logits equal the public `modeling_dream.py`'s on the same weights (fp32 and bf16:
 tolerance 0; under 4.57.1 against the unpatched file; under 5.x the public file leaves its RoPE
-frequencies uninitialised unless patched). It has Fast-dLLM prefix/dual KV caches,
-SDPA or eager attention, bf16. `preset` builds it randomly initialised: "tiny" for CPU tests,
-"dream-7b" for GPU suites; `config` overrides take config.json keys.
+frequencies uninitialised unless patched). It has Fast-dLLM prefix/dual KV caches, a
+layer-by-layer view (`logits_layerwise`, with attention weights: the approximate caches `cache: dkv`,
+`cache: dllm_cache` and `cache: d2cache` as their Dream variants read the shifted logits), SDPA or
+eager attention, bf16. `preset` builds it randomly initialised: "tiny" for CPU tests, "dream-7b" for
+GPU suites; `config` overrides take config.json keys.
 
 `impl: remote` loads the checkpoint's own code with trust_remote_code (presets: the stand-in,
 harness/models/standins/dream_standin.py); it runs under transformers 4.x (tested: 4.57.1); under
 5.x Dream's file fails to load, and a model whose rotary buffer was left uninitialised is refused:
-both errors point to `impl: native`. A padded batch runs one forward per distinct padding (each
-group unpadded, as its rows run alone): the harness does not rely on remote code's own masking.
+both errors point to `impl: native`; it has no layer view (`capabilities()`). A padded batch runs one
+forward per distinct padding (each group unpadded, as its rows run alone): the harness does not rely
+on remote code's own masking.
 
 Mask id 151666. Dream keeps its AR parent's alignment: the logits at k-1 predict the token at k,
 so the adapter sets `shift_logits=True` and the estimators read position k at k-1. Padding goes
@@ -47,6 +50,20 @@ PRESETS = {
 }
 
 
+class NativeDreamDenoiser(CachedDiffusionDenoiser):
+    """The native module's denoiser: the KV caches plus the layer-by-layer view of the approximate
+    caches (`logits_layerwise`)."""
+
+    def logits_layerwise(self, run, **work):
+        """Run `run(layers)` on the model's layer-by-layer view (native/dream.py `DreamLayers`, whose head
+        gives Dream's unshifted logits: column k predicts k + 1) and return what it returns (logits
+        first). `work` describes the pass for the meter (harness/budget.py)."""
+        from harness.models.native.dream import DreamLayers
+
+        with self._autocast():
+            return run(DreamLayers(self.module))
+
+
 @MODELS.register("dream")
 @dataclass(frozen=True, kw_only=True)
 class Dream(NativeOrRemote):
@@ -54,10 +71,16 @@ class Dream(NativeOrRemote):
 
     presets: ClassVar[dict] = PRESETS
     noise: ClassVar[str] = "masked"
-    provides: ClassVar[tuple[str, ...]] = ("full_attention",)  # denoiser capabilities components may require
+    # denoiser capabilities components may require: the native code's (the default impl); `capabilities()`
+    # answers for a spec, whose impl may be remote
+    provides: ClassVar[tuple[str, ...]] = ("full_attention", "logits_layerwise", "attention_weights")
     preset_base: ClassVar[dict] = dict(model_type="Dream", rope_theta=1000000.0)
     known_mask: ClassVar[int] = MASK_ID
     model_types: ClassVar[tuple[str, ...]] = ("Dream", "dream")
+
+    def capabilities(self) -> tuple[str, ...]:
+        """What this spec's denoiser provides: the public file (impl remote) has no layer view."""
+        return self.provides if self.impl == "native" else ("full_attention",)
 
     def native_classes(self):
         from harness.models.native import dream as native
@@ -77,7 +100,8 @@ class Dream(NativeOrRemote):
     def load(self) -> DiffusionDenoiser:
         module, tok = self.build_module()
         mask, eos, pad = self.special_ids(module, tok, MASK_ID)
-        cls = CachedDiffusionDenoiser if hasattr(module, "forward_with_cache") else DiffusionDenoiser
+        cls = (NativeDreamDenoiser if isinstance(module, self.native_classes()[0]) else
+               CachedDiffusionDenoiser if hasattr(module, "forward_with_cache") else DiffusionDenoiser)
         den = cls(module, ChatTokenizer(tok, eos), mask_id=mask, eos_id=eos, pad_id=pad, shift_logits=True,
                    mask_style="4d", compile=self.compile)
         # The checkpoint's own code (not the harness's stand-ins, which mask padding as the native code

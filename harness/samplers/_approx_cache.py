@@ -31,12 +31,27 @@ picks the int(G·rho) response columns whose new value is least cosine-similar t
 all response columns (the reference's adaptive partial update). Residuals always carry the
 current hidden state: a cached column adds its cached attention and MLP outputs.
 
+Dream (a shifted-logit model: column k is predicted at k - 1, `shift_logits`) runs both on its
+layer view (harness/models/native/dream.py `DreamLayers`) as the references' Dream variants do.
+dKV-Cache's (generation_utils/dream_generation_utils.py `_sample`, cache_type "decoded", shift_type
+"un"; models/modeling_dream.py) differs from its LLaDA variant beyond reading the block's
+predictions at [lo - 1, hi - 1): the pass at step 0 already caches, so step 1 is a cached pass and
+the full passes are steps 0 and every refresh-th (`dkv_full_step_shifted`); and a column counts as
+decoded for the cache once the token it PREDICTS, at k + 1, is decoded (`dkv_uncached_shifted`):
+the columns a cached pass recomputes are those whose next token was masked at the previous step's
+input. The reference has no blocks (Dream decodes one); the harness applies the rule per block,
+each block starting with its step-0 pass. dLLM-Cache's Dream hook (dllm_cache/hooks/cache_hook_Dream.py
+`decoder_hook`) is its LLaDA hook on Qwen2 layers with the same prompt/response split (the prompt:
+the input's P columns): only the read moves one column left, so the response's first token is
+predicted by the prompt's last column, whose features refresh with the prompt's.
+
 Differences from the references, documented: the harness keeps its key-padding mask in every
-attention (dLLM-Cache's hooked attention drops LLaDA's attention bias, so left padding is attended
-there); a batch whose rows need different numbers of recomputed columns (adaptive samplers,
-inpainting) pads every row to the most and counts the padding as computed (the references need
-equal counts per row); a row that has no cached state yet (it skipped the generation's first
-pass) makes that dLLM-Cache pass a full one.
+attention (dLLM-Cache's hooked attention drops LLaDA's attention bias and Dream's mask, so left
+padding is attended there); the value projections of dLLM-Cache's similarity test are counted as
+d_model x d_model (an overestimate for grouped key/value heads, as Dream's); a batch whose rows
+need different numbers of recomputed columns (adaptive samplers, inpainting) pads every row to the
+most and counts the padding as computed (the references need equal counts per row); a row that has
+no cached state yet (it skipped the generation's first pass) makes that dLLM-Cache pass a full one.
 """
 from __future__ import annotations
 
@@ -59,10 +74,13 @@ def supports_layerwise(denoiser) -> bool:
     return callable(getattr(type(model), "logits_layerwise", None))
 
 
+SHIFTED_CACHES = ("dkv", "dllm_cache", "d2cache")  # those with a shifted-logit (Dream) variant here
+
+
 def check_layerwise_support(denoiser, cache: str) -> None:
-    if bool(getattr(denoiser, "shift_logits", False)):
+    if bool(getattr(denoiser, "shift_logits", False)) and cache not in SHIFTED_CACHES:
         raise HarnessError(f"cache={cache!r} is implemented for models without a logit shift; this model predicts "
-                           "column k at k - 1 (shift_logits)")
+                           f"column k at k - 1 (shift_logits): use cache {' or '.join(SHIFTED_CACHES)}")
     if not supports_layerwise(denoiser):
         model = getattr(denoiser, "inner", denoiser)
         raise HarnessError(f"cache={cache!r} needs a model with a layer-by-layer view (logits_layerwise, e.g. the "
@@ -78,6 +96,23 @@ def dkv_full_step(s: int, refresh: int) -> bool:
     """Whether step s of a block is a full pass (llada_dkv_cache_decode.py `generate`: a cached
     pass needs `i % cache_reloading_step != 0 and i > 1`); refresh 0: never again after step 1."""
     return s <= 1 or (refresh > 0 and s % refresh == 0)
+
+
+def dkv_full_step_shifted(s: int, refresh: int) -> bool:
+    """The Dream variant's full passes (dream_generation_utils.py `_sample`, cache_type "decoded":
+    the cache is rebuilt when `i % cache_steps == 0`): step 0 and every refresh-th step; refresh 0:
+    step 0 only (the reference needs cache_steps >= 1)."""
+    return s == 0 or (refresh > 0 and s % refresh == 0)
+
+
+def dkv_uncached_shifted(x: torch.Tensor, mask_id: int, first: bool) -> torch.Tensor:
+    """[B, T] canvas -> [B, T] the columns the Dream variant will NOT cache after this pass: column k
+    is cached once the token it predicts, at k + 1, is decoded (dream_generation_utils.py
+    shift_type "un": `cat([decoded[:, 1:], decoded[:, :1]])`, so the last column follows column 0,
+    the prompt). The block's first pass (`first`) follows the reference's initial rule instead,
+    `cat([decoded[:, 1:], decoded[:, -1:]])` (the last column follows itself)."""
+    done = x != mask_id
+    return ~torch.cat([done[:, 1:], done[:, -1:] if first else done[:, :1]], 1)
 
 
 @dataclass
@@ -102,15 +137,22 @@ def query_columns(want: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def dkv_logits(denoiser, x, attn, lo: int, hi: int, s: int, state: DKVState | None, rows, refresh: int,
                mask_id: int):
-    """Logits [B', hi - lo, V] of the block at step s, and the state for the next step."""
+    """Logits [B', hi - lo, V] of the block at step s, and the state for the next step.
+
+    A shifted-logit model (Dream, `shift_logits`) follows dKV-Cache's Dream variant: the block's
+    predictions are read at [lo - 1, hi - 1), the pass at step 0 already caches (then full passes
+    at the refresh steps only: `dkv_full_step_shifted`), and a column counts as decoded for the
+    cache when the token it predicts is (`dkv_uncached_shifted`)."""
     T = x.shape[1]
-    masked = x == mask_id  # [B', T]
-    if state is None or dkv_full_step(s, refresh):
-        if s == 0 or state is None:  # the reference's first pass of a block caches nothing
+    shift = bool(getattr(denoiser, "shift_logits", False))
+    masked = dkv_uncached_shifted(x, mask_id, state is None) if shift else x == mask_id  # [B', T]
+    qlo, qhi = lo - shift, hi - shift  # the rows holding the block's predictions
+    if state is None or (dkv_full_step_shifted if shift else dkv_full_step)(s, refresh):
+        if not shift and (s == 0 or state is None):  # the reference's first pass of a block caches nothing
             logits = denoiser.logits(x, attn)
             return logits[:, lo:hi].clone(), DKVState(None, None, masked, rows)
         full, kv = full_pass_with_cache(denoiser, x, attn, torch.arange(T, device=x.device))
-        return full[:, lo:hi].clone(), DKVState(list(kv.keys), list(kv.values), masked, rows)
+        return full[:, qlo:qhi].clone(), DKVState(list(kv.keys), list(kv.values), masked, rows)
     pick = None  # where this pass's rows sit among the previous pass's (rows only leave a block)
     if rows is not None:
         pick = rows if state.rows is None else torch.searchsorted(state.rows, rows)
@@ -137,9 +179,9 @@ def dkv_logits(denoiser, x, attn, lo: int, hi: int, s: int, state: DKVState | No
 
     out, new_k, new_v = denoiser.logits_layerwise(run, batch=B, layer_tokens=[tq] * len(keys), t_key=T, full=False)
     blk = out.new_zeros(B, hi - lo, out.shape[-1])  # committed columns outside the query set: never eligible
-    sel = valid & (cols >= lo) & (cols < hi)
+    sel = valid & (cols >= qlo) & (cols < qhi)
     b_idx, j_idx = sel.nonzero(as_tuple=True)
-    blk[b_idx, cols[b_idx, j_idx] - lo] = out[b_idx, j_idx]
+    blk[b_idx, cols[b_idx, j_idx] - qlo] = out[b_idx, j_idx]
     return blk, DKVState(new_k, new_v, masked, rows)
 
 
@@ -187,7 +229,12 @@ _NAMES = ("kp", "vp", "kg", "vg", "ap", "ag", "mp", "mg")
 
 def dllm_logits(denoiser, x, attn, P: int, lo: int, hi: int, state: DLLMState, rows, prompt_refresh: int,
                 refresh: int, ratio: float):
-    """Logits [B', hi - lo, V] of the block from one dLLM-Cache pass; the state is updated in place."""
+    """Logits [B', hi - lo, V] of the block from one dLLM-Cache pass; the state is updated in place.
+
+    A shifted-logit model (Dream, `shift_logits`) runs the same feature cache (cache_hook_Dream.py
+    `decoder_hook` is the LLaDA hook on Qwen2 layers, with the prompt the first P columns) and reads
+    the block's predictions at [lo - 1, hi - 1): the first response token is predicted by the
+    prompt's last column, whose features refresh with the prompt's."""
     B, T = x.shape
     r = torch.arange(B, device=x.device) if rows is None else rows
     if state.seen is None:
@@ -282,4 +329,5 @@ def dllm_logits(denoiser, x, attn, P: int, lo: int, hi: int, state: DLLMState, r
                                     extra_flops=extra)
     state.step += 1
     state.seen[r] = True
-    return out[:, lo:hi].clone()
+    shift = int(bool(getattr(denoiser, "shift_logits", False)))
+    return out[:, lo - shift:hi - shift].clone()

@@ -69,6 +69,17 @@ prior, one block), current_k below the block's masks, semi-autoregressive blocks
 nucleus, parallel decoding with rows leaving the batch (the `threshold` sampler); and against a
 line-by-line transcription on every run (tests/samplers/test_d2cache.py).
 
+On Dream (shifted logits: column k is predicted at k - 1; its layer view, harness/models/native/dream.py
+`DreamLayers`) the harness follows the reference's handling of models adapted from an AR model
+(`is_adapted_from_ar`): the logits shift right after each pass (src/generation/utils.py
+`prepare_logits_for_generation`), so the block and the first-pass confidences are read one column
+left; in the plan, each chosen masked column is queried through the column before it (d2cache.py
+`on_step_end`: `response_mask = F.pad(selected_mask[:, 1:], (0, 1))`), the committed columns
+themselves, and after the nucleus the prompt's last column is set to whether the first completion
+column was chosen (an assignment: it drops that column if only the nucleus had chosen it). So on
+Dream even the widest settings (rollout_p 1, current_k at least the completion) leave the prompt's
+last column stale once the first completion column is decoded: they are not the uncached loop.
+
 The meter counts every pass by the query columns each layer really computes
 (`Meter.logits_layerwise`), plus the rollout's matrix products as extra FLOPs.
 """
@@ -99,7 +110,7 @@ def check_attention_weights(denoiser) -> None:
     if not supports_attention_weights(denoiser):
         model = getattr(denoiser, "inner", denoiser)
         raise HarnessError(f"cache='d2cache' needs a layer view that returns attention weights (the attention "
-                           f"rollout; `attention_weights`, e.g. the tiny model or native LLaDA); "
+                           f"rollout; `attention_weights`, e.g. the tiny model, native LLaDA or Dream); "
                            f"{type(model).__name__}'s has none: use cache dkv or dllm_cache")
 
 
@@ -194,9 +205,10 @@ class D2Params:
     inflate_w: int
 
 
-def plan_next(state: D2State, x: torch.Tensor, P: int, p: D2Params, mask_id: int) -> None:
+def plan_next(state: D2State, x: torch.Tensor, P: int, p: D2Params, mask_id: int, shift: bool = False) -> None:
     """`d2Cache.on_step_end` for the rows of the last pass, their commits now written in x (the
-    whole batch's canvas [B, T]); sets their query columns for the next pass."""
+    whole batch's canvas [B, T]); sets their query columns for the next pass. `shift` (Dream): a
+    chosen masked column is queried through the column before it, which predicts it."""
     rows, masked_in, lo, hi, importance = state.last
     state.last = None
     xr = x if rows is None else x[rows]
@@ -222,8 +234,11 @@ def plan_next(state: D2State, x: torch.Tensor, P: int, p: D2Params, mask_id: int
     scores = torch.where(block, scores + scores.max(), scores)  # the block's columns first
     idx = torch.topk(torch.where(window & remaining, scores, -torch.inf), k=min(p.current_k, G), dim=-1).indices
     chosen = torch.zeros_like(remaining).scatter_(1, idx, True) & remaining
-    q_mask = F.pad(chosen | committed, (P, 0), value=False)
+    response = F.pad(chosen[:, 1:], (0, 1), value=False) if shift else chosen  # d2cache.py lines 235-239
+    q_mask = F.pad(response | committed, (P, 0), value=False)
     q_mask |= nucleus_select(importance, p.rollout_p, mask=~q_mask)
+    if shift:  # the prompt's last column predicts the first completion column (lines 261-264): set, not added
+        q_mask[:, P - 1] = chosen[:, 0]
     if p.inflate_w > 0:
         q_mask = inflate(q_mask, p.inflate_w)
     r = torch.arange(B, device=dev) if rows is None else rows
@@ -245,8 +260,9 @@ def d2_logits(denoiser, x: torch.Tensor, rows, attn, P: int, lo: int, hi: int, s
               mask_id: int) -> torch.Tensor:
     """Logits [B', hi - lo, V] of the block for the live rows `rows` (None: all) of the whole canvas x
     [B, T]; plans the previous pass's next query set first and records this pass for the next plan."""
+    shift = int(bool(getattr(denoiser, "shift_logits", False)))
     if state.last is not None:
-        plan_next(state, x, P, p, mask_id)
+        plan_next(state, x, P, p, mask_id, bool(shift))
     xr = x if rows is None else x[rows]
     B, T = xr.shape
     dev = xr.device
@@ -299,7 +315,7 @@ def d2_logits(denoiser, x: torch.Tensor, rows, attn, P: int, lo: int, hi: int, s
         state.values[i][r] = values[i]
     masked = xr == mask_id
     if full:  # a row's confidences are those of its first pass (a row seen before keeps its own)
-        conf = torch.where(masked[:, P:], F.softmax(out[:, P:].float(), -1).amax(-1), -torch.inf)
+        conf = torch.where(masked[:, P:], F.softmax(out[:, P - shift:T - shift].float(), -1).amax(-1), -torch.inf)
         new = ~state.seen[r]
         state.conf[r[new]] = conf[new]
         state.seen[r] = True
@@ -307,4 +323,4 @@ def d2_logits(denoiser, x: torch.Tensor, rows, attn, P: int, lo: int, hi: int, s
     else:
         logits = out.new_zeros(B, T, out.shape[-1]).scatter(1, cols[..., None].expand(-1, -1, out.shape[-1]), out)
     state.last = (rows, masked, lo, hi, importance)
-    return logits[:, lo:hi].clone()
+    return logits[:, lo - shift:hi - shift].clone()

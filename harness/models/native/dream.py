@@ -16,6 +16,11 @@ them shifted (`shift_logits=True`). Padding goes in as Dream's own generate pass
 mask, or a boolean [B, 1, T, T] mask plus position ids counting real tokens), so a left-padded
 row gives the logits it has alone.
 
+Besides the plain forward and the Fast-dLLM KV caches, `DreamLayers` runs the model layer by layer
+(embed, q/k/v of chosen columns at their rotary positions, attention, MLP, head) for the approximate
+caches (harness/samplers/_approx_cache.py); every layer over every column gives the forward's
+logits at the real columns exactly (tests/models/test_dream_views.py).
+
 Config keys read (Qwen2's): vocab_size, hidden_size, intermediate_size, num_hidden_layers,
 num_attention_heads, num_key_value_heads, rms_norm_eps, rope_theta (or rope_parameters),
 tie_word_embeddings, mask/eos/pad/bos ids; an absent rope_theta or rms_norm_eps takes the default
@@ -30,8 +35,25 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from harness.models.native.common import Output, check_config, must, one, padded_stack, rotation, warn_defaults
-from harness.models.standins.standin_layers import DreamBaseModel, KVCache, key_order
+from harness.models.native.common import (
+    Output,
+    check_config,
+    left_padding,
+    must,
+    one,
+    padded_stack,
+    rotation,
+    warn_defaults,
+)
+from harness.models.standins.standin_layers import (
+    DreamBaseModel,
+    KVCache,
+    attend,
+    heads,
+    key_order,
+    merge_heads,
+    swiglu,
+)
 from harness.types import HarnessError
 
 MASK_ID = 151666  # Dream's <|mask|>
@@ -168,3 +190,92 @@ class Dream(nn.Module):
         cos, sin = self._rotation(pos, h.dtype)
         h, _ = padded_stack(self.model.layers, h, cos, sin, m, self.impl, cache=cache, order=order)
         return self._head(h)
+
+
+class DreamLayers:
+    """A native Dream layer by layer: the view the approximate caches run on
+    (harness/samplers/_approx_cache.py: dKV-Cache, dLLM-Cache; harness/samplers/_d2cache.py reads
+    `attention_weights` too), the same interface as native/llada.py `LLaDALayers`. The head's
+    logits are Dream's own, unshifted: column k's output predicts the token at k + 1.
+
+    `embed` reads the canvas and its [B, T] padding mask once per pass: the rotary positions count
+    real tokens (as Dream's generate numbers them and as `forward` does), and left-padded rows
+    attend, group by group, over their real keys only. `qkv` takes the whole canvas, `qkv_at` any
+    columns of it (q and k rotated at those columns' positions; grouped key/value heads as the
+    checkpoint has them). Running every layer over every column with these pieces gives `forward`'s
+    logits at every real column exactly; a left-padding column's own output differs (`forward`
+    leaves its attention output zero, here it attends to the real keys) and is never read."""
+
+    def __init__(self, module: Dream):
+        self.module = module
+        self.blocks = module.model.layers
+        self.n_layers = len(self.blocks)
+        self._cos = self._sin = None
+
+    def embed(self, x: torch.Tensor, attention_mask: torch.Tensor | None):
+        """The canvas x [B, T] -> (h [B, T, D], the pass's key-padding plan, which `attend` takes)."""
+        m, pos = _padding(attention_mask, None)
+        pos = torch.arange(x.shape[1], device=x.device) if pos is None else pos
+        h = self.module.model.embed_tokens(x)  # [B, T, D]
+        self._cos, self._sin = self.module._rotation(pos, h.dtype)  # [1|B, 1, T, Dh]
+        return h, left_padding(m)
+
+    def qkv(self, i: int, h: torch.Tensor):
+        """h [B, T, D] of the whole canvas -> q [B, H, T, Dh], k/v [B, Hkv, T, Dh] of layer i."""
+        return self.blocks[i].qkv(h, self._cos, self._sin)
+
+    def qkv_at(self, i: int, h: torch.Tensor, columns: torch.Tensor):
+        """h [B, n, D] of the canvas columns `columns` ([n], or [B, n] per row) -> layer i's q, k, v of
+        those columns, rotated at their positions."""
+        B, n = h.shape[:2]
+        cols = columns.to(h.device)
+        cos, sin = self._cos.expand(B, -1, -1, -1), self._sin.expand(B, -1, -1, -1)
+        if cols.dim() == 1:
+            cos, sin = cos[:, :, cols], sin[:, :, cols]
+        else:
+            idx = cols[:, None, :, None].expand(B, 1, n, cos.shape[-1])
+            cos, sin = cos.gather(2, idx), sin.gather(2, idx)
+        return self.blocks[i].qkv(h, cos, sin)
+
+    def value(self, i: int, h: torch.Tensor) -> torch.Tensor:
+        """h [B, n, D] -> v [B, Hkv, n, Dh] of layer i alone (no rotary on values)."""
+        blk = self.blocks[i]
+        return heads(blk.self_attn.v_proj(blk.input_layernorm(h)), blk.self_attn.n_kv)
+
+    def attend(self, i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask) -> torch.Tensor:
+        """Layer i's attention branch: queries [B, H, n, Dh] (any canvas columns) over the canvas's
+        keys/values [B, Hkv, T, Dh] -> [B, n, D], `o_proj` applied (what the residual adds).
+        `key_mask`: `embed`'s plan (left-padded rows attend over their real keys [p, T) only)."""
+        impl = self.module.impl
+        if key_mask is None or isinstance(key_mask, torch.Tensor):
+            a = attend(q, k, v, key_mask, impl)
+        else:
+            a = q.new_zeros(*q.shape[:3], v.shape[-1])  # [B, H, n, Dh]
+            for p, rows in key_mask:
+                a[rows] = attend(q[rows], k[rows, :, p:], v[rows, :, p:], None, impl)
+        return self.blocks[i].self_attn.o_proj(merge_heads(a))
+
+    def attention_weights(self, i: int, q: torch.Tensor, k: torch.Tensor, key_mask) -> torch.Tensor:
+        """Layer i's attention probabilities [B, H, n, T] of queries [B, H, n, Dh] over the canvas's keys
+        [B, Hkv, T, Dh] (grouped heads repeated; a float32 softmax cast back to q's dtype, as the public
+        file's eager attention): what `attend` weighs the values by, 0 on a left-padded row's padding keys."""
+        rep = q.shape[1] // k.shape[1]
+        if rep > 1:
+            k = k.repeat_interleave(rep, 1)
+        scores = (q @ k.transpose(-1, -2)).float() / q.shape[-1] ** 0.5  # [B, H, n, T]
+        if isinstance(key_mask, torch.Tensor):
+            scores = scores.masked_fill(~key_mask, -torch.inf)
+        elif key_mask is not None:  # left padding: row group by group, keys [p, T)
+            for p, rows in key_mask:
+                scores[rows, :, :, :p] = -torch.inf
+        return scores.softmax(-1).to(q.dtype)
+
+    def mlp(self, i: int, h: torch.Tensor) -> torch.Tensor:
+        """Layer i's MLP branch on h [B, n, D] (what the residual adds)."""
+        blk = self.blocks[i]
+        m = blk.mlp
+        return swiglu(blk.post_attention_layernorm(h), m.gate_proj, m.up_proj, m.down_proj)
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        """Final norm and lm_head -> unshifted logits [B, n, V] (column k's row predicts k + 1)."""
+        return self.module._head(h)
