@@ -363,10 +363,8 @@ class DecodeLoop(abc.ABC):
     block_length: int | None = None  # None: a single block (block models: the model's block_size)
     temperature: float = 0.0
     cfg_scale: float = 0.0
-    # prefix, dual: Fast-dLLM; approximate (they change outputs): dkv, dkv_greedy (random sampler), dllm_cache, d2cache
-    cache: CacheKind = "none"
-    # refresh interval: prefix/dual inside a block (0: never); dkv, dkv_greedy cache_reloading_step; dllm_cache Kr
-    refresh: int = 0
+    cache: CacheKind = "none"  # prefix, dual: Fast-dLLM; approximate: dkv, dkv_greedy, dllm_cache, d2cache
+    refresh: int = 0  # interval: prefix/dual in a block (0: never); dkv(_greedy) cache_reloading_step; dllm_cache Kr
     window_size: int | None = None  # dkv_greedy only: masked neighbours recomputed per committed column (None: 0)
     prompt_refresh: int | None = None  # dllm_cache only: Kp, the prompt's refresh interval in passes (None: 50)
     refresh_ratio: float | None = None  # dllm_cache only: rho, response share recomputed in between (None: 0.25)
