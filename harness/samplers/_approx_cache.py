@@ -36,7 +36,8 @@ dKV-Cache-Greedy (the same paper; horseee/dKV-Cache generation_utils/llada_dkv_c
 which needs to know before a pass which columns that pass will commit, so it runs with a sampler
 whose choice ignores the logits (`random`; the reference raises NotImplementedError for
 low_confidence). Per block, step i is a full pass when i % refresh == 0 (`refresh` is the
-reference's cache_reloading_step, llada_generate.py `--cache-steps`, default 2; 0: step 0 only);
+reference's cache_reloading_step, >= 1: its llada_generate.py `--cache-steps` default is 2, its
+`generate` default 1 refreshes at every step);
 it caches every column's keys/values. Any other step computes only (a) the columns it will commit,
 (b) the columns the previous step committed and (c) with window_size w > 0 (`--window-size`,
 default 0; the README's example uses 4), for each column of (a) in the sampler's order, up to w
@@ -306,8 +307,8 @@ def dllm_logits(denoiser, x, attn, P: int, lo: int, hi: int, state: DLLMState, r
 # -- dKV-Cache-Greedy ----------------------------------------------------------------------------
 def dkv_greedy_full_step(s: int, refresh: int) -> bool:
     """Whether step s of a block is a full pass (llada_dkv_cache_greedy.py `generate`: a cached pass
-    needs `i % cache_reloading_step != 0`); refresh 0: step 0 only."""
-    return s == 0 or (refresh > 0 and s % refresh == 0)
+    needs `i % cache_reloading_step != 0`)."""
+    return s % refresh == 0
 
 
 def window_columns(want: torch.Tensor, masked: torch.Tensor, picks: torch.Tensor, scores: torch.Tensor,

@@ -427,6 +427,10 @@ class DecodeLoop(abc.ABC):
         if self.window_size is not None and (isinstance(self.window_size, bool) or not isinstance(self.window_size, int)
                                              or self.window_size < 0):
             raise ValueError(f"window_size must be an integer >= 0, got {self.window_size!r}")
+        if self.cache == "dkv_greedy" and self.refresh < 1:
+            raise ValueError("cache 'dkv_greedy' needs refresh >= 1 (its cache_reloading_step: every `refresh`-th step "
+                             "of a block is a full pass; the reference's llada_generate.py uses 2), got "
+                             f"{self.refresh}")
         if self.cache == "dkv_greedy" and not type(self).choice_before_pass:
             raise ValueError(f"cache 'dkv_greedy' computes only the columns a step will commit, so it needs a sampler "
                              f"whose choice is known before the pass (random); {type(self).__name__} chooses from "
@@ -667,6 +671,9 @@ class DecodeLoop(abc.ABC):
     def _check_recordable(self, denoiser, gen_length: int) -> None:
         """Refuse `record_steps` where a step does not predict the whole completion (HarnessError)."""
         name = getattr(self, "registry_name", type(self).__name__)
+        if self.cache == "dkv_greedy":
+            raise HarnessError(f"sampler {name!r}: record_steps with cache 'dkv_greedy': its cached passes compute "
+                               "only the columns a step commits, so the other masked columns have no prediction")
         if block_size_of(denoiser) is not None:
             raise HarnessError(f"sampler {name!r}: record_steps (the denoising trajectory) is not offered on a "
                                "block-diffusion model, whose steps predict one block at a time")

@@ -275,11 +275,10 @@ def test_refresh_every_step_equals_the_uncached_random_loop(params, llada):
 
 # -- (b) the reference's rules ------------------------------------------------------------------------------
 def test_full_steps_follow_the_reference_condition():
-    """llada_dkv_cache_greedy.py line 150: cached iff i % cache_reloading_step != 0; refresh 0: step 0 only."""
+    """llada_dkv_cache_greedy.py line 150: cached iff i % cache_reloading_step != 0."""
     for R in range(1, 6):
         for i in range(12):
             assert dkv_greedy_full_step(i, R) == (i % R == 0)
-    assert [dkv_greedy_full_step(i, 0) for i in range(4)] == [True, False, False, False]
 
 
 def test_window_columns_equal_find_window_tokens():
@@ -369,12 +368,13 @@ def test_a_wider_window_computes_more_columns(c16):
 
 # -- refusals ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name, params, match", [
-    ("low_confidence", {"cache": "dkv_greedy"}, "known before the pass"),
-    ("threshold", {"tau": 0.5, "cache": "dkv_greedy"}, "known before the pass"),
+    ("low_confidence", {"cache": "dkv_greedy", "refresh": 2}, "known before the pass"),
+    ("threshold", {"tau": 0.5, "cache": "dkv_greedy", "refresh": 2}, "known before the pass"),
+    ("random", {"cache": "dkv_greedy"}, "refresh >= 1"),
     ("random", {"cache": "dkv", "window_size": 2}, "dkv_greedy setting"),
-    ("random", {"cache": "dkv_greedy", "window_size": -1}, ">= 0"),
+    ("random", {"cache": "dkv_greedy", "refresh": 2, "window_size": -1}, ">= 0"),
     ("random", {"cache": "dkv_greedy", "refresh": -1}, "refresh"),
-    ("random", {"cache": "dkv_greedy", "cfg_scale": 1.0}, "classifier-free"),
+    ("random", {"cache": "dkv_greedy", "refresh": 2, "cfg_scale": 1.0}, "classifier-free"),
 ])
 def test_bad_settings_are_refused(name, params, match):
     with pytest.raises(HarnessError, match=match):
@@ -392,8 +392,8 @@ def test_models_without_a_layerwise_view_and_block_models_are_refused():
     cfg = TinyConfig(vocab_size=len(tok), max_len=24, d_model=16, n_layers=1, n_heads=2, d_ff=32, block_size=4)
     block = TinyDenoiser(TinyMDLM(cfg, generator=torch.Generator().manual_seed(0)).eval(), tok)
     with pytest.raises(HarnessError, match="block-diffusion"):
-        SAMPLERS.build("random", {"cache": "dkv_greedy"})(block, torch.tensor([[5, 6, 7, 8]]), generator=gens(1),
-                                                         gen_length=8)
+        SAMPLERS.build("random", {"cache": "dkv_greedy", "refresh": 2})(block, torch.tensor([[5, 6, 7, 8]]),
+                                                                         generator=gens(1), gen_length=8)
 
 
 def test_temperature_sampling_runs_and_is_reproducible(c16):
@@ -405,3 +405,11 @@ def test_temperature_sampling_runs_and_is_reproducible(c16):
     a = sampler(den, ids[:8], generator=gens(8), prompt_mask=mask[:8], gen_length=16)
     b = sampler(den, ids[:8], generator=gens(8), prompt_mask=mask[:8], gen_length=16)
     assert torch.equal(a.tokens, b.tokens)
+
+
+def test_record_steps_is_refused(c16):
+    """A cached pass leaves most masked columns without a prediction: no trajectory to hand out."""
+    den, ids, mask = c16
+    with pytest.raises(HarnessError, match="record_steps"):
+        SAMPLERS.build("random", {"steps": 16, "cache": "dkv_greedy", "refresh": 2})(
+            den, ids[:2], generator=gens(2), prompt_mask=mask[:2], gen_length=16, record_steps=True)
