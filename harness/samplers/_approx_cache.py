@@ -1,4 +1,5 @@
-"""Approximate caches of the block samplers' loop: dKV-Cache and dLLM-Cache (`cache: dkv`, `cache: dllm_cache`).
+"""Approximate caches of the block samplers' loop: dKV-Cache (`cache: dkv`, `cache: dkv_greedy`) and
+dLLM-Cache (`cache: dllm_cache`).
 
 Unlike the prefix/dual caches (_cache.py), which reuse keys/values of columns outside the block,
 these reuse per-column state that a full pass would recompute, so they change the output; how
@@ -32,29 +33,31 @@ all response columns (the reference's adaptive partial update). Residuals always
 current hidden state: a cached column adds its cached attention and MLP outputs.
 
 dKV-Cache-Greedy (the same paper; horseee/dKV-Cache generation_utils/llada_dkv_cache_greedy.py
-`generate`, models/modeling_llada_dkv_cache_greedy.py `LLaDABlock.forward`): the cheaper variant,
-which needs to know before a pass which columns that pass will commit, so it runs with a sampler
-whose choice ignores the logits (`random`; the reference raises NotImplementedError for
+`generate`, models/modeling_llada_dkv_cache_greedy.py `LLaDALlamaBlock.forward`): the cheaper
+variant, which needs to know before a pass which columns that pass will commit, so it runs with a
+sampler whose choice ignores the logits (`random`; the reference raises NotImplementedError for
 low_confidence). Per block, step i is a full pass when i % refresh == 0 (`refresh` is the
 reference's cache_reloading_step, >= 1: its llada_generate.py `--cache-steps` default is 2, its
-`generate` default 1 refreshes at every step);
-it caches every column's keys/values. Any other step computes only (a) the columns it will commit,
-(b) the columns the previous step committed and (c) with window_size w > 0 (`--window-size`,
-default 0; the README's example uses 4), for each column of (a) in the sampler's order, up to w
-more still-masked columns nearest to it, looked for at distance 1 left, 1 right, 2 left, 2 right,
-... (`find_window_tokens`; later blocks' masked columns included). Their fresh keys/values replace
-the cached ones (the reference's in-place `scatter_`); every other column's keys/values stay as
-last computed, and the block's other columns get no logits (nothing commits them).
+`generate` default 1 refreshes at every step); it caches every column's keys/values. Any other step
+computes only (a) the columns it will commit, (b) the columns the previous step committed and (c)
+with window_size w > 0 (`--window-size`, default 0; the README's example uses 4), for each column of
+(a) in the sampler's order, up to w more still-masked columns nearest to it, looked for at distance
+1 left, 1 right, 2 left, 2 right, ... (`find_window_tokens`; later blocks' masked columns included).
+Their fresh keys/values replace the cached ones (the reference's in-place `scatter_`); every other
+column's keys/values stay as last computed, and the block's other columns get no logits (nothing
+commits them).
 
 Differences from the references, documented: the harness keeps its key-padding mask in every
 attention (dLLM-Cache's hooked attention drops LLaDA's attention bias, so left padding is attended
 there); a batch whose rows need different numbers of recomputed columns (adaptive samplers,
 inpainting) pads every row to the most and counts the padding as computed (the references need
 equal counts per row); a row that has no cached state yet (it skipped the generation's first
-pass) makes that dLLM-Cache pass a full one. dKV-Cache-Greedy's reference draws one random order per block
-(x0_p = torch.rand, sorted once); the harness's `random` sampler draws fresh scores at every step
-(LLaDA's own random remasking), the same distribution of committed sets; it draws them before the
-pass, so at temperature 0 the generator is used exactly as without the cache (at temperature > 0
+pass) makes that dLLM-Cache pass a full one.
+
+dKV-Cache-Greedy differs from its reference in one respect: the reference draws one random order per
+block (x0_p = torch.rand, sorted once); the harness's `random` sampler draws fresh scores at every
+step (LLaDA's own random remasking), the same distribution of committed sets; it draws them before
+the pass, so at temperature 0 the generator is used exactly as without the cache (at temperature > 0
 the scores come before the step's Gumbel noise, not after it).
 """
 from __future__ import annotations
