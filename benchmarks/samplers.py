@@ -16,11 +16,12 @@ configuration in the table within 1 point (every configuration is printed). A th
 measures the cache mechanism on a random-init model with a 128-token canvas in blocks of 32 (speed
 and agreement with no cache only: a random model has no accuracy).
 
-The approximate caches (`cache: dkv`, dKV-Cache-Decode; `cache: dllm_cache`, dLLM-Cache; `cache: d2cache`,
-d2Cache; they
-change the output) are in the 16-token table at the baseline's 16 passes and in the mechanism
-table; after each table one line per policy prints its measured speed-up over the uncached run,
-with its accuracy (or token agreement) beside it.
+The approximate caches (`cache: dkv`, dKV-Cache-Decode; `cache: dkv_greedy`, dKV-Cache-Greedy;
+`cache: dllm_cache`, dLLM-Cache; `cache: d2cache`, d2Cache; they change the output) are in the
+16-token table at the baseline's 16 passes and in the mechanism table; after each table one line
+per policy prints its measured speed-up over the uncached run, with its accuracy (or token
+agreement) beside it. dKV-Cache-Greedy needs the `random` sampler (its choice ignores the logits),
+so its lines compare it with uncached `random` at the same 16 passes.
 
     python benchmarks/samplers.py            # 500 items, 5 rounds
     python benchmarks/samplers.py --quick    # 200 items, 3 rounds, a smaller mechanism canvas
@@ -81,6 +82,9 @@ LONG_CONFIGS = [  # the 16-token canvas
     # approximate caches (harness/samplers/_approx_cache.py) at the baseline's 16 passes
     ("low_confidence cache=dkv", "low_confidence", {"cache": "dkv"}),
     ("low_confidence cache=dkv refresh=4", "low_confidence", {"cache": "dkv", "refresh": 4}),
+    # dKV-Cache-Greedy needs a sampler whose choice ignores the logits: `random`, against the uncached `random` row
+    ("random cache=dkv_greedy refresh=2", "random", {"cache": "dkv_greedy", "refresh": 2}),
+    ("random cache=dkv_greedy refresh=2 window=4", "random", {"cache": "dkv_greedy", "refresh": 2, "window_size": 4}),
     ("low_confidence cache=dllm_cache refresh=2", "low_confidence", {"cache": "dllm_cache", "refresh": 2}),
     ("low_confidence cache=dllm_cache refresh=8", "low_confidence", {"cache": "dllm_cache", "refresh": 8}),
     ("low_confidence cache=d2cache", "low_confidence", {"cache": "d2cache"}),
@@ -91,10 +95,14 @@ LONG_CONFIGS = [  # the 16-token canvas
     ("pc_sampler steps=8", "pc_sampler", {"steps": 8, "baseline": "suites/data/tiny-addition-c16-counts.json"}),
     ("klass", "klass", {}),
 ]
-APPROX = ("cache=dkv", "cache=dllm_cache", "cache=d2cache")  # labels of the approximate-cache policies
+APPROX = ("cache=dkv", "cache=dllm_cache", "cache=d2cache")  # labels of the approximate-cache policies (dkv_greedy too)
+UNCACHED = {"random": "random"}  # a sampler other than the baseline -> the label of its uncached row
 MECHANISM = {"none": {}, "prefix": {"cache": "prefix"}, "dual": {"cache": "dual"}, "dkv": {"cache": "dkv"},
              "dkv refresh=4": {"cache": "dkv", "refresh": 4},
              "dllm_cache refresh=4": {"cache": "dllm_cache", "refresh": 4}, "d2cache": {"cache": "d2cache"}}
+# the `random` sampler (seeded) for dkv_greedy, compared with `random` uncached
+MECHANISM_RANDOM = {"random": {}, "random dkv_greedy refresh=2": {"cache": "dkv_greedy", "refresh": 2},
+                    "random dkv_greedy refresh=2 window=4": {"cache": "dkv_greedy", "refresh": 2, "window_size": 4}}
 LONG = ("tiny-addition-c16", {"n_digits": 3, "canvas": 16}, LONG_CONFIGS)
 SHORT = ("tiny-addition", {"n_digits": 3}, SHORT_CONFIGS)
 
@@ -164,21 +172,26 @@ def mechanism_table(gen_length: int, block: int, batch: int, rounds: int) -> dic
     outs = {}
 
     def run(cache):
-        sampler = SAMPLERS.build("low_confidence", {"block_length": block, **MECHANISM[cache]})
+        name, params = ("random", MECHANISM_RANDOM[cache]) if cache in MECHANISM_RANDOM else \
+            ("low_confidence", MECHANISM[cache])
+        sampler = SAMPLERS.build(name, {"block_length": block, **params})
         meter = Meter(den)
+        gens = [torch.Generator().manual_seed(i) for i in range(batch)] if name == "random" else None
         start = time.perf_counter()
-        g = sampler(meter, prompt, generator=None, gen_length=gen_length)
+        g = sampler(meter, prompt, generator=gens, gen_length=gen_length)
         wall = time.perf_counter() - start
         outs[cache] = g.tokens
         c = meter.cost
         return {"wall_s": wall, "model_s": c.wall_s, "tokens": batch * gen_length, "accuracy": float("nan"),
                 "nfe": c.nfe / batch, "nfe_full": c.nfe_full / batch, "nfe_cached": c.nfe_cached / batch}
 
-    rows = interleaved({c: (lambda c=c: run(c)) for c in MECHANISM}, rounds)
+    rows = interleaved({c: (lambda c=c: run(c)) for c in (*MECHANISM, *MECHANISM_RANDOM)}, rounds)
     for cache, row in rows.items():
-        row["speedup"] = row["tokens_per_s"] / rows["none"]["tokens_per_s"]
-        row["model_speedup"] = row["model_tokens_per_s"] / rows["none"]["model_tokens_per_s"]
-        row["agreement"] = (outs[cache] == outs["none"]).float().mean().item()
+        ref = "random" if cache in MECHANISM_RANDOM else "none"
+        row["speedup"] = row["tokens_per_s"] / rows[ref]["tokens_per_s"]
+        row["model_speedup"] = row["model_tokens_per_s"] / rows[ref]["model_tokens_per_s"]
+        row["agreement"] = (outs[cache] == outs[ref]).float().mean().item()
+        row["against"] = ref
     return rows
 
 
@@ -202,12 +215,21 @@ def policy_speedups(rows: dict, base_label: str, what: str) -> str:
     """One line per approximate-cache configuration: its measured speed-up over `base_label`."""
     out = []
     for label, r in rows.items():
-        if any(p in label for p in APPROX) or label.split()[0] in ("dkv", "dllm_cache", "d2cache"):
+        if any(p in label for p in APPROX) or "dkv_greedy" in label or label.split()[0] in ("dkv", "dllm_cache",
+                                                                                            "d2cache"):
+            ref, speed, mspeed = r.get("against", base_label), r["speedup"], r["model_speedup"]
+            d_points = r.get("d_points")
+            uncached = UNCACHED.get(label.split()[0])
+            if "against" not in r and uncached and uncached != base_label and uncached in rows:
+                u = rows[uncached]  # a sampler other than the baseline: against its own uncached row
+                ref, speed = uncached, r["tokens_per_s"] / u["tokens_per_s"]
+                mspeed = r["model_tokens_per_s"] / u["model_tokens_per_s"]
+                d_points = 100 * (r["accuracy"] - u["accuracy"])
             acc = "" if r["accuracy"] != r["accuracy"] else \
-                f", accuracy {r['accuracy']:.3f} ({r['d_points']:+.1f} points)"
+                f", accuracy {r['accuracy']:.3f} ({d_points:+.1f} points against `{ref}`)"
             agree = f", token agreement {r['agreement']:.3f}" if "agreement" in r else ""
-            out.append(f"approximate cache `{label}` ({what}): {r['speedup']:.2f}x tokens/s of `{base_label}` end to "
-                       f"end, {r['model_speedup']:.2f}x model time, NFE/seq {r['nfe']:.2f} ({r['nfe_cached']:.2f} "
+            out.append(f"approximate cache `{label}` ({what}): {speed:.2f}x tokens/s of `{ref}` end to "
+                       f"end, {mspeed:.2f}x model time, NFE/seq {r['nfe']:.2f} ({r['nfe_cached']:.2f} "
                        f"cached){acc}{agree}")
     return "\n".join(out)
 
@@ -259,7 +281,9 @@ def main() -> None:
     results = {}
     for ckpt, task_params, configs in (LONG, SHORT):
         if args.configs:
-            configs = [c for c in configs if c[0] == BASELINE or args.configs in c[0]]
+            chosen = [c for c in configs if c[0] == BASELINE or args.configs in c[0]]
+            keep = {UNCACHED.get(c[0].split()[0]) for c in chosen}  # the uncached rows they are compared with
+            configs = [c for c in configs if c in chosen or c[0] in keep]
             if len(configs) == 1:
                 continue
         canvas = task_params.get("canvas", 5)
@@ -277,7 +301,8 @@ def main() -> None:
     if not args.no_mechanism:
         L, block, batch = (64, 16, 16) if args.quick else (128, 32, 32)
         print(f"\n## Cache mechanism: random-init default-size tiny model, prompt 16, canvas {L}, block {block}, "
-              f"low_confidence one token per step, batch {batch}, fastest of {min(rounds, 3)} rounds "
+              f"low_confidence (random for dkv_greedy) one token per step, batch {batch}, "
+              f"fastest of {min(rounds, 3)} rounds "
               f"(speed and agreement with no cache only)\n")
         mech = mechanism_table(L, block, batch, min(rounds, 3))
         print_table(mech, extra="agreement")

@@ -1,4 +1,5 @@
-"""Approximate caches of the block samplers' loop: dKV-Cache and dLLM-Cache (`cache: dkv`, `cache: dllm_cache`).
+"""Approximate caches of the block samplers' loop: dKV-Cache (`cache: dkv`, `cache: dkv_greedy`) and
+dLLM-Cache (`cache: dllm_cache`).
 
 Unlike the prefix/dual caches (_cache.py), which reuse keys/values of columns outside the block,
 these reuse per-column state that a full pass would recompute, so they change the output; how
@@ -52,6 +53,27 @@ d_model x d_model (an overestimate for grouped key/value heads, as Dream's); a b
 need different numbers of recomputed columns (adaptive samplers, inpainting) pads every row to the
 most and counts the padding as computed (the references need equal counts per row); a row that has
 no cached state yet (it skipped the generation's first pass) makes that dLLM-Cache pass a full one.
+
+dKV-Cache-Greedy (the same paper; horseee/dKV-Cache generation_utils/llada_dkv_cache_greedy.py
+`generate`, models/modeling_llada_dkv_cache_greedy.py `LLaDALlamaBlock.forward`): the cheaper
+variant, which needs to know before a pass which columns that pass will commit, so it runs with a
+sampler whose choice ignores the logits (`random`; the reference raises NotImplementedError for
+low_confidence). Per block, step i is a full pass when i % refresh == 0 (`refresh` is the
+reference's cache_reloading_step, >= 1: its llada_generate.py `--cache-steps` default is 2, its
+`generate` default 1 refreshes at every step); it caches every column's keys/values. Any other step
+computes only (a) the columns it will commit, (b) the columns the previous step committed and (c)
+with window_size w > 0 (`--window-size`, default 0; the README's example uses 4), for each column of
+(a) in the sampler's order, up to w more still-masked columns nearest to it, looked for at distance
+1 left, 1 right, 2 left, 2 right, ... (`find_window_tokens`; later blocks' masked columns included).
+Their fresh keys/values replace the cached ones (the reference's in-place `scatter_`); every other
+column's keys/values stay as last computed, and the block's other columns get no logits (nothing
+commits them).
+
+dKV-Cache-Greedy differs from its reference in one respect: the reference draws one random order per
+block (x0_p = torch.rand, sorted once); the harness's `random` sampler draws fresh scores at every
+step (LLaDA's own random remasking), the same distribution of committed sets; it draws them before
+the pass, so at temperature 0 the generator is used exactly as without the cache (at temperature > 0
+the scores come before the step's Gumbel noise, not after it).
 """
 from __future__ import annotations
 
@@ -63,7 +85,7 @@ import torch.nn.functional as F
 from harness.samplers._cache import full_pass_with_cache
 from harness.types import HarnessError
 
-APPROX_CACHES = ("dkv", "dllm_cache", "d2cache")  # d2cache: harness/samplers/_d2cache.py
+APPROX_CACHES = ("dkv", "dkv_greedy", "dllm_cache", "d2cache")  # d2cache: harness/samplers/_d2cache.py
 DLLM_PROMPT_REFRESH = 50  # Kp: d2Cache's docs/kv_caching.md default; dLLM-cache's LLaDA GSM8K script uses 50
 DLLM_REFRESH_RATIO = 0.25  # rho: dLLM-cache's demo_LLaDA.py and d2Cache's configs/cache/dllm.yaml
 
@@ -331,3 +353,86 @@ def dllm_logits(denoiser, x, attn, P: int, lo: int, hi: int, state: DLLMState, r
     state.seen[r] = True
     shift = int(bool(getattr(denoiser, "shift_logits", False)))
     return out[:, lo - shift:hi - shift].clone()
+
+
+# -- dKV-Cache-Greedy ----------------------------------------------------------------------------
+def dkv_greedy_full_step(s: int, refresh: int) -> bool:
+    """Whether step s of a block is a full pass (llada_dkv_cache_greedy.py `generate`: a cached pass
+    needs `i % cache_reloading_step != 0`)."""
+    return s % refresh == 0
+
+
+def window_columns(want: torch.Tensor, masked: torch.Tensor, picks: torch.Tensor, scores: torch.Tensor,
+                   size: int) -> torch.Tensor:
+    """[B, T] query columns `want` plus each row's window columns (dKV-Cache-Greedy's
+    `find_window_tokens`): for each picked column c (`picks` [B, T] bool, visited in descending
+    `scores` [B, T]), up to `size` columns that are masked (`masked` [B, T]) and not yet wanted,
+    looked for in the order c - 1, c + 1, c - 2, c + 2, ...; each one found is wanted from then on."""
+    want = want.clone()
+    B, T = want.shape
+    col = torch.arange(T, device=want.device)
+    for b in range(B):
+        order = torch.sort(torch.where(picks[b], scores[b].float(), -torch.inf), descending=True, stable=True).indices
+        for c in order[: int(picks[b].sum())].tolist():
+            d = (col - c).abs()
+            rank = torch.where(col < c, 2 * d - 1, 2 * d)  # c-1: 1, c+1: 2, c-2: 3, c+2: 4, ...
+            free = masked[b] & ~want[b] & (col != c)
+            n = min(size, int(free.sum()))
+            if n:
+                want[b, torch.topk(torch.where(free, -rank, -(4 * T)), k=n).indices] = True
+    return want
+
+
+@dataclass
+class DKVGreedyState:
+    """What a dKV-Cache-Greedy pass leaves for the next one (fixed-schedule loop: the whole batch)."""
+
+    keys: list  # per layer [B, H, T, Dh]: each column's keys as last computed
+    values: list
+    masked: torch.Tensor  # [B, T] the columns masked at the input of this pass
+
+
+def dkv_greedy_logits(denoiser, x, attn, lo: int, hi: int, s: int, state: DKVGreedyState | None,
+                      picks: torch.Tensor, scores: torch.Tensor, refresh: int, window_size: int, mask_id: int):
+    """Logits [B, hi - lo, V] of the block at step s (zero at the columns the pass does not compute),
+    and the state for the next step. `picks` [B, hi - lo]: the columns this step will commit, known
+    before the pass; `scores` [B, hi - lo]: the sampler's scores, whose order the window follows."""
+    B, T = x.shape
+    masked = x == mask_id
+    if state is None or dkv_greedy_full_step(s, refresh):
+        full, kv = full_pass_with_cache(denoiser, x, attn, torch.arange(T, device=x.device))
+        return full[:, lo:hi].clone(), DKVGreedyState(list(kv.keys), list(kv.values), masked)
+    want = state.masked & ~masked  # (b) committed by the previous step
+    want[:, lo:hi] |= picks  # (a) committed by this one
+    if window_size > 0:  # (c)
+        pick_all = torch.zeros_like(masked)
+        pick_all[:, lo:hi] = picks
+        score_all = torch.zeros(B, T, dtype=scores.dtype, device=x.device)
+        score_all[:, lo:hi] = scores
+        want = window_columns(want, masked, pick_all, score_all, window_size)
+    cols, valid = query_columns(want)
+    tq = cols.shape[1]
+    keys, values = state.keys, state.values
+
+    def run(layers):
+        h_all, key_mask = layers.embed(x, attn)
+        h = h_all.gather(1, cols[..., None].expand(-1, -1, h_all.shape[-1]))
+        new_k, new_v = [], []
+        for i in range(layers.n_layers):
+            q, k, v = layers.qkv_at(i, h, cols)
+            idx = cols[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3])
+            keep = valid[:, None, :, None]  # padding columns keep their cached keys/values
+            K = keys[i].scatter(2, idx, torch.where(keep, k, keys[i].gather(2, idx)))
+            V = values[i].scatter(2, idx, torch.where(keep, v, values[i].gather(2, idx)))
+            h = h + layers.attend(i, q, K, V, key_mask)
+            h = h + layers.mlp(i, h)
+            new_k.append(K)
+            new_v.append(V)
+        return layers.head(h), new_k, new_v
+
+    out, new_k, new_v = denoiser.logits_layerwise(run, batch=B, layer_tokens=[tq] * len(keys), t_key=T, full=False)
+    blk = out.new_zeros(B, hi - lo, out.shape[-1])  # columns the pass does not compute: never committed here
+    sel = valid & (cols >= lo) & (cols < hi)
+    b_idx, j_idx = sel.nonzero(as_tuple=True)
+    blk[b_idx, cols[b_idx, j_idx] - lo] = out[b_idx, j_idx]
+    return blk, DKVGreedyState(new_k, new_v, masked)

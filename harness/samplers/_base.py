@@ -17,7 +17,9 @@ Options shared by all: classifier-free guidance (`cfg_scale`), KV caches (`cache
 rebuilt at each block start and, with `refresh` > 0, every `refresh` steps inside a block; for a
 shifted-logit model the query columns start one column earlier, at lo - 1), approximate caches
 that change the output (`cache: dkv`, dKV-Cache-Decode, horseee/dKV-Cache, `refresh` its
-cache_reloading_step; `cache: dllm_cache`, dLLM-Cache, maomaocun/dLLM-cache, `prompt_refresh` Kp,
+cache_reloading_step; `cache: dkv_greedy`, dKV-Cache-Greedy, the same repository, `refresh` its
+cache_reloading_step and `window_size`, with a sampler whose choice is known before the pass,
+`random`; `cache: dllm_cache`, dLLM-Cache, maomaocun/dLLM-cache, `prompt_refresh` Kp,
 `refresh` Kr, `refresh_ratio` rho; see _approx_cache.py, on models with a layer-by-layer view; `cache: d2cache`,
 d2Cache, Kamichanw/d2Cache, `rollout_p`, `current_k`, `sigma`, `inflate_w`; see _d2cache.py, on models whose
 layer view also gives attention weights), the certainty prior (`prior_sigma`, fixed-schedule samplers: see
@@ -117,6 +119,7 @@ from harness.samplers._approx_cache import (
     DLLM_REFRESH_RATIO,
     DLLMState,
     check_layerwise_support,
+    dkv_greedy_logits,
     dkv_logits,
     dllm_logits,
 )
@@ -136,7 +139,7 @@ from harness.types import Generation, HarnessError
 
 CONFIDENCE_DTYPES = {"float32": torch.float32, "float64": torch.float64, "model": None}
 SAMPLINGS = ("auto", "gumbel", "multinomial")
-CacheKind = Literal["none", "prefix", "dual", "dkv", "dllm_cache", "d2cache"]
+CacheKind = Literal["none", "prefix", "dual", "dkv", "dkv_greedy", "dllm_cache", "d2cache"]
 
 
 # -- pure helpers ---------------------------------------------------------------------------------
@@ -347,6 +350,7 @@ class Step:
     ties: str = "position"  # how select_topk breaks equal scores (the loop's tie_break)
     k_schedule: torch.Tensor | None = None  # [B'] the linear schedule's count at this step (any sampler)
     density: torch.Tensor | None = None  # [B', n] certainty density of the block's columns (prior_sigma), else None
+    scores: torch.Tensor | None = None  # [B', n] the sampler's scores drawn before the pass (dkv_greedy), else None
 
 
 # -- the shared loop ------------------------------------------------------------------------------
@@ -359,8 +363,9 @@ class DecodeLoop(abc.ABC):
     block_length: int | None = None  # None: a single block (block models: the model's block_size)
     temperature: float = 0.0
     cfg_scale: float = 0.0
-    cache: CacheKind = "none"  # prefix, dual: Fast-dLLM; approximate (they change outputs): dkv, dllm_cache, d2cache
-    refresh: int = 0  # refresh interval: prefix/dual inside a block (0: never); dkv cache_reloading_step; dllm_cache Kr
+    cache: CacheKind = "none"  # prefix, dual: Fast-dLLM; approximate: dkv, dkv_greedy, dllm_cache, d2cache
+    refresh: int = 0  # interval: prefix/dual in a block (0: never); dkv(_greedy) cache_reloading_step; dllm_cache Kr
+    window_size: int | None = None  # dkv_greedy only: masked neighbours recomputed per committed column (None: 0)
     prompt_refresh: int | None = None  # dllm_cache only: Kp, the prompt's refresh interval in passes (None: 50)
     refresh_ratio: float | None = None  # dllm_cache only: rho, response share recomputed in between (None: 0.25)
     rollout_p: float | None = None  # d2cache only: attention-rollout nucleus mass of extra query columns (None: 0.1)
@@ -378,6 +383,9 @@ class DecodeLoop(abc.ABC):
     prior_sigma: float | None = None  # certainty prior (d2Cache's generation sigma): scores × density; None: off
 
     adaptive: ClassVar[bool] = False
+    # Whether `confidence` ignores the logits (a random draw), so a step's choice is known before its
+    # pass: what `cache: dkv_greedy` needs
+    choice_before_pass: ClassVar[bool] = False
     # What the report reads (harness/report/samplers.py): the parameters that move a configuration
     # along the compute axis (one figure line per setting of the others).
     budget_knobs: ClassVar[tuple[str, ...]] = ()
@@ -404,7 +412,8 @@ class DecodeLoop(abc.ABC):
         if self.min_length < 0:
             raise ValueError(f"min_length must be >= 0, got {self.min_length}")
         if self.cache not in ("none", "prefix", "dual", *APPROX_CACHES):
-            raise ValueError("cache must be one of 'none', 'prefix', 'dual', 'dkv', 'dllm_cache', 'd2cache', "
+            raise ValueError("cache must be one of 'none', 'prefix', 'dual', 'dkv', 'dkv_greedy', 'dllm_cache', "
+                             "'d2cache', "
                              f"got {self.cache!r}")
         if self.refresh < 0:
             raise ValueError(f"refresh must be >= 0, got {self.refresh}")
@@ -413,6 +422,19 @@ class DecodeLoop(abc.ABC):
                              f"passes), got {self.refresh}")
         if self.cache != "dllm_cache" and (self.prompt_refresh is not None or self.refresh_ratio is not None):
             raise ValueError(f"prompt_refresh and refresh_ratio are dllm_cache settings; cache is {self.cache!r}")
+        if self.cache != "dkv_greedy" and self.window_size is not None:
+            raise ValueError(f"window_size is a dkv_greedy setting; cache is {self.cache!r}")
+        if self.window_size is not None and (isinstance(self.window_size, bool) or not isinstance(self.window_size, int)
+                                             or self.window_size < 0):
+            raise ValueError(f"window_size must be an integer >= 0, got {self.window_size!r}")
+        if self.cache == "dkv_greedy" and self.refresh < 1:
+            raise ValueError("cache 'dkv_greedy' needs refresh >= 1 (its cache_reloading_step: every `refresh`-th step "
+                             "of a block is a full pass; the reference's llada_generate.py uses 2), got "
+                             f"{self.refresh}")
+        if self.cache == "dkv_greedy" and not type(self).choice_before_pass:
+            raise ValueError(f"cache 'dkv_greedy' computes only the columns a step will commit, so it needs a sampler "
+                             f"whose choice is known before the pass (random); {type(self).__name__} chooses from "
+                             "the logits (dKV-Cache-Greedy's reference refuses low_confidence too): use cache dkv")
         d2 = {k: getattr(self, k) for k in D2CACHE_DEFAULTS if getattr(self, k) is not None}
         if self.cache != "d2cache" and d2:
             raise ValueError(f"{', '.join(d2)}: d2cache settings; cache is {self.cache!r}")
@@ -581,7 +603,7 @@ class DecodeLoop(abc.ABC):
             check_layerwise_support(denoiser, self.cache)
         if self.cache == "d2cache":
             check_attention_weights(denoiser)
-        check_cache_support(denoiser, "prefix" if self.cache == "dkv" else
+        check_cache_support(denoiser, "prefix" if self.cache in ("dkv", "dkv_greedy") else
                             "none" if self.cache in ("dllm_cache", "d2cache") else self.cache)  # dkv's full passes
         # build a cache
         sampling = self.sampling_of(denoiser)
@@ -611,19 +633,29 @@ class DecodeLoop(abc.ABC):
                     rows = None if live.all() else live.nonzero().squeeze(1)
                 xr = x if rows is None else x[rows]
                 ar = None if attn is None else (attn if rows is None else attn[rows])
+                density = None
+                if self.prior_sigma is not None:  # over the whole completion at the step's input
+                    density = certainty_density(xr[:, P:] != mask_id, self.prior_sigma)[:, lo - P:hi - P]
+                scores = planned = None
                 if self.cache == "d2cache":  # it plans its next pass from the whole canvas after each step
                     logits = d2_logits(denoiser, x, rows, ar, P, lo, hi, cache, self.d2_params(), mask_id)
+                elif self.cache == "dkv_greedy":  # the step's choice first (it ignores the logits), then the pass
+                    scores, planned = self._choice_before_pass(denoiser, x[:, lo:hi], n0, s, per_block, schedule,
+                                                               generator, density)
+                    logits, cache = dkv_greedy_logits(denoiser, x, attn, lo, hi, s, cache, planned, scores,
+                                                      self.refresh, self.window_size or 0, mask_id)
                 else:
                     logits, cache = self._block_logits(denoiser, xr, ar, P, lo, hi, s, cache, rows)
                 early = None
                 if self.min_length > 0:
                     early = (torch.arange(lo - P, hi - P, device=x.device) < self.min_length)[None].expand(
                         logits.shape[:2])  # [B', n]
-                density = None
-                if self.prior_sigma is not None:  # over the whole completion at the step's input
-                    density = certainty_density(xr[:, P:] != mask_id, self.prior_sigma)[:, lo - P:hi - P]
                 commit, x0, st = self._step(denoiser, logits, xr[:, lo:hi], n0 if rows is None else n0[rows], s,
-                                            per_block, schedule, rows_of(generator, rows), early, sampling, density)
+                                            per_block, schedule, rows_of(generator, rows), early, sampling, density,
+                                            scores=scores)
+                if planned is not None and not torch.equal(commit, planned):
+                    raise HarnessError(f"cache 'dkv_greedy': {type(self).__name__} committed other columns than it "
+                                       "chose before the pass (its choice must not depend on the logits)")
                 conf = committed_prob(st)
                 if record_steps:  # one block, fixed schedule: every row steps, the block is the completion
                     states.append(x[:, P:].clone())
@@ -639,6 +671,9 @@ class DecodeLoop(abc.ABC):
     def _check_recordable(self, denoiser, gen_length: int) -> None:
         """Refuse `record_steps` where a step does not predict the whole completion (HarnessError)."""
         name = getattr(self, "registry_name", type(self).__name__)
+        if self.cache in ("dkv_greedy", "d2cache"):
+            raise HarnessError(f"sampler {name!r}: record_steps with cache {self.cache!r}: its cached passes compute "
+                               "only some of the masked columns, so the others have no prediction to record")
         if block_size_of(denoiser) is not None:
             raise HarnessError(f"sampler {name!r}: record_steps (the denoising trajectory) is not offered on a "
                                "block-diffusion model, whose steps predict one block at a time")
@@ -651,16 +686,30 @@ class DecodeLoop(abc.ABC):
                                f"gen_length {L}), got block_length {block}: a step proposes tokens for its own "
                                "block only, not the whole completion")
 
-    def _step(self, denoiser, logits, blk, n0, s: int, per_block: int, schedule, gen, early, sampling, density=None):
+    def _step(self, denoiser, logits, blk, n0, s: int, per_block: int, schedule, gen, early, sampling, density=None,
+              scores=None):
         """One step on the current block's columns: -> (commit [B', n] bool, proposals x0 [B', n], Step).
-        `density` [B', n]: the certainty prior's weights (prior_sigma), else None."""
+        `density` [B', n]: the certainty prior's weights (prior_sigma), else None; `scores` [B', n]: the
+        sampler's scores drawn before the pass (dkv_greedy), else None."""
         logits, probs, x0 = self.propose(logits, denoiser, gen, early, sampling)
         eligible = blk == denoiser.mask_id
         k = self.step_count(n0, eligible.sum(1), s, per_block, schedule)
         step = Step(logits=logits, probs=probs, x0=x0, eligible=eligible, k=k, step=s, last=s == per_block - 1,
                     generator=gen, ties=self.ties_of(denoiser), k_schedule=linear_schedule(n0, None, s, per_block),
-                    density=density)
+                    density=density, scores=scores)
         return self.choose(step) & eligible, x0, step
+
+    def _choice_before_pass(self, denoiser, blk, n0, s: int, per_block: int, schedule, gen, density):
+        """-> (scores [B, n], the columns [B, n] step s will commit): a `choice_before_pass` sampler's
+        draw, made before the step's pass (dkv_greedy computes only those columns and their
+        neighbours); the step then commits from these same scores."""
+        eligible = blk == denoiser.mask_id
+        scores = self.confidence(None, blk, gen)
+        k = self.step_count(n0, eligible.sum(1), s, per_block, schedule)
+        step = Step(logits=None, probs=None, x0=blk, eligible=eligible, k=k, step=s, last=s == per_block - 1,
+                    generator=gen, ties=self.ties_of(denoiser), k_schedule=linear_schedule(n0, None, s, per_block),
+                    density=density, scores=scores)
+        return scores, self.choose(step) & eligible
 
     @staticmethod
     def _apply(x, commit_step, row_steps, rows, commit, x0, lo: int, hi: int, c0: int,
@@ -884,7 +933,7 @@ class BlockSampler(DecodeLoop):
         return select_topk(conf, k, ties)
 
     def choose(self, s: Step) -> torch.Tensor:
-        conf = self.confidence(s.probs, s.x0, s.generator)
+        conf = self.confidence(s.probs, s.x0, s.generator) if s.scores is None else s.scores
         if s.density is not None:  # the certainty prior (vanilla.py generate_step: scores = confidence · density)
             conf = conf * s.density.to(conf.dtype)
         conf = torch.where(s.eligible, conf, torch.full_like(conf, -torch.inf))

@@ -570,3 +570,11 @@ def test_block_models_are_refused():
     ids, _ = encode_prompts(den.tokenizer, ["1+2="], den.pad_id)
     with pytest.raises(HarnessError, match="block-diffusion"):
         SAMPLERS.build("low_confidence", {"cache": "d2cache"})(den, ids, generator=None, gen_length=8)
+
+
+def test_record_steps_is_refused(c16):
+    """A cached pass recomputes only the chosen query columns; the other masked columns have no prediction."""
+    den, ids, mask = c16
+    with pytest.raises(HarnessError, match="record_steps"):
+        SAMPLERS.build("low_confidence", {"steps": 16, "cache": "d2cache"})(
+            den, ids[:2], generator=None, prompt_mask=mask[:2], gen_length=16, record_steps=True)
