@@ -172,9 +172,9 @@ def test_a_real_interval_computes_fewer_columns_and_the_meter_counts_them(den, p
 
 @pytest.mark.parametrize("cache", ["dkv", "dllm_cache"])
 def test_the_approximate_caches_are_refused_at_plan_time_without_a_layer_view(tmp_path, cache):
-    """The plan asks the model spec for `logits_layerwise` when a sampler's cache needs it: LLaDA's
-    public file (impl remote), Dream (no layer view) and a block checkpoint fail before any compute;
-    the native LLaDA and the tiny model plan."""
+    """The plan asks the model spec for `logits_layerwise` when a sampler's cache needs it: the public
+    files (LLaDA's and Dream's, impl remote) and a block checkpoint fail before any compute; the native
+    LLaDA and Dream and the tiny model plan."""
     from harness.config import load_suite, plan
     from harness.types import HarnessError
     from tests.helpers import write_suite
@@ -185,10 +185,11 @@ def test_the_approximate_caches_are_refused_at_plan_time_without_a_layer_view(tm
                 "studies:\n  - {id: g, kind: generate, model: m, task: t, sampler: {name: low_confidence, "
                 f"params: {{steps: 4, cache: {cache}, refresh: 2}}}}}}\n")
 
-    for i, model in enumerate(["{name: llada, params: {preset: tiny}}", "{name: tiny, params: {}}"]):
+    for i, model in enumerate(["{name: llada, params: {preset: tiny}}", "{name: dream, params: {preset: tiny}}",
+                               "{name: tiny, params: {}}"]):
         assert plan(load_suite(write_suite(tmp_path, suite(model, cache), f"ok{i}.yaml")))
     for i, model in enumerate(["{name: llada, params: {preset: tiny, impl: remote}}",
-                               "{name: dream, params: {preset: tiny}}",
+                               "{name: dream, params: {preset: tiny, impl: remote}}",
                                "{name: tiny, params: {checkpoint: tiny-addition-c16-block4}}"]):
         with pytest.raises(HarnessError, match="needs the model's logits_layerwise.*models "
                            "that do, as configured by default: .*llada.*tiny"):
