@@ -10,8 +10,8 @@ the unpatched file, under 5.24 against the file patched to load). Left padding
 is masked (the public file leaks it) and positions count real tokens, so batching never changes a
 number. It has Fast-dLLM prefix/dual KV caches (`cache:` of the block samplers), an explicit
 attention pattern with position ids (`logits_pattern`: WINO's shadow block), a layer-by-layer view
-(`logits_layerwise`: the approximate caches `cache: dkv`, `cache: dllm_cache` and, with its attention
-weights (`attention_weights`), `cache: d2cache`), SDPA or eager
+(`logits_layerwise`: the approximate caches `cache: dkv`, `cache: dkv_greedy`, `cache: dllm_cache`
+and, with its attention weights (`attention_weights`), `cache: d2cache`), SDPA or eager
 attention, and runs in bf16 (rotary in float32, as the public file). `preset` builds it randomly
 initialised: "tiny" for CPU tests, "llada-8b" for GPU throughput suites (32 layers, d 4096, FFN
 12288, vocab 126464, 32 heads). `config` overrides take config.json keys.
