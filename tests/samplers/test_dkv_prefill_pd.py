@@ -1,4 +1,5 @@
-"""`cache: dkv_prefill` (dKV-Cache-Prefill) on Dream, whose logits are shifted (column k is predicted at k - 1).
+"""`cache: dkv_prefill` (dKV-Cache-Prefill) and `cache: dkv_pd` (dKV-Cache-PD) on Dream, whose logits are
+shifted (column k is predicted at k - 1).
 
 The reference cannot run here (it needs the 7B Dream code, transformers 4.46 and CUDA), so its rule is
 transcribed below with line citations on a tiny random native Dream (the fixture and the step helpers of
@@ -7,7 +8,10 @@ tests/samplers/test_approx_cache_dream.py, imported):
   "prefill" (dream_generate.py `--prefill`: cache_type "prefill", its `--cache-steps` not read on this path);
 - models/modeling_dream.py `DreamSdpaAttention.forward` (the cached pass: fresh keys/values then the cached
   ones) and `DreamRotaryEmbedding.forward` (queries rotated at their own columns, keys at cat(query, cached));
-- generation_utils/cache_utils.py `PrefillCache.update` (what the cache keeps, and that it is never updated).
+- generation_utils/cache_utils.py `PrefillCache.update` (what the cache keeps, and that it is never updated);
+- for PD: generation_utils/dream_generation_utils_pd.py `_sample` (cache_type "pd", dream_generate.py `--pd`
+  `--cache-steps`), models/modeling_dream_pd.py `DreamSdpaAttention.forward` / `DreamRotaryEmbedding.forward`,
+  generation_utils/cache_utils.py `PrefillDynamicCache` (`__getitem__`, `update`, `get_transfer_cache`).
 """
 from __future__ import annotations
 
@@ -160,3 +164,160 @@ def test_prefill_is_refused_on_a_model_without_a_logit_shift(den):
         SAMPLERS.build("low_confidence", {"steps": 4, "cache": "dkv_prefill"})(
             tiny, torch.ones(1, 3, dtype=torch.long), generator=None, gen_length=4)
     check_layerwise_support(den, "dkv_prefill")  # Dream passes
+
+
+# -- dKV-Cache-PD ---------------------------------------------------------------------------------------------
+def reference_dream_pd(den, prompt: torch.Tensor, L: int, steps: int, cache_steps: int, record: list,
+                       computed: list) -> torch.Tensor:
+    """One row, no padding, one block, Dream's step (`dream_step`); the CACHE transcribed from
+    dream_generation_utils_pd.py `_sample`, cache_type "pd", with `PrefillDynamicCache` (cache_utils.py) on
+    the native Dream's layers. `computed` gets each pass's number of query columns.
+    - prefill_cache_position = the decoded columns shifted left, the last following itself; cache_position
+      starts equal to it, prv_cache_position None (lines 416-421);
+    - at i % cache_steps == 0, prv_cache_position = None and the DECODED cache is emptied
+      (`refresh_decode_cache`), the prefill cache kept (lines 465-468);
+    - the pass feeds x[~prv_cache_position] when prv is set (lines 472-473), else x[~prefill_cache_position]
+      after step 0 (lines 490-491), else the whole x (line 494);
+    - once the prefill cache holds every layer, keys/values are cat(prefill, decoded (if any), fresh)
+      (modeling_dream_pd.py lines 414-416, cache_utils.py `__getitem__` lines 275-282);
+    - `update` (modeling_dream_pd.py line 449, every pass: cache_position is always set) keeps: the first
+      sum(prefill_cache_position) columns as the prefill cache while it is not full (cache_utils.py lines
+      391-393); else, while the decoded cache is empty, the columns cache_position & ~prefill of the pass's
+      keys (lines 394-403); else the pass's keys put in the order cat(cache_position, ~cache_position) by the
+      transfer order (lines 411-414, `get_transfer_cache` lines 323-360) and sliced to
+      [sum(prefill), sum(cache_position)) (lines 416-420);
+    - the rows a pass skips get -inf logits (lines 508-522); after the step prv_cache_position =
+      cache_position and cache_position = the decoded columns shifted left, the last column following
+      column 0 (lines 577-582).
+    The reference rotates keys at each pass at cat(cached columns, query columns) (modeling_dream_pd.py
+    `DreamRotaryEmbedding.forward` lines 174-182; line 438-440 for the passes after a refresh); here keys are
+    kept rotated at their own columns, which is the same only if the cached keys are the prv (resp. prefill)
+    columns in canvas order: the transcription tracks each cached key's column and asserts it."""
+    layers = DreamLayers(den.module)
+    mask_id, n_layers = den.mask_id, layers.n_layers
+    P = prompt.shape[0]
+    x = F.pad(prompt[None], (0, L), value=mask_id)  # line 397
+    B, T = x.shape
+    decoded = x != mask_id
+    pcp = torch.cat([decoded[:, 1:], decoded[:, -1:]], -1)  # lines 418-419
+    n_pre = int(pcp.sum())
+    assert pcp[0, :n_pre].all()  # a prefix: what the first-columns slices below rely on
+    cp, prv = pcp, None  # lines 420-421
+    prefill: list = []  # per layer (keys, values): prefill_key_cache / prefill_value_cache
+    dec: list = []  # per layer (keys, values, columns): key_cache / value_cache
+    for i in range(steps):
+        mask_index = x == mask_id
+        if i % cache_steps == 0:  # lines 465-468
+            prv, dec = None, []
+        if prv is not None:  # lines 472-473
+            q_cols = (~prv[0]).nonzero().squeeze(1)
+        elif i != 0:  # lines 490-491
+            q_cols = (~pcp[0]).nonzero().squeeze(1)
+        else:  # line 494
+            q_cols = torch.arange(T)
+        computed.append(len(q_cols))
+        h, _ = layers.embed(x, None)
+        h = h[:, q_cols]
+        order = None
+        for li in range(n_layers):
+            q, k, v = layers.qkv_at(li, h, q_cols)
+            if len(prefill) == n_layers:  # not is_empty (cache_utils.py lines 307-308): lines 414-416
+                ck, cv, ccols = prefill[li][0], prefill[li][1], torch.arange(n_pre)
+                if li < len(dec):  # __getitem__ lines 275-282
+                    ck, cv, ccols = torch.cat([ck, dec[li][0]], 2), torch.cat([cv, dec[li][1]], 2), \
+                        torch.cat([ccols, dec[li][2]])
+                expect = prv[0].nonzero().squeeze(1) if prv is not None else pcp[0].nonzero().squeeze(1)
+                assert torch.equal(ccols, expect)  # the rotary layout of lines 174-182 / 438-440
+                K, V, kcols = torch.cat([ck, k], 2), torch.cat([cv, v], 2), torch.cat([ccols, q_cols])
+            else:
+                K, V, kcols = k, v, q_cols
+            if len(prefill) < n_layers:  # update lines 391-393
+                prefill.append((K[:, :, :n_pre], V[:, :, :n_pre]))
+            elif len(dec) < n_layers:  # lines 394-403
+                sel = (cp & ~pcp)[0, kcols]  # the pass's keys here are in canvas order
+                assert torch.equal(kcols, torch.arange(T))
+                if sel.any():
+                    dec.append((K[:, :, sel], V[:, :, sel], kcols[sel]))
+            else:  # lines 411-420
+                if order is None:  # get_transfer_cache: computed at layer 0, reused by the others
+                    current = torch.cat([prv[0].nonzero().squeeze(1), (~prv[0]).nonzero().squeeze(1)])
+                    nxt = torch.cat([cp[0].nonzero().squeeze(1), (~cp[0]).nonzero().squeeze(1)])
+                    pos = {int(c): j for j, c in enumerate(current)}
+                    order = torch.tensor([pos.get(int(c), -1) for c in nxt])
+                Kt, Vt, ct = K[:, :, order], V[:, :, order], kcols[order]
+                end = int(cp.sum())
+                dec[li] = (Kt[:, :, n_pre:end], Vt[:, :, n_pre:end], ct[n_pre:end])
+            h = h + layers.attend(li, q, K, V, None)
+            h = h + layers.mlp(li, h)
+        logits = torch.full((B, T, den.vocab_size), -torch.inf)  # lines 508-522
+        logits[:, q_cols] = layers.head(h)
+        dream_step(x, logits, mask_index, P, i, steps, mask_id, record)
+        prv = cp  # line 578
+        decoded = x != mask_id
+        cp = torch.cat([decoded[:, 1:], decoded[:, :1]], -1)  # lines 580-582
+    return x[0, P:]
+
+
+@pytest.mark.parametrize("steps, refresh", [(16, 4), (16, 3), (8, 2), (8, 100)])
+def test_pd_tokens_logits_and_work_equal_a_transcription_of_the_reference(den, steps_seen, steps, refresh):
+    """Each row alone decodes as the transcription decodes it, with the same logits at every step, and the
+    meter counts exactly the columns the transcription's passes compute (its first pass: all of them). With
+    refresh passes inside the block the cache differs from dkv's (dKV-Cache-Decode) with the same interval."""
+    ids, mask = prompts()
+    stale_dkv = 0.0
+    for r in range(ids.shape[0]):
+        row = ids[r][mask[r]]
+        steps_seen.clear()
+        SAMPLERS.build("low_confidence", {"steps": steps, "cache": "dkv", "refresh": refresh})(
+            den, row[None], generator=None, gen_length=L)
+        dkv_seen = list(steps_seen)
+        steps_seen.clear()
+        meter = Meter(den)
+        ours = SAMPLERS.build("low_confidence", {"steps": steps, "cache": "dkv_pd", "refresh": refresh})(
+            meter, row[None], generator=None, gen_length=L)
+        record: list = []
+        computed: list = []
+        ref = reference_dream_pd(den, row.clone(), L, steps, refresh, record, computed)
+        cut = int(upto_first_stop(ref[None], stop_ids(den))[0])
+        assert torch.equal(ours.tokens[0, :cut], ref[:cut]), r
+        assert (ours.tokens[0, cut:] == den.eos_id).all(), r
+        assert_same_steps(steps_seen, record)
+        assert meter.cost.tokens == sum(computed) and meter.cost.nfe_full == 1 and meter.cost.nfe == steps
+        stale_dkv = max(stale_dkv, max(float((a[e] - b[e]).abs().max()) for (a, e), (b, _) in
+                                       zip(steps_seen, dkv_seen) if e.any()))
+    assert (stale_dkv > 1e-3) == (refresh < steps)  # no refresh inside the block: PD is dkv's Dream variant
+
+
+def test_pd_refreshing_every_step_is_prefill(den):
+    """cache_steps 1 (refresh 1): every pass after step 0 recomputes what step 0 left uncached, as
+    dKV-Cache-Prefill does; on several blocks and a left-padded batch too."""
+    ids, mask = prompts()
+    for params in ({"steps": 16}, {"steps": 8, "block_length": 4}):
+        a, b = Meter(den), Meter(den)
+        x = SAMPLERS.build("low_confidence", dict(params, cache="dkv_prefill"))(a, ids, generator=None,
+                                                                                 prompt_mask=mask, gen_length=L)
+        y = SAMPLERS.build("low_confidence", dict(params, cache="dkv_pd", refresh=1))(b, ids, generator=None,
+                                                                                       prompt_mask=mask, gen_length=L)
+        assert torch.equal(x.tokens, y.tokens) and a.cost.tokens == b.cost.tokens
+
+
+@pytest.mark.parametrize("name, params", [("low_confidence", {"steps": 8, "block_length": 8}),
+                                          ("threshold", {"tau": 0.2, "block_length": 8})])
+def test_pd_left_padded_batch_decodes_each_row_as_alone(den, name, params):
+    ids, mask = prompts()
+    run = SAMPLERS.build(name, dict(params, cache="dkv_pd", refresh=3))
+    batch = run(den, ids, generator=None, prompt_mask=mask, gen_length=L)
+    for r in range(ids.shape[0]):
+        alone = run(den, ids[r][mask[r]][None], generator=None, gen_length=L)
+        assert torch.equal(batch.tokens[r], alone.tokens[0]), r
+
+
+def test_pd_refusals(den):
+    """refresh (cache_steps) must be >= 1, as the reference's i % cache_steps needs; a model without the
+    logit shift is refused by name."""
+    with pytest.raises((ValueError, HarnessError), match="dkv_pd.*refresh >= 1"):
+        SAMPLERS.build("low_confidence", {"steps": 8, "cache": "dkv_pd"})
+    tiny = MODELS.build("tiny", {"checkpoint": "tiny-addition-c16"}).load()
+    with pytest.raises(HarnessError, match="dkv_pd.*Dream-only"):
+        SAMPLERS.build("low_confidence", {"steps": 4, "cache": "dkv_pd", "refresh": 2})(
+            tiny, torch.ones(1, 3, dtype=torch.long), generator=None, gen_length=4)
