@@ -1,5 +1,5 @@
-"""Approximate caches of the block samplers' loop: dKV-Cache (`cache: dkv`, `cache: dkv_greedy`) and
-dLLM-Cache (`cache: dllm_cache`).
+"""Approximate caches of the block samplers' loop: dKV-Cache (`cache: dkv`, `cache: dkv_prefill`,
+`cache: dkv_pd`, `cache: dkv_greedy`) and dLLM-Cache (`cache: dllm_cache`).
 
 Unlike the prefix/dual caches (_cache.py), which reuse keys/values of columns outside the block,
 these reuse per-column state that a full pass would recompute, so they change the output; how
@@ -54,6 +54,34 @@ need different numbers of recomputed columns (adaptive samplers, inpainting) pad
 most and counts the padding as computed (the references need equal counts per row); a row that has
 no cached state yet (it skipped the generation's first pass) makes that dLLM-Cache pass a full one.
 
+dKV-Cache-Prefill (`cache: dkv_prefill`; the same paper; horseee/dKV-Cache
+generation_utils/dream_generation_utils.py `_sample`, cache_type "prefill", dream_generate.py
+`--prefill`; models/modeling_dream.py; generation_utils/cache_utils.py `PrefillCache`): the Dream
+variant that caches only what is decoded when decoding starts. Its first pass is a full one and
+caches the keys/values of the columns whose predicted token (one to the right) is decoded then (the
+prompt's columns but its last, which predicts the first masked token; the same initial rule as
+dKV-Cache-Decode's Dream variant, `dkv_uncached_shifted` with `first`); every later pass recomputes
+all the other columns, the committed ones included, and reads those cached keys/values, which are
+never refreshed nor extended (the cache is written only while its cache_position is set, i.e. at the
+first pass; dream_generate.py passes `--cache-steps`, but the prefill path never reads it, so the
+harness refuses `refresh`). The reference has no blocks; the harness applies the rule per block, each
+block's step-0 pass caching the columns whose next token is decoded at the block's start (prompt and
+earlier blocks), so on one block it is the reference's rule. The reference has it for Dream only and
+its rule is written for shifted logits, so a model without the shift is refused (HarnessError): use
+`cache: dkv` there.
+
+dKV-Cache-PD (`cache: dkv_pd`; the same paper; generation_utils/dream_generation_utils_pd.py `_sample`,
+cache_type "pd", dream_generate.py `--pd --cache-steps`; models/modeling_dream_pd.py;
+generation_utils/cache_utils.py `PrefillDynamicCache`): two caches, Dream only. The prefill cache is
+dKV-Cache-Prefill's (written by the first pass, never refreshed); the decoded cache is dKV-Cache-Decode's
+Dream rule (a column is cached once the token it predicts is decoded, one step late). Every `refresh`-th
+step (the reference's cache_steps, >= 1: `i % cache_steps` divides by it; dream_generate.py's default 0
+would fail there, so the harness refuses 0) empties the decoded cache only: that pass recomputes every
+column the first pass left uncached and reads the prefill cache, where dKV-Cache-Decode's refresh is a
+full pass. With refresh 1 it is dKV-Cache-Prefill; with no refresh step inside a block it is
+dKV-Cache-Decode's Dream variant. The reference has no blocks; the harness applies it per block, as for
+the other two; it is refused on a model without the logit shift, as dKV-Cache-Prefill is.
+
 dKV-Cache-Greedy (the same paper; horseee/dKV-Cache generation_utils/llada_dkv_cache_greedy.py
 `generate`, models/modeling_llada_dkv_cache_greedy.py `LLaDALlamaBlock.forward`): the cheaper
 variant, which needs to know before a pass which columns that pass will commit, so it runs with a
@@ -85,7 +113,7 @@ import torch.nn.functional as F
 from harness.samplers._cache import full_pass_with_cache
 from harness.types import HarnessError
 
-APPROX_CACHES = ("dkv", "dkv_greedy", "dllm_cache", "d2cache")  # d2cache: harness/samplers/_d2cache.py
+APPROX_CACHES = ("dkv", "dkv_prefill", "dkv_pd", "dkv_greedy", "dllm_cache", "d2cache")  # d2cache: _d2cache.py
 DLLM_PROMPT_REFRESH = 50  # Kp: d2Cache's docs/kv_caching.md default; dLLM-cache's LLaDA GSM8K script uses 50
 DLLM_REFRESH_RATIO = 0.25  # rho: dLLM-cache's demo_LLaDA.py and d2Cache's configs/cache/dllm.yaml
 
@@ -97,12 +125,18 @@ def supports_layerwise(denoiser) -> bool:
 
 
 SHIFTED_CACHES = ("dkv", "dllm_cache", "d2cache")  # those with a shifted-logit (Dream) variant here
+SHIFTED_ONLY_CACHES = ("dkv_prefill", "dkv_pd")  # those whose reference exists for Dream only (refused without a shift)
 
 
 def check_layerwise_support(denoiser, cache: str) -> None:
-    if bool(getattr(denoiser, "shift_logits", False)) and cache not in SHIFTED_CACHES:
+    shifted = bool(getattr(denoiser, "shift_logits", False))
+    if shifted and cache not in SHIFTED_CACHES + SHIFTED_ONLY_CACHES:
         raise HarnessError(f"cache={cache!r} is implemented for models without a logit shift; this model predicts "
                            f"column k at k - 1 (shift_logits): use cache {' or '.join(SHIFTED_CACHES)}")
+    if not shifted and cache in SHIFTED_ONLY_CACHES:
+        model = getattr(denoiser, "inner", denoiser)
+        raise HarnessError(f"cache={cache!r} is dKV-Cache's Dream-only variant (its reference exists for a "
+                           f"shifted-logit model only); {type(model).__name__} has no logit shift: use cache dkv")
     if not supports_layerwise(denoiser):
         model = getattr(denoiser, "inner", denoiser)
         raise HarnessError(f"cache={cache!r} needs a model with a layer-by-layer view (logits_layerwise, e.g. the "
@@ -145,6 +179,10 @@ class DKVState:
     values: list | None
     masked: torch.Tensor  # [B', T] the columns masked at the input of this pass
     rows: torch.Tensor | None
+    start: torch.Tensor | None = None  # [B', T] shifted models: the columns the block's step-0 pass left uncached
+
+
+DKV_VARIANTS = ("decode", "prefill", "pd")
 
 
 def query_columns(want: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -158,29 +196,57 @@ def query_columns(want: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def dkv_logits(denoiser, x, attn, lo: int, hi: int, s: int, state: DKVState | None, rows, refresh: int,
-               mask_id: int):
+               mask_id: int, variant: str = "decode"):
     """Logits [B', hi - lo, V] of the block at step s, and the state for the next step.
 
     A shifted-logit model (Dream, `shift_logits`) follows dKV-Cache's Dream variant: the block's
     predictions are read at [lo - 1, hi - 1), the pass at step 0 already caches (then full passes
     at the refresh steps only: `dkv_full_step_shifted`), and a column counts as decoded for the
-    cache when the token it predicts is (`dkv_uncached_shifted`)."""
+    cache when the token it predicts is (`dkv_uncached_shifted`).
+
+    Two more variants, Dream only: `prefill` (dKV-Cache-Prefill): the block's step-0 pass is the
+    only full one; the columns it caches (those whose predicted token is decoded at the block's
+    start) keep its keys/values for the whole block, and every later pass recomputes all the
+    others (`refresh` is not used). `pd` (dKV-Cache-PD): `decode`'s rule, except that its refresh
+    passes after step 0 recompute only what the step-0 pass left uncached (the columns cached at
+    step 0 keep their step-0 keys/values for the whole block)."""
+    if variant not in DKV_VARIANTS:
+        raise HarnessError(f"dkv_logits: variant must be one of {', '.join(DKV_VARIANTS)}, got {variant!r}")
     T = x.shape[1]
     shift = bool(getattr(denoiser, "shift_logits", False))
+    if variant != "decode" and not shift:
+        raise HarnessError(f"dkv_logits(variant={variant!r}): dKV-Cache's {variant} variant is implemented for a "
+                           "shifted-logit model (Dream) only")
     masked = dkv_uncached_shifted(x, mask_id, state is None) if shift else x == mask_id  # [B', T]
     qlo, qhi = lo - shift, hi - shift  # the rows holding the block's predictions
-    if state is None or (dkv_full_step_shifted if shift else dkv_full_step)(s, refresh):
+    if state is None:
+        full = True
+    elif variant == "prefill":
+        full = False
+    else:
+        full = (dkv_full_step_shifted if shift else dkv_full_step)(s, refresh)
+    if full and not (variant == "pd" and state is not None):
+        start = masked if state is None else state.start
         if not shift and (s == 0 or state is None):  # the reference's first pass of a block caches nothing
             logits = denoiser.logits(x, attn)
             return logits[:, lo:hi].clone(), DKVState(None, None, masked, rows)
-        full, kv = full_pass_with_cache(denoiser, x, attn, torch.arange(T, device=x.device))
-        return full[:, qlo:qhi].clone(), DKVState(list(kv.keys), list(kv.values), masked, rows)
+        full_logits, kv = full_pass_with_cache(denoiser, x, attn, torch.arange(T, device=x.device))
+        if start is not None and state is not None and rows is not None:
+            start = _rows(start, rows if state.rows is None else torch.searchsorted(state.rows, rows))
+        return full_logits[:, qlo:qhi].clone(), DKVState(list(kv.keys), list(kv.values), masked, rows, start)
     pick = None  # where this pass's rows sit among the previous pass's (rows only leave a block)
     if rows is not None:
         pick = rows if state.rows is None else torch.searchsorted(state.rows, rows)
     keys = [_rows(k, pick) for k in state.keys]
     values = [_rows(v, pick) for v in state.values]
-    cols, valid = query_columns(_rows(state.masked, pick))  # masked at the input of the previous step
+    start = None if state.start is None else _rows(state.start, pick)
+    if variant == "prefill":  # the prefill cache is never updated (cache_utils.py `PrefillCache.update`)
+        prev_masked = masked = start
+    elif full:  # pd's refresh: the decoded cache is emptied, the prefill cache kept
+        prev_masked = start
+    else:
+        prev_masked = _rows(state.masked, pick)  # masked at the input of the previous step
+    cols, valid = query_columns(prev_masked)
     B, tq = cols.shape
 
     def run(layers):
@@ -204,7 +270,7 @@ def dkv_logits(denoiser, x, attn, lo: int, hi: int, s: int, state: DKVState | No
     sel = valid & (cols >= qlo) & (cols < qhi)
     b_idx, j_idx = sel.nonzero(as_tuple=True)
     blk[b_idx, cols[b_idx, j_idx] - qlo] = out[b_idx, j_idx]
-    return blk, DKVState(new_k, new_v, masked, rows)
+    return blk, DKVState(new_k, new_v, masked, rows, start)
 
 
 # -- dLLM-Cache -----------------------------------------------------------------------------------

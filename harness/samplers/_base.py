@@ -17,7 +17,9 @@ Options shared by all: classifier-free guidance (`cfg_scale`), KV caches (`cache
 rebuilt at each block start and, with `refresh` > 0, every `refresh` steps inside a block; for a
 shifted-logit model the query columns start one column earlier, at lo - 1), approximate caches
 that change the output (`cache: dkv`, dKV-Cache-Decode, horseee/dKV-Cache, `refresh` its
-cache_reloading_step; `cache: dkv_greedy`, dKV-Cache-Greedy, the same repository, `refresh` its
+cache_reloading_step; `cache: dkv_prefill`, dKV-Cache-Prefill, the same repository, shifted-logit
+models (Dream) only, no `refresh`; `cache: dkv_pd`, dKV-Cache-PD, the same, Dream only, `refresh` its
+cache_steps; `cache: dkv_greedy`, dKV-Cache-Greedy, the same repository, `refresh` its
 cache_reloading_step and `window_size`, with a sampler whose choice is known before the pass,
 `random`; `cache: dllm_cache`, dLLM-Cache, maomaocun/dLLM-cache, `prompt_refresh` Kp,
 `refresh` Kr, `refresh_ratio` rho; see _approx_cache.py, on models with a layer-by-layer view; `cache: d2cache`,
@@ -139,7 +141,8 @@ from harness.types import Generation, HarnessError
 
 CONFIDENCE_DTYPES = {"float32": torch.float32, "float64": torch.float64, "model": None}
 SAMPLINGS = ("auto", "gumbel", "multinomial")
-CacheKind = Literal["none", "prefix", "dual", "dkv", "dkv_greedy", "dllm_cache", "d2cache"]
+CacheKind = Literal["none", "prefix", "dual", "dkv", "dkv_prefill", "dkv_pd", "dkv_greedy", "dllm_cache",
+                    "d2cache"]
 
 
 # -- pure helpers ---------------------------------------------------------------------------------
@@ -363,8 +366,8 @@ class DecodeLoop(abc.ABC):
     block_length: int | None = None  # None: a single block (block models: the model's block_size)
     temperature: float = 0.0
     cfg_scale: float = 0.0
-    cache: CacheKind = "none"  # prefix, dual: Fast-dLLM; approximate: dkv, dkv_greedy, dllm_cache, d2cache
-    refresh: int = 0  # interval: prefix/dual in a block (0: never); dkv(_greedy) cache_reloading_step; dllm_cache Kr
+    cache: CacheKind = "none"  # prefix, dual: Fast-dLLM; approximate: dkv(_prefill, _pd, _greedy), dllm_cache, d2cache
+    refresh: int = 0  # prefix/dual: interval in a block (0: never); dkv(_pd, _greedy) cache_reloading_step; dllm Kr
     window_size: int | None = None  # dkv_greedy only: masked neighbours recomputed per committed column (None: 0)
     prompt_refresh: int | None = None  # dllm_cache only: Kp, the prompt's refresh interval in passes (None: 50)
     refresh_ratio: float | None = None  # dllm_cache only: rho, response share recomputed in between (None: 0.25)
@@ -412,7 +415,8 @@ class DecodeLoop(abc.ABC):
         if self.min_length < 0:
             raise ValueError(f"min_length must be >= 0, got {self.min_length}")
         if self.cache not in ("none", "prefix", "dual", *APPROX_CACHES):
-            raise ValueError("cache must be one of 'none', 'prefix', 'dual', 'dkv', 'dkv_greedy', 'dllm_cache', "
+            raise ValueError("cache must be one of 'none', 'prefix', 'dual', 'dkv', 'dkv_prefill', 'dkv_pd', "
+                             "'dkv_greedy', 'dllm_cache', "
                              "'d2cache', "
                              f"got {self.cache!r}")
         if self.refresh < 0:
@@ -438,6 +442,14 @@ class DecodeLoop(abc.ABC):
         d2 = {k: getattr(self, k) for k in D2CACHE_DEFAULTS if getattr(self, k) is not None}
         if self.cache != "d2cache" and d2:
             raise ValueError(f"{', '.join(d2)}: d2cache settings; cache is {self.cache!r}")
+        if self.cache == "dkv_prefill" and self.refresh:
+            raise ValueError(f"cache 'dkv_prefill' has no refresh interval (dKV-Cache-Prefill keeps the block's first "
+                             f"pass's cache to the block's end; its reference ignores --cache-steps), got refresh "
+                             f"{self.refresh}")
+        if self.cache == "dkv_pd" and self.refresh < 1:
+            raise ValueError("cache 'dkv_pd' needs refresh >= 1 (its cache_steps: every `refresh`-th step of a block "
+                             "recomputes all but the block-start cache; the reference's `i % cache_steps` needs "
+                             f"cache_steps >= 1), got {self.refresh}")
         if self.cache == "d2cache" and self.refresh:
             raise ValueError(f"cache 'd2cache' has no refresh interval (its first pass is the only full one), got "
                              f"refresh {self.refresh}")
@@ -603,7 +615,7 @@ class DecodeLoop(abc.ABC):
             check_layerwise_support(denoiser, self.cache)
         if self.cache == "d2cache":
             check_attention_weights(denoiser)
-        check_cache_support(denoiser, "prefix" if self.cache in ("dkv", "dkv_greedy") else
+        check_cache_support(denoiser, "prefix" if self.cache in ("dkv", "dkv_prefill", "dkv_pd", "dkv_greedy") else
                             "none" if self.cache in ("dllm_cache", "d2cache") else self.cache)  # dkv's full passes
         # build a cache
         sampling = self.sampling_of(denoiser)
@@ -871,8 +883,9 @@ class DecodeLoop(abc.ABC):
         lo - 1 (a committed column, recomputed) and the cache keeps [0, lo - 1) (see _cache.py)."""
         T = x.shape[1]
         dev = x.device
-        if self.cache == "dkv":
-            return dkv_logits(denoiser, x, attn, lo, hi, s, cache, rows, self.refresh, denoiser.mask_id)
+        if self.cache in ("dkv", "dkv_prefill", "dkv_pd"):
+            return dkv_logits(denoiser, x, attn, lo, hi, s, cache, rows, self.refresh, denoiser.mask_id,
+                              variant={"dkv": "decode", "dkv_prefill": "prefill", "dkv_pd": "pd"}[self.cache])
         if self.cache == "dllm_cache":
             kp = DLLM_PROMPT_REFRESH if self.prompt_refresh is None else self.prompt_refresh
             rho = DLLM_REFRESH_RATIO if self.refresh_ratio is None else self.refresh_ratio
