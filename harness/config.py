@@ -519,7 +519,9 @@ CAPABILITIES = {"logits_pattern": "an explicit attention pattern with position i
                 "any_order_causal": "trained with d2's any-order causal objective (its checkpoint says so), so the "
                                     "`any_order` layout scores the model's own likelihood",
                 "attention_weights": "a layer-by-layer view that also returns each layer's attention weights "
-                                     "(d2Cache's attention rollout; the view's `attention_weights` method)"}
+                                     "(d2Cache's attention rollout; the view's `attention_weights` method)",
+                "shifted_logits": "column k's token is predicted at column k - 1 (Dream's shifted logits; "
+                                  "dKV-Cache's Prefill and PD variants exist for that layout only)"}
 
 
 def declared_capabilities(model) -> set[str]:

@@ -112,6 +112,8 @@ def test_a_model_provides_exactly_the_capabilities_its_denoiser_has(name, params
             has.add("logits_layerwise")
             if den.logits_layerwise(lambda layers: callable(getattr(layers, "attention_weights", None))):
                 has.add("attention_weights")  # d2Cache's rollout reads them from the view
+    if getattr(den, "shift_logits", False):  # Dream's layout (dKV-Cache's Prefill/PD need it)
+        has.add("shifted_logits")
     card = getattr(den, "card", None) or {}
     if card.get("train", {}).get("objective") == "any_order":  # the loaded checkpoint's own training record
         has.add("any_order_causal")  # (that it holds: tests/estimators/test_any_order_checkpoint.py)

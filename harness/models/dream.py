@@ -73,14 +73,14 @@ class Dream(NativeOrRemote):
     noise: ClassVar[str] = "masked"
     # denoiser capabilities components may require: the native code's (the default impl); `capabilities()`
     # answers for a spec, whose impl may be remote
-    provides: ClassVar[tuple[str, ...]] = ("full_attention", "logits_layerwise", "attention_weights")
+    provides: ClassVar[tuple[str, ...]] = ("full_attention", "logits_layerwise", "attention_weights", "shifted_logits")
     preset_base: ClassVar[dict] = dict(model_type="Dream", rope_theta=1000000.0)
     known_mask: ClassVar[int] = MASK_ID
     model_types: ClassVar[tuple[str, ...]] = ("Dream", "dream")
 
     def capabilities(self) -> tuple[str, ...]:
         """What this spec's denoiser provides: the public file (impl remote) has no layer view."""
-        return self.provides if self.impl == "native" else ("full_attention",)
+        return self.provides if self.impl == "native" else ("full_attention", "shifted_logits")
 
     def native_classes(self):
         from harness.models.native import dream as native

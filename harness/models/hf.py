@@ -234,6 +234,7 @@ class HFCausal(HFModel):
     # a suite is planned, config.py `_check_noise`; `dlm-harness show` lists the same).
     noise: ClassVar[str] = "causal"
     applies: ClassVar[str] = "noise: causal (no mask token); estimators: autoregressive only; samplers: none"
+    provides: ClassVar[tuple[str, ...]] = ("shifted_logits",)  # next-token logits: column k predicts k + 1
 
     def load(self) -> HFCausalDenoiser:
         import transformers

@@ -119,6 +119,7 @@ from harness.samplers._approx_cache import (
     APPROX_CACHES,
     DLLM_PROMPT_REFRESH,
     DLLM_REFRESH_RATIO,
+    SHIFTED_ONLY_CACHES,
     DLLMState,
     check_layerwise_support,
     dkv_greedy_logits,
@@ -400,10 +401,16 @@ class DecodeLoop(abc.ABC):
     def required_capabilities(self) -> tuple[str, ...]:
         """What this configuration needs of the model, checked at plan time (harness/config.py
         `missing_capabilities`): the class's `requires`, plus the layer-by-layer view for the
-        approximate caches (and its attention weights for d2cache)."""
-        return tuple(getattr(type(self), "requires", ())) + (("logits_layerwise",) if self.cache in APPROX_CACHES
-                                                              else ()) + (("attention_weights",)
-                                                                          if self.cache == "d2cache" else ())
+        approximate caches (and its attention weights for d2cache, shifted logits for dKV-Cache's Dream-only
+        Prefill and PD variants)."""
+        needs = list(getattr(type(self), "requires", ()))
+        if self.cache in APPROX_CACHES:
+            needs.append("logits_layerwise")
+        if self.cache == "d2cache":
+            needs.append("attention_weights")
+        if self.cache in SHIFTED_ONLY_CACHES:
+            needs.append("shifted_logits")
+        return tuple(needs)
 
     def __post_init__(self):
         for name in ("gen_length", "block_length"):

@@ -156,4 +156,4 @@ def test_capabilities_follow_the_impl():
     native = MODELS.build("dream", {"preset": "tiny"})
     remote = MODELS.build("dream", {"preset": "tiny", "impl": "remote"})
     assert {"logits_layerwise", "attention_weights", "full_attention"} <= declared_capabilities(native)
-    assert declared_capabilities(remote) == {"full_attention"}
+    assert declared_capabilities(remote) == {"full_attention", "shifted_logits"}

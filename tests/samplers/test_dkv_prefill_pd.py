@@ -321,3 +321,22 @@ def test_pd_refusals(den):
     with pytest.raises(HarnessError, match="dkv_pd.*Dream-only"):
         SAMPLERS.build("low_confidence", {"steps": 4, "cache": "dkv_pd", "refresh": 2})(
             tiny, torch.ones(1, 3, dtype=torch.long), generator=None, gen_length=4)
+
+
+@pytest.mark.parametrize("cache, extra", [("dkv_prefill", ""), ("dkv_pd", ", refresh: 2")])
+def test_the_dream_only_variants_are_refused_at_plan_time_without_a_logit_shift(tmp_path, cache, extra):
+    """`shifted_logits` is a declared capability: native Dream plans them, the tiny MDLM and native LLaDA
+    (unshifted) fail before any compute."""
+    from harness.config import load_suite, plan
+    from tests.helpers import write_suite
+
+    def suite(model: str) -> str:
+        return (f"suite: caps\nmodels: {{m: {model}}}\n"
+                "tasks: {t: {name: addition, params: {n_digits: 2}, split: test, n_items: 2}}\n"
+                "studies:\n  - {id: g, kind: generate, model: m, task: t, sampler: {name: low_confidence, "
+                f"params: {{steps: 4, cache: {cache}{extra}}}}}}}\n")
+
+    assert plan(load_suite(write_suite(tmp_path, suite("{name: dream, params: {preset: tiny}}"), "ok.yaml")))
+    for i, model in enumerate(["{name: tiny, params: {}}", "{name: llada, params: {preset: tiny}}"]):
+        with pytest.raises(HarnessError, match="shifted_logits"):
+            plan(load_suite(write_suite(tmp_path, suite(model), f"bad{i}.yaml")))
