@@ -11,8 +11,8 @@ tolerance 0; under 4.57.1 against the unpatched file; under 5.x the public file 
 frequencies uninitialised unless patched). It has Fast-dLLM prefix/dual KV caches, a
 layer-by-layer view (`logits_layerwise`, with attention weights: the approximate caches `cache: dkv`,
 `cache: dkv_prefill`, `cache: dkv_pd`, `cache: dllm_cache` and `cache: d2cache` as their Dream variants
-read the shifted logits), SDPA or eager attention, bf16. `preset` builds it randomly initialised: "tiny" for CPU tests, "dream-7b" for
-GPU suites; `config` overrides take config.json keys.
+read the shifted logits), SDPA or eager attention, bf16. `preset` builds it randomly initialised:
+"tiny" for CPU tests, "dream-7b" for GPU suites; `config` overrides take config.json keys.
 
 `impl: remote` loads the checkpoint's own code with trust_remote_code (presets: the stand-in,
 harness/models/standins/dream_standin.py); it runs under transformers 4.x (tested: 4.57.1); under
