@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from harness.models.standins.standin_layers import RMSNorm, attend, decoder_stack, rotary
+from harness.models.standins.standin_layers import RMSNorm, attend, decoder_stack, merge_heads, rotary
 from harness.types import HarnessError
 
 
@@ -154,3 +154,67 @@ def padded_stack(blocks, h, cos, sin, key_mask, impl, **cache_args):
     """`decoder_stack` (standin_layers.py; `cache`, `order`, `keep` as it takes them) with the
     padding plan decided once per pass by `left_padding` and every layer attending by `attend_padded`."""
     return decoder_stack(blocks, h, cos, sin, left_padding(key_mask), impl, attention=attend_padded, **cache_args)
+
+
+class RotaryLayers:
+    """The layer-by-layer view shared by the native rotary models (native/llada.py `LLaDALayers`,
+    native/dream.py `DreamLayers`): what the approximate caches (harness/samplers/_approx_cache.py,
+    _d2cache.py) run on. A subclass sets `module`, `blocks`, `n_layers` and, in `embed`, the pass's
+    rotary tables `_cos`/`_sin` [1|B, 1, T, Dh]; it gives `embed`, `value`, `out_proj`, `mlp` and
+    `head`, and each block a `qkv(h, cos, sin)`."""
+
+    module: nn.Module
+    blocks: nn.ModuleList
+    _cos: torch.Tensor | None = None
+    _sin: torch.Tensor | None = None
+
+    def out_proj(self, i: int, a: torch.Tensor) -> torch.Tensor:
+        """Layer i's attention output projection of the merged heads a [B, n, H·Dh]."""
+        raise NotImplementedError
+
+    def qkv(self, i: int, h: torch.Tensor):
+        """h [B, T, D] of the whole canvas -> q [B, H, T, Dh], k/v [B, Hkv, T, Dh] of layer i."""
+        return self.blocks[i].qkv(h, self._cos, self._sin)
+
+    def qkv_at(self, i: int, h: torch.Tensor, columns: torch.Tensor):
+        """h [B, n, D] of the canvas columns `columns` ([n], or [B, n] per row) -> layer i's q, k, v of
+        those columns, rotated at their positions."""
+        B, n = h.shape[:2]
+        cols = columns.to(h.device)
+        cos, sin = self._cos.expand(B, -1, -1, -1), self._sin.expand(B, -1, -1, -1)
+        if cols.dim() == 1:
+            cos, sin = cos[:, :, cols], sin[:, :, cols]
+        else:
+            idx = cols[:, None, :, None].expand(B, 1, n, cos.shape[-1])
+            cos, sin = cos.gather(2, idx), sin.gather(2, idx)
+        return self.blocks[i].qkv(h, cos, sin)
+
+    def attend(self, i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask) -> torch.Tensor:
+        """Layer i's attention branch: queries [B, H, n, Dh] (any canvas columns) over the canvas's
+        keys/values [B, Hkv, T, Dh] -> [B, n, D], `out_proj` applied (what the residual adds).
+        `key_mask`: `embed`'s plan (left-padded rows attend over their real keys [p, T) only; unlike
+        `attend_padded`, a padded query column attends them too: its output is never read)."""
+        impl = self.module.impl
+        if key_mask is None or isinstance(key_mask, torch.Tensor):
+            a = attend(q, k, v, key_mask, impl)
+        else:
+            a = q.new_zeros(*q.shape[:3], v.shape[-1])  # [B, H, n, Dh]
+            for p, rows in key_mask:
+                a[rows] = attend(q[rows], k[rows, :, p:], v[rows, :, p:], None, impl)
+        return self.out_proj(i, merge_heads(a))
+
+    def attention_weights(self, i: int, q: torch.Tensor, k: torch.Tensor, key_mask) -> torch.Tensor:
+        """Layer i's attention probabilities [B, H, n, T] of queries [B, H, n, Dh] over the canvas's keys
+        [B, Hkv, T, Dh] (grouped heads repeated; a float32 softmax cast back to q's dtype, as the public
+        files' eager attention): what `attend` weighs the values by, 0 on a left-padded row's padding keys
+        (d2Cache's attention rollout)."""
+        rep = q.shape[1] // k.shape[1]
+        if rep > 1:
+            k = k.repeat_interleave(rep, 1)
+        scores = (q @ k.transpose(-1, -2)).float() / q.shape[-1] ** 0.5  # [B, H, n, T]
+        if isinstance(key_mask, torch.Tensor):
+            scores = scores.masked_fill(~key_mask, -torch.inf)
+        elif key_mask is not None:  # left padding: row group by group, keys [p, T)
+            for p, rows in key_mask:
+                scores[rows, :, :, :p] = -torch.inf
+        return scores.softmax(-1).to(q.dtype)

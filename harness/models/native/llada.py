@@ -43,6 +43,7 @@ import torch.nn.functional as F
 
 from harness.models.native.common import (
     Output,
+    RotaryLayers,
     check_config,
     key_padding,
     left_padding,
@@ -58,10 +59,8 @@ from harness.models.standins.standin_layers import (
     LLaDABlock,
     LLaDANames,
     RMSNorm,
-    attend,
     heads,
     key_order,
-    merge_heads,
     padding_mask,
     swiglu,
 )
@@ -242,7 +241,7 @@ class LLaDA(nn.Module):
         return Output(self._head(h))
 
 
-class LLaDALayers:
+class LLaDALayers(RotaryLayers):
     """A native LLaDA layer by layer: the view the approximate caches run on
     (harness/samplers/_approx_cache.py: dKV-Cache, dLLM-Cache; harness/samplers/_d2cache.py: d2Cache,
     which also reads each layer's attention weights, `attention_weights`), which recompute some
@@ -268,56 +267,13 @@ class LLaDALayers:
         self._cos, self._sin = self.module._rotation(positions(m, x.shape[1], x.device), h.dtype)  # [1|B, 1, T, Dh]
         return h, left_padding(padding_mask(m))
 
-    def qkv(self, i: int, h: torch.Tensor):
-        """h [B, T, D] of the whole canvas -> q [B, H, T, Dh], k/v [B, Hkv, T, Dh] of layer i."""
-        return self.blocks[i].qkv(h, self._cos, self._sin)
-
-    def qkv_at(self, i: int, h: torch.Tensor, columns: torch.Tensor):
-        """h [B, n, D] of the canvas columns `columns` ([n], or [B, n] per row) -> layer i's q, k, v of
-        those columns, rotated at their positions."""
-        B, n = h.shape[:2]
-        cols = columns.to(h.device)
-        cos, sin = self._cos.expand(B, -1, -1, -1), self._sin.expand(B, -1, -1, -1)
-        if cols.dim() == 1:
-            cos, sin = cos[:, :, cols], sin[:, :, cols]
-        else:
-            idx = cols[:, None, :, None].expand(B, 1, n, cos.shape[-1])
-            cos, sin = cos.gather(2, idx), sin.gather(2, idx)
-        return self.blocks[i].qkv(h, cos, sin)
-
     def value(self, i: int, h: torch.Tensor) -> torch.Tensor:
         """h [B, n, D] -> v [B, Hkv, n, Dh] of layer i alone (no rotary on values)."""
         blk = self.blocks[i]
         return heads(blk.v_proj(blk.attn_norm(h)), blk.n_kv)
 
-    def attend(self, i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask) -> torch.Tensor:
-        """Layer i's attention branch: queries [B, H, n, Dh] (any canvas columns) over the canvas's
-        keys/values [B, Hkv, T, Dh] -> [B, n, D], `attn_out` applied (what the residual adds).
-        `key_mask`: `embed`'s plan (left-padded rows attend over their real keys [p, T) only)."""
-        impl = self.module.impl
-        if key_mask is None or isinstance(key_mask, torch.Tensor):
-            a = attend(q, k, v, key_mask, impl)
-        else:
-            a = q.new_zeros(*q.shape[:3], v.shape[-1])  # [B, H, n, Dh]
-            for p, rows in key_mask:
-                a[rows] = attend(q[rows], k[rows, :, p:], v[rows, :, p:], None, impl)
-        return self.blocks[i].attn_out(merge_heads(a))
-
-    def attention_weights(self, i: int, q: torch.Tensor, k: torch.Tensor, key_mask) -> torch.Tensor:
-        """Layer i's attention probabilities [B, H, n, T] of queries [B, H, n, Dh] over the canvas's keys
-        [B, Hkv, T, Dh] (grouped heads repeated; a float32 softmax cast back to q's dtype, as the public
-        file's eager attention): what `attend` weighs the values by, 0 on a left-padded row's padding keys
-        (d2Cache's attention rollout)."""
-        rep = q.shape[1] // k.shape[1]
-        if rep > 1:
-            k = k.repeat_interleave(rep, 1)
-        scores = (q @ k.transpose(-1, -2)).float() / q.shape[-1] ** 0.5  # [B, H, n, T]
-        if isinstance(key_mask, torch.Tensor):
-            scores = scores.masked_fill(~key_mask, -torch.inf)
-        elif key_mask is not None:  # left padding: row group by group, keys [p, T)
-            for p, rows in key_mask:
-                scores[rows, :, :, :p] = -torch.inf
-        return scores.softmax(-1).to(q.dtype)
+    def out_proj(self, i: int, a: torch.Tensor) -> torch.Tensor:
+        return self.blocks[i].attn_out(a)
 
     def mlp(self, i: int, h: torch.Tensor) -> torch.Tensor:
         """Layer i's MLP branch on h [B, n, D] (what the residual adds)."""
