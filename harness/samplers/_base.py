@@ -166,6 +166,17 @@ def add_gumbel_noise(logits: torch.Tensor, temperature: float, generator) -> tor
     return logits.double().exp() / (-torch.log(u)) ** temperature
 
 
+def check_sampling(temperature: float, top_p: float = 1.0, top_k: int = 0) -> None:
+    """The proposal knobs every sampler shares: temperature >= 0, top_p in (0, 1], top_k an integer >= 0
+    (ValueError naming the one that is not)."""
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+        raise ValueError(f"top_k must be an integer >= 0, got {top_k!r}")
+
+
 def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
     """Logits below the k-th largest of their row become -inf (k <= 0: unchanged; ties with the
     k-th largest are kept), as SDAR's `top_k_logits`."""
@@ -479,10 +490,7 @@ class DecodeLoop(abc.ABC):
                              f"got {self.confidence_dtype!r}")
         if self.sampling not in SAMPLINGS:
             raise ValueError(f"sampling must be one of {', '.join(SAMPLINGS)}, got {self.sampling!r}")
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
-            raise ValueError(f"top_k must be an integer >= 0, got {self.top_k!r}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        check_sampling(0.0, self.top_p, self.top_k)  # temperature: checked with cfg_scale above
         if self.tie_break not in ("auto", "position", "topk"):
             raise ValueError(f"tie_break must be one of auto, position, topk, got {self.tie_break!r}")
         if self.prior_sigma is not None:

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from harness.estimators.any_order import DecodeOrder
 from harness.models.block_attention import positions
 from harness.registry import SAMPLERS
-from harness.samplers._base import add_gumbel_noise, finish, masked_canvas, select_topk
+from harness.samplers._base import add_gumbel_noise, check_sampling, finish, masked_canvas, select_topk
 from harness.seeding import rand
 from harness.types import HarnessError
 
@@ -92,8 +92,7 @@ class AnyOrder:
         if self.block_length < 1 or self.tokens_per_step < 1:
             raise ValueError(f"block_length and tokens_per_step must be >= 1, got {self.block_length}, "
                              f"{self.tokens_per_step}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        check_sampling(self.temperature)
         if self.tie_break not in ("topk", "position"):
             raise ValueError(f"tie_break must be 'topk' or 'position', got {self.tie_break!r}")
         if self.remasking not in ("low_confidence", "random"):

@@ -51,6 +51,7 @@ from harness.registry import SAMPLERS
 from harness.samplers._base import (
     add_gumbel_noise,
     aligned,
+    check_sampling,
     finish,
     masked_canvas,
     rows_of,
@@ -106,8 +107,7 @@ class KLASS:
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise ValueError(f"{name} must be >= 1, got {v}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        check_sampling(self.temperature)
         if not 0 <= self.conf_threshold <= 1:
             raise ValueError(f"conf_threshold must be in [0, 1], got {self.conf_threshold}")
         if not self.kl_threshold >= 0:

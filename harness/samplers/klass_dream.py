@@ -61,7 +61,15 @@ import torch.nn.functional as F
 
 from harness.models.block_attention import block_size_of
 from harness.registry import SAMPLERS
-from harness.samplers._base import aligned, finish, masked_canvas, multinomial_rows, top_k_filter, top_p_filter
+from harness.samplers._base import (
+    aligned,
+    check_sampling,
+    finish,
+    masked_canvas,
+    multinomial_rows,
+    top_k_filter,
+    top_p_filter,
+)
 from harness.samplers.klass import STRATEGIES, kl_divergence, pick_one
 from harness.types import HarnessError
 
@@ -111,12 +119,7 @@ class KLASSDream:
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise ValueError(f"{name} must be >= 1, got {v}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
-            raise ValueError(f"top_k must be an integer >= 0, got {self.top_k!r}")
+        check_sampling(self.temperature, self.top_p, self.top_k)
         if not 0 <= self.conf_threshold <= 1:
             raise ValueError(f"conf_threshold must be in [0, 1], got {self.conf_threshold}")
         if not self.kl_threshold >= 0:

@@ -54,6 +54,7 @@ from harness.models.block_attention import block_size_of
 from harness.registry import SAMPLERS
 from harness.samplers._base import (
     aligned,
+    check_sampling,
     finish,
     masked_canvas,
     multinomial_rows,
@@ -126,12 +127,7 @@ class RunningConfidenceRemasking:
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise ValueError(f"{name} must be >= 1, got {v}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
-            raise ValueError(f"top_k must be an integer >= 0, got {self.top_k!r}")
+        check_sampling(self.temperature, self.top_p, self.top_k)
         mask_ratio(self.mode, 0.5)  # validates the mode
         if self.confidence not in CONFIDENCES:
             raise ValueError(f"confidence must be one of {', '.join(CONFIDENCES)}, got {self.confidence!r}")
